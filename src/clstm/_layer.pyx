@@ -1,0 +1,362 @@
+"""LSTM layer kernels: the scan over time, forward and backward (BPTT).
+
+A layer is one direction of one LSTM layer. Forward: one GEMM projects the
+inputs of all timesteps; then per step one recurrent GEMM (GEMV at one active
+row) adds h_prev @ W_hh^T and the cell kernel activates the gates. Backward:
+per step only the cell backward and grad_h_prev = grad_gates @ W_hh; the
+weight gradients and grad_x come after the loop as whole-sequence GEMMs.
+
+The recurrence works on a range of batch rows [row_begin, row_end), so the
+caller can split a batch across threads, each running the whole recurrence on
+its rows; the input projection and the parameter gradients are large GEMMs
+that BLAS threads by itself.
+"""
+
+from libc.string cimport memcpy, memset
+
+from clstm._blas cimport _gemm, _gemv, RowMajor, NoTrans, Trans
+from clstm._cell cimport lstm_cell_forward, lstm_cell_backward
+
+import numpy as np
+
+
+# --- Helpers ------------------------------------------------------------------
+cdef inline Py_ssize_t _active_rows(const int* batch_sizes, Py_ssize_t t,
+                                    Py_ssize_t row_begin,
+                                    Py_ssize_t row_end) noexcept nogil:
+    """Number of rows of [row_begin, row_end) active at step t."""
+    cdef Py_ssize_t n = batch_sizes[t]
+    if n > row_end:
+        n = row_end
+    return n - row_begin if n > row_begin else 0
+
+
+cdef inline void _recurrent_matmul(Py_ssize_t n, Py_ssize_t hidden_size,
+                                   const floating* h_prev, Py_ssize_t ld,
+                                   const floating* weight_hh,
+                                   floating* gates) noexcept nogil:
+    """gates[:n] += h_prev[:n] @ weight_hh.T (GEMV for a single row)"""
+    cdef int H = <int> hidden_size
+    if n <= 0:
+        return
+    if n == 1:
+        # gates[0] += weight_hh @ h_prev[0]
+        _gemv(RowMajor, NoTrans, 4 * H, H, 1.0, weight_hh, H, h_prev, 1,
+              1.0, gates, 1)
+    else:
+        _gemm(RowMajor, NoTrans, Trans, <int> n, 4 * H, H, 1.0, h_prev, <int> ld,
+              weight_hh, H, 1.0, gates, 4 * H)
+
+
+cdef inline void _masked_copy(Py_ssize_t n, Py_ssize_t hidden_size,
+                              const floating* src, Py_ssize_t ld_src,
+                              const floating* mask, floating* dst) noexcept nogil:
+    """dst[:n] = src[:n] * mask[:n] (mask NULL: plain copy); dst contiguous"""
+    cdef Py_ssize_t r, j
+    for r in range(n):
+        if mask == NULL:
+            memcpy(dst + r * hidden_size, src + r * ld_src,
+                   hidden_size * sizeof(floating))
+        else:
+            for j in range(hidden_size):
+                dst[r * hidden_size + j] = (src[r * ld_src + j]
+                                            * mask[r * hidden_size + j])
+
+
+# --- Layer forward ------------------------------------------------------------
+cdef void lstm_input_projection(
+        Py_ssize_t n_rows, Py_ssize_t input_size, Py_ssize_t hidden_size,
+        const floating* x, const floating* weight_ih, const floating* bias,
+        floating* gates) noexcept nogil:
+    """gates = x @ weight_ih.T + bias, for all T*B rows in one GEMM"""
+    cdef Py_ssize_t r, G = 4 * hidden_size
+    for r in range(n_rows):
+        memcpy(gates + r * G, bias, G * sizeof(floating))
+    if input_size > 0 and n_rows > 0:
+        # gates += x @ weight_ih.T
+        _gemm(RowMajor, NoTrans, Trans, <int> n_rows, <int> G, <int> input_size,
+              1.0, x, <int> input_size, weight_ih, <int> input_size, 1.0, gates,
+              <int> G)
+
+
+cdef void lstm_recurrence_forward(
+        Py_ssize_t n_steps, Py_ssize_t batch_size, Py_ssize_t hidden_size,
+        Py_ssize_t row_begin, Py_ssize_t row_end,
+        const floating* weight_hh, const floating* h0, const floating* c0,
+        const int* batch_sizes, bint reverse, const floating* recurrent_mask,
+        floating* gates, floating* c_seq, floating* h_seq, Py_ssize_t ld_h,
+        floating* work) noexcept nogil:
+    """Scan the cell over time for rows [row_begin, row_end).
+
+    On entry gates holds the input projections; on exit the activated gates.
+    Rows that start at step t (t = 0 forward; t = length-1 reverse) read
+    h0/c0; the others read the previous step. With recurrent_mask (B, H),
+    h_prev is multiplied by it before the recurrent GEMM (work: (B, H)).
+    """
+    cdef Py_ssize_t H = hidden_size, G = 4 * hidden_size, B = batch_size
+    cdef Py_ssize_t s, t, p, n, n_cont
+    cdef Py_ssize_t b0 = row_begin
+    cdef floating* g_t
+    cdef const floating* mask = NULL
+    if recurrent_mask != NULL:
+        mask = recurrent_mask + b0 * H
+    for s in range(n_steps):
+        t = n_steps - 1 - s if reverse else s
+        p = t + 1 if reverse else t - 1          # the step h_prev comes from
+        n = _active_rows(batch_sizes, t, row_begin, row_end)
+        if n == 0:
+            continue
+        # rows [0, n_cont) continue from step p; rows [n_cont, n) start here
+        n_cont = 0
+        if 0 <= p < n_steps:
+            n_cont = _active_rows(batch_sizes, p, row_begin, row_end)
+            if n_cont > n:
+                n_cont = n
+        g_t = gates + (t * B + b0) * G
+
+        # gates[t] += h_prev @ weight_hh.T
+        if mask != NULL:
+            _masked_copy(n_cont, H, h_seq + (p * B + b0) * ld_h, ld_h, mask, work)
+            _masked_copy(n - n_cont, H, h0 + (b0 + n_cont) * H, H,
+                         mask + n_cont * H, work + n_cont * H)
+            _recurrent_matmul(n, H, work, H, weight_hh, g_t)
+        else:
+            if n_cont > 0:
+                _recurrent_matmul(n_cont, H, h_seq + (p * B + b0) * ld_h, ld_h,
+                                  weight_hh, g_t)
+            _recurrent_matmul(n - n_cont, H, h0 + (b0 + n_cont) * H, H,
+                              weight_hh, g_t + n_cont * G)
+
+        # gates, c, h = cell(gates, c_prev)
+        if n_cont > 0:
+            lstm_cell_forward(n_cont, H, g_t, G, c_seq + (p * B + b0) * H, H,
+                              c_seq + (t * B + b0) * H, H,
+                              h_seq + (t * B + b0) * ld_h, ld_h)
+        if n > n_cont:
+            lstm_cell_forward(n - n_cont, H, g_t + n_cont * G, G,
+                              c0 + (b0 + n_cont) * H, H,
+                              c_seq + (t * B + b0 + n_cont) * H, H,
+                              h_seq + (t * B + b0 + n_cont) * ld_h, ld_h)
+
+
+# --- Layer backward -----------------------------------------------------------
+cdef void lstm_recurrence_backward(
+        Py_ssize_t n_steps, Py_ssize_t batch_size, Py_ssize_t hidden_size,
+        Py_ssize_t row_begin, Py_ssize_t row_end,
+        const floating* weight_hh, const floating* h0, const floating* c0,
+        const int* batch_sizes, bint reverse, const floating* recurrent_mask,
+        const floating* gates, const floating* c_seq,
+        const floating* h_seq, Py_ssize_t ld_h,
+        const floating* grad_h_seq, Py_ssize_t ld_grad_h,
+        floating* grad_h, floating* grad_c, floating* grad_gates,
+        floating* h_prev_seq) noexcept nogil:
+    """BPTT over rows [row_begin, row_end), in the reverse of the forward order.
+
+    grad_h, grad_c (B, H): on entry the gradients reaching h_n, c_n; on exit
+    those reaching h0, c0. grad_gates (T, B, 4H) receives the pre-activation
+    gate gradients (zero on inactive rows); h_prev_seq (T, B, H) the (masked)
+    h_prev of every step, for grad_weight_hh after the loop.
+    """
+    cdef Py_ssize_t H = hidden_size, G = 4 * hidden_size, B = batch_size
+    cdef Py_ssize_t s, t, p, n, n_cont, r, j, chunk = row_end - row_begin
+    cdef Py_ssize_t b0 = row_begin
+    cdef const floating* g_t
+    cdef floating* dg_t
+    cdef floating* dh = grad_h + b0 * H
+    cdef floating* dc = grad_c + b0 * H
+    cdef const floating* mask = NULL
+    if recurrent_mask != NULL:
+        mask = recurrent_mask + b0 * H
+    for s in range(n_steps):
+        t = s if reverse else n_steps - 1 - s
+        p = t + 1 if reverse else t - 1
+        n = _active_rows(batch_sizes, t, row_begin, row_end)
+        n_cont = 0
+        if 0 <= p < n_steps:
+            n_cont = _active_rows(batch_sizes, p, row_begin, row_end)
+            if n_cont > n:
+                n_cont = n
+        g_t = gates + (t * B + b0) * G
+        dg_t = grad_gates + (t * B + b0) * G
+        if n < chunk:
+            memset(dg_t + n * G, 0, (chunk - n) * G * sizeof(floating))
+            memset(h_prev_seq + (t * B + b0 + n) * H, 0,
+                   (chunk - n) * H * sizeof(floating))
+        if n == 0:
+            continue
+
+        # h_prev of this step, kept for grad_weight_hh = grad_gates^T @ h_prev
+        _masked_copy(n_cont, H, h_seq + (p * B + b0) * ld_h, ld_h, mask,
+                     h_prev_seq + (t * B + b0) * H)
+        _masked_copy(n - n_cont, H, h0 + (b0 + n_cont) * H, H,
+                     NULL if mask == NULL else mask + n_cont * H,
+                     h_prev_seq + (t * B + b0 + n_cont) * H)
+
+        # grad_gates[t], grad_c = cell_backward(grad_h_seq[t] + grad_h, grad_c, ...)
+        if n_cont > 0:
+            lstm_cell_backward(n_cont, H, g_t, G, c_seq + (p * B + b0) * H, H,
+                               c_seq + (t * B + b0) * H, H,
+                               grad_h_seq + (t * B + b0) * ld_grad_h, ld_grad_h,
+                               dh, dc, dg_t, G)
+        if n > n_cont:
+            lstm_cell_backward(n - n_cont, H, g_t + n_cont * G, G,
+                               c0 + (b0 + n_cont) * H, H,
+                               c_seq + (t * B + b0 + n_cont) * H, H,
+                               grad_h_seq + (t * B + b0 + n_cont) * ld_grad_h,
+                               ld_grad_h, dh + n_cont * H, dc + n_cont * H,
+                               dg_t + n_cont * G, G)
+
+        # grad_h[:n] = grad_gates[t, :n] @ weight_hh
+        if n == 1:
+            _gemv(RowMajor, Trans, <int> G, <int> H, 1.0, weight_hh, <int> H,
+                  dg_t, 1, 0.0, dh, 1)
+        else:
+            _gemm(RowMajor, NoTrans, NoTrans, <int> n, <int> H, <int> G, 1.0,
+                  dg_t, <int> G, weight_hh, <int> H, 0.0, dh, <int> H)
+        if mask != NULL:
+            for r in range(n):
+                for j in range(H):
+                    dh[r * H + j] *= mask[r * H + j]
+
+
+cdef void lstm_parameter_gradients(
+        Py_ssize_t n_rows, Py_ssize_t input_size, Py_ssize_t hidden_size,
+        const floating* x, const floating* weight_ih, const floating* grad_gates,
+        const floating* h_prev_seq, floating* grad_x, floating beta_x,
+        floating* grad_weight_ih, floating* grad_weight_hh,
+        floating* grad_bias) noexcept nogil:
+    """Whole-sequence GEMMs after BPTT (accumulating into the weight grads)."""
+    cdef int M = <int> n_rows, I = <int> input_size, H = <int> hidden_size
+    cdef int G = 4 * H
+    cdef Py_ssize_t r, j
+    if n_rows == 0:
+        return
+    # grad_weight_ih += grad_gates.T @ x
+    _gemm(RowMajor, Trans, NoTrans, G, I, M, 1.0, grad_gates, G, x, I, 1.0,
+          grad_weight_ih, I)
+    # grad_weight_hh += grad_gates.T @ h_prev_seq
+    _gemm(RowMajor, Trans, NoTrans, G, H, M, 1.0, grad_gates, G, h_prev_seq, H,
+          1.0, grad_weight_hh, H)
+    # grad_x = grad_gates @ weight_ih + beta_x * grad_x
+    _gemm(RowMajor, NoTrans, NoTrans, M, I, G, 1.0, grad_gates, G, weight_ih, I,
+          beta_x, grad_x, I)
+    # grad_bias += grad_gates.sum(axis=0)
+    for r in range(n_rows):
+        for j in range(G):
+            grad_bias[j] += grad_gates[r * G + j]
+
+
+# --- Python-facing entry points (called by clstm._lstm) -----------------------
+# Shapes are validated by the caller (clstm._lstm.LSTM); these only check what
+# would otherwise corrupt memory.
+
+def _check(bint ok, str what):
+    if not ok:
+        raise ValueError(f"internal layout error: {what}")
+
+
+def layer_forward(floating[:, :, ::1] x, floating[:, ::1] weight_ih,
+                  floating[:, ::1] weight_hh, floating[::1] bias,
+                  floating[:, ::1] h0, floating[:, ::1] c0,
+                  const int[::1] batch_sizes, bint reverse,
+                  floating[:, :, ::1] gates, floating[:, :, ::1] c_seq,
+                  floating[:, :, ::1] h_seq, Py_ssize_t column,
+                  recurrent_mask=None, work=None):
+    """One direction of one layer, forward, for the whole sequence.
+
+    x (T, B, I); h_seq (T, B, D*H) pre-zeroed, this direction writing columns
+    [column, column + H); gates (T, B, 4H) and c_seq (T, B, H) are filled.
+    """
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2]
+    cdef Py_ssize_t H = weight_hh.shape[1]
+    _check(weight_ih.shape[0] == 4 * H and weight_ih.shape[1] == I, "weight_ih")
+    _check(weight_hh.shape[0] == 4 * H and bias.shape[0] == 4 * H, "weight_hh")
+    _check(h0.shape[0] == B and h0.shape[1] == H, "h0")
+    _check(c0.shape[0] == B and c0.shape[1] == H, "c0")
+    _check(batch_sizes.shape[0] == T, "batch_sizes")
+    _check(gates.shape[0] == T and gates.shape[1] == B and gates.shape[2] == 4 * H, "gates")
+    _check(c_seq.shape[0] == T and c_seq.shape[1] == B and c_seq.shape[2] == H, "c_seq")
+    _check(h_seq.shape[0] == T and h_seq.shape[1] == B
+           and 0 <= column and column + H <= h_seq.shape[2], "h_seq")
+    _check(T > 0 and B > 0 and H > 0 and batch_sizes[0] <= B, "sizes")
+    cdef floating[:, ::1] mask_view
+    cdef floating[:, ::1] work_view
+    cdef const floating* mask_ptr = NULL
+    cdef floating* work_ptr = NULL
+    if recurrent_mask is not None:
+        mask_view = recurrent_mask
+        work_view = work
+        _check(mask_view.shape[0] == B and mask_view.shape[1] == H, "mask")
+        _check(work_view.shape[0] >= B and work_view.shape[1] == H, "work")
+        mask_ptr = &mask_view[0, 0]
+        work_ptr = &work_view[0, 0]
+    cdef Py_ssize_t ld_h = h_seq.shape[2]
+    with nogil:
+        lstm_input_projection(T * B, I, H, &x[0, 0, 0], &weight_ih[0, 0],
+                              &bias[0], &gates[0, 0, 0])
+        lstm_recurrence_forward(T, B, H, 0, B, &weight_hh[0, 0], &h0[0, 0],
+                                &c0[0, 0], &batch_sizes[0], reverse, mask_ptr,
+                                &gates[0, 0, 0], &c_seq[0, 0, 0],
+                                &h_seq[0, 0, column], ld_h, work_ptr)
+
+
+def layer_backward(floating[:, :, ::1] x, floating[:, ::1] weight_ih,
+                   floating[:, ::1] weight_hh, floating[:, ::1] h0,
+                   floating[:, ::1] c0, const int[::1] batch_sizes, bint reverse,
+                   floating[:, :, ::1] gates, floating[:, :, ::1] c_seq,
+                   floating[:, :, ::1] h_seq, floating[:, :, ::1] grad_h_seq,
+                   Py_ssize_t column, floating[:, ::1] grad_h,
+                   floating[:, ::1] grad_c, floating[:, :, ::1] grad_x,
+                   bint accumulate_grad_x, floating[:, ::1] grad_weight_ih,
+                   floating[:, ::1] grad_weight_hh, floating[::1] grad_bias,
+                   floating[:, :, ::1] grad_gates, floating[:, :, ::1] h_prev_seq,
+                   recurrent_mask=None):
+    """One direction of one layer, backward (BPTT), for the whole sequence.
+
+    grad_h_seq (T, B, D*H): gradient reaching this layer's output, this
+    direction's columns [column, column + H). grad_h / grad_c (B, H) hold the
+    gradients reaching h_n / c_n on entry and h0 / c0 on exit. grad_x is
+    overwritten, or added to when accumulate_grad_x. The weight and bias
+    gradients are added to. grad_gates (T, B, 4H) and h_prev_seq (T, B, H)
+    are workspaces.
+    """
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2]
+    cdef Py_ssize_t H = weight_hh.shape[1]
+    _check(weight_ih.shape[0] == 4 * H and weight_ih.shape[1] == I, "weight_ih")
+    _check(h0.shape[0] == B and c0.shape[0] == B and h0.shape[1] == H, "h0")
+    _check(batch_sizes.shape[0] == T and T > 0 and B > 0 and batch_sizes[0] <= B, "sizes")
+    _check(gates.shape[0] == T and gates.shape[1] == B and gates.shape[2] == 4 * H, "gates")
+    _check(grad_gates.shape[0] == T and grad_gates.shape[1] == B
+           and grad_gates.shape[2] == 4 * H, "grad_gates")
+    _check(c_seq.shape[0] == T and c_seq.shape[1] == B and c_seq.shape[2] == H, "c_seq")
+    _check(h_prev_seq.shape[0] == T and h_prev_seq.shape[1] == B
+           and h_prev_seq.shape[2] == H, "h_prev_seq")
+    _check(h_seq.shape[0] == T and h_seq.shape[1] == B
+           and column + H <= h_seq.shape[2], "h_seq")
+    _check(grad_h_seq.shape[0] == T and grad_h_seq.shape[1] == B
+           and column + H <= grad_h_seq.shape[2], "grad_h_seq")
+    _check(grad_h.shape[0] == B and grad_h.shape[1] == H
+           and grad_c.shape[0] == B and grad_c.shape[1] == H, "grad_h")
+    _check(grad_x.shape[0] == T and grad_x.shape[1] == B and grad_x.shape[2] == I, "grad_x")
+    _check(grad_weight_ih.shape[0] == 4 * H and grad_weight_ih.shape[1] == I
+           and grad_weight_hh.shape[0] == 4 * H and grad_weight_hh.shape[1] == H
+           and grad_bias.shape[0] == 4 * H, "grad weights")
+    cdef floating[:, ::1] mask_view
+    cdef const floating* mask_ptr = NULL
+    if recurrent_mask is not None:
+        mask_view = recurrent_mask
+        _check(mask_view.shape[0] == B and mask_view.shape[1] == H, "mask")
+        mask_ptr = &mask_view[0, 0]
+    cdef floating beta_x = 1.0 if accumulate_grad_x else 0.0
+    with nogil:
+        lstm_recurrence_backward(T, B, H, 0, B, &weight_hh[0, 0], &h0[0, 0],
+                                 &c0[0, 0], &batch_sizes[0], reverse, mask_ptr,
+                                 &gates[0, 0, 0], &c_seq[0, 0, 0],
+                                 &h_seq[0, 0, column], h_seq.shape[2],
+                                 &grad_h_seq[0, 0, column], grad_h_seq.shape[2],
+                                 &grad_h[0, 0], &grad_c[0, 0],
+                                 &grad_gates[0, 0, 0], &h_prev_seq[0, 0, 0])
+        lstm_parameter_gradients(T * B, I, H, &x[0, 0, 0], &weight_ih[0, 0],
+                                 &grad_gates[0, 0, 0], &h_prev_seq[0, 0, 0],
+                                 &grad_x[0, 0, 0], beta_x, &grad_weight_ih[0, 0],
+                                 &grad_weight_hh[0, 0], &grad_bias[0])
