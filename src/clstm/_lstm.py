@@ -66,6 +66,9 @@ class LSTM:
         In training mode, dropout on ``h_{t-1}`` in the recurrent product,
         with one mask per sequence and layer held over all timesteps
         (variational dropout, Gal & Ghahramani 2016; Keras semantics).
+    n_jobs : int or None, default=None
+        Threads for one forward/backward. None picks automatically from the
+        batch shape and the cores available; -1 uses all cores.
 
     Attributes
     ----------
@@ -78,7 +81,7 @@ class LSTM:
 
     def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False,
                  dtype="float32", random_state=None, dropout=0.0,
-                 recurrent_dropout=0.0):
+                 recurrent_dropout=0.0, n_jobs=None):
         self.input_size = check_positive_int(input_size, "input_size")
         self.hidden_size = check_positive_int(hidden_size, "hidden_size")
         self.num_layers = check_positive_int(num_layers, "num_layers")
@@ -91,6 +94,7 @@ class LSTM:
                 raise ValueError(f"{name} must be a float in [0, 1), got {p!r}")
         self.dropout = float(dropout)
         self.recurrent_dropout = float(recurrent_dropout)
+        self.n_jobs = n_jobs
         self.training = False
         self._rng = _as_generator(random_state)
         self.params = {}
