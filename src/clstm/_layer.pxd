@@ -35,9 +35,14 @@ cdef void lstm_recurrence_backward(
     floating* grad_h, floating* grad_c, floating* grad_gates,
     floating* h_prev_seq) noexcept nogil
 
-cdef void lstm_parameter_gradients(
+cdef void lstm_weight_gradients(
     Py_ssize_t n_rows, Py_ssize_t input_size, Py_ssize_t hidden_size,
-    const floating* x, const floating* weight_ih, const floating* grad_gates,
-    const floating* h_prev_seq, floating* grad_x, floating beta_x,
+    Py_ssize_t gate_begin, Py_ssize_t gate_end,
+    const floating* x, const floating* grad_gates, const floating* h_prev_seq,
     floating* grad_weight_ih, floating* grad_weight_hh,
     floating* grad_bias) noexcept nogil
+
+cdef void lstm_input_gradient(
+    Py_ssize_t n_rows, Py_ssize_t input_size, Py_ssize_t hidden_size,
+    const floating* grad_gates, const floating* weight_ih, floating* grad_x,
+    floating beta) noexcept nogil

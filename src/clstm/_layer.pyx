@@ -219,144 +219,193 @@ cdef void lstm_recurrence_backward(
                     dh[r * H + j] *= mask[r * H + j]
 
 
-cdef void lstm_parameter_gradients(
+cdef void lstm_weight_gradients(
         Py_ssize_t n_rows, Py_ssize_t input_size, Py_ssize_t hidden_size,
-        const floating* x, const floating* weight_ih, const floating* grad_gates,
-        const floating* h_prev_seq, floating* grad_x, floating beta_x,
+        Py_ssize_t gate_begin, Py_ssize_t gate_end,
+        const floating* x, const floating* grad_gates, const floating* h_prev_seq,
         floating* grad_weight_ih, floating* grad_weight_hh,
         floating* grad_bias) noexcept nogil:
-    """Whole-sequence GEMMs after BPTT (accumulating into the weight grads)."""
+    """Weight and bias gradients for gate rows [gate_begin, gate_end), summed
+    over all n_rows = T*B rows in one GEMM each (accumulating)."""
     cdef int M = <int> n_rows, I = <int> input_size, H = <int> hidden_size
-    cdef int G = 4 * H
+    cdef int G = 4 * H, g0 = <int> gate_begin, n_g = <int> (gate_end - gate_begin)
     cdef Py_ssize_t r, j
-    if n_rows == 0:
+    if n_rows == 0 or n_g <= 0:
         return
-    # grad_weight_ih += grad_gates.T @ x
-    _gemm(RowMajor, Trans, NoTrans, G, I, M, 1.0, grad_gates, G, x, I, 1.0,
-          grad_weight_ih, I)
-    # grad_weight_hh += grad_gates.T @ h_prev_seq
-    _gemm(RowMajor, Trans, NoTrans, G, H, M, 1.0, grad_gates, G, h_prev_seq, H,
-          1.0, grad_weight_hh, H)
-    # grad_x = grad_gates @ weight_ih + beta_x * grad_x
-    _gemm(RowMajor, NoTrans, NoTrans, M, I, G, 1.0, grad_gates, G, weight_ih, I,
-          beta_x, grad_x, I)
-    # grad_bias += grad_gates.sum(axis=0)
+    # grad_weight_ih[g0:g1] += grad_gates[:, g0:g1].T @ x
+    _gemm(RowMajor, Trans, NoTrans, n_g, I, M, 1.0, grad_gates + g0, G, x, I, 1.0,
+          grad_weight_ih + g0 * I, I)
+    # grad_weight_hh[g0:g1] += grad_gates[:, g0:g1].T @ h_prev_seq
+    _gemm(RowMajor, Trans, NoTrans, n_g, H, M, 1.0, grad_gates + g0, G, h_prev_seq,
+          H, 1.0, grad_weight_hh + g0 * H, H)
+    # grad_bias[g0:g1] += grad_gates[:, g0:g1].sum(axis=0)
     for r in range(n_rows):
-        for j in range(G):
+        for j in range(gate_begin, gate_end):
             grad_bias[j] += grad_gates[r * G + j]
 
 
-# --- Python-facing entry points (called by clstm._lstm) -----------------------
-# Shapes are validated by the caller (clstm._lstm.LSTM); these only check what
-# would otherwise corrupt memory.
+cdef void lstm_input_gradient(
+        Py_ssize_t n_rows, Py_ssize_t input_size, Py_ssize_t hidden_size,
+        const floating* grad_gates, const floating* weight_ih, floating* grad_x,
+        floating beta) noexcept nogil:
+    """grad_x = grad_gates @ weight_ih + beta * grad_x, for n_rows rows"""
+    cdef int G = 4 * <int> hidden_size, I = <int> input_size
+    if n_rows == 0:
+        return
+    _gemm(RowMajor, NoTrans, NoTrans, <int> n_rows, I, G, 1.0, grad_gates, G,
+          weight_ih, I, beta, grad_x, I)
 
-def _check(bint ok, str what):
+
+# --- Python-facing entry points (called by clstm._lstm) -----------------------
+# Each runs one phase of a layer on a range of rows, with the GIL released,
+# so the model can run ranges in parallel threads. Shapes are validated by
+# the caller (clstm._lstm.LSTM); the checks here guard memory safety only.
+
+cdef inline void _check(bint ok, str what) except *:
     if not ok:
         raise ValueError(f"internal layout error: {what}")
 
 
-def layer_forward(floating[:, :, ::1] x, floating[:, ::1] weight_ih,
-                  floating[:, ::1] weight_hh, floating[::1] bias,
-                  floating[:, ::1] h0, floating[:, ::1] c0,
-                  const int[::1] batch_sizes, bint reverse,
-                  floating[:, :, ::1] gates, floating[:, :, ::1] c_seq,
-                  floating[:, :, ::1] h_seq, Py_ssize_t column,
-                  recurrent_mask=None, work=None):
-    """One direction of one layer, forward, for the whole sequence.
+cdef inline void _check_range(Py_ssize_t begin, Py_ssize_t end, Py_ssize_t n,
+                              str what) except *:
+    _check(0 <= begin <= end <= n, what)
 
-    x (T, B, I); h_seq (T, B, D*H) pre-zeroed, this direction writing columns
-    [column, column + H); gates (T, B, 4H) and c_seq (T, B, H) are filled.
-    """
+
+def input_projection(floating[:, :, ::1] x, floating[:, ::1] weight_ih,
+                     floating[::1] bias, floating[:, :, ::1] gates,
+                     Py_ssize_t row_begin, Py_ssize_t row_end):
+    """gates.reshape(T*B, 4H)[rows] = x.reshape(T*B, I)[rows] @ weight_ih.T + bias"""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2]
-    cdef Py_ssize_t H = weight_hh.shape[1]
-    _check(weight_ih.shape[0] == 4 * H and weight_ih.shape[1] == I, "weight_ih")
-    _check(weight_hh.shape[0] == 4 * H and bias.shape[0] == 4 * H, "weight_hh")
-    _check(h0.shape[0] == B and h0.shape[1] == H, "h0")
-    _check(c0.shape[0] == B and c0.shape[1] == H, "c0")
-    _check(batch_sizes.shape[0] == T, "batch_sizes")
-    _check(gates.shape[0] == T and gates.shape[1] == B and gates.shape[2] == 4 * H, "gates")
+    cdef Py_ssize_t G = gates.shape[2]
+    _check(weight_ih.shape[0] == G and weight_ih.shape[1] == I and bias.shape[0] == G
+           and G % 4 == 0, "weight_ih")
+    _check(gates.shape[0] == T and gates.shape[1] == B, "gates")
+    _check_range(row_begin, row_end, T * B, "rows")
+    if row_end == row_begin:
+        return
+    with nogil:
+        lstm_input_projection(row_end - row_begin, I, G // 4,
+                              &x[0, 0, 0] + row_begin * I, &weight_ih[0, 0], &bias[0],
+                              &gates[0, 0, 0] + row_begin * G)
+
+
+def recurrence_forward(floating[:, ::1] weight_hh, floating[:, ::1] h0,
+                       floating[:, ::1] c0, const int[::1] batch_sizes,
+                       bint reverse, floating[:, :, ::1] gates,
+                       floating[:, :, ::1] c_seq, floating[:, :, ::1] h_seq,
+                       Py_ssize_t column, Py_ssize_t row_begin, Py_ssize_t row_end,
+                       recurrence_mask=None, work=None):
+    """Scan over time for batch rows [row_begin, row_end) (see lstm_recurrence_forward).
+
+    h_seq (T, B, D*H) is pre-zeroed where sequences are padded; this direction
+    writes columns [column, column + H).
+    """
+    cdef Py_ssize_t T = gates.shape[0], B = gates.shape[1], H = weight_hh.shape[1]
+    _check(T > 0 and B > 0 and H > 0 and gates.shape[2] == 4 * H
+           and weight_hh.shape[0] == 4 * H, "weight_hh")
+    _check(h0.shape[0] == B and h0.shape[1] == H and c0.shape[0] == B
+           and c0.shape[1] == H, "h0/c0")
+    _check(batch_sizes.shape[0] == T and batch_sizes[0] <= B, "batch_sizes")
     _check(c_seq.shape[0] == T and c_seq.shape[1] == B and c_seq.shape[2] == H, "c_seq")
-    _check(h_seq.shape[0] == T and h_seq.shape[1] == B
-           and 0 <= column and column + H <= h_seq.shape[2], "h_seq")
-    _check(T > 0 and B > 0 and H > 0 and batch_sizes[0] <= B, "sizes")
+    _check(h_seq.shape[0] == T and h_seq.shape[1] == B and column >= 0
+           and column + H <= h_seq.shape[2], "h_seq")
+    _check_range(row_begin, row_end, B, "rows")
     cdef floating[:, ::1] mask_view
     cdef floating[:, ::1] work_view
     cdef const floating* mask_ptr = NULL
     cdef floating* work_ptr = NULL
-    if recurrent_mask is not None:
-        mask_view = recurrent_mask
+    if recurrence_mask is not None:
+        mask_view = recurrence_mask
         work_view = work
         _check(mask_view.shape[0] == B and mask_view.shape[1] == H, "mask")
-        _check(work_view.shape[0] >= B and work_view.shape[1] == H, "work")
+        _check(work_view.shape[0] == B and work_view.shape[1] == H, "work")
         mask_ptr = &mask_view[0, 0]
-        work_ptr = &work_view[0, 0]
+        work_ptr = &work_view[0, 0] + row_begin * H
     cdef Py_ssize_t ld_h = h_seq.shape[2]
     with nogil:
-        lstm_input_projection(T * B, I, H, &x[0, 0, 0], &weight_ih[0, 0],
-                              &bias[0], &gates[0, 0, 0])
-        lstm_recurrence_forward(T, B, H, 0, B, &weight_hh[0, 0], &h0[0, 0],
-                                &c0[0, 0], &batch_sizes[0], reverse, mask_ptr,
-                                &gates[0, 0, 0], &c_seq[0, 0, 0],
+        lstm_recurrence_forward(T, B, H, row_begin, row_end, &weight_hh[0, 0],
+                                &h0[0, 0], &c0[0, 0], &batch_sizes[0], reverse,
+                                mask_ptr, &gates[0, 0, 0], &c_seq[0, 0, 0],
                                 &h_seq[0, 0, column], ld_h, work_ptr)
 
 
-def layer_backward(floating[:, :, ::1] x, floating[:, ::1] weight_ih,
-                   floating[:, ::1] weight_hh, floating[:, ::1] h0,
-                   floating[:, ::1] c0, const int[::1] batch_sizes, bint reverse,
-                   floating[:, :, ::1] gates, floating[:, :, ::1] c_seq,
-                   floating[:, :, ::1] h_seq, floating[:, :, ::1] grad_h_seq,
-                   Py_ssize_t column, floating[:, ::1] grad_h,
-                   floating[:, ::1] grad_c, floating[:, :, ::1] grad_x,
-                   bint accumulate_grad_x, floating[:, ::1] grad_weight_ih,
-                   floating[:, ::1] grad_weight_hh, floating[::1] grad_bias,
-                   floating[:, :, ::1] grad_gates, floating[:, :, ::1] h_prev_seq,
-                   recurrent_mask=None):
-    """One direction of one layer, backward (BPTT), for the whole sequence.
+def recurrence_backward(floating[:, ::1] weight_hh, floating[:, ::1] h0,
+                        floating[:, ::1] c0, const int[::1] batch_sizes,
+                        bint reverse, floating[:, :, ::1] gates,
+                        floating[:, :, ::1] c_seq, floating[:, :, ::1] h_seq,
+                        floating[:, :, ::1] grad_h_seq, Py_ssize_t column,
+                        floating[:, ::1] grad_h, floating[:, ::1] grad_c,
+                        floating[:, :, ::1] grad_gates,
+                        floating[:, :, ::1] h_prev_seq,
+                        Py_ssize_t row_begin, Py_ssize_t row_end,
+                        recurrence_mask=None):
+    """BPTT for batch rows [row_begin, row_end) (see lstm_recurrence_backward).
 
-    grad_h_seq (T, B, D*H): gradient reaching this layer's output, this
-    direction's columns [column, column + H). grad_h / grad_c (B, H) hold the
-    gradients reaching h_n / c_n on entry and h0 / c0 on exit. grad_x is
-    overwritten, or added to when accumulate_grad_x. The weight and bias
-    gradients are added to. grad_gates (T, B, 4H) and h_prev_seq (T, B, H)
-    are workspaces.
+    grad_h / grad_c (B, H): gradients reaching h_n / c_n on entry, h0 / c0 on
+    exit. grad_gates (T, B, 4H) and h_prev_seq (T, B, H) are filled.
     """
-    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2]
-    cdef Py_ssize_t H = weight_hh.shape[1]
-    _check(weight_ih.shape[0] == 4 * H and weight_ih.shape[1] == I, "weight_ih")
-    _check(h0.shape[0] == B and c0.shape[0] == B and h0.shape[1] == H, "h0")
-    _check(batch_sizes.shape[0] == T and T > 0 and B > 0 and batch_sizes[0] <= B, "sizes")
-    _check(gates.shape[0] == T and gates.shape[1] == B and gates.shape[2] == 4 * H, "gates")
-    _check(grad_gates.shape[0] == T and grad_gates.shape[1] == B
-           and grad_gates.shape[2] == 4 * H, "grad_gates")
+    cdef Py_ssize_t T = gates.shape[0], B = gates.shape[1], H = weight_hh.shape[1]
+    _check(T > 0 and B > 0 and H > 0 and gates.shape[2] == 4 * H
+           and weight_hh.shape[0] == 4 * H, "weight_hh")
+    _check(h0.shape[0] == B and h0.shape[1] == H and c0.shape[0] == B
+           and c0.shape[1] == H, "h0/c0")
+    _check(batch_sizes.shape[0] == T and batch_sizes[0] <= B, "batch_sizes")
     _check(c_seq.shape[0] == T and c_seq.shape[1] == B and c_seq.shape[2] == H, "c_seq")
-    _check(h_prev_seq.shape[0] == T and h_prev_seq.shape[1] == B
-           and h_prev_seq.shape[2] == H, "h_prev_seq")
-    _check(h_seq.shape[0] == T and h_seq.shape[1] == B
+    _check(h_seq.shape[0] == T and h_seq.shape[1] == B and column >= 0
            and column + H <= h_seq.shape[2], "h_seq")
     _check(grad_h_seq.shape[0] == T and grad_h_seq.shape[1] == B
            and column + H <= grad_h_seq.shape[2], "grad_h_seq")
-    _check(grad_h.shape[0] == B and grad_h.shape[1] == H
-           and grad_c.shape[0] == B and grad_c.shape[1] == H, "grad_h")
-    _check(grad_x.shape[0] == T and grad_x.shape[1] == B and grad_x.shape[2] == I, "grad_x")
-    _check(grad_weight_ih.shape[0] == 4 * H and grad_weight_ih.shape[1] == I
-           and grad_weight_hh.shape[0] == 4 * H and grad_weight_hh.shape[1] == H
-           and grad_bias.shape[0] == 4 * H, "grad weights")
+    _check(grad_h.shape[0] == B and grad_h.shape[1] == H and grad_c.shape[0] == B
+           and grad_c.shape[1] == H, "grad_h/grad_c")
+    _check(grad_gates.shape[0] == T and grad_gates.shape[1] == B
+           and grad_gates.shape[2] == 4 * H, "grad_gates")
+    _check(h_prev_seq.shape[0] == T and h_prev_seq.shape[1] == B
+           and h_prev_seq.shape[2] == H, "h_prev_seq")
+    _check_range(row_begin, row_end, B, "rows")
     cdef floating[:, ::1] mask_view
     cdef const floating* mask_ptr = NULL
-    if recurrent_mask is not None:
-        mask_view = recurrent_mask
+    if recurrence_mask is not None:
+        mask_view = recurrence_mask
         _check(mask_view.shape[0] == B and mask_view.shape[1] == H, "mask")
         mask_ptr = &mask_view[0, 0]
-    cdef floating beta_x = 1.0 if accumulate_grad_x else 0.0
     with nogil:
-        lstm_recurrence_backward(T, B, H, 0, B, &weight_hh[0, 0], &h0[0, 0],
-                                 &c0[0, 0], &batch_sizes[0], reverse, mask_ptr,
-                                 &gates[0, 0, 0], &c_seq[0, 0, 0],
+        lstm_recurrence_backward(T, B, H, row_begin, row_end, &weight_hh[0, 0],
+                                 &h0[0, 0], &c0[0, 0], &batch_sizes[0], reverse,
+                                 mask_ptr, &gates[0, 0, 0], &c_seq[0, 0, 0],
                                  &h_seq[0, 0, column], h_seq.shape[2],
                                  &grad_h_seq[0, 0, column], grad_h_seq.shape[2],
                                  &grad_h[0, 0], &grad_c[0, 0],
                                  &grad_gates[0, 0, 0], &h_prev_seq[0, 0, 0])
-        lstm_parameter_gradients(T * B, I, H, &x[0, 0, 0], &weight_ih[0, 0],
-                                 &grad_gates[0, 0, 0], &h_prev_seq[0, 0, 0],
-                                 &grad_x[0, 0, 0], beta_x, &grad_weight_ih[0, 0],
-                                 &grad_weight_hh[0, 0], &grad_bias[0])
+
+
+def parameter_gradients(floating[:, :, ::1] x, floating[:, ::1] weight_ih,
+                        floating[:, :, ::1] grad_gates,
+                        floating[:, :, ::1] h_prev_seq, floating[:, :, ::1] grad_x,
+                        bint accumulate_grad_x, floating[:, ::1] grad_weight_ih,
+                        floating[:, ::1] grad_weight_hh, floating[::1] grad_bias,
+                        Py_ssize_t gate_begin, Py_ssize_t gate_end,
+                        Py_ssize_t row_begin, Py_ssize_t row_end):
+    """After BPTT: weight/bias gradients for gate rows [gate_begin, gate_end)
+    (added to), and grad_x for flattened rows [row_begin, row_end) of T*B
+    (overwritten, or added to when accumulate_grad_x)."""
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2]
+    cdef Py_ssize_t G = grad_gates.shape[2], H = G // 4
+    _check(G % 4 == 0 and grad_gates.shape[0] == T and grad_gates.shape[1] == B, "grad_gates")
+    _check(weight_ih.shape[0] == G and weight_ih.shape[1] == I, "weight_ih")
+    _check(h_prev_seq.shape[0] == T and h_prev_seq.shape[1] == B
+           and h_prev_seq.shape[2] == H, "h_prev_seq")
+    _check(grad_x.shape[0] == T and grad_x.shape[1] == B and grad_x.shape[2] == I, "grad_x")
+    _check(grad_weight_ih.shape[0] == G and grad_weight_ih.shape[1] == I
+           and grad_weight_hh.shape[0] == G and grad_weight_hh.shape[1] == H
+           and grad_bias.shape[0] == G, "grad weights")
+    _check_range(gate_begin, gate_end, G, "gate rows")
+    _check_range(row_begin, row_end, T * B, "rows")
+    cdef floating beta = 1.0 if accumulate_grad_x else 0.0
+    with nogil:
+        lstm_weight_gradients(T * B, I, H, gate_begin, gate_end, &x[0, 0, 0],
+                              &grad_gates[0, 0, 0], &h_prev_seq[0, 0, 0],
+                              &grad_weight_ih[0, 0], &grad_weight_hh[0, 0],
+                              &grad_bias[0])
+        lstm_input_gradient(row_end - row_begin, I, H,
+                            &grad_gates[0, 0, 0] + row_begin * G, &weight_ih[0, 0],
+                            &grad_x[0, 0, 0] + row_begin * I, beta)

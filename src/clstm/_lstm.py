@@ -7,10 +7,13 @@ calls one compiled kernel per layer and direction.
 """
 
 import numbers
+import threading
+from functools import partial
 
 import numpy as np
 
 from clstm import _layer
+from clstm._parallel import blas_single_threaded, resolve_n_threads, run_tasks, split_rows
 from clstm._validation import (
     as_float_array,
     check_finite,
@@ -101,6 +104,7 @@ class LSTM:
         self._init_params()
         self.grads = {}
         self._cache = None
+        self._workspace = _Workspace()
 
     # -- parameters ---------------------------------------------------------
     @property
@@ -153,7 +157,8 @@ class LSTM:
             if value.shape != shape:
                 raise ValueError(f"state_dict[{name!r}] has shape {value.shape}, expected {shape}")
             check_finite(value, name)
-            new[name] = np.ascontiguousarray(value)
+            # a copy: the net must not alias the caller's arrays (or torch's tensors)
+            new[name] = np.array(value, order="C", copy=True)
         self.params.update(new)   # only after every entry passed
         self._cache = None
         return self
@@ -188,6 +193,7 @@ class LSTM:
         out : ndarray of shape (batch, T, D * H)
         (h_n, c_n) : ndarrays of shape (num_layers * D, batch, H)
         """
+        self._cache = None        # its buffers are about to be reused
         out, states, cache = self._forward(X, h0, c0, lengths, self.training)
         self._cache = cache
         self.grads = {}
@@ -213,63 +219,97 @@ class LSTM:
         c0 = check_state(c0, shape, self.dtype, "c0")
         return X, h0, c0, lengths
 
-    def _forward(self, X, h0, c0, lengths, training):
+    def _forward(self, X, h0, c0, lengths, training, keep_cache=True):
         X, h0, c0, lengths = self._validate_input(X, h0, c0, lengths)
         B, T, _ = X.shape
         H, D = self.hidden_size, self.num_directions
-        # Sort by decreasing length (stable): the rows active at step t are
-        # then the first batch_sizes[t], so each step is one contiguous GEMM.
-        order = np.argsort(-lengths, kind="stable")
-        sorted_lengths = lengths[order]
-        batch_sizes = (sorted_lengths[None, :] > np.arange(T)[:, None]).sum(axis=1).astype(np.intc)
-        padding = np.arange(T)[:, None] >= sorted_lengths[None, :]      # (T, B)
-        x = np.ascontiguousarray(X[order].transpose(1, 0, 2))
-        if padding.any():
-            x[padding] = 0.0          # padding never reaches a GEMM
+        if lengths is None:
+            order = np.arange(B)
+            sorted_lengths = np.full(B, T)
+            batch_sizes = np.full(T, B, dtype=np.intc)
+            padded = False
+            x = np.ascontiguousarray(X.transpose(1, 0, 2))
+        else:
+            # Sort by decreasing length (stable): the rows active at step t are
+            # then the first batch_sizes[t], so each step is one contiguous GEMM.
+            order = np.argsort(-lengths, kind="stable")
+            sorted_lengths = lengths[order]
+            batch_sizes = (sorted_lengths[None, :] > np.arange(T)[:, None]).sum(axis=1).astype(np.intc)
+            padding = np.arange(T)[:, None] >= sorted_lengths[None, :]      # (T, B)
+            padded = bool(padding.any())
+            x = np.ascontiguousarray(X[order].transpose(1, 0, 2))
+            if padded:
+                x[padding] = 0.0          # padding never reaches a GEMM
         check_finite(x, "X")
-        h0 = np.ascontiguousarray(h0[:, order])
-        c0 = np.ascontiguousarray(c0[:, order])
+        if lengths is not None:
+            h0 = np.ascontiguousarray(h0[:, order])
+            c0 = np.ascontiguousarray(c0[:, order])
 
+        n_threads = resolve_n_threads(self.n_jobs, B)
+        batch_chunks = split_rows(B, n_threads, weights=sorted_lengths)
+        flat_chunks = split_rows(T * B, n_threads)
+        # Training forwards reuse one set of buffers (their cache is replaced
+        # anyway); inference forwards allocate, so concurrent calls never share.
+        ws = self._workspace if keep_cache else _Workspace()
         h_n = np.empty((self.num_layers * D, B, H), dtype=self.dtype)
         c_n = np.empty_like(h_n)
         rows = np.arange(B)
         last = sorted_lengths - 1
         layers = []
         inp = x
-        for layer in range(self.num_layers):
-            input_mask = None
-            if layer > 0 and training and self.dropout > 0:
-                input_mask = self._dropout_mask(inp.shape, self.dropout)
-                inp = inp * input_mask
-            out = np.zeros((T, B, D * H), dtype=self.dtype)
-            directions = []
-            for d in range(D):
-                p = {k: self.params[_param_name(k, layer, d)] for k in _PARAM_KINDS}
-                k = layer * D + d
-                gates = np.empty((T, B, 4 * H), dtype=self.dtype)
-                c_seq = np.empty((T, B, H), dtype=self.dtype)
-                rec_mask = work = None
-                if training and self.recurrent_dropout > 0:
-                    rec_mask = self._dropout_mask((B, H), self.recurrent_dropout)
-                    work = np.empty((B, H), dtype=self.dtype)
-                _layer.layer_forward(inp, p["weight_ih"], p["weight_hh"],
-                                     p["bias_ih"] + p["bias_hh"], h0[k], c0[k],
-                                     batch_sizes, bool(d), gates, c_seq, out, d * H,
-                                     rec_mask, work)
-                final = np.zeros_like(last) if d else last
-                h_n[k] = out[final, rows, d * H:(d + 1) * H]
-                c_n[k] = c_seq[final, rows]
-                directions.append({"gates": gates, "c_seq": c_seq, "mask": rec_mask})
-            layers.append({"input": inp, "input_mask": input_mask, "out": out,
-                           "directions": directions})
-            inp = out
+        with blas_single_threaded:
+            for layer in range(self.num_layers):
+                input_mask = None
+                if layer > 0 and training and self.dropout > 0:
+                    input_mask = self._dropout_mask(inp.shape, self.dropout)
+                    inp = inp * input_mask
+                out = ws.get(("out", layer), (T, B, D * H), self.dtype, zero=padded)
+                dirs = []
+                for d in range(D):
+                    p = {k: self.params[_param_name(k, layer, d)] for k in _PARAM_KINDS}
+                    rec_mask = work = None
+                    if training and self.recurrent_dropout > 0:
+                        rec_mask = self._dropout_mask((B, H), self.recurrent_dropout)
+                        work = ws.get(("work", layer, d), (B, H), self.dtype)
+                    dirs.append({
+                        "p": p, "bias": p["bias_ih"] + p["bias_hh"], "mask": rec_mask,
+                        "work": work,
+                        "gates": ws.get(("gates", layer, d), (T, B, 4 * H), self.dtype),
+                        "c_seq": ws.get(("c_seq", layer, d), (T, B, H), self.dtype)})
+                run_tasks([
+                    partial(_layer.input_projection, inp, dc["p"]["weight_ih"], dc["bias"],
+                            dc["gates"], r0, r1)
+                    for dc in dirs for r0, r1 in flat_chunks])
+                run_tasks([
+                    partial(_layer.recurrence_forward, dc["p"]["weight_hh"], h0[layer * D + d],
+                            c0[layer * D + d], batch_sizes, bool(d), dc["gates"], dc["c_seq"],
+                            out, d * H, b0, b1, dc["mask"], dc["work"])
+                    for d, dc in enumerate(dirs) for b0, b1 in batch_chunks])
+                for d, dc in enumerate(dirs):
+                    k = layer * D + d
+                    final = np.zeros_like(last) if d else last
+                    h_n[k] = out[final, rows, d * H:(d + 1) * H]
+                    c_n[k] = dc["c_seq"][final, rows]
+                layers.append({"input": inp, "input_mask": input_mask, "out": out,
+                               "directions": [{k: dc[k] for k in ("gates", "c_seq", "mask")}
+                                              for dc in dirs]})
+                inp = out
 
-        inverse = np.argsort(order)
-        result = np.ascontiguousarray(inp.transpose(1, 0, 2)[inverse])
-        cache = {"layers": layers, "order": order, "inverse": inverse,
-                 "batch_sizes": batch_sizes, "h0": h0, "c0": c0,
-                 "shape": (B, T), "params": dict(self.params)}
-        return result, (h_n[:, inverse], c_n[:, inverse]), cache
+        if lengths is None:
+            inverse = order
+            result = np.ascontiguousarray(inp.transpose(1, 0, 2))
+        else:
+            inverse = np.argsort(order)
+            result = np.ascontiguousarray(inp.transpose(1, 0, 2)[inverse])
+        cache = None
+        if keep_cache:
+            cache = {"layers": layers, "order": order, "inverse": inverse,
+                     "batch_sizes": batch_sizes, "h0": h0, "c0": c0,
+                     "shape": (B, T), "params": dict(self.params),
+                     "batch_chunks": batch_chunks, "flat_chunks": flat_chunks}
+        if lengths is not None:
+            h_n, c_n = h_n[:, inverse], c_n[:, inverse]
+        return result, (h_n, c_n), cache
 
     def _dropout_mask(self, shape, p):
         keep = self._rng.random(shape) >= p
@@ -313,35 +353,68 @@ class LSTM:
 
         g = np.ascontiguousarray(grad_out[order].transpose(1, 0, 2))
         grads = {name: np.zeros_like(value) for name, value in self.params.items()}
+        bias_grads = {}
         batch_sizes = cache["batch_sizes"]
-        grad_gates = np.empty((T, B, 4 * H), dtype=self.dtype)
-        h_prev_seq = np.empty((T, B, H), dtype=self.dtype)
-        for layer in reversed(range(self.num_layers)):
-            lc = cache["layers"][layer]
-            inp = lc["input"]
-            grad_in = np.empty_like(inp)
-            for d in range(D):
-                k = layer * D + d
-                dc = lc["directions"][d]
-                names = {kind: _param_name(kind, layer, d) for kind in _PARAM_KINDS}
-                grad_bias = np.zeros(4 * H, dtype=self.dtype)
-                _layer.layer_backward(
-                    inp, self.params[names["weight_ih"]], self.params[names["weight_hh"]],
-                    cache["h0"][k], cache["c0"][k], batch_sizes, bool(d),
-                    dc["gates"], dc["c_seq"], lc["out"], g, d * H,
-                    grad_h[k], grad_c[k], grad_in, d > 0,
-                    grads[names["weight_ih"]], grads[names["weight_hh"]], grad_bias,
-                    grad_gates, h_prev_seq, dc["mask"])
-                grads[names["bias_ih"]] += grad_bias
-                grads[names["bias_hh"]] += grad_bias
-            if lc["input_mask"] is not None:
-                grad_in *= lc["input_mask"]
-            g = grad_in
+        batch_chunks, flat_chunks = cache["batch_chunks"], cache["flat_chunks"]
+        n_parts = len(flat_chunks)
+        gate_chunks = split_rows(4 * H, n_parts)
+        ws = self._workspace
+        with blas_single_threaded:
+            for layer in reversed(range(self.num_layers)):
+                lc = cache["layers"][layer]
+                inp = lc["input"]
+                grad_in = np.empty_like(inp)
+                dirs = []
+                for d in range(D):
+                    names = {kind: _param_name(kind, layer, d) for kind in _PARAM_KINDS}
+                    bias_grads[(layer, d)] = np.zeros(4 * H, dtype=self.dtype)
+                    dirs.append({
+                        "names": names, **lc["directions"][d],
+                        "grad_gates": ws.get(("grad_gates", d), (T, B, 4 * H), self.dtype),
+                        "h_prev_seq": ws.get(("h_prev_seq", d), (T, B, H), self.dtype)})
+                run_tasks([
+                    partial(_layer.recurrence_backward,
+                            self.params[dc["names"]["weight_hh"]], cache["h0"][layer * D + d],
+                            cache["c0"][layer * D + d], batch_sizes, bool(d), dc["gates"],
+                            dc["c_seq"], lc["out"], g, d * H, grad_h[layer * D + d],
+                            grad_c[layer * D + d], dc["grad_gates"], dc["h_prev_seq"],
+                            b0, b1, dc["mask"])
+                    for d, dc in enumerate(dirs) for b0, b1 in batch_chunks])
+
+                def gradient_task(part, layer=layer, dirs=dirs, inp=inp, grad_in=grad_in):
+                    g0, g1 = gate_chunks[part] if part < len(gate_chunks) else (0, 0)
+                    r0, r1 = flat_chunks[part]
+                    for d, dc in enumerate(dirs):   # d=1 adds to d=0's grad_in rows
+                        _layer.parameter_gradients(
+                            inp, self.params[dc["names"]["weight_ih"]], dc["grad_gates"],
+                            dc["h_prev_seq"], grad_in, d > 0,
+                            grads[dc["names"]["weight_ih"]], grads[dc["names"]["weight_hh"]],
+                            bias_grads[(layer, d)], g0, g1, r0, r1)
+
+                run_tasks([partial(gradient_task, part) for part in range(n_parts)])
+                for d, dc in enumerate(dirs):
+                    grads[dc["names"]["bias_ih"]] += bias_grads[(layer, d)]
+                    grads[dc["names"]["bias_hh"]] += bias_grads[(layer, d)]
+                if lc["input_mask"] is not None:
+                    grad_in *= lc["input_mask"]
+                g = grad_in
         inverse = cache["inverse"]
         grads["h0"] = np.ascontiguousarray(grad_h[:, inverse])
         grads["c0"] = np.ascontiguousarray(grad_c[:, inverse])
         self.grads = grads
         return np.ascontiguousarray(g.transpose(1, 0, 2)[inverse])
+
+    def __getstate__(self):
+        # Workspaces and the forward cache are scratch: never pickled.
+        state = self.__dict__.copy()
+        state["_workspace"] = None
+        state["_cache"] = None
+        state["grads"] = {}
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._workspace = _Workspace()
 
     def __repr__(self):
         extra = ""
@@ -353,6 +426,27 @@ class LSTM:
             extra += f", recurrent_dropout={self.recurrent_dropout}"
         return (f"LSTM({self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
                 f"{extra}, dtype={np.dtype(self.dtype).name!r})")
+
+
+class _Workspace:
+    """Buffers reused across calls with the same shapes (no per-batch
+    reallocation in a training loop). Not shared between threads."""
+
+    def __init__(self):
+        self._local = threading.local()
+
+    def get(self, key, shape, dtype, zero=False):
+        store = self._local.__dict__.setdefault("arrays", {})
+        arr = store.get(key)
+        if arr is None or arr.shape != shape or arr.dtype != dtype:
+            arr = np.zeros(shape, dtype=dtype) if zero else np.empty(shape, dtype=dtype)
+            store[key] = arr
+        elif zero:
+            arr.fill(0)
+        return arr
+
+    def clear(self):
+        self._local.__dict__.pop("arrays", None)
 
 
 def _as_generator(random_state):

@@ -66,9 +66,9 @@ def check_state(value, shape, dtype, name):
 
 
 def check_lengths(lengths, batch_size, n_steps):
-    """int64 lengths in [1, n_steps], one per sequence (all n_steps if None)."""
+    """int64 lengths in [1, n_steps], one per sequence (None stays None: all n_steps)."""
     if lengths is None:
-        return np.full(batch_size, n_steps, dtype=np.int64)
+        return None
     arr = np.asarray(lengths)
     if arr.ndim != 1 or arr.shape[0] != batch_size:
         raise ValueError(f"lengths must be 1-D with one entry per sequence ({batch_size}), "

@@ -1,0 +1,186 @@
+"""Threads for one forward/backward: how many, how to split, and BLAS control.
+
+clstm parallelises itself instead of relying on a threaded BLAS: the batch
+is split into contiguous row ranges, each thread runs the whole recurrence on
+its rows with single-threaded BLAS (no per-step synchronisation), and the
+large whole-sequence GEMMs (input projection, weight gradients, grad_x) are
+split into row blocks the same way. Nesting a threaded BLAS inside per-step
+parallel work oversubscribes the cores badly, so while clstm's threads run,
+BLAS is held at one thread (threadpoolctl, reference-counted across
+concurrent callers and restored afterwards).
+
+The rule for n_jobs=None: use as many threads as BLAS is currently allowed
+(so joblib/loky workers, which lower that limit, are never oversubscribed),
+capped by the usable cores and by the batch: each thread gets at least
+MIN_ROWS_PER_THREAD sequences of the recurrence.
+"""
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+__all__ = ["resolve_n_threads", "split_rows", "run_tasks", "blas_single_threaded"]
+
+# Below this many rows per thread the recurrent GEMM gets too thin for a
+# thread to pay for itself (measured in benchmarks/RESULTS.md).
+MIN_ROWS_PER_THREAD = 8
+
+
+def available_cores():
+    """Cores this process may run on (its CPU affinity where the OS has one)."""
+    global _cores
+    if _cores is None:
+        try:
+            _cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - macOS, Windows
+            _cores = os.cpu_count() or 1
+    return _cores
+
+
+_cores = None
+
+
+_controller = None
+_controller_lock = threading.Lock()
+
+
+def _blas_controller():
+    """The threadpoolctl controller for BLAS libraries (created once, lazily)."""
+    global _controller
+    with _controller_lock:
+        if _controller is None:
+            from threadpoolctl import ThreadpoolController
+            _controller = ThreadpoolController().select(user_api="blas")
+        return _controller
+
+
+def _blas_thread_limit():
+    saved = blas_single_threaded.outer_limit
+    if saved is not None:      # our own limit of 1 is in force: report the user's
+        return saved
+    counts = [lib.get_num_threads() for lib in _blas_controller().lib_controllers]
+    return max(1, min(counts)) if counts else available_cores()
+
+
+def resolve_n_threads(n_jobs, batch_size=None):
+    """Threads to use for a batch of `batch_size` sequences.
+
+    n_jobs: None (automatic, see module docstring), a positive int, or a
+    negative int counting from the number of cores as joblib does (-1 = all).
+    """
+    cores = available_cores()
+    if n_jobs is None:
+        n = min(cores, _blas_thread_limit())
+    elif isinstance(n_jobs, (bool, np.bool_)) or not isinstance(n_jobs, (int, np.integer)):
+        raise TypeError(f"n_jobs must be None or a non-zero int, got {n_jobs!r}")
+    elif n_jobs == 0:
+        raise ValueError("n_jobs must be None or a non-zero int, got 0")
+    elif n_jobs < 0:
+        n = max(1, cores + 1 + int(n_jobs))
+    else:
+        n = int(n_jobs)
+    if batch_size is not None and n_jobs is None:
+        n = min(n, max(1, batch_size // MIN_ROWS_PER_THREAD))
+    return max(1, n)
+
+
+def split_rows(n_rows, n_parts, weights=None):
+    """Boundaries of `n_parts` contiguous ranges covering range(n_rows).
+
+    With `weights` (one per row, e.g. sequence lengths), the ranges carry
+    about equal total weight instead of equal row counts.
+    """
+    n_parts = max(1, min(n_parts, n_rows))
+    if n_parts == 1:
+        return [(0, n_rows)]
+    if weights is None:
+        return [(n_rows * k // n_parts, n_rows * (k + 1) // n_parts) for k in range(n_parts)]
+    cum = np.concatenate([[0], np.cumsum(weights, dtype=np.float64)])
+    targets = cum[-1] * np.arange(1, n_parts) / n_parts
+    cuts = np.searchsorted(cum, targets, side="left")
+    bounds = [0] + [int(c) for c in cuts] + [n_rows]
+    for k in range(1, len(bounds)):            # keep ranges non-empty and ordered
+        bounds[k] = min(max(bounds[k], bounds[k - 1] + 1), n_rows - (len(bounds) - 1 - k))
+    return [(bounds[k], bounds[k + 1]) for k in range(n_parts)]
+
+
+_pool = None
+_pool_size = 0
+_pool_lock = threading.Lock()
+
+
+def _get_pool(n_workers):
+    global _pool, _pool_size
+    with _pool_lock:
+        if _pool is None or _pool_size < n_workers:
+            old = _pool
+            _pool = ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="clstm")
+            _pool_size = n_workers
+            if old is not None:
+                old.shutdown(wait=False)
+        return _pool
+
+
+def run_tasks(tasks):
+    """Run zero-argument callables concurrently (the first in this thread);
+    return when all are done, re-raising the first error."""
+    if len(tasks) == 1:
+        tasks[0]()
+        return
+    pool = _get_pool(len(tasks) - 1)
+    futures = [pool.submit(task) for task in tasks[1:]]
+    error = None
+    try:
+        tasks[0]()
+    except BaseException as exc:  # still wait for the others: they use our buffers
+        error = exc
+    for future in futures:
+        try:
+            future.result()
+        except BaseException as exc:
+            error = error or exc
+    if error is not None:
+        raise error
+
+
+class _BlasSingleThreaded:
+    """Context manager: BLAS at one thread while any clstm call is inside.
+
+    Reference-counted so that concurrent callers (e.g. several threads calling
+    predict) neither fight over the limit nor restore it too early. Talks to
+    threadpoolctl's per-library controllers directly: a full
+    threadpool_limits() round trip costs ~40 us, too much for small models.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._saved = []
+        self.outer_limit = None   # BLAS thread limit in force before ours
+
+    def __enter__(self):
+        with self._lock:
+            if self._depth == 0:
+                libs = _blas_controller().lib_controllers
+                counts = [lib.get_num_threads() for lib in libs]
+                self.outer_limit = max(1, min(counts)) if counts else available_cores()
+                self._saved = [(lib, n) for lib, n in zip(libs, counts) if n != 1]
+                for lib, _ in self._saved:
+                    lib.set_num_threads(1)
+            self._depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0:
+                for lib, n in self._saved:
+                    lib.set_num_threads(n)
+                self._saved = []
+                self.outer_limit = None
+        return False
+
+
+blas_single_threaded = _BlasSingleThreaded()
