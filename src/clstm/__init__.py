@@ -2,10 +2,38 @@
 
 Typed Cython kernels over BLAS (scipy.linalg.cython_blas) for the forward
 pass and exact backpropagation through time, in float32 and float64, with
-the parameter layout of torch.nn.LSTM.
+the parameter layout of torch.nn.LSTM; scikit-learn estimators on top.
+
+The estimators, persistence, windowing helper and datasets are imported on
+first use (PEP 562), so ``import clstm`` does not pay for scikit-learn.
 """
+
+import importlib
 
 from clstm._version import __version__
 from clstm._lstm import LSTM
 
-__all__ = ["LSTM", "__version__"]
+_LAZY = {
+    "LSTMRegressor": "clstm._estimators",
+    "LSTMClassifier": "clstm._estimators",
+    "load": "clstm._persistence",
+    "make_windows": "clstm._windows",
+    "datasets": "clstm.datasets",
+}
+
+__all__ = ["LSTM", "LSTMRegressor", "LSTMClassifier", "load", "make_windows",
+           "datasets", "__version__"]
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'clstm' has no attribute {name!r}")
+    mod = importlib.import_module(module)
+    value = mod if module == f"clstm.{name}" else getattr(mod, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -228,7 +228,9 @@ class LSTM:
             sorted_lengths = np.full(B, T)
             batch_sizes = np.full(T, B, dtype=np.intc)
             padded = False
-            x = np.ascontiguousarray(X.transpose(1, 0, 2))
+            # np.array copies even where the transpose is already contiguous
+            # (B == 1): the cache must not alias the caller's X.
+            x = np.array(X.transpose(1, 0, 2), order="C")
         else:
             # Sort by decreasing length (stable): the rows active at step t are
             # then the first batch_sizes[t], so each step is one contiguous GEMM.
@@ -241,9 +243,10 @@ class LSTM:
             if padded:
                 x[padding] = 0.0          # padding never reaches a GEMM
         check_finite(x, "X")
-        if lengths is not None:
-            h0 = np.ascontiguousarray(h0[:, order])
-            c0 = np.ascontiguousarray(c0[:, order])
+        # copies (fancy indexing), so the backward never sees later changes
+        # the caller makes to its h0 / c0
+        h0 = np.ascontiguousarray(h0[:, order])
+        c0 = np.ascontiguousarray(c0[:, order])
 
         n_threads = resolve_n_threads(self.n_jobs, B)
         batch_chunks = split_rows(B, n_threads, weights=sorted_lengths)
@@ -297,7 +300,7 @@ class LSTM:
 
         if lengths is None:
             inverse = order
-            result = np.ascontiguousarray(inp.transpose(1, 0, 2))
+            result = np.array(inp.transpose(1, 0, 2), order="C")   # never a workspace view
         else:
             inverse = np.argsort(order)
             result = np.ascontiguousarray(inp.transpose(1, 0, 2)[inverse])
