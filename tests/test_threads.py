@@ -1,0 +1,116 @@
+"""Threads: n_jobs, batch splitting, BLAS limits, concurrent callers."""
+
+import threading
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info, threadpool_limits
+
+import clstm
+from clstm._parallel import blas_single_threaded, resolve_n_threads, split_rows
+from clstm._reference import reference_lstm_backward, reference_lstm_forward
+
+
+def _blas_threads():
+    return [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
+
+
+@pytest.mark.parametrize("n_rows, n_parts", [(1, 1), (1, 4), (7, 2), (64, 3), (5, 5)])
+def test_split_rows_covers_every_row_once(n_rows, n_parts):
+    for weights in (None, np.arange(n_rows, 0, -1)):
+        parts = split_rows(n_rows, n_parts, weights)
+        assert parts[0][0] == 0 and parts[-1][1] == n_rows
+        assert all(a < b for a, b in parts)
+        assert all(parts[k][1] == parts[k + 1][0] for k in range(len(parts) - 1))
+        assert len(parts) == min(n_parts, n_rows)
+
+
+def test_split_rows_balances_weights():
+    lengths = np.array([100] * 4 + [10] * 36)        # sorted, decreasing
+    (a0, a1), (b0, b1) = split_rows(len(lengths), 2, lengths)
+    left, right = lengths[a0:a1].sum(), lengths[b0:b1].sum()
+    assert abs(left - right) <= 100
+
+
+def test_resolve_n_threads():
+    assert resolve_n_threads(1, 1000) == 1
+    assert resolve_n_threads(3, 1000) == 3
+    assert resolve_n_threads(-1) >= 1
+    assert resolve_n_threads(None, 1) == 1          # one sequence: nothing to split
+    with threadpool_limits(limits=1, user_api="blas"):
+        assert resolve_n_threads(None, 1000) == 1   # joblib-style limit respected
+    for bad in (0, 1.5, "2", True):
+        with pytest.raises((TypeError, ValueError), match="n_jobs"):
+            resolve_n_threads(bad, 10)
+
+
+@pytest.mark.parametrize("bidirectional, lengths", [(False, None), (True, "ragged")])
+def test_threaded_matches_reference(bidirectional, lengths):
+    rng = np.random.default_rng(0)
+    B, T, I, H, L = 37, 6, 3, 5, 2
+    lens = rng.integers(1, T + 1, size=B) if lengths else None
+    X = rng.standard_normal((B, T, I))
+    for n_jobs in (1, 2, 3, 8):
+        net = clstm.LSTM(I, H, num_layers=L, bidirectional=bidirectional, dtype="float64",
+                         random_state=1, n_jobs=n_jobs)
+        out, (h_n, c_n) = net.forward(X, lengths=lens)
+        ref, (rh, rc), cache = reference_lstm_forward(net.params, X, None, None, lens, L,
+                                                       bidirectional)
+        np.testing.assert_allclose(out, ref, rtol=0, atol=1e-13)
+        np.testing.assert_allclose(h_n, rh, rtol=0, atol=1e-13)
+        g = rng.standard_normal(out.shape)
+        grad_X = net.backward(g)
+        rgx, rgrads = reference_lstm_backward(g, np.zeros_like(h_n), np.zeros_like(c_n), cache)
+        np.testing.assert_allclose(grad_X, rgx, rtol=0, atol=1e-12)
+        for name, value in rgrads.items():
+            np.testing.assert_allclose(net.grads[name], value, rtol=0, atol=1e-12, err_msg=name)
+
+
+def test_forward_bit_identical_across_thread_counts():
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((48, 20, 4)).astype(np.float32)
+    outs = []
+    for n_jobs in (1, 2, 4):
+        net = clstm.LSTM(4, 16, num_layers=2, bidirectional=True, random_state=3, n_jobs=n_jobs)
+        outs.append(net.forward(X)[0])
+    assert all(np.array_equal(outs[0], o) for o in outs[1:])
+
+
+def test_concurrent_forward_calls_are_bit_identical_to_serial():
+    rng = np.random.default_rng(4)
+    net = clstm.LSTM(3, 24, num_layers=2, random_state=5, n_jobs=2)
+    batches = [rng.standard_normal((16, 30, 3)).astype(np.float32) for _ in range(8)]
+    serial = [net._forward(X, None, None, None, False, keep_cache=False)[0] for X in batches]
+    results = [None] * len(batches)
+
+    def work(k):
+        for _ in range(3):
+            results[k] = net._forward(batches[k], None, None, None, False, keep_cache=False)[0]
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(len(batches))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for a, b in zip(serial, results):
+        assert np.array_equal(a, b)
+
+
+def test_blas_limit_is_restored():
+    before = _blas_threads()
+    net = clstm.LSTM(2, 4, random_state=0)
+    net.forward(np.ones((8, 3, 2)))
+    with blas_single_threaded:
+        assert set(_blas_threads()) == {1}
+        with blas_single_threaded:            # re-entrant
+            assert set(_blas_threads()) == {1}
+        assert set(_blas_threads()) == {1}
+    assert _blas_threads() == before
+
+
+def test_blas_limit_restored_after_error():
+    before = _blas_threads()
+    net = clstm.LSTM(2, 4, random_state=0)
+    with pytest.raises(ValueError):
+        net.forward(np.ones((8, 3, 5)))
+    assert _blas_threads() == before
