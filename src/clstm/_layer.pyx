@@ -271,8 +271,8 @@ cdef inline void _check_range(Py_ssize_t begin, Py_ssize_t end, Py_ssize_t n,
     _check(0 <= begin <= end <= n, what)
 
 
-def input_projection(floating[:, :, ::1] x, floating[:, ::1] weight_ih,
-                     floating[::1] bias, floating[:, :, ::1] gates,
+def input_projection(const floating[:, :, ::1] x, const floating[:, ::1] weight_ih,
+                     const floating[::1] bias, floating[:, :, ::1] gates,
                      Py_ssize_t row_begin, Py_ssize_t row_end):
     """gates.reshape(T*B, 4H)[rows] = x.reshape(T*B, I)[rows] @ weight_ih.T + bias"""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2]
@@ -289,8 +289,8 @@ def input_projection(floating[:, :, ::1] x, floating[:, ::1] weight_ih,
                               &gates[0, 0, 0] + row_begin * G)
 
 
-def recurrence_forward(floating[:, ::1] weight_hh, floating[:, ::1] h0,
-                       floating[:, ::1] c0, const int[::1] batch_sizes,
+def recurrence_forward(const floating[:, ::1] weight_hh, const floating[:, ::1] h0,
+                       const floating[:, ::1] c0, const int[::1] batch_sizes,
                        bint reverse, floating[:, :, ::1] gates,
                        floating[:, :, ::1] c_seq, floating[:, :, ::1] h_seq,
                        Py_ssize_t column, Py_ssize_t row_begin, Py_ssize_t row_end,
@@ -310,7 +310,7 @@ def recurrence_forward(floating[:, ::1] weight_hh, floating[:, ::1] h0,
     _check(h_seq.shape[0] == T and h_seq.shape[1] == B and column >= 0
            and column + H <= h_seq.shape[2], "h_seq")
     _check_range(row_begin, row_end, B, "rows")
-    cdef floating[:, ::1] mask_view
+    cdef const floating[:, ::1] mask_view
     cdef floating[:, ::1] work_view
     cdef const floating* mask_ptr = NULL
     cdef floating* work_ptr = NULL
@@ -329,11 +329,11 @@ def recurrence_forward(floating[:, ::1] weight_hh, floating[:, ::1] h0,
                                 &h_seq[0, 0, column], ld_h, work_ptr)
 
 
-def recurrence_backward(floating[:, ::1] weight_hh, floating[:, ::1] h0,
-                        floating[:, ::1] c0, const int[::1] batch_sizes,
-                        bint reverse, floating[:, :, ::1] gates,
-                        floating[:, :, ::1] c_seq, floating[:, :, ::1] h_seq,
-                        floating[:, :, ::1] grad_h_seq, Py_ssize_t column,
+def recurrence_backward(const floating[:, ::1] weight_hh, const floating[:, ::1] h0,
+                        const floating[:, ::1] c0, const int[::1] batch_sizes,
+                        bint reverse, const floating[:, :, ::1] gates,
+                        const floating[:, :, ::1] c_seq, const floating[:, :, ::1] h_seq,
+                        const floating[:, :, ::1] grad_h_seq, Py_ssize_t column,
                         floating[:, ::1] grad_h, floating[:, ::1] grad_c,
                         floating[:, :, ::1] grad_gates,
                         floating[:, :, ::1] h_prev_seq,
@@ -362,7 +362,7 @@ def recurrence_backward(floating[:, ::1] weight_hh, floating[:, ::1] h0,
     _check(h_prev_seq.shape[0] == T and h_prev_seq.shape[1] == B
            and h_prev_seq.shape[2] == H, "h_prev_seq")
     _check_range(row_begin, row_end, B, "rows")
-    cdef floating[:, ::1] mask_view
+    cdef const floating[:, ::1] mask_view
     cdef const floating* mask_ptr = NULL
     if recurrence_mask is not None:
         mask_view = recurrence_mask
@@ -378,7 +378,7 @@ def recurrence_backward(floating[:, ::1] weight_hh, floating[:, ::1] h0,
                                  &grad_gates[0, 0, 0], &h_prev_seq[0, 0, 0])
 
 
-def parameter_gradients(floating[:, :, ::1] x, floating[:, ::1] weight_ih,
+def parameter_gradients(const floating[:, :, ::1] x, const floating[:, ::1] weight_ih,
                         floating[:, :, ::1] grad_gates,
                         floating[:, :, ::1] h_prev_seq, floating[:, :, ::1] grad_x,
                         bint accumulate_grad_x, floating[:, ::1] grad_weight_ih,

@@ -1,0 +1,538 @@
+"""scikit-learn estimators on the compiled LSTM: LSTMRegressor and LSTMClassifier."""
+
+import numpy as np
+from scipy.special import expit, log_expit, log_softmax, softmax
+from sklearn.base import ClassifierMixin, RegressorMixin
+from sklearn.metrics import accuracy_score, r2_score
+from sklearn.utils.class_weight import compute_class_weight
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_array, column_or_1d
+
+from clstm._base import (
+    BaseLSTMEstimator,
+    collect_step_targets,
+    pad_steps,
+    split_steps,
+)
+from clstm._validation import resolve_dtype
+
+__all__ = ["LSTMRegressor", "LSTMClassifier"]
+
+_COMMON_PARAMS = """
+    hidden_size : int, default=50
+        Hidden units per layer and direction. 50 is the size of the Keras
+        examples (``LSTM(50)``): enough capacity for a typical univariate or
+        few-feature forecasting or sequence-classification problem while a
+        training step stays around a millisecond for batches of 32 x 50 steps.
+    num_layers : int, default=1
+        Stacked LSTM layers (each reads the full output sequence of the one
+        below, as Keras' ``return_sequences=True`` stacking).
+    bidirectional : bool, default=False
+        Add a reverse-time direction; the head then reads the forward state at
+        each sequence's own last step concatenated with the reverse state at
+        t = 0.
+    dropout : float, default=0.0
+        Dropout on the outputs of every layer but the last, in training only.
+    recurrent_dropout : float, default=0.0
+        Dropout on h_{t-1} in the recurrent product with one mask per sequence
+        and layer held over all steps (Gal & Ghahramani; Keras semantics).
+        With ``tbptt_steps``, a new mask is drawn per chunk.
+    return_sequences : bool, default=False
+        Put the Dense head on every timestep; targets are then per step.
+    dtype : {"float32", "float64"}, default="float32"
+        Precision of weights and computation; float32 is about twice as fast
+        and accurate enough for training (predictions are returned as float64).
+    solver : {"adam", "sgd", "rmsprop"}, default="adam"
+        Adam needs no tuning of the learning rate on most problems, which is
+        why it is the default here, in Keras and in scikit-learn's MLP.
+    learning_rate_init : float, default=1e-3
+        Step size (Keras' and PyTorch's Adam default).
+    batch_size : int or "auto", default=32
+        Sequences per mini-batch (capped at the number of samples); 32 is the
+        Keras default, a good trade between gradient noise and speed. "auto"
+        means min(32, n_samples), as in scikit-learn.
+    max_iter : int, default=200
+        Maximum number of epochs (passes over the data), scikit-learn's MLP
+        default. Small problems (a few hundred sequences, a handful of
+        mini-batches per epoch) need one to two hundred epochs at Adam's
+        1e-3; training stops earlier once the loss stops improving by ``tol``
+        for ``n_iter_no_change`` epochs, so larger data sets rarely run them all.
+    shuffle : bool, default=True
+        Shuffle the samples every epoch.
+    alpha : float, default=1e-4
+        L2 penalty, as scikit-learn's MLP: ``alpha / 2 * sum of squared
+        weights / n`` (weight matrices of the LSTM and the head, not biases;
+        ``n`` the samples of the mini-batch, counted by their sample weights)
+        is added to each mini-batch loss. The MLP default; it never hurts the fit.
+    clip_norm : float or None, default=5.0
+        Rescale the gradient when its global L2 norm exceeds this value (the
+        usual cure for exploding gradients in recurrent networks; with Adam it
+        only binds on rare spikes). None disables clipping.
+    momentum : float, default=0.9
+        Momentum of ``solver="sgd"``.
+    nesterovs_momentum : bool, default=True
+        Nesterov's momentum for ``solver="sgd"``.
+    beta_1, beta_2 : float, default=0.9, 0.999
+        Adam's decay rates of the first and second moment estimates.
+    rho : float, default=0.9
+        RMSprop's decay rate of the squared-gradient average (Keras default).
+    epsilon : float, default=1e-8
+        Numerical stability term of Adam and RMSprop.
+    tol : float, default=1e-4
+        Improvement threshold: training stops when the training loss (or the
+        validation score with early stopping) has not improved by at least
+        ``tol`` for ``n_iter_no_change`` consecutive epochs.
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the samples (stratified for the
+        classifier), stop when the validation score stops improving, and
+        restore the weights of the best epoch. Ignored by partial_fit.
+    validation_fraction : float, default=0.1
+        Fraction held out for early stopping.
+    n_iter_no_change : int, default=10
+        Epochs without improvement before stopping.
+    tbptt_steps : int or None, default=None
+        Truncated backpropagation through time: each mini-batch runs in
+        chunks of this many steps that carry the state forward, detached (no
+        gradient crosses a chunk boundary); the gradients of all chunks make
+        one update. Bounds memory and cost per step for very long sequences;
+        with a sequence-to-one head only the last chunk of each sequence gets
+        a gradient. Needs ``bidirectional=False``.
+    standardize : bool, default=True
+        Standardise every input feature (and, for the regressor, every target)
+        to zero mean and unit variance with the (weighted) statistics of the
+        first fit; predictions are mapped back. LSTM gates saturate on inputs
+        of large magnitude and a network starting near 0 needs thousands of
+        steps to reach targets in the hundreds, so unscaled series (prices,
+        passenger counts) would otherwise need manual scaling, as in the
+        Keras examples.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the initialisation, dropout, shuffling and the validation
+        split. The same seed, data and thread count give bit-identical weights.
+    n_jobs : int or None, default=None
+        Threads of the network's forward/backward (passed to clstm.LSTM).
+    verbose : int, default=0
+        Print a per-epoch progress line (bar, loss, validation score, time
+        left) to stderr.
+    warm_start : bool, default=False
+        Continue from the fitted weights and optimizer state on the next fit
+        instead of starting over.
+"""
+
+_COMMON_ATTRIBUTES = """
+    lstm_ : clstm.LSTM
+        The fitted network (``lstm_.state_dict()`` gives torch-named weights).
+    n_features_in_ : int
+        Number of columns of a 2-D ``X``, or features per timestep of 3-D /
+        ragged ``X``, seen in fit.
+    input_size_ : int
+        Features per timestep (1 for 2-D input).
+    feature_names_in_ : ndarray of str
+        Column names, when fitted on a DataFrame.
+    n_iter_ : int
+        Epochs run (accumulated over warm starts and partial_fit calls).
+    t_ : int
+        Optimizer steps (mini-batch updates) taken.
+    loss_ : float
+        Training loss of the last epoch.
+    loss_curve_ : list of float
+        Training loss (weighted mean over the epoch's mini-batches, with the
+        L2 penalty) of each epoch.
+    best_loss_ : float or None
+        Lowest training loss; None with early stopping.
+    validation_scores_ : list of float or None
+        Validation score of each epoch with early stopping, else None.
+    best_validation_score_ : float or None
+        Best validation score with early stopping, else None.
+"""
+
+
+class LSTMRegressor(RegressorMixin, BaseLSTMEstimator):
+    __doc__ = """LSTM network with a linear Dense head trained on squared error.
+
+    ``X``: 3-D ``(n_samples, n_timesteps, n_features)``, 2-D
+    ``(n_samples, n_timesteps)`` (univariate) or a list of ``(T_i, n_features)``
+    arrays of different lengths. ``y``: ``(n_samples,)`` or
+    ``(n_samples, n_outputs)``; with ``return_sequences=True`` one target per
+    step: ``(n_samples, n_timesteps[, n_outputs])`` or a list of
+    ``(T_i[, n_outputs])`` arrays.
+
+    The loss is ``0.5 * mean over outputs of (prediction - y)^2``, averaged over
+    samples (and steps) with the sample weights, plus the L2 penalty.
+
+    Parameters
+    ----------""" + _COMMON_PARAMS + """
+    Attributes
+    ----------""" + _COMMON_ATTRIBUTES + """    n_outputs_ : int
+        Number of regression targets.
+
+    Examples
+    --------
+    >>> import numpy as np, clstm
+    >>> X = np.random.default_rng(0).normal(size=(64, 10, 1))
+    >>> reg = clstm.LSTMRegressor(max_iter=5, random_state=0).fit(X, X[:, 0, 0])
+    >>> reg.predict(X).shape
+    (64,)
+    """
+
+    _loss = "squared_error"
+
+    def partial_fit(self, X, y, sample_weight=None):
+        """One epoch over (X, y), continuing from the current model (the first call
+        initialises it)."""
+        return self._transaction(X, y, sample_weight, incremental=True)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        tags.target_tags.single_output = True
+        return tags
+
+    # -- targets ----------------------------------------------------------
+    def _validate_targets(self, y, lengths, T, n, first, classes):
+        name = type(self).__name__
+        if y is None:
+            raise ValueError(f"{name} requires y to be passed, but the target y is None")
+        if self.return_sequences:
+            flat = collect_step_targets(y, lengths, T)
+            flat = check_array(flat, ensure_2d=False, dtype=np.float64, input_name="y")
+            if flat.ndim not in (1, 2):
+                raise ValueError(f"per-step targets must be (n, T) or (n, T, n_outputs), got "
+                                 f"{flat.ndim + 1}-D steps")
+            one = flat.ndim == 1
+            Y = pad_steps(flat[:, None] if one else flat, lengths, T)
+        else:
+            y = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y")
+            if y.ndim not in (1, 2):
+                raise ValueError(f"y must be 1-D (n_samples,) or 2-D (n_samples, n_outputs), "
+                                 f"got shape {y.shape} (per-step targets need "
+                                 "return_sequences=True)")
+            if y.shape[0] != n:
+                raise ValueError(f"Found input variables with inconsistent numbers of samples: "
+                                 f"X has {n}, y has {y.shape[0]}")
+            one = y.ndim == 1
+            Y = y[:, None] if one else y
+        K = Y.shape[-1]
+        if first:
+            self._y_1d = one
+            self.n_outputs_ = K
+        elif K != self.n_outputs_:
+            raise ValueError(f"y has {K} outputs, but {name} was fitted with {self.n_outputs_}")
+        return Y
+
+    def _subset_targets(self, Y, keep):
+        return Y[keep]
+
+    def _trim_targets(self, Y, T):
+        return Y[:, :T] if self.return_sequences else Y
+
+    def _entry_weights(self, lengths, sw, T):
+        if self.return_sequences:
+            return sw[:, None] * (np.arange(T)[None, :] < lengths[:, None])
+        return sw.copy()
+
+    def _encode_targets(self, Y, lengths, sw, first, incremental):
+        W = self._entry_weights(lengths, sw, Y.shape[1] if self.return_sequences else None)
+        return Y, W, W
+
+    def _n_head_outputs(self):
+        return self.n_outputs_
+
+    def _init_target_stats(self, Y, W):
+        if not self.standardize:
+            self._y_stats = (None, None)
+            return
+        K = Y.shape[-1]
+        Yf, Wf = Y.reshape(-1, K), W.reshape(-1)
+        total = Wf.sum()
+        mean = (Wf[:, None] * Yf).sum(axis=0) / total
+        var = (Wf[:, None] * np.square(Yf - mean)).sum(axis=0) / total
+        scale = np.sqrt(var)
+        scale[~(scale > 1e-12 * np.maximum(np.abs(mean), 1.0))] = 1.0
+        self._y_stats = (mean, scale)
+
+    def _scale_targets(self, Y):
+        mean, scale = self._y_stats
+        if mean is not None:
+            Y = (Y - mean) / scale
+        return np.ascontiguousarray(Y, dtype=resolve_dtype(self.dtype))
+
+    def _internal_score(self, model, Xv, lv, Yv, Wv):
+        Z = self._model_outputs(model, Xv, lv)
+        if self.return_sequences:
+            mask = np.arange(Z.shape[1])[None, :] < lv[:, None]
+            Z, Yv, Wv = Z[mask], Yv[mask], Wv[mask]
+        return float(r2_score(Yv.astype(np.float64), Z, sample_weight=Wv))
+
+    # -- prediction ---------------------------------------------------------
+    def predict(self, X):
+        """Predicted targets: (n,) / (n, n_outputs); per step (n, T[, n_outputs]),
+        or a list of (T_i[, n_outputs]) arrays for ragged X."""
+        Z, lengths, ragged = self._raw_outputs(X)
+        mean, scale = self._y_stats
+        if mean is not None:
+            Z = Z * scale + mean
+        if self._y_1d:
+            Z = Z[..., 0]
+        if self.return_sequences:
+            if ragged:
+                return split_steps(Z, lengths)
+            return Z
+        return Z
+
+    def score(self, X, y, sample_weight=None):
+        """Coefficient of determination R^2 (per-step targets: over all valid steps)."""
+        if not self.return_sequences:
+            return super().score(X, y, sample_weight=sample_weight)
+        pred = self.predict(X)
+        arr_lengths = (np.array([len(p) for p in pred]) if isinstance(pred, list)
+                       else np.full(len(pred), pred.shape[1]))
+        T = int(arr_lengths.max())
+        y_flat = check_array(collect_step_targets(y, arr_lengths, T), ensure_2d=False,
+                             dtype=np.float64, input_name="y")
+        p_flat = (np.concatenate(pred) if isinstance(pred, list)
+                  else pred[np.ones(pred.shape[:2], bool)])
+        sw = None
+        if sample_weight is not None:
+            sw = np.repeat(self._check_sample_weight(sample_weight, len(arr_lengths)),
+                           arr_lengths)
+        return float(r2_score(y_flat, p_flat, sample_weight=sw))
+
+
+class LSTMClassifier(ClassifierMixin, BaseLSTMEstimator):
+    __doc__ = """LSTM network with a Dense head trained on cross-entropy.
+
+    Binary problems use one logistic output (logistic loss), multiclass ones
+    a softmax over ``n_classes`` outputs (softmax cross-entropy); both are
+    evaluated in a numerically stable form. Labels may be of any type
+    (``classes_`` holds them sorted).
+
+    ``X``: 3-D ``(n_samples, n_timesteps, n_features)``, 2-D
+    ``(n_samples, n_timesteps)`` (univariate) or a list of ``(T_i, n_features)``
+    arrays of different lengths. ``y``: labels ``(n_samples,)``; with
+    ``return_sequences=True`` one label per step: ``(n_samples, n_timesteps)``
+    or a list of ``(T_i,)`` arrays.
+
+    Parameters
+    ----------""" + _COMMON_PARAMS + """    class_weight : dict, "balanced" or None, default=None
+        Weights of the classes in the loss (multiplied with sample_weight);
+        "balanced" uses n_samples / (n_classes * count(class)). Not
+        available with partial_fit.
+
+    Attributes
+    ----------""" + _COMMON_ATTRIBUTES + """    classes_ : ndarray of shape (n_classes,)
+        The class labels.
+
+    Examples
+    --------
+    >>> import numpy as np, clstm
+    >>> X = np.random.default_rng(0).normal(size=(64, 10, 1))
+    >>> clf = clstm.LSTMClassifier(max_iter=5, random_state=0).fit(X, X[:, 0, 0] > 0)
+    >>> clf.predict_proba(X).shape
+    (64, 2)
+    """
+
+    def __init__(self, hidden_size=50, num_layers=1, bidirectional=False, dropout=0.0,
+                 recurrent_dropout=0.0, return_sequences=False, dtype="float32",
+                 solver="adam", learning_rate_init=1e-3, batch_size=32, max_iter=200,
+                 shuffle=True, alpha=1e-4, clip_norm=5.0, momentum=0.9,
+                 nesterovs_momentum=True, beta_1=0.9, beta_2=0.999, rho=0.9, epsilon=1e-8,
+                 tol=1e-4, early_stopping=False, validation_fraction=0.1,
+                 n_iter_no_change=10, tbptt_steps=None, standardize=True,
+                 random_state=None, n_jobs=None, verbose=0, warm_start=False,
+                 class_weight=None):
+        super().__init__(
+            hidden_size=hidden_size, num_layers=num_layers, bidirectional=bidirectional,
+            dropout=dropout, recurrent_dropout=recurrent_dropout,
+            return_sequences=return_sequences, dtype=dtype, solver=solver,
+            learning_rate_init=learning_rate_init, batch_size=batch_size, max_iter=max_iter,
+            shuffle=shuffle, alpha=alpha, clip_norm=clip_norm, momentum=momentum,
+            nesterovs_momentum=nesterovs_momentum, beta_1=beta_1, beta_2=beta_2, rho=rho,
+            epsilon=epsilon, tol=tol, early_stopping=early_stopping,
+            validation_fraction=validation_fraction, n_iter_no_change=n_iter_no_change,
+            tbptt_steps=tbptt_steps, standardize=standardize, random_state=random_state,
+            n_jobs=n_jobs, verbose=verbose, warm_start=warm_start)
+        self.class_weight = class_weight
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = True
+        tags.classifier_tags.multi_label = False
+        tags.target_tags.multi_output = False
+        tags.target_tags.single_output = True
+        return tags
+
+    @property
+    def _loss(self):
+        return "log_loss" if len(self.classes_) == 2 else "softmax"
+
+    def partial_fit(self, X, y, classes=None, sample_weight=None):
+        """One epoch over (X, y), continuing from the current model.
+
+        ``classes`` (all labels that can ever appear) is required on the first
+        call and optional afterwards (it must then be the same).
+        """
+        return self._transaction(X, y, sample_weight, incremental=True, classes=classes)
+
+    # -- targets ----------------------------------------------------------
+    def _validate_targets(self, y, lengths, T, n, first, classes):
+        name = type(self).__name__
+        if y is None:
+            raise ValueError(f"{name} requires y to be passed, but the target y is None")
+        if self.return_sequences:
+            flat = collect_step_targets(y, lengths, T)
+            if flat.ndim != 1:
+                raise ValueError(f"per-step labels must be (n_samples, n_timesteps) or a list "
+                                 f"of 1-D arrays, got steps of shape {flat.shape[1:]}")
+            check_classification_targets(flat)
+            labels = pad_steps(flat, lengths, T, fill=flat[0])
+        else:
+            y = np.asarray(y) if not hasattr(y, "shape") else y
+            if np.ndim(y) == 2 and np.shape(y)[1] != 1:
+                raise ValueError(f"y should be a 1d array of labels, got shape {np.shape(y)} "
+                                 f"({name} supports one target; per-step labels need "
+                                 "return_sequences=True)")
+            labels = column_or_1d(y, warn=True)
+            if labels.shape[0] != n:
+                raise ValueError(f"Found input variables with inconsistent numbers of samples: "
+                                 f"X has {n}, y has {labels.shape[0]}")
+            check_classification_targets(labels)
+        return labels
+
+    def _subset_targets(self, labels, keep):
+        return labels[keep]
+
+    def _trim_targets(self, labels, T):
+        return labels[:, :T] if self.return_sequences else labels
+
+    def _encode_targets(self, labels, lengths, sw, first, incremental):
+        name = type(self).__name__
+        classes = self._pending_classes
+        if self.return_sequences:
+            T = labels.shape[1]
+            mask = np.arange(T)[None, :] < lengths[:, None]
+            flat = labels[mask]
+            W_score = sw[:, None] * mask
+        else:
+            flat = labels
+            W_score = sw.copy()
+        if first:
+            if incremental:
+                if classes is None:
+                    raise ValueError("classes must be passed on the first call to partial_fit")
+                classes_ = np.unique(np.asarray(classes))
+            else:
+                classes_ = np.unique(flat)
+            if classes_.size < 2:
+                raise ValueError(f"{name} needs samples of at least 2 classes in the data, but "
+                                 f"the data contains only one class: {classes_[0]!r}")
+            self.classes_ = classes_
+            self.n_outputs_ = 1
+            self._y_stats = (None, None)
+        else:
+            classes_ = self.classes_
+            if classes is not None and not np.array_equal(np.unique(np.asarray(classes)),
+                                                          classes_):
+                raise ValueError(f"classes={classes!r} is not the same as on the first call "
+                                 f"to partial_fit: {classes_!r}")
+        unseen = np.setdiff1d(flat, classes_)
+        if unseen.size:
+            raise ValueError(f"y contains labels {unseen.tolist()!r} not in classes_ "
+                             f"{classes_.tolist()!r}")
+        codes = np.searchsorted(classes_, labels)
+        if self.class_weight is None:
+            cw = np.ones(classes_.size)
+        else:
+            if incremental and isinstance(self.class_weight, str):
+                raise ValueError("class_weight='balanced' is not supported for partial_fit "
+                                 "(the class frequencies of future batches are unknown); "
+                                 "pass a dict")
+            if not (isinstance(self.class_weight, dict) or self.class_weight == "balanced"):
+                raise ValueError(f"{name}: parameter 'class_weight' must be None, 'balanced' "
+                                 f"or a dict, got {self.class_weight!r}")
+            cw = compute_class_weight(self.class_weight, classes=classes_, y=flat)
+        W_loss = W_score * cw[codes]
+        if classes_.size == 2:
+            Y = codes[..., None].astype(np.float64)
+        else:
+            Y = codes.astype(np.int64)
+        return Y, W_loss, W_score
+
+    def _n_head_outputs(self):
+        return 1 if self.classes_.size == 2 else self.classes_.size
+
+    def _init_target_stats(self, Y, W):
+        self._y_stats = (None, None)
+
+    def _scale_targets(self, Y):
+        if Y.dtype.kind == "f":
+            return np.ascontiguousarray(Y, dtype=resolve_dtype(self.dtype))
+        return Y
+
+    def _stratify(self, Y):
+        if self.return_sequences:
+            return None
+        return Y[:, 0] if Y.ndim == 2 else Y
+
+    def _codes_from_outputs(self, Z):
+        if Z.shape[-1] == 1:
+            return (Z[..., 0] > 0).astype(np.int64)
+        return np.argmax(Z, axis=-1)
+
+    def _internal_score(self, model, Xv, lv, Yv, Wv):
+        Z = self._model_outputs(model, Xv, lv)
+        pred = self._codes_from_outputs(Z)
+        true = Yv[..., 0].astype(np.int64) if Yv.ndim == pred.ndim + 1 else Yv
+        if self.return_sequences:
+            mask = np.arange(Z.shape[1])[None, :] < lv[:, None]
+            pred, true, Wv = pred[mask], true[mask], Wv[mask]
+        return float(accuracy_score(true, pred, sample_weight=Wv))
+
+    # -- prediction ---------------------------------------------------------
+    def _proba_from_outputs(self, Z, log=False):
+        if Z.shape[-1] == 1:
+            z = Z[..., 0]
+            if log:
+                return np.stack([log_expit(-z), log_expit(z)], axis=-1)
+            p = expit(z)
+            return np.stack([1.0 - p, p], axis=-1)
+        return log_softmax(Z, axis=-1) if log else softmax(Z, axis=-1)
+
+    def _per_sample(self, A, lengths, ragged):
+        if self.return_sequences and ragged:
+            return split_steps(A, lengths)
+        return A
+
+    def predict_proba(self, X):
+        """Class probabilities (n, n_classes); per step (n, T, n_classes) or a list
+        of (T_i, n_classes) arrays for ragged X."""
+        Z, lengths, ragged = self._raw_outputs(X)
+        return self._per_sample(self._proba_from_outputs(Z), lengths, ragged)
+
+    def predict_log_proba(self, X):
+        """Log of :meth:`predict_proba`, computed stably."""
+        Z, lengths, ragged = self._raw_outputs(X)
+        return self._per_sample(self._proba_from_outputs(Z, log=True), lengths, ragged)
+
+    def predict(self, X):
+        """Predicted labels (n,); per step (n, T) or a list of (T_i,) arrays for ragged X."""
+        Z, lengths, ragged = self._raw_outputs(X)
+        labels = self.classes_[self._codes_from_outputs(Z)]
+        return self._per_sample(labels, lengths, ragged)
+
+    def score(self, X, y, sample_weight=None):
+        """Accuracy (per-step labels: over all valid steps)."""
+        if not self.return_sequences:
+            return super().score(X, y, sample_weight=sample_weight)
+        pred = self.predict(X)
+        arr_lengths = (np.array([len(p) for p in pred]) if isinstance(pred, list)
+                       else np.full(len(pred), pred.shape[1]))
+        T = int(arr_lengths.max())
+        y_flat = collect_step_targets(y, arr_lengths, T)
+        p_flat = (np.concatenate(pred) if isinstance(pred, list)
+                  else pred[np.ones(pred.shape[:2], bool)])
+        sw = None
+        if sample_weight is not None:
+            sw = np.repeat(self._check_sample_weight(sample_weight, len(arr_lengths)),
+                           arr_lengths)
+        return float(accuracy_score(y_flat, p_flat, sample_weight=sw))
+

@@ -1,0 +1,60 @@
+"""Losses of the output head, with their gradients.
+
+Every loss takes raw head outputs ``Z`` (..., n_outputs), targets, and
+per-entry weights ``W`` (the leading shape of ``Z``; padding and left-out
+samples have weight 0), and returns the weighted mean
+
+    loss = sum(W * l) / norm,        grad_Z = W * dl/dZ / norm
+
+where ``norm`` is the total weight of the mini-batch (passed in, so that
+chunks of one batch, as in truncated BPTT, add up to the batch's loss).
+Sums are accumulated in float64; gradients keep the dtype of ``Z``.
+"""
+
+import numpy as np
+from scipy.special import expit, log_softmax
+
+__all__ = ["squared_error", "logistic_loss", "softmax_cross_entropy", "LOSSES"]
+
+
+def squared_error(Z, Y, W, norm):
+    """l = 0.5 * mean_k (z_k - y_k)^2 (scikit-learn's MLP convention); Y like Z."""
+    diff = Z - Y
+    n_outputs = Z.shape[-1]
+    per_entry = 0.5 * np.mean(np.square(diff, dtype=np.float64), axis=-1)
+    loss = float(np.sum(W * per_entry) / norm)
+    grad = diff * (W[..., None] / (norm * n_outputs)).astype(Z.dtype)
+    return loss, grad
+
+
+def logistic_loss(Z, Y, W, norm):
+    """Binary cross-entropy on a logit: l = log(1 + exp(z)) - y z, Z and Y of shape (..., 1).
+
+    Evaluated as max(z, 0) - y z + log1p(exp(-|z|)), finite for every finite z.
+    """
+    z = Z[..., 0].astype(np.float64)
+    y = Y[..., 0].astype(np.float64)
+    per_entry = np.maximum(z, 0.0) - y * z + np.log1p(np.exp(-np.abs(z)))
+    loss = float(np.sum(W * per_entry) / norm)
+    grad = ((expit(z) - y) * W / norm)[..., None].astype(Z.dtype)
+    return loss, grad
+
+
+def softmax_cross_entropy(Z, Y, W, norm):
+    """l = logsumexp(z) - z_y, Z of shape (..., K), Y integer class codes of shape (...)."""
+    z = Z.astype(np.float64)
+    log_p = log_softmax(z, axis=-1)
+    codes = Y.astype(np.intp)[..., None]
+    per_entry = -np.take_along_axis(log_p, codes, axis=-1)[..., 0]
+    loss = float(np.sum(W * per_entry) / norm)
+    grad = np.exp(log_p)
+    np.put_along_axis(grad, codes, np.take_along_axis(grad, codes, axis=-1) - 1.0, axis=-1)
+    grad *= (W / norm)[..., None]
+    return loss, grad.astype(Z.dtype)
+
+
+LOSSES = {
+    "squared_error": squared_error,
+    "log_loss": logistic_loss,
+    "softmax": softmax_cross_entropy,
+}
