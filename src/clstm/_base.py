@@ -27,7 +27,6 @@ epoch are kept, and a warning is issued, as scikit-learn's MLP does).
 
 import copy
 import numbers
-import time
 import warnings
 
 import numpy as np
@@ -549,6 +548,22 @@ class BaseLSTMEstimator(BaseEstimator):
                     [Z, np.zeros((Z.shape[0], Xp.shape[1] - T_b, Z.shape[2]))], axis=1)
             parts.append(Z)
         return np.concatenate(parts, axis=0)
+
+    def _flat_step_predictions(self, X, y, sample_weight):
+        """Per-step targets and predictions over all valid steps, flattened,
+        with each sequence's weight repeated over its steps (for score)."""
+        pred = self.predict(X)
+        arr_lengths = (np.array([len(p) for p in pred]) if isinstance(pred, list)
+                       else np.full(len(pred), pred.shape[1]))
+        T = int(arr_lengths.max())
+        y_flat = collect_step_targets(y, arr_lengths, T)
+        p_flat = (np.concatenate(pred) if isinstance(pred, list)
+                  else pred[np.ones(pred.shape[:2], bool)])
+        sw = None
+        if sample_weight is not None:
+            sw = np.repeat(self._check_sample_weight(sample_weight, len(arr_lengths)),
+                           arr_lengths)
+        return y_flat, p_flat, sw
 
     def save(self, path):
         """Save the fitted estimator to ``path`` (clstm's versioned .npz format; see clstm.load)."""

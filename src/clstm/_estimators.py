@@ -283,18 +283,8 @@ class LSTMRegressor(RegressorMixin, BaseLSTMEstimator):
         """Coefficient of determination R^2 (per-step targets: over all valid steps)."""
         if not self.return_sequences:
             return super().score(X, y, sample_weight=sample_weight)
-        pred = self.predict(X)
-        arr_lengths = (np.array([len(p) for p in pred]) if isinstance(pred, list)
-                       else np.full(len(pred), pred.shape[1]))
-        T = int(arr_lengths.max())
-        y_flat = check_array(collect_step_targets(y, arr_lengths, T), ensure_2d=False,
-                             dtype=np.float64, input_name="y")
-        p_flat = (np.concatenate(pred) if isinstance(pred, list)
-                  else pred[np.ones(pred.shape[:2], bool)])
-        sw = None
-        if sample_weight is not None:
-            sw = np.repeat(self._check_sample_weight(sample_weight, len(arr_lengths)),
-                           arr_lengths)
+        y_flat, p_flat, sw = self._flat_step_predictions(X, y, sample_weight)
+        y_flat = check_array(y_flat, ensure_2d=False, dtype=np.float64, input_name="y")
         return float(r2_score(y_flat, p_flat, sample_weight=sw))
 
 
@@ -523,16 +513,6 @@ class LSTMClassifier(ClassifierMixin, BaseLSTMEstimator):
         """Accuracy (per-step labels: over all valid steps)."""
         if not self.return_sequences:
             return super().score(X, y, sample_weight=sample_weight)
-        pred = self.predict(X)
-        arr_lengths = (np.array([len(p) for p in pred]) if isinstance(pred, list)
-                       else np.full(len(pred), pred.shape[1]))
-        T = int(arr_lengths.max())
-        y_flat = collect_step_targets(y, arr_lengths, T)
-        p_flat = (np.concatenate(pred) if isinstance(pred, list)
-                  else pred[np.ones(pred.shape[:2], bool)])
-        sw = None
-        if sample_weight is not None:
-            sw = np.repeat(self._check_sample_weight(sample_weight, len(arr_lengths)),
-                           arr_lengths)
+        y_flat, p_flat, sw = self._flat_step_predictions(X, y, sample_weight)
         return float(accuracy_score(y_flat, p_flat, sample_weight=sw))
 

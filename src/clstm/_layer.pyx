@@ -271,6 +271,21 @@ cdef inline void _check_range(Py_ssize_t begin, Py_ssize_t end, Py_ssize_t n,
     _check(0 <= begin <= end <= n, what)
 
 
+cdef void _check_recurrence(Py_ssize_t* gates, Py_ssize_t* weight_hh,
+                            Py_ssize_t* h0, Py_ssize_t* c0, const int[::1] batch_sizes,
+                            Py_ssize_t* c_seq, Py_ssize_t* h_seq,
+                            Py_ssize_t column) except *:
+    """Shapes shared by the forward and backward recurrence (from .shape arrays)."""
+    cdef Py_ssize_t T = gates[0], B = gates[1], H = weight_hh[1]
+    _check(T > 0 and B > 0 and H > 0 and gates[2] == 4 * H and weight_hh[0] == 4 * H,
+           "weight_hh")
+    _check(h0[0] == B and h0[1] == H and c0[0] == B and c0[1] == H, "h0/c0")
+    _check(batch_sizes.shape[0] == T and batch_sizes[0] <= B, "batch_sizes")
+    _check(c_seq[0] == T and c_seq[1] == B and c_seq[2] == H, "c_seq")
+    _check(h_seq[0] == T and h_seq[1] == B and column >= 0 and column + H <= h_seq[2],
+           "h_seq")
+
+
 def input_projection(const floating[:, :, ::1] x, const floating[:, ::1] weight_ih,
                      const floating[::1] bias, floating[:, :, ::1] gates,
                      Py_ssize_t row_begin, Py_ssize_t row_end):
@@ -301,14 +316,8 @@ def recurrence_forward(const floating[:, ::1] weight_hh, const floating[:, ::1] 
     writes columns [column, column + H).
     """
     cdef Py_ssize_t T = gates.shape[0], B = gates.shape[1], H = weight_hh.shape[1]
-    _check(T > 0 and B > 0 and H > 0 and gates.shape[2] == 4 * H
-           and weight_hh.shape[0] == 4 * H, "weight_hh")
-    _check(h0.shape[0] == B and h0.shape[1] == H and c0.shape[0] == B
-           and c0.shape[1] == H, "h0/c0")
-    _check(batch_sizes.shape[0] == T and batch_sizes[0] <= B, "batch_sizes")
-    _check(c_seq.shape[0] == T and c_seq.shape[1] == B and c_seq.shape[2] == H, "c_seq")
-    _check(h_seq.shape[0] == T and h_seq.shape[1] == B and column >= 0
-           and column + H <= h_seq.shape[2], "h_seq")
+    _check_recurrence(gates.shape, weight_hh.shape, h0.shape, c0.shape, batch_sizes,
+                      c_seq.shape, h_seq.shape, column)
     _check_range(row_begin, row_end, B, "rows")
     cdef const floating[:, ::1] mask_view
     cdef floating[:, ::1] work_view
@@ -345,14 +354,8 @@ def recurrence_backward(const floating[:, ::1] weight_hh, const floating[:, ::1]
     exit. grad_gates (T, B, 4H) and h_prev_seq (T, B, H) are filled.
     """
     cdef Py_ssize_t T = gates.shape[0], B = gates.shape[1], H = weight_hh.shape[1]
-    _check(T > 0 and B > 0 and H > 0 and gates.shape[2] == 4 * H
-           and weight_hh.shape[0] == 4 * H, "weight_hh")
-    _check(h0.shape[0] == B and h0.shape[1] == H and c0.shape[0] == B
-           and c0.shape[1] == H, "h0/c0")
-    _check(batch_sizes.shape[0] == T and batch_sizes[0] <= B, "batch_sizes")
-    _check(c_seq.shape[0] == T and c_seq.shape[1] == B and c_seq.shape[2] == H, "c_seq")
-    _check(h_seq.shape[0] == T and h_seq.shape[1] == B and column >= 0
-           and column + H <= h_seq.shape[2], "h_seq")
+    _check_recurrence(gates.shape, weight_hh.shape, h0.shape, c0.shape, batch_sizes,
+                      c_seq.shape, h_seq.shape, column)
     _check(grad_h_seq.shape[0] == T and grad_h_seq.shape[1] == B
            and column + H <= grad_h_seq.shape[2], "grad_h_seq")
     _check(grad_h.shape[0] == B and grad_h.shape[1] == H and grad_c.shape[0] == B

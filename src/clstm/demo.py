@@ -23,7 +23,6 @@ monthly mean sea surface temperature of the Nino 1+2 region of the Pacific,
 """
 
 import argparse
-import sys
 import time
 import warnings
 from pathlib import Path
