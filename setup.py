@@ -3,30 +3,52 @@
 All Cython directives live here (no ``# cython:`` file headers). Set
 ``CLSTM_DEBUG_CYTHON=1`` to build with bounds checks, wraparound and
 initialised-memoryview checks on, for the debug test run in ``.ci/run``.
+
+Everything else (name, version, dependencies, wheels) is in pyproject.toml.
 """
 import os
+import re
 import sys
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+from setuptools.errors import CCompilerError, ExecError, PlatformError
 
+CYTHON_MIN = (3, 0, 10)
+HELP = (
+    "Prebuilt wheels need none of this: `pip install --only-binary=clstm-learn "
+    "clstm-learn`. To build from source install a C compiler and the build "
+    "requirements listed under [build-system] in pyproject.toml."
+)
+
+
+def fail(message):
+    sys.exit(f"\nclstm build error: {message}\n{HELP}\n")
+
+
+def version_tuple(text):
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+
+# --- Build environment ----------------------------------------------------------
 try:
     import numpy
-    import scipy  # noqa: F401  (its cython_blas .pxd files are read at build time)
+    import scipy
     from Cython import __version__ as cython_version
     from Cython.Build import cythonize
 except ImportError as exc:  # pragma: no cover - exercised by broken build envs
-    sys.exit(
-        f"clstm build error: {exc.name!r} is missing from the build environment. "
-        "Building clstm from source needs Cython>=3.0.10, numpy and scipy "
-        "(see [build-system] requires in pyproject.toml); install them or use a "
-        "prebuilt wheel."
-    )
+    fail(f"{exc.name!r} is missing from the build environment (clstm needs "
+         "Cython>=3.0.10, numpy and scipy at build time).")
 
-if int(cython_version.split(".")[0]) < 3:  # pragma: no cover
-    sys.exit(f"clstm build error: Cython>=3.0.10 is required, found {cython_version}.")
+if version_tuple(cython_version) < CYTHON_MIN:
+    fail(f"Cython>={'.'.join(map(str, CYTHON_MIN))} is required, found {cython_version}.")
+
+if not os.path.exists(os.path.join(os.path.dirname(scipy.__file__), "linalg", "cython_blas.pxd")):
+    fail(f"scipy {scipy.__version__} has no linalg/cython_blas.pxd (need scipy>=1.11).")
 
 DEBUG = os.environ.get("CLSTM_DEBUG_CYTHON", "0") not in ("", "0")
 
+# --- Directives and flags -------------------------------------------------------
 directives = {
     "language_level": 3,
     "boundscheck": DEBUG,
@@ -40,12 +62,13 @@ directives = {
 
 if sys.platform == "win32":
     compile_args = ["/O2", "/fp:precise"]
+elif DEBUG:
+    compile_args = ["-O1", "-g", "-fno-trapping-math"]
 else:
     # Never -march=native: wheels must run on the baseline ISA. The hot cell
-    # loops get AVX2/AVX-512 clones through runtime dispatch instead.
-    compile_args = ["-O3", "-fno-trapping-math"]
-    if DEBUG:
-        compile_args = ["-O1", "-g", "-fno-trapping-math"]
+    # loops get AVX2/AVX-512 clones through runtime dispatch instead. -g0
+    # drops the interpreter's -g (debug info would triple the wheel's size).
+    compile_args = ["-O3", "-fno-trapping-math", "-g0"]
 
 macros = [("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")]
 
@@ -60,10 +83,47 @@ def extension(name):
     )
 
 
+# --- Compiler check and link hygiene --------------------------------------------
+class BuildExt(build_ext):
+    """build_ext that says plainly when there is no compiler, and links no RPATH."""
+
+    def build_extensions(self):
+        self._check_compiler()
+        if hasattr(self.compiler, "linker_so"):
+            # An interpreter built with -Wl,-rpath (pyenv, conda) passes it on
+            # to every extension: a RUNPATH into the build machine.
+            self.compiler.linker_so = [
+                arg for arg in self.compiler.linker_so
+                if not arg.startswith(("-Wl,-rpath", "-Wl,-R", "-Wl,--enable-new-dtags"))
+            ]
+        super().build_extensions()
+
+    def _check_compiler(self):
+        """Compile two one-line probes: plain C, then C including Python.h."""
+        tmp = os.path.join(self.build_temp, "probe")
+        os.makedirs(tmp, exist_ok=True)
+        probes = [
+            ("probe_c.c", "int main(void) { return 0; }\n", "no working C compiler"),
+            ("probe_py.c", "#include <Python.h>\n", "the Python development headers "
+             "(Python.h) are missing (Debian/Ubuntu: apt-get install python3-dev)"),
+        ]
+        for filename, source, problem in probes:
+            path = os.path.join(tmp, filename)
+            with open(path, "w") as f:
+                f.write(source)
+            try:
+                self.compiler.compile([path], output_dir=tmp)
+            except (CCompilerError, ExecError, PlatformError, OSError) as exc:
+                cc = (getattr(self.compiler, "compiler_so", None) or ["MSVC"])[0]
+                fail(f"{problem}: the compiler `{cc}` could not compile a one-line "
+                     f"test file ({type(exc).__name__}; its output is above).")
+
+
 setup(
     ext_modules=cythonize(
         [extension("_blas"), extension("_cell"), extension("_layer")],
         compiler_directives=directives,
         include_path=["src"],
     ),
+    cmdclass={"build_ext": BuildExt},
 )

@@ -36,8 +36,16 @@
 #define CLSTM_INLINE static inline __attribute__((always_inline))
 #endif
 
+/* Each module that includes this header uses only some entry points. */
+#if defined(__GNUC__)
+#define CLSTM_MAYBE_UNUSED __attribute__((unused))
+#else
+#define CLSTM_MAYBE_UNUSED
+#endif
+
+/* target_clones needs ifunc support: gcc on x86-64 glibc Linux (not musl). */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
-    defined(__linux__) && !defined(CLSTM_NO_DISPATCH)
+    defined(__linux__) && defined(__GLIBC__) && !defined(CLSTM_NO_DISPATCH)
 #define CLSTM_DISPATCH \
     __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
 #define CLSTM_HAVE_DISPATCH 1
@@ -138,7 +146,7 @@ CLSTM_DEFINE_ROWS(double, d, clstm_tanh, clstm_sigmoid)
  * values; grad_h_rec and grad_c are contiguous (n_rows, hidden) state buffers.
  */
 #define CLSTM_DEFINE_ENTRY(T, SFX)                                              \
-CLSTM_DISPATCH static void clstm_cell_forward_##SFX(                           \
+CLSTM_DISPATCH CLSTM_MAYBE_UNUSED static void clstm_cell_forward_##SFX(                           \
     ptrdiff_t n_rows, ptrdiff_t hidden, T *gates, ptrdiff_t ld_gates,           \
     const T *c_prev, ptrdiff_t ld_c_prev, T *c, ptrdiff_t ld_c,                 \
     T *h, ptrdiff_t ld_h)                                                       \
@@ -151,7 +159,7 @@ CLSTM_DISPATCH static void clstm_cell_forward_##SFX(                           \
     }                                                                           \
 }                                                                               \
                                                                                 \
-CLSTM_DISPATCH static void clstm_cell_backward_##SFX(                          \
+CLSTM_DISPATCH CLSTM_MAYBE_UNUSED static void clstm_cell_backward_##SFX(                          \
     ptrdiff_t n_rows, ptrdiff_t hidden, const T *gates, ptrdiff_t ld_gates,     \
     const T *c_prev, ptrdiff_t ld_c_prev, const T *c, ptrdiff_t ld_c,           \
     const T *grad_h_out, ptrdiff_t ld_grad_h_out, const T *grad_h_rec,          \
@@ -169,12 +177,12 @@ CLSTM_DISPATCH static void clstm_cell_backward_##SFX(                          \
     }                                                                           \
 }                                                                               \
                                                                                 \
-CLSTM_DISPATCH static void clstm_tanh_##SFX(ptrdiff_t n, const T *x, T *y)      \
+CLSTM_DISPATCH CLSTM_MAYBE_UNUSED static void clstm_tanh_##SFX(ptrdiff_t n, const T *x, T *y)      \
 {                                                                               \
     for (ptrdiff_t j = 0; j < n; ++j) y[j] = TANH_##SFX(x[j]);                  \
 }                                                                               \
                                                                                 \
-CLSTM_DISPATCH static void clstm_sigmoid_##SFX(ptrdiff_t n, const T *x, T *y)   \
+CLSTM_DISPATCH CLSTM_MAYBE_UNUSED static void clstm_sigmoid_##SFX(ptrdiff_t n, const T *x, T *y)   \
 {                                                                               \
     for (ptrdiff_t j = 0; j < n; ++j) y[j] = SIGMOID_##SFX(x[j]);               \
 }
@@ -189,7 +197,7 @@ CLSTM_DEFINE_ENTRY(double, d)
 
 /* Which clone of the dispatched kernels this CPU runs (for tests and bug
  * reports); mirrors the order in which the target_clones resolver picks. */
-static const char *clstm_dispatch_level(void)
+CLSTM_MAYBE_UNUSED static const char *clstm_dispatch_level(void)
 {
 #if CLSTM_HAVE_DISPATCH
     __builtin_cpu_init();
