@@ -114,3 +114,20 @@ def test_blas_limit_restored_after_error():
     with pytest.raises(ValueError):
         net.forward(np.ones((8, 3, 5)))
     assert _blas_threads() == before
+
+
+def test_concurrent_estimator_predict_is_bit_identical_to_serial():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from clstm import LSTMRegressor
+
+    rng = np.random.default_rng(6)
+    X = rng.standard_normal((64, 12, 2)).astype(np.float32)
+    y = X[:, 0, 0] - X[:, -1, 1]
+    reg = LSTMRegressor(hidden_size=8, max_iter=2, random_state=0).fit(X, y)
+    batches = [rng.standard_normal((20, 12, 2)).astype(np.float32) for _ in range(12)]
+    serial = [reg.predict(b) for b in batches]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        concurrent = list(pool.map(reg.predict, batches * 3))
+    for k, pred in enumerate(concurrent):
+        assert np.array_equal(pred, serial[k % len(batches)])

@@ -1,0 +1,239 @@
+"""Render results.json into RESULTS.md and the ratio chart (ratios.png).
+
+    python benchmarks/report.py [benchmarks/results.json]   # re-render without re-running
+"""
+
+import json
+import os
+import sys
+
+from common import FRAMEWORKS, PEERS
+
+PRETTY = {"clstm": "clstm", "torch": "PyTorch", "keras": "Keras/TF", "onnxruntime": "ONNX RT",
+          "numpy": "NumPy"}
+
+
+def _f(x, digits=3):
+    if x is None:
+        return "–"
+    if abs(x) >= 100:
+        return f"{x:.0f}"
+    return f"{x:.{digits}g}"
+
+
+def _ratio(x):
+    return "–" if x is None else f"{x:.2f}"
+
+
+def _configs(res):
+    return [c["name"] for c in res["meta"]["configs"]]
+
+
+def _ratio_entry(res, cfg, task, n):
+    for r in res["ratios"]:
+        if r["config"] == cfg and r["task"] == task and r["threads"] == n:
+            return r
+    return None
+
+
+def headline(res):
+    """Config x (inference, training) x threads: best-peer / clstm ratios (target in brackets)."""
+    threads = res["meta"]["threads"]
+    tasks = res["meta"]["tasks"]
+    head = ["config"] + [f"{task} {n}t" for task in tasks for n in threads]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for cfg in _configs(res):
+        row = [cfg]
+        for task in tasks:
+            for n in threads:
+                r = _ratio_entry(res, cfg, task, n)
+                if r is None or "ratio" not in r:
+                    row.append("–")
+                    continue
+                cell = f"{r['ratio']:.2f} ({PRETTY[r['best_peer']]})"
+                if "target" in r:
+                    cell += f" [{r['target']:g}]"
+                row.append(cell)
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _timing_table(res, task, n):
+    med = {(t["config"], t["framework"]): t for t in res["timings"]
+           if t["task"] == task and t["threads"] == n}
+    fws = [f for f in FRAMEWORKS if any(k[1] == f for k in med)]
+    head = (["config"] + [f"{PRETTY[f]} ms" for f in fws]
+            + ["best peer", "ratio", "target", "ceiling", "clstm GFLOP/s", "% of sgemm peak"])
+    if task == "inference":
+        head.insert(len(fws) + 1, "GEMM-shape bound ms")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for cfg in _configs(res):
+        if (cfg, "clstm") not in med:
+            continue
+        row = [cfg]
+        for f in fws:
+            t = med.get((cfg, f))
+            row.append("–" if t is None else f"{_f(t['median_ms'])} (min {_f(t['min_ms'])})")
+        r = _ratio_entry(res, cfg, task, n) or {}
+        if task == "inference":
+            row.append(_f(r.get("gemm_shape_bound_ms")))
+        row += [PRETTY.get(r.get("best_peer"), "–"), _ratio(r.get("ratio")),
+                _ratio(r.get("target")), _ratio(r.get("ceiling")),
+                _f(med[(cfg, "clstm")]["gflops"]),
+                "–" if r.get("clstm_frac_of_peak") is None else f"{100 * r['clstm_frac_of_peak']:.0f}%"]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _per_peer_table(res, task, n):
+    rows = [r for r in res["ratios"] if r["task"] == task and r["threads"] == n]
+    peers = [f for f in PEERS if any(f in r["ratio_vs"] for r in rows)]
+    if not rows or not peers:
+        return ""
+    head = ["config"] + [f"vs {PRETTY[f]}" for f in peers]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append("| " + " | ".join([r["config"]] + [_ratio(r["ratio_vs"].get(f)) for f in peers]) + " |")
+    return "\n".join(lines)
+
+
+def write_markdown(res, path):
+    meta = res["meta"]
+    m = meta["machine"]
+    out = ["# clstm benchmark results", ""]
+    if meta.get("quick"):
+        out += ["> **Quick (smoke-test) run**: few, short rounds. Not a measurement to quote.", ""]
+    out += [f"Ratios are **best-peer time / clstm time** (above 1 = clstm faster), from medians of "
+            f"per-call times over {meta['rounds']} interleaved rounds, float32, each framework in its own "
+            "process pinned to the thread count. \"ceiling\" = the ratio if clstm ran every FLOP at the "
+            "sgemm peak (forward 2·T·B·4H·(I+H), training 3x). Targets from DESIGN.md §4.", "",
+            "## Headline: speed ratio (best peer) [target]", "", headline(res), ""]
+    out += ["## Machine and software", "",
+            f"- CPU: {m.get('model')} ({m.get('cpus')} CPUs, {m.get('threads_per_core')} thread(s)/core, "
+            f"AVX2 {m.get('flags_avx2')}, AVX-512F {m.get('flags_avx512f')})",
+            f"- Python {meta['python']} on {meta['platform']}",
+            f"- Date: {meta['date']}; load average at start {tuple(round(x, 2) for x in meta['loadavg_start'])}"
+            + (f", at end {tuple(round(x, 2) for x in meta['loadavg_end'])}" if "loadavg_end" in meta else ""),
+            f"- Wait for idle: {meta['wait_idle']}"
+            + (f" (waited {res['idle_wait']['waited_s']:.0f} s, {res['idle_wait']['timeouts']} timeouts)"
+               if res.get("idle_wait", {}).get("enabled") else ""),
+            f"- Rounds {meta['rounds']}, ~{meta['round_time_s']} s per framework per round, warm-up "
+            f"{meta['warmup_time_s']} s; elapsed {meta.get('elapsed_s', 0):.0f} s", ""]
+    out += ["| framework | version | interpreter | note |", "|---|---|---|---|"]
+    for f, e in res["frameworks"].items():
+        out.append(f"| {PRETTY[f]} | {e.get('version', '–')} | `{e.get('interpreter', '–')}` | "
+                   f"{e.get('note', '')} |")
+    out += ["", "Command:", "", "```", meta["command"], "```", ""]
+    if res["sgemm"]:
+        out += ["## Machine limit: SciPy OpenBLAS sgemm 2048³", "",
+                "| threads | GFLOP/s (median) | GFLOP/s (best: the peak used for ceilings) |", "|---|---|---|"]
+        for n, s in res["sgemm"].items():
+            out.append(f"| {n} | {s['gflops']:.1f} | {s['gflops_best']:.1f} |")
+        out += ["", "GEMM-shape bound: the time of the forward's own GEMMs at their real shapes "
+                "(one input-projection GEMM per layer, then T recurrent GEMMs, GEMV at B=1) through "
+                "SciPy's sgemm, Python call overhead subtracted, fastest of several blocks of calls.", ""]
+    for n in meta["threads"]:
+        for task in meta["tasks"]:
+            out += [f"## {task.capitalize()}, {n} thread{'s' if n > 1 else ''}: median ms (min)", "",
+                    _timing_table(res, task, n), ""]
+            t = _per_peer_table(res, task, n)
+            if t:
+                out += ["Ratio against each peer (peer time / clstm time):", "", t, ""]
+    out += ["## Correctness checks (before timing, weights exported from clstm)", "",
+            "| config | peer | threads | passed | max errors |", "|---|---|---|---|---|"]
+    for c in res["checks"]:
+        errs = ", ".join(f"{k} {v:.2g}" for k, v in c["errors"].items())
+        out.append(f"| {c['config']} | {PRETTY[c['framework']]} | {c['threads']} | "
+                   f"{'yes' if c['passed'] else 'NO: ' + '; '.join(c['failures'])} | {errs} |")
+    out.append("")
+    if res["import_time"]:
+        out += ["## Import time (fresh process, in-process timer around the import)", "",
+                "| framework | statement | median s | min s | vs clstm |", "|---|---|---|---|---|"]
+        base = res["import_time"].get("clstm", {}).get("median_s")
+        for f, r in res["import_time"].items():
+            rel = f"{r['median_s'] / base:.1f}x" if base else "–"
+            out.append(f"| {PRETTY[f]} | `{r['statement']}` | {r['median_s']:.3f} | {r['min_s']:.3f} | {rel} |")
+        out.append("")
+    if res["memory"]:
+        steps = next(iter(res["memory"].values()))["steps"]
+        out += [f"## Peak RSS of a training process ({steps} nlp-large steps, 1 thread, fresh process, "
+                "ru_maxrss)", "",
+                "| framework | peak MiB (ru_maxrss) | VmHWM MiB | after import MiB | vs clstm |",
+                "|---|---|---|---|---|"]
+        base = res["memory"].get("clstm", {}).get("peak_rss_mib")
+        for f, r in res["memory"].items():
+            rel = f"{r['peak_rss_mib'] / base:.1f}x" if base else "–"
+            out.append(f"| {PRETTY[f]} | {r['peak_rss_mib']:.0f} | {_f(r.get('vm_hwm_mib'))} | "
+                       f"{r['after_import_mib']:.0f} | {rel} |")
+        out.append("")
+    if res["estimator_fit"]:
+        out += ["## Estimator fit (1,000 sequences of ts-small shape, 10 epochs, batch 32)", "",
+                "| threads | framework | median s | min s | ratio (peer / clstm) |", "|---|---|---|---|---|"]
+        for n, d in res["estimator_fit"].items():
+            base = d.get("clstm", {}).get("median_s")
+            for f, r in d.items():
+                rel = f"{r['median_s'] / base:.2f}" if base and f != "clstm" else "–"
+                out.append(f"| {n} | {PRETTY[f]} ({r.get('how', '')}) | {r['median_s']:.2f} | "
+                           f"{r['min_s']:.2f} | {rel} |")
+        out.append("")
+    if res["notes"]:
+        out += ["## Notes", ""] + [f"- {n}" for n in res["notes"]] + [""]
+    out += ["Raw data: `results.json`; chart: `ratios.png`. How to run: `README.md`.", ""]
+    with open(path, "w") as f:
+        f.write("\n".join(out))
+
+
+def write_chart(res, path):
+    """Grouped bars of best-peer / clstm per config; returns a note if it could not be drawn."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "ratios.png not drawn: matplotlib is not installed"
+    threads, tasks = res["meta"]["threads"], res["meta"]["tasks"]
+    cfgs = _configs(res)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.2), squeeze=False)
+    width = 0.8 / max(len(threads), 1)
+    for ax, task in zip(axes[0], tasks):
+        for k, n in enumerate(threads):
+            vals, tg = [], []
+            for cfg in cfgs:
+                r = _ratio_entry(res, cfg, task, n) or {}
+                vals.append(r.get("ratio", 0.0))
+                tg.append(r.get("target"))
+            xs = [i + (k - (len(threads) - 1) / 2) * width for i in range(len(cfgs))]
+            bars = ax.bar(xs, vals, width, label=f"{n} thread{'s' if n > 1 else ''}")
+            for x, v, t in zip(xs, vals, tg):
+                if v:
+                    ax.text(x, v, f"{v:.2f}", ha="center", va="bottom", fontsize=7)
+                if t:
+                    ax.plot([x - width / 2, x + width / 2], [t, t], color="k", lw=1.5,
+                            label="target" if (k == 0 and x == xs[0]) else None)
+            del bars
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        ax.set_xticks(range(len(cfgs)))
+        ax.set_xticklabels(cfgs, rotation=20, fontsize=8)
+        ax.set_title(f"{task}: best-peer time / clstm time")
+        ax.set_ylabel("ratio (>1: clstm faster)")
+        ax.legend(fontsize=8)
+    if res["meta"].get("quick"):
+        fig.suptitle("quick run (smoke test, not a measurement)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+def main(argv):
+    path = argv[0] if argv else os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.json")
+    with open(path) as f:
+        res = json.load(f)
+    out_dir = os.path.dirname(os.path.abspath(path))
+    write_markdown(res, os.path.join(out_dir, "RESULTS.md"))
+    write_chart(res, os.path.join(out_dir, "ratios.png"))
+    print(headline(res))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,583 @@
+#!/usr/bin/env python
+"""clstm benchmark driver: clstm vs torch.nn.LSTM, Keras 3/TensorFlow, ONNX Runtime, NumPy.
+
+Each framework runs in its own worker process pinned to a thread count; rounds
+are interleaved across frameworks; every peer is first checked to compute the
+same thing as clstm on weights exported from clstm. See benchmarks/README.md.
+
+    python benchmarks/run.py                 # full run, 1 and 2 threads (< 20 min)
+    python benchmarks/run.py --quick         # smoke run (< 3 min)
+    python benchmarks/run.py --threads 1 --configs ts-small --shape 8,20,4,16
+"""
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import numpy as np  # noqa: E402
+
+from common import (CONFIGS, FRAMEWORK_TASKS, FRAMEWORKS, LR, PEERS, TASKS,  # noqa: E402
+                    parse_shape, thread_env)
+
+WORKER = os.path.join(HERE, "workers", "worker.py")
+
+#: DESIGN.md section 4: speed-ratio targets (best-peer time / clstm time) at 1 / 2 threads.
+TARGETS = {
+    "ts-small": {"inference": (1.7, 2.2), "training": (2.5, 4.0)},
+    "ts-medium": {"inference": (1.1, 1.2), "training": (1.5, 2.0)},
+    "nlp-large": {"inference": (1.0, 1.0), "training": (1.05, 1.1)},
+    "stream": {"inference": (2.0, 2.0), "training": (4.0, 5.0)},
+    "stacked": {"inference": (1.0, 1.0), "training": (1.2, 1.3)},
+}
+
+# Correctness tolerances (float32) for a peer against clstm on copied weights.
+TOL_OUT = 1e-4          # max |out - out_clstm| (outputs lie in (-1, 1))
+TOL_LOSS = 1e-4         # relative
+TOL_GRAD = 1e-3         # max |g - g_clstm| / max |g_clstm|, per tensor
+TOL_POST_FRAC = 0.01    # after one Adam step: at most 1% of the entries with a clear
+#                         gradient may differ by > LR/2 (the first step is ~LR*sign(g))
+
+
+class CheckFailed(RuntimeError):
+    pass
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# -- workers -----------------------------------------------------------------
+class Worker:
+    """A framework's process: JSON commands on stdin, one JSON answer per line on stdout."""
+
+    def __init__(self, framework, threads, python, log_dir):
+        self.framework, self.threads = framework, threads
+        env = dict(os.environ)
+        env.update(thread_env(threads))
+        self.log_path = os.path.join(log_dir, f"{framework}-t{threads}.log")
+        self._log = open(self.log_path, "w")
+        self.hello = None
+        try:
+            self.proc = subprocess.Popen(
+                [python, WORKER, "--framework", framework, "--threads", str(threads), "serve"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True,
+                bufsize=1, env=env)
+        except OSError as exc:      # e.g. a --python interpreter that does not exist
+            self.proc = None
+            self.hello = {"ok": False, "error": f"cannot start {python}: {exc}"}
+
+    def wait_hello(self):
+        if self.proc is None:
+            return self.hello
+        line = self.proc.stdout.readline()
+        if not line:
+            self.hello = {"ok": False, "error": f"worker exited (see {self.log_path}): "
+                          + self.log_tail()}
+        else:
+            self.hello = json.loads(line)
+        return self.hello
+
+    def log_tail(self, n=15):
+        try:
+            with open(self.log_path) as f:
+                return "".join(f.readlines()[-n:])
+        except OSError:
+            return ""
+
+    def call(self, cmd, **kw):
+        kw["cmd"] = cmd
+        self.proc.stdin.write(json.dumps(kw) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.framework} worker died during {cmd!r}:\n{self.log_tail()}")
+        reply = json.loads(line)
+        if not reply.get("ok"):
+            raise RuntimeError(f"{self.framework} worker failed {cmd!r}:\n{reply.get('error')}")
+        return reply
+
+    def close(self):
+        if self.proc is None:
+            self._log.close()
+            return
+        try:
+            if self.proc.poll() is None:
+                self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+                self.proc.stdin.flush()
+                self.proc.wait(timeout=30)
+        except (OSError, subprocess.TimeoutExpired, ValueError):
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+# Linux carries a process' RSS at fork into the child's ru_maxrss (kept across exec), so
+# a probe forked straight from the driver (hundreds of MiB of check arrays) would report at
+# least the driver's size. Probes are started through this small launcher instead.
+LAUNCHER = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
+
+
+def run_probe(python, threads, mode, *extra, timeout=600):
+    """A probe in a fresh worker process (via a small launcher); returns its RESULT dict."""
+    env = dict(os.environ)
+    env.update(thread_env(threads))
+    cmd = [sys.executable, "-c", LAUNCHER, python, WORKER, "--threads", str(threads), mode, *extra]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": f"timed out after {timeout} s"}
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    return {"ok": False, "error": (proc.stderr or proc.stdout)[-2000:]}
+
+
+# -- machine idleness --------------------------------------------------------
+def _cpu_times():
+    with open("/proc/stat") as f:
+        fields = [float(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)
+    return idle, sum(fields[:8])
+
+
+def busy_fraction(sample_s=0.25):
+    """Fraction of all cores busy over a short sample (our workers are idle then)."""
+    try:
+        i0, t0 = _cpu_times()
+        time.sleep(sample_s)
+        i1, t1 = _cpu_times()
+        return 1.0 - (i1 - i0) / max(t1 - t0, 1e-9)
+    except OSError:
+        return os.getloadavg()[0] / (os.cpu_count() or 1)
+
+
+class IdleWaiter:
+    def __init__(self, enabled, threshold, timeout):
+        self.enabled, self.threshold, self.timeout = enabled, threshold, timeout
+        self.waited_s = 0.0
+        self.timeouts = 0
+
+    def wait(self):
+        if not self.enabled:
+            return
+        start = time.time()
+        while busy_fraction() > self.threshold:
+            if time.time() - start > self.timeout:
+                self.timeouts += 1
+                break
+            time.sleep(1.0)
+        self.waited_s += time.time() - start
+
+
+# -- correctness ---------------------------------------------------------------
+def compare(ref, got, framework, tasks):
+    """Compare a peer's check outputs with clstm's; returns a report dict."""
+    report = {"passed": True, "errors": {}, "failures": []}
+
+    def fail(what):
+        report["passed"] = False
+        report["failures"].append(what)
+
+    if "inference" in tasks:
+        if got["out"].shape != ref["out"].shape:
+            fail(f"out shape {got['out'].shape} != {ref['out'].shape}")
+        else:
+            err = float(np.max(np.abs(got["out"] - ref["out"])))
+            report["errors"]["out_max_abs"] = err
+            if not err <= TOL_OUT:
+                fail(f"out differs by {err:.3g} (tolerance {TOL_OUT})")
+    if "training" in tasks:
+        lr, lg = float(ref["loss"]), float(got["loss"])
+        rel = abs(lg - lr) / max(abs(lr), 1e-12)
+        report["errors"]["loss_rel"] = rel
+        if not rel <= TOL_LOSS:
+            fail(f"loss {lg} vs {lr} (relative {rel:.3g})")
+        worst = 0.0
+        for key in [k for k in ref if k.startswith("grad/")]:
+            if key not in got:
+                fail(f"{key} missing")
+                continue
+            if got[key].shape != ref[key].shape:
+                fail(f"{key} shape {got[key].shape} != {ref[key].shape}")
+                continue
+            err = float(np.max(np.abs(got[key] - ref[key])) / max(np.max(np.abs(ref[key])), 1e-30))
+            worst = max(worst, err)
+            if not err <= TOL_GRAD:
+                fail(f"{key} differs by {err:.3g} of its scale (tolerance {TOL_GRAD})")
+        report["errors"]["grad_rel_max"] = worst
+        worst_frac, n_post = 0.0, 0
+        for key in [k for k in ref if k.startswith("post/")]:
+            if key not in got:
+                continue      # e.g. Keras' fused bias
+            n_post += 1
+            diff = np.abs(got[key] - ref[key])
+            # Adam variants put epsilon before or after the bias correction (Keras:
+            # eps/sqrt(1-beta2^t)), which changes the first step of entries whose
+            # gradient is within ~1e3 eps: compare entries with a clear gradient.
+            g = np.abs(ref["grad/" + key[len("post/"):]]) if "grad/" + key[len("post/"):] in ref else None
+            if g is not None:
+                diff = diff[g > 1e-3 * g.max()]
+            frac = float(np.mean(diff > 0.5 * LR)) if diff.size else 0.0
+            worst_frac = max(worst_frac, frac)
+            dmax = float(np.max(np.abs(got[key] - ref[key])))
+            if frac > TOL_POST_FRAC or dmax > 2.5 * LR:
+                fail(f"{key} after one Adam step: {100 * frac:.2g}% of entries differ by > LR/2, "
+                     f"max {dmax:.3g}")
+        if n_post == 0:
+            fail("no parameters to compare after the Adam step")
+        report["errors"]["post_step_frac_off"] = worst_frac
+    return report
+
+
+def load_npz(path):
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+# -- the run -----------------------------------------------------------------
+def summarize(times):
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "n": len(times)}
+
+
+def cpu_model():
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        info = {}
+        for line in out.splitlines():
+            if ":" in line:
+                k, v = line.split(":", 1)
+                info[k.strip()] = v.strip()
+        return {"model": info.get("Model name", platform.processor()),
+                "cpus": info.get("CPU(s)"), "threads_per_core": info.get("Thread(s) per core"),
+                "flags_avx512f": "avx512f" in info.get("Flags", ""),
+                "flags_avx2": "avx2" in info.get("Flags", "")}
+    except OSError:
+        return {"model": platform.processor(), "cpus": os.cpu_count()}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="few short rounds, for smoke-testing (< 3 min)")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--configs", nargs="*", default=None,
+                   help=f"subset of {list(CONFIGS)} (default: all; none with --configs and no names)")
+    p.add_argument("--shape", action="append", default=[], metavar="[NAME=]B,T,I,H[,L]",
+                   help="an extra shape (repeatable)")
+    p.add_argument("--frameworks", nargs="+", default=list(FRAMEWORKS), choices=FRAMEWORKS)
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 7, quick 3)")
+    p.add_argument("--round-time", type=float, default=None,
+                   help="seconds of calls per framework per round (default 0.3, quick 0.05)")
+    p.add_argument("--warmup-time", type=float, default=None,
+                   help="seconds of warm-up calls per case (default 0.5, quick 0.1)")
+    p.add_argument("--wait-idle", action="store_true",
+                   help="before each round, wait until the machine's other load is low")
+    p.add_argument("--idle-threshold", type=float, default=0.10,
+                   help="busy fraction of all cores counted as idle (default 0.10)")
+    p.add_argument("--idle-timeout", type=float, default=120.0,
+                   help="seconds to wait for idleness before going on anyway (default 120)")
+    p.add_argument("--python", action="append", default=[], metavar="FRAMEWORK=PATH",
+                   help="interpreter for one framework's worker, e.g. keras=/work/venvs/bench-tf/bin/python "
+                        "(env CLSTM_BENCH_PYTHON_<FRAMEWORK> works too)")
+    p.add_argument("--no-extras", action="store_true",
+                   help="skip sgemm peak, import time, peak RSS and estimator fit")
+    p.add_argument("--skip", nargs="*", default=[], choices=["sgemm", "import", "rss", "fit"],
+                   help="skip some of the extras")
+    p.add_argument("--out-dir", default=HERE, help="where RESULTS.md, results.json, ratios.png go")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    args.rounds = args.rounds or (3 if args.quick else 7)
+    args.round_time = args.round_time if args.round_time is not None else (0.05 if args.quick else 0.3)
+    args.warmup_time = args.warmup_time if args.warmup_time is not None else (0.1 if args.quick else 0.5)
+    if "clstm" not in args.frameworks:
+        p.error("clstm must be among --frameworks (it is the reference of every check and ratio)")
+    return args
+
+
+def interpreters(args):
+    py = {f: os.environ.get(f"CLSTM_BENCH_PYTHON_{f.upper()}", sys.executable) for f in FRAMEWORKS}
+    for item in args.python:
+        name, _, path = item.partition("=")
+        if name not in py or not path:
+            raise SystemExit(f"--python expects FRAMEWORK=PATH with FRAMEWORK in {FRAMEWORKS}, got {item!r}")
+        py[name] = path
+    return py
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    t_begin = time.time()
+    configs = [CONFIGS[c] for c in (list(CONFIGS) if args.configs is None else args.configs)]
+    configs += [parse_shape(s) for s in args.shape]
+    if not configs:
+        raise SystemExit("no configs to run")
+    out_dir = os.path.abspath(args.out_dir)
+    work = os.path.join(out_dir, "_work")
+    os.makedirs(work, exist_ok=True)
+    py = interpreters(args)
+    waiter = IdleWaiter(args.wait_idle, args.idle_threshold, args.idle_timeout)
+    fws = [f for f in FRAMEWORKS if f in args.frameworks]
+    # The command as typed (the driver script path made relative for readability).
+    argv_shown = sys.argv[1:] if argv is None else list(argv)
+    command = "python benchmarks/run.py " + " ".join(shlex.quote(a) for a in argv_shown)
+
+    res = {
+        "meta": {"command": command.strip(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                 "machine": cpu_model(), "python": sys.version.split()[0],
+                 "platform": platform.platform(), "interpreters": {f: py[f] for f in fws},
+                 "quick": args.quick, "rounds": args.rounds, "round_time_s": args.round_time,
+                 "warmup_time_s": args.warmup_time, "wait_idle": args.wait_idle,
+                 "threads": args.threads, "tasks": args.tasks,
+                 "configs": [c.as_dict() for c in configs], "dtype": "float32",
+                 "loadavg_start": os.getloadavg()},
+        "frameworks": {},
+        "checks": [],
+        "timings": [],
+        "sgemm": {},
+        "gemm_bound_ms": {},
+        "ratios": [],
+        "import_time": {},
+        "memory": {},
+        "estimator_fit": {},
+        "notes": [],
+    }
+    json_path = os.path.join(out_dir, "results.json")
+
+    def save():
+        with open(json_path, "w") as f:
+            json.dump(res, f, indent=1, default=float)
+
+    extras = set() if args.no_extras else {"sgemm", "import", "rss", "fit"} - set(args.skip)
+    try:
+        if "sgemm" in extras:
+            for n in args.threads:
+                log(f"sgemm peak and GEMM-shape bounds, {n} thread(s)")
+                r = run_probe(py["clstm"], n, "sgemm", "--configs",
+                              json.dumps([c.as_dict() for c in configs]), *(["--quick"] if args.quick else []))
+                if r.get("ok"):
+                    res["sgemm"][str(n)] = {"gflops": r["gflops"], "gflops_best": r["gflops_best"],
+                                            "call_overhead_us": r["call_overhead_us"]}
+                    res["gemm_bound_ms"][str(n)] = r["gemm_bound_ms"]
+                else:
+                    res["notes"].append(f"sgemm probe failed at {n} threads: {r.get('error')}")
+        case_paths = {}
+        for n in args.threads:
+            run_thread_count(args, n, fws, configs, py, work, res, case_paths, waiter)
+            save()
+        if "import" in extras:
+            import_times(args, fws, py, res)
+        if "rss" in extras:
+            peak_memory(args, fws, py, res)
+        if "fit" in extras:
+            estimator_fit(args, fws, py, res)
+    except CheckFailed as exc:
+        res["notes"].append(f"ABORTED: {exc}")
+        save()
+        print(f"\nCORRECTNESS CHECK FAILED, nothing timed for it: {exc}", file=sys.stderr)
+        return 2
+    res["idle_wait"] = {"enabled": args.wait_idle, "waited_s": waiter.waited_s,
+                        "timeouts": waiter.timeouts}
+    res["meta"]["loadavg_end"] = os.getloadavg()
+    res["meta"]["elapsed_s"] = time.time() - t_begin
+    compute_ratios(res, configs, args)
+    save()
+    import report
+    report.write_markdown(res, os.path.join(out_dir, "RESULTS.md"))
+    chart = report.write_chart(res, os.path.join(out_dir, "ratios.png"))
+    if chart is not None:
+        res["notes"].append(chart)
+        save()
+    log(f"done in {time.time() - t_begin:.0f} s: {json_path}, RESULTS.md, ratios.png")
+    print(report.headline(res))
+    return 0
+
+
+def run_thread_count(args, n, fws, configs, py, work, res, case_paths, waiter):
+    log(f"=== {n} thread(s): starting workers {fws}")
+    workers = {f: Worker(f, n, py[f], work) for f in fws}
+    live = {}
+    for f, w in workers.items():
+        hello = w.wait_hello()
+        entry = res["frameworks"].setdefault(f, {"available": False})
+        if hello.get("ok"):
+            live[f] = w
+            entry.update(available=True, version=hello["version"], interpreter=py[f])
+            entry.setdefault("import_s_in_worker", {})[str(n)] = hello["import_s"]
+        else:
+            w.close()
+            lines = str(hello.get("error", "")).strip().splitlines() or ["no reason given"]
+            entry["note"] = f"skipped: {lines[-1]}"
+            note = f"{f} ({n} threads) {entry['note']}"
+            if note not in res["notes"]:
+                res["notes"].append(note)
+            log(note)
+    if "clstm" not in live:
+        raise SystemExit(f"clstm worker failed to start:\n{workers['clstm'].log_tail()}")
+    try:
+        # 1. cases: weights drawn by clstm, written once
+        for cfg in configs:
+            if cfg.name not in case_paths:
+                path = os.path.join(work, f"case-{cfg.name}.npz")
+                live["clstm"].call("export", config=cfg.as_dict(), seed=args.seed, path=path)
+                case_paths[cfg.name] = path
+        # 2. correctness: every peer against clstm on the copied weights, before any timing
+        for cfg in configs:
+            outs = {}
+            for f, w in live.items():
+                tasks = [t for t in args.tasks if t in FRAMEWORK_TASKS[f]]
+                if not tasks:
+                    continue
+                out_path = os.path.join(work, f"check-{cfg.name}-{f}-t{n}.npz")
+                w.call("check", config=cfg.as_dict(), case_path=case_paths[cfg.name],
+                       out_path=out_path, tasks=tasks)
+                outs[f] = (load_npz(out_path), tasks)
+            ref = outs["clstm"][0]
+            for f, (got, tasks) in outs.items():
+                if f == "clstm":
+                    continue
+                rep = compare(ref, got, f, tasks)
+                rep.update(config=cfg.name, framework=f, threads=n, tasks=tasks)
+                res["checks"].append(rep)
+                status = "ok" if rep["passed"] else "FAILED"
+                log(f"check {cfg.name:<10} {f:<12} {status} "
+                    + " ".join(f"{k}={v:.2g}" for k, v in rep["errors"].items()))
+                if not rep["passed"]:
+                    raise CheckFailed(f"{f} vs clstm on {cfg.name} at {n} threads: "
+                                      + "; ".join(rep["failures"]))
+        # 3. timing: per case, warm up every framework, then interleaved rounds
+        for cfg in configs:
+            for task in args.tasks:
+                fw_task = [f for f in live if task in FRAMEWORK_TASKS[f]]
+                reps = {}
+                for f in fw_task:
+                    r = live[f].call("prepare", config=cfg.as_dict(), case_path=case_paths[cfg.name],
+                                     task=task, warmup_s=args.warmup_time,
+                                     min_calls=1 if args.quick else 3)
+                    reps[f] = int(min(1000, max(1, round(args.round_time / max(r["estimate_ms"] / 1e3, 1e-7)))))
+                times = {f: [] for f in fw_task}
+                for rnd in range(args.rounds):
+                    order = fw_task[rnd % len(fw_task):] + fw_task[:rnd % len(fw_task)]
+                    for f in order:
+                        waiter.wait()
+                        time.sleep(0.02)   # let the previous worker's spinning threads park
+                        times[f] += live[f].call("bench", task=task, reps=reps[f])["times_ms"]
+                line = []
+                for f in fw_task:
+                    s = summarize(times[f])
+                    s.update(config=cfg.name, task=task, threads=n, framework=f,
+                             gflops=cfg.flops(task) / (s["median_ms"] * 1e6))
+                    res["timings"].append(s)
+                    line.append(f"{f}={s['median_ms']:.3g}")
+                log(f"{n}t {cfg.name:<10} {task:<9} median ms: " + " ".join(line))
+            for f in live:
+                live[f].call("release", config=cfg.name)
+    finally:
+        for w in live.values():
+            w.close()
+
+
+def import_times(args, fws, py, res):
+    reps = 3 if args.quick else 7
+    modules = {"clstm": "import clstm", "torch": "import torch",
+               "keras": "import tensorflow, keras", "onnxruntime": "import onnxruntime",
+               "numpy": "import numpy"}
+    code = ("import time; t0 = time.perf_counter(); {stmt}; "
+            "print('IMPORT', time.perf_counter() - t0)")
+    env = dict(os.environ)
+    env.update(thread_env(1))
+    for f in fws:
+        if not res["frameworks"].get(f, {}).get("available"):
+            continue
+        log(f"import time of {f} ({reps} fresh processes)")
+        ts = []
+        for _ in range(reps):
+            p = subprocess.run([py[f], "-c", code.format(stmt=modules[f])], capture_output=True,
+                               text=True, env=env, cwd="/")
+            line = [x for x in p.stdout.splitlines() if x.startswith("IMPORT")]
+            if p.returncode or not line:
+                res["notes"].append(f"import probe of {f} failed: {p.stderr[-300:]}")
+                break
+            ts.append(float(line[0].split()[1]))
+        if ts:
+            res["import_time"][f] = {"median_s": statistics.median(ts), "min_s": min(ts), "n": len(ts),
+                                     "statement": modules[f]}
+
+
+def peak_memory(args, fws, py, res):
+    for f in fws:
+        if "training" not in FRAMEWORK_TASKS[f] or not res["frameworks"].get(f, {}).get("available"):
+            continue
+        steps = 2 if args.quick else 5
+        log(f"peak RSS of {f}: {steps} nlp-large training steps in a fresh process")
+        r = run_probe(py[f], 1, "rss", "--framework", f, "--config", "nlp-large", "--steps", str(steps))
+        if r.get("ok"):
+            res["memory"][f] = {k: r[k] for k in ("peak_rss_mib", "after_import_mib", "interpreter_mib",
+                                                  "vm_hwm_mib", "steps", "config")}
+        else:
+            res["notes"].append(f"rss probe of {f} failed: {str(r.get('error'))[-300:]}")
+
+
+def estimator_fit(args, fws, py, res):
+    """LSTMRegressor.fit vs a PyTorch loop vs Keras model.fit (quick: first thread count only)."""
+    for n in args.threads[:1] if args.quick else args.threads:
+        for f in ("clstm", "torch", "keras"):
+            if f not in fws or not res["frameworks"].get(f, {}).get("available"):
+                continue
+            log(f"estimator fit, {f}, {n} thread(s)")
+            r = run_probe(py[f], n, "fit", "--framework", f, *(["--quick"] if args.quick else []))
+            if r.get("ok"):
+                res["estimator_fit"].setdefault(str(n), {})[f] = r
+            elif f == "clstm":
+                res["notes"].append("estimator fit benchmark skipped: "
+                                    + str(r.get("error", "")).strip().splitlines()[-1])
+                return
+            else:
+                res["notes"].append(f"fit benchmark of {f} failed: {str(r.get('error'))[-300:]}")
+
+
+def compute_ratios(res, configs, args):
+    med = {(t["config"], t["task"], t["threads"], t["framework"]): t["median_ms"] for t in res["timings"]}
+    for cfg in configs:
+        for task in args.tasks:
+            for n in args.threads:
+                c = med.get((cfg.name, task, n, "clstm"))
+                if c is None:
+                    continue
+                peers = {f: med[(cfg.name, task, n, f)] for f in PEERS if (cfg.name, task, n, f) in med}
+                entry = {"config": cfg.name, "task": task, "threads": n, "clstm_ms": c,
+                         "peer_ms": peers, "ratio_vs": {f: v / c for f, v in peers.items()}}
+                if peers:
+                    best = min(peers, key=peers.get)
+                    entry.update(best_peer=best, best_peer_ms=peers[best], ratio=peers[best] / c)
+                # the machine limit: the best sgemm repetition (robust to other load)
+                peak = res["sgemm"].get(str(n), {}).get("gflops_best")
+                if peak:
+                    flop_ms = cfg.flops(task) / (peak * 1e6)
+                    entry["flop_bound_ms"] = flop_ms
+                    if "best_peer_ms" in entry:
+                        entry["ceiling"] = entry["best_peer_ms"] / flop_ms
+                    entry["clstm_frac_of_peak"] = flop_ms / c
+                gb = res["gemm_bound_ms"].get(str(n), {}).get(cfg.name)
+                if gb is not None and task == "inference":
+                    entry["gemm_shape_bound_ms"] = gb
+                tgt = TARGETS.get(cfg.name, {}).get(task)
+                if tgt and n in (1, 2):
+                    entry["target"] = tgt[n - 1]
+                    if "ratio" in entry:
+                        entry["target_met"] = entry["ratio"] >= tgt[n - 1]
+                res["ratios"].append(entry)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Framework workers of the benchmark suite (one process per framework)."""
