@@ -47,12 +47,24 @@ _controller_lock = threading.Lock()
 
 
 def _blas_controller():
-    """The threadpoolctl controller for BLAS libraries (created once, lazily)."""
+    """threadpoolctl controller for the BLAS that clstm's kernels call.
+
+    That is SciPy's (the kernels link scipy.linalg.cython_blas); where NumPy
+    bundles its own copy, that one is left alone: limiting it would only add
+    cost to every call. Created once, lazily.
+    """
     global _controller
     with _controller_lock:
         if _controller is None:
+            import scipy.linalg.cython_blas  # noqa: F401  (make sure it is loaded)
             from threadpoolctl import ThreadpoolController
-            _controller = ThreadpoolController().select(user_api="blas")
+            blas = ThreadpoolController().select(user_api="blas")
+            # scipy wheels vendor their BLAS under site-packages/scipy.libs
+            scipy_libs = [lib for lib in blas.lib_controllers
+                          if "scipy.libs" in str(lib.filepath).replace("\\", "/").split("/")]
+            if scipy_libs:
+                blas.lib_controllers = scipy_libs
+            _controller = blas
         return _controller
 
 
