@@ -18,7 +18,7 @@ cdef void lstm_input_projection(
 cdef void lstm_recurrence_forward(
     Py_ssize_t n_steps, Py_ssize_t batch_size, Py_ssize_t hidden_size,
     Py_ssize_t row_begin, Py_ssize_t row_end,
-    const floating* weight_hh, const floating* h0, const floating* c0,
+    const floating* weight_hh, const float* packed_hh_t, const floating* h0, const floating* c0,
     const int* batch_sizes, bint reverse, const floating* recurrent_mask,
     floating* gates, floating* c_seq, floating* h_seq, Py_ssize_t ld_h,
     floating* work) noexcept nogil
@@ -27,7 +27,7 @@ cdef void lstm_recurrence_forward(
 cdef void lstm_recurrence_backward(
     Py_ssize_t n_steps, Py_ssize_t batch_size, Py_ssize_t hidden_size,
     Py_ssize_t row_begin, Py_ssize_t row_end,
-    const floating* weight_hh, const floating* h0, const floating* c0,
+    const floating* weight_hh, const float* packed_hh, const floating* h0, const floating* c0,
     const int* batch_sizes, bint reverse, const floating* recurrent_mask,
     const floating* gates, const floating* c_seq,
     const floating* h_seq, Py_ssize_t ld_h,

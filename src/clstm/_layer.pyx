@@ -17,6 +17,15 @@ from libc.string cimport memcpy, memset
 from clstm._blas cimport _gemm, _gemv, RowMajor, NoTrans, Trans
 from clstm._cell cimport lstm_cell_forward, lstm_cell_backward
 
+cdef extern from "_packed_gemm.h" nogil:
+    int CLSTM_HAVE_PACKED_GEMM
+    Py_ssize_t clstm_packed_size(Py_ssize_t K, Py_ssize_t N)
+    void clstm_pack_b(Py_ssize_t K, Py_ssize_t N, const float* b, Py_ssize_t ldb,
+                      int transposed, float* packed)
+    void clstm_packed_gemm(Py_ssize_t n, Py_ssize_t K, Py_ssize_t N, const float* a,
+                           Py_ssize_t lda, const float* packed, float* c,
+                           Py_ssize_t ldc, int accumulate)
+
 import numpy as np
 
 
@@ -33,12 +42,20 @@ cdef inline Py_ssize_t _active_rows(const int* batch_sizes, Py_ssize_t t,
 
 cdef inline void _recurrent_matmul(Py_ssize_t n, Py_ssize_t hidden_size,
                                    const floating* h_prev, Py_ssize_t ld,
-                                   const floating* weight_hh,
+                                   const floating* weight_hh, const float* packed,
                                    floating* gates) noexcept nogil:
-    """gates[:n] += h_prev[:n] @ weight_hh.T (GEMV for a single row)"""
+    """gates[:n] += h_prev[:n] @ weight_hh.T
+
+    float32 with `packed` (weight_hh.T in panels, see _packed_gemm.h): the
+    small-GEMM kernel; otherwise BLAS (GEMV for a single row).
+    """
     cdef int H = <int> hidden_size
     if n <= 0:
         return
+    if floating is float:
+        if packed != NULL:
+            clstm_packed_gemm(n, H, 4 * H, h_prev, ld, packed, gates, 4 * H, 1)
+            return
     if n == 1:
         # gates[0] += weight_hh @ h_prev[0]
         _gemv(RowMajor, NoTrans, 4 * H, H, 1.0, weight_hh, H, h_prev, 1,
@@ -82,7 +99,7 @@ cdef void lstm_input_projection(
 cdef void lstm_recurrence_forward(
         Py_ssize_t n_steps, Py_ssize_t batch_size, Py_ssize_t hidden_size,
         Py_ssize_t row_begin, Py_ssize_t row_end,
-        const floating* weight_hh, const floating* h0, const floating* c0,
+        const floating* weight_hh, const float* packed_hh_t, const floating* h0, const floating* c0,
         const int* batch_sizes, bint reverse, const floating* recurrent_mask,
         floating* gates, floating* c_seq, floating* h_seq, Py_ssize_t ld_h,
         floating* work) noexcept nogil:
@@ -119,13 +136,13 @@ cdef void lstm_recurrence_forward(
             _masked_copy(n_cont, H, h_seq + (p * B + b0) * ld_h, ld_h, mask, work)
             _masked_copy(n - n_cont, H, h0 + (b0 + n_cont) * H, H,
                          mask + n_cont * H, work + n_cont * H)
-            _recurrent_matmul(n, H, work, H, weight_hh, g_t)
+            _recurrent_matmul(n, H, work, H, weight_hh, packed_hh_t, g_t)
         else:
             if n_cont > 0:
                 _recurrent_matmul(n_cont, H, h_seq + (p * B + b0) * ld_h, ld_h,
-                                  weight_hh, g_t)
+                                  weight_hh, packed_hh_t, g_t)
             _recurrent_matmul(n - n_cont, H, h0 + (b0 + n_cont) * H, H,
-                              weight_hh, g_t + n_cont * G)
+                              weight_hh, packed_hh_t, g_t + n_cont * G)
 
         # gates, c, h = cell(gates, c_prev)
         if n_cont > 0:
@@ -143,7 +160,7 @@ cdef void lstm_recurrence_forward(
 cdef void lstm_recurrence_backward(
         Py_ssize_t n_steps, Py_ssize_t batch_size, Py_ssize_t hidden_size,
         Py_ssize_t row_begin, Py_ssize_t row_end,
-        const floating* weight_hh, const floating* h0, const floating* c0,
+        const floating* weight_hh, const float* packed_hh, const floating* h0, const floating* c0,
         const int* batch_sizes, bint reverse, const floating* recurrent_mask,
         const floating* gates, const floating* c_seq,
         const floating* h_seq, Py_ssize_t ld_h,
@@ -207,7 +224,9 @@ cdef void lstm_recurrence_backward(
                                dg_t + n_cont * G, G)
 
         # grad_h[:n] = grad_gates[t, :n] @ weight_hh
-        if n == 1:
+        if floating is float and packed_hh != NULL:
+            clstm_packed_gemm(n, G, H, dg_t, G, packed_hh, dh, H, 0)
+        elif n == 1:
             _gemv(RowMajor, Trans, <int> G, <int> H, 1.0, weight_hh, <int> H,
                   dg_t, 1, 0.0, dh, 1)
         else:
@@ -286,6 +305,36 @@ cdef void _check_recurrence(Py_ssize_t* gates, Py_ssize_t* weight_hh,
            "h_seq")
 
 
+cdef const float* _packed_pointer(packed, Py_ssize_t K, Py_ssize_t N) except? NULL:
+    """Data pointer of a packed weight from pack_weight (None: NULL, use BLAS)."""
+    cdef const float[::1] view
+    if packed is None:
+        return NULL
+    view = packed
+    _check(view.shape[0] == clstm_packed_size(K, N) and view.shape[0] > 0, "packed weight")
+    return &view[0]
+
+
+HAVE_PACKED_GEMM = bool(CLSTM_HAVE_PACKED_GEMM)
+
+
+def pack_weight(const float[:, ::1] weight, bint transposed):
+    """Pack a float32 weight for the small-GEMM kernel (see _packed_gemm.h).
+
+    transposed=False packs B = weight (K x N = its shape), for
+    grad_h = grad_gates @ weight_hh; transposed=True packs B = weight.T, for
+    gates += h @ weight_hh.T. Returns a 1-D float32 array.
+    """
+    cdef Py_ssize_t K = weight.shape[1] if transposed else weight.shape[0]
+    cdef Py_ssize_t N = weight.shape[0] if transposed else weight.shape[1]
+    out = np.empty(clstm_packed_size(K, N), dtype=np.float32)
+    cdef float[::1] packed = out
+    if out.shape[0]:
+        with nogil:
+            clstm_pack_b(K, N, &weight[0, 0], weight.shape[1], transposed, &packed[0])
+    return out
+
+
 def input_projection(const floating[:, :, ::1] x, const floating[:, ::1] weight_ih,
                      const floating[::1] bias, floating[:, :, ::1] gates,
                      Py_ssize_t row_begin, Py_ssize_t row_end):
@@ -309,7 +358,7 @@ def recurrence_forward(const floating[:, ::1] weight_hh, const floating[:, ::1] 
                        bint reverse, floating[:, :, ::1] gates,
                        floating[:, :, ::1] c_seq, floating[:, :, ::1] h_seq,
                        Py_ssize_t column, Py_ssize_t row_begin, Py_ssize_t row_end,
-                       recurrence_mask=None, work=None):
+                       recurrence_mask=None, work=None, packed_hh_t=None):
     """Scan over time for batch rows [row_begin, row_end) (see lstm_recurrence_forward).
 
     h_seq (T, B, D*H) is pre-zeroed where sequences are padded; this direction
@@ -330,10 +379,11 @@ def recurrence_forward(const floating[:, ::1] weight_hh, const floating[:, ::1] 
         _check(work_view.shape[0] == B and work_view.shape[1] == H, "work")
         mask_ptr = &mask_view[0, 0]
         work_ptr = &work_view[0, 0] + row_begin * H
+    cdef const float* packed_ptr = _packed_pointer(packed_hh_t, H, 4 * H)
     cdef Py_ssize_t ld_h = h_seq.shape[2]
     with nogil:
         lstm_recurrence_forward(T, B, H, row_begin, row_end, &weight_hh[0, 0],
-                                &h0[0, 0], &c0[0, 0], &batch_sizes[0], reverse,
+                                packed_ptr, &h0[0, 0], &c0[0, 0], &batch_sizes[0], reverse,
                                 mask_ptr, &gates[0, 0, 0], &c_seq[0, 0, 0],
                                 &h_seq[0, 0, column], ld_h, work_ptr)
 
@@ -347,7 +397,7 @@ def recurrence_backward(const floating[:, ::1] weight_hh, const floating[:, ::1]
                         floating[:, :, ::1] grad_gates,
                         floating[:, :, ::1] h_prev_seq,
                         Py_ssize_t row_begin, Py_ssize_t row_end,
-                        recurrence_mask=None):
+                        recurrence_mask=None, packed_hh=None):
     """BPTT for batch rows [row_begin, row_end) (see lstm_recurrence_backward).
 
     grad_h / grad_c (B, H): gradients reaching h_n / c_n on entry, h0 / c0 on
@@ -371,9 +421,10 @@ def recurrence_backward(const floating[:, ::1] weight_hh, const floating[:, ::1]
         mask_view = recurrence_mask
         _check(mask_view.shape[0] == B and mask_view.shape[1] == H, "mask")
         mask_ptr = &mask_view[0, 0]
+    cdef const float* packed_ptr = _packed_pointer(packed_hh, 4 * H, H)
     with nogil:
         lstm_recurrence_backward(T, B, H, row_begin, row_end, &weight_hh[0, 0],
-                                 &h0[0, 0], &c0[0, 0], &batch_sizes[0], reverse,
+                                 packed_ptr, &h0[0, 0], &c0[0, 0], &batch_sizes[0], reverse,
                                  mask_ptr, &gates[0, 0, 0], &c_seq[0, 0, 0],
                                  &h_seq[0, 0, column], h_seq.shape[2],
                                  &grad_h_seq[0, 0, column], grad_h_seq.shape[2],

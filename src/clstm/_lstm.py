@@ -27,6 +27,17 @@ __all__ = ["LSTM"]
 
 _PARAM_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
+# float32 recurrent products use clstm's own small-GEMM kernel on weights
+# packed once per call (_packed_gemm.h); float64 and compilers without vector
+# extensions use BLAS. Tests flip this to compare the two paths.
+USE_PACKED_GEMM = _layer.HAVE_PACKED_GEMM
+
+
+def _packed(weight_hh, transposed):
+    if USE_PACKED_GEMM and weight_hh.dtype == np.float32:
+        return _layer.pack_weight(weight_hh, transposed)
+    return None
+
 
 def _param_name(kind, layer, direction):
     return f"{kind}_l{layer}" + ("_reverse" if direction else "")
@@ -276,7 +287,7 @@ class LSTM:
                         work = ws.get(("work", layer, d), (B, H), self.dtype)
                     dirs.append({
                         "p": p, "bias": p["bias_ih"] + p["bias_hh"], "mask": rec_mask,
-                        "work": work,
+                        "work": work, "packed_t": _packed(p["weight_hh"], True),
                         "gates": ws.get(("gates", layer, d), (T, B, 4 * H), self.dtype),
                         "c_seq": ws.get(("c_seq", layer, d), (T, B, H), self.dtype)})
                 run_tasks([
@@ -286,7 +297,7 @@ class LSTM:
                 run_tasks([
                     partial(_layer.recurrence_forward, dc["p"]["weight_hh"], h0[layer * D + d],
                             c0[layer * D + d], batch_sizes, bool(d), dc["gates"], dc["c_seq"],
-                            out, d * H, b0, b1, dc["mask"], dc["work"])
+                            out, d * H, b0, b1, dc["mask"], dc["work"], dc["packed_t"])
                     for d, dc in enumerate(dirs) for b0, b1 in batch_chunks])
                 for d, dc in enumerate(dirs):
                     k = layer * D + d
@@ -373,6 +384,7 @@ class LSTM:
                     bias_grads[(layer, d)] = np.zeros(4 * H, dtype=self.dtype)
                     dirs.append({
                         "names": names, **lc["directions"][d],
+                        "packed": _packed(self.params[names["weight_hh"]], False),
                         "grad_gates": ws.get(("grad_gates", d), (T, B, 4 * H), self.dtype),
                         "h_prev_seq": ws.get(("h_prev_seq", d), (T, B, H), self.dtype)})
                 run_tasks([
@@ -381,7 +393,7 @@ class LSTM:
                             cache["c0"][layer * D + d], batch_sizes, bool(d), dc["gates"],
                             dc["c_seq"], lc["out"], g, d * H, grad_h[layer * D + d],
                             grad_c[layer * D + d], dc["grad_gates"], dc["h_prev_seq"],
-                            b0, b1, dc["mask"])
+                            b0, b1, dc["mask"], dc["packed"])
                     for d, dc in enumerate(dirs) for b0, b1 in batch_chunks])
 
                 def gradient_task(part, layer=layer, dirs=dirs, inp=inp, grad_in=grad_in):

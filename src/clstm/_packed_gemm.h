@@ -1,0 +1,202 @@
+/*
+ * Small float32 GEMM against a pre-packed right-hand matrix:
+ *     C[n x N] (+)= A[n x K] @ B[K x N]
+ * for the per-step recurrent products of an LSTM, where A has few rows (the
+ * batch, or one thread's share of it) and B is a weight matrix used T times
+ * in a row. A general BLAS repacks B on every call; here B is packed once
+ * per forward/backward into column panels of 16 floats (panel p holds
+ * B[:, 16p:16p+16] as K consecutive 16-float rows, zero-padded at the right
+ * edge), so each step streams it straight from cache.
+ *
+ * The micro-kernel keeps an MR x (NP*16) tile of C in registers and, per k,
+ * loads NP panel rows of B and broadcasts MR values of A. It is written with
+ * GCC vector extensions, which lower to the widest vectors of the target, and
+ * is compiled three times with tile sizes matched to the register file:
+ * AVX-512 (x86-64-v4, 32 zmm): 4 x 64; AVX2+FMA (x86-64-v3, 16 ymm): 6 x 16;
+ * baseline SSE2 (16 xmm): 2 x 16. The variant is chosen once at run time.
+ * Compilers without vector extensions (MSVC) use BLAS instead: see
+ * CLSTM_HAVE_PACKED_GEMM.
+ */
+#ifndef CLSTM_PACKED_GEMM_H
+#define CLSTM_PACKED_GEMM_H
+
+#include <stddef.h>
+#include <string.h>
+
+#define CLSTM_PANEL 16
+
+/* Size (in floats) of the packed form of a K x N matrix. */
+static inline ptrdiff_t clstm_packed_size(ptrdiff_t K, ptrdiff_t N)
+{
+    return ((N + CLSTM_PANEL - 1) / CLSTM_PANEL) * K * CLSTM_PANEL;
+}
+
+/* Pack B (K x N) into panels. B is read as b[k * ldb + j], or, when
+ * `transposed`, as b[j * ldb + k] (B given as its transpose, e.g. W_hh for
+ * the forward product h @ W_hh^T). */
+static void clstm_pack_b(ptrdiff_t K, ptrdiff_t N, const float *b, ptrdiff_t ldb,
+                         int transposed, float *packed)
+{
+    const ptrdiff_t n_panels = (N + CLSTM_PANEL - 1) / CLSTM_PANEL;
+    for (ptrdiff_t p = 0; p < n_panels; ++p) {
+        float *dst = packed + p * K * CLSTM_PANEL;
+        const ptrdiff_t j0 = p * CLSTM_PANEL;
+        const ptrdiff_t width = N - j0 < CLSTM_PANEL ? N - j0 : CLSTM_PANEL;
+        for (ptrdiff_t k = 0; k < K; ++k) {
+            float *row = dst + k * CLSTM_PANEL;
+            ptrdiff_t j = 0;
+            if (transposed)
+                for (; j < width; ++j) row[j] = b[(j0 + j) * ldb + k];
+            else
+                for (; j < width; ++j) row[j] = b[k * ldb + j0 + j];
+            for (; j < CLSTM_PANEL; ++j) row[j] = 0.0f;
+        }
+    }
+}
+
+#if defined(__GNUC__) || defined(__clang__)
+#define CLSTM_HAVE_PACKED_GEMM 1
+
+/* Vectors of 16, 8 and 4 floats (zmm, ymm, xmm); the "u" types allow
+ * unaligned access. Each variant uses its target's native width: wider
+ * generic vectors are split by gcc in ways that spill. */
+typedef float clstm_v16 __attribute__((vector_size(64)));
+typedef float clstm_v16u __attribute__((vector_size(64), aligned(4)));
+typedef float clstm_v8 __attribute__((vector_size(32)));
+typedef float clstm_v8u __attribute__((vector_size(32), aligned(4)));
+typedef float clstm_v4 __attribute__((vector_size(16)));
+typedef float clstm_v4u __attribute__((vector_size(16), aligned(4)));
+
+/* One MR x (NP*16) tile: c[0:MR, 0:ncols] (+)= a[0:MR, :] @ panels[0:NP],
+ * in vectors of type VT holding VW floats. ncols < NP*16 only at the right
+ * edge of C. */
+#define CLSTM_DEFINE_TILE(NAME, VT, VW, MR, NP)                                 \
+static inline __attribute__((always_inline)) void NAME(                         \
+    ptrdiff_t K, const float *a, ptrdiff_t lda, const float *pk,                \
+    ptrdiff_t panel_stride, float *c, ptrdiff_t ldc, ptrdiff_t ncols,           \
+    int accumulate)                                                             \
+{                                                                               \
+    enum { PER = CLSTM_PANEL / VW, NV = NP * PER };                             \
+    VT acc[MR][NV];                                                             \
+    for (int r = 0; r < MR; ++r)                                                \
+        for (int v = 0; v < NV; ++v) acc[r][v] = (VT){0};                       \
+    for (ptrdiff_t k = 0; k < K; ++k) {                                         \
+        VT w[NV];                                                               \
+        for (int v = 0; v < NV; ++v)                                            \
+            w[v] = *(const VT##u *)(pk + (v / PER) * panel_stride               \
+                                    + k * CLSTM_PANEL + (v % PER) * VW);        \
+        for (int r = 0; r < MR; ++r) {                                          \
+            const float av = a[r * lda + k];                                    \
+            for (int v = 0; v < NV; ++v) acc[r][v] += av * w[v];                \
+        }                                                                       \
+    }                                                                           \
+    for (int r = 0; r < MR; ++r) {                                              \
+        float *crow = c + r * ldc;                                              \
+        if (ncols == NP * CLSTM_PANEL) {                                        \
+            for (int v = 0; v < NV; ++v) {                                      \
+                VT x = acc[r][v];                                               \
+                if (accumulate) x += *(const VT##u *)(crow + v * VW);           \
+                *(VT##u *)(crow + v * VW) = x;                                  \
+            }                                                                   \
+        } else {                                                                \
+            float tmp[NP * CLSTM_PANEL];                                        \
+            memcpy(tmp, acc[r], sizeof tmp);                                    \
+            for (ptrdiff_t j = 0; j < ncols; ++j)                               \
+                crow[j] = accumulate ? crow[j] + tmp[j] : tmp[j];               \
+        }                                                                       \
+    }                                                                           \
+}
+
+/* The whole product with tiles of MR rows x NP panels, then the edges. */
+#define CLSTM_DEFINE_GEMM(SFX, ATTR, VT, VW, MR, NP)                            \
+CLSTM_DEFINE_TILE(clstm_tile_##SFX##_body, VT, VW, MR, NP)                      \
+CLSTM_DEFINE_TILE(clstm_tile_##SFX##_cols, VT, VW, MR, 1)                       \
+CLSTM_DEFINE_TILE(clstm_tile_##SFX##_rows, VT, VW, 1, NP)                       \
+CLSTM_DEFINE_TILE(clstm_tile_##SFX##_corner, VT, VW, 1, 1)                      \
+ATTR static void clstm_packed_gemm_##SFX(                                       \
+    ptrdiff_t n, ptrdiff_t K, ptrdiff_t N, const float *a, ptrdiff_t lda,       \
+    const float *packed, float *c, ptrdiff_t ldc, int accumulate)               \
+{                                                                               \
+    const ptrdiff_t n_panels = (N + CLSTM_PANEL - 1) / CLSTM_PANEL;             \
+    const ptrdiff_t ps = K * CLSTM_PANEL;                                       \
+    ptrdiff_t r = 0;                                                            \
+    for (; r + MR <= n; r += MR) {                                              \
+        ptrdiff_t p = 0;                                                        \
+        for (; p + NP <= n_panels; p += NP) {                                   \
+            ptrdiff_t nc = N - p * CLSTM_PANEL;                                 \
+            clstm_tile_##SFX##_body(K,    a + r * lda, lda, packed + p * ps, \
+                ps, c + r * ldc + p * CLSTM_PANEL, ldc,                         \
+                nc < NP * CLSTM_PANEL ? nc : NP * CLSTM_PANEL, accumulate);     \
+        }                                                                       \
+        for (; p < n_panels; ++p) {                                             \
+            ptrdiff_t nc = N - p * CLSTM_PANEL;                                 \
+            clstm_tile_##SFX##_cols(K, a + r * lda, lda, packed + p * ps,   \
+                ps, c + r * ldc + p * CLSTM_PANEL, ldc,                         \
+                nc < CLSTM_PANEL ? nc : CLSTM_PANEL, accumulate);               \
+        }                                                                       \
+    }                                                                           \
+    for (; r < n; ++r) {                                                        \
+        ptrdiff_t p = 0;                                                        \
+        for (; p + NP <= n_panels; p += NP) {                                   \
+            ptrdiff_t nc = N - p * CLSTM_PANEL;                                 \
+            clstm_tile_##SFX##_rows(K, a + r * lda, lda, packed + p * ps,     \
+                ps, c + r * ldc + p * CLSTM_PANEL, ldc,                         \
+                nc < NP * CLSTM_PANEL ? nc : NP * CLSTM_PANEL, accumulate);     \
+        }                                                                       \
+        for (; p < n_panels; ++p) {                                             \
+            ptrdiff_t nc = N - p * CLSTM_PANEL;                                 \
+            clstm_tile_##SFX##_corner(K, a + r * lda, lda, packed + p * ps,        \
+                ps, c + r * ldc + p * CLSTM_PANEL, ldc,                         \
+                nc < CLSTM_PANEL ? nc : CLSTM_PANEL, accumulate);               \
+        }                                                                       \
+    }                                                                           \
+}
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
+    defined(__linux__) && defined(__GLIBC__) && !defined(CLSTM_NO_DISPATCH)
+CLSTM_DEFINE_GEMM(v4, __attribute__((target("arch=x86-64-v4"))), clstm_v16, 16, 4, 4)
+CLSTM_DEFINE_GEMM(v3, __attribute__((target("arch=x86-64-v3"))), clstm_v8, 8, 6, 1)
+CLSTM_DEFINE_GEMM(base, , clstm_v4, 4, 2, 1)
+
+typedef void (*clstm_packed_gemm_fn)(ptrdiff_t, ptrdiff_t, ptrdiff_t, const float *,
+                                     ptrdiff_t, const float *, float *, ptrdiff_t, int);
+
+static clstm_packed_gemm_fn clstm_select_packed_gemm(void)
+{
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("x86-64-v4")) return clstm_packed_gemm_v4;
+    if (__builtin_cpu_supports("x86-64-v3")) return clstm_packed_gemm_v3;
+    return clstm_packed_gemm_base;
+}
+#else
+CLSTM_DEFINE_GEMM(base, , clstm_v4, 4, 2, 1)
+
+typedef void (*clstm_packed_gemm_fn)(ptrdiff_t, ptrdiff_t, ptrdiff_t, const float *,
+                                     ptrdiff_t, const float *, float *, ptrdiff_t, int);
+
+static clstm_packed_gemm_fn clstm_select_packed_gemm(void) { return clstm_packed_gemm_base; }
+#endif
+
+/* C (+)= A @ B with B packed by clstm_pack_b. The variant is chosen on first
+ * use (every thread computes the same pointer, so the race is benign). */
+static void clstm_packed_gemm(ptrdiff_t n, ptrdiff_t K, ptrdiff_t N, const float *a,
+                              ptrdiff_t lda, const float *packed, float *c,
+                              ptrdiff_t ldc, int accumulate)
+{
+    static clstm_packed_gemm_fn fn = NULL;
+    if (fn == NULL) fn = clstm_select_packed_gemm();
+    fn(n, K, N, a, lda, packed, c, ldc, accumulate);
+}
+
+#else  /* no vector extensions: callers use BLAS */
+#define CLSTM_HAVE_PACKED_GEMM 0
+static void clstm_packed_gemm(ptrdiff_t n, ptrdiff_t K, ptrdiff_t N, const float *a,
+                              ptrdiff_t lda, const float *packed, float *c,
+                              ptrdiff_t ldc, int accumulate)
+{
+    (void)n; (void)K; (void)N; (void)a; (void)lda; (void)packed; (void)c;
+    (void)ldc; (void)accumulate;
+}
+#endif
+
+#endif /* CLSTM_PACKED_GEMM_H */
