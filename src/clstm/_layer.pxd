@@ -12,8 +12,8 @@ from cython cimport floating
 # --- Layer forward ------------------------------------------------------------
 cdef void lstm_input_projection(
     Py_ssize_t n_rows, Py_ssize_t input_size, Py_ssize_t hidden_size,
-    const floating* x, const floating* weight_ih, const floating* bias,
-    floating* gates) noexcept nogil
+    const floating* x, const floating* weight_ih, const float* packed_ih_t,
+    const floating* bias, floating* gates) noexcept nogil
 
 cdef void lstm_recurrence_forward(
     Py_ssize_t n_steps, Py_ssize_t batch_size, Py_ssize_t hidden_size,

@@ -83,17 +83,27 @@ cdef inline void _masked_copy(Py_ssize_t n, Py_ssize_t hidden_size,
 # --- Layer forward ------------------------------------------------------------
 cdef void lstm_input_projection(
         Py_ssize_t n_rows, Py_ssize_t input_size, Py_ssize_t hidden_size,
-        const floating* x, const floating* weight_ih, const floating* bias,
-        floating* gates) noexcept nogil:
-    """gates = x @ weight_ih.T + bias, for all T*B rows in one GEMM"""
+        const floating* x, const floating* weight_ih, const float* packed_ih_t,
+        const floating* bias, floating* gates) noexcept nogil:
+    """gates = x @ weight_ih.T + bias, for all T*B rows in one GEMM
+
+    (float32 with packed_ih_t: the small-GEMM kernel, which beats BLAS on
+    this shape once input_size is a few dozen; otherwise BLAS).
+    """
     cdef Py_ssize_t r, G = 4 * hidden_size
     for r in range(n_rows):
         memcpy(gates + r * G, bias, G * sizeof(floating))
-    if input_size > 0 and n_rows > 0:
-        # gates += x @ weight_ih.T
-        _gemm(RowMajor, NoTrans, Trans, <int> n_rows, <int> G, <int> input_size,
-              1.0, x, <int> input_size, weight_ih, <int> input_size, 1.0, gates,
-              <int> G)
+    if input_size == 0 or n_rows == 0:
+        return
+    if floating is float:
+        if packed_ih_t != NULL:
+            clstm_packed_gemm(n_rows, input_size, G, x, input_size, packed_ih_t, gates,
+                              G, 1)
+            return
+    # gates += x @ weight_ih.T
+    _gemm(RowMajor, NoTrans, Trans, <int> n_rows, <int> G, <int> input_size,
+          1.0, x, <int> input_size, weight_ih, <int> input_size, 1.0, gates,
+          <int> G)
 
 
 cdef void lstm_recurrence_forward(
@@ -337,7 +347,7 @@ def pack_weight(const float[:, ::1] weight, bint transposed):
 
 def input_projection(const floating[:, :, ::1] x, const floating[:, ::1] weight_ih,
                      const floating[::1] bias, floating[:, :, ::1] gates,
-                     Py_ssize_t row_begin, Py_ssize_t row_end):
+                     Py_ssize_t row_begin, Py_ssize_t row_end, packed_ih_t=None):
     """gates.reshape(T*B, 4H)[rows] = x.reshape(T*B, I)[rows] @ weight_ih.T + bias"""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2]
     cdef Py_ssize_t G = gates.shape[2]
@@ -347,10 +357,11 @@ def input_projection(const floating[:, :, ::1] x, const floating[:, ::1] weight_
     _check_range(row_begin, row_end, T * B, "rows")
     if row_end == row_begin:
         return
+    cdef const float* packed_ptr = _packed_pointer(packed_ih_t, I, G)
     with nogil:
         lstm_input_projection(row_end - row_begin, I, G // 4,
-                              &x[0, 0, 0] + row_begin * I, &weight_ih[0, 0], &bias[0],
-                              &gates[0, 0, 0] + row_begin * G)
+                              &x[0, 0, 0] + row_begin * I, &weight_ih[0, 0], packed_ptr,
+                              &bias[0], &gates[0, 0, 0] + row_begin * G)
 
 
 def recurrence_forward(const floating[:, ::1] weight_hh, const floating[:, ::1] h0,
@@ -463,3 +474,20 @@ def parameter_gradients(const floating[:, :, ::1] x, const floating[:, ::1] weig
         lstm_input_gradient(row_end - row_begin, I, H,
                             &grad_gates[0, 0, 0] + row_begin * G, &weight_ih[0, 0],
                             &grad_x[0, 0, 0] + row_begin * I, beta)
+
+
+def packed_matmul(const float[:, ::1] a, const float[:, ::1] weight, bint transposed,
+                  float[:, ::1] c, bint accumulate):
+    """Test twin of the small-GEMM kernel: c (+)= a @ B, with B = weight.T
+    if transposed else weight, packed by pack_weight."""
+    cdef Py_ssize_t K = weight.shape[1] if transposed else weight.shape[0]
+    cdef Py_ssize_t N = weight.shape[0] if transposed else weight.shape[1]
+    _check(a.shape[1] == K and c.shape[0] == a.shape[0] and c.shape[1] == N, "shapes")
+    if not CLSTM_HAVE_PACKED_GEMM:
+        raise RuntimeError("this build has no small-GEMM kernel (uses BLAS)")
+    packed = pack_weight(weight, transposed)
+    cdef const float* pk = _packed_pointer(packed, K, N)
+    if a.shape[0] == 0:
+        return
+    with nogil:
+        clstm_packed_gemm(a.shape[0], K, N, &a[0, 0], K, pk, &c[0, 0], N, accumulate)

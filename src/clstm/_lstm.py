@@ -33,9 +33,14 @@ _PARAM_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 USE_PACKED_GEMM = _layer.HAVE_PACKED_GEMM
 
 
-def _packed(weight_hh, transposed):
-    if USE_PACKED_GEMM and weight_hh.dtype == np.float32:
-        return _layer.pack_weight(weight_hh, transposed)
+# Below this many inputs per step the projection GEMM is too thin for the
+# small-GEMM kernel (it becomes store-bound) and BLAS is as fast or faster.
+MIN_PACKED_INPUT_SIZE = 32
+
+
+def _packed(weight, transposed):
+    if USE_PACKED_GEMM and weight.dtype == np.float32:
+        return _layer.pack_weight(weight, transposed)
     return None
 
 
@@ -288,11 +293,13 @@ class LSTM:
                     dirs.append({
                         "p": p, "bias": p["bias_ih"] + p["bias_hh"], "mask": rec_mask,
                         "work": work, "packed_t": _packed(p["weight_hh"], True),
+                        "packed_ih_t": (_packed(p["weight_ih"], True)
+                                        if inp.shape[2] >= MIN_PACKED_INPUT_SIZE else None),
                         "gates": ws.get(("gates", layer, d), (T, B, 4 * H), self.dtype),
                         "c_seq": ws.get(("c_seq", layer, d), (T, B, H), self.dtype)})
                 run_tasks([
                     partial(_layer.input_projection, inp, dc["p"]["weight_ih"], dc["bias"],
-                            dc["gates"], r0, r1)
+                            dc["gates"], r0, r1, dc["packed_ih_t"])
                     for dc in dirs for r0, r1 in flat_chunks])
                 run_tasks([
                     partial(_layer.recurrence_forward, dc["p"]["weight_hh"], h0[layer * D + d],

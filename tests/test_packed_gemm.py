@@ -1,0 +1,68 @@
+"""The float32 small-GEMM kernel (packed weights) against NumPy, and the
+network computed with it against the network computed with BLAS."""
+
+import numpy as np
+import pytest
+
+import clstm
+import clstm._lstm as lstm_module
+from clstm import _layer
+
+pytestmark = [
+    pytest.mark.kernel,
+    pytest.mark.skipif(not _layer.HAVE_PACKED_GEMM, reason="build without the small-GEMM kernel"),
+]
+
+# rows around the tile heights (2, 4, 6) and columns around the panel widths (16, 64)
+SHAPES = [(1, 1, 1), (1, 64, 256), (2, 3, 16), (5, 7, 17), (7, 50, 200), (13, 33, 64),
+          (33, 17, 70), (64, 128, 512), (3, 200, 50)]
+
+
+@pytest.mark.parametrize("n, K, N", SHAPES)
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_packed_matmul_matches_numpy(n, K, N, transposed, accumulate):
+    rng = np.random.default_rng(n * 1000 + K * 10 + N)
+    a = rng.standard_normal((n, K)).astype(np.float32)
+    B = rng.standard_normal((K, N)).astype(np.float32)
+    weight = np.ascontiguousarray(B.T) if transposed else B
+    c0 = rng.standard_normal((n, N)).astype(np.float32)
+    c = c0.copy()
+    _layer.packed_matmul(a, weight, transposed, c, accumulate)
+    expected = a.astype(np.float64) @ B.astype(np.float64) + (c0 if accumulate else 0)
+    scale = np.abs(a).max() * np.abs(B).max() * K + 1
+    np.testing.assert_allclose(c, expected, rtol=0, atol=4e-7 * scale)
+
+
+def test_pack_weight_layout():
+    w = np.arange(3 * 20, dtype=np.float32).reshape(3, 20)     # K=3, N=20
+    packed = _layer.pack_weight(w, False)
+    assert packed.shape == (2 * 3 * 16,)
+    panels = packed.reshape(2, 3, 16)
+    np.testing.assert_array_equal(panels[0], w[:, :16])
+    np.testing.assert_array_equal(panels[1, :, :4], w[:, 16:])
+    np.testing.assert_array_equal(panels[1, :, 4:], 0)          # zero padding
+    np.testing.assert_array_equal(_layer.pack_weight(np.ascontiguousarray(w.T), True), packed)
+
+
+@pytest.mark.parametrize("B, T, I, H, layers, bidirectional, ragged", [
+    (32, 20, 1, 50, 1, False, False),
+    (1, 30, 16, 64, 1, False, False),
+    (9, 7, 40, 33, 2, True, True),       # I >= 32: packed input projection too
+    (17, 5, 3, 16, 1, True, True),
+])
+def test_network_packed_equals_blas_path(monkeypatch, B, T, I, H, layers, bidirectional, ragged):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((B, T, I)).astype(np.float32)
+    lengths = rng.integers(1, T + 1, size=B) if ragged else None
+    results = {}
+    for use in (True, False):
+        monkeypatch.setattr(lstm_module, "USE_PACKED_GEMM", use)
+        net = clstm.LSTM(I, H, num_layers=layers, bidirectional=bidirectional, random_state=1)
+        out, (h_n, c_n) = net.forward(X, lengths=lengths)
+        grad_X = net.backward(np.cos(out), np.sin(h_n), np.cos(c_n))
+        results[use] = (out, h_n, c_n, grad_X, dict(net.grads))
+    for a, b in zip(results[True][:4], results[False][:4]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    for name, g in results[True][4].items():
+        np.testing.assert_allclose(g, results[False][4][name], rtol=1e-4, atol=1e-4, err_msg=name)
