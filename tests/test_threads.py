@@ -50,8 +50,16 @@ def test_resolve_n_threads():
             resolve_n_threads(bad, 10)
 
 
+@pytest.fixture
+def split_small_batches(monkeypatch):
+    """Make tiny test batches split across threads as large ones do."""
+    import clstm._lstm as lstm_module
+    monkeypatch.setattr(lstm_module, "MIN_WORK_PER_THREAD", 0)
+    monkeypatch.setattr(lstm_module, "MIN_ROWS_PER_THREAD", 1)
+
+
 @pytest.mark.parametrize("bidirectional, lengths", [(False, None), (True, "ragged")])
-def test_threaded_matches_reference(bidirectional, lengths):
+def test_threaded_matches_reference(split_small_batches, bidirectional, lengths):
     rng = np.random.default_rng(0)
     B, T, I, H, L = 37, 6, 3, 5, 2
     lens = rng.integers(1, T + 1, size=B) if lengths else None
@@ -72,7 +80,37 @@ def test_threaded_matches_reference(bidirectional, lengths):
             np.testing.assert_allclose(net.grads[name], value, rtol=0, atol=1e-12, err_msg=name)
 
 
-def test_forward_bit_identical_across_thread_counts():
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_training_mode_identical_across_thread_counts(split_small_batches, dtype):
+    """Dropout masks are drawn for the whole batch before it is split."""
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((23, 9, 3))
+    lengths = rng.integers(1, 10, size=23)
+    results = []
+    for n_jobs in (1, 2, 3):
+        net = clstm.LSTM(3, 6, num_layers=2, bidirectional=True, dtype=dtype, random_state=0,
+                         dropout=0.3, recurrent_dropout=0.2, n_jobs=n_jobs).train()
+        out, (h_n, c_n) = net.forward(X, lengths=lengths)
+        grad_X = net.backward(np.cos(out), np.sin(h_n), c_n)
+        results.append((out, h_n, c_n, grad_X, net.grads))
+    tol = 1e-12 if dtype == "float64" else 1e-5
+    for other in results[1:]:
+        for a, b in zip(results[0][:4], other[:4]):
+            np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+        for name in results[0][4]:
+            np.testing.assert_allclose(results[0][4][name], other[4][name], rtol=tol, atol=tol)
+
+
+def test_useful_threads_rule():
+    from clstm._lstm import _useful_threads
+    assert _useful_threads(2, 1, 200, 64) == 1          # one sequence: nothing to split
+    assert _useful_threads(2, 32, 50, 50) == 1          # ~0.1 ms of work: not worth a thread
+    assert _useful_threads(2, 64, 100, 128) == 2
+    assert _useful_threads(8, 64, 100, 512) == 8
+    assert _useful_threads(8, 20, 100, 512) == 2        # at least 8 rows per thread
+
+
+def test_forward_bit_identical_across_thread_counts(split_small_batches):
     rng = np.random.default_rng(2)
     X = rng.standard_normal((48, 20, 4)).astype(np.float32)
     outs = []
@@ -82,7 +120,7 @@ def test_forward_bit_identical_across_thread_counts():
     assert all(np.array_equal(outs[0], o) for o in outs[1:])
 
 
-def test_concurrent_forward_calls_are_bit_identical_to_serial():
+def test_concurrent_forward_calls_are_bit_identical_to_serial(split_small_batches):
     rng = np.random.default_rng(4)
     net = clstm.LSTM(3, 24, num_layers=2, random_state=5, n_jobs=2)
     batches = [rng.standard_normal((16, 30, 3)).astype(np.float32) for _ in range(8)]

@@ -13,7 +13,13 @@ from functools import partial
 import numpy as np
 
 from clstm import _layer
-from clstm._parallel import blas_single_threaded, resolve_n_threads, run_tasks, split_rows
+from clstm._parallel import (
+    MIN_ROWS_PER_THREAD,
+    blas_single_threaded,
+    resolve_n_threads,
+    run_tasks,
+    split_rows,
+)
 from clstm._validation import (
     as_float_array,
     check_finite,
@@ -32,6 +38,11 @@ _PARAM_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 # extensions use BLAS. Tests flip this to compare the two paths.
 USE_PACKED_GEMM = _layer.HAVE_PACKED_GEMM
 
+
+# A sub-batch must carry at least this much work (B*T*H^2, about an eighth
+# of the recurrent FLOPs) for a thread to pay for its wake-up and hand-off:
+# ~0.2 ms of work on one core.
+MIN_WORK_PER_THREAD = 2_500_000
 
 # Below this many inputs per step the projection GEMM is too thin for the
 # small-GEMM kernel (it becomes store-bound) and BLAS is as fast or faster.
@@ -238,99 +249,135 @@ class LSTM:
     def _forward(self, X, h0, c0, lengths, training, keep_cache=True):
         X, h0, c0, lengths = self._validate_input(X, h0, c0, lengths)
         B, T, _ = X.shape
-        H, D = self.hidden_size, self.num_directions
+        H, D, L = self.hidden_size, self.num_directions, self.num_layers
         if lengths is None:
             order = np.arange(B)
             sorted_lengths = np.full(B, T)
-            batch_sizes = np.full(T, B, dtype=np.intc)
-            padded = False
-            # np.array copies even where the transpose is already contiguous
-            # (B == 1): the cache must not alias the caller's X.
-            x = np.array(X.transpose(1, 0, 2), order="C")
+            x = np.array(X.transpose(1, 0, 2), order="C")   # a copy, also at B == 1
         else:
             # Sort by decreasing length (stable): the rows active at step t are
             # then the first batch_sizes[t], so each step is one contiguous GEMM.
             order = np.argsort(-lengths, kind="stable")
             sorted_lengths = lengths[order]
-            batch_sizes = (sorted_lengths[None, :] > np.arange(T)[:, None]).sum(axis=1).astype(np.intc)
-            padding = np.arange(T)[:, None] >= sorted_lengths[None, :]      # (T, B)
-            padded = bool(padding.any())
             x = np.ascontiguousarray(X[order].transpose(1, 0, 2))
-            if padded:
-                x[padding] = 0.0          # padding never reaches a GEMM
+            padding = np.arange(T)[:, None] >= sorted_lengths[None, :]      # (T, B)
+            x[padding] = 0.0          # padding never reaches a GEMM
         check_finite(x, "X")
-        # copies (fancy indexing), so the backward never sees later changes
-        # the caller makes to its h0 / c0
+        # copies (fancy indexing): the backward never sees later changes the
+        # caller makes to its h0 / c0
         h0 = np.ascontiguousarray(h0[:, order])
         c0 = np.ascontiguousarray(c0[:, order])
+        # Dropout masks for the whole batch, drawn before any split so the
+        # result does not depend on the number of threads.
+        masks = self._draw_masks(T, B) if training else None
 
+        # Independent sub-batches of contiguous (sorted) rows, one per thread:
+        # each runs every layer on its rows, so a call synchronises once.
         n_threads = resolve_n_threads(self.n_jobs, B)
-        batch_chunks = split_rows(B, n_threads, weights=sorted_lengths)
-        flat_chunks = split_rows(T * B, n_threads)
-        # Training forwards reuse one set of buffers (their cache is replaced
-        # anyway); inference forwards allocate, so concurrent calls never share.
+        chunks = split_rows(B, _useful_threads(n_threads, B, T, H), weights=sorted_lengths)
+        weights = self._layer_weights()
+        # Training forwards reuse buffers (their cache is replaced anyway);
+        # inference forwards allocate, so concurrent calls never share.
         ws = self._workspace if keep_cache else _Workspace()
-        h_n = np.empty((self.num_layers * D, B, H), dtype=self.dtype)
-        c_n = np.empty_like(h_n)
-        rows = np.arange(B)
-        last = sorted_lengths - 1
-        layers = []
-        inp = x
-        with blas_single_threaded:
-            for layer in range(self.num_layers):
-                input_mask = None
-                if layer > 0 and training and self.dropout > 0:
-                    input_mask = self._dropout_mask(inp.shape, self.dropout)
-                    inp = inp * input_mask
-                out = ws.get(("out", layer), (T, B, D * H), self.dtype, zero=padded)
-                dirs = []
-                for d in range(D):
-                    p = {k: self.params[_param_name(k, layer, d)] for k in _PARAM_KINDS}
-                    rec_mask = work = None
-                    if training and self.recurrent_dropout > 0:
-                        rec_mask = self._dropout_mask((B, H), self.recurrent_dropout)
-                        work = ws.get(("work", layer, d), (B, H), self.dtype)
-                    dirs.append({
-                        "p": p, "bias": p["bias_ih"] + p["bias_hh"], "mask": rec_mask,
-                        "work": work, "packed_t": _packed(p["weight_hh"], True),
-                        "packed_ih_t": (_packed(p["weight_ih"], True)
-                                        if inp.shape[2] >= MIN_PACKED_INPUT_SIZE else None),
-                        "gates": ws.get(("gates", layer, d), (T, B, 4 * H), self.dtype),
-                        "c_seq": ws.get(("c_seq", layer, d), (T, B, H), self.dtype)})
-                run_tasks([
-                    partial(_layer.input_projection, inp, dc["p"]["weight_ih"], dc["bias"],
-                            dc["gates"], r0, r1, dc["packed_ih_t"])
-                    for dc in dirs for r0, r1 in flat_chunks])
-                run_tasks([
-                    partial(_layer.recurrence_forward, dc["p"]["weight_hh"], h0[layer * D + d],
-                            c0[layer * D + d], batch_sizes, bool(d), dc["gates"], dc["c_seq"],
-                            out, d * H, b0, b1, dc["mask"], dc["work"], dc["packed_t"])
-                    for d, dc in enumerate(dirs) for b0, b1 in batch_chunks])
-                for d, dc in enumerate(dirs):
-                    k = layer * D + d
-                    final = np.zeros_like(last) if d else last
-                    h_n[k] = out[final, rows, d * H:(d + 1) * H]
-                    c_n[k] = dc["c_seq"][final, rows]
-                layers.append({"input": inp, "input_mask": input_mask, "out": out,
-                               "directions": [{k: dc[k] for k in ("gates", "c_seq", "mask")}
-                                              for dc in dirs]})
-                inp = out
+        parts = [None] * len(chunks)
 
+        def run(k):
+            b0, b1 = chunks[k]
+            n_steps = int(sorted_lengths[b0])                  # longest in the chunk
+            sub_masks = None if masks is None else _slice_masks(masks, b0, b1, n_steps)
+            parts[k] = self._forward_batch(
+                np.ascontiguousarray(x[:n_steps, b0:b1]), h0[:, b0:b1], c0[:, b0:b1],
+                sorted_lengths[b0:b1], sub_masks, weights, ws.chunk(k))
+
+        with blas_single_threaded:
+            run_tasks([partial(run, k) for k in range(len(chunks))])
+
+        out = np.zeros((B, T, D * H), dtype=self.dtype)           # sorted order
+        h_n = np.empty((L * D, B, H), dtype=self.dtype)
+        c_n = np.empty_like(h_n)
+        for (b0, b1), part in zip(chunks, parts):
+            out_k = part["layers"][-1]["out"]
+            out[b0:b1, :out_k.shape[0]] = out_k.transpose(1, 0, 2)
+            h_n[:, b0:b1], c_n[:, b0:b1] = part["h_n"], part["c_n"]
         if lengths is None:
             inverse = order
-            result = np.array(inp.transpose(1, 0, 2), order="C")   # never a workspace view
         else:
             inverse = np.argsort(order)
-            result = np.ascontiguousarray(inp.transpose(1, 0, 2)[inverse])
+            out, h_n, c_n = out[inverse], h_n[:, inverse], c_n[:, inverse]
         cache = None
         if keep_cache:
-            cache = {"layers": layers, "order": order, "inverse": inverse,
-                     "batch_sizes": batch_sizes, "h0": h0, "c0": c0,
-                     "shape": (B, T), "params": dict(self.params),
-                     "batch_chunks": batch_chunks, "flat_chunks": flat_chunks}
-        if lengths is not None:
-            h_n, c_n = h_n[:, inverse], c_n[:, inverse]
-        return result, (h_n, c_n), cache
+            cache = {"parts": parts, "chunks": chunks, "order": order, "inverse": inverse,
+                     "shape": (B, T), "params": dict(self.params)}
+        return out, (h_n, c_n), cache
+
+    def _layer_weights(self):
+        """Per (layer, direction): the parameters, the fused bias and the packed
+        forms the small-GEMM kernel reads (packed once per call, not per chunk)."""
+        weights = []
+        for layer in range(self.num_layers):
+            for d in range(self.num_directions):
+                p = {k: self.params[_param_name(k, layer, d)] for k in _PARAM_KINDS}
+                p["bias"] = p["bias_ih"] + p["bias_hh"]
+                p["packed_hh_t"] = _packed(p["weight_hh"], True)
+                p["packed_ih_t"] = (_packed(p["weight_ih"], True)
+                                    if p["weight_ih"].shape[1] >= MIN_PACKED_INPUT_SIZE else None)
+                weights.append(p)
+        return weights
+
+    def _draw_masks(self, T, B):
+        """Dropout masks in a fixed order: per layer, the input mask (layers
+        after the first), then one recurrent mask per direction."""
+        H, D = self.hidden_size, self.num_directions
+        masks = []
+        for layer in range(self.num_layers):
+            input_mask = None
+            if layer > 0 and self.dropout > 0:
+                input_mask = self._dropout_mask((T, B, D * H), self.dropout)
+            rec = [self._dropout_mask((B, H), self.recurrent_dropout)
+                   if self.recurrent_dropout > 0 else None for _ in range(D)]
+            masks.append((input_mask, rec))
+        return masks
+
+    def _forward_batch(self, x, h0, c0, lengths, masks, weights, ws):
+        """All layers over one sub-batch, single-threaded: x (T, b, I)
+        time-major with rows sorted by decreasing length; returns its cache."""
+        T, B, _ = x.shape
+        H, D = self.hidden_size, self.num_directions
+        batch_sizes = (lengths[None, :] > np.arange(T)[:, None]).sum(axis=1).astype(np.intc)
+        padded = bool(batch_sizes[-1] < B)
+        h0 = np.ascontiguousarray(h0)
+        c0 = np.ascontiguousarray(c0)
+        h_n = np.empty((self.num_layers * D, B, H), dtype=self.dtype)
+        c_n = np.empty_like(h_n)
+        rows, last = np.arange(B), lengths - 1
+        layers, inp = [], x
+        for layer in range(self.num_layers):
+            input_mask, rec_masks = masks[layer] if masks is not None else (None, [None] * D)
+            if input_mask is not None:
+                inp = inp * input_mask
+            out = ws.get(("out", layer), (T, B, D * H), self.dtype, zero=padded)
+            directions = []
+            for d in range(D):
+                k = layer * D + d
+                p = weights[k]
+                gates = ws.get(("gates", layer, d), (T, B, 4 * H), self.dtype)
+                c_seq = ws.get(("c_seq", layer, d), (T, B, H), self.dtype)
+                work = None if rec_masks[d] is None else ws.get(("work", layer, d), (B, H),
+                                                                 self.dtype)
+                _layer.input_projection(inp, p["weight_ih"], p["bias"], gates, 0, T * B,
+                                        p["packed_ih_t"])
+                _layer.recurrence_forward(p["weight_hh"], h0[k], c0[k], batch_sizes, bool(d),
+                                          gates, c_seq, out, d * H, 0, B, rec_masks[d], work,
+                                          p["packed_hh_t"])
+                final = np.zeros_like(last) if d else last
+                h_n[k] = out[final, rows, d * H:(d + 1) * H]
+                c_n[k] = c_seq[final, rows]
+                directions.append({"gates": gates, "c_seq": c_seq, "mask": rec_masks[d]})
+            layers.append({"input": inp, "input_mask": input_mask, "out": out,
+                           "directions": directions})
+            inp = out
+        return {"layers": layers, "h_n": h_n, "c_n": c_n, "h0": h0, "c0": c0,
+                "batch_sizes": batch_sizes}
 
     def _dropout_mask(self, shape, p):
         keep = self._rng.random(shape) >= p
@@ -360,71 +407,83 @@ class LSTM:
         if any(cache["params"][k] is not v for k, v in self.params.items()):
             raise RuntimeError("the parameters were replaced since forward(); run forward() again")
         B, T = cache["shape"]
-        H, D = self.hidden_size, self.num_directions
+        H, D, L = self.hidden_size, self.num_directions, self.num_layers
         order = cache["order"]
-        state_shape = (self.num_layers * D, B, H)
+        state_shape = (L * D, B, H)
         grad_out = as_float_array(grad_out, self.dtype, "grad_out")
         if grad_out.shape != (B, T, D * H):
             raise ValueError(f"grad_out has shape {grad_out.shape}, expected {(B, T, D * H)}")
         check_finite(grad_out, "grad_out")
         grad_h = check_state(grad_h_n, state_shape, self.dtype, "grad_h_n")[:, order]
         grad_c = check_state(grad_c_n, state_shape, self.dtype, "grad_c_n")[:, order]
-        grad_h = np.ascontiguousarray(grad_h)
-        grad_c = np.ascontiguousarray(grad_c)
-
-        g = np.ascontiguousarray(grad_out[order].transpose(1, 0, 2))
-        grads = {name: np.zeros_like(value) for name, value in self.params.items()}
-        bias_grads = {}
-        batch_sizes = cache["batch_sizes"]
-        batch_chunks, flat_chunks = cache["batch_chunks"], cache["flat_chunks"]
-        n_parts = len(flat_chunks)
-        gate_chunks = split_rows(4 * H, n_parts)
+        grad_out = grad_out[order]
+        packed = [_packed(self.params[_param_name("weight_hh", layer, d)], False)
+                  for layer in range(L) for d in range(D)]
+        chunks, parts = cache["chunks"], cache["parts"]
+        results = [None] * len(chunks)
         ws = self._workspace
+
+        def run(k):
+            b0, b1 = chunks[k]
+            n_steps = parts[k]["layers"][0]["input"].shape[0]
+            g = np.ascontiguousarray(grad_out[b0:b1, :n_steps].transpose(1, 0, 2))
+            results[k] = self._backward_batch(
+                parts[k], g, np.ascontiguousarray(grad_h[:, b0:b1]),
+                np.ascontiguousarray(grad_c[:, b0:b1]), packed, ws.chunk(k))
+
         with blas_single_threaded:
-            for layer in reversed(range(self.num_layers)):
-                lc = cache["layers"][layer]
-                inp = lc["input"]
-                grad_in = np.empty_like(inp)
-                dirs = []
-                for d in range(D):
-                    names = {kind: _param_name(kind, layer, d) for kind in _PARAM_KINDS}
-                    bias_grads[(layer, d)] = np.zeros(4 * H, dtype=self.dtype)
-                    dirs.append({
-                        "names": names, **lc["directions"][d],
-                        "packed": _packed(self.params[names["weight_hh"]], False),
-                        "grad_gates": ws.get(("grad_gates", d), (T, B, 4 * H), self.dtype),
-                        "h_prev_seq": ws.get(("h_prev_seq", d), (T, B, H), self.dtype)})
-                run_tasks([
-                    partial(_layer.recurrence_backward,
-                            self.params[dc["names"]["weight_hh"]], cache["h0"][layer * D + d],
-                            cache["c0"][layer * D + d], batch_sizes, bool(d), dc["gates"],
-                            dc["c_seq"], lc["out"], g, d * H, grad_h[layer * D + d],
-                            grad_c[layer * D + d], dc["grad_gates"], dc["h_prev_seq"],
-                            b0, b1, dc["mask"], dc["packed"])
-                    for d, dc in enumerate(dirs) for b0, b1 in batch_chunks])
+            run_tasks([partial(run, k) for k in range(len(chunks))])
 
-                def gradient_task(part, layer=layer, dirs=dirs, inp=inp, grad_in=grad_in):
-                    g0, g1 = gate_chunks[part] if part < len(gate_chunks) else (0, 0)
-                    r0, r1 = flat_chunks[part]
-                    for d, dc in enumerate(dirs):   # d=1 adds to d=0's grad_in rows
-                        _layer.parameter_gradients(
-                            inp, self.params[dc["names"]["weight_ih"]], dc["grad_gates"],
-                            dc["h_prev_seq"], grad_in, d > 0,
-                            grads[dc["names"]["weight_ih"]], grads[dc["names"]["weight_hh"]],
-                            bias_grads[(layer, d)], g0, g1, r0, r1)
-
-                run_tasks([partial(gradient_task, part) for part in range(n_parts)])
-                for d, dc in enumerate(dirs):
-                    grads[dc["names"]["bias_ih"]] += bias_grads[(layer, d)]
-                    grads[dc["names"]["bias_hh"]] += bias_grads[(layer, d)]
-                if lc["input_mask"] is not None:
-                    grad_in *= lc["input_mask"]
-                g = grad_in
+        grads = results[0][1]
+        for _, more, _, _ in results[1:]:           # sum the sub-batches' gradients
+            for name, value in more.items():
+                grads[name] += value
+        grad_X = np.zeros((B, T, self.input_size), dtype=self.dtype)
+        grad_h0 = np.empty(state_shape, dtype=self.dtype)
+        grad_c0 = np.empty_like(grad_h0)
+        for (b0, b1), (grad_x, _, gh0, gc0) in zip(chunks, results):
+            grad_X[b0:b1, :grad_x.shape[0]] = grad_x.transpose(1, 0, 2)
+            grad_h0[:, b0:b1], grad_c0[:, b0:b1] = gh0, gc0
         inverse = cache["inverse"]
-        grads["h0"] = np.ascontiguousarray(grad_h[:, inverse])
-        grads["c0"] = np.ascontiguousarray(grad_c[:, inverse])
+        if inverse is not order:
+            grad_X, grad_h0, grad_c0 = grad_X[inverse], grad_h0[:, inverse], grad_c0[:, inverse]
+        grads["h0"], grads["c0"] = grad_h0, grad_c0
         self.grads = grads
-        return np.ascontiguousarray(g.transpose(1, 0, 2)[inverse])
+        return grad_X
+
+    def _backward_batch(self, part, g, grad_h, grad_c, packed, ws):
+        """BPTT over one sub-batch, single-threaded: g (T, b, D*H) time-major;
+        grad_h / grad_c (L*D, b, H) are updated in place to the gradients of
+        h0 / c0. Returns (grad_x, grads, grad_h, grad_c)."""
+        H, D = self.hidden_size, self.num_directions
+        T, B = g.shape[:2]
+        grads = {name: np.zeros_like(value) for name, value in self.params.items()}
+        batch_sizes = part["batch_sizes"]
+        for layer in reversed(range(self.num_layers)):
+            lc = part["layers"][layer]
+            inp = lc["input"]
+            grad_in = np.empty_like(inp)
+            for d in range(D):
+                k = layer * D + d
+                names = {kind: _param_name(kind, layer, d) for kind in _PARAM_KINDS}
+                dc = lc["directions"][d]
+                grad_gates = ws.get(("grad_gates", d), (T, B, 4 * H), self.dtype)
+                h_prev_seq = ws.get(("h_prev_seq", d), (T, B, H), self.dtype)
+                _layer.recurrence_backward(
+                    self.params[names["weight_hh"]], part["h0"][k], part["c0"][k],
+                    batch_sizes, bool(d), dc["gates"], dc["c_seq"], lc["out"], g, d * H,
+                    grad_h[k], grad_c[k], grad_gates, h_prev_seq, 0, B, dc["mask"],
+                    packed[k])
+                grad_bias = grads[names["bias_ih"]]
+                _layer.parameter_gradients(
+                    inp, self.params[names["weight_ih"]], grad_gates, h_prev_seq, grad_in,
+                    d > 0, grads[names["weight_ih"]], grads[names["weight_hh"]], grad_bias,
+                    0, 4 * H, 0, T * B)
+                grads[names["bias_hh"]] += grad_bias
+            if lc["input_mask"] is not None:
+                grad_in *= lc["input_mask"]
+            g = grad_in
+        return g, grads, grad_h, grad_c
 
     def __getstate__(self):
         # Workspaces and the forward cache are scratch: never pickled.
@@ -457,8 +516,29 @@ class _Workspace:
     def __init__(self):
         self._local = threading.local()
 
+    def chunk(self, k):
+        """The buffers of sub-batch k (resolved in the calling thread, used
+        by whichever pool thread runs that sub-batch)."""
+        chunks = self._local.__dict__.setdefault("chunks", {})
+        if k not in chunks:
+            chunks[k] = _Buffers()
+        return chunks[k]
+
     def get(self, key, shape, dtype, zero=False):
-        store = self._local.__dict__.setdefault("arrays", {})
+        return self.chunk(0).get(key, shape, dtype, zero)
+
+    def clear(self):
+        self._local.__dict__.pop("chunks", None)
+
+
+class _Buffers:
+    """Named arrays reused while their shape and dtype stay the same."""
+
+    def __init__(self):
+        self._arrays = {}
+
+    def get(self, key, shape, dtype, zero=False):
+        store = self._arrays
         arr = store.get(key)
         if arr is None or arr.shape != shape or arr.dtype != dtype:
             arr = np.zeros(shape, dtype=dtype) if zero else np.empty(shape, dtype=dtype)
@@ -467,8 +547,24 @@ class _Workspace:
             arr.fill(0)
         return arr
 
-    def clear(self):
-        self._local.__dict__.pop("arrays", None)
+
+def _useful_threads(n_threads, batch_size, n_steps, hidden_size):
+    """Threads worth using for a batch: each needs MIN_ROWS_PER_THREAD rows
+    of its own, and a call must carry enough work to pay for waking them."""
+    if n_threads <= 1:
+        return 1
+    work = batch_size * n_steps * hidden_size * hidden_size   # ~ recurrent FLOPs / 8
+    if work < MIN_WORK_PER_THREAD:
+        return 1
+    return max(1, min(n_threads, batch_size // max(1, MIN_ROWS_PER_THREAD),
+                      work // max(1, MIN_WORK_PER_THREAD)))
+
+
+def _slice_masks(masks, b0, b1, n_steps):
+    """The dropout masks of sorted rows [b0, b1), trimmed to n_steps."""
+    return [(None if inp is None else np.ascontiguousarray(inp[:n_steps, b0:b1]),
+             [None if m is None else np.ascontiguousarray(m[b0:b1]) for m in rec])
+            for inp, rec in masks]
 
 
 def _as_generator(random_state):
