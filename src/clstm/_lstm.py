@@ -416,7 +416,8 @@ class LSTM:
         check_finite(grad_out, "grad_out")
         grad_h = check_state(grad_h_n, state_shape, self.dtype, "grad_h_n")[:, order]
         grad_c = check_state(grad_c_n, state_shape, self.dtype, "grad_c_n")[:, order]
-        grad_out = grad_out[order]
+        if cache["inverse"] is not order:          # sorted by length: reorder
+            grad_out = grad_out[order]
         packed = [_packed(self.params[_param_name("weight_hh", layer, d)], False)
                   for layer in range(L) for d in range(D)]
         chunks, parts = cache["chunks"], cache["parts"]
