@@ -178,6 +178,13 @@ def write_markdown(res, path):
         out.append("")
     if res["notes"]:
         out += ["## Notes", ""] + [f"- {n}" for n in res["notes"]] + [""]
+    # The hand-written analysis (targets met / not met, profiles, what would
+    # close the gaps) lives in analysis.md beside RESULTS.md and is appended
+    # on every re-render.
+    analysis = os.path.join(os.path.dirname(os.path.abspath(path)), "analysis.md")
+    if os.path.exists(analysis):
+        with open(analysis) as f:
+            out += [f.read().rstrip(), ""]
     out += ["Raw data: `results.json`; chart: `ratios.png`. How to run: `README.md`.", ""]
     with open(path, "w") as f:
         f.write("\n".join(out))
