@@ -12,7 +12,6 @@ from functools import partial
 
 import numpy as np
 
-from clstm import _layer
 from clstm._parallel import (
     MIN_ROWS_PER_THREAD,
     blas_single_threaded,
@@ -36,7 +35,20 @@ _PARAM_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 # float32 recurrent products use clstm's own small-GEMM kernel on weights
 # packed once per call (_packed_gemm.h); float64 and compilers without vector
 # extensions use BLAS. Tests flip this to compare the two paths.
-USE_PACKED_GEMM = _layer.HAVE_PACKED_GEMM
+USE_PACKED_GEMM = None      # None: wherever the build has the kernel
+
+
+def _kernels():
+    """The compiled layer kernels, loaded on first use: they pull in SciPy's
+    BLAS (scipy.linalg, ~0.2 s), which `import clstm` need not pay for."""
+    global _layer
+    if _layer is None:
+        from clstm import _layer as module
+        _layer = module
+    return _layer
+
+
+_layer = None
 
 
 # A sub-batch must carry at least this much work (B*T*H^2, about an eighth
@@ -50,7 +62,8 @@ MIN_PACKED_INPUT_SIZE = 32
 
 
 def _packed(weight, transposed):
-    if USE_PACKED_GEMM and weight.dtype == np.float32:
+    use = _kernels().HAVE_PACKED_GEMM if USE_PACKED_GEMM is None else USE_PACKED_GEMM
+    if use and weight.dtype == np.float32:
         return _layer.pack_weight(weight, transposed)
     return None
 
@@ -273,6 +286,7 @@ class LSTM:
 
         # Independent sub-batches of contiguous (sorted) rows, one per thread:
         # each runs every layer on its rows, so a call synchronises once.
+        _kernels()
         n_threads = resolve_n_threads(self.n_jobs, B)
         chunks = split_rows(B, _useful_threads(n_threads, B, T, H), weights=sorted_lengths)
         weights = self._layer_weights()
