@@ -44,5 +44,5 @@ cdef void lstm_weight_gradients(
 
 cdef void lstm_input_gradient(
     Py_ssize_t n_rows, Py_ssize_t input_size, Py_ssize_t hidden_size,
-    const floating* grad_gates, const floating* weight_ih, floating* grad_x,
-    floating beta) noexcept nogil
+    const floating* grad_gates, const floating* weight_ih, const float* packed_ih,
+    floating* grad_x, bint accumulate) noexcept nogil

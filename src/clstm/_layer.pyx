@@ -275,14 +275,23 @@ cdef void lstm_weight_gradients(
 
 cdef void lstm_input_gradient(
         Py_ssize_t n_rows, Py_ssize_t input_size, Py_ssize_t hidden_size,
-        const floating* grad_gates, const floating* weight_ih, floating* grad_x,
-        floating beta) noexcept nogil:
-    """grad_x = grad_gates @ weight_ih + beta * grad_x, for n_rows rows"""
+        const floating* grad_gates, const floating* weight_ih, const float* packed_ih,
+        floating* grad_x, bint accumulate) noexcept nogil:
+    """grad_x (+)= grad_gates @ weight_ih, for n_rows rows
+
+    (float32 with packed_ih: the small-GEMM kernel, which streams grad_gates
+    once instead of repacking it as BLAS does; otherwise BLAS).
+    """
     cdef int G = 4 * <int> hidden_size, I = <int> input_size
     if n_rows == 0:
         return
+    if floating is float:
+        if packed_ih != NULL:
+            clstm_packed_gemm(n_rows, G, I, grad_gates, G, packed_ih, grad_x, I,
+                              accumulate)
+            return
     _gemm(RowMajor, NoTrans, NoTrans, <int> n_rows, I, G, 1.0, grad_gates, G,
-          weight_ih, I, beta, grad_x, I)
+          weight_ih, I, 1.0 if accumulate else 0.0, grad_x, I)
 
 
 # --- Python-facing entry points (called by clstm._lstm) -----------------------
@@ -449,7 +458,7 @@ def parameter_gradients(const floating[:, :, ::1] x, const floating[:, ::1] weig
                         bint accumulate_grad_x, floating[:, ::1] grad_weight_ih,
                         floating[:, ::1] grad_weight_hh, floating[::1] grad_bias,
                         Py_ssize_t gate_begin, Py_ssize_t gate_end,
-                        Py_ssize_t row_begin, Py_ssize_t row_end):
+                        Py_ssize_t row_begin, Py_ssize_t row_end, packed_ih=None):
     """After BPTT: weight/bias gradients for gate rows [gate_begin, gate_end)
     (added to), and grad_x for flattened rows [row_begin, row_end) of T*B
     (overwritten, or added to when accumulate_grad_x)."""
@@ -465,7 +474,7 @@ def parameter_gradients(const floating[:, :, ::1] x, const floating[:, ::1] weig
            and grad_bias.shape[0] == G, "grad weights")
     _check_range(gate_begin, gate_end, G, "gate rows")
     _check_range(row_begin, row_end, T * B, "rows")
-    cdef floating beta = 1.0 if accumulate_grad_x else 0.0
+    cdef const float* packed_ptr = _packed_pointer(packed_ih, G, I)
     with nogil:
         lstm_weight_gradients(T * B, I, H, gate_begin, gate_end, &x[0, 0, 0],
                               &grad_gates[0, 0, 0], &h_prev_seq[0, 0, 0],
@@ -473,7 +482,8 @@ def parameter_gradients(const floating[:, :, ::1] x, const floating[:, ::1] weig
                               &grad_bias[0])
         lstm_input_gradient(row_end - row_begin, I, H,
                             &grad_gates[0, 0, 0] + row_begin * G, &weight_ih[0, 0],
-                            &grad_x[0, 0, 0] + row_begin * I, beta)
+                            packed_ptr, &grad_x[0, 0, 0] + row_begin * I,
+                            accumulate_grad_x)
 
 
 def packed_matmul(const float[:, ::1] a, const float[:, ::1] weight, bint transposed,

@@ -432,7 +432,8 @@ class LSTM:
         grad_c = check_state(grad_c_n, state_shape, self.dtype, "grad_c_n")[:, order]
         if cache["inverse"] is not order:          # sorted by length: reorder
             grad_out = grad_out[order]
-        packed = [_packed(self.params[_param_name("weight_hh", layer, d)], False)
+        packed = [{kind: _packed(self.params[_param_name(kind, layer, d)], False)
+                   for kind in ("weight_hh", "weight_ih")}
                   for layer in range(L) for d in range(D)]
         chunks, parts = cache["chunks"], cache["parts"]
         results = [None] * len(chunks)
@@ -488,12 +489,12 @@ class LSTM:
                     self.params[names["weight_hh"]], part["h0"][k], part["c0"][k],
                     batch_sizes, bool(d), dc["gates"], dc["c_seq"], lc["out"], g, d * H,
                     grad_h[k], grad_c[k], grad_gates, h_prev_seq, 0, B, dc["mask"],
-                    packed[k])
+                    packed[k]["weight_hh"])
                 grad_bias = grads[names["bias_ih"]]
                 _layer.parameter_gradients(
                     inp, self.params[names["weight_ih"]], grad_gates, h_prev_seq, grad_in,
                     d > 0, grads[names["weight_ih"]], grads[names["weight_hh"]], grad_bias,
-                    0, 4 * H, 0, T * B)
+                    0, 4 * H, 0, T * B, packed[k]["weight_ih"])
                 grads[names["bias_hh"]] += grad_bias
             if lc["input_mask"] is not None:
                 grad_in *= lc["input_mask"]
