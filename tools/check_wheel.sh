@@ -11,7 +11,8 @@
 #   5. run the kernel tests again under qemu-user emulating an x86-64 CPU with
 #      no AVX (Nehalem): any instruction beyond the baseline is a SIGILL, and
 #      the runtime dispatch must pick "baseline" there; plus a static scan that
-#      AVX/AVX-512 code lives only in the x86-64-v3/v4 clones;
+#      AVX/AVX-512 code lives only in the x86-64-v3/v4 clones and the
+#      manually dispatched small-GEMM variants;
 #   6. a source build without a compiler, and one without numpy/scipy/Cython,
 #      fail with a one-line "clstm build error: ..." rather than a traceback.
 #
@@ -201,7 +202,8 @@ if [ "$HOST_ARCH" != x86_64 ]; then
     echo "host is $HOST_ARCH, not x86_64: no runtime dispatch to check here (skipped)"
 else
     # (a) Static: VEX/EVEX code (ymm/zmm/k registers, v* mnemonics) appears
-    #     only inside the gcc target_clones bodies *.arch_x86_64_v3 / _v4.
+    #     only inside the gcc target_clones bodies *.arch_x86_64_v3 / _v4 and
+    #     the manually dispatched small-GEMM variants clstm_packed_gemm_v3 / _v4.
     "$TOOLS/python" - "$WORK"/venv/lib/python*/site-packages/clstm/*.so <<'EOF'
 import re, subprocess, sys
 for so in sys.argv[1:]:
@@ -221,7 +223,7 @@ for so in sys.argv[1:]:
         if not vex:
             continue
         n_vex += 1
-        if re.search(r"\.arch_x86_64_v[34]", func):
+        if re.search(r"\.arch_x86_64_v[34]$|^clstm_packed_gemm_v[34]$", func):
             clones.add(func)
         else:
             leaks.setdefault(func, mnem + " " + ops)
