@@ -15,6 +15,7 @@ capped by the usable cores and by the batch: each thread gets at least
 MIN_ROWS_PER_THREAD sequences of the recurrence.
 """
 
+import importlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -56,7 +57,8 @@ def _blas_controller():
     global _controller
     with _controller_lock:
         if _controller is None:
-            import scipy.linalg.cython_blas  # noqa: F401  (make sure it is loaded)
+            # threadpoolctl finds only loaded libraries: load SciPy's BLAS first
+            importlib.import_module("scipy.linalg.cython_blas")
             from threadpoolctl import ThreadpoolController
             blas = ThreadpoolController().select(user_api="blas")
             # scipy wheels vendor their BLAS under site-packages/scipy.libs
