@@ -232,3 +232,17 @@ def test_cell_forward_does_not_modify_inputs():
 def test_cell_forward_shape_mismatch():
     with pytest.raises(ValueError, match="gates must be"):
         _cell.cell_forward(np.zeros((2, 7)), np.zeros((2, 2)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cell_forward_adds_the_bias(dtype):
+    """The bias is folded into the cell kernel: act(z + b) == act((z + b) with no bias)."""
+    rng = np.random.default_rng(3)
+    B, H = 5, 7
+    z = rng.standard_normal((B, 4 * H)).astype(dtype)
+    bias = rng.standard_normal(4 * H).astype(dtype)
+    c_prev = rng.standard_normal((B, H)).astype(dtype)
+    with_bias = _cell.cell_forward(z, c_prev, bias)
+    folded = _cell.cell_forward(np.ascontiguousarray(z + bias), c_prev)
+    for a, b in zip(with_bias, folded):
+        np.testing.assert_array_equal(a, b)

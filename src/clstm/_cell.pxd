@@ -7,12 +7,12 @@ from cython cimport floating
 
 cdef extern from "_cell_kernels.h" nogil:
     void clstm_cell_forward_f(Py_ssize_t n_rows, Py_ssize_t hidden,
-                              float* gates, Py_ssize_t ld_gates,
+                              float* gates, Py_ssize_t ld_gates, const float* bias,
                               const float* c_prev, Py_ssize_t ld_c_prev,
                               float* c, Py_ssize_t ld_c,
                               float* h, Py_ssize_t ld_h)
     void clstm_cell_forward_d(Py_ssize_t n_rows, Py_ssize_t hidden,
-                              double* gates, Py_ssize_t ld_gates,
+                              double* gates, Py_ssize_t ld_gates, const double* bias,
                               const double* c_prev, Py_ssize_t ld_c_prev,
                               double* c, Py_ssize_t ld_c,
                               double* h, Py_ssize_t ld_h)
@@ -40,16 +40,16 @@ cdef extern from "_cell_kernels.h" nogil:
 # --- Cell forward -------------------------------------------------------------
 cdef inline void lstm_cell_forward(
         Py_ssize_t n_rows, Py_ssize_t hidden_size,
-        floating* gates, Py_ssize_t ld_gates,
+        floating* gates, Py_ssize_t ld_gates, const floating* bias,
         const floating* c_prev, Py_ssize_t ld_c_prev,
         floating* c, Py_ssize_t ld_c,
         floating* h, Py_ssize_t ld_h) noexcept nogil:
-    """gates <- act(gates); c = f*c_prev + i*g; h = o*tanh(c), row by row"""
+    """gates <- act(gates + bias); c = f*c_prev + i*g; h = o*tanh(c), row by row"""
     if floating is float:
-        clstm_cell_forward_f(n_rows, hidden_size, gates, ld_gates, c_prev,
+        clstm_cell_forward_f(n_rows, hidden_size, gates, ld_gates, bias, c_prev,
                              ld_c_prev, c, ld_c, h, ld_h)
     else:
-        clstm_cell_forward_d(n_rows, hidden_size, gates, ld_gates, c_prev,
+        clstm_cell_forward_d(n_rows, hidden_size, gates, ld_gates, bias, c_prev,
                              ld_c_prev, c, ld_c, h, ld_h)
 
 

@@ -32,8 +32,8 @@ def sigmoid(floating[::1] x):
     return out
 
 
-def cell_forward(floating[:, ::1] gates, floating[:, ::1] c_prev):
-    """One step: gates (B, 4H) pre-activations -> (activated gates, c, h)."""
+def cell_forward(floating[:, ::1] gates, floating[:, ::1] c_prev, bias=None):
+    """One step: gates (B, 4H) pre-activations (+ bias (4H,)) -> (activated gates, c, h)."""
     cdef Py_ssize_t B = gates.shape[0], H = c_prev.shape[1]
     if gates.shape[1] != 4 * H or c_prev.shape[0] != B:
         raise ValueError("gates must be (B, 4H) and c_prev (B, H)")
@@ -44,8 +44,12 @@ def cell_forward(floating[:, ::1] gates, floating[:, ::1] c_prev):
     cdef floating[:, ::1] g = act
     cdef floating[:, ::1] c = c_out
     cdef floating[:, ::1] h = h_out
+    cdef floating[::1] b = (np.zeros(4 * H, dtype=dtype) if bias is None
+                            else np.ascontiguousarray(bias, dtype=dtype))
+    if b.shape[0] != 4 * H:
+        raise ValueError("bias must have 4H entries")
     if B and H:
-        lstm_cell_forward(B, H, &g[0, 0], 4 * H, &c_prev[0, 0], H, &c[0, 0], H,
+        lstm_cell_forward(B, H, &g[0, 0], 4 * H, &b[0], &c_prev[0, 0], H, &c[0, 0], H,
                           &h[0, 0], H)
     return act, c_out, h_out
 

@@ -89,7 +89,9 @@ CLSTM_INLINE double clstm_tanh(double x) { return tanh(x); }
 CLSTM_INLINE double clstm_sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
 
 /* ---- one row ------------------------------------------------------------
- * Forward:  i, f, o = sigmoid(.), g = tanh(.) in place;
+ * Forward:  adds the bias (b_ih + b_hh, folded here instead of a separate
+ *           pass over the gate buffer), then i, f, o = sigmoid(.),
+ *           g = tanh(.) in place;
  *           c = f * c_prev + i * g;  h = o * tanh(c).
  * Backward: given the activated gates, c_prev, c, the gradient reaching h
  *           (grad_h_out + grad_h_rec) and the one reaching c (grad_c, in/out):
@@ -102,13 +104,15 @@ CLSTM_INLINE double clstm_sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
 CLSTM_INLINE void cell_forward_row_##SFX(                                       \
     ptrdiff_t n, T *CLSTM_RESTRICT gi, T *CLSTM_RESTRICT gf,                    \
     T *CLSTM_RESTRICT gg, T *CLSTM_RESTRICT go,                                 \
+    const T *CLSTM_RESTRICT bi, const T *CLSTM_RESTRICT bf,                     \
+    const T *CLSTM_RESTRICT bg, const T *CLSTM_RESTRICT bo,                     \
     const T *CLSTM_RESTRICT c_prev, T *CLSTM_RESTRICT c, T *CLSTM_RESTRICT h)   \
 {                                                                               \
     for (ptrdiff_t j = 0; j < n; ++j) {                                         \
-        const T i_ = SIGMOID(gi[j]);                                            \
-        const T f_ = SIGMOID(gf[j]);                                            \
-        const T g_ = TANH(gg[j]);                                               \
-        const T o_ = SIGMOID(go[j]);                                            \
+        const T i_ = SIGMOID(gi[j] + bi[j]);                                    \
+        const T f_ = SIGMOID(gf[j] + bf[j]);                                    \
+        const T g_ = TANH(gg[j] + bg[j]);                                       \
+        const T o_ = SIGMOID(go[j] + bo[j]);                                    \
         const T c_ = f_ * c_prev[j] + i_ * g_;                                  \
         gi[j] = i_; gf[j] = f_; gg[j] = g_; go[j] = o_;                         \
         c[j] = c_;                                                              \
@@ -148,14 +152,16 @@ CLSTM_DEFINE_ROWS(double, d, clstm_tanh, clstm_sigmoid)
 #define CLSTM_DEFINE_ENTRY(T, SFX)                                              \
 CLSTM_DISPATCH CLSTM_MAYBE_UNUSED static void clstm_cell_forward_##SFX(                           \
     ptrdiff_t n_rows, ptrdiff_t hidden, T *gates, ptrdiff_t ld_gates,           \
-    const T *c_prev, ptrdiff_t ld_c_prev, T *c, ptrdiff_t ld_c,                 \
+    const T *bias, const T *c_prev, ptrdiff_t ld_c_prev, T *c, ptrdiff_t ld_c,  \
     T *h, ptrdiff_t ld_h)                                                       \
 {                                                                               \
     for (ptrdiff_t r = 0; r < n_rows; ++r) {                                    \
         T *g = gates + r * ld_gates;                                            \
         cell_forward_row_##SFX(hidden, g, g + hidden, g + 2 * hidden,           \
-                               g + 3 * hidden, c_prev + r * ld_c_prev,          \
-                               c + r * ld_c, h + r * ld_h);                     \
+                               g + 3 * hidden, bias, bias + hidden,             \
+                               bias + 2 * hidden, bias + 3 * hidden,            \
+                               c_prev + r * ld_c_prev, c + r * ld_c,            \
+                               h + r * ld_h);                                   \
     }                                                                           \
 }                                                                               \
                                                                                 \

@@ -13,12 +13,13 @@ from cython cimport floating
 cdef void lstm_input_projection(
     Py_ssize_t n_rows, Py_ssize_t input_size, Py_ssize_t hidden_size,
     const floating* x, const floating* weight_ih, const float* packed_ih_t,
-    const floating* bias, floating* gates) noexcept nogil
+    floating* gates) noexcept nogil
 
 cdef void lstm_recurrence_forward(
     Py_ssize_t n_steps, Py_ssize_t batch_size, Py_ssize_t hidden_size,
     Py_ssize_t row_begin, Py_ssize_t row_end,
-    const floating* weight_hh, const float* packed_hh_t, const floating* h0, const floating* c0,
+    const floating* weight_hh, const float* packed_hh_t, const floating* bias,
+    const floating* h0, const floating* c0,
     const int* batch_sizes, bint reverse, const floating* recurrent_mask,
     floating* gates, floating* c_seq, floating* h_seq, Py_ssize_t ld_h,
     floating* work) noexcept nogil

@@ -84,38 +84,42 @@ cdef inline void _masked_copy(Py_ssize_t n, Py_ssize_t hidden_size,
 cdef void lstm_input_projection(
         Py_ssize_t n_rows, Py_ssize_t input_size, Py_ssize_t hidden_size,
         const floating* x, const floating* weight_ih, const float* packed_ih_t,
-        const floating* bias, floating* gates) noexcept nogil:
-    """gates = x @ weight_ih.T + bias, for all T*B rows in one GEMM
+        floating* gates) noexcept nogil:
+    """gates = x @ weight_ih.T, for all T*B rows in one GEMM (the bias is
+    added by the cell kernel, saving a pass over the gate buffer)
 
-    (float32 with packed_ih_t: the small-GEMM kernel, which beats BLAS on
-    this shape once input_size is a few dozen; otherwise BLAS).
+    float32 with packed_ih_t: the small-GEMM kernel, which beats BLAS on this
+    shape once input_size is a few dozen; otherwise BLAS.
     """
-    cdef Py_ssize_t r, G = 4 * hidden_size
-    for r in range(n_rows):
-        memcpy(gates + r * G, bias, G * sizeof(floating))
-    if input_size == 0 or n_rows == 0:
+    cdef Py_ssize_t G = 4 * hidden_size
+    if n_rows == 0:
+        return
+    if input_size == 0:
+        memset(gates, 0, n_rows * G * sizeof(floating))
         return
     if floating is float:
         if packed_ih_t != NULL:
             clstm_packed_gemm(n_rows, input_size, G, x, input_size, packed_ih_t, gates,
-                              G, 1)
+                              G, 0)
             return
-    # gates += x @ weight_ih.T
+    # gates = x @ weight_ih.T
     _gemm(RowMajor, NoTrans, Trans, <int> n_rows, <int> G, <int> input_size,
-          1.0, x, <int> input_size, weight_ih, <int> input_size, 1.0, gates,
+          1.0, x, <int> input_size, weight_ih, <int> input_size, 0.0, gates,
           <int> G)
 
 
 cdef void lstm_recurrence_forward(
         Py_ssize_t n_steps, Py_ssize_t batch_size, Py_ssize_t hidden_size,
         Py_ssize_t row_begin, Py_ssize_t row_end,
-        const floating* weight_hh, const float* packed_hh_t, const floating* h0, const floating* c0,
+        const floating* weight_hh, const float* packed_hh_t, const floating* bias,
+        const floating* h0, const floating* c0,
         const int* batch_sizes, bint reverse, const floating* recurrent_mask,
         floating* gates, floating* c_seq, floating* h_seq, Py_ssize_t ld_h,
         floating* work) noexcept nogil:
     """Scan the cell over time for rows [row_begin, row_end).
 
-    On entry gates holds the input projections; on exit the activated gates.
+    On entry gates holds the input projections (bias not yet added); on exit
+    the activated gates.
     Rows that start at step t (t = 0 forward; t = length-1 reverse) read
     h0/c0; the others read the previous step. With recurrent_mask (B, H),
     h_prev is multiplied by it before the recurrent GEMM (work: (B, H)).
@@ -156,11 +160,11 @@ cdef void lstm_recurrence_forward(
 
         # gates, c, h = cell(gates, c_prev)
         if n_cont > 0:
-            lstm_cell_forward(n_cont, H, g_t, G, c_seq + (p * B + b0) * H, H,
+            lstm_cell_forward(n_cont, H, g_t, G, bias, c_seq + (p * B + b0) * H, H,
                               c_seq + (t * B + b0) * H, H,
                               h_seq + (t * B + b0) * ld_h, ld_h)
         if n > n_cont:
-            lstm_cell_forward(n - n_cont, H, g_t + n_cont * G, G,
+            lstm_cell_forward(n - n_cont, H, g_t + n_cont * G, G, bias,
                               c0 + (b0 + n_cont) * H, H,
                               c_seq + (t * B + b0 + n_cont) * H, H,
                               h_seq + (t * B + b0 + n_cont) * ld_h, ld_h)
@@ -355,13 +359,12 @@ def pack_weight(const float[:, ::1] weight, bint transposed):
 
 
 def input_projection(const floating[:, :, ::1] x, const floating[:, ::1] weight_ih,
-                     const floating[::1] bias, floating[:, :, ::1] gates,
-                     Py_ssize_t row_begin, Py_ssize_t row_end, packed_ih_t=None):
-    """gates.reshape(T*B, 4H)[rows] = x.reshape(T*B, I)[rows] @ weight_ih.T + bias"""
+                     floating[:, :, ::1] gates, Py_ssize_t row_begin, Py_ssize_t row_end,
+                     packed_ih_t=None):
+    """gates.reshape(T*B, 4H)[rows] = x.reshape(T*B, I)[rows] @ weight_ih.T"""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2]
     cdef Py_ssize_t G = gates.shape[2]
-    _check(weight_ih.shape[0] == G and weight_ih.shape[1] == I and bias.shape[0] == G
-           and G % 4 == 0, "weight_ih")
+    _check(weight_ih.shape[0] == G and weight_ih.shape[1] == I and G % 4 == 0, "weight_ih")
     _check(gates.shape[0] == T and gates.shape[1] == B, "gates")
     _check_range(row_begin, row_end, T * B, "rows")
     if row_end == row_begin:
@@ -370,10 +373,11 @@ def input_projection(const floating[:, :, ::1] x, const floating[:, ::1] weight_
     with nogil:
         lstm_input_projection(row_end - row_begin, I, G // 4,
                               &x[0, 0, 0] + row_begin * I, &weight_ih[0, 0], packed_ptr,
-                              &bias[0], &gates[0, 0, 0] + row_begin * G)
+                              &gates[0, 0, 0] + row_begin * G)
 
 
-def recurrence_forward(const floating[:, ::1] weight_hh, const floating[:, ::1] h0,
+def recurrence_forward(const floating[:, ::1] weight_hh, const floating[::1] bias,
+                       const floating[:, ::1] h0,
                        const floating[:, ::1] c0, const int[::1] batch_sizes,
                        bint reverse, floating[:, :, ::1] gates,
                        floating[:, :, ::1] c_seq, floating[:, :, ::1] h_seq,
@@ -399,11 +403,12 @@ def recurrence_forward(const floating[:, ::1] weight_hh, const floating[:, ::1] 
         _check(work_view.shape[0] == B and work_view.shape[1] == H, "work")
         mask_ptr = &mask_view[0, 0]
         work_ptr = &work_view[0, 0] + row_begin * H
+    _check(bias.shape[0] == 4 * H, "bias")
     cdef const float* packed_ptr = _packed_pointer(packed_hh_t, H, 4 * H)
     cdef Py_ssize_t ld_h = h_seq.shape[2]
     with nogil:
         lstm_recurrence_forward(T, B, H, row_begin, row_end, &weight_hh[0, 0],
-                                packed_ptr, &h0[0, 0], &c0[0, 0], &batch_sizes[0], reverse,
+                                packed_ptr, &bias[0], &h0[0, 0], &c0[0, 0], &batch_sizes[0], reverse,
                                 mask_ptr, &gates[0, 0, 0], &c_seq[0, 0, 0],
                                 &h_seq[0, 0, column], ld_h, work_ptr)
 

@@ -378,11 +378,10 @@ class LSTM:
                 c_seq = ws.get(("c_seq", layer, d), (T, B, H), self.dtype)
                 work = None if rec_masks[d] is None else ws.get(("work", layer, d), (B, H),
                                                                  self.dtype)
-                _layer.input_projection(inp, p["weight_ih"], p["bias"], gates, 0, T * B,
-                                        p["packed_ih_t"])
-                _layer.recurrence_forward(p["weight_hh"], h0[k], c0[k], batch_sizes, bool(d),
-                                          gates, c_seq, out, d * H, 0, B, rec_masks[d], work,
-                                          p["packed_hh_t"])
+                _layer.input_projection(inp, p["weight_ih"], gates, 0, T * B, p["packed_ih_t"])
+                _layer.recurrence_forward(p["weight_hh"], p["bias"], h0[k], c0[k], batch_sizes,
+                                          bool(d), gates, c_seq, out, d * H, 0, B, rec_masks[d],
+                                          work, p["packed_hh_t"])
                 final = np.zeros_like(last) if d else last
                 h_n[k] = out[final, rows, d * H:(d + 1) * H]
                 c_n[k] = c_seq[final, rows]
