@@ -34,12 +34,12 @@ cdef void lstm_recurrence_backward(
     const floating* h_seq, Py_ssize_t ld_h,
     const floating* grad_h_seq, Py_ssize_t ld_grad_h,
     floating* grad_h, floating* grad_c, floating* grad_gates,
-    floating* h_prev_seq) noexcept nogil
+    floating* h_prev_seq, Py_ssize_t ld_hp) noexcept nogil
 
 cdef void lstm_weight_gradients(
     Py_ssize_t n_rows, Py_ssize_t input_size, Py_ssize_t hidden_size,
     Py_ssize_t gate_begin, Py_ssize_t gate_end,
-    const floating* x, const floating* grad_gates, const floating* h_prev_seq,
+    const floating* xh, const floating* grad_gates, floating* grad_w,
     floating* grad_weight_ih, floating* grad_weight_hh,
     floating* grad_bias) noexcept nogil
 

@@ -67,17 +67,16 @@ cdef inline void _recurrent_matmul(Py_ssize_t n, Py_ssize_t hidden_size,
 
 cdef inline void _masked_copy(Py_ssize_t n, Py_ssize_t hidden_size,
                               const floating* src, Py_ssize_t ld_src,
-                              const floating* mask, floating* dst) noexcept nogil:
-    """dst[:n] = src[:n] * mask[:n] (mask NULL: plain copy); dst contiguous"""
+                              const floating* mask, floating* dst,
+                              Py_ssize_t ld_dst) noexcept nogil:
+    """dst[:n] = src[:n] * mask[:n] (mask NULL: plain copy), rows of hidden_size"""
     cdef Py_ssize_t r, j
     for r in range(n):
         if mask == NULL:
-            memcpy(dst + r * hidden_size, src + r * ld_src,
-                   hidden_size * sizeof(floating))
+            memcpy(dst + r * ld_dst, src + r * ld_src, hidden_size * sizeof(floating))
         else:
             for j in range(hidden_size):
-                dst[r * hidden_size + j] = (src[r * ld_src + j]
-                                            * mask[r * hidden_size + j])
+                dst[r * ld_dst + j] = src[r * ld_src + j] * mask[r * hidden_size + j]
 
 
 # --- Layer forward ------------------------------------------------------------
@@ -147,9 +146,9 @@ cdef void lstm_recurrence_forward(
 
         # gates[t] += h_prev @ weight_hh.T
         if mask != NULL:
-            _masked_copy(n_cont, H, h_seq + (p * B + b0) * ld_h, ld_h, mask, work)
+            _masked_copy(n_cont, H, h_seq + (p * B + b0) * ld_h, ld_h, mask, work, H)
             _masked_copy(n - n_cont, H, h0 + (b0 + n_cont) * H, H,
-                         mask + n_cont * H, work + n_cont * H)
+                         mask + n_cont * H, work + n_cont * H, H)
             _recurrent_matmul(n, H, work, H, weight_hh, packed_hh_t, g_t)
         else:
             if n_cont > 0:
@@ -180,13 +179,14 @@ cdef void lstm_recurrence_backward(
         const floating* h_seq, Py_ssize_t ld_h,
         const floating* grad_h_seq, Py_ssize_t ld_grad_h,
         floating* grad_h, floating* grad_c, floating* grad_gates,
-        floating* h_prev_seq) noexcept nogil:
+        floating* h_prev_seq, Py_ssize_t ld_hp) noexcept nogil:
     """BPTT over rows [row_begin, row_end), in the reverse of the forward order.
 
     grad_h, grad_c (B, H): on entry the gradients reaching h_n, c_n; on exit
     those reaching h0, c0. grad_gates (T, B, 4H) receives the pre-activation
-    gate gradients (zero on inactive rows); h_prev_seq (T, B, H) the (masked)
-    h_prev of every step, for grad_weight_hh after the loop.
+    gate gradients (zero on inactive rows); h_prev_seq (T, B, ld_hp) the
+    (masked) h_prev of every step in its first H columns, for grad_weight_hh
+    after the loop.
     """
     cdef Py_ssize_t H = hidden_size, G = 4 * hidden_size, B = batch_size
     cdef Py_ssize_t s, t, p, n, n_cont, r, j, chunk = row_end - row_begin
@@ -211,17 +211,17 @@ cdef void lstm_recurrence_backward(
         dg_t = grad_gates + (t * B + b0) * G
         if n < chunk:
             memset(dg_t + n * G, 0, (chunk - n) * G * sizeof(floating))
-            memset(h_prev_seq + (t * B + b0 + n) * H, 0,
-                   (chunk - n) * H * sizeof(floating))
+            for r in range(n, chunk):
+                memset(h_prev_seq + (t * B + b0 + r) * ld_hp, 0, H * sizeof(floating))
         if n == 0:
             continue
 
         # h_prev of this step, kept for grad_weight_hh = grad_gates^T @ h_prev
         _masked_copy(n_cont, H, h_seq + (p * B + b0) * ld_h, ld_h, mask,
-                     h_prev_seq + (t * B + b0) * H)
+                     h_prev_seq + (t * B + b0) * ld_hp, ld_hp)
         _masked_copy(n - n_cont, H, h0 + (b0 + n_cont) * H, H,
                      NULL if mask == NULL else mask + n_cont * H,
-                     h_prev_seq + (t * B + b0 + n_cont) * H)
+                     h_prev_seq + (t * B + b0 + n_cont) * ld_hp, ld_hp)
 
         # grad_gates[t], grad_c = cell_backward(grad_h_seq[t] + grad_h, grad_c, ...)
         if n_cont > 0:
@@ -255,22 +255,31 @@ cdef void lstm_recurrence_backward(
 cdef void lstm_weight_gradients(
         Py_ssize_t n_rows, Py_ssize_t input_size, Py_ssize_t hidden_size,
         Py_ssize_t gate_begin, Py_ssize_t gate_end,
-        const floating* x, const floating* grad_gates, const floating* h_prev_seq,
+        const floating* xh, const floating* grad_gates, floating* grad_w,
         floating* grad_weight_ih, floating* grad_weight_hh,
         floating* grad_bias) noexcept nogil:
     """Weight and bias gradients for gate rows [gate_begin, gate_end), summed
-    over all n_rows = T*B rows in one GEMM each (accumulating)."""
+    over all n_rows = T*B rows (accumulating).
+
+    xh (n_rows, I + H) holds [x_t | h_{t-1}] side by side, so one GEMM gives
+    both weight gradients and grad_gates is read (and packed by BLAS) once;
+    grad_w (4H, I + H) is the workspace it lands in.
+    """
     cdef int M = <int> n_rows, I = <int> input_size, H = <int> hidden_size
-    cdef int G = 4 * H, g0 = <int> gate_begin, n_g = <int> (gate_end - gate_begin)
+    cdef int G = 4 * H, K = I + H, g0 = <int> gate_begin
+    cdef int n_g = <int> (gate_end - gate_begin)
     cdef Py_ssize_t r, j
     if n_rows == 0 or n_g <= 0:
         return
-    # grad_weight_ih[g0:g1] += grad_gates[:, g0:g1].T @ x
-    _gemm(RowMajor, Trans, NoTrans, n_g, I, M, 1.0, grad_gates + g0, G, x, I, 1.0,
-          grad_weight_ih + g0 * I, I)
-    # grad_weight_hh[g0:g1] += grad_gates[:, g0:g1].T @ h_prev_seq
-    _gemm(RowMajor, Trans, NoTrans, n_g, H, M, 1.0, grad_gates + g0, G, h_prev_seq,
-          H, 1.0, grad_weight_hh + g0 * H, H)
+    # grad_w[g0:g1] = grad_gates[:, g0:g1].T @ xh
+    _gemm(RowMajor, Trans, NoTrans, n_g, K, M, 1.0, grad_gates + g0, G, xh, K, 0.0,
+          grad_w + g0 * K, K)
+    # grad_weight_ih += grad_w[:, :I];  grad_weight_hh += grad_w[:, I:]
+    for r in range(gate_begin, gate_end):
+        for j in range(I):
+            grad_weight_ih[r * I + j] += grad_w[r * K + j]
+        for j in range(H):
+            grad_weight_hh[r * H + j] += grad_w[r * K + I + j]
     # grad_bias[g0:g1] += grad_gates[:, g0:g1].sum(axis=0)
     for r in range(n_rows):
         for j in range(gate_begin, gate_end):
@@ -419,14 +428,14 @@ def recurrence_backward(const floating[:, ::1] weight_hh, const floating[:, ::1]
                         const floating[:, :, ::1] c_seq, const floating[:, :, ::1] h_seq,
                         const floating[:, :, ::1] grad_h_seq, Py_ssize_t column,
                         floating[:, ::1] grad_h, floating[:, ::1] grad_c,
-                        floating[:, :, ::1] grad_gates,
-                        floating[:, :, ::1] h_prev_seq,
+                        floating[:, :, ::1] grad_gates, floating[:, :, ::1] xh,
                         Py_ssize_t row_begin, Py_ssize_t row_end,
                         recurrence_mask=None, packed_hh=None):
     """BPTT for batch rows [row_begin, row_end) (see lstm_recurrence_backward).
 
     grad_h / grad_c (B, H): gradients reaching h_n / c_n on entry, h0 / c0 on
-    exit. grad_gates (T, B, 4H) and h_prev_seq (T, B, H) are filled.
+    exit. grad_gates (T, B, 4H) is filled, and so are the last H columns of
+    xh (T, B, I + H) with h_prev (its first I columns hold the layer input).
     """
     cdef Py_ssize_t T = gates.shape[0], B = gates.shape[1], H = weight_hh.shape[1]
     _check_recurrence(gates.shape, weight_hh.shape, h0.shape, c0.shape, batch_sizes,
@@ -437,8 +446,7 @@ def recurrence_backward(const floating[:, ::1] weight_hh, const floating[:, ::1]
            and grad_c.shape[1] == H, "grad_h/grad_c")
     _check(grad_gates.shape[0] == T and grad_gates.shape[1] == B
            and grad_gates.shape[2] == 4 * H, "grad_gates")
-    _check(h_prev_seq.shape[0] == T and h_prev_seq.shape[1] == B
-           and h_prev_seq.shape[2] == H, "h_prev_seq")
+    _check(xh.shape[0] == T and xh.shape[1] == B and xh.shape[2] >= H, "xh")
     _check_range(row_begin, row_end, B, "rows")
     cdef const floating[:, ::1] mask_view
     cdef const floating* mask_ptr = NULL
@@ -454,35 +462,38 @@ def recurrence_backward(const floating[:, ::1] weight_hh, const floating[:, ::1]
                                  &h_seq[0, 0, column], h_seq.shape[2],
                                  &grad_h_seq[0, 0, column], grad_h_seq.shape[2],
                                  &grad_h[0, 0], &grad_c[0, 0],
-                                 &grad_gates[0, 0, 0], &h_prev_seq[0, 0, 0])
+                                 &grad_gates[0, 0, 0],
+                                 &xh[0, 0, xh.shape[2] - H], xh.shape[2])
 
 
-def parameter_gradients(const floating[:, :, ::1] x, const floating[:, ::1] weight_ih,
-                        floating[:, :, ::1] grad_gates,
-                        floating[:, :, ::1] h_prev_seq, floating[:, :, ::1] grad_x,
+def parameter_gradients(const floating[:, :, ::1] xh, const floating[:, ::1] weight_ih,
+                        floating[:, :, ::1] grad_gates, floating[:, :, ::1] grad_x,
                         bint accumulate_grad_x, floating[:, ::1] grad_weight_ih,
                         floating[:, ::1] grad_weight_hh, floating[::1] grad_bias,
+                        floating[:, ::1] grad_w,
                         Py_ssize_t gate_begin, Py_ssize_t gate_end,
                         Py_ssize_t row_begin, Py_ssize_t row_end, packed_ih=None):
     """After BPTT: weight/bias gradients for gate rows [gate_begin, gate_end)
     (added to), and grad_x for flattened rows [row_begin, row_end) of T*B
-    (overwritten, or added to when accumulate_grad_x)."""
-    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2]
-    cdef Py_ssize_t G = grad_gates.shape[2], H = G // 4
+    (overwritten, or added to when accumulate_grad_x).
+
+    xh (T, B, I + H) = [layer input | h_prev]; grad_w (4H, I + H) workspace.
+    """
+    cdef Py_ssize_t T = xh.shape[0], B = xh.shape[1]
+    cdef Py_ssize_t G = grad_gates.shape[2], H = G // 4, I = xh.shape[2] - G // 4
     _check(G % 4 == 0 and grad_gates.shape[0] == T and grad_gates.shape[1] == B, "grad_gates")
-    _check(weight_ih.shape[0] == G and weight_ih.shape[1] == I, "weight_ih")
-    _check(h_prev_seq.shape[0] == T and h_prev_seq.shape[1] == B
-           and h_prev_seq.shape[2] == H, "h_prev_seq")
+    _check(I >= 1 and weight_ih.shape[0] == G and weight_ih.shape[1] == I, "weight_ih")
     _check(grad_x.shape[0] == T and grad_x.shape[1] == B and grad_x.shape[2] == I, "grad_x")
     _check(grad_weight_ih.shape[0] == G and grad_weight_ih.shape[1] == I
            and grad_weight_hh.shape[0] == G and grad_weight_hh.shape[1] == H
            and grad_bias.shape[0] == G, "grad weights")
+    _check(grad_w.shape[0] == G and grad_w.shape[1] == I + H, "grad_w")
     _check_range(gate_begin, gate_end, G, "gate rows")
     _check_range(row_begin, row_end, T * B, "rows")
     cdef const float* packed_ptr = _packed_pointer(packed_ih, G, I)
     with nogil:
-        lstm_weight_gradients(T * B, I, H, gate_begin, gate_end, &x[0, 0, 0],
-                              &grad_gates[0, 0, 0], &h_prev_seq[0, 0, 0],
+        lstm_weight_gradients(T * B, I, H, gate_begin, gate_end, &xh[0, 0, 0],
+                              &grad_gates[0, 0, 0], &grad_w[0, 0],
                               &grad_weight_ih[0, 0], &grad_weight_hh[0, 0],
                               &grad_bias[0])
         lstm_input_gradient(row_end - row_begin, I, H,

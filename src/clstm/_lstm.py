@@ -483,17 +483,22 @@ class LSTM:
                 names = {kind: _param_name(kind, layer, d) for kind in _PARAM_KINDS}
                 dc = lc["directions"][d]
                 grad_gates = ws.get(("grad_gates", d), (T, B, 4 * H), self.dtype)
-                h_prev_seq = ws.get(("h_prev_seq", d), (T, B, H), self.dtype)
+                # [x_t | h_{t-1}] side by side: one GEMM for both weight gradients
+                n_in = inp.shape[2]
+                # (layers after the first all share one input width)
+                xh = ws.get(("xh", layer > 0, d), (T, B, n_in + H), self.dtype)
+                xh[:, :, :n_in] = inp
+                grad_w = ws.get(("grad_w", layer > 0, d), (4 * H, n_in + H), self.dtype)
                 _layer.recurrence_backward(
                     self.params[names["weight_hh"]], part["h0"][k], part["c0"][k],
                     batch_sizes, bool(d), dc["gates"], dc["c_seq"], lc["out"], g, d * H,
-                    grad_h[k], grad_c[k], grad_gates, h_prev_seq, 0, B, dc["mask"],
+                    grad_h[k], grad_c[k], grad_gates, xh, 0, B, dc["mask"],
                     packed[k]["weight_hh"])
                 grad_bias = grads[names["bias_ih"]]
                 _layer.parameter_gradients(
-                    inp, self.params[names["weight_ih"]], grad_gates, h_prev_seq, grad_in,
+                    xh, self.params[names["weight_ih"]], grad_gates, grad_in,
                     d > 0, grads[names["weight_ih"]], grads[names["weight_hh"]], grad_bias,
-                    0, 4 * H, 0, T * B, packed[k]["weight_ih"])
+                    grad_w, 0, 4 * H, 0, T * B, packed[k]["weight_ih"])
                 grads[names["bias_hh"]] += grad_bias
             if lc["input_mask"] is not None:
                 grad_in *= lc["input_mask"]
