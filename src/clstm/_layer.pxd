@@ -22,7 +22,8 @@ cdef void lstm_recurrence_forward(
     const floating* h0, const floating* c0,
     const int* batch_sizes, bint reverse, const floating* recurrent_mask,
     floating* gates, floating* c_seq, floating* h_seq, Py_ssize_t ld_h,
-    floating* work) noexcept nogil
+    floating* work, const floating* x, Py_ssize_t input_size,
+    const float* packed_xh_t) noexcept nogil
 
 # --- Layer backward -----------------------------------------------------------
 cdef void lstm_recurrence_backward(

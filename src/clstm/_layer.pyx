@@ -25,6 +25,9 @@ cdef extern from "_packed_gemm.h" nogil:
     void clstm_packed_gemm(Py_ssize_t n, Py_ssize_t K, Py_ssize_t N, const float* a,
                            Py_ssize_t lda, const float* packed, float* c,
                            Py_ssize_t ldc, int accumulate)
+    void clstm_packed_gemm2(Py_ssize_t n, Py_ssize_t K1, const float* a1, Py_ssize_t lda1,
+                            Py_ssize_t K2, const float* a2, Py_ssize_t lda2, Py_ssize_t N,
+                            const float* packed, float* c, Py_ssize_t ldc, int accumulate)
 
 import numpy as np
 
@@ -63,6 +66,28 @@ cdef inline void _recurrent_matmul(Py_ssize_t n, Py_ssize_t hidden_size,
     else:
         _gemm(RowMajor, NoTrans, Trans, <int> n, 4 * H, H, 1.0, h_prev, <int> ld,
               weight_hh, H, 1.0, gates, 4 * H)
+
+
+cdef inline void _step_matmul(Py_ssize_t n, Py_ssize_t hidden_size,
+                              Py_ssize_t input_size, const floating* x_rows,
+                              const floating* h_prev, Py_ssize_t ld,
+                              const floating* weight_hh, const float* packed_hh_t,
+                              const float* packed_xh_t, floating* gates) noexcept nogil:
+    """One step's gate pre-activations for n rows.
+
+    With packed_xh_t (float32, thin inputs): gates[:n] = [x_t | h_prev] @
+    [weight_ih | weight_hh].T in one small GEMM (the input projection is
+    folded into the step); otherwise gates[:n] += h_prev @ weight_hh.T on top
+    of the precomputed input projection.
+    """
+    if n <= 0:
+        return
+    if floating is float:
+        if packed_xh_t != NULL:
+            clstm_packed_gemm2(n, input_size, x_rows, input_size, hidden_size, h_prev, ld,
+                               4 * hidden_size, packed_xh_t, gates, 4 * hidden_size, 0)
+            return
+    _recurrent_matmul(n, hidden_size, h_prev, ld, weight_hh, packed_hh_t, gates)
 
 
 cdef inline void _masked_copy(Py_ssize_t n, Py_ssize_t hidden_size,
@@ -114,7 +139,8 @@ cdef void lstm_recurrence_forward(
         const floating* h0, const floating* c0,
         const int* batch_sizes, bint reverse, const floating* recurrent_mask,
         floating* gates, floating* c_seq, floating* h_seq, Py_ssize_t ld_h,
-        floating* work) noexcept nogil:
+        floating* work, const floating* x, Py_ssize_t input_size,
+        const float* packed_xh_t) noexcept nogil:
     """Scan the cell over time for rows [row_begin, row_end).
 
     On entry gates holds the input projections (bias not yet added); on exit
@@ -122,11 +148,14 @@ cdef void lstm_recurrence_forward(
     Rows that start at step t (t = 0 forward; t = length-1 reverse) read
     h0/c0; the others read the previous step. With recurrent_mask (B, H),
     h_prev is multiplied by it before the recurrent GEMM (work: (B, H)).
+    With packed_xh_t, gates holds nothing on entry: each step computes its
+    input and recurrent products together from x (T, B, input_size).
     """
     cdef Py_ssize_t H = hidden_size, G = 4 * hidden_size, B = batch_size
     cdef Py_ssize_t s, t, p, n, n_cont
     cdef Py_ssize_t b0 = row_begin
     cdef floating* g_t
+    cdef const floating* x_t
     cdef const floating* mask = NULL
     if recurrent_mask != NULL:
         mask = recurrent_mask + b0 * H
@@ -144,18 +173,22 @@ cdef void lstm_recurrence_forward(
                 n_cont = n
         g_t = gates + (t * B + b0) * G
 
-        # gates[t] += h_prev @ weight_hh.T
+        # gates[t] += h_prev @ weight_hh.T  (or, fused: [x_t | h_prev] @ W.T)
+        x_t = NULL if x == NULL else x + (t * B + b0) * input_size
         if mask != NULL:
             _masked_copy(n_cont, H, h_seq + (p * B + b0) * ld_h, ld_h, mask, work, H)
             _masked_copy(n - n_cont, H, h0 + (b0 + n_cont) * H, H,
                          mask + n_cont * H, work + n_cont * H, H)
-            _recurrent_matmul(n, H, work, H, weight_hh, packed_hh_t, g_t)
+            _step_matmul(n, H, input_size, x_t, work, H, weight_hh, packed_hh_t,
+                         packed_xh_t, g_t)
         else:
             if n_cont > 0:
-                _recurrent_matmul(n_cont, H, h_seq + (p * B + b0) * ld_h, ld_h,
-                                  weight_hh, packed_hh_t, g_t)
-            _recurrent_matmul(n - n_cont, H, h0 + (b0 + n_cont) * H, H,
-                              weight_hh, packed_hh_t, g_t + n_cont * G)
+                _step_matmul(n_cont, H, input_size, x_t, h_seq + (p * B + b0) * ld_h,
+                             ld_h, weight_hh, packed_hh_t, packed_xh_t, g_t)
+            _step_matmul(n - n_cont, H, input_size,
+                         NULL if x_t == NULL else x_t + n_cont * input_size,
+                         h0 + (b0 + n_cont) * H, H, weight_hh, packed_hh_t,
+                         packed_xh_t, g_t + n_cont * G)
 
         # gates, c, h = cell(gates, c_prev)
         if n_cont > 0:
@@ -391,11 +424,14 @@ def recurrence_forward(const floating[:, ::1] weight_hh, const floating[::1] bia
                        bint reverse, floating[:, :, ::1] gates,
                        floating[:, :, ::1] c_seq, floating[:, :, ::1] h_seq,
                        Py_ssize_t column, Py_ssize_t row_begin, Py_ssize_t row_end,
-                       recurrence_mask=None, work=None, packed_hh_t=None):
+                       recurrence_mask=None, work=None, packed_hh_t=None,
+                       x=None, packed_xh_t=None):
     """Scan over time for batch rows [row_begin, row_end) (see lstm_recurrence_forward).
 
     h_seq (T, B, D*H) is pre-zeroed where sequences are padded; this direction
-    writes columns [column, column + H).
+    writes columns [column, column + H). With packed_xh_t (pack_weight of
+    [weight_ih | weight_hh], transposed) the input projection is computed per
+    step from x (T, B, I) and gates needs no prior input_projection.
     """
     cdef Py_ssize_t T = gates.shape[0], B = gates.shape[1], H = weight_hh.shape[1]
     _check_recurrence(gates.shape, weight_hh.shape, h0.shape, c0.shape, batch_sizes,
@@ -414,12 +450,23 @@ def recurrence_forward(const floating[:, ::1] weight_hh, const floating[::1] bia
         work_ptr = &work_view[0, 0] + row_begin * H
     _check(bias.shape[0] == 4 * H, "bias")
     cdef const float* packed_ptr = _packed_pointer(packed_hh_t, H, 4 * H)
+    cdef const floating[:, :, ::1] x_view
+    cdef const floating* x_ptr = NULL
+    cdef Py_ssize_t I = 0
+    cdef const float* packed_xh_ptr = NULL
+    if packed_xh_t is not None:
+        x_view = x
+        I = x_view.shape[2]
+        _check(x_view.shape[0] == T and x_view.shape[1] == B and I > 0, "x")
+        x_ptr = &x_view[0, 0, 0]
+        packed_xh_ptr = _packed_pointer(packed_xh_t, I + H, 4 * H)
     cdef Py_ssize_t ld_h = h_seq.shape[2]
     with nogil:
         lstm_recurrence_forward(T, B, H, row_begin, row_end, &weight_hh[0, 0],
                                 packed_ptr, &bias[0], &h0[0, 0], &c0[0, 0], &batch_sizes[0], reverse,
                                 mask_ptr, &gates[0, 0, 0], &c_seq[0, 0, 0],
-                                &h_seq[0, 0, column], ld_h, work_ptr)
+                                &h_seq[0, 0, column], ld_h, work_ptr, x_ptr, I,
+                                packed_xh_ptr)
 
 
 def recurrence_backward(const floating[:, ::1] weight_hh, const floating[:, ::1] h0,

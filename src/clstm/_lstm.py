@@ -56,8 +56,9 @@ _layer = None
 # ~0.2 ms of work on one core.
 MIN_WORK_PER_THREAD = 2_500_000
 
-# Below this many inputs per step the projection GEMM is too thin for the
-# small-GEMM kernel (it becomes store-bound) and BLAS is as fast or faster.
+# From this many inputs per step the input projection runs as one GEMM over
+# all steps (small-GEMM kernel); below, that GEMM is too thin (store-bound),
+# and each step computes [x_t | h_{t-1}] @ [W_ih | W_hh]^T in one product.
 MIN_PACKED_INPUT_SIZE = 32
 
 
@@ -333,8 +334,13 @@ class LSTM:
                 p = {k: self.params[_param_name(k, layer, d)] for k in _PARAM_KINDS}
                 p["bias"] = p["bias_ih"] + p["bias_hh"]
                 p["packed_hh_t"] = _packed(p["weight_hh"], True)
-                p["packed_ih_t"] = (_packed(p["weight_ih"], True)
-                                    if p["weight_ih"].shape[1] >= MIN_PACKED_INPUT_SIZE else None)
+                p["packed_ih_t"] = p["packed_xh_t"] = None
+                if p["weight_ih"].shape[1] >= MIN_PACKED_INPUT_SIZE:
+                    p["packed_ih_t"] = _packed(p["weight_ih"], True)
+                else:
+                    # thin inputs: fold the projection into each step's product
+                    p["packed_xh_t"] = _packed(
+                        np.concatenate([p["weight_ih"], p["weight_hh"]], axis=1), True)
                 weights.append(p)
         return weights
 
@@ -378,10 +384,12 @@ class LSTM:
                 c_seq = ws.get(("c_seq", layer, d), (T, B, H), self.dtype)
                 work = None if rec_masks[d] is None else ws.get(("work", layer, d), (B, H),
                                                                  self.dtype)
-                _layer.input_projection(inp, p["weight_ih"], gates, 0, T * B, p["packed_ih_t"])
+                if p["packed_xh_t"] is None:
+                    _layer.input_projection(inp, p["weight_ih"], gates, 0, T * B,
+                                            p["packed_ih_t"])
                 _layer.recurrence_forward(p["weight_hh"], p["bias"], h0[k], c0[k], batch_sizes,
                                           bool(d), gates, c_seq, out, d * H, 0, B, rec_masks[d],
-                                          work, p["packed_hh_t"])
+                                          work, p["packed_hh_t"], inp, p["packed_xh_t"])
                 final = np.zeros_like(last) if d else last
                 h_n[k] = out[final, rows, d * H:(d + 1) * H]
                 c_n[k] = c_seq[final, rows]

@@ -72,7 +72,8 @@ typedef float clstm_v4u __attribute__((vector_size(16), aligned(4)));
  * edge of C. */
 #define CLSTM_DEFINE_TILE(NAME, VT, VW, MR, NP)                                 \
 static inline __attribute__((always_inline)) void NAME(                         \
-    ptrdiff_t K, const float *a, ptrdiff_t lda, const float *pk,                \
+    ptrdiff_t K1, const float *a1, ptrdiff_t lda1,                              \
+    ptrdiff_t K2, const float *a2, ptrdiff_t lda2, const float *pk,             \
     ptrdiff_t panel_stride, float *c, ptrdiff_t ldc, ptrdiff_t ncols,           \
     int accumulate)                                                             \
 {                                                                               \
@@ -80,13 +81,25 @@ static inline __attribute__((always_inline)) void NAME(                         
     VT acc[MR][NV];                                                             \
     for (int r = 0; r < MR; ++r)                                                \
         for (int v = 0; v < NV; ++v) acc[r][v] = (VT){0};                       \
-    for (ptrdiff_t k = 0; k < K; ++k) {                                         \
+    /* rows [0, K1) of the packed B multiply a1, rows [K1, K1+K2) a2 */      \
+    for (ptrdiff_t k = 0; k < K1; ++k) {                                        \
         VT w[NV];                                                               \
         for (int v = 0; v < NV; ++v)                                            \
             w[v] = *(const VT##u *)(pk + (v / PER) * panel_stride               \
                                     + k * CLSTM_PANEL + (v % PER) * VW);        \
         for (int r = 0; r < MR; ++r) {                                          \
-            const float av = a[r * lda + k];                                    \
+            const float av = a1[r * lda1 + k];                                  \
+            for (int v = 0; v < NV; ++v) acc[r][v] += av * w[v];                \
+        }                                                                       \
+    }                                                                           \
+    pk += K1 * CLSTM_PANEL;                                                     \
+    for (ptrdiff_t k = 0; k < K2; ++k) {                                        \
+        VT w[NV];                                                               \
+        for (int v = 0; v < NV; ++v)                                            \
+            w[v] = *(const VT##u *)(pk + (v / PER) * panel_stride               \
+                                    + k * CLSTM_PANEL + (v % PER) * VW);        \
+        for (int r = 0; r < MR; ++r) {                                          \
+            const float av = a2[r * lda2 + k];                                  \
             for (int v = 0; v < NV; ++v) acc[r][v] += av * w[v];                \
         }                                                                       \
     }                                                                           \
@@ -114,40 +127,36 @@ CLSTM_DEFINE_TILE(clstm_tile_##SFX##_cols, VT, VW, MR, 1)                       
 CLSTM_DEFINE_TILE(clstm_tile_##SFX##_rows, VT, VW, 1, NP)                       \
 CLSTM_DEFINE_TILE(clstm_tile_##SFX##_corner, VT, VW, 1, 1)                      \
 ATTR static void clstm_packed_gemm_##SFX(                                       \
-    ptrdiff_t n, ptrdiff_t K, ptrdiff_t N, const float *a, ptrdiff_t lda,       \
+    ptrdiff_t n, ptrdiff_t K1, const float *a1, ptrdiff_t lda1,                 \
+    ptrdiff_t K2, const float *a2, ptrdiff_t lda2, ptrdiff_t N,                 \
     const float *packed, float *c, ptrdiff_t ldc, int accumulate)               \
 {                                                                               \
     const ptrdiff_t n_panels = (N + CLSTM_PANEL - 1) / CLSTM_PANEL;             \
-    const ptrdiff_t ps = K * CLSTM_PANEL;                                       \
-    ptrdiff_t r = 0;                                                            \
-    for (; r + MR <= n; r += MR) {                                              \
-        ptrdiff_t p = 0;                                                        \
-        for (; p + NP <= n_panels; p += NP) {                                   \
+    const ptrdiff_t ps = (K1 + K2) * CLSTM_PANEL;                               \
+    ptrdiff_t r = 0, p;                                                         \
+    for (; r < n; r += (n - r >= MR ? MR : 1)) {                                \
+        const int full = n - r >= MR;                                           \
+        const float *r1 = a1 + r * lda1, *r2 = a2 + r * lda2;                   \
+        float *cr = c + r * ldc;                                                \
+        for (p = 0; p + NP <= n_panels; p += NP) {                              \
             ptrdiff_t nc = N - p * CLSTM_PANEL;                                 \
-            clstm_tile_##SFX##_body(K,    a + r * lda, lda, packed + p * ps, \
-                ps, c + r * ldc + p * CLSTM_PANEL, ldc,                         \
-                nc < NP * CLSTM_PANEL ? nc : NP * CLSTM_PANEL, accumulate);     \
+            if (nc > NP * CLSTM_PANEL) nc = NP * CLSTM_PANEL;                   \
+            if (full)                                                           \
+                clstm_tile_##SFX##_body(K1, r1, lda1, K2, r2, lda2,             \
+                    packed + p * ps, ps, cr + p * CLSTM_PANEL, ldc, nc, accumulate); \
+            else                                                                \
+                clstm_tile_##SFX##_rows(K1, r1, lda1, K2, r2, lda2,             \
+                    packed + p * ps, ps, cr + p * CLSTM_PANEL, ldc, nc, accumulate); \
         }                                                                       \
         for (; p < n_panels; ++p) {                                             \
             ptrdiff_t nc = N - p * CLSTM_PANEL;                                 \
-            clstm_tile_##SFX##_cols(K, a + r * lda, lda, packed + p * ps,   \
-                ps, c + r * ldc + p * CLSTM_PANEL, ldc,                         \
-                nc < CLSTM_PANEL ? nc : CLSTM_PANEL, accumulate);               \
-        }                                                                       \
-    }                                                                           \
-    for (; r < n; ++r) {                                                        \
-        ptrdiff_t p = 0;                                                        \
-        for (; p + NP <= n_panels; p += NP) {                                   \
-            ptrdiff_t nc = N - p * CLSTM_PANEL;                                 \
-            clstm_tile_##SFX##_rows(K, a + r * lda, lda, packed + p * ps,     \
-                ps, c + r * ldc + p * CLSTM_PANEL, ldc,                         \
-                nc < NP * CLSTM_PANEL ? nc : NP * CLSTM_PANEL, accumulate);     \
-        }                                                                       \
-        for (; p < n_panels; ++p) {                                             \
-            ptrdiff_t nc = N - p * CLSTM_PANEL;                                 \
-            clstm_tile_##SFX##_corner(K, a + r * lda, lda, packed + p * ps,        \
-                ps, c + r * ldc + p * CLSTM_PANEL, ldc,                         \
-                nc < CLSTM_PANEL ? nc : CLSTM_PANEL, accumulate);               \
+            if (nc > CLSTM_PANEL) nc = CLSTM_PANEL;                             \
+            if (full)                                                           \
+                clstm_tile_##SFX##_cols(K1, r1, lda1, K2, r2, lda2,             \
+                    packed + p * ps, ps, cr + p * CLSTM_PANEL, ldc, nc, accumulate); \
+            else                                                                \
+                clstm_tile_##SFX##_corner(K1, r1, lda1, K2, r2, lda2,           \
+                    packed + p * ps, ps, cr + p * CLSTM_PANEL, ldc, nc, accumulate); \
         }                                                                       \
     }                                                                           \
 }
@@ -158,8 +167,9 @@ CLSTM_DEFINE_GEMM(v4, __attribute__((target("arch=x86-64-v4"))), clstm_v16, 16, 
 CLSTM_DEFINE_GEMM(v3, __attribute__((target("arch=x86-64-v3"))), clstm_v8, 8, 6, 1)
 CLSTM_DEFINE_GEMM(base, , clstm_v4, 4, 2, 1)
 
-typedef void (*clstm_packed_gemm_fn)(ptrdiff_t, ptrdiff_t, ptrdiff_t, const float *,
-                                     ptrdiff_t, const float *, float *, ptrdiff_t, int);
+typedef void (*clstm_packed_gemm_fn)(ptrdiff_t, ptrdiff_t, const float *, ptrdiff_t,
+                                     ptrdiff_t, const float *, ptrdiff_t, ptrdiff_t,
+                                     const float *, float *, ptrdiff_t, int);
 
 static clstm_packed_gemm_fn clstm_select_packed_gemm(void)
 {
@@ -171,25 +181,44 @@ static clstm_packed_gemm_fn clstm_select_packed_gemm(void)
 #else
 CLSTM_DEFINE_GEMM(base, , clstm_v4, 4, 2, 1)
 
-typedef void (*clstm_packed_gemm_fn)(ptrdiff_t, ptrdiff_t, ptrdiff_t, const float *,
-                                     ptrdiff_t, const float *, float *, ptrdiff_t, int);
+typedef void (*clstm_packed_gemm_fn)(ptrdiff_t, ptrdiff_t, const float *, ptrdiff_t,
+                                     ptrdiff_t, const float *, ptrdiff_t, ptrdiff_t,
+                                     const float *, float *, ptrdiff_t, int);
 
 static clstm_packed_gemm_fn clstm_select_packed_gemm(void) { return clstm_packed_gemm_base; }
 #endif
 
-/* C (+)= A @ B with B packed by clstm_pack_b. The variant is chosen on first
- * use (every thread computes the same pointer, so the race is benign). */
-static void clstm_packed_gemm(ptrdiff_t n, ptrdiff_t K, ptrdiff_t N, const float *a,
-                              ptrdiff_t lda, const float *packed, float *c,
-                              ptrdiff_t ldc, int accumulate)
+/* C (+)= [A1 | A2] @ B with B ((K1 + K2) x N) packed by clstm_pack_b: the
+ * first K1 rows of B multiply A1 (n x K1), the next K2 rows A2 (n x K2), so a
+ * step's input and recurrent products can run as one (K1 = 0: plain A @ B).
+ * The variant is chosen on first use (every thread computes the same
+ * pointer, so the race is benign). */
+static void clstm_packed_gemm2(ptrdiff_t n, ptrdiff_t K1, const float *a1, ptrdiff_t lda1,
+                               ptrdiff_t K2, const float *a2, ptrdiff_t lda2, ptrdiff_t N,
+                               const float *packed, float *c, ptrdiff_t ldc, int accumulate)
 {
     static clstm_packed_gemm_fn fn = NULL;
     if (fn == NULL) fn = clstm_select_packed_gemm();
-    fn(n, K, N, a, lda, packed, c, ldc, accumulate);
+    fn(n, K1, a1, lda1, K2, a2, lda2, N, packed, c, ldc, accumulate);
+}
+
+/* C (+)= A @ B with B (K x N) packed by clstm_pack_b. */
+__attribute__((unused)) static void clstm_packed_gemm(ptrdiff_t n, ptrdiff_t K, ptrdiff_t N, const float *a,
+                              ptrdiff_t lda, const float *packed, float *c,
+                              ptrdiff_t ldc, int accumulate)
+{
+    clstm_packed_gemm2(n, 0, a, lda, K, a, lda, N, packed, c, ldc, accumulate);
 }
 
 #else  /* no vector extensions: callers use BLAS */
 #define CLSTM_HAVE_PACKED_GEMM 0
+static void clstm_packed_gemm2(ptrdiff_t n, ptrdiff_t K1, const float *a1, ptrdiff_t lda1,
+                               ptrdiff_t K2, const float *a2, ptrdiff_t lda2, ptrdiff_t N,
+                               const float *packed, float *c, ptrdiff_t ldc, int accumulate)
+{
+    (void)n; (void)K1; (void)a1; (void)lda1; (void)K2; (void)a2; (void)lda2; (void)N;
+    (void)packed; (void)c; (void)ldc; (void)accumulate;
+}
 static void clstm_packed_gemm(ptrdiff_t n, ptrdiff_t K, ptrdiff_t N, const float *a,
                               ptrdiff_t lda, const float *packed, float *c,
                               ptrdiff_t ldc, int accumulate)
