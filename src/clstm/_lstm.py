@@ -539,7 +539,8 @@ class LSTM:
 
 class _Workspace:
     """Buffers reused across calls with the same shapes (no per-batch
-    reallocation in a training loop). Not shared between threads."""
+    reallocation in a training loop), one set per sub-batch and per calling
+    thread, so concurrent callers never share them."""
 
     def __init__(self):
         self._local = threading.local()
@@ -551,12 +552,6 @@ class _Workspace:
         if k not in chunks:
             chunks[k] = _Buffers()
         return chunks[k]
-
-    def get(self, key, shape, dtype, zero=False):
-        return self.chunk(0).get(key, shape, dtype, zero)
-
-    def clear(self):
-        self._local.__dict__.pop("chunks", None)
 
 
 class _Buffers:
