@@ -87,7 +87,8 @@ class SequenceModel:
 
     def predict_raw(self, X, lengths):
         """Head outputs (B, n_outputs) or (B, T, n_outputs), inference mode, no cache kept."""
-        out, (h_n, _), _ = self.lstm._forward(X, None, None, lengths, False)
+        out, (h_n, _), _ = self.lstm._forward(X, None, None, _ragged_only(lengths, X.shape[1]),
+                                              False)
         feats = self._features(out, h_n)
         return feats @ self.head_weight + self.head_bias
 
@@ -126,10 +127,11 @@ class SequenceModel:
                 # only sequences whose last step lies in this chunk see the loss
                 ends = np.flatnonzero(lengths[active] <= stop)
                 Yc, Wc = Y[active[ends]], W[active[ends]]
+            len_arg = _ragged_only(len_c, stop - start)
             if need_grad:
-                out, (h_n, c_n) = lstm.forward(Xc, h0, c0, len_c)
+                out, (h_n, c_n) = lstm.forward(Xc, h0, c0, len_arg)
             else:
-                out, (h_n, c_n), _ = lstm._forward(Xc, h0, c0, len_c, lstm.training)
+                out, (h_n, c_n), _ = lstm._forward(Xc, h0, c0, len_arg, lstm.training)
             if whole:
                 h, c = h_n, c_n
             else:
@@ -169,3 +171,11 @@ class SequenceModel:
                     grads[name] += w.dtype.type(alpha) * w
         lstm._cache = None     # free the activations of the last chunk
         return loss, grads
+
+
+def _ragged_only(lengths, n_steps):
+    """None when every sequence fills all n_steps: the network then skips
+    sorting and padding (same result, less work)."""
+    if lengths is None or np.all(np.asarray(lengths) == n_steps):
+        return None
+    return lengths
