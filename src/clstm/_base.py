@@ -304,6 +304,9 @@ class BaseLSTMEstimator(BaseEstimator):
                 self.__dict__.pop(attr, None)
         arr, lengths, ragged = self._validate_X(X, reset=first)
         n = arr.shape[0]
+        if y is None:
+            raise ValueError(f"{type(self).__name__} requires y to be passed, but the "
+                             "target y is None")
         targets = self._validate_targets(y, lengths, arr.shape[1], n, first, classes)
         sw = self._check_sample_weight(sample_weight, n)
         if not np.any(sw > 0):

@@ -190,8 +190,6 @@ class LSTMRegressor(RegressorMixin, BaseLSTMEstimator):
     # -- targets ----------------------------------------------------------
     def _validate_targets(self, y, lengths, T, n, first, classes):
         name = type(self).__name__
-        if y is None:
-            raise ValueError(f"{name} requires y to be passed, but the target y is None")
         if self.return_sequences:
             flat = collect_step_targets(y, lengths, T)
             flat = check_array(flat, ensure_2d=False, dtype=np.float64, input_name="y")
@@ -366,8 +364,6 @@ class LSTMClassifier(ClassifierMixin, BaseLSTMEstimator):
     # -- targets ----------------------------------------------------------
     def _validate_targets(self, y, lengths, T, n, first, classes):
         name = type(self).__name__
-        if y is None:
-            raise ValueError(f"{name} requires y to be passed, but the target y is None")
         if self.return_sequences:
             flat = collect_step_targets(y, lengths, T)
             if flat.ndim != 1:

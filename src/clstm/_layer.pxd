@@ -17,7 +17,6 @@ cdef void lstm_input_projection(
 
 cdef void lstm_recurrence_forward(
     Py_ssize_t n_steps, Py_ssize_t batch_size, Py_ssize_t hidden_size,
-    Py_ssize_t row_begin, Py_ssize_t row_end,
     const floating* weight_hh, const float* packed_hh_t, const floating* bias,
     const floating* h0, const floating* c0,
     const int* batch_sizes, bint reverse, const floating* recurrent_mask,
@@ -28,7 +27,6 @@ cdef void lstm_recurrence_forward(
 # --- Layer backward -----------------------------------------------------------
 cdef void lstm_recurrence_backward(
     Py_ssize_t n_steps, Py_ssize_t batch_size, Py_ssize_t hidden_size,
-    Py_ssize_t row_begin, Py_ssize_t row_end,
     const floating* weight_hh, const float* packed_hh, const floating* h0, const floating* c0,
     const int* batch_sizes, bint reverse, const floating* recurrent_mask,
     const floating* gates, const floating* c_seq,
@@ -39,7 +37,6 @@ cdef void lstm_recurrence_backward(
 
 cdef void lstm_weight_gradients(
     Py_ssize_t n_rows, Py_ssize_t input_size, Py_ssize_t hidden_size,
-    Py_ssize_t gate_begin, Py_ssize_t gate_end,
     const floating* xh, const floating* grad_gates, floating* grad_w,
     floating* grad_weight_ih, floating* grad_weight_hh,
     floating* grad_bias) noexcept nogil

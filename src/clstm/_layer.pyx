@@ -1,15 +1,14 @@
 """LSTM layer kernels: the scan over time, forward and backward (BPTT).
 
 A layer is one direction of one LSTM layer. Forward: one GEMM projects the
-inputs of all timesteps; then per step one recurrent GEMM (GEMV at one active
-row) adds h_prev @ W_hh^T and the cell kernel activates the gates. Backward:
-per step only the cell backward and grad_h_prev = grad_gates @ W_hh; the
-weight gradients and grad_x come after the loop as whole-sequence GEMMs.
+inputs of all timesteps (for thin inputs the projection is folded into each
+step's product instead); then per step one recurrent product adds
+h_prev @ W_hh^T and the cell kernel activates the gates. Backward: per step
+only the cell backward and grad_h_prev = grad_gates @ W_hh; the weight
+gradients and grad_x come after the loop as whole-sequence GEMMs.
 
-The recurrence works on a range of batch rows [row_begin, row_end), so the
-caller can split a batch across threads, each running the whole recurrence on
-its rows; the input projection and the parameter gradients are large GEMMs
-that BLAS threads by itself.
+Each call covers one (sub-)batch single-threaded with the GIL released; the
+model runs independent sub-batches in parallel threads (clstm._parallel).
 """
 
 from libc.string cimport memcpy, memset
@@ -33,16 +32,6 @@ import numpy as np
 
 
 # --- Helpers ------------------------------------------------------------------
-cdef inline Py_ssize_t _active_rows(const int* batch_sizes, Py_ssize_t t,
-                                    Py_ssize_t row_begin,
-                                    Py_ssize_t row_end) noexcept nogil:
-    """Number of rows of [row_begin, row_end) active at step t."""
-    cdef Py_ssize_t n = batch_sizes[t]
-    if n > row_end:
-        n = row_end
-    return n - row_begin if n > row_begin else 0
-
-
 cdef inline void _recurrent_matmul(Py_ssize_t n, Py_ssize_t hidden_size,
                                    const floating* h_prev, Py_ssize_t ld,
                                    const floating* weight_hh, const float* packed,
@@ -134,14 +123,13 @@ cdef void lstm_input_projection(
 
 cdef void lstm_recurrence_forward(
         Py_ssize_t n_steps, Py_ssize_t batch_size, Py_ssize_t hidden_size,
-        Py_ssize_t row_begin, Py_ssize_t row_end,
         const floating* weight_hh, const float* packed_hh_t, const floating* bias,
         const floating* h0, const floating* c0,
         const int* batch_sizes, bint reverse, const floating* recurrent_mask,
         floating* gates, floating* c_seq, floating* h_seq, Py_ssize_t ld_h,
         floating* work, const floating* x, Py_ssize_t input_size,
         const float* packed_xh_t) noexcept nogil:
-    """Scan the cell over time for rows [row_begin, row_end).
+    """Scan the cell over time.
 
     On entry gates holds the input projections (bias not yet added); on exit
     the activated gates.
@@ -153,67 +141,61 @@ cdef void lstm_recurrence_forward(
     """
     cdef Py_ssize_t H = hidden_size, G = 4 * hidden_size, B = batch_size
     cdef Py_ssize_t s, t, p, n, n_cont
-    cdef Py_ssize_t b0 = row_begin
     cdef floating* g_t
     cdef const floating* x_t
-    cdef const floating* mask = NULL
-    if recurrent_mask != NULL:
-        mask = recurrent_mask + b0 * H
+    cdef const floating* mask = recurrent_mask
     for s in range(n_steps):
         t = n_steps - 1 - s if reverse else s
         p = t + 1 if reverse else t - 1          # the step h_prev comes from
-        n = _active_rows(batch_sizes, t, row_begin, row_end)
+        n = batch_sizes[t]
         if n == 0:
             continue
         # rows [0, n_cont) continue from step p; rows [n_cont, n) start here
         n_cont = 0
         if 0 <= p < n_steps:
-            n_cont = _active_rows(batch_sizes, p, row_begin, row_end)
-            if n_cont > n:
-                n_cont = n
-        g_t = gates + (t * B + b0) * G
+            n_cont = min(batch_sizes[p], n)
+        g_t = gates + t * B * G
 
         # gates[t] += h_prev @ weight_hh.T  (or, fused: [x_t | h_prev] @ W.T)
-        x_t = NULL if x == NULL else x + (t * B + b0) * input_size
+        x_t = NULL if x == NULL else x + t * B * input_size
         if mask != NULL:
-            _masked_copy(n_cont, H, h_seq + (p * B + b0) * ld_h, ld_h, mask, work, H)
-            _masked_copy(n - n_cont, H, h0 + (b0 + n_cont) * H, H,
+            _masked_copy(n_cont, H, h_seq + p * B * ld_h, ld_h, mask, work, H)
+            _masked_copy(n - n_cont, H, h0 + n_cont * H, H,
                          mask + n_cont * H, work + n_cont * H, H)
             _step_matmul(n, H, input_size, x_t, work, H, weight_hh, packed_hh_t,
                          packed_xh_t, g_t)
         else:
             if n_cont > 0:
-                _step_matmul(n_cont, H, input_size, x_t, h_seq + (p * B + b0) * ld_h,
+                _step_matmul(n_cont, H, input_size, x_t, h_seq + p * B * ld_h,
                              ld_h, weight_hh, packed_hh_t, packed_xh_t, g_t)
             _step_matmul(n - n_cont, H, input_size,
                          NULL if x_t == NULL else x_t + n_cont * input_size,
-                         h0 + (b0 + n_cont) * H, H, weight_hh, packed_hh_t,
+                         h0 + n_cont * H, H, weight_hh, packed_hh_t,
                          packed_xh_t, g_t + n_cont * G)
 
         # gates, c, h = cell(gates, c_prev)
         if n_cont > 0:
-            lstm_cell_forward(n_cont, H, g_t, G, bias, c_seq + (p * B + b0) * H, H,
-                              c_seq + (t * B + b0) * H, H,
-                              h_seq + (t * B + b0) * ld_h, ld_h)
+            lstm_cell_forward(n_cont, H, g_t, G, bias, c_seq + p * B * H, H,
+                              c_seq + t * B * H, H, h_seq + t * B * ld_h, ld_h)
         if n > n_cont:
             lstm_cell_forward(n - n_cont, H, g_t + n_cont * G, G, bias,
-                              c0 + (b0 + n_cont) * H, H,
-                              c_seq + (t * B + b0 + n_cont) * H, H,
-                              h_seq + (t * B + b0 + n_cont) * ld_h, ld_h)
+                              c0 + n_cont * H, H,
+                              c_seq + (t * B + n_cont) * H, H,
+                              h_seq + (t * B + n_cont) * ld_h, ld_h)
 
 
 # --- Layer backward -----------------------------------------------------------
 cdef void lstm_recurrence_backward(
         Py_ssize_t n_steps, Py_ssize_t batch_size, Py_ssize_t hidden_size,
-        Py_ssize_t row_begin, Py_ssize_t row_end,
-        const floating* weight_hh, const float* packed_hh, const floating* h0, const floating* c0,
+        const floating* weight_hh, const float* packed_hh, const floating* h0,
+        const floating* c0,
         const int* batch_sizes, bint reverse, const floating* recurrent_mask,
         const floating* gates, const floating* c_seq,
         const floating* h_seq, Py_ssize_t ld_h,
         const floating* grad_h_seq, Py_ssize_t ld_grad_h,
         floating* grad_h, floating* grad_c, floating* grad_gates,
         floating* h_prev_seq, Py_ssize_t ld_hp) noexcept nogil:
-    """BPTT over rows [row_begin, row_end), in the reverse of the forward order.
+    """BPTT, in the reverse of the forward order.
 
     grad_h, grad_c (B, H): on entry the gradients reaching h_n, c_n; on exit
     those reaching h0, c0. grad_gates (T, B, 4H) receives the pre-activation
@@ -222,51 +204,46 @@ cdef void lstm_recurrence_backward(
     after the loop.
     """
     cdef Py_ssize_t H = hidden_size, G = 4 * hidden_size, B = batch_size
-    cdef Py_ssize_t s, t, p, n, n_cont, r, j, chunk = row_end - row_begin
-    cdef Py_ssize_t b0 = row_begin
+    cdef Py_ssize_t s, t, p, n, n_cont, r, j
     cdef const floating* g_t
     cdef floating* dg_t
-    cdef floating* dh = grad_h + b0 * H
-    cdef floating* dc = grad_c + b0 * H
-    cdef const floating* mask = NULL
-    if recurrent_mask != NULL:
-        mask = recurrent_mask + b0 * H
+    cdef floating* dh = grad_h
+    cdef floating* dc = grad_c
+    cdef const floating* mask = recurrent_mask
     for s in range(n_steps):
         t = s if reverse else n_steps - 1 - s
         p = t + 1 if reverse else t - 1
-        n = _active_rows(batch_sizes, t, row_begin, row_end)
+        n = batch_sizes[t]
         n_cont = 0
         if 0 <= p < n_steps:
-            n_cont = _active_rows(batch_sizes, p, row_begin, row_end)
-            if n_cont > n:
-                n_cont = n
-        g_t = gates + (t * B + b0) * G
-        dg_t = grad_gates + (t * B + b0) * G
-        if n < chunk:
-            memset(dg_t + n * G, 0, (chunk - n) * G * sizeof(floating))
-            for r in range(n, chunk):
-                memset(h_prev_seq + (t * B + b0 + r) * ld_hp, 0, H * sizeof(floating))
+            n_cont = min(batch_sizes[p], n)
+        g_t = gates + t * B * G
+        dg_t = grad_gates + t * B * G
+        if n < B:       # inactive rows: zero, so the whole-sequence GEMMs may read them
+            memset(dg_t + n * G, 0, (B - n) * G * sizeof(floating))
+            for r in range(n, B):
+                memset(h_prev_seq + (t * B + r) * ld_hp, 0, H * sizeof(floating))
         if n == 0:
             continue
 
         # h_prev of this step, kept for grad_weight_hh = grad_gates^T @ h_prev
-        _masked_copy(n_cont, H, h_seq + (p * B + b0) * ld_h, ld_h, mask,
-                     h_prev_seq + (t * B + b0) * ld_hp, ld_hp)
-        _masked_copy(n - n_cont, H, h0 + (b0 + n_cont) * H, H,
+        _masked_copy(n_cont, H, h_seq + p * B * ld_h, ld_h, mask,
+                     h_prev_seq + t * B * ld_hp, ld_hp)
+        _masked_copy(n - n_cont, H, h0 + n_cont * H, H,
                      NULL if mask == NULL else mask + n_cont * H,
-                     h_prev_seq + (t * B + b0 + n_cont) * ld_hp, ld_hp)
+                     h_prev_seq + (t * B + n_cont) * ld_hp, ld_hp)
 
         # grad_gates[t], grad_c = cell_backward(grad_h_seq[t] + grad_h, grad_c, ...)
         if n_cont > 0:
-            lstm_cell_backward(n_cont, H, g_t, G, c_seq + (p * B + b0) * H, H,
-                               c_seq + (t * B + b0) * H, H,
-                               grad_h_seq + (t * B + b0) * ld_grad_h, ld_grad_h,
+            lstm_cell_backward(n_cont, H, g_t, G, c_seq + p * B * H, H,
+                               c_seq + t * B * H, H,
+                               grad_h_seq + t * B * ld_grad_h, ld_grad_h,
                                dh, dc, dg_t, G)
         if n > n_cont:
             lstm_cell_backward(n - n_cont, H, g_t + n_cont * G, G,
-                               c0 + (b0 + n_cont) * H, H,
-                               c_seq + (t * B + b0 + n_cont) * H, H,
-                               grad_h_seq + (t * B + b0 + n_cont) * ld_grad_h,
+                               c0 + n_cont * H, H,
+                               c_seq + (t * B + n_cont) * H, H,
+                               grad_h_seq + (t * B + n_cont) * ld_grad_h,
                                ld_grad_h, dh + n_cont * H, dc + n_cont * H,
                                dg_t + n_cont * G, G)
 
@@ -287,35 +264,32 @@ cdef void lstm_recurrence_backward(
 
 cdef void lstm_weight_gradients(
         Py_ssize_t n_rows, Py_ssize_t input_size, Py_ssize_t hidden_size,
-        Py_ssize_t gate_begin, Py_ssize_t gate_end,
         const floating* xh, const floating* grad_gates, floating* grad_w,
         floating* grad_weight_ih, floating* grad_weight_hh,
         floating* grad_bias) noexcept nogil:
-    """Weight and bias gradients for gate rows [gate_begin, gate_end), summed
-    over all n_rows = T*B rows (accumulating).
+    """Weight and bias gradients, summed over all n_rows = T*B rows
+    (accumulating).
 
     xh (n_rows, I + H) holds [x_t | h_{t-1}] side by side, so one GEMM gives
     both weight gradients and grad_gates is read (and packed by BLAS) once;
     grad_w (4H, I + H) is the workspace it lands in.
     """
     cdef int M = <int> n_rows, I = <int> input_size, H = <int> hidden_size
-    cdef int G = 4 * H, K = I + H, g0 = <int> gate_begin
-    cdef int n_g = <int> (gate_end - gate_begin)
+    cdef int G = 4 * H, K = I + H
     cdef Py_ssize_t r, j
-    if n_rows == 0 or n_g <= 0:
+    if n_rows == 0:
         return
-    # grad_w[g0:g1] = grad_gates[:, g0:g1].T @ xh
-    _gemm(RowMajor, Trans, NoTrans, n_g, K, M, 1.0, grad_gates + g0, G, xh, K, 0.0,
-          grad_w + g0 * K, K)
+    # grad_w = grad_gates.T @ xh
+    _gemm(RowMajor, Trans, NoTrans, G, K, M, 1.0, grad_gates, G, xh, K, 0.0, grad_w, K)
     # grad_weight_ih += grad_w[:, :I];  grad_weight_hh += grad_w[:, I:]
-    for r in range(gate_begin, gate_end):
+    for r in range(G):
         for j in range(I):
             grad_weight_ih[r * I + j] += grad_w[r * K + j]
         for j in range(H):
             grad_weight_hh[r * H + j] += grad_w[r * K + I + j]
-    # grad_bias[g0:g1] += grad_gates[:, g0:g1].sum(axis=0)
+    # grad_bias += grad_gates.sum(axis=0)
     for r in range(n_rows):
-        for j in range(gate_begin, gate_end):
+        for j in range(G):
             grad_bias[j] += grad_gates[r * G + j]
 
 
@@ -341,18 +315,13 @@ cdef void lstm_input_gradient(
 
 
 # --- Python-facing entry points (called by clstm._lstm) -----------------------
-# Each runs one phase of a layer on a range of rows, with the GIL released,
-# so the model can run ranges in parallel threads. Shapes are validated by
-# the caller (clstm._lstm.LSTM); the checks here guard memory safety only.
+# Each runs one phase of a layer over a (sub-)batch with the GIL released.
+# Shapes are validated by the caller (clstm._lstm.LSTM); the checks here
+# guard memory safety only.
 
 cdef inline void _check(bint ok, str what) except *:
     if not ok:
         raise ValueError(f"internal layout error: {what}")
-
-
-cdef inline void _check_range(Py_ssize_t begin, Py_ssize_t end, Py_ssize_t n,
-                              str what) except *:
-    _check(0 <= begin <= end <= n, what)
 
 
 cdef void _check_recurrence(Py_ssize_t* gates, Py_ssize_t* weight_hh,
@@ -401,21 +370,16 @@ def pack_weight(const float[:, ::1] weight, bint transposed):
 
 
 def input_projection(const floating[:, :, ::1] x, const floating[:, ::1] weight_ih,
-                     floating[:, :, ::1] gates, Py_ssize_t row_begin, Py_ssize_t row_end,
-                     packed_ih_t=None):
-    """gates.reshape(T*B, 4H)[rows] = x.reshape(T*B, I)[rows] @ weight_ih.T"""
+                     floating[:, :, ::1] gates, packed_ih_t=None):
+    """gates = x @ weight_ih.T, over all T*B rows"""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2]
     cdef Py_ssize_t G = gates.shape[2]
     _check(weight_ih.shape[0] == G and weight_ih.shape[1] == I and G % 4 == 0, "weight_ih")
     _check(gates.shape[0] == T and gates.shape[1] == B, "gates")
-    _check_range(row_begin, row_end, T * B, "rows")
-    if row_end == row_begin:
-        return
     cdef const float* packed_ptr = _packed_pointer(packed_ih_t, I, G)
     with nogil:
-        lstm_input_projection(row_end - row_begin, I, G // 4,
-                              &x[0, 0, 0] + row_begin * I, &weight_ih[0, 0], packed_ptr,
-                              &gates[0, 0, 0] + row_begin * G)
+        lstm_input_projection(T * B, I, G // 4, &x[0, 0, 0], &weight_ih[0, 0], packed_ptr,
+                              &gates[0, 0, 0])
 
 
 def recurrence_forward(const floating[:, ::1] weight_hh, const floating[::1] bias,
@@ -423,10 +387,9 @@ def recurrence_forward(const floating[:, ::1] weight_hh, const floating[::1] bia
                        const floating[:, ::1] c0, const int[::1] batch_sizes,
                        bint reverse, floating[:, :, ::1] gates,
                        floating[:, :, ::1] c_seq, floating[:, :, ::1] h_seq,
-                       Py_ssize_t column, Py_ssize_t row_begin, Py_ssize_t row_end,
-                       recurrence_mask=None, work=None, packed_hh_t=None,
-                       x=None, packed_xh_t=None):
-    """Scan over time for batch rows [row_begin, row_end) (see lstm_recurrence_forward).
+                       Py_ssize_t column, recurrence_mask=None, work=None,
+                       packed_hh_t=None, x=None, packed_xh_t=None):
+    """Scan over time (see lstm_recurrence_forward).
 
     h_seq (T, B, D*H) is pre-zeroed where sequences are padded; this direction
     writes columns [column, column + H). With packed_xh_t (pack_weight of
@@ -436,7 +399,6 @@ def recurrence_forward(const floating[:, ::1] weight_hh, const floating[::1] bia
     cdef Py_ssize_t T = gates.shape[0], B = gates.shape[1], H = weight_hh.shape[1]
     _check_recurrence(gates.shape, weight_hh.shape, h0.shape, c0.shape, batch_sizes,
                       c_seq.shape, h_seq.shape, column)
-    _check_range(row_begin, row_end, B, "rows")
     cdef const floating[:, ::1] mask_view
     cdef floating[:, ::1] work_view
     cdef const floating* mask_ptr = NULL
@@ -447,7 +409,7 @@ def recurrence_forward(const floating[:, ::1] weight_hh, const floating[::1] bia
         _check(mask_view.shape[0] == B and mask_view.shape[1] == H, "mask")
         _check(work_view.shape[0] == B and work_view.shape[1] == H, "work")
         mask_ptr = &mask_view[0, 0]
-        work_ptr = &work_view[0, 0] + row_begin * H
+        work_ptr = &work_view[0, 0]
     _check(bias.shape[0] == 4 * H, "bias")
     cdef const float* packed_ptr = _packed_pointer(packed_hh_t, H, 4 * H)
     cdef const floating[:, :, ::1] x_view
@@ -462,8 +424,8 @@ def recurrence_forward(const floating[:, ::1] weight_hh, const floating[::1] bia
         packed_xh_ptr = _packed_pointer(packed_xh_t, I + H, 4 * H)
     cdef Py_ssize_t ld_h = h_seq.shape[2]
     with nogil:
-        lstm_recurrence_forward(T, B, H, row_begin, row_end, &weight_hh[0, 0],
-                                packed_ptr, &bias[0], &h0[0, 0], &c0[0, 0], &batch_sizes[0], reverse,
+        lstm_recurrence_forward(T, B, H, &weight_hh[0, 0], packed_ptr, &bias[0],
+                                &h0[0, 0], &c0[0, 0], &batch_sizes[0], reverse,
                                 mask_ptr, &gates[0, 0, 0], &c_seq[0, 0, 0],
                                 &h_seq[0, 0, column], ld_h, work_ptr, x_ptr, I,
                                 packed_xh_ptr)
@@ -476,9 +438,8 @@ def recurrence_backward(const floating[:, ::1] weight_hh, const floating[:, ::1]
                         const floating[:, :, ::1] grad_h_seq, Py_ssize_t column,
                         floating[:, ::1] grad_h, floating[:, ::1] grad_c,
                         floating[:, :, ::1] grad_gates, floating[:, :, ::1] xh,
-                        Py_ssize_t row_begin, Py_ssize_t row_end,
                         recurrence_mask=None, packed_hh=None):
-    """BPTT for batch rows [row_begin, row_end) (see lstm_recurrence_backward).
+    """BPTT (see lstm_recurrence_backward).
 
     grad_h / grad_c (B, H): gradients reaching h_n / c_n on entry, h0 / c0 on
     exit. grad_gates (T, B, 4H) is filled, and so are the last H columns of
@@ -494,7 +455,6 @@ def recurrence_backward(const floating[:, ::1] weight_hh, const floating[:, ::1]
     _check(grad_gates.shape[0] == T and grad_gates.shape[1] == B
            and grad_gates.shape[2] == 4 * H, "grad_gates")
     _check(xh.shape[0] == T and xh.shape[1] == B and xh.shape[2] >= H, "xh")
-    _check_range(row_begin, row_end, B, "rows")
     cdef const floating[:, ::1] mask_view
     cdef const floating* mask_ptr = NULL
     if recurrence_mask is not None:
@@ -503,8 +463,8 @@ def recurrence_backward(const floating[:, ::1] weight_hh, const floating[:, ::1]
         mask_ptr = &mask_view[0, 0]
     cdef const float* packed_ptr = _packed_pointer(packed_hh, 4 * H, H)
     with nogil:
-        lstm_recurrence_backward(T, B, H, row_begin, row_end, &weight_hh[0, 0],
-                                 packed_ptr, &h0[0, 0], &c0[0, 0], &batch_sizes[0], reverse,
+        lstm_recurrence_backward(T, B, H, &weight_hh[0, 0], packed_ptr, &h0[0, 0],
+                                 &c0[0, 0], &batch_sizes[0], reverse,
                                  mask_ptr, &gates[0, 0, 0], &c_seq[0, 0, 0],
                                  &h_seq[0, 0, column], h_seq.shape[2],
                                  &grad_h_seq[0, 0, column], grad_h_seq.shape[2],
@@ -517,11 +477,8 @@ def parameter_gradients(const floating[:, :, ::1] xh, const floating[:, ::1] wei
                         floating[:, :, ::1] grad_gates, floating[:, :, ::1] grad_x,
                         bint accumulate_grad_x, floating[:, ::1] grad_weight_ih,
                         floating[:, ::1] grad_weight_hh, floating[::1] grad_bias,
-                        floating[:, ::1] grad_w,
-                        Py_ssize_t gate_begin, Py_ssize_t gate_end,
-                        Py_ssize_t row_begin, Py_ssize_t row_end, packed_ih=None):
-    """After BPTT: weight/bias gradients for gate rows [gate_begin, gate_end)
-    (added to), and grad_x for flattened rows [row_begin, row_end) of T*B
+                        floating[:, ::1] grad_w, packed_ih=None):
+    """After BPTT: the weight/bias gradients (added to), and grad_x
     (overwritten, or added to when accumulate_grad_x).
 
     xh (T, B, I + H) = [layer input | h_prev]; grad_w (4H, I + H) workspace.
@@ -535,18 +492,14 @@ def parameter_gradients(const floating[:, :, ::1] xh, const floating[:, ::1] wei
            and grad_weight_hh.shape[0] == G and grad_weight_hh.shape[1] == H
            and grad_bias.shape[0] == G, "grad weights")
     _check(grad_w.shape[0] == G and grad_w.shape[1] == I + H, "grad_w")
-    _check_range(gate_begin, gate_end, G, "gate rows")
-    _check_range(row_begin, row_end, T * B, "rows")
     cdef const float* packed_ptr = _packed_pointer(packed_ih, G, I)
     with nogil:
-        lstm_weight_gradients(T * B, I, H, gate_begin, gate_end, &xh[0, 0, 0],
+        lstm_weight_gradients(T * B, I, H, &xh[0, 0, 0],
                               &grad_gates[0, 0, 0], &grad_w[0, 0],
                               &grad_weight_ih[0, 0], &grad_weight_hh[0, 0],
                               &grad_bias[0])
-        lstm_input_gradient(row_end - row_begin, I, H,
-                            &grad_gates[0, 0, 0] + row_begin * G, &weight_ih[0, 0],
-                            packed_ptr, &grad_x[0, 0, 0] + row_begin * I,
-                            accumulate_grad_x)
+        lstm_input_gradient(T * B, I, H, &grad_gates[0, 0, 0], &weight_ih[0, 0],
+                            packed_ptr, &grad_x[0, 0, 0], accumulate_grad_x)
 
 
 def packed_matmul(const float[:, ::1] a, const float[:, ::1] weight, bint transposed,

@@ -333,10 +333,10 @@ class LSTM:
             for d in range(self.num_directions):
                 p = {k: self.params[_param_name(k, layer, d)] for k in _PARAM_KINDS}
                 p["bias"] = p["bias_ih"] + p["bias_hh"]
-                p["packed_hh_t"] = _packed(p["weight_hh"], True)
-                p["packed_ih_t"] = p["packed_xh_t"] = None
+                p["packed_hh_t"] = p["packed_ih_t"] = p["packed_xh_t"] = None
                 if p["weight_ih"].shape[1] >= MIN_PACKED_INPUT_SIZE:
                     p["packed_ih_t"] = _packed(p["weight_ih"], True)
+                    p["packed_hh_t"] = _packed(p["weight_hh"], True)
                 else:
                     # thin inputs: fold the projection into each step's product
                     p["packed_xh_t"] = _packed(
@@ -385,10 +385,9 @@ class LSTM:
                 work = None if rec_masks[d] is None else ws.get(("work", layer, d), (B, H),
                                                                  self.dtype)
                 if p["packed_xh_t"] is None:
-                    _layer.input_projection(inp, p["weight_ih"], gates, 0, T * B,
-                                            p["packed_ih_t"])
+                    _layer.input_projection(inp, p["weight_ih"], gates, p["packed_ih_t"])
                 _layer.recurrence_forward(p["weight_hh"], p["bias"], h0[k], c0[k], batch_sizes,
-                                          bool(d), gates, c_seq, out, d * H, 0, B, rec_masks[d],
+                                          bool(d), gates, c_seq, out, d * H, rec_masks[d],
                                           work, p["packed_hh_t"], inp, p["packed_xh_t"])
                 final = np.zeros_like(last) if d else last
                 h_n[k] = out[final, rows, d * H:(d + 1) * H]
@@ -500,13 +499,12 @@ class LSTM:
                 _layer.recurrence_backward(
                     self.params[names["weight_hh"]], part["h0"][k], part["c0"][k],
                     batch_sizes, bool(d), dc["gates"], dc["c_seq"], lc["out"], g, d * H,
-                    grad_h[k], grad_c[k], grad_gates, xh, 0, B, dc["mask"],
-                    packed[k]["weight_hh"])
+                    grad_h[k], grad_c[k], grad_gates, xh, dc["mask"], packed[k]["weight_hh"])
                 grad_bias = grads[names["bias_ih"]]
                 _layer.parameter_gradients(
                     xh, self.params[names["weight_ih"]], grad_gates, grad_in,
                     d > 0, grads[names["weight_ih"]], grads[names["weight_hh"]], grad_bias,
-                    grad_w, 0, 4 * H, 0, T * B, packed[k]["weight_ih"])
+                    grad_w, packed[k]["weight_ih"])
                 grads[names["bias_hh"]] += grad_bias
             if lc["input_mask"] is not None:
                 grad_in *= lc["input_mask"]

@@ -1,19 +1,18 @@
 """Threads for one forward/backward: how many, how to split, and BLAS control.
 
 clstm parallelises itself instead of relying on a threaded BLAS: the batch
-is split into contiguous row ranges, each thread runs the whole recurrence on
-its rows with single-threaded BLAS (no per-step synchronisation), and the
-large whole-sequence GEMMs (input projection, weight gradients, grad_x) are
-split into row blocks the same way. Nesting a threaded BLAS inside per-step
-parallel work oversubscribes the cores badly, so while clstm's threads run,
-BLAS is held at one thread (threadpoolctl, reference-counted across
-concurrent callers and restored afterwards).
+is split into contiguous sub-batches, and each thread runs every layer,
+forward and backward, on its own sub-batch with single-threaded BLAS (no
+per-step synchronisation; the model, clstm._lstm, does the splitting).
+Nesting a threaded BLAS inside per-step parallel work oversubscribes the
+cores badly, so while clstm's threads run, BLAS is held at one thread
+(threadpoolctl, reference-counted across concurrent callers and restored
+afterwards).
 
 The rule for n_jobs=None: use as many threads as BLAS is currently allowed
 (so joblib/loky workers, which lower that limit, are never oversubscribed),
 capped by the usable cores and by the batch: each thread gets at least
-MIN_ROWS_PER_THREAD sequences of the recurrence.
-"""
+MIN_ROWS_PER_THREAD sequences."""
 
 import importlib
 import os
@@ -24,8 +23,9 @@ import numpy as np
 
 __all__ = ["resolve_n_threads", "split_rows", "run_tasks", "blas_single_threaded"]
 
-# Below this many rows per thread the recurrent GEMM gets too thin for a
-# thread to pay for itself (measured in benchmarks/RESULTS.md).
+# Below this many rows per thread the recurrent product gets too thin for a
+# thread to pay for itself (a chosen threshold, with MIN_WORK_PER_THREAD in
+# clstm._lstm the rule that keeps small calls on one thread).
 MIN_ROWS_PER_THREAD = 8
 
 
