@@ -399,6 +399,59 @@ class LSTM:
         return {"layers": layers, "h_n": h_n, "c_n": c_n, "h0": h0, "c0": c0,
                 "batch_sizes": batch_sizes}
 
+    # -- generic interface (what models and persistence use) -------------------
+    # The same methods on every recurrent network, whatever its states:
+    # `state` is a tuple of (num_layers * D, batch, H) arrays in the order of
+    # `state_names` (("h", "c") here; ("h",) for a GRU).
+    state_names = ("h", "c")
+
+    @property
+    def output_size(self):
+        """Units of h per direction (the last axis of ``out`` is D * output_size)."""
+        return self.hidden_size
+
+    def run(self, X, state=None, lengths=None, *, keep_cache=True):
+        """forward() with the states as one tuple.
+
+        ``keep_cache=False`` runs without keeping activations for a backward
+        (and in whichever mode the network is in): what inference and
+        no-gradient passes use; it is safe to call from several threads.
+        Returns ``out, state``.
+        """
+        h0, c0 = (None, None) if state is None else state
+        if keep_cache:
+            out, (h_n, c_n) = self.forward(X, h0, c0, lengths)
+        else:
+            out, (h_n, c_n), _ = self._forward(X, h0, c0, lengths, self.training,
+                                               keep_cache=False)
+        return out, (h_n, c_n)
+
+    def backward_state(self, grad_out, grad_state=None):
+        """backward() with the state gradients as one tuple (or None)."""
+        grad_h_n, grad_c_n = (None, None) if grad_state is None else grad_state
+        return self.backward(grad_out, grad_h_n, grad_c_n)
+
+    def clear_cache(self):
+        """Drop the activations kept for backward (frees their memory)."""
+        self._cache = None
+        self.grads = {}
+
+    def get_config(self):
+        """Constructor arguments: ``type(net)(**net.get_config())`` builds the same network."""
+        return {"input_size": self.input_size, "hidden_size": self.hidden_size,
+                "num_layers": self.num_layers, "bidirectional": self.bidirectional,
+                "dtype": np.dtype(self.dtype).name, "dropout": self.dropout,
+                "recurrent_dropout": self.recurrent_dropout, "n_jobs": self.n_jobs}
+
+    @property
+    def rng_state(self):
+        """State of the generator that draws dropout masks (settable, for resuming)."""
+        return self._rng.bit_generator.state
+
+    @rng_state.setter
+    def rng_state(self, value):
+        self._rng.bit_generator.state = value
+
     def _dropout_mask(self, shape, p):
         keep = self._rng.random(shape) >= p
         return (keep / (1.0 - p)).astype(self.dtype)
