@@ -71,8 +71,10 @@ def test_estimator_loss_gradient_finite_differences(loss, return_sequences, bidi
     with chunks shorter than T is, by design, not the gradient of the full loss.)"""
     rng = np.random.default_rng(1)
     B, T, F, n_out = 4, 5, 2, 3 if loss != "log_loss" else 1
-    model = SequenceModel(F, 3, 2, bidirectional, 0.0, 0.0, "float64", None, n_out, loss,
-                          return_sequences, np.random.RandomState(0))
+    network_params = dict(hidden_size=3, num_layers=2, bidirectional=bidirectional,
+                          dropout=0.0, recurrent_dropout=0.0, dtype="float64", n_jobs=None)
+    model = SequenceModel.create(F, network_params, n_out, loss, return_sequences,
+                                 np.random.RandomState(0))
     X = rng.normal(size=(B, T, F))
     lengths = np.array([5, 3, 4, 1])
     lead = (B, T) if return_sequences else (B,)
@@ -327,7 +329,8 @@ def test_meta_estimators():
                                          ("learning_rate_init", -1.0), ("batch_size", 0),
                                          ("clip_norm", 0.0), ("validation_fraction", 1.0),
                                          ("tbptt_steps", 0), ("dtype", "float16"),
-                                         ("max_iter", 0), ("alpha", -1.0)])
+                                         ("max_iter", 0), ("alpha", -1.0), ("n_jobs", 0),
+                                         ("recurrent_dropout", -0.1), ("bidirectional", 1)])
 def test_invalid_hyperparameters_named(param, value):
     X, y = _data()
     with pytest.raises(ValueError, match=param):

@@ -16,7 +16,7 @@ from clstm._lstm import LSTM
 _LAZY = {
     "LSTMRegressor": "clstm._estimators",
     "LSTMClassifier": "clstm._estimators",
-    "load": "clstm._persistence",
+    "load": "clstm._estimators",
     "make_windows": "clstm._windows",
     "datasets": "clstm.datasets",
 }

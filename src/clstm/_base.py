@@ -4,7 +4,11 @@ Shaped like scikit-learn's MLP (``sklearn/neural_network/_multilayer_perceptron.
 ``__init__`` only assigns; ``fit`` validates, seeds from
 ``check_random_state(self.random_state)``, trains, and sets the fitted
 attributes. Everything specific to regression or classification (targets,
-loss, output transform, score) lives in the subclasses.
+loss, output transform, score) lives in the subclasses. A fit runs in named
+steps: :meth:`~BaseLSTMEstimator._prepare_data`,
+:meth:`~BaseLSTMEstimator._build_or_resume`, :meth:`~BaseLSTMEstimator._run_epoch`
+(repeated, each followed by :meth:`~BaseLSTMEstimator._end_epoch`), and
+:meth:`~BaseLSTMEstimator._commit`.
 
 Input layouts (``X``):
 
@@ -17,15 +21,34 @@ Input layouts (``X``):
   of different lengths: ragged, handled exactly through the network's
   ``lengths`` (padding never changes a result).
 
+Sample weights: a sample of weight k is exactly k copies of it. Identical
+samples (same sequence and targets) are merged into one whose weight is the
+sum of theirs, and with ``shuffle=True`` the samples are put in an order
+given by their content before the epoch permutations are drawn, so a fit
+depends only on the weighted set of samples, not on how it was written down
+(repetitions, weights, order). A mini-batch counts distinct samples.
+
 Training is transactional: a fit or partial_fit that raises leaves the
 estimator exactly as it was, with two documented exceptions that keep a
-consistent, usable model: divergence (a NaN/inf loss keeps the weights of
-the last completed epoch and raises ``FloatingPointError`` naming the epoch)
-and ``KeyboardInterrupt`` (training stops, the weights of the last completed
-epoch are kept, and a warning is issued, as scikit-learn's MLP does).
+consistent, usable model:
+
+* divergence: a non-finite loss, gradient or weight, or an epoch loss more
+  than 10^4 times the lowest loss of the call and 10 times the loss of a
+  constant prediction, raises ``FloatingPointError`` naming the epoch. The
+  estimator keeps the weights of the last completed epoch; if the call
+  completed none, it stays as it was before the call (a first ``fit`` that
+  diverges in its first epoch leaves the estimator unfitted; ``warm_start``
+  and ``partial_fit`` keep the previous weights);
+* ``KeyboardInterrupt``: training stops, the weights of the last completed
+  epoch are kept and a warning is issued, as scikit-learn's MLP does (with
+  no completed epoch in the call, the estimator stays as it was and the
+  interrupt propagates).
 """
 
 import copy
+import difflib
+import functools
+import inspect
 import numbers
 import warnings
 
@@ -37,19 +60,37 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import _check_sample_weight, check_array, check_is_fitted, validate_data
 
-from clstm._model import SequenceModel
-from clstm._optimizers import make_optimizer
+from clstm import _persistence
+from clstm._model import NETWORK_PARAMS, RESUMABLE_NETWORK_PARAMS, NonFiniteError, SequenceModel
+from clstm._optimizers import make_optimizer, optimizer_from_state
 from clstm._progress import EpochProgress
-from clstm._validation import resolve_dtype
+from clstm._validation import InvalidParameterError
 
-__all__ = ["BaseLSTMEstimator"]
+__all__ = ["BaseLSTMEstimator", "load"]
 
 # rows per forward pass in predict (bounds the activation memory)
 _PREDICT_BATCH = 1024
 
+# Divergence: an epoch loss above DIVERGENCE_GROWTH times the lowest loss of
+# the call and above DIVERGENCE_SCALE times the larger of the call's first
+# mini-batch loss and the loss of a constant prediction.
+DIVERGENCE_GROWTH = 1e4
+DIVERGENCE_SCALE = 10.0
 
-class _Transaction:
-    committed = False
+# Names from Keras / PyTorch / other libraries -> the parameter meant here.
+_OTHER_NAMES = {
+    "epochs": "max_iter", "n_epochs": "max_iter", "num_epochs": "max_iter",
+    "units": "hidden_size", "hidden_dim": "hidden_size", "n_hidden": "hidden_size",
+    "n_layers": "num_layers", "layers": "num_layers",
+    "lr": "learning_rate_init", "learning_rate": "learning_rate_init",
+    "optimizer": "solver", "validation_split": "validation_fraction",
+    "patience": "n_iter_no_change", "min_delta": "tol", "seed": "random_state",
+    "clipnorm": "clip_norm", "gradient_clip": "clip_norm", "weight_decay": "alpha",
+    "l2": "alpha", "n_threads": "n_jobs", "num_threads": "n_jobs", "workers": "n_jobs",
+}
+
+# class name -> estimator class, for load()
+_ESTIMATORS = {}
 
 
 def _is_int(value):
@@ -61,10 +102,52 @@ def _is_real(value):
         value, (bool, np.bool_))
 
 
+@functools.lru_cache(maxsize=None)
+def _init_parameter_names(cls):
+    return tuple(p.name for p in inspect.signature(cls.__init__).parameters.values()
+                 if p.name != "self" and p.kind != p.VAR_KEYWORD)
+
+
+def _constructor_signature(cls):
+    """__init__'s signature without self: what inspect, help() and scikit-learn's
+    checks see for the class (instead of __new__'s *args, **kwargs)."""
+    sig = inspect.signature(cls.__init__)
+    return sig.replace(parameters=list(sig.parameters.values())[1:])
+
+
+def _check_constructor_arguments(cls, args, kwargs):
+    """A TypeError naming the estimator (and the parameter probably meant) for
+    an unknown keyword, before Python's names the base class's __init__."""
+    names = _init_parameter_names(cls)
+    if len(args) > len(names):
+        raise TypeError(f"{cls.__name__}() takes at most {len(names)} positional arguments "
+                        f"but {len(args)} were given")
+    for key in kwargs:
+        if key in names:
+            continue
+        hint = _OTHER_NAMES.get(key)
+        if hint not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = close[0] if close else None
+        msg = f"{cls.__name__}.__init__() got an unexpected keyword argument {key!r}"
+        if hint:
+            msg += f"; did you mean {hint!r}?"
+        raise TypeError(msg + f" (the parameters are listed in help({cls.__name__}))")
+
+
 class BaseLSTMEstimator(BaseEstimator):
     """Base class; see LSTMRegressor / LSTMClassifier for the parameters."""
 
     _loss = None          # set by subclasses
+
+    def __new__(cls, *args, **kwargs):
+        _check_constructor_arguments(cls, args, kwargs)
+        return super().__new__(cls)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _ESTIMATORS.setdefault(cls.__name__, cls)
+        cls.__signature__ = _constructor_signature(cls)
 
     def __init__(self, hidden_size=50, num_layers=1, bidirectional=False, dropout=0.0,
                  recurrent_dropout=0.0, return_sequences=False, dtype="float32",
@@ -122,13 +205,16 @@ class BaseLSTMEstimator(BaseEstimator):
     # hyperparameters
     # ------------------------------------------------------------------
     def _validate_hyperparameters(self):
+        """The training loop's hyperparameters. The network's (NETWORK_PARAMS)
+        are validated by the network's constructor, see _build_or_resume."""
         name = type(self).__name__
 
         def bad(param, expected):
             value = getattr(self, param)
-            return ValueError(f"{name}: parameter {param!r} must be {expected}, got {value!r}")
+            return InvalidParameterError(
+                f"{name}: parameter {param!r} must be {expected}, got {value!r}")
 
-        for p in ("hidden_size", "num_layers", "max_iter", "n_iter_no_change"):
+        for p in ("max_iter", "n_iter_no_change"):
             if not _is_int(getattr(self, p)) or getattr(self, p) < 1:
                 raise bad(p, "an int >= 1")
         if self.batch_size != "auto" and (not _is_int(self.batch_size) or self.batch_size < 1):
@@ -136,17 +222,14 @@ class BaseLSTMEstimator(BaseEstimator):
         if self.tbptt_steps is not None and (not _is_int(self.tbptt_steps) or self.tbptt_steps < 1):
             raise bad("tbptt_steps", "None or an int >= 1")
         if self.tbptt_steps is not None and self.bidirectional:
-            raise ValueError(f"{name}: tbptt_steps needs a unidirectional network (the reverse "
-                             "direction of bidirectional=True reads the whole sequence); "
-                             "set tbptt_steps=None or bidirectional=False")
-        for p in ("bidirectional", "return_sequences", "shuffle", "nesterovs_momentum",
-                  "early_stopping", "standardize", "warm_start"):
+            raise InvalidParameterError(
+                f"{name}: tbptt_steps needs a unidirectional network (the reverse direction "
+                "of bidirectional=True reads the whole sequence); set tbptt_steps=None or "
+                "bidirectional=False")
+        for p in ("return_sequences", "shuffle", "nesterovs_momentum", "early_stopping",
+                  "standardize", "warm_start"):
             if not isinstance(getattr(self, p), (bool, np.bool_)):
                 raise bad(p, "a bool")
-        for p in ("dropout", "recurrent_dropout"):
-            v = getattr(self, p)
-            if not _is_real(v) or not 0.0 <= v < 1.0:
-                raise bad(p, "a float in [0, 1)")
         for p in ("beta_1", "beta_2", "rho"):
             v = getattr(self, p)
             if not _is_real(v) or not 0.0 <= v < 1.0:
@@ -161,7 +244,8 @@ class BaseLSTMEstimator(BaseEstimator):
             v = getattr(self, p)
             if not _is_real(v) or not v >= 0 or not np.isfinite(v):
                 raise bad(p, "a float >= 0")
-        if self.clip_norm is not None and (not _is_real(self.clip_norm) or not self.clip_norm > 0):
+        if self.clip_norm is not None and (not _is_real(self.clip_norm)
+                                           or not 0 < self.clip_norm < np.inf):
             raise bad("clip_norm", "None or a positive float")
         v = self.validation_fraction
         if not _is_real(v) or not 0.0 < v < 1.0:
@@ -170,20 +254,24 @@ class BaseLSTMEstimator(BaseEstimator):
             raise bad("solver", "one of 'adam', 'sgd', 'rmsprop'")
         if not _is_int(self.verbose) and not isinstance(self.verbose, (bool, np.bool_)):
             raise bad("verbose", "an int")
-        if self.n_jobs is not None and (not _is_int(self.n_jobs) or self.n_jobs == 0):
-            raise bad("n_jobs", "None, -1 or a positive int")
-        try:
-            resolve_dtype(self.dtype)
-        except ValueError:
-            raise bad("dtype", "'float32' or 'float64'") from None
-        check_random_state(self.random_state) if not isinstance(
-            self.random_state, np.random.Generator) else None
+        rs = self.random_state
+        if isinstance(rs, np.random.Generator):
+            raise InvalidParameterError(
+                f"{name}: parameter 'random_state' must be None, an int in [0, 2**32) or a "
+                "numpy RandomState (scikit-learn's convention), got a numpy Generator; pass an "
+                "int seed, e.g. random_state=0")
+        if not (rs is None or isinstance(rs, np.random.RandomState)
+                or (_is_int(rs) and 0 <= rs < 2 ** 32)):
+            raise bad("random_state", "None, an int in [0, 2**32) or a numpy RandomState")
+
+    def _network_params(self):
+        return {p: getattr(self, p) for p in NETWORK_PARAMS}
 
     # ------------------------------------------------------------------
     # input validation
     # ------------------------------------------------------------------
     def _validate_X(self, X, reset):
-        """Standardised, padded float array (n, T, F), lengths (n,) and whether X was ragged.
+        """Padded float64 array (n, T, F), lengths (n,) and whether X was ragged.
 
         With ``reset`` the input layout, ``n_features_in_``, ``input_size_``
         (and ``feature_names_in_`` for DataFrames) are (re)set.
@@ -200,19 +288,21 @@ class BaseLSTMEstimator(BaseEstimator):
             seqs = _check_ragged(X)
             ndim = 3
         else:
-            ndim = getattr(X, "ndim", None)
-            if ndim is None:
+            if not hasattr(X, "ndim") and not hasattr(X, "dtypes"):
                 try:
-                    ndim = np.asarray(X).ndim
-                except (ValueError, TypeError):
-                    ndim = 2      # let check_array produce the message
+                    X = np.asarray(X)
+                except (ValueError, TypeError) as exc:
+                    raise ValueError(f"X could not be converted to an array: {exc}") from None
+            _refuse_complex(X, "X")
+            ndim = getattr(X, "ndim", 2)
+            if ndim not in (2, 3):
+                raise ValueError(_bad_ndim_message(name, X, ndim))
         if ndim == 3 and not ragged:
             arr = check_array(X, allow_nd=True, ensure_2d=False, dtype=np.float64,
                               ensure_all_finite=True, input_name="X")
             if arr.shape[1] < 1 or arr.shape[2] < 1:
                 raise ValueError(f"X has shape {arr.shape}: every sequence needs at least one "
                                  "timestep and one feature")
-            seqs = None
         if ndim == 3:
             if ragged:
                 F = seqs[0].shape[1]
@@ -252,9 +342,9 @@ class BaseLSTMEstimator(BaseEstimator):
         return arr, lengths, ragged
 
     def _check_sample_weight(self, sample_weight, n):
-        sw = _check_sample_weight(sample_weight, np.empty((n, 0)), dtype=np.float64,
-                                  ensure_non_negative=True)
-        return sw
+        _refuse_complex(sample_weight, "sample_weight")
+        return _check_sample_weight(sample_weight, np.empty((n, 0)), dtype=np.float64,
+                                    ensure_non_negative=True)
 
     # ------------------------------------------------------------------
     # fit / partial_fit
@@ -271,11 +361,19 @@ class BaseLSTMEstimator(BaseEstimator):
             Targets; see the class docstring for the shapes.
         sample_weight : array-like of shape (n_samples,), default=None
             Non-negative weights; the loss is the weighted mean. A sample of
-            weight 0 is the same as leaving it out.
+            integer weight k is the same as k copies of it, and a sample of
+            weight 0 the same as leaving it out.
 
         Returns
         -------
         self
+
+        Raises
+        ------
+        FloatingPointError
+            If training diverges. The estimator then keeps the weights of the
+            last completed epoch; a first fit that diverges in its first epoch
+            leaves it unfitted (see the module docstring).
         """
         return self._transaction(X, y, sample_weight, incremental=False)
 
@@ -297,17 +395,57 @@ class BaseLSTMEstimator(BaseEstimator):
 
     def _fit(self, X, y, sample_weight, incremental, classes, txn):
         self._validate_hyperparameters()
-        self._pending_classes = classes
         first = self._first_pass(incremental)
         if first:
             for attr in ("_model", "lstm_"):
                 self.__dict__.pop(attr, None)
-        arr, lengths, ragged = self._validate_X(X, reset=first)
+        data = self._prepare_data(X, y, sample_weight, first, incremental, classes)
+        run = self._build_or_resume(data, first, incremental)
+        for _ in range(run.n_epochs):
+            start = run.snapshot()
+            try:
+                epoch_loss = self._run_epoch(run, data)
+            except _Diverged as exc:
+                run.progress.close()
+                run.restore(start)
+                if run.epochs_done:
+                    self._commit(run)
+                    txn.committed = True
+                raise FloatingPointError(self._divergence_message(exc, run, first)) from None
+            except KeyboardInterrupt:
+                run.progress.close()
+                run.restore(start)
+                if not run.epochs_done:
+                    raise
+                run.interrupted = True
+                break
+            if self._end_epoch(run, data, epoch_loss):
+                break
+        self._commit(run)
+        txn.committed = True
+        if run.interrupted:
+            warnings.warn("Training interrupted by user: the model keeps the weights of the "
+                          f"last completed epoch ({self.n_iter_}).", UserWarning, stacklevel=3)
+        elif not incremental and not run.converged:
+            warnings.warn(f"{type(self).__name__}: maximum iterations ({self.max_iter}) "
+                          "reached and the optimization hasn't converged yet.",
+                          ConvergenceWarning, stacklevel=3)
+        return self
+
+    # -- step 1: data -----------------------------------------------------------
+    def _prepare_data(self, X, y, sample_weight, first, incremental, classes):
+        """Validated, merged and (on the first pass) measured training data, float64.
+
+        Sets the input attributes, the classifier's classes_ and, on the first
+        pass, the standardisation statistics.
+        """
+        arr, lengths, _ = self._validate_X(X, reset=first)
         n = arr.shape[0]
         if y is None:
             raise ValueError(f"{type(self).__name__} requires y to be passed, but the "
                              "target y is None")
-        targets = self._validate_targets(y, lengths, arr.shape[1], n, first, classes)
+        _refuse_complex(y, "y")
+        targets = self._validate_targets(y, lengths, arr.shape[1], n, first)
         sw = self._check_sample_weight(sample_weight, n)
         if not np.any(sw > 0):
             raise ValueError("Sample weights must contain at least one non-zero number "
@@ -315,218 +453,242 @@ class BaseLSTMEstimator(BaseEstimator):
         keep = np.flatnonzero(sw > 0)
         if keep.size < n:          # weight 0 == the sample left out, exactly
             arr, lengths, sw = arr[keep], lengths[keep], sw[keep]
-            targets = self._subset_targets(targets, keep)
             T = int(lengths.max())
             arr = arr[:, :T]
-            targets = self._trim_targets(targets, T)
-        # targets -> (Y, W_loss, W_score), class weights applied; classifier classes_
-        Y, W_loss, W_score = self._encode_targets(targets, lengths, sw, first, incremental)
-
-        rng = check_random_state(self.random_state) if first else self._rng
+            targets = targets[keep]
+            if self.return_sequences:
+                targets = targets[:, :T]
+        Y = self._encode_targets(targets, lengths, first, incremental, classes)
+        # exact powers of two: weights near the float limits neither overflow
+        # nor underflow, and every result stays bit-identical
+        sw_unit = float(_power_of_two(sw.max()))
+        sw = sw / sw_unit
+        arr, lengths, Y, sw = _merge_duplicates(arr, lengths, Y, sw, self.return_sequences,
+                                                keep_order=not self.shuffle)
+        T = arr.shape[1]
+        steps = np.arange(T)[None, :] < lengths[:, None]
+        W_score = sw[:, None] * steps if self.return_sequences else sw.copy()
+        W_loss = W_score * self._class_weight_factors(Y, W_score, incremental)
         if first:
-            stats_x = _feature_stats(arr, lengths, sw) if self.standardize else (None, None)
-            self._x_stats = stats_x
+            self._x_stats = (_location_scale(arr[steps], np.repeat(sw, lengths))
+                             if self.standardize else (None, None))
             self._init_target_stats(Y, W_score)
-        Y = self._scale_targets(Y)
+        return _TrainingData(_standardize(arr, lengths, self._x_stats), lengths, steps, Y,
+                             W_loss, W_score, sw, sw_unit)
+
+    # -- step 2: model ------------------------------------------------------------
+    def _build_or_resume(self, data, first, incremental):
+        """A new model (first pass) or a copy of the fitted one, with its optimizer
+        and history; casts the data to the model's dtype and splits off the
+        validation set."""
+        name = type(self).__name__
         if first:
-            dtype = resolve_dtype(self.dtype)
-            model = SequenceModel(self.input_size_, self.hidden_size, self.num_layers,
-                                  self.bidirectional, self.dropout, self.recurrent_dropout,
-                                  dtype, self.n_jobs, self._n_head_outputs(), self._loss,
-                                  self.return_sequences, rng)
-            optimizer = make_optimizer(self)
-            history = {"n_iter_": 0, "t_": 0, "loss_curve_": []}
+            rng = check_random_state(self.random_state)
+            try:
+                model = SequenceModel.create(self.input_size_, self._network_params(),
+                                             self._n_head_outputs(), self._loss,
+                                             self.return_sequences, rng)
+            except (TypeError, ValueError) as exc:   # the network's checks of its parameters
+                raise InvalidParameterError(f"{name}: {exc}") from None
+            run = _Run(model, make_optimizer(self), rng, n_iter=0, t=0, loss_curve=[],
+                       best_loss=np.inf, validation_scores=[])
         else:
             self._check_architecture()
-            model = copy.deepcopy(self._model)
-            optimizer = copy.deepcopy(self._optimizer)
-            self._sync_optimizer(optimizer)
-            history = {"n_iter_": self.n_iter_, "t_": self.t_,
-                       "loss_curve_": list(self.loss_curve_)}
-        model.lstm.dropout = float(self.dropout)
-        model.lstm.recurrent_dropout = float(self.recurrent_dropout)
-        model.lstm.n_jobs = self.n_jobs
-        Xp = np.ascontiguousarray(
-            _standardize(arr, lengths, self._x_stats), dtype=model.dtype)
-        del arr
-
-        early_stopping = self.early_stopping and not incremental
-        idx = np.arange(Xp.shape[0])
-        if early_stopping:
-            stratify = self._stratify(Y) if hasattr(self, "_stratify") else None
-            try:
-                train_idx, val_idx = train_test_split(
-                    idx, random_state=rng, test_size=self.validation_fraction, stratify=stratify)
-            except ValueError as exc:
-                if stratify is None:
-                    raise ValueError(f"early_stopping: cannot hold out validation_fraction="
-                                     f"{self.validation_fraction} of {idx.size} samples: "
-                                     f"{exc}") from None
-                train_idx, val_idx = train_test_split(
-                    idx, random_state=rng, test_size=self.validation_fraction)
-        else:
-            train_idx, val_idx = idx, None
-
-        n_epochs = 1 if incremental else self.max_iter
-        progress = EpochProgress(self.verbose, history["n_iter_"] + n_epochs)
-        batch_size = (min(32, train_idx.size) if self.batch_size == "auto"
-                      else min(self.batch_size, train_idx.size))
-        n_no_improve = 0
-        best_loss = np.inf if first or not hasattr(self, "best_loss_") or self.best_loss_ is None \
-            else self.best_loss_
-        best_score, best_params = -np.inf, None
-        validation_scores = [] if not early_stopping or first or not hasattr(
-            self, "validation_scores_") or self.validation_scores_ is None \
-            else list(self.validation_scores_)
-        converged = False
-        interrupted = False
-        floatX = model.dtype
-        for epoch_i in range(n_epochs):
-            epoch = history["n_iter_"] + 1
-            order = rng.permutation(train_idx) if self.shuffle else train_idx
-            batches = [order[s:s + batch_size] for s in range(0, order.size, batch_size)]
-            snapshot = (model.snapshot(), copy.deepcopy(optimizer), history["t_"])
-            progress.start_epoch(epoch, len(batches))
-            model.lstm.train()
-            try:
-                total, weight = 0.0, 0.0
-                for b, rows in enumerate(batches):
-                    T_b = int(lengths[rows].max())
-                    Wb = _take(W_loss, rows, T_b, self.return_sequences)
-                    w_sum = float(Wb.sum())
-                    if w_sum == 0.0:
-                        continue
-                    Xb = Xp[rows, :T_b]
-                    Yb = _take(Y, rows, T_b, self.return_sequences)
-                    # L2 as scikit-learn's MLP: alpha / 2 * ||W||^2 / (samples in the
-                    # batch), samples counted by their weights
-                    loss, grads = model.loss_and_grad(Xb, lengths[rows], Yb, Wb,
-                                                      alpha=float(self.alpha) / sw[rows].sum(),
-                                                      tbptt_steps=self.tbptt_steps)
-                    grad_norm = _global_norm(grads)
-                    if not (np.isfinite(loss) and np.isfinite(grad_norm)):
-                        raise _Diverged(epoch, b, loss)
-                    if self.clip_norm is not None and grad_norm > self.clip_norm:
-                        scale = floatX(self.clip_norm / grad_norm)
-                        for g in grads.values():
-                            g *= scale
-                    optimizer.update_params(model.params, grads)
-                    history["t_"] += 1
-                    total += loss * w_sum
-                    weight += w_sum
-                    progress.batch_done(b, total / weight)
-                if not model.all_finite():
-                    raise _Diverged(epoch, len(batches) - 1, float("nan"))
-            except _Diverged as exc:
-                model.restore(snapshot[0])
-                model.lstm.eval()
-                optimizer, history["t_"] = snapshot[1], snapshot[2]
-                self._commit(model, optimizer, rng, history, best_loss, validation_scores,
-                             early_stopping, best_score)
-                txn.committed = True
+            if not self._model.all_finite():
                 raise FloatingPointError(
-                    f"{type(self).__name__}: training diverged in epoch {exc.epoch} "
-                    f"(mini-batch {exc.batch + 1}): the loss is {exc.loss}. The model keeps "
-                    f"the weights of the last completed epoch ({exc.epoch - 1}). Try a lower "
-                    f"learning_rate_init (now {self.learning_rate_init}), clip_norm, or "
-                    "standardize=True.") from None
-            except KeyboardInterrupt:
-                model.restore(snapshot[0])
-                optimizer, history["t_"] = snapshot[1], snapshot[2]
-                interrupted = True
-                break
-            epoch_loss = total / weight if weight > 0 else 0.0
-            history["n_iter_"] = epoch
-            history["loss_curve_"].append(epoch_loss)
-            model.lstm.eval()
-            val_score = None
-            if early_stopping:
-                val_score = self._internal_score(model, Xp[val_idx], lengths[val_idx],
-                                                 _take(Y, val_idx, None, self.return_sequences),
-                                                 _take(W_score, val_idx, None,
-                                                       self.return_sequences))
-                validation_scores.append(val_score)
-                if val_score < best_score + self.tol:
-                    n_no_improve += 1
-                else:
-                    n_no_improve = 0
-                if val_score > best_score:
-                    best_score = val_score
-                    best_params = model.snapshot()
-            else:
-                if epoch_loss > best_loss - self.tol:
-                    n_no_improve += 1
-                else:
-                    n_no_improve = 0
-                best_loss = min(best_loss, epoch_loss)
-            progress.end_epoch(epoch_loss, val_score, n_epochs - epoch_i - 1)
-            if not incremental and n_no_improve > self.n_iter_no_change:
-                converged = True
-                what = ("Validation score" if early_stopping else "Training loss")
-                progress.message(f"{what} did not improve more than tol={self.tol} for "
-                                 f"{self.n_iter_no_change} consecutive epochs. Stopping.")
-                break
-        model.lstm.eval()
-        if early_stopping and best_params is not None:
-            model.restore(best_params)
-        self._commit(model, optimizer, rng, history, best_loss, validation_scores,
-                     early_stopping, best_score)
-        txn.committed = True
-        if interrupted:
-            warnings.warn("Training interrupted by user: the model keeps the weights of the "
-                          f"last completed epoch ({self.n_iter_}).", UserWarning, stacklevel=3)
-        elif not incremental and not converged:
-            warnings.warn(f"{type(self).__name__}: maximum iterations ({self.max_iter}) "
-                          "reached and the optimization hasn't converged yet.",
-                          ConvergenceWarning, stacklevel=3)
-        return self
+                    f"{name}: the fitted weights are not finite (were they changed in "
+                    "place?); fit from scratch (warm_start=False)")
+            try:
+                model = self._model.resume(**{p: getattr(self, p)
+                                              for p in RESUMABLE_NETWORK_PARAMS})
+            except (TypeError, ValueError) as exc:
+                raise InvalidParameterError(f"{name}: {exc}") from None
+            optimizer = make_optimizer(self)
+            if type(optimizer) is not type(self._optimizer):
+                raise ValueError(f"{name}: solver={self.solver!r} differs from the solver of "
+                                 "the fitted model; fit from scratch (warm_start=False)")
+            optimizer.load_state_dict(*self._optimizer.state_dict())
+            best_loss = self.best_loss_ if self.best_loss_ is not None else np.inf
+            run = _Run(model, optimizer, copy.deepcopy(self._rng), n_iter=self.n_iter_,
+                       t=self.t_, loss_curve=list(self.loss_curve_), best_loss=best_loss,
+                       validation_scores=list(self.validation_scores_ or []))
+        dtype = model.dtype
+        data.X = _to_dtype(data.X, dtype, "X", self._x_stats[0] is not None)
+        data.Y = self._targets_in_model_units(data.Y, dtype)
+        run.null_loss = self._null_loss(data.Y, data.W_loss)
+        run.early_stopping = self.early_stopping and not incremental
+        if not run.early_stopping:
+            run.validation_scores = []
+        run.incremental = incremental
+        run.n_epochs = 1 if incremental else self.max_iter
+        self._split_validation(data, run)
+        run.batch_size = min(32 if self.batch_size == "auto" else self.batch_size,
+                             data.train_idx.size)
+        run.progress = EpochProgress(self.verbose, run.n_iter + run.n_epochs)
+        return run
 
-    def _commit(self, model, optimizer, rng, history, best_loss, validation_scores,
-                early_stopping, best_score):
+    def _split_validation(self, data, run):
+        """data.train_idx / data.val_idx: the rows held out for early stopping
+        (stratified for a classifier where every class has enough samples)."""
+        idx = np.arange(data.X.shape[0])
+        data.train_idx, data.val_idx = idx, None
+        if not run.early_stopping:
+            return
+        stratify = self._stratify(data.Y)
+        try:
+            data.train_idx, data.val_idx = train_test_split(
+                idx, random_state=run.rng, test_size=self.validation_fraction,
+                stratify=stratify)
+        except ValueError as exc:
+            if stratify is None:
+                raise ValueError(f"early_stopping: cannot hold out validation_fraction="
+                                 f"{self.validation_fraction} of {idx.size} samples: "
+                                 f"{exc}") from None
+            data.train_idx, data.val_idx = train_test_split(
+                idx, random_state=run.rng, test_size=self.validation_fraction)
+
+    def _check_architecture(self):
+        """warm_start / partial_fit continue the fitted network: the parameters
+        that fix its weights' shapes must not have changed."""
+        name = type(self).__name__
+        config = self._model.network.get_config()
+        fitted = {p: config[p] for p in NETWORK_PARAMS if p not in RESUMABLE_NETWORK_PARAMS}
+        fitted["return_sequences"] = self._model.return_sequences
+        for param, value in fitted.items():
+            current = getattr(self, param)
+            same = (_dtype_name(current) == value) if param == "dtype" else current == value
+            if not same:
+                raise ValueError(
+                    f"{name}: {param}={current!r} differs from the fitted model's {value!r}; "
+                    "warm_start and partial_fit continue the fitted network, so set it back "
+                    "or fit from scratch (warm_start=False)")
+
+    # -- step 3: one epoch -------------------------------------------------------
+    def _run_epoch(self, run, data):
+        """One pass over the training samples in mini-batches; returns the epoch
+        loss. Raises _Diverged on a non-finite loss, gradient or weight."""
+        model, optimizer = run.model, run.optimizer
+        epoch = run.n_iter + 1
+        order = run.rng.permutation(data.train_idx) if self.shuffle else data.train_idx
+        bs = run.batch_size
+        batches = [order[s:s + bs] for s in range(0, order.size, bs)]
+        run.progress.start_epoch(epoch, len(batches))
+        model.train()
+        floatX = model.dtype
+        total, weight = 0.0, 0.0
+        try:
+            for b, rows in enumerate(batches):
+                T_b = int(data.lengths[rows].max())
+                Wb = _take(data.W_loss, rows, T_b, self.return_sequences)
+                w_sum = float(Wb.sum())
+                if w_sum == 0.0:
+                    continue
+                Xb = data.X[rows, :T_b]
+                Yb = _take(data.Y, rows, T_b, self.return_sequences)
+                # L2 as scikit-learn's MLP: alpha / 2 * ||W||^2 / (samples in the
+                # batch), samples counted by their weights
+                alpha = float(self.alpha) / data.sw_unit / float(data.sw[rows].sum())
+                try:
+                    loss, grads = model.loss_and_grad(Xb, data.lengths[rows], Yb, Wb,
+                                                      alpha=alpha, tbptt_steps=self.tbptt_steps)
+                except NonFiniteError as exc:
+                    raise _Diverged(epoch, f"the {exc.what} is not finite", b) from None
+                grad_norm = _global_norm(grads)
+                if not np.isfinite(loss):
+                    raise _Diverged(epoch, f"the loss is {loss}", b)
+                if not np.isfinite(grad_norm):
+                    raise _Diverged(epoch, "the gradient is not finite", b)
+                if run.lowest == np.inf:
+                    run.first_loss = loss
+                    run.lowest = loss
+                if self.clip_norm is not None and grad_norm > self.clip_norm:
+                    scale = floatX(self.clip_norm / grad_norm)
+                    for g in grads.values():
+                        g *= scale
+                optimizer.update_params(model.params, grads)
+                run.t += 1
+                total += loss * w_sum
+                weight += w_sum
+                run.progress.batch_done(b, total / weight)
+        finally:
+            model.eval()
+        if not model.all_finite():
+            raise _Diverged(epoch, "the weights are not finite", len(batches) - 1)
+        epoch_loss = total / weight if weight > 0 else 0.0
+        reference = max(run.first_loss, run.null_loss)
+        if (epoch_loss > DIVERGENCE_GROWTH * run.lowest
+                and epoch_loss > DIVERGENCE_SCALE * reference):
+            raise _Diverged(epoch, f"the loss grew to {epoch_loss:.4g}, more than "
+                                   f"{DIVERGENCE_GROWTH:g} times the lowest of this call "
+                                   f"({run.lowest:.4g})")
+        run.lowest = min(run.lowest, epoch_loss)
+        return epoch_loss
+
+    def _divergence_message(self, exc, run, first):
+        where = f" (mini-batch {exc.batch + 1})" if exc.batch is not None else ""
+        if run.epochs_done:
+            kept = f"The model keeps the weights of the last completed epoch ({run.n_iter})."
+        elif first:
+            kept = "No epoch completed: the estimator is left unfitted."
+        else:
+            kept = "No epoch of this call completed: the model keeps its previous weights."
+        return (f"{type(self).__name__}: training diverged in epoch {exc.epoch}{where}: "
+                f"{exc.why}. {kept} Try a lower learning_rate_init (now "
+                f"{self.learning_rate_init}), clip_norm (now {self.clip_norm}) or "
+                "standardize=True.")
+
+    # -- step 4: stop and commit -------------------------------------------------
+    def _end_epoch(self, run, data, epoch_loss):
+        """Record the epoch; True when training should stop (no improvement)."""
+        run.n_iter += 1
+        run.epochs_done += 1
+        run.loss_curve.append(epoch_loss)
+        val_score = None
+        if run.early_stopping:
+            Yv = _take(data.Y, data.val_idx, None, self.return_sequences)
+            Wv = _take(data.W_score, data.val_idx, None, self.return_sequences)
+            val_score = self._internal_score(run.model, data.X[data.val_idx],
+                                             data.lengths[data.val_idx], Yv, Wv)
+            run.validation_scores.append(val_score)
+            run.n_no_improve = run.n_no_improve + 1 if val_score < run.best_score + self.tol else 0
+            if val_score > run.best_score:
+                run.best_score = val_score
+                run.best_params = run.model.snapshot()
+        else:
+            run.n_no_improve = (run.n_no_improve + 1 if epoch_loss > run.best_loss - self.tol
+                                else 0)
+            run.best_loss = min(run.best_loss, epoch_loss)
+        run.progress.end_epoch(epoch_loss, val_score, run.n_epochs - run.epochs_done)
+        if not run.incremental and run.n_no_improve > self.n_iter_no_change:
+            run.converged = True
+            what = "Validation score" if run.early_stopping else "Training loss"
+            run.progress.message(f"{what} did not improve more than tol={self.tol} for "
+                                 f"{self.n_iter_no_change} consecutive epochs. Stopping.")
+            return True
+        return False
+
+    def _commit(self, run):
+        model = run.model
+        model.eval()
+        if run.early_stopping and run.best_params is not None:
+            model.restore(run.best_params)
         self._model = model
-        self._optimizer = optimizer
-        self._rng = rng
-        self.lstm_ = model.lstm
-        self.n_iter_ = history["n_iter_"]
-        self.t_ = history["t_"]
-        self.loss_curve_ = history["loss_curve_"]
-        self.loss_ = self.loss_curve_[-1] if self.loss_curve_ else None
-        if early_stopping:
-            self.validation_scores_ = validation_scores
-            self.best_validation_score_ = (max(validation_scores) if validation_scores
+        self._optimizer = run.optimizer
+        self._rng = run.rng
+        self.lstm_ = model.network
+        self.n_iter_ = run.n_iter
+        self.t_ = run.t
+        self.loss_curve_ = run.loss_curve
+        self.loss_ = run.loss_curve[-1] if run.loss_curve else None
+        if run.early_stopping:
+            self.validation_scores_ = run.validation_scores
+            self.best_validation_score_ = (max(run.validation_scores) if run.validation_scores
                                            else None)
             self.best_loss_ = None
         else:
             self.validation_scores_ = None
             self.best_validation_score_ = None
-            self.best_loss_ = best_loss if np.isfinite(best_loss) else None
-        self.__dict__.pop("_pending_classes", None)
-
-    def _check_architecture(self):
-        model = self._model
-        lstm = model.lstm
-        for param, fitted in (("hidden_size", lstm.hidden_size), ("num_layers", lstm.num_layers),
-                              ("bidirectional", lstm.bidirectional),
-                              ("return_sequences", model.return_sequences)):
-            if getattr(self, param) != fitted:
-                raise ValueError(
-                    f"{type(self).__name__}: {param}={getattr(self, param)!r} differs from the "
-                    f"fitted model's {fitted!r}; warm_start and partial_fit continue the fitted "
-                    "network, so set it back or fit from scratch (warm_start=False)")
-        if resolve_dtype(self.dtype) != model.dtype:
-            raise ValueError(f"{type(self).__name__}: dtype={self.dtype!r} differs from the "
-                             f"fitted model's {np.dtype(model.dtype).name!r}")
-
-    def _sync_optimizer(self, optimizer):
-        """Carry the current hyperparameters into a continued optimizer (same kind)."""
-        fresh = make_optimizer(self)
-        if type(fresh) is not type(optimizer):
-            raise ValueError(f"{type(self).__name__}: solver={self.solver!r} differs from the "
-                             "solver of the fitted model; fit from scratch (warm_start=False)")
-        for k, v in vars(fresh).items():
-            if k not in ("t", "state", "learning_rate"):
-                setattr(optimizer, k, v)
-        optimizer.learning_rate = fresh.learning_rate
+            self.best_loss_ = run.best_loss if np.isfinite(run.best_loss) else None
 
     # ------------------------------------------------------------------
     # prediction
@@ -535,8 +697,8 @@ class BaseLSTMEstimator(BaseEstimator):
         """Head outputs as float64: (n, K), or (n, T, K) with per-step outputs; lengths; ragged."""
         check_is_fitted(self)
         arr, lengths, ragged = self._validate_X(X, reset=False)
-        Xp = np.ascontiguousarray(_standardize(arr, lengths, self._x_stats),
-                                  dtype=self._model.dtype)
+        Xp = _to_dtype(_standardize(arr, lengths, self._x_stats), self._model.dtype, "X",
+                       self._x_stats[0] is not None)
         return self._model_outputs(self._model, Xp, lengths), lengths, ragged
 
     @staticmethod
@@ -568,59 +730,267 @@ class BaseLSTMEstimator(BaseEstimator):
                            arr_lengths)
         return y_flat, p_flat, sw
 
+    # ------------------------------------------------------------------
+    # saving and loading: each object hands over its own state
+    # ------------------------------------------------------------------
     def save(self, path):
-        """Save the fitted estimator to ``path`` (clstm's versioned .npz format; see clstm.load)."""
-        from clstm._persistence import save
-        save(self, path)
+        """Save the fitted estimator to ``path`` (clstm's versioned .npz format; see clstm.load).
+
+        The file is written atomically; the directory must exist.
+        """
+        meta, arrays = self._get_state()
+        _persistence.write(path, meta, arrays)
 
     @classmethod
     def load(cls, path):
         """Load an estimator written by :meth:`save`; it must be of this class."""
-        from clstm._persistence import load
         est = load(path)
         if not isinstance(est, cls):
             raise ValueError(f"{path!r} holds a {type(est).__name__}, not a {cls.__name__}")
         return est
 
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        model = state.get("_model")
-        if model is not None:
-            model.lstm._cache = None
-            model.lstm.grads = {}
-        return state
+    _FITTED = ("n_features_in_", "input_size_", "_input_layout", "n_iter_", "t_", "loss_",
+               "loss_curve_", "best_loss_", "validation_scores_", "best_validation_score_")
 
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        model = state.get("_model")
-        if model is not None:
-            # read-only arrays (e.g. joblib memory maps) -> private writable copies:
-            # prediction accepts them, but further training updates parameters in place
-            lstm = model.lstm
-            for k, v in list(lstm.params.items()):
-                if not v.flags.writeable:
-                    lstm.params[k] = np.array(v)
-            for attr in ("head_weight", "head_bias"):
-                v = getattr(model, attr)
-                if not v.flags.writeable:
-                    setattr(model, attr, np.array(v))
-            opt = state.get("_optimizer")
-            if opt is not None:
-                for buf in opt.state.values():
-                    for k, v in list(buf.items()):
-                        if not v.flags.writeable:
-                            buf[k] = np.array(v)
-            if "lstm_" in state:
-                self.lstm_ = lstm
+    def _get_state(self):
+        """(metadata, arrays) of the fitted estimator, in the layout _persistence documents."""
+        check_is_fitted(self)
+        model_meta, model_arrays = self._model.get_state()
+        opt_meta, opt_arrays = self._optimizer.get_state()
+        arrays = {f"model/{k}": v for k, v in model_arrays.items()}
+        arrays.update({f"optimizer/{k}": v for k, v in opt_arrays.items()})
+        x_mean, x_scale = self._x_stats
+        if x_mean is not None:
+            arrays["scaling/x_mean"], arrays["scaling/x_scale"] = x_mean, x_scale
+        fitted = {k: _jsonable(getattr(self, k)) for k in self._FITTED}
+        if hasattr(self, "feature_names_in_"):
+            fitted["feature_names_in_"] = [str(f) for f in self.feature_names_in_]
+        target_meta, target_arrays = self._get_target_state()
+        fitted.update(target_meta)
+        arrays.update(target_arrays)
+        name, keys, pos, has_gauss, cached = self._rng.get_state()
+        arrays["rng/mt_keys"] = keys
+        meta = {"estimator": type(self).__name__, "params": self._encode_params(),
+                "fitted": fitted, "model": model_meta, "optimizer": opt_meta,
+                "rng": {"mt": [name, int(pos), int(has_gauss), float(cached)]}}
+        return meta, arrays
+
+    def _encode_params(self):
+        params = {}
+        for k, v in self.get_params(deep=False).items():
+            if k == "random_state" and not _is_int(v):
+                v = None
+            elif k == "class_weight" and isinstance(v, dict):
+                v = {"__dict_items__": [[_jsonable(a), _jsonable(b)] for a, b in v.items()]}
+            elif k == "dtype":
+                v = _dtype_name(v)
+            params[k] = _jsonable(v)
+        return params
+
+    @classmethod
+    def _from_state(cls, meta, arrays):
+        """The estimator :meth:`_get_state` described, every array and recorded
+        size checked against the weights."""
+        params = dict(meta["params"])
+        cw = params.get("class_weight")
+        if isinstance(cw, dict) and "__dict_items__" in cw:
+            params["class_weight"] = {a: b for a, b in cw["__dict_items__"]}
+        est = cls(**params)
+        est._validate_hyperparameters()
+        model = SequenceModel.from_state(meta["model"], {k[len("model/"):]: v
+                                                         for k, v in arrays.items()
+                                                         if k.startswith("model/")})
+        est._model = model
+        est._check_architecture()
+        est.lstm_ = model.network
+        est._optimizer = optimizer_from_state(
+            meta["optimizer"], {k[len("optimizer/"):]: v for k, v in arrays.items()
+                                if k.startswith("optimizer/")}, model.params)
+        if type(est._optimizer) is not type(make_optimizer(est)):
+            raise ValueError(f"the optimizer is a {type(est._optimizer).__name__}, but "
+                             f"solver={est.solver!r}")
+        name, pos, has_gauss, cached = meta["rng"]["mt"]
+        keys = arrays["rng/mt_keys"]
+        if keys.dtype != np.uint32 or keys.shape != (624,):
+            raise ValueError(f"rng/mt_keys has shape {keys.shape} / dtype {keys.dtype}, "
+                             "expected (624,) / uint32")
+        est._rng = np.random.RandomState()
+        est._rng.set_state((name, keys, pos, has_gauss, cached))
+        fitted = dict(meta["fitted"])
+        est._set_fitted(fitted)
+        input_size = model.network.get_config()["input_size"]
+        est._x_stats = _check_scaling(arrays, "x", input_size)
+        est._set_target_state(fitted, arrays, model.n_outputs)
+        if model.loss != est._loss:
+            raise ValueError(f"the model is trained on the {model.loss!r} loss, but a "
+                             f"{cls.__name__} with these targets uses {est._loss!r}")
+        if est._optimizer.t != est.t_:
+            raise ValueError(f"the optimizer has taken {est._optimizer.t} steps, but t_ is "
+                             f"{est.t_}")
+        return est
+
+    def _set_fitted(self, fitted):
+        def need(key, ok, expected):
+            if key not in fitted or not ok(fitted[key]):
+                raise ValueError(f"fitted attribute {key} is {fitted.get(key)!r}, expected "
+                                 f"{expected}")
+            return fitted[key]
+
+        def finite(v):
+            return _is_real(v) and np.isfinite(v)
+
+        input_size = self._model.network.get_config()["input_size"]
+        layout = need("_input_layout", lambda v: v in ("2d", "3d"), "'2d' or '3d'")
+        need("input_size_", lambda v: v == (1 if layout == "2d" else input_size),
+             f"the network's input size ({input_size}) for {layout} input")
+        n_features = need("n_features_in_",
+                          lambda v: _is_int(v) and (v >= 1 if layout == "2d" else v == input_size),
+                          "the number of features the network reads")
+        n_iter = need("n_iter_", lambda v: _is_int(v) and v >= 0, "an int >= 0")
+        need("t_", lambda v: _is_int(v) and v >= 0, "an int >= 0")
+        curve = need("loss_curve_", lambda v: isinstance(v, list) and len(v) == n_iter
+                     and all(finite(x) for x in v), f"a list of {n_iter} finite losses")
+        need("loss_", lambda v: v == (curve[-1] if curve else None), "the last loss of the curve")
+        need("best_loss_", lambda v: v is None or finite(v), "None or a finite loss")
+        need("validation_scores_", lambda v: v is None or (isinstance(v, list) and all(
+            finite(x) for x in v)), "None or a list of scores")
+        need("best_validation_score_", lambda v: v is None or finite(v), "None or a score")
+        if "feature_names_in_" in fitted:
+            need("feature_names_in_", lambda v: isinstance(v, list) and len(v) == n_features
+                 and all(isinstance(f, str) for f in v), f"{n_features} column names")
+        for key in self._FITTED:
+            setattr(self, key, fitted[key])
+        if "feature_names_in_" in fitted:
+            self.feature_names_in_ = np.asarray(fitted["feature_names_in_"], dtype=object)
+
+
+
+def load(path):
+    """Load an estimator written by ``save`` (any clstm estimator class).
+
+    Every array is checked (finite, shapes and dtypes against the network's
+    configuration) and every recorded size against the weights; a file that
+    is not a valid clstm model raises ValueError.
+    """
+    meta, arrays = _persistence.read(path)
+    try:
+        cls = _ESTIMATORS.get(meta["estimator"])
+        if cls is None:
+            raise ValueError(f"unknown estimator class {meta['estimator']!r}")
+        return cls._from_state(meta, arrays)
+    except ValueError as exc:
+        raise _persistence.unreadable(path, str(exc)) from None
+    except (KeyError, TypeError, IndexError, AttributeError, OverflowError) as exc:
+        raise _persistence.unreadable(
+            path, f"missing or malformed entry ({type(exc).__name__}: {exc})") from None
+
+
+BaseLSTMEstimator.__signature__ = _constructor_signature(BaseLSTMEstimator)
+
+
+# ----------------------------------------------------------------------
+# the state of one fit call
+# ----------------------------------------------------------------------
+class _Transaction:
+    committed = False
+
+
+class _TrainingData:
+    """A fit's samples: X (n, T, F) standardised, lengths, the valid-step mask,
+    targets Y, entry weights for the loss and the score, sample weights
+    (divided by the power of two sw_unit), train/validation rows."""
+
+    def __init__(self, X, lengths, steps, Y, W_loss, W_score, sw, sw_unit):
+        self.X, self.lengths, self.steps, self.Y = X, lengths, steps, Y
+        self.W_loss, self.W_score, self.sw, self.sw_unit = W_loss, W_score, sw, sw_unit
+        self.train_idx = self.val_idx = None
+
+
+class _Run:
+    """Model, optimizer, generator and history of one fit / partial_fit call."""
+
+    def __init__(self, model, optimizer, rng, n_iter, t, loss_curve, best_loss,
+                 validation_scores):
+        self.model, self.optimizer, self.rng = model, optimizer, rng
+        self.n_iter, self.t, self.loss_curve = n_iter, t, loss_curve
+        self.best_loss, self.validation_scores = best_loss, validation_scores
+        self.best_score, self.best_params = -np.inf, None
+        self.n_no_improve = 0
+        self.epochs_done = 0
+        self.converged = self.interrupted = False
+        # divergence reference: the first mini-batch loss of the call and the
+        # lowest loss seen since
+        self.first_loss = 0.0
+        self.lowest = np.inf
+
+    def snapshot(self):
+        return self.model.snapshot(), copy.deepcopy(self.optimizer), self.t
+
+    def restore(self, snapshot):
+        params, self.optimizer, self.t = snapshot
+        self.model.restore(params)
+
+
+class _Diverged(Exception):
+    def __init__(self, epoch, why, batch=None):
+        super().__init__(epoch, why, batch)
+        self.epoch, self.why, self.batch = epoch, why, batch
 
 
 # ----------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------
-class _Diverged(Exception):
-    def __init__(self, epoch, batch, loss):
-        super().__init__(epoch, batch, loss)
-        self.epoch, self.batch, self.loss = epoch, batch, loss
+def _jsonable(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _dtype_name(dtype):
+    try:
+        return np.dtype(dtype).name
+    except TypeError:
+        return repr(dtype)
+
+
+def _refuse_complex(value, name):
+    """A short ValueError for complex input (scikit-learn's wording, without the array)."""
+    if value is None or isinstance(value, str):
+        return
+    dtypes = getattr(value, "dtypes", None)      # DataFrame
+    if dtypes is not None and not hasattr(value, "dtype"):
+        kinds = {getattr(d, "kind", "") for d in dtypes}
+    else:
+        dtype = getattr(value, "dtype", None)
+        if dtype is None and isinstance(value, (list, tuple)):
+            try:
+                dtype = np.asarray(value).dtype
+            except (ValueError, TypeError):   # ragged: look at the sequences
+                for i, v in enumerate(value):
+                    _refuse_complex(v, f"{name}[{i}]")
+                return
+        kinds = {getattr(dtype, "kind", "")}
+    if "c" in kinds:
+        shape = getattr(value, "shape", None)
+        shape = f" of shape {shape}" if shape is not None else ""
+        raise ValueError(f"Complex data not supported: {name}{shape} is complex; clstm needs "
+                         "real values (take .real, .imag or abs() first)")
+
+
+def _bad_ndim_message(name, X, ndim):
+    shape = getattr(X, "shape", ())
+    layouts = ("X of shape (n_samples, n_timesteps, n_features), (n_samples, n_timesteps) for "
+               "univariate sequences, or a list of (n_timesteps_i[, n_features]) arrays")
+    if ndim == 0:
+        return f"X is a scalar ({X!r}); {name} needs sequences: {layouts}"
+    if ndim == 1:
+        return (f"X is 1-D (shape {shape}): one series, not a set of sequences. Reshape your "
+                f"data into sequences: {name} needs {layouts}. To learn from one series, cut it "
+                "into windows: X, y = clstm.make_windows(series, lookback=...) (reshape(-1, 1) "
+                "would make each value a sequence of length 1)")
+    return f"X is {ndim}-D (shape {shape}); {name} needs {layouts}"
 
 
 def _is_ragged(X):
@@ -643,6 +1013,7 @@ def _check_ragged(X):
     for i, x in enumerate(X):
         if sp.issparse(x):
             raise TypeError("sparse sequences are not supported; pass dense arrays")
+        _refuse_complex(x, f"X[{i}]")
         try:
             a = check_array(x, ensure_2d=False, allow_nd=True, dtype=np.float64,
                             ensure_all_finite=True, ensure_min_samples=1, input_name=f"X[{i}]")
@@ -666,26 +1037,123 @@ def _check_ragged(X):
     return seqs
 
 
-def _feature_stats(arr, lengths, sw):
-    """Weighted mean and standard deviation of each feature over the valid steps."""
-    T = arr.shape[1]
-    mask = np.arange(T)[None, :] < lengths[:, None]
-    w = (sw[:, None] * mask)[..., None]
+def _row_keys(A):
+    """One bytes key per row of A (n, ...): equal keys <=> bitwise equal rows."""
+    flat = np.ascontiguousarray(A).reshape(A.shape[0], -1)
+    return flat.view(np.dtype((np.void, flat.shape[1] * flat.itemsize)))[:, 0]
+
+
+def _merge_duplicates(arr, lengths, Y, sw, per_step, keep_order):
+    """Merge identical samples (sequence, length, targets) into one, summing their weights.
+
+    The samples come out sorted by content (canonical: the same for any order
+    of the input and any split of a weight into repetitions), or with
+    ``keep_order`` in the order of their first occurrence. Targets past each
+    length (padding) are set to 0.
+    """
+    n = arr.shape[0]
+    if per_step:
+        Y = Y.copy()
+        Y[np.arange(Y.shape[1])[None, :] >= lengths[:, None]] = 0
+    if n < 2:
+        return arr, lengths, Y, sw
+    _, x_group = np.unique(_row_keys(arr), return_inverse=True)
+    rest = np.concatenate([x_group.reshape(n, 1).astype(np.float64),
+                           lengths.reshape(n, 1).astype(np.float64),
+                           Y.reshape(n, -1).astype(np.float64)], axis=1)
+    _, first, group = np.unique(_row_keys(rest), return_index=True, return_inverse=True)
+    group = group.reshape(n)
+    if keep_order:
+        order = np.argsort(first, kind="stable")
+        if first.size == n and np.array_equal(first[order], np.arange(n)):
+            return arr, lengths, Y, sw         # nothing to merge, order kept
+        rank = np.empty_like(order)
+        rank[order] = np.arange(order.size)
+        first, group = first[order], rank[group]
+    merged = np.bincount(group, weights=sw, minlength=first.size)
+    return arr[first], lengths[first], Y[first], merged
+
+
+def _power_of_two(x):
+    """The power of two 2**floor(log2(x)) (elementwise; 1 where x is 0 or not finite)."""
+    x = np.asarray(x, dtype=np.float64)
+    ok = np.isfinite(x) & (x > 0)
+    return np.where(ok, np.ldexp(1.0, np.frexp(np.where(ok, x, 1.0))[1] - 1), 1.0)
+
+
+def _location_scale(V, w):
+    """Weighted mean and standard deviation of each column of V (N, K), for any finite V.
+
+    Computed on V divided by a power of two per column (exact) and around
+    one of its rows, so nothing overflows and a constant column gets its
+    value as mean exactly. A column that does not vary (std <= 1e-12 |mean|)
+    gets scale 1.
+    """
+    keep = w > 0
+    V, w = V[keep], w[keep]
+    unit = _power_of_two(np.max(np.abs(V), axis=0))
+    Vs = V / unit
+    ref = Vs[0]
     total = w.sum()
-    mean = (w * arr).sum(axis=(0, 1)) / total
-    var = (w * np.square(arr - mean)).sum(axis=(0, 1)) / total
-    scale = np.sqrt(var)
-    scale[~(scale > 1e-12 * np.maximum(np.abs(mean), 1.0))] = 1.0
+    mean_s = ref + (w[:, None] * (Vs - ref)).sum(axis=0) / total
+    std_s = np.sqrt((w[:, None] * np.square(Vs - mean_s)).sum(axis=0) / total)
+    mean, scale = mean_s * unit, std_s * unit
+    varies = (std_s > 1e-12 * np.abs(mean_s)) & (scale >= np.finfo(np.float64).tiny)
+    return mean, np.where(varies, scale, 1.0)
+
+
+def _apply_scaling(A, stats):
+    """(A - mean) / scale over the last axis; A itself for stats (None, None).
+
+    Computed on A, mean and scale divided by a power of two per column: the
+    same bits as the plain formula wherever that does not overflow, and no
+    overflow for any finite A within the range of the statistics.
+    """
+    mean, scale = stats
+    if mean is None:
+        return A
+    unit = _power_of_two(np.maximum(np.abs(mean), scale))
+    return (A / unit - mean / unit) / (scale / unit)
+
+
+def _to_dtype(A, dtype, name, standardized):
+    """A cast to the model's dtype; a ValueError if a value does not fit in it."""
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(A, dtype=dtype)
+    if not np.isfinite(out).all():
+        biggest = float(np.max(np.abs(A)))
+        hint = ("dtype='float64'" if dtype == np.float32 else "rescale it")
+        if not standardized:
+            hint = "standardize=True or " + hint
+        raise ValueError(f"{name} has values of magnitude up to {biggest:.3g}"
+                         f"{' after standardisation' if standardized else ''}, beyond the range "
+                         f"of {np.dtype(dtype).name} ({np.finfo(dtype).max:.3g}); use {hint}")
+    return out
+
+
+def _check_scaling(arrays, prefix, size):
+    """(mean, scale) of the file's scaling/{prefix}_mean and _scale, checked, or (None, None)."""
+    keys = (f"scaling/{prefix}_mean", f"scaling/{prefix}_scale")
+    present = [k in arrays for k in keys]
+    if not any(present):
+        return None, None
+    if not all(present):
+        raise ValueError(f"only one of {keys} is present")
+    mean, scale = (arrays[k] for k in keys)
+    for key, value in zip(keys, (mean, scale)):
+        if value.shape != (size,) or value.dtype != np.float64 or not np.isfinite(value).all():
+            raise ValueError(f"{key} has shape {value.shape} / dtype {value.dtype}, expected "
+                             f"{(size,)} / float64, finite")
+    if not np.all(scale > 0):
+        raise ValueError(f"{keys[1]} has values <= 0")
     return mean, scale
 
 
 def _standardize(arr, lengths, stats):
-    mean, scale = stats
-    if mean is None:
-        return arr
-    out = (arr - mean) / scale
+    """Standardised sequences (n, T, F), zero past each sequence's length."""
+    out = _apply_scaling(arr, stats)
     T = arr.shape[1]
-    if lengths.min() < T:
+    if stats[0] is not None and lengths.min() < T:
         out[np.arange(T)[None, :] >= lengths[:, None]] = 0.0
     return out
 

@@ -10,13 +10,20 @@ from sklearn.utils.validation import check_array, column_or_1d
 
 from clstm._base import (
     BaseLSTMEstimator,
+    _apply_scaling,
+    _check_scaling,
+    _is_int,
+    _location_scale,
+    _power_of_two,
+    _to_dtype,
     collect_step_targets,
+    load,
     pad_steps,
     split_steps,
 )
-from clstm._validation import resolve_dtype
+from clstm._validation import InvalidParameterError
 
-__all__ = ["LSTMRegressor", "LSTMClassifier"]
+__all__ = ["LSTMRegressor", "LSTMClassifier", "load"]
 
 _COMMON_PARAMS = """
     hidden_size : int, default=50
@@ -50,7 +57,9 @@ _COMMON_PARAMS = """
     batch_size : int or "auto", default=32
         Sequences per mini-batch (capped at the number of samples); 32 is the
         Keras default, a good trade between gradient noise and speed. "auto"
-        means min(32, n_samples), as in scikit-learn.
+        means min(32, n_samples), as in scikit-learn. Identical samples
+        (same sequence and targets) count once, with their weights summed,
+        so that a sample of integer weight k is exactly k copies of it.
     max_iter : int, default=200
         Maximum number of epochs (passes over the data), scikit-learn's MLP
         default. Small problems (a few hundred sequences, a handful of
@@ -58,7 +67,10 @@ _COMMON_PARAMS = """
         1e-3; training stops earlier once the loss stops improving by ``tol``
         for ``n_iter_no_change`` epochs, so larger data sets rarely run them all.
     shuffle : bool, default=True
-        Shuffle the samples every epoch.
+        Shuffle the samples every epoch. The permutations are drawn over the
+        samples in an order given by their content, so the fit does not
+        depend on the order of ``X``; with ``shuffle=False`` the samples are
+        visited in the order given.
     alpha : float, default=1e-4
         L2 penalty, as scikit-learn's MLP: ``alpha / 2 * sum of squared
         weights / n`` (weight matrices of the LSTM and the head, not biases;
@@ -108,6 +120,7 @@ _COMMON_PARAMS = """
     random_state : int, RandomState instance or None, default=None
         Seeds the initialisation, dropout, shuffling and the validation
         split. The same seed, data and thread count give bit-identical weights.
+        As everywhere in scikit-learn, a numpy ``Generator`` is not accepted.
     n_jobs : int or None, default=None
         Threads of the network's forward/backward (passed to clstm.LSTM).
     verbose : int, default=0
@@ -116,6 +129,14 @@ _COMMON_PARAMS = """
     warm_start : bool, default=False
         Continue from the fitted weights and optimizer state on the next fit
         instead of starting over.
+
+    Training that diverges (a NaN or infinite loss, gradient or weight, or an
+    epoch loss more than 10^4 times the lowest of the call and 10 times that
+    of a constant prediction) raises ``FloatingPointError`` naming the epoch.
+    The estimator keeps the weights of the last completed epoch; if the call
+    completed none, it stays as before the call: unfitted after a first
+    ``fit``, with its previous weights after ``partial_fit`` or a
+    ``warm_start`` fit.
 """
 
 _COMMON_ATTRIBUTES = """
@@ -188,7 +209,7 @@ class LSTMRegressor(RegressorMixin, BaseLSTMEstimator):
         return tags
 
     # -- targets ----------------------------------------------------------
-    def _validate_targets(self, y, lengths, T, n, first, classes):
+    def _validate_targets(self, y, lengths, T, n, first):
         name = type(self).__name__
         if self.return_sequences:
             flat = collect_step_targets(y, lengths, T)
@@ -217,20 +238,11 @@ class LSTMRegressor(RegressorMixin, BaseLSTMEstimator):
             raise ValueError(f"y has {K} outputs, but {name} was fitted with {self.n_outputs_}")
         return Y
 
-    def _subset_targets(self, Y, keep):
-        return Y[keep]
+    def _encode_targets(self, Y, lengths, first, incremental, classes):
+        return Y
 
-    def _trim_targets(self, Y, T):
-        return Y[:, :T] if self.return_sequences else Y
-
-    def _entry_weights(self, lengths, sw, T):
-        if self.return_sequences:
-            return sw[:, None] * (np.arange(T)[None, :] < lengths[:, None])
-        return sw.copy()
-
-    def _encode_targets(self, Y, lengths, sw, first, incremental):
-        W = self._entry_weights(lengths, sw, Y.shape[1] if self.return_sequences else None)
-        return Y, W, W
+    def _class_weight_factors(self, Y, W, incremental):
+        return 1.0
 
     def _n_head_outputs(self):
         return self.n_outputs_
@@ -240,19 +252,19 @@ class LSTMRegressor(RegressorMixin, BaseLSTMEstimator):
             self._y_stats = (None, None)
             return
         K = Y.shape[-1]
-        Yf, Wf = Y.reshape(-1, K), W.reshape(-1)
-        total = Wf.sum()
-        mean = (Wf[:, None] * Yf).sum(axis=0) / total
-        var = (Wf[:, None] * np.square(Yf - mean)).sum(axis=0) / total
-        scale = np.sqrt(var)
-        scale[~(scale > 1e-12 * np.maximum(np.abs(mean), 1.0))] = 1.0
-        self._y_stats = (mean, scale)
+        self._y_stats = _location_scale(Y.reshape(-1, K), W.reshape(-1))
 
-    def _scale_targets(self, Y):
-        mean, scale = self._y_stats
-        if mean is not None:
-            Y = (Y - mean) / scale
-        return np.ascontiguousarray(Y, dtype=resolve_dtype(self.dtype))
+    def _targets_in_model_units(self, Y, dtype):
+        return _to_dtype(_apply_scaling(Y, self._y_stats), dtype, "y",
+                         self._y_stats[0] is not None)
+
+    def _null_loss(self, Y, W):
+        """Loss of the constant prediction 0 (the targets' mean when standardised)."""
+        per_entry = 0.5 * np.mean(np.square(Y, dtype=np.float64), axis=-1)
+        return float(np.sum(W * per_entry) / np.sum(W))
+
+    def _stratify(self, Y):
+        return None
 
     def _internal_score(self, model, Xv, lv, Yv, Wv):
         Z = self._model_outputs(model, Xv, lv)
@@ -260,6 +272,24 @@ class LSTMRegressor(RegressorMixin, BaseLSTMEstimator):
             mask = np.arange(Z.shape[1])[None, :] < lv[:, None]
             Z, Yv, Wv = Z[mask], Yv[mask], Wv[mask]
         return float(r2_score(Yv.astype(np.float64), Z, sample_weight=Wv))
+
+    # -- saving ---------------------------------------------------------------
+    def _get_target_state(self):
+        arrays = {}
+        mean, scale = self._y_stats
+        if mean is not None:
+            arrays["scaling/y_mean"], arrays["scaling/y_scale"] = mean, scale
+        return {"n_outputs_": int(self.n_outputs_), "_y_1d": bool(self._y_1d)}, arrays
+
+    def _set_target_state(self, fitted, arrays, n_head_outputs):
+        n_outputs, one = fitted.get("n_outputs_"), fitted.get("_y_1d")
+        if not (_is_int(n_outputs) and n_outputs == n_head_outputs):
+            raise ValueError(f"fitted attribute n_outputs_ is {n_outputs!r}, but the head has "
+                             f"{n_head_outputs} outputs")
+        if not isinstance(one, bool) or (one and n_outputs != 1):
+            raise ValueError(f"fitted attribute _y_1d is {one!r} with {n_outputs} outputs")
+        self.n_outputs_, self._y_1d = n_outputs, one
+        self._y_stats = _check_scaling(arrays, "y", n_outputs)
 
     # -- prediction ---------------------------------------------------------
     def predict(self, X):
@@ -279,11 +309,20 @@ class LSTMRegressor(RegressorMixin, BaseLSTMEstimator):
 
     def score(self, X, y, sample_weight=None):
         """Coefficient of determination R^2 (per-step targets: over all valid steps)."""
-        if not self.return_sequences:
-            return super().score(X, y, sample_weight=sample_weight)
-        y_flat, p_flat, sw = self._flat_step_predictions(X, y, sample_weight)
-        y_flat = check_array(y_flat, ensure_2d=False, dtype=np.float64, input_name="y")
-        return float(r2_score(y_flat, p_flat, sample_weight=sw))
+        if self.return_sequences:
+            y_true, y_pred, sw = self._flat_step_predictions(X, y, sample_weight)
+        else:
+            y_true, y_pred, sw = y, self.predict(X), sample_weight
+        y_true = check_array(y_true, ensure_2d=False, dtype=np.float64, input_name="y")
+        y_pred = np.asarray(y_pred, dtype=np.float64)
+        # R^2 does not change when targets and predictions are divided by the
+        # same power of two per output: it keeps the squares finite for any
+        # finite targets (and the same bits where they were finite anyway)
+        unit = 1.0
+        if y_true.shape == y_pred.shape and y_true.size:
+            unit = _power_of_two(np.maximum(np.max(np.abs(y_true), axis=0),
+                                            np.max(np.abs(y_pred), axis=0)))
+        return float(r2_score(y_true / unit, y_pred / unit, sample_weight=sw))
 
 
 class LSTMClassifier(ClassifierMixin, BaseLSTMEstimator):
@@ -362,7 +401,7 @@ class LSTMClassifier(ClassifierMixin, BaseLSTMEstimator):
         return self._transaction(X, y, sample_weight, incremental=True, classes=classes)
 
     # -- targets ----------------------------------------------------------
-    def _validate_targets(self, y, lengths, T, n, first, classes):
+    def _validate_targets(self, y, lengths, T, n, first):
         name = type(self).__name__
         if self.return_sequences:
             flat = collect_step_targets(y, lengths, T)
@@ -384,23 +423,13 @@ class LSTMClassifier(ClassifierMixin, BaseLSTMEstimator):
             check_classification_targets(labels)
         return labels
 
-    def _subset_targets(self, labels, keep):
-        return labels[keep]
-
-    def _trim_targets(self, labels, T):
-        return labels[:, :T] if self.return_sequences else labels
-
-    def _encode_targets(self, labels, lengths, sw, first, incremental):
+    def _encode_targets(self, labels, lengths, first, incremental, classes):
+        """Class codes: (..., 1) floats 0/1 for two classes, else int codes; sets classes_."""
         name = type(self).__name__
-        classes = self._pending_classes
         if self.return_sequences:
-            T = labels.shape[1]
-            mask = np.arange(T)[None, :] < lengths[:, None]
-            flat = labels[mask]
-            W_score = sw[:, None] * mask
+            flat = labels[np.arange(labels.shape[1])[None, :] < lengths[:, None]]
         else:
             flat = labels
-            W_score = sw.copy()
         if first:
             if incremental:
                 if classes is None:
@@ -413,7 +442,6 @@ class LSTMClassifier(ClassifierMixin, BaseLSTMEstimator):
                                  f"the data contains only one class: {classes_[0]!r}")
             self.classes_ = classes_
             self.n_outputs_ = 1
-            self._y_stats = (None, None)
         else:
             classes_ = self.classes_
             if classes is not None and not np.array_equal(np.unique(np.asarray(classes)),
@@ -425,39 +453,85 @@ class LSTMClassifier(ClassifierMixin, BaseLSTMEstimator):
             raise ValueError(f"y contains labels {unseen.tolist()!r} not in classes_ "
                              f"{classes_.tolist()!r}")
         codes = np.searchsorted(classes_, labels)
+        if classes_.size == 2:
+            return codes[..., None].astype(np.float64)
+        return codes.astype(np.int64)
+
+    @staticmethod
+    def _codes(Y):
+        return Y[..., 0].astype(np.int64) if Y.dtype.kind == "f" else Y
+
+    def _class_weight_factors(self, Y, W, incremental):
+        """Each entry's class weight (1 without class_weight)."""
         if self.class_weight is None:
-            cw = np.ones(classes_.size)
-        else:
-            if incremental and isinstance(self.class_weight, str):
+            return 1.0
+        name = type(self).__name__
+        if isinstance(self.class_weight, str) and self.class_weight == "balanced":
+            if incremental:
                 raise ValueError("class_weight='balanced' is not supported for partial_fit "
                                  "(the class frequencies of future batches are unknown); "
                                  "pass a dict")
-            if not (isinstance(self.class_weight, dict) or self.class_weight == "balanced"):
-                raise ValueError(f"{name}: parameter 'class_weight' must be None, 'balanced' "
-                                 f"or a dict, got {self.class_weight!r}")
-            cw = compute_class_weight(self.class_weight, classes=classes_, y=flat)
-        W_loss = W_score * cw[codes]
-        if classes_.size == 2:
-            Y = codes[..., None].astype(np.float64)
+        elif not isinstance(self.class_weight, dict):
+            raise InvalidParameterError(f"{name}: parameter 'class_weight' must be None, "
+                                        f"'balanced' or a dict, got {self.class_weight!r}")
+        codes = self._codes(Y)
+        K = self.classes_.size
+        if isinstance(self.class_weight, dict):
+            cw = compute_class_weight(self.class_weight, classes=self.classes_,
+                                      y=self.classes_[codes[W > 0]])
         else:
-            Y = codes.astype(np.int64)
-        return Y, W_loss, W_score
+            # n / (n_classes * count(class)), samples counted by their weights
+            valid = W > 0
+            counts = np.bincount(codes[valid], weights=W[valid], minlength=K)
+            cw = np.divide(counts.sum(), K * counts, out=np.zeros(K), where=counts > 0)
+        return cw[codes]
 
     def _n_head_outputs(self):
         return 1 if self.classes_.size == 2 else self.classes_.size
 
     def _init_target_stats(self, Y, W):
-        self._y_stats = (None, None)
+        pass
 
-    def _scale_targets(self, Y):
-        if Y.dtype.kind == "f":
-            return np.ascontiguousarray(Y, dtype=resolve_dtype(self.dtype))
-        return Y
+    def _targets_in_model_units(self, Y, dtype):
+        return np.ascontiguousarray(Y, dtype=dtype) if Y.dtype.kind == "f" else Y
+
+    def _null_loss(self, Y, W):
+        """Loss of the uniform prediction: log(n_classes)."""
+        return float(np.log(self.classes_.size))
 
     def _stratify(self, Y):
         if self.return_sequences:
             return None
         return Y[:, 0] if Y.ndim == 2 else Y
+
+    # -- saving ---------------------------------------------------------------
+    def _get_target_state(self):
+        classes = np.asarray(self.classes_)
+        if classes.dtype.kind == "O":
+            if all(isinstance(c, str) for c in classes):
+                classes = classes.astype(str)
+            else:
+                raise ValueError("save() stores labels of numeric, bool or str type; classes_ "
+                                 f"has object dtype with values {classes.tolist()!r}. Use "
+                                 "pickle for such labels")
+        if classes.dtype.kind not in "biufU":
+            raise ValueError(f"save() cannot store classes_ of dtype {classes.dtype}")
+        return {"n_outputs_": 1}, {"classes": classes}
+
+    def _set_target_state(self, fitted, arrays, n_head_outputs):
+        classes = arrays["classes"]
+        if (classes.ndim != 1 or classes.size < 2 or classes.dtype.kind not in "biufU"
+                or not np.array_equal(np.unique(classes), classes)):
+            raise ValueError(f"classes must be at least 2 sorted, distinct labels, got "
+                             f"{classes.size} of dtype {classes.dtype}")
+        if classes.dtype.kind == "f" and not np.isfinite(classes).all():
+            raise ValueError("classes contains NaN or infinite labels")
+        expected = 1 if classes.size == 2 else classes.size
+        if n_head_outputs != expected or fitted.get("n_outputs_") != 1:
+            raise ValueError(f"{classes.size} classes need a head with {expected} outputs, the "
+                             f"file has {n_head_outputs}")
+        self.classes_ = classes
+        self.n_outputs_ = 1
 
     def _codes_from_outputs(self, Z):
         if Z.shape[-1] == 1:

@@ -1,4 +1,4 @@
-"""The trainable model under the estimators: clstm.LSTM + a Dense output head.
+"""The trainable model under the estimators: a recurrent network + a Dense output head + a loss.
 
 The head reads either the last hidden state of every sequence (for a
 bidirectional network the concatenation of the forward direction's state at
@@ -6,6 +6,13 @@ the sequence's own last step and the reverse direction's state at t = 0, i.e.
 the top layer's ``h_n``) or, with ``return_sequences=True``, the output at
 every step. Loss and gradient of a mini-batch, with optional truncated BPTT,
 are computed here; the estimator only batches, updates and bookkeeps.
+
+The model uses its network only through the interface every clstm network
+has: ``run`` / ``backward_state`` / ``clear_cache``, ``state_names``,
+``output_size``, ``num_directions``, ``params`` / ``grads``, ``train`` /
+``eval``, and ``get_config`` / ``state_dict`` / ``load_state_dict`` /
+``rng_state`` to copy and save itself. States are tuples in the order of
+``state_names``, so a network whose state is ``("h",)`` needs no change here.
 """
 
 import numpy as np
@@ -13,58 +20,181 @@ import numpy as np
 from clstm._losses import LOSSES
 from clstm._lstm import LSTM
 
-__all__ = ["SequenceModel"]
+__all__ = ["SequenceModel", "NonFiniteError", "NETWORK_PARAMS", "RESUMABLE_NETWORK_PARAMS",
+           "make_network"]
+
+# Estimator hyperparameters that configure the network; the network's
+# constructor validates them (the one place they are checked).
+NETWORK_PARAMS = ("hidden_size", "num_layers", "bidirectional", "dropout", "recurrent_dropout",
+                  "dtype", "n_jobs")
+# Those that may change between fits of one network (warm_start, partial_fit);
+# the others fix the shapes of the weights.
+RESUMABLE_NETWORK_PARAMS = ("dropout", "recurrent_dropout", "n_jobs")
+
+# Network classes a saved model may name.
+_NETWORKS = {"LSTM": LSTM}
 
 _HEAD_WEIGHT = "head.weight"
 _HEAD_BIAS = "head.bias"
+_NETWORK_PREFIX = "network."
+
+
+def make_network(input_size, params, random_state):
+    """The network that the hyperparameters ``params`` (names in NETWORK_PARAMS) describe.
+
+    The one place that turns estimator hyperparameters into a network (a cell
+    choice picks the class here).
+    """
+    return LSTM(input_size, random_state=random_state, **params)
+
+
+def _network_from_config(kind, config):
+    if kind not in _NETWORKS:
+        raise ValueError(f"unknown network class {kind!r} (this clstm knows {sorted(_NETWORKS)})")
+    if not isinstance(config, dict):
+        raise TypeError(f"network config must be a mapping, got {type(config).__name__}")
+    # random_state=0: the initial weights are replaced right away
+    return _NETWORKS[kind](**config, random_state=0)
+
+
+class NonFiniteError(FloatingPointError):
+    """A NaN or infinity in the loss, a gradient or a carried state of a mini-batch.
+
+    ``what`` names the quantity ("loss", "gradient", "state"). Raised before a
+    non-finite value reaches the network, whose own argument checks would
+    otherwise report it.
+    """
+
+    def __init__(self, what):
+        super().__init__(f"the {what} is not finite")
+        self.what = what
 
 
 class SequenceModel:
-    """LSTM network + Dense head + loss.
+    """A recurrent network + Dense head + loss.
 
     Parameters
     ----------
-    input_size, hidden_size, num_layers, bidirectional, dropout,
-    recurrent_dropout, dtype, n_jobs : as :class:`clstm.LSTM`.
-    n_outputs : int
-        Width of the head.
+    network : clstm network
+        Its outputs feed the head.
+    head_weight : ndarray of shape (D * network.output_size, n_outputs)
+    head_bias : ndarray of shape (n_outputs,)
+        Same dtype as the network, finite.
     loss : {"squared_error", "log_loss", "softmax"}
     return_sequences : bool
         Head on every step instead of on the last state.
-    rng : numpy RandomState
-        Seeds the network (one int drawn) and the head (Glorot uniform, as
-        Keras' Dense; zero bias).
+
+    Use :meth:`create` for a freshly initialised model.
     """
 
-    def __init__(self, input_size, hidden_size, num_layers, bidirectional, dropout,
-                 recurrent_dropout, dtype, n_jobs, n_outputs, loss, return_sequences, rng):
-        self.lstm = LSTM(input_size, hidden_size, num_layers=num_layers,
-                         bidirectional=bidirectional, dtype=dtype,
-                         random_state=int(rng.randint(np.iinfo(np.int32).max)),
-                         dropout=dropout, recurrent_dropout=recurrent_dropout, n_jobs=n_jobs)
-        fan_in = hidden_size * self.lstm.num_directions
-        limit = np.sqrt(6.0 / (fan_in + n_outputs))
-        self.head_weight = rng.uniform(-limit, limit, (fan_in, n_outputs)).astype(dtype)
-        self.head_bias = np.zeros(n_outputs, dtype=dtype)
+    def __init__(self, network, head_weight, head_bias, loss, return_sequences):
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r} (one of {sorted(LOSSES)})")
+        self.network = network
+        self.dtype = np.dtype(network.get_config()["dtype"]).type
+        fan_in = network.output_size * network.num_directions
+        head_weight = np.asarray(head_weight)
+        head_bias = np.asarray(head_bias)
+        if head_bias.ndim != 1 or head_bias.shape[0] < 1:
+            raise ValueError(f"head bias has shape {head_bias.shape}, expected (n_outputs,)")
+        expected = (fan_in, head_bias.shape[0])
+        for name, value, shape in (("head weight", head_weight, expected),
+                                   ("head bias", head_bias, expected[1:])):
+            if value.shape != shape:
+                raise ValueError(f"{name} has shape {value.shape}, expected {shape} (the network "
+                                 f"gives {fan_in} features)")
+            if value.dtype != self.dtype:
+                raise ValueError(f"{name} has dtype {value.dtype}, expected "
+                                 f"{np.dtype(self.dtype).name} (the network's)")
+            if not np.isfinite(value).all():
+                raise ValueError(f"{name} contains NaN or infinite values")
+        # private, writable copies: training updates them in place
+        self.head_weight = np.array(head_weight, order="C")
+        self.head_bias = np.array(head_bias, order="C")
         self.loss = loss
         self.return_sequences = bool(return_sequences)
 
-    # -- parameters ---------------------------------------------------------
-    @property
-    def dtype(self):
-        return self.lstm.dtype
+    @classmethod
+    def create(cls, input_size, network_params, n_outputs, loss, return_sequences, rng):
+        """A new model: the network seeded with one int drawn from ``rng`` (a
+        RandomState), the head Glorot-uniform as Keras' Dense, zero bias."""
+        network = make_network(input_size, network_params,
+                               int(rng.randint(np.iinfo(np.int32).max)))
+        dtype = np.dtype(network.get_config()["dtype"]).type
+        fan_in = network.output_size * network.num_directions
+        limit = np.sqrt(6.0 / (fan_in + n_outputs))
+        head_weight = rng.uniform(-limit, limit, (fan_in, n_outputs)).astype(dtype)
+        return cls(network, head_weight, np.zeros(n_outputs, dtype=dtype), loss,
+                   return_sequences)
 
+    # -- state: copies and files --------------------------------------------------
+    @property
+    def n_outputs(self):
+        return self.head_bias.shape[0]
+
+    def get_state(self):
+        """(metadata, arrays) that :meth:`from_state` turns back into this model."""
+        net = self.network
+        meta = {"network": {"class": type(net).__name__, "config": net.get_config(),
+                            "rng_state": net.rng_state},
+                "n_outputs": int(self.n_outputs), "loss": self.loss,
+                "return_sequences": self.return_sequences}
+        arrays = {f"network/{k}": v for k, v in net.state_dict().items()}
+        arrays["head/weight"] = self.head_weight.copy()
+        arrays["head/bias"] = self.head_bias.copy()
+        return meta, arrays
+
+    @classmethod
+    def from_state(cls, meta, arrays):
+        """The model :meth:`get_state` described; every array is checked (shape, dtype,
+        finite) against the configuration."""
+        net_meta = meta["network"]
+        network = _network_from_config(net_meta["class"], net_meta["config"])
+        network.load_state_dict({k[len("network/"):]: v for k, v in arrays.items()
+                                 if k.startswith("network/")})
+        network.rng_state = net_meta["rng_state"]
+        model = cls(network, arrays["head/weight"], arrays["head/bias"], meta["loss"],
+                    meta["return_sequences"])
+        if model.n_outputs != meta["n_outputs"]:
+            raise ValueError(f"the head has {model.n_outputs} outputs, the metadata records "
+                             f"{meta['n_outputs']!r}")
+        return model
+
+    def resume(self, **changes):
+        """A copy for further training, its network rebuilt with ``changes`` to
+        its configuration (e.g. dropout, n_jobs); weights and the dropout
+        generator's state carry over."""
+        net = self.network
+        network = type(net)(**{**net.get_config(), **changes}, random_state=0)
+        network.load_state_dict(net.state_dict())
+        network.rng_state = net.rng_state
+        return type(self)(network, self.head_weight, self.head_bias, self.loss,
+                          self.return_sequences)
+
+    def __setstate__(self, state):
+        # read-only arrays (e.g. joblib memory maps) -> private writable copies:
+        # prediction accepts them, but training updates parameters in place
+        self.__dict__.update(state)
+        net = self.network
+        if not all(v.flags.writeable for v in net.params.values()):
+            net.load_state_dict(net.state_dict())
+        for attr in ("head_weight", "head_bias"):
+            if not getattr(self, attr).flags.writeable:
+                setattr(self, attr, np.array(getattr(self, attr)))
+
+    # -- parameters ---------------------------------------------------------------
     @property
     def params(self):
         """Live dict name -> array of every trainable parameter (updated in place)."""
-        params = {f"lstm.{k}": v for k, v in self.lstm.params.items()}
+        params = {_NETWORK_PREFIX + k: v for k, v in self.network.params.items()}
         params[_HEAD_WEIGHT] = self.head_weight
         params[_HEAD_BIAS] = self.head_bias
         return params
 
     def weight_names(self):
         """Parameters under the L2 penalty: weight matrices, not biases (as scikit-learn's MLP)."""
-        return [k for k in self.params if k.startswith("lstm.weight_") or k == _HEAD_WEIGHT]
+        return [k for k in self.params
+                if k.startswith(_NETWORK_PREFIX + "weight_") or k == _HEAD_WEIGHT]
 
     def snapshot(self):
         return {k: v.copy() for k, v in self.params.items()}
@@ -73,26 +203,34 @@ class SequenceModel:
         """Copy a snapshot back into the live arrays (their identity is kept)."""
         for k, v in self.params.items():
             v[...] = snapshot[k]
-        self.lstm._cache = None
+        self.network.clear_cache()
 
     def all_finite(self):
         return all(np.isfinite(v).all() for v in self.params.values())
 
-    # -- forward ------------------------------------------------------------
-    def _features(self, out, h_n):
+    def train(self):
+        self.network.train()
+
+    def eval(self):
+        self.network.eval()
+
+    # -- forward ------------------------------------------------------------------
+    def _features(self, out, state):
+        """Head input: the outputs at every step, or the top layer's last h."""
         if self.return_sequences:
             return out
-        D = self.lstm.num_directions
+        h_n = state[self.network.state_names.index("h")]
+        D = self.network.num_directions
         return np.concatenate(list(h_n[-D:]), axis=-1) if D > 1 else h_n[-1]
 
     def predict_raw(self, X, lengths):
         """Head outputs (B, n_outputs) or (B, T, n_outputs), inference mode, no cache kept."""
-        out, (h_n, _), _ = self.lstm._forward(X, None, None, _ragged_only(lengths, X.shape[1]),
-                                              False)
-        feats = self._features(out, h_n)
-        return feats @ self.head_weight + self.head_bias
+        self.network.eval()
+        out, state = self.network.run(X, lengths=_ragged_only(lengths, X.shape[1]),
+                                      keep_cache=False)
+        return self._features(out, state) @ self.head_weight + self.head_bias
 
-    # -- loss and gradient --------------------------------------------------
+    # -- loss and gradient --------------------------------------------------------
     def loss_and_grad(self, X, lengths, Y, W, alpha=0.0, tbptt_steps=None, need_grad=True):
         """Mini-batch loss (weighted mean + alpha/2 * ||weights||^2) and gradients.
 
@@ -100,68 +238,82 @@ class SequenceModel:
         sequence-to-one, (B, T, ...) per step (W = 0 past each length).
         ``tbptt_steps`` k splits time into chunks of k steps that carry the
         state forward, detached (no gradient crosses a chunk boundary).
+        Raises :class:`NonFiniteError` when the loss, the gradient reaching
+        the network or a carried state is not finite.
         """
-        lstm = self.lstm
+        net = self.network
         loss_fn = LOSSES[self.loss]
         B, T, _ = X.shape
         norm = float(np.sum(W, dtype=np.float64))
         k = T if tbptt_steps is None else min(int(tbptt_steps), T)
-        state_shape = (lstm.num_layers * lstm.num_directions, B, lstm.hidden_size)
-        h = np.zeros(state_shape, dtype=self.dtype)
-        c = np.zeros(state_shape, dtype=self.dtype)
         grads = {name: np.zeros_like(v) for name, v in self.params.items()} if need_grad else None
+        h_index = net.state_names.index("h")
+        state = None        # (sorted like X) the carried states, a list over state_names
         loss = 0.0
-        D = lstm.num_directions
-        for start in range(0, T, k):
-            stop = min(start + k, T)
-            active = np.flatnonzero(lengths > start)
-            whole = active.size == B
-            len_c = np.minimum(lengths[active] - start, stop - start)
-            Xc = X[:, start:stop] if whole else X[active, start:stop]
-            h0 = None if start == 0 else (h if whole else h[:, active])
-            c0 = None if start == 0 else (c if whole else c[:, active])
-            if self.return_sequences:
-                rows = slice(None) if whole else active
-                Yc, Wc = Y[rows, start:stop], W[rows, start:stop]
-            else:
-                # only sequences whose last step lies in this chunk see the loss
-                ends = np.flatnonzero(lengths[active] <= stop)
-                Yc, Wc = Y[active[ends]], W[active[ends]]
-            len_arg = _ragged_only(len_c, stop - start)
-            if need_grad:
-                out, (h_n, c_n) = lstm.forward(Xc, h0, c0, len_arg)
-            else:
-                out, (h_n, c_n), _ = lstm._forward(Xc, h0, c0, len_arg, lstm.training)
-            if whole:
-                h, c = h_n, c_n
-            else:
-                h[:, active], c[:, active] = h_n, c_n
-            if self.return_sequences:
-                feats = out
-            else:
-                if ends.size == 0:
+        # overflow is detected below and reported as NonFiniteError, not warned about
+        with np.errstate(over="ignore", invalid="ignore"), _clearing_cache(net):
+            for start in range(0, T, k):
+                stop = min(start + k, T)
+                active = np.flatnonzero(lengths > start)
+                whole = active.size == B
+                len_c = np.minimum(lengths[active] - start, stop - start)
+                Xc = X[:, start:stop] if whole else X[active, start:stop]
+                state_in = None
+                if state is not None:
+                    state_in = tuple(s if whole else s[:, active] for s in state)
+                    if not all(np.isfinite(s).all() for s in state_in):
+                        raise NonFiniteError("state")
+                if self.return_sequences:
+                    rows = slice(None) if whole else active
+                    Yc, Wc = Y[rows, start:stop], W[rows, start:stop]
+                else:
+                    # only sequences whose last step lies in this chunk see the loss
+                    ends = np.flatnonzero(lengths[active] <= stop)
+                    Yc, Wc = Y[active[ends]], W[active[ends]]
+                out, state_out = net.run(Xc, state_in, _ragged_only(len_c, stop - start),
+                                         keep_cache=need_grad)
+                if state is None:
+                    state = [np.array(s) for s in state_out]     # start == 0: every row
+                else:
+                    for s, s_new in zip(state, state_out):
+                        if whole:
+                            s[...] = s_new
+                        else:
+                            s[:, active] = s_new
+                if self.return_sequences:
+                    feats = out
+                else:
+                    if ends.size == 0:
+                        continue
+                    feats = self._features(out, state_out)[ends]
+                Z = feats @ self.head_weight + self.head_bias
+                chunk_loss, grad_Z = loss_fn(Z, Yc, Wc, norm)
+                if not np.isfinite(chunk_loss):
+                    raise NonFiniteError("loss")
+                loss += chunk_loss
+                if not need_grad:
                     continue
-                feats = self._features(out, h_n)[ends]
-            Z = feats @ self.head_weight + self.head_bias
-            chunk_loss, grad_Z = loss_fn(Z, Yc, Wc, norm)
-            loss += chunk_loss
-            if not need_grad:
-                continue
-            n_out = Z.shape[-1]
-            grads[_HEAD_WEIGHT] += feats.reshape(-1, feats.shape[-1]).T @ grad_Z.reshape(-1, n_out)
-            grads[_HEAD_BIAS] += grad_Z.reshape(-1, n_out).sum(axis=0)
-            grad_feats = grad_Z @ self.head_weight.T
-            if self.return_sequences:
-                lstm.backward(grad_feats)
-            else:
-                grad_h_n = np.zeros_like(h_n)
-                H = lstm.hidden_size
-                for d in range(D):
-                    grad_h_n[-D + d, ends] = grad_feats[:, d * H:(d + 1) * H]
-                lstm.backward(np.zeros_like(out), grad_h_n=grad_h_n)
-            for name, g in lstm.grads.items():
-                if name not in ("h0", "c0"):
-                    grads[f"lstm.{name}"] += g
+                n_out = Z.shape[-1]
+                grads[_HEAD_WEIGHT] += (feats.reshape(-1, feats.shape[-1]).T
+                                        @ grad_Z.reshape(-1, n_out))
+                grads[_HEAD_BIAS] += grad_Z.reshape(-1, n_out).sum(axis=0)
+                grad_feats = grad_Z @ self.head_weight.T
+                if not np.isfinite(grad_feats).all():
+                    raise NonFiniteError("gradient")
+                if self.return_sequences:
+                    net.backward_state(grad_feats)
+                else:
+                    grad_h = np.zeros_like(state_out[h_index])
+                    H = net.output_size
+                    D = net.num_directions
+                    for d in range(D):
+                        grad_h[-D + d, ends] = grad_feats[:, d * H:(d + 1) * H]
+                    net.backward_state(np.zeros_like(out),
+                                       tuple(grad_h if i == h_index else None
+                                             for i in range(len(state_out))))
+                net_grads = net.grads
+                for name in net.params:
+                    grads[_NETWORK_PREFIX + name] += net_grads[name]
         if alpha:
             params = self.params
             for name in self.weight_names():
@@ -169,8 +321,20 @@ class SequenceModel:
                 loss += 0.5 * alpha * float(np.sum(np.square(w, dtype=np.float64)))
                 if need_grad:
                     grads[name] += w.dtype.type(alpha) * w
-        lstm._cache = None     # free the activations of the last chunk
         return loss, grads
+
+
+class _clearing_cache:
+    """Drop the network's activations on the way out (also on an error)."""
+
+    def __init__(self, network):
+        self.network = network
+
+    def __enter__(self):
+        return self.network
+
+    def __exit__(self, *exc):
+        self.network.clear_cache()
 
 
 def _ragged_only(lengths, n_steps):

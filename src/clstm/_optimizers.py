@@ -2,14 +2,19 @@
 
 Modelled on scikit-learn's ``sklearn/neural_network/_stochastic_optimizers.py``,
 with two differences: parameters are a dict (name -> array) and are updated
-in place (the network's arrays keep their identity), and the state is exposed
-through ``state_dict()`` / ``load_state_dict()`` so that ``save``/``load`` and
-pickling can continue training exactly where it stopped.
+in place (the network's arrays keep their identity), and an optimizer saves
+and restores itself: ``get_config()`` (its constructor arguments) plus
+``get_state()`` / ``optimizer_from_state()`` (step count and per-parameter
+slots), so that ``save``/``load`` and pickling continue training exactly
+where it stopped.
 """
+
+import numbers
 
 import numpy as np
 
-__all__ = ["SGDOptimizer", "AdamOptimizer", "RMSpropOptimizer", "make_optimizer"]
+__all__ = ["SGDOptimizer", "AdamOptimizer", "RMSpropOptimizer", "make_optimizer",
+           "optimizer_from_state"]
 
 
 class BaseOptimizer:
@@ -22,6 +27,10 @@ class BaseOptimizer:
         self.learning_rate = float(learning_rate_init)
         self.t = 0
         self.state = {slot: {} for slot in self._slots}
+
+    def get_config(self):
+        """Constructor arguments: ``type(opt)(**opt.get_config())`` is a fresh copy."""
+        return {"learning_rate_init": self.learning_rate_init}
 
     def _slot(self, slot, name, like):
         buf = self.state[slot].get(name)
@@ -37,19 +46,59 @@ class BaseOptimizer:
             param += self._update(name, param, grads[name])
 
     def state_dict(self):
+        """(scalars, arrays): the step count and copies of the slots, keyed ``slot/param``."""
         arrays = {f"{slot}/{name}": value.copy()
                   for slot, buf in self.state.items() for name, value in buf.items()}
-        return {"t": self.t, "learning_rate": self.learning_rate}, arrays
+        return {"t": self.t}, arrays
 
-    def load_state_dict(self, scalars, arrays):
-        self.t = int(scalars["t"])
-        self.learning_rate = float(scalars["learning_rate"])
-        self.state = {slot: {} for slot in self._slots}
+    def _slots_in_use(self):
+        """The slots every parameter has once a step was taken."""
+        return self._slots
+
+    def load_state_dict(self, scalars, arrays, params=None):
+        """Restore :meth:`state_dict`'s output; with ``params`` (name -> array),
+        every slot must belong to a parameter and have its shape and dtype, and
+        after a step every parameter must have its slots."""
+        t = scalars["t"]
+        if isinstance(t, bool) or not isinstance(t, numbers.Integral) or t < 0:
+            raise ValueError(f"optimizer step count must be an int >= 0, got {t!r}")
+        state = {slot: {} for slot in self._slots}
         for key, value in arrays.items():
-            slot, name = key.split("/", 1)
-            if slot not in self.state:
+            slot, _, name = key.partition("/")
+            if slot not in state:
                 raise ValueError(f"unknown optimizer slot {slot!r} for {type(self).__name__}")
-            self.state[slot][name] = np.array(value)
+            value = np.asarray(value)
+            if params is not None:
+                if name not in params:
+                    raise ValueError(f"optimizer slot {key!r} names no parameter of the model")
+                ref = params[name]
+                if value.shape != ref.shape or value.dtype != ref.dtype:
+                    raise ValueError(f"optimizer slot {key!r} has shape {value.shape} / dtype "
+                                     f"{value.dtype}, its parameter {ref.shape} / {ref.dtype}")
+            if value.dtype.kind != "f" or not np.isfinite(value).all():
+                raise ValueError(f"optimizer slot {key!r} is not a finite float array")
+            state[slot][name] = np.array(value)
+        if params is not None:
+            for slot in self._slots_in_use():
+                expected = set(params) if t > 0 else set()
+                if set(state[slot]) != expected:
+                    raise ValueError(f"optimizer slot {slot!r} after {t} steps has entries for "
+                                     f"{sorted(state[slot])}, expected {sorted(expected)}")
+        self.t = int(t)
+        self.state = state
+
+    def get_state(self):
+        """(metadata, arrays) that :func:`optimizer_from_state` turns back into this optimizer."""
+        scalars, arrays = self.state_dict()
+        return {"class": type(self).__name__, "config": self.get_config(), **scalars}, arrays
+
+    def __setstate__(self, state):
+        # read-only slots (e.g. joblib memory maps) -> writable copies (updated in place)
+        self.__dict__.update(state)
+        for buf in self.state.values():
+            for name, value in list(buf.items()):
+                if not value.flags.writeable:
+                    buf[name] = np.array(value)
 
 
 class SGDOptimizer(BaseOptimizer):
@@ -64,6 +113,12 @@ class SGDOptimizer(BaseOptimizer):
         super().__init__(learning_rate_init)
         self.momentum = float(momentum)
         self.nesterov = bool(nesterov)
+
+    def get_config(self):
+        return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
+
+    def _slots_in_use(self):
+        return () if self.momentum == 0 else self._slots
 
     def _update(self, name, param, grad):
         lr = param.dtype.type(self.learning_rate)
@@ -92,6 +147,10 @@ class AdamOptimizer(BaseOptimizer):
         self.beta_1 = float(beta_1)
         self.beta_2 = float(beta_2)
         self.epsilon = float(epsilon)
+
+    def get_config(self):
+        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
+                "epsilon": self.epsilon}
 
     def update_params(self, params, grads):
         self._step_size = (self.learning_rate * np.sqrt(1 - self.beta_2 ** (self.t + 1))
@@ -122,6 +181,9 @@ class RMSpropOptimizer(BaseOptimizer):
         self.rho = float(rho)
         self.epsilon = float(epsilon)
 
+    def get_config(self):
+        return {**super().get_config(), "rho": self.rho, "epsilon": self.epsilon}
+
     def _update(self, name, param, grad):
         f = param.dtype.type
         s = self._slot("square_avg", name, param)
@@ -139,3 +201,17 @@ def make_optimizer(est):
     if est.solver == "rmsprop":
         return RMSpropOptimizer(est.learning_rate_init, est.rho, est.epsilon)
     raise ValueError(f"solver must be 'adam', 'sgd' or 'rmsprop', got {est.solver!r}")
+
+
+_OPTIMIZERS = {cls.__name__: cls for cls in (SGDOptimizer, AdamOptimizer, RMSpropOptimizer)}
+
+
+def optimizer_from_state(meta, arrays, params):
+    """The optimizer :meth:`BaseOptimizer.get_state` described, its slots checked
+    against the model parameters ``params``."""
+    cls = _OPTIMIZERS.get(meta["class"])
+    if cls is None:
+        raise ValueError(f"unknown optimizer {meta['class']!r} (one of {sorted(_OPTIMIZERS)})")
+    optimizer = cls(**meta["config"])
+    optimizer.load_state_dict({"t": meta["t"]}, arrays, params)
+    return optimizer

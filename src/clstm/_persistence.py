@@ -1,142 +1,93 @@
-"""save / load of fitted estimators in a documented, versioned, non-pickle format.
+"""The clstm model file: a documented, versioned, non-pickle container.
 
-Format ``clstm.estimator``, version 1: a NumPy ``.npz`` archive (a zip of
+This module knows the file format and its versions, nothing else: the objects
+saved (estimator, model, network, optimizer) hand over their own state as
+JSON metadata plus named arrays and restore themselves from it; this module
+writes and reads those, checks the container, and upgrades older versions.
+It imports none of them.
+
+Format ``clstm.estimator``, version 2: a NumPy ``.npz`` archive (a zip of
 ``.npy`` files, read with ``allow_pickle=False``) holding
 
 * ``__metadata__``: uint8 array of UTF-8 JSON with ``format``,
-  ``format_version``, ``clstm_version``, ``estimator`` (class name),
-  ``params`` (``get_params()``; a non-int ``random_state`` is stored as null,
-  a ``class_weight`` dict as a list of [label, weight] pairs), ``fitted``
-  (scalar fitted attributes), ``network`` (clstm.LSTM configuration),
-  ``optimizer`` (kind, hyperparameters, step count) and ``rng`` (the states
-  of the shuffling RandomState and of the network's dropout Generator, so
-  that training continues exactly);
-* ``lstm/<torch name>``: network parameters (``weight_ih_l0``, ...);
-* ``head/weight`` (D*H, n_outputs), ``head/bias`` (n_outputs,);
-* ``optimizer/<slot>/<parameter>``: optimizer state (Adam's ``m``, ``v``, ...);
+  ``format_version``, ``clstm_version``, and what the estimator hands over:
+  ``estimator`` (class name), ``params`` (``get_params()``; a non-int
+  ``random_state`` is stored as null, a ``class_weight`` dict as
+  ``{"__dict_items__": [[label, weight], ...]}``), ``fitted`` (scalar fitted
+  attributes), ``model`` (``network``: class, ``get_config()`` and the state
+  of its dropout generator; ``n_outputs``, ``loss``, ``return_sequences``),
+  ``optimizer`` (class, ``config``, step count ``t``) and ``rng`` (the
+  shuffling RandomState without its key array);
+* ``model/network/<torch name>``: network parameters (``weight_ih_l0``, ...);
+* ``model/head/weight`` (D*H, n_outputs), ``model/head/bias`` (n_outputs,);
+* ``optimizer/<slot>/<parameter>``: optimizer state (Adam's ``m``, ``v``, ...;
+  parameters named ``network.<torch name>``, ``head.weight``, ``head.bias``);
 * ``scaling/x_mean``, ``scaling/x_scale`` (and ``y_mean``, ``y_scale`` for a
   regressor) when ``standardize=True``;
 * ``classes`` (classifier; numeric, bool or unicode labels), ``rng/mt_keys``.
 
-Files are written atomically: to a temporary file in the target directory,
-flushed and fsynced, then moved over the target with ``os.replace``. A
-corrupt, truncated, foreign or newer-version file raises ValueError.
+Version 1 (clstm 0.1 development builds) kept the same content under other
+names (``lstm/...``, ``head/...``, ``network``/``rng.network`` metadata);
+:func:`read` upgrades it.
+
+Files are written atomically: to a temporary file ``.<name>.clstm-<host>-<pid>-<random>.tmp``
+in the target directory, flushed and fsynced, then moved over the target
+with ``os.replace``. A process killed while writing leaves its temporary file
+behind; the next save or load of the same path on the same host removes those
+whose process is gone. A corrupt, truncated, foreign or newer-version file
+raises ValueError.
 """
 
 import json
 import os
-import tempfile
+import re
+import secrets
+import socket
 import zipfile
 
 import numpy as np
 
-__all__ = ["save", "load", "FORMAT_NAME", "FORMAT_VERSION"]
+from clstm._version import __version__
+
+__all__ = ["write", "read", "unreadable", "FORMAT_NAME", "FORMAT_VERSION"]
 
 FORMAT_NAME = "clstm.estimator"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
-_FITTED_SCALARS = ("n_features_in_", "input_size_", "_input_layout", "n_iter_", "t_",
-                   "loss_", "loss_curve_", "best_loss_", "validation_scores_",
-                   "best_validation_score_", "n_outputs_", "_y_1d")
+_ZIP_MAGIC = b"PK\x03\x04"
 
 
-def _jsonable(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
+def unreadable(path, why):
+    """The error for a file that is not a valid clstm model file."""
+    return ValueError(f"{os.fspath(path)!r} is not a readable clstm model file: {why}")
 
 
-def _encode_params(est):
-    params = {}
-    for k, v in est.get_params(deep=False).items():
-        if k == "random_state" and not (v is None or isinstance(v, (int, np.integer))):
-            v = None
-        elif k == "class_weight" and isinstance(v, dict):
-            v = {"__dict_items__": [[_jsonable(a), _jsonable(b)] for a, b in v.items()]}
-        elif k == "dtype":
-            v = np.dtype(v).name
-        params[k] = _jsonable(v)
-    return params
+# ----------------------------------------------------------------------------
+# writing
+# ----------------------------------------------------------------------------
+def write(path, metadata, arrays):
+    """Write ``metadata`` (JSON-able dict) and ``arrays`` (name -> ndarray) to ``path``, atomically.
 
-
-def _decode_params(params):
-    out = dict(params)
-    cw = out.get("class_weight")
-    if isinstance(cw, dict) and "__dict_items__" in cw:
-        out["class_weight"] = {a: b for a, b in cw["__dict_items__"]}
-    return out
-
-
-def save(est, path):
-    """Write a fitted estimator to ``path`` (any name; no extension is added)."""
-    from sklearn.utils.validation import check_is_fitted
-
-    check_is_fitted(est)
-    from clstm._version import __version__
-
-    model = est._model
-    lstm = model.lstm
-    arrays = {}
-    for name, value in lstm.params.items():
-        arrays[f"lstm/{name}"] = value
-    arrays["head/weight"] = model.head_weight
-    arrays["head/bias"] = model.head_bias
-    opt_scalars, opt_arrays = est._optimizer.state_dict()
-    for key, value in opt_arrays.items():
-        arrays[f"optimizer/{key}"] = value
-    x_mean, x_scale = est._x_stats
-    if x_mean is not None:
-        arrays["scaling/x_mean"], arrays["scaling/x_scale"] = x_mean, x_scale
-    y_mean, y_scale = getattr(est, "_y_stats", (None, None))
-    if y_mean is not None:
-        arrays["scaling/y_mean"], arrays["scaling/y_scale"] = y_mean, y_scale
-    if hasattr(est, "classes_"):
-        classes = np.asarray(est.classes_)
-        if classes.dtype.kind == "O":
-            if all(isinstance(c, str) for c in classes):
-                classes = classes.astype(str)
-            else:
-                raise ValueError("save() stores labels of numeric, bool or str type; classes_ "
-                                 f"has object dtype with values {classes.tolist()!r}. Use "
-                                 "pickle for such labels")
-        if classes.dtype.kind not in "biufU":
-            raise ValueError(f"save() cannot store classes_ of dtype {classes.dtype}")
-        arrays["classes"] = classes
-    mt = est._rng.get_state()
-    arrays["rng/mt_keys"] = mt[1]
-    fitted = {k: _jsonable(getattr(est, k)) for k in _FITTED_SCALARS if hasattr(est, k)}
-    if hasattr(est, "feature_names_in_"):
-        fitted["feature_names_in_"] = [str(f) for f in est.feature_names_in_]
-    optimizer = {"kind": type(est._optimizer).__name__, "scalars": opt_scalars,
-                 "hyper": {k: v for k, v in vars(est._optimizer).items()
-                           if k not in ("t", "state", "learning_rate", "_step_size")}}
-    metadata = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "clstm_version": __version__,
-        "estimator": type(est).__name__,
-        "params": _encode_params(est),
-        "fitted": fitted,
-        "network": {"input_size": lstm.input_size, "hidden_size": lstm.hidden_size,
-                    "num_layers": lstm.num_layers, "bidirectional": lstm.bidirectional,
-                    "dtype": np.dtype(lstm.dtype).name, "dropout": lstm.dropout,
-                    "recurrent_dropout": lstm.recurrent_dropout,
-                    "n_outputs": int(model.head_bias.shape[0]), "loss": model.loss,
-                    "return_sequences": model.return_sequences},
-        "optimizer": optimizer,
-        "rng": {"mt": [mt[0], int(mt[2]), int(mt[3]), float(mt[4])],
-                "network": lstm._rng.bit_generator.state},
-    }
-    arrays["__metadata__"] = np.frombuffer(json.dumps(metadata).encode("utf-8"), dtype=np.uint8)
-
+    Any file name is accepted (no extension is added). The directory must exist.
+    """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".clstm-", suffix=".tmp", dir=directory)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"cannot save to {path!r}: the directory {directory!r} does "
+                                "not exist")
+    header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+              "clstm_version": __version__, **metadata}
+    payload = dict(arrays)
+    payload["__metadata__"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
+    _remove_stale_temporaries(path)
+    tmp = os.path.join(directory, f"{_temp_prefix(path)}{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as exc:
+        raise type(exc)(exc.errno, f"cannot save to {path!r}: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **payload)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -148,86 +99,125 @@ def save(est, path):
         raise
 
 
-def _bad(path, why):
-    return ValueError(f"{path!r} is not a readable clstm model file: {why}")
+def _temp_prefix(path):
+    host = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())[:64] or "host"
+    return f".{os.path.basename(path)[:100]}.clstm-{host}-"
 
 
-def load(path):
-    """Read an estimator written by ``save``; raises ValueError for a bad file."""
-    from clstm._estimators import LSTMClassifier, LSTMRegressor
-    from clstm._model import SequenceModel
-    from clstm._optimizers import AdamOptimizer, RMSpropOptimizer, SGDOptimizer
+def _remove_stale_temporaries(path):
+    """Delete temporary files of ``path`` left by writers on this host that died."""
+    directory = os.path.dirname(os.path.abspath(path))
+    prefix = _temp_prefix(path)
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(".tmp")):
+            continue
+        pid = name[len(prefix):-len(".tmp")].split("-")[0]
+        if pid.isdigit() and not _process_exists(int(pid)):
+            try:
+                os.unlink(os.path.join(directory, name))
+            except OSError:
+                pass
 
+
+def _process_exists(pid):
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True      # exists (another user's) or cannot tell: keep its file
+    return True
+
+
+# ----------------------------------------------------------------------------
+# reading
+# ----------------------------------------------------------------------------
+def read(path):
+    """(metadata, arrays) of a clstm model file, upgraded to the current format version.
+
+    Raises ValueError (:func:`unreadable`) for anything that is not a clstm
+    model file of this or an older version; FileNotFoundError if there is no
+    file.
+    """
     path = os.fspath(path)
+    _remove_stale_temporaries(path)
+    with open(path, "rb") as f:
+        magic = f.read(len(_ZIP_MAGIC))
+    if magic != _ZIP_MAGIC:
+        raise unreadable(path, "not a zip (.npz) archive")
+    arrays = {}
     try:
         with np.load(path, allow_pickle=False) as archive:
-            arrays = {k: archive[k] for k in archive.files}
-    except FileNotFoundError:
-        raise
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
-        raise _bad(path, f"corrupt, truncated or not an .npz archive ({exc})") from None
+            for key in archive.files:
+                arrays[key] = archive[key]
+    except ValueError as exc:
+        if "pickle" in str(exc):
+            raise unreadable(path, "an entry holds pickled objects, which clstm files never "
+                                   "contain") from None
+        raise unreadable(path, f"corrupt entry ({exc})") from None
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError, RuntimeError) as exc:
+        raise unreadable(path, f"corrupt or truncated archive ({type(exc).__name__}: "
+                               f"{exc})") from None
     if "__metadata__" not in arrays:
-        raise _bad(path, "no __metadata__ entry (not written by clstm's save)")
+        raise unreadable(path, "no __metadata__ entry (not written by clstm's save)")
+    raw = arrays.pop("__metadata__")
+    if raw.dtype != np.uint8 or raw.ndim != 1:
+        raise unreadable(path, "__metadata__ is not a byte string")
     try:
-        meta = json.loads(arrays.pop("__metadata__").tobytes().decode("utf-8"))
+        meta = json.loads(raw.tobytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _bad(path, f"metadata is not valid JSON ({exc})") from None
+        raise unreadable(path, f"metadata is not valid JSON ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        raise _bad(path, f"format is {meta.get('format') if isinstance(meta, dict) else None!r}"
-                         f", expected {FORMAT_NAME!r}")
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise unreadable(path, f"format is {found!r}, expected {FORMAT_NAME!r}")
     version = meta.get("format_version")
-    if not isinstance(version, int):
-        raise _bad(path, f"invalid format_version {version!r}")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise unreadable(path, f"invalid format_version {version!r}")
     if version > FORMAT_VERSION:
         raise ValueError(f"{path!r} was written by a newer clstm ({meta.get('clstm_version')}, "
                          f"format version {version}); this clstm reads format versions up to "
                          f"{FORMAT_VERSION}. Upgrade clstm to load it")
-    classes = {"LSTMRegressor": LSTMRegressor, "LSTMClassifier": LSTMClassifier}
     try:
-        cls = classes[meta["estimator"]]
-        est = cls(**_decode_params(meta["params"]))
-        net = meta["network"]
-        model = SequenceModel(net["input_size"], net["hidden_size"], net["num_layers"],
-                              net["bidirectional"], net["dropout"], net["recurrent_dropout"],
-                              net["dtype"], est.n_jobs, net["n_outputs"], net["loss"],
-                              net["return_sequences"], np.random.RandomState(0))
-        prefix = "lstm/"
-        model.lstm.load_state_dict({k[len(prefix):]: v for k, v in arrays.items()
-                                    if k.startswith(prefix)})
-        for attr, key in (("head_weight", "head/weight"), ("head_bias", "head/bias")):
-            value = arrays[key]
-            ref = getattr(model, attr)
-            if value.shape != ref.shape or value.dtype != ref.dtype:
-                raise ValueError(f"{key} has shape {value.shape} / dtype {value.dtype}, "
-                                 f"expected {ref.shape} / {ref.dtype}")
-            setattr(model, attr, np.array(value))
-        model.lstm._rng.bit_generator.state = meta["rng"]["network"]
-        opt_cls = {c.__name__: c for c in (AdamOptimizer, SGDOptimizer, RMSpropOptimizer)}
-        opt_meta = meta["optimizer"]
-        optimizer = opt_cls[opt_meta["kind"]].__new__(opt_cls[opt_meta["kind"]])
-        optimizer.__dict__.update(opt_meta["hyper"])
-        optimizer.load_state_dict(opt_meta["scalars"],
-                                  {k[len("optimizer/"):]: v for k, v in arrays.items()
-                                   if k.startswith("optimizer/")})
-        rng = np.random.RandomState()
-        name, pos, has_gauss, cached = meta["rng"]["mt"]
-        rng.set_state((name, arrays["rng/mt_keys"], pos, has_gauss, cached))
-        for k, v in meta["fitted"].items():
-            if k == "feature_names_in_":
-                v = np.asarray(v, dtype=object)
-            setattr(est, k, v)
-        est._x_stats = ((arrays["scaling/x_mean"], arrays["scaling/x_scale"])
-                        if "scaling/x_mean" in arrays else (None, None))
-        est._y_stats = ((arrays["scaling/y_mean"], arrays["scaling/y_scale"])
-                        if "scaling/y_mean" in arrays else (None, None))
-        if cls is LSTMClassifier:
-            est.classes_ = arrays["classes"]
-        est._model = model
-        est.lstm_ = model.lstm
-        est._optimizer = optimizer
-        est._rng = rng
-    except ValueError as exc:
-        raise _bad(path, str(exc)) from None
-    except (KeyError, TypeError, IndexError, AttributeError) as exc:
-        raise _bad(path, f"missing or malformed entry ({type(exc).__name__}: {exc})") from None
-    return est
+        while version < FORMAT_VERSION:
+            meta, arrays = _UPGRADES[version](meta, arrays)
+            version += 1
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise unreadable(path, f"malformed version-{version} content ({type(exc).__name__}: "
+                               f"{exc})") from None
+    meta["format_version"] = FORMAT_VERSION
+    return meta, arrays
+
+
+def _upgrade_1_to_2(meta, arrays):
+    """Version 1 -> 2: per-object sections ("model", "optimizer") and array names."""
+    meta = dict(meta)
+    net = dict(meta.pop("network"))
+    rng = meta.pop("rng")
+    model = {"n_outputs": net.pop("n_outputs"), "loss": net.pop("loss"),
+             "return_sequences": net.pop("return_sequences")}
+    net["n_jobs"] = meta["params"].get("n_jobs")
+    model["network"] = {"class": "LSTM", "config": net, "rng_state": rng["network"]}
+    meta["model"] = model
+    meta["rng"] = {"mt": rng["mt"]}
+    opt = meta.pop("optimizer")
+    meta["optimizer"] = {"class": opt["kind"], "config": opt["hyper"],
+                         "t": opt["scalars"]["t"]}
+    renamed = {}
+    for key, value in arrays.items():
+        if key.startswith("lstm/"):
+            key = "model/network/" + key[len("lstm/"):]
+        elif key.startswith("head/"):
+            key = "model/" + key
+        elif key.startswith("optimizer/"):
+            key = key.replace("/lstm.", "/network.", 1)
+        renamed[key] = value
+    return meta, renamed
+
+
+_UPGRADES = {1: _upgrade_1_to_2}

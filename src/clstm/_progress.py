@@ -53,7 +53,8 @@ class EpochProgress:
         filled = int(self.width * (batch + 1) / self.n_batches)
         bar = "=" * filled + (">" if filled < self.width else "") + "." * (self.width - filled - 1)
         text = f"{self._prefix()} [{bar[:self.width]}] {batch + 1}/{self.n_batches} - loss: {loss:.4g}"
-        self.stream.write("\r" + text)
+        # pad over what the previous draw left (a longer loss, say), then redraw
+        self.stream.write("\r" + text.ljust(self._drawn))
         self._drawn = len(text)
         self.stream.flush()
 
@@ -73,6 +74,13 @@ class EpochProgress:
         self._drawn = 0
         self.stream.write(line + "\n")
         self.stream.flush()
+
+    def close(self):
+        """End a line the in-epoch bar left unfinished (training stopped mid-epoch)."""
+        if self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._drawn = 0
 
     def message(self, text):
         if self.verbose:

@@ -11,6 +11,11 @@ import numpy as np
 _DTYPES = {"float32": np.float32, "float64": np.float64}
 
 
+class InvalidParameterError(ValueError, TypeError):
+    """A hyperparameter of the wrong type or value (a ValueError and a TypeError,
+    as scikit-learn's error of that name)."""
+
+
 def resolve_dtype(dtype):
     """np.float32 or np.float64 from a name, a numpy dtype or a type."""
     try:
