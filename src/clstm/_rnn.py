@@ -116,7 +116,8 @@ class RecurrentNetwork:
         self.dtype = resolve_dtype(dtype)
         self.dropout = _check_dropout(dropout, "dropout")
         self.recurrent_dropout = _check_dropout(recurrent_dropout, "recurrent_dropout")
-        resolve_n_threads(n_jobs)            # refuse a bad value now, not at forward
+        if n_jobs is not None:
+            resolve_n_threads(n_jobs)        # refuse a bad value now, not at forward
         self.n_jobs = n_jobs
         self.training = False
         self._rng = _as_generator(random_state)
