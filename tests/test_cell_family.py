@@ -3,7 +3,7 @@
 clstm.LSTM(proj_size, peephole, coupled_gates, layer_norm), any combination,
 and clstm.GRU, through the networks' generic interface (run /
 backward_state / grads, weights set with load_state_dict under the
-contract's names, /work/cell_family_spec.md), against:
+contract's names, README "The cell family"), against:
 
 (a) the stored framework results, tests/fixtures/cells/*.npz (torch.nn.GRU,
     torch.nn.LSTM(proj_size) with every gradient; onnxruntime's LSTM with
