@@ -12,6 +12,9 @@ import numpy as np
 #: Frameworks the driver knows, in report order. ``onnxruntime`` is inference only.
 FRAMEWORKS = ("clstm", "torch", "keras", "onnxruntime", "numpy")
 PEERS = tuple(f for f in FRAMEWORKS if f != "clstm")
+#: Not a peer: clstm's plain LSTM on the same shape, timed beside an LSTM variant
+#: (``Cell.baseline``) to measure the variant's overhead; never checked, never a "best peer".
+BASELINE = "clstm_lstm"
 TASKS = ("inference", "training")
 #: Which tasks each framework can run.
 FRAMEWORK_TASKS = {
@@ -40,20 +43,19 @@ class Config:
     H: int
     L: int = 1
 
-    def forward_flops(self):
-        """GEMM FLOPs of the forward pass: 2*T*B*4H*(I_l + H) summed over layers."""
-        total = 0
-        for layer in range(self.L):
-            n_in = self.I if layer == 0 else self.H
-            total += 2 * self.T * self.B * 4 * self.H * (n_in + self.H)
-        return total
+    def forward_flops(self, cell=None):
+        """GEMM FLOPs of the forward pass: 2*T*B*4H*(I_l + H) summed over layers (LSTM);
+        for another cell 2*T*B*(G*(I_l + P) + P*H), see ``Cell.layer_gemms``."""
+        cell = cell or CELLS["lstm"]
+        return sum(2 * self.T * self.B * sum(m * n for m, n in cell.layer_gemms(self, layer))
+                   for layer in range(self.L))
 
-    def training_flops(self):
+    def training_flops(self, cell=None):
         """About 3x the forward (forward, dh/dX GEMMs, weight-gradient GEMMs)."""
-        return 3 * self.forward_flops()
+        return 3 * self.forward_flops(cell)
 
-    def flops(self, task):
-        return self.forward_flops() if task == "inference" else self.training_flops()
+    def flops(self, task, cell=None):
+        return self.forward_flops(cell) if task == "inference" else self.training_flops(cell)
 
     def as_dict(self):
         return asdict(self)
@@ -67,6 +69,92 @@ CONFIGS = {
     "stream": Config("stream", 1, 200, 16, 64),
     "stacked": Config("stacked", 32, 100, 16, 128, 2),
 }
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A recurrent cell of the benchmark (``--cell``): which network, which peers implement it.
+
+    The LSTM options are those of ``clstm.LSTM`` (README, "The cell family"); ``proj``
+    means ``proj_size = H // 2``. ``frameworks``: the peers that compute the same thing
+    (checked against clstm, timed, ratios); ``baseline``: also time clstm's plain LSTM on the
+    same shape (``BASELINE``) and report the variant's overhead over it, goal ``overhead_goal``.
+    """
+
+    name: str
+    title: str
+    kind: str = "lstm"                 # "lstm" | "gru"
+    peephole: bool = False
+    coupled_gates: bool = False
+    proj: bool = False
+    layer_norm: bool = False
+    frameworks: tuple = FRAMEWORKS
+    baseline: bool = False
+    overhead_goal: float = None        # max variant time / plain LSTM time
+    lstm_targets: bool = True          # DESIGN.md section 4's LSTM ratio targets apply
+
+    @property
+    def is_plain_lstm(self):
+        return self.name == "lstm"
+
+    def gates(self, H):
+        """Gate rows of W_ih / W_hh: 3H for a GRU or coupled gates, else 4H."""
+        return 3 * H if (self.kind == "gru" or self.coupled_gates) else 4 * H
+
+    def out_size(self, H):
+        """Units of h (the output): proj_size = H // 2 with projection, else H."""
+        return max(1, H // 2) if self.proj else H
+
+    def clstm_kwargs(self, H):
+        """Keyword arguments of clstm.LSTM beyond the plain LSTM's (none for lstm and gru)."""
+        kw = {k: True for k in ("peephole", "coupled_gates", "layer_norm") if getattr(self, k)}
+        if self.proj:
+            kw["proj_size"] = self.out_size(H)
+        return kw
+
+    def layer_gemms(self, cfg, layer):
+        """(rows, depth) of the GEMMs of one step of one layer, per sequence."""
+        G, P = self.gates(cfg.H), self.out_size(cfg.H)
+        n_in = cfg.I if layer == 0 else P
+        gemms = [(G, n_in), (G, P)]
+        if self.proj:
+            gemms.append((P, cfg.H))
+        return gemms
+
+    def param_shapes(self, cfg):
+        """torch/clstm parameter names and shapes, in state_dict order."""
+        G, P, H = self.gates(cfg.H), self.out_size(cfg.H), cfg.H
+        shapes = {}
+        for k in range(cfg.L):
+            n_in = cfg.I if k == 0 else P
+            shapes.update({f"weight_ih_l{k}": (G, n_in), f"weight_hh_l{k}": (G, P),
+                           f"bias_ih_l{k}": (G,), f"bias_hh_l{k}": (G,)})
+            if self.proj:
+                shapes[f"weight_hr_l{k}"] = (P, H)
+            if self.peephole:
+                shapes[f"weight_peephole_l{k}"] = ((2 if self.coupled_gates else 3) * H,)
+            if self.layer_norm:
+                shapes.update({f"weight_ln_ih_l{k}": (G,), f"weight_ln_hh_l{k}": (G,),
+                               f"weight_ln_c_l{k}": (H,), f"bias_ln_c_l{k}": (H,)})
+        return shapes
+
+
+_VARIANT_PEERS = ("clstm", "onnxruntime", "numpy")
+#: ``--cell`` choices, in report order.
+CELLS = {c.name: c for c in (
+    Cell("lstm", "LSTM"),
+    Cell("gru", "GRU", kind="gru"),
+    Cell("peephole", "LSTM with peepholes", peephole=True, frameworks=_VARIANT_PEERS, baseline=True,
+         overhead_goal=1.10, lstm_targets=False),
+    Cell("cifg", "CIFG LSTM (coupled input-forget gates)", coupled_gates=True, frameworks=_VARIANT_PEERS,
+         baseline=True, overhead_goal=1.10, lstm_targets=False),
+    Cell("cifg-peephole", "CIFG LSTM with peepholes", peephole=True, coupled_gates=True,
+         frameworks=_VARIANT_PEERS, baseline=True, overhead_goal=1.10, lstm_targets=False),
+    Cell("proj", "LSTM with projection (proj_size = H/2)", proj=True, frameworks=("clstm", "torch"),
+         baseline=True, overhead_goal=1.10, lstm_targets=False),
+    Cell("layernorm", "layer-normalised LSTM", layer_norm=True, frameworks=("clstm",),
+         baseline=True, overhead_goal=1.10, lstm_targets=False),
+)}
 
 
 def parse_shape(text):
@@ -110,13 +198,16 @@ def apply_thread_env(n_threads):
     os.environ.update(thread_env(n_threads))
 
 
-def make_case_data(cfg, seed=0):
-    """Inputs, targets and Dense(1) head of one case (weights of the LSTM come from clstm)."""
+def make_case_data(cfg, seed=0, out_size=None):
+    """Inputs, targets and Dense(1) head of one case (weights of the LSTM come from clstm).
+
+    ``out_size``: units of the network's output (the head's input), H unless projected."""
     rng = np.random.default_rng(seed + 1000)
     X = rng.standard_normal((cfg.B, cfg.T, cfg.I)).astype(np.float32)
     y = rng.standard_normal((cfg.B, 1)).astype(np.float32)
-    bound = 1.0 / np.sqrt(cfg.H)
-    head_w = rng.uniform(-bound, bound, size=(1, cfg.H)).astype(np.float32)   # torch Linear layout
+    out_size = out_size or cfg.H
+    bound = 1.0 / np.sqrt(out_size)
+    head_w = rng.uniform(-bound, bound, size=(1, out_size)).astype(np.float32)   # torch Linear layout
     head_b = rng.uniform(-bound, bound, size=(1,)).astype(np.float32)
     return {"X": X, "y": y, "head_w": head_w, "head_b": head_b}
 
@@ -138,15 +229,15 @@ def load_case(path):
     return params, data
 
 
-def random_params(cfg, seed=0):
-    """torch-initialised LSTM weights drawn with NumPy (for probes that must not import clstm)."""
+def random_params(cfg, seed=0, cell=None):
+    """torch-initialised weights drawn with NumPy (for probes that must not import clstm, and
+    the cases of a cell when clstm is not in the run); layer-norm gains 1, biases 0."""
     rng = np.random.default_rng(seed)
     bound = 1.0 / np.sqrt(cfg.H)
     params = {}
-    for layer in range(cfg.L):
-        n_in = cfg.I if layer == 0 else cfg.H
-        shapes = {"weight_ih": (4 * cfg.H, n_in), "weight_hh": (4 * cfg.H, cfg.H),
-                  "bias_ih": (4 * cfg.H,), "bias_hh": (4 * cfg.H,)}
-        for kind, shape in shapes.items():
-            params[f"{kind}_l{layer}"] = rng.uniform(-bound, bound, size=shape).astype(np.float32)
+    for name, shape in (cell or CELLS["lstm"]).param_shapes(cfg).items():
+        if name.startswith(("weight_ln", "bias_ln")):
+            params[name] = np.full(shape, 1.0 if name.startswith("weight") else 0.0, np.float32)
+        else:
+            params[name] = rng.uniform(-bound, bound, size=shape).astype(np.float32)
     return params

@@ -1,16 +1,20 @@
 """Render results.json into RESULTS.md and the ratio chart (ratios.png).
 
     python benchmarks/report.py [benchmarks/results.json]   # re-render without re-running
+
+results.json holds the LSTM's results at the top level and every other cell's
+(``run.py --cell``) under ``"cells"``, each with the same layout; RESULTS.md gets
+the LSTM's sections, then one section per cell. The chart is the LSTM's.
 """
 
 import json
 import os
 import sys
 
-from common import FRAMEWORKS, PEERS
+from common import BASELINE, CELLS, FRAMEWORKS, PEERS
 
 PRETTY = {"clstm": "clstm", "torch": "PyTorch", "keras": "Keras/TF", "onnxruntime": "ONNX RT",
-          "numpy": "NumPy"}
+          "numpy": "NumPy", BASELINE: "clstm plain LSTM"}
 
 
 def _f(x, digits=3):
@@ -36,8 +40,9 @@ def _ratio_entry(res, cfg, task, n):
     return None
 
 
-def headline(res):
-    """Config x (inference, training) x threads: best-peer / clstm ratios (target in brackets)."""
+def headline(res, metric="ratio"):
+    """Config x (inference, training) x threads: best-peer / clstm ratios (target in brackets);
+    metric "overhead": an LSTM variant's time / clstm's plain LSTM's (goal in brackets)."""
     threads = res["meta"]["threads"]
     tasks = res["meta"]["tasks"]
     head = ["config"] + [f"{task} {n}t" for task in tasks for n in threads]
@@ -47,8 +52,12 @@ def headline(res):
         for task in tasks:
             for n in threads:
                 r = _ratio_entry(res, cfg, task, n)
-                if r is None or "ratio" not in r:
+                if r is None or metric not in r:
                     row.append("–")
+                    continue
+                if metric == "overhead":
+                    row.append(f"{r['overhead']:.2f}"
+                               + (f" [{r['overhead_goal']:g}]" if "overhead_goal" in r else ""))
                     continue
                 cell = f"{r['ratio']:.2f} ({PRETTY[r['best_peer']]})"
                 if "target" in r:
@@ -61,14 +70,14 @@ def headline(res):
 def _timing_table(res, task, n):
     med = {(t["config"], t["framework"]): t for t in res["timings"]
            if t["task"] == task and t["threads"] == n}
-    fws = [f for f in FRAMEWORKS if any(k[1] == f for k in med)]
+    fws = [f for f in FRAMEWORKS + (BASELINE,) if any(k[1] == f for k in med)]
     head = (["config"] + [f"{PRETTY[f]} ms" for f in fws]
             + ["best peer", "ratio", "target", "ceiling", "clstm GFLOP/s", "% of sgemm peak"])
     if task == "inference":
         head.insert(len(fws) + 1, "GEMM-shape bound ms")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for cfg in _configs(res):
-        if (cfg, "clstm") not in med:
+        if not any((cfg, f) in med for f in fws):
             continue
         row = [cfg]
         for f in fws:
@@ -79,7 +88,7 @@ def _timing_table(res, task, n):
             row.append(_f(r.get("gemm_shape_bound_ms")))
         row += [PRETTY.get(r.get("best_peer"), "–"), _ratio(r.get("ratio")),
                 _ratio(r.get("target")), _ratio(r.get("ceiling")),
-                _f(med[(cfg, "clstm")]["gflops"]),
+                _f(med[(cfg, "clstm")]["gflops"]) if (cfg, "clstm") in med else "–",
                 "–" if r.get("clstm_frac_of_peak") is None else f"{100 * r['clstm_frac_of_peak']:.0f}%"]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
@@ -97,10 +106,92 @@ def _per_peer_table(res, task, n):
     return "\n".join(lines)
 
 
-def write_markdown(res, path):
+def _frameworks_table(res):
+    out = ["| framework | version | interpreter | note |", "|---|---|---|---|"]
+    for f, e in res["frameworks"].items():
+        out.append(f"| {PRETTY[f]} | {e.get('version', '–')} | `{e.get('interpreter', '–')}` | "
+                   f"{e.get('note', '')} |")
+    return out
+
+
+def _timing_sections(res, level, title=""):
+    """Per thread count and task: the timing table and the ratio against each peer."""
+    out = []
+    for n in res["meta"]["threads"]:
+        for task in res["meta"]["tasks"]:
+            out += [f"{level} {title}{task.capitalize() if not title else task}, {n} "
+                    f"thread{'s' if n > 1 else ''}: median ms (min)", "", _timing_table(res, task, n), ""]
+            t = _per_peer_table(res, task, n)
+            if t:
+                out += ["Ratio against each peer (peer time / clstm time):", "", t, ""]
+    return out
+
+
+def _checks_table(res):
+    out = ["| config | peer | threads | passed | max errors |", "|---|---|---|---|---|"]
+    for c in res["checks"]:
+        errs = ", ".join(f"{k} {v:.2g}" for k, v in c["errors"].items())
+        peer = PRETTY[c["framework"]] + (f" (vs {PRETTY[c['reference']]})" if "reference" in c else "")
+        out.append(f"| {c['config']} | {peer} | {c['threads']} | "
+                   f"{'yes' if c['passed'] else 'NO: ' + '; '.join(c['failures'])} | {errs} |")
+    return out + [""]
+
+
+def _cell_sections(name, res):
+    """One cell's section of RESULTS.md (a cell other than the plain LSTM)."""
+    cell, meta = CELLS[name], res["meta"]
+    title = f"{cell.title} (`--cell {name}`)"
+    peers = [PRETTY[f] for f in cell.frameworks if f != "clstm"]
+    out = [f"## Cell: {title}", ""]
+    if meta.get("quick"):
+        out += ["> **Quick (smoke-test) run**: few, short rounds. Not a measurement to quote.", ""]
+    what = (f"clstm against {', '.join(peers)} on the same weights (checked before timing)"
+            if peers else "clstm only: no framework implements this cell, so no cross-framework check")
+    if cell.baseline:
+        what += ("; **overhead** = its time / the time of clstm's plain LSTM on the same shape "
+                 f"(same B, T, I, H, L), goal at most {cell.overhead_goal:g}")
+    out += [what + ". " + ("Ratio targets: the LSTM's of the same config (issue 8)."
+                           if cell.lstm_targets else "No ratio target against the peers."), "",
+            f"{meta['date']}, {meta['machine'].get('model')}, rounds {meta['rounds']}, "
+            f"elapsed {meta.get('elapsed_s', 0):.0f} s; command: `{meta['command']}`", ""]
+    out += _frameworks_table(res) + [""]
+    if cell.baseline:
+        out += [f"### {cell.title}: overhead over clstm's plain LSTM (variant time / plain time) [goal]", "",
+                headline(res, "overhead"), ""]
+    if cell.frameworks != ("clstm",):
+        out += [f"### {cell.title}: speed ratio (best peer) [target]", "", headline(res), ""]
+    out += _timing_sections(res, "###", f"{cell.title} ")
+    if res["checks"]:
+        out += [f"### {cell.title}: correctness checks (before timing)", ""] + _checks_table(res)
+    if res["notes"]:
+        out += [f"### {cell.title}: notes", ""] + [f"- {n}" for n in res["notes"]] + [""]
+    return out
+
+
+def write_markdown(doc, path):
+    """RESULTS.md: the LSTM's sections (if results.json has them), then one per other cell."""
+    out = ["# clstm benchmark results", ""]
+    cells = doc.get("cells", {})
+    if "meta" in doc:
+        out += _lstm_sections(doc, cells)
+    # The hand-written analysis (targets met / not met, profiles, what would
+    # close the gaps) lives in analysis.md beside RESULTS.md and is appended
+    # on every re-render.
+    analysis = os.path.join(os.path.dirname(os.path.abspath(path)), "analysis.md")
+    if os.path.exists(analysis):
+        with open(analysis) as f:
+            out += [f.read().rstrip(), ""]
+    for name in [c for c in CELLS if c in cells]:
+        out += _cell_sections(name, cells[name])
+    out += ["Raw data: `results.json`; chart: `ratios.png`. How to run: `README.md`.", ""]
+    with open(path, "w") as f:
+        f.write("\n".join(out))
+
+
+def _lstm_sections(res, cells):
     meta = res["meta"]
     m = meta["machine"]
-    out = ["# clstm benchmark results", ""]
+    out = []
     if meta.get("quick"):
         out += ["> **Quick (smoke-test) run**: few, short rounds. Not a measurement to quote.", ""]
     out += [f"Ratios are **best-peer time / clstm time** (above 1 = clstm faster), from medians of "
@@ -108,6 +199,9 @@ def write_markdown(res, path):
             "process pinned to the thread count. \"ceiling\" = the ratio if clstm ran every FLOP at the "
             "sgemm peak (forward 2·T·B·4H·(I+H), training 3x). Targets from DESIGN.md §4.", "",
             "## Headline: speed ratio (best peer) [target]", "", headline(res), ""]
+    if cells:
+        out += ["Other cells, in their own sections below: "
+                + ", ".join(f"{CELLS[c].title} (`--cell {c}`)" for c in CELLS if c in cells) + ".", ""]
     out += ["## Machine and software", "",
             f"- CPU: {m.get('model')} ({m.get('cpus')} CPUs, {m.get('threads_per_core')} thread(s)/core, "
             f"AVX2 {m.get('flags_avx2')}, AVX-512F {m.get('flags_avx512f')})",
@@ -119,10 +213,7 @@ def write_markdown(res, path):
                if res.get("idle_wait", {}).get("enabled") else ""),
             f"- Rounds {meta['rounds']}, ~{meta['round_time_s']} s per framework per round, warm-up "
             f"{meta['warmup_time_s']} s; elapsed {meta.get('elapsed_s', 0):.0f} s", ""]
-    out += ["| framework | version | interpreter | note |", "|---|---|---|---|"]
-    for f, e in res["frameworks"].items():
-        out.append(f"| {PRETTY[f]} | {e.get('version', '–')} | `{e.get('interpreter', '–')}` | "
-                   f"{e.get('note', '')} |")
+    out += _frameworks_table(res)
     out += ["", "Command:", "", "```", meta["command"], "```", ""]
     if res["sgemm"]:
         out += ["## Machine limit: SciPy OpenBLAS sgemm 2048³", "",
@@ -132,20 +223,8 @@ def write_markdown(res, path):
         out += ["", "GEMM-shape bound: the time of the forward's own GEMMs at their real shapes "
                 "(one input-projection GEMM per layer, then T recurrent GEMMs, GEMV at B=1) through "
                 "SciPy's sgemm, Python call overhead subtracted, fastest of several blocks of calls.", ""]
-    for n in meta["threads"]:
-        for task in meta["tasks"]:
-            out += [f"## {task.capitalize()}, {n} thread{'s' if n > 1 else ''}: median ms (min)", "",
-                    _timing_table(res, task, n), ""]
-            t = _per_peer_table(res, task, n)
-            if t:
-                out += ["Ratio against each peer (peer time / clstm time):", "", t, ""]
-    out += ["## Correctness checks (before timing, weights exported from clstm)", "",
-            "| config | peer | threads | passed | max errors |", "|---|---|---|---|---|"]
-    for c in res["checks"]:
-        errs = ", ".join(f"{k} {v:.2g}" for k, v in c["errors"].items())
-        out.append(f"| {c['config']} | {PRETTY[c['framework']]} | {c['threads']} | "
-                   f"{'yes' if c['passed'] else 'NO: ' + '; '.join(c['failures'])} | {errs} |")
-    out.append("")
+    out += _timing_sections(res, "##")
+    out += ["## Correctness checks (before timing, weights exported from clstm)", ""] + _checks_table(res)
     if res["import_time"]:
         out += ["## Import time (fresh process, in-process timer around the import)", "",
                 "| framework | statement | median s | min s | vs clstm |", "|---|---|---|---|---|"]
@@ -178,16 +257,7 @@ def write_markdown(res, path):
         out.append("")
     if res["notes"]:
         out += ["## Notes", ""] + [f"- {n}" for n in res["notes"]] + [""]
-    # The hand-written analysis (targets met / not met, profiles, what would
-    # close the gaps) lives in analysis.md beside RESULTS.md and is appended
-    # on every re-render.
-    analysis = os.path.join(os.path.dirname(os.path.abspath(path)), "analysis.md")
-    if os.path.exists(analysis):
-        with open(analysis) as f:
-            out += [f.read().rstrip(), ""]
-    out += ["Raw data: `results.json`; chart: `ratios.png`. How to run: `README.md`.", ""]
-    with open(path, "w") as f:
-        f.write("\n".join(out))
+    return out
 
 
 def write_chart(res, path):
@@ -238,8 +308,13 @@ def main(argv):
         res = json.load(f)
     out_dir = os.path.dirname(os.path.abspath(path))
     write_markdown(res, os.path.join(out_dir, "RESULTS.md"))
-    write_chart(res, os.path.join(out_dir, "ratios.png"))
-    print(headline(res))
+    if "meta" in res:
+        write_chart(res, os.path.join(out_dir, "ratios.png"))
+        print(headline(res))
+    for name, cell_res in res.get("cells", {}).items():
+        print(f"\n{CELLS[name].title}:\n{headline(cell_res)}")
+        if CELLS[name].baseline:
+            print(f"overhead over clstm's plain LSTM [goal]:\n{headline(cell_res, 'overhead')}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ same thing as clstm on weights exported from clstm. See benchmarks/README.md.
     python benchmarks/run.py                 # full run, 1 and 2 threads (< 20 min)
     python benchmarks/run.py --quick         # smoke run (< 3 min)
     python benchmarks/run.py --threads 1 --configs ts-small --shape 8,20,4,16
+    python benchmarks/run.py --cell gru peephole cifg cifg-peephole   # the cell family
 """
 
 import argparse
@@ -25,8 +26,8 @@ sys.path.insert(0, HERE)
 
 import numpy as np  # noqa: E402
 
-from common import (CONFIGS, FRAMEWORK_TASKS, FRAMEWORKS, LR, PEERS, TASKS,  # noqa: E402
-                    parse_shape, thread_env)
+from common import (BASELINE, CELLS, CONFIGS, FRAMEWORK_TASKS, FRAMEWORKS, LR, PEERS,  # noqa: E402
+                    TASKS, parse_shape, thread_env)
 
 WORKER = os.path.join(HERE, "workers", "worker.py")
 
@@ -59,16 +60,17 @@ def log(msg):
 class Worker:
     """A framework's process: JSON commands on stdin, one JSON answer per line on stdout."""
 
-    def __init__(self, framework, threads, python, log_dir):
+    def __init__(self, framework, threads, python, log_dir, cell="lstm", log_name=None):
         self.framework, self.threads = framework, threads
         env = dict(os.environ)
         env.update(thread_env(threads))
-        self.log_path = os.path.join(log_dir, f"{framework}-t{threads}.log")
+        self.log_path = os.path.join(log_dir, f"{log_name or framework}-t{threads}.log")
         self._log = open(self.log_path, "w")
         self.hello = None
         try:
             self.proc = subprocess.Popen(
-                [python, WORKER, "--framework", framework, "--threads", str(threads), "serve"],
+                [python, WORKER, "--framework", framework, "--threads", str(threads), "--cell", cell,
+                 "serve"],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True,
                 bufsize=1, env=env)
         except OSError as exc:      # e.g. a --python interpreter that does not exist
@@ -274,7 +276,12 @@ def parse_args(argv=None):
                    help=f"subset of {list(CONFIGS)} (default: all; none with --configs and no names)")
     p.add_argument("--shape", action="append", default=[], metavar="[NAME=]B,T,I,H[,L]",
                    help="an extra shape (repeatable)")
-    p.add_argument("--frameworks", nargs="+", default=list(FRAMEWORKS), choices=FRAMEWORKS)
+    p.add_argument("--cell", nargs="+", default=["lstm"], choices=list(CELLS), metavar="CELL",
+                   help=f"recurrent cell(s), run one after the other: {', '.join(CELLS)} (default lstm). "
+                        "Each cell's results go to results.json (lstm at the top, the others under "
+                        "'cells', kept from the file already there) and a section of RESULTS.md")
+    p.add_argument("--frameworks", nargs="+", default=list(FRAMEWORKS), choices=FRAMEWORKS,
+                   help="frameworks to run (each cell runs those of them that implement it)")
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 7, quick 3)")
     p.add_argument("--round-time", type=float, default=None,
@@ -300,7 +307,7 @@ def parse_args(argv=None):
     args.rounds = args.rounds or (3 if args.quick else 7)
     args.round_time = args.round_time if args.round_time is not None else (0.05 if args.quick else 0.3)
     args.warmup_time = args.warmup_time if args.warmup_time is not None else (0.1 if args.quick else 0.5)
-    if "clstm" not in args.frameworks:
+    if "clstm" not in args.frameworks and "lstm" in args.cell:
         p.error("clstm must be among --frameworks (it is the reference of every check and ratio)")
     return args
 
@@ -326,16 +333,74 @@ def main(argv=None):
     work = os.path.join(out_dir, "_work")
     os.makedirs(work, exist_ok=True)
     py = interpreters(args)
-    waiter = IdleWaiter(args.wait_idle, args.idle_threshold, args.idle_timeout)
-    fws = [f for f in FRAMEWORKS if f in args.frameworks]
     # The command as typed (the driver script path made relative for readability).
     argv_shown = sys.argv[1:] if argv is None else list(argv)
     command = "python benchmarks/run.py " + " ".join(shlex.quote(a) for a in argv_shown)
+    json_path = os.path.join(out_dir, "results.json")
+    # The document: the LSTM's results at the top (as before the cell family), every other
+    # cell's under "cells"; the cells this run does not touch are kept from the file.
+    doc = {}
+    if os.path.exists(json_path):
+        with open(json_path) as f:
+            doc = json.load(f)
+        if "lstm" in args.cell:       # the top level is rewritten
+            doc = {"cells": doc["cells"]} if doc.get("cells") else {}
 
-    res = {
+    def save():
+        with open(json_path, "w") as f:
+            json.dump(doc, f, indent=1, default=float)
+
+    case_paths = {}
+    for name in args.cell:
+        cell = CELLS[name]
+        res = new_results(args, command, configs, py, cell)
+        if cell.is_plain_lstm:
+            cells = doc.get("cells")
+            doc.clear()
+            doc.update(res)
+            if cells:
+                doc["cells"] = cells
+            res = doc
+        else:
+            doc.setdefault("cells", {})[name] = res
+        rc = run_cell(args, cell, configs, py, work, res, case_paths, save)
+        if rc:
+            return rc
+    import report
+    report.write_markdown(doc, os.path.join(out_dir, "RESULTS.md"))
+    if "meta" in doc:        # the chart is the LSTM's
+        chart = report.write_chart(doc, os.path.join(out_dir, "ratios.png"))
+        if chart is not None and "lstm" in args.cell:
+            doc["notes"].append(chart)
+            save()
+    log(f"done in {time.time() - t_begin:.0f} s: {json_path}, RESULTS.md, ratios.png")
+    for name in args.cell:
+        res = doc if name == "lstm" else doc["cells"][name]
+        if len(args.cell) > 1:
+            print(f"\n{CELLS[name].title}:")
+        print(report.headline(res))
+        if res.get("ratios") and CELLS[name].baseline:
+            print(f"overhead over clstm's plain LSTM (time / plain time) [goal]:\n"
+                  + report.headline(res, "overhead"))
+    return 0
+
+
+def cell_frameworks(cell, args):
+    """{worker name: (framework, cell it runs)}: the frameworks of args that implement the
+    cell, plus clstm's plain LSTM as the baseline of an LSTM variant."""
+    names = {f: (f, cell.name) for f in FRAMEWORKS if f in args.frameworks and f in cell.frameworks}
+    if cell.baseline and "clstm" in names:
+        names[BASELINE] = ("clstm", "lstm")
+    return names
+
+
+def new_results(args, command, configs, py, cell):
+    fws = cell_frameworks(cell, args)
+    return {
         "meta": {"command": command.strip(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                  "machine": cpu_model(), "python": sys.version.split()[0],
-                 "platform": platform.platform(), "interpreters": {f: py[f] for f in fws},
+                 "platform": platform.platform(),
+                 "interpreters": {f: py[fw] for f, (fw, _) in fws.items()},
                  "quick": args.quick, "rounds": args.rounds, "round_time_s": args.round_time,
                  "warmup_time_s": args.warmup_time, "wait_idle": args.wait_idle,
                  "threads": args.threads, "tasks": args.tasks,
@@ -352,18 +417,22 @@ def main(argv=None):
         "estimator_fit": {},
         "notes": [],
     }
-    json_path = os.path.join(out_dir, "results.json")
 
-    def save():
-        with open(json_path, "w") as f:
-            json.dump(res, f, indent=1, default=float)
 
+def run_cell(args, cell, configs, py, work, res, case_paths, save):
+    """One cell's run: probes, then every thread count; fills res, returns an exit code."""
+    t_begin = time.time()
+    waiter = IdleWaiter(args.wait_idle, args.idle_threshold, args.idle_timeout)
+    fws = [f for f in FRAMEWORKS if f in args.frameworks]
     extras = set() if args.no_extras else {"sgemm", "import", "rss", "fit"} - set(args.skip)
+    if not cell.is_plain_lstm:
+        extras &= {"sgemm"}     # import time, memory and fit are the LSTM's (cell-independent)
+        log(f"##### cell {cell.name}: {cell.title}")
     try:
         if "sgemm" in extras:
             for n in args.threads:
                 log(f"sgemm peak and GEMM-shape bounds, {n} thread(s)")
-                r = run_probe(py["clstm"], n, "sgemm", "--configs",
+                r = run_probe(py["clstm"], n, "sgemm", "--cell", cell.name, "--configs",
                               json.dumps([c.as_dict() for c in configs]), *(["--quick"] if args.quick else []))
                 if r.get("ok"):
                     res["sgemm"][str(n)] = {"gflops": r["gflops"], "gflops_best": r["gflops_best"],
@@ -371,9 +440,8 @@ def main(argv=None):
                     res["gemm_bound_ms"][str(n)] = r["gemm_bound_ms"]
                 else:
                     res["notes"].append(f"sgemm probe failed at {n} threads: {r.get('error')}")
-        case_paths = {}
         for n in args.threads:
-            run_thread_count(args, n, fws, configs, py, work, res, case_paths, waiter)
+            run_thread_count(args, n, cell, configs, py, work, res, case_paths, waiter)
             save()
         if "import" in extras:
             import_times(args, fws, py, res)
@@ -390,29 +458,23 @@ def main(argv=None):
                         "timeouts": waiter.timeouts}
     res["meta"]["loadavg_end"] = os.getloadavg()
     res["meta"]["elapsed_s"] = time.time() - t_begin
-    compute_ratios(res, configs, args)
+    compute_ratios(res, configs, args, cell)
     save()
-    import report
-    report.write_markdown(res, os.path.join(out_dir, "RESULTS.md"))
-    chart = report.write_chart(res, os.path.join(out_dir, "ratios.png"))
-    if chart is not None:
-        res["notes"].append(chart)
-        save()
-    log(f"done in {time.time() - t_begin:.0f} s: {json_path}, RESULTS.md, ratios.png")
-    print(report.headline(res))
     return 0
 
 
-def run_thread_count(args, n, fws, configs, py, work, res, case_paths, waiter):
-    log(f"=== {n} thread(s): starting workers {fws}")
-    workers = {f: Worker(f, n, py[f], work) for f in fws}
+def run_thread_count(args, n, cell, configs, py, work, res, case_paths, waiter):
+    names = cell_frameworks(cell, args)
+    tag = "" if cell.is_plain_lstm else f"{cell.name}-"       # file names of a cell's run
+    log(f"=== {n} thread(s): starting workers {list(names)}")
+    workers = {f: Worker(fw, n, py[fw], work, cell=c, log_name=tag + f) for f, (fw, c) in names.items()}
     live = {}
     for f, w in workers.items():
         hello = w.wait_hello()
         entry = res["frameworks"].setdefault(f, {"available": False})
         if hello.get("ok"):
             live[f] = w
-            entry.update(available=True, version=hello["version"], interpreter=py[f])
+            entry.update(available=True, version=hello["version"], interpreter=py[names[f][0]])
             entry.setdefault("import_s_in_worker", {})[str(n)] = hello["import_s"]
         else:
             w.close()
@@ -422,46 +484,74 @@ def run_thread_count(args, n, fws, configs, py, work, res, case_paths, waiter):
             if note not in res["notes"]:
                 res["notes"].append(note)
             log(note)
-    if "clstm" not in live:
+    if "clstm" not in live and cell.is_plain_lstm:
         raise SystemExit(f"clstm worker failed to start:\n{workers['clstm'].log_tail()}")
+    # The reference of the checks and the ratios: clstm; without it (a cell clstm does not
+    # have yet), a peer, so that the peers are still checked against each other.
+    peers = [f for f in live if f != BASELINE]
+    if not peers:
+        note = f"{cell.name}, {n} thread(s): no framework that implements the cell could start"
+        res["notes"].append(note)
+        log(note)
+        for w in live.values():
+            w.close()
+        return
+
+    def tasks_of(f):
+        return [t for t in args.tasks if t in FRAMEWORK_TASKS[names[f][0]]]
+
+    ref = max(peers, key=lambda f: len(tasks_of(f)))      # the first of those that run the most
+
     try:
-        # 1. cases: weights drawn by clstm, written once
+        # 1. cases: weights drawn by the reference (clstm), written once per cell;
+        #    the baseline draws its own (plain LSTM) case
         for cfg in configs:
-            if cfg.name not in case_paths:
-                path = os.path.join(work, f"case-{cfg.name}.npz")
-                live["clstm"].call("export", config=cfg.as_dict(), seed=args.seed, path=path)
-                case_paths[cfg.name] = path
-        # 2. correctness: every peer against clstm on the copied weights, before any timing
+            for f in [ref] + [f for f in live if f not in peers]:
+                key = (names[f][1], cfg.name)
+                if key not in case_paths:
+                    c_tag = "" if key[0] == "lstm" else f"{key[0]}-"
+                    path = os.path.join(work, f"case-{c_tag}{cfg.name}.npz")
+                    live[f].call("export", config=cfg.as_dict(), seed=args.seed, path=path)
+                    case_paths[key] = path
+        # 2. correctness: every peer against the reference on the copied weights, before any timing
+        #    (the baseline runs its check too, unchecked: like every worker, it then times a
+        #    runner whose functions have all run once)
         for cfg in configs:
             outs = {}
-            for f, w in live.items():
-                tasks = [t for t in args.tasks if t in FRAMEWORK_TASKS[f]]
+            for f in live:
+                tasks = tasks_of(f)
+                if f not in (ref, BASELINE):      # a peer is compared on what the reference ran
+                    tasks = [t for t in tasks if t in tasks_of(ref)]
                 if not tasks:
                     continue
-                out_path = os.path.join(work, f"check-{cfg.name}-{f}-t{n}.npz")
-                w.call("check", config=cfg.as_dict(), case_path=case_paths[cfg.name],
-                       out_path=out_path, tasks=tasks)
-                outs[f] = (load_npz(out_path), tasks)
-            ref = outs["clstm"][0]
-            for f, (got, tasks) in outs.items():
-                if f == "clstm":
+                out_path = os.path.join(work, f"check-{tag}{cfg.name}-{f}-t{n}.npz")
+                live[f].call("check", config=cfg.as_dict(), case_path=case_paths[(names[f][1], cfg.name)],
+                             out_path=out_path, tasks=tasks)
+                if f != BASELINE:
+                    outs[f] = (load_npz(out_path), tasks)
+            ref_out = outs[ref][0] if ref in outs else None
+            for f, (got, tasks) in outs.items() if ref_out is not None else ():
+                if f == ref:
                     continue
-                rep = compare(ref, got, f, tasks)
+                rep = compare(ref_out, got, f, tasks)
                 rep.update(config=cfg.name, framework=f, threads=n, tasks=tasks)
+                if ref != "clstm":
+                    rep["reference"] = ref
                 res["checks"].append(rep)
                 status = "ok" if rep["passed"] else "FAILED"
-                log(f"check {cfg.name:<10} {f:<12} {status} "
+                log(f"check {tag}{cfg.name:<10} {f:<12} {status} "
                     + " ".join(f"{k}={v:.2g}" for k, v in rep["errors"].items()))
                 if not rep["passed"]:
-                    raise CheckFailed(f"{f} vs clstm on {cfg.name} at {n} threads: "
+                    raise CheckFailed(f"{f} vs {ref} on {tag}{cfg.name} at {n} threads: "
                                       + "; ".join(rep["failures"]))
         # 3. timing: per case, warm up every framework, then interleaved rounds
         for cfg in configs:
             for task in args.tasks:
-                fw_task = [f for f in live if task in FRAMEWORK_TASKS[f]]
+                fw_task = [f for f in live if task in tasks_of(f)]
                 reps = {}
                 for f in fw_task:
-                    r = live[f].call("prepare", config=cfg.as_dict(), case_path=case_paths[cfg.name],
+                    r = live[f].call("prepare", config=cfg.as_dict(),
+                                     case_path=case_paths[(names[f][1], cfg.name)],
                                      task=task, warmup_s=args.warmup_time,
                                      min_calls=1 if args.quick else 3)
                     reps[f] = int(min(1000, max(1, round(args.round_time / max(r["estimate_ms"] / 1e3, 1e-7)))))
@@ -476,10 +566,10 @@ def run_thread_count(args, n, fws, configs, py, work, res, case_paths, waiter):
                 for f in fw_task:
                     s = summarize(times[f])
                     s.update(config=cfg.name, task=task, threads=n, framework=f,
-                             gflops=cfg.flops(task) / (s["median_ms"] * 1e6))
+                             gflops=cfg.flops(task, CELLS[names[f][1]]) / (s["median_ms"] * 1e6))
                     res["timings"].append(s)
                     line.append(f"{f}={s['median_ms']:.3g}")
-                log(f"{n}t {cfg.name:<10} {task:<9} median ms: " + " ".join(line))
+                log(f"{n}t {tag}{cfg.name:<10} {task:<9} median ms: " + " ".join(line))
             for f in live:
                 live[f].call("release", config=cfg.name)
     finally:
@@ -546,7 +636,7 @@ def estimator_fit(args, fws, py, res):
                 res["notes"].append(f"fit benchmark of {f} failed: {str(r.get('error'))[-300:]}")
 
 
-def compute_ratios(res, configs, args):
+def compute_ratios(res, configs, args, cell=CELLS["lstm"]):
     med = {(t["config"], t["task"], t["threads"], t["framework"]): t["median_ms"] for t in res["timings"]}
     for cfg in configs:
         for task in args.tasks:
@@ -560,10 +650,16 @@ def compute_ratios(res, configs, args):
                 if peers:
                     best = min(peers, key=peers.get)
                     entry.update(best_peer=best, best_peer_ms=peers[best], ratio=peers[best] / c)
+                base = med.get((cfg.name, task, n, BASELINE))
+                if base is not None:      # an LSTM variant: its cost over clstm's plain LSTM
+                    entry.update(baseline_ms=base, overhead=c / base)
+                    if cell.overhead_goal:
+                        entry.update(overhead_goal=cell.overhead_goal,
+                                     overhead_met=c / base <= cell.overhead_goal)
                 # the machine limit: the best sgemm repetition (robust to other load)
                 peak = res["sgemm"].get(str(n), {}).get("gflops_best")
                 if peak:
-                    flop_ms = cfg.flops(task) / (peak * 1e6)
+                    flop_ms = cfg.flops(task, cell) / (peak * 1e6)
                     entry["flop_bound_ms"] = flop_ms
                     if "best_peer_ms" in entry:
                         entry["ceiling"] = entry["best_peer_ms"] / flop_ms
@@ -571,7 +667,7 @@ def compute_ratios(res, configs, args):
                 gb = res["gemm_bound_ms"].get(str(n), {}).get(cfg.name)
                 if gb is not None and task == "inference":
                     entry["gemm_shape_bound_ms"] = gb
-                tgt = TARGETS.get(cfg.name, {}).get(task)
+                tgt = TARGETS.get(cfg.name, {}).get(task) if cell.lstm_targets else None
                 if tgt and n in (1, 2):
                     entry["target"] = tgt[n - 1]
                     if "ratio" in entry:

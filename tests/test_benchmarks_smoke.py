@@ -1,7 +1,10 @@
 """Smoke test of the benchmark driver (benchmarks/run.py): quick mode, one tiny
 custom shape, clstm and the NumPy peer only, so it runs in seconds without torch,
-TensorFlow or ONNX Runtime."""
+TensorFlow or ONNX Runtime. The cell family (``--cell``): the peers' side (torch,
+ONNX Runtime's GRU / LSTM with P and input_forget, the NumPy cells checked against
+each other), and clstm's side once clstm has the cells."""
 
+import inspect
 import json
 import os
 import subprocess
@@ -14,16 +17,31 @@ RUN = os.path.join(ROOT, "benchmarks", "run.py")
 
 pytestmark = pytest.mark.skipif(not os.path.exists(RUN), reason="benchmarks/ not present")
 
+# quick, one tiny stacked shape (H = 6: proj_size 3), 1 thread, no probes
+TINY = ["--quick", "--configs", "--shape", "tiny=3,6,2,6,2", "--threads", "1", "--no-extras",
+        "--rounds", "2", "--round-time", "0.01", "--warmup-time", "0.01"]
+
+
+def _run(out_dir, *args):
+    proc = subprocess.run([sys.executable, RUN, *args, "--out-dir", str(out_dir)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    return json.loads((out_dir / "results.json").read_text())
+
+
+def _checks_passed(res, peers, tasks):
+    """Every peer checked (against the run's reference) for the tasks, and passed."""
+    got = {c["framework"]: c for c in res["checks"]}
+    assert set(got) == set(peers), res["checks"]
+    for f, c in got.items():
+        assert c["passed"] and set(c["tasks"]) == set(tasks[f]), c
+        assert c["errors"]["out_max_abs"] < 1e-4
+
 
 def test_quick_run_writes_results(tmp_path):
-    cmd = [sys.executable, RUN, "--quick", "--configs", "--shape", "tiny=3,6,2,5",
-           "--frameworks", "clstm", "numpy", "--threads", "1", "--no-extras",
-           "--rounds", "2", "--round-time", "0.01", "--warmup-time", "0.01",
-           "--out-dir", str(tmp_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-
-    res = json.loads((tmp_path / "results.json").read_text())
+    res = _run(tmp_path, "--quick", "--configs", "--shape", "tiny=3,6,2,5",
+               "--frameworks", "clstm", "numpy", "--threads", "1", "--no-extras",
+               "--rounds", "2", "--round-time", "0.01", "--warmup-time", "0.01")
     for key in ("meta", "frameworks", "checks", "timings", "ratios", "notes"):
         assert key in res
     assert res["meta"]["quick"] is True
@@ -52,3 +70,75 @@ def test_quick_run_writes_results(tmp_path):
 
     md = (tmp_path / "RESULTS.md").read_text()
     assert "tiny" in md and "Quick" in md
+
+    # a cell run into the same folder adds its section and keeps the LSTM's results
+    doc = _run(tmp_path, *TINY, "--cell", "gru", "--frameworks", "numpy")
+    assert doc["timings"] == res["timings"] and doc["ratios"] == res["ratios"]
+    assert {t["framework"] for t in doc["cells"]["gru"]["timings"]} == {"numpy"}
+    md = (tmp_path / "RESULTS.md").read_text()
+    assert "tiny" in md and "## Cell: GRU" in md and "(`--cell gru`)" in md
+
+
+def test_cell_peers_agree(tmp_path):
+    """GRU: torch.nn.GRU, ONNX Runtime's GRU (linear_before_reset=1) and the NumPy GRU on the
+    same weights; peephole / CIFG / both: ONNX Runtime's LSTM with P / input_forget=1 and the
+    NumPy cells. clstm is left out (it is the reference once it has the cells)."""
+    for mod in ("torch", "onnxruntime", "onnx"):
+        pytest.importorskip(mod)
+    variants = ["peephole", "cifg", "cifg-peephole"]
+    doc = _run(tmp_path, *TINY, "--cell", "gru", *variants,
+               "--frameworks", "torch", "onnxruntime", "numpy")
+    assert "meta" not in doc and set(doc["cells"]) == {"gru", *variants}
+    gru = doc["cells"]["gru"]
+    _checks_passed(gru, ["onnxruntime", "numpy"],
+                   {"onnxruntime": ["inference"], "numpy": ["inference", "training"]})
+    assert {c["reference"] for c in gru["checks"]} == {"torch"}
+    assert {(t["framework"], t["task"]) for t in gru["timings"]} == {
+        ("torch", "inference"), ("torch", "training"), ("onnxruntime", "inference"),
+        ("numpy", "inference"), ("numpy", "training")}
+    for name in variants:
+        res = doc["cells"][name]
+        _checks_passed(res, ["onnxruntime"], {"onnxruntime": ["inference"]})
+        assert {c["reference"] for c in res["checks"]} == {"numpy"}
+        assert {t["framework"] for t in res["timings"]} == {"onnxruntime", "numpy"}
+    md = (tmp_path / "RESULTS.md").read_text()
+    for title in ("GRU", "LSTM with peepholes", "CIFG LSTM with peepholes"):
+        assert f"## Cell: {title}" in md
+
+
+def _clstm_cells():
+    clstm = pytest.importorskip("clstm")
+    if not hasattr(clstm, "GRU"):
+        pytest.skip("clstm.GRU does not exist yet")
+    accepted = inspect.signature(clstm.LSTM).parameters
+    options = {"peephole": ["peephole"], "cifg": ["coupled_gates"],
+               "cifg-peephole": ["peephole", "coupled_gates"], "proj": ["proj_size"],
+               "layernorm": ["layer_norm"]}
+    return ["gru"] + [c for c, kws in options.items() if all(k in accepted for k in kws)]
+
+
+def test_clstm_cells(tmp_path):
+    """clstm's cells against every peer installed (clstm is the reference); the LSTM
+    variants' overhead over clstm's plain LSTM is measured."""
+    cells = _clstm_cells()
+    peers = ["numpy"] + [f for f in ("torch", "onnxruntime") if _importable(f)]
+    doc = _run(tmp_path, *TINY, "--cell", *cells, "--frameworks", "clstm", *peers)
+    for name in cells:
+        res = doc["cells"][name]
+        assert res["frameworks"]["clstm"]["available"], res["notes"]
+        if name != "layernorm" and (name != "proj" or "torch" in peers):
+            assert res["checks"], res["notes"]        # layernorm has no peer, proj only torch
+        assert all(c["passed"] and "reference" not in c for c in res["checks"])
+        ratios = {r["task"]: r for r in res["ratios"]}
+        assert set(ratios) == {"inference", "training"}
+        if name != "gru":
+            for r in ratios.values():
+                assert r["overhead"] == pytest.approx(r["clstm_ms"] / r["baseline_ms"])
+
+
+def _importable(mod):
+    try:
+        __import__(mod)
+        return True
+    except ImportError:
+        return False

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 
 import clstm
-import clstm._lstm as lstm_module
-from clstm import _layer
+import clstm._rnn as rnn_module
+from clstm import _scan
 
 pytestmark = [
     pytest.mark.kernel,
-    pytest.mark.skipif(not _layer.HAVE_PACKED_GEMM, reason="build without the small-GEMM kernel"),
+    pytest.mark.skipif(not _scan.HAVE_PACKED_GEMM, reason="build without the small-GEMM kernel"),
 ]
 
 # rows around the tile heights (2, 4, 6) and columns around the panel widths (16, 64)
@@ -28,7 +28,7 @@ def test_packed_matmul_matches_numpy(n, K, N, transposed, accumulate):
     weight = np.ascontiguousarray(B.T) if transposed else B
     c0 = rng.standard_normal((n, N)).astype(np.float32)
     c = c0.copy()
-    _layer.packed_matmul(a, weight, transposed, c, accumulate)
+    _scan.packed_matmul(a, weight, transposed, c, accumulate)
     expected = a.astype(np.float64) @ B.astype(np.float64) + (c0 if accumulate else 0)
     scale = np.abs(a).max() * np.abs(B).max() * K + 1
     np.testing.assert_allclose(c, expected, rtol=0, atol=4e-7 * scale)
@@ -36,13 +36,13 @@ def test_packed_matmul_matches_numpy(n, K, N, transposed, accumulate):
 
 def test_pack_weight_layout():
     w = np.arange(3 * 20, dtype=np.float32).reshape(3, 20)     # K=3, N=20
-    packed = _layer.pack_weight(w, False)
+    packed = _scan.pack_weight(w, False)
     assert packed.shape == (2 * 3 * 16,)
     panels = packed.reshape(2, 3, 16)
     np.testing.assert_array_equal(panels[0], w[:, :16])
     np.testing.assert_array_equal(panels[1, :, :4], w[:, 16:])
     np.testing.assert_array_equal(panels[1, :, 4:], 0)          # zero padding
-    np.testing.assert_array_equal(_layer.pack_weight(np.ascontiguousarray(w.T), True), packed)
+    np.testing.assert_array_equal(_scan.pack_weight(np.ascontiguousarray(w.T), True), packed)
 
 
 @pytest.mark.parametrize("B, T, I, H, layers, bidirectional, ragged", [
@@ -57,7 +57,7 @@ def test_network_packed_equals_blas_path(monkeypatch, B, T, I, H, layers, bidire
     lengths = rng.integers(1, T + 1, size=B) if ragged else None
     results = {}
     for use in (True, False):
-        monkeypatch.setattr(lstm_module, "USE_PACKED_GEMM", use)
+        monkeypatch.setattr(rnn_module, "USE_PACKED_GEMM", use)
         net = clstm.LSTM(I, H, num_layers=layers, bidirectional=bidirectional, random_state=1)
         out, (h_n, c_n) = net.forward(X, lengths=lengths)
         grad_X = net.backward(np.cos(out), np.sin(h_n), np.cos(c_n))

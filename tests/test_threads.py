@@ -53,7 +53,7 @@ def test_resolve_n_threads():
 @pytest.fixture
 def split_small_batches(monkeypatch):
     """Make tiny test batches split across threads as large ones do."""
-    import clstm._lstm as lstm_module
+    import clstm._rnn as lstm_module
     monkeypatch.setattr(lstm_module, "MIN_WORK_PER_THREAD", 0)
     monkeypatch.setattr(lstm_module, "MIN_ROWS_PER_THREAD", 1)
 
@@ -102,7 +102,7 @@ def test_training_mode_identical_across_thread_counts(split_small_batches, dtype
 
 
 def test_useful_threads_rule():
-    from clstm._lstm import _useful_threads
+    from clstm._rnn import _useful_threads
     assert _useful_threads(2, 1, 200, 64) == 1          # one sequence: nothing to split
     assert _useful_threads(2, 32, 50, 50) == 1          # ~0.1 ms of work: not worth a thread
     assert _useful_threads(2, 64, 100, 128) == 2
@@ -124,12 +124,12 @@ def test_concurrent_forward_calls_are_bit_identical_to_serial(split_small_batche
     rng = np.random.default_rng(4)
     net = clstm.LSTM(3, 24, num_layers=2, random_state=5, n_jobs=2)
     batches = [rng.standard_normal((16, 30, 3)).astype(np.float32) for _ in range(8)]
-    serial = [net._forward(X, None, None, None, False, keep_cache=False)[0] for X in batches]
+    serial = [net.run(X, keep_cache=False)[0] for X in batches]
     results = [None] * len(batches)
 
     def work(k):
         for _ in range(3):
-            results[k] = net._forward(batches[k], None, None, None, False, keep_cache=False)[0]
+            results[k] = net.run(batches[k], keep_cache=False)[0]
 
     threads = [threading.Thread(target=work, args=(k,)) for k in range(len(batches))]
     for t in threads:

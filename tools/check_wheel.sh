@@ -95,8 +95,8 @@ import re, sys, tarfile
 names = [n.split("/", 1)[1] for n in tarfile.open(sys.argv[1]).getnames() if "/" in n]
 bad = [n for n in names if re.search(r"\.(c|so|pyd|o|html)$", n) or "__pycache__" in n]
 need = ["LICENSE", "README.md", "pyproject.toml", "setup.py", "MANIFEST.in",
-        "src/clstm/_cell_kernels.h", "src/clstm/_version.py"]
-need += [f"src/clstm/_{m}.{e}" for m in ("blas", "cell", "layer") for e in ("pyx", "pxd")]
+        "src/clstm/_cell_kernels.h", "src/clstm/_cell_rows.h", "src/clstm/_version.py"]
+need += [f"src/clstm/_{m}.{e}" for m in ("blas", "cell", "scan") for e in ("pyx", "pxd")]
 missing = [n for n in need if n not in names]
 tests = [n for n in names if re.fullmatch(r"tests/test_\w+\.py", n)]
 print(f"sdist: {len(names)} files, {len(tests)} test modules")
@@ -151,7 +151,7 @@ if vendored: errors.append(f"vendored libraries: {vendored}")
 if generated: errors.append(f"generated files in the wheel: {generated}")
 if len(sos) != 3: errors.append(f"expected 3 extension modules, found {sos}")
 if size > limit: errors.append(f"wheel is {size} bytes > {limit}")
-for need in ("clstm/_cell_kernels.h", "clstm/_cell.pxd", "clstm/datasets/data/elnino.csv"):
+for need in ("clstm/_cell_kernels.h", "clstm/_cell_rows.h", "clstm/_cell.pxd", "clstm/_scan.pxd", "clstm/datasets/data/elnino.csv"):
     if need not in names: errors.append(f"missing from the wheel: {need}")
 if not any(n.endswith(".dist-info/licenses/LICENSE") for n in names):
     errors.append("LICENSE missing from the wheel's dist-info")

@@ -1,10 +1,17 @@
-"""clstm worker: clstm.LSTM kernels plus a plain-NumPy Dense(1) head, MSE and Adam."""
+"""clstm worker: clstm.LSTM kernels plus a plain-NumPy Dense(1) head, MSE and Adam.
+
+The cells: ``clstm.GRU`` and ``clstm.LSTM(peephole=..., coupled_gates=..., proj_size=...,
+layer_norm=...)`` (README, "The cell family"); the same head, loss and Adam.
+"""
+
+import inspect
 
 import numpy as np
 
 import clstm
 
 from adam import Adam
+from common import CELLS
 
 
 def setup(n_threads):
@@ -15,18 +22,41 @@ def version():
     return clstm.__version__
 
 
+def supports(cell):
+    """Raise NotImplementedError if this build of clstm lacks the cell (e.g. before it exists)."""
+    if cell.kind == "gru":
+        if not hasattr(clstm, "GRU"):
+            raise NotImplementedError(f"clstm {clstm.__version__} has no clstm.GRU")
+        return
+    accepted = inspect.signature(clstm.LSTM).parameters
+    missing = [k for k in cell.clstm_kwargs(1) if k not in accepted]
+    if missing:
+        raise NotImplementedError(f"clstm {clstm.__version__}'s LSTM has no {', '.join(missing)}")
+
+
+def make_net(cfg, cell=CELLS["lstm"], **kwargs):
+    """The cell's clstm network (float32); kwargs: random_state, n_jobs."""
+    cls = clstm.GRU if cell.kind == "gru" else clstm.LSTM
+    return cls(cfg.I, cfg.H, num_layers=cfg.L, dtype="float32", **cell.clstm_kwargs(cfg.H), **kwargs)
+
+
+def draw_params(cfg, seed, cell=CELLS["lstm"]):
+    """The weights of a case: clstm's own initialisation, as a state dict."""
+    return make_net(cfg, cell, random_state=seed).state_dict()
+
+
 class Runner:
-    def __init__(self, cfg, params, data, n_threads):
+    def __init__(self, cfg, params, data, n_threads, cell=CELLS["lstm"]):
         self.cfg = cfg
-        self.net = clstm.LSTM(cfg.I, cfg.H, num_layers=cfg.L, dtype="float32",
-                              random_state=0, n_jobs=n_threads)
+        self.net = make_net(cfg, cell, random_state=0, n_jobs=n_threads)
         self.net.load_state_dict(params)
         self.X = np.ascontiguousarray(data["X"])
         self.y = np.ascontiguousarray(data["y"])
-        self.head_w = data["head_w"].copy()      # (1, H)
+        self.head_w = data["head_w"].copy()      # (1, P)
         self.head_b = data["head_b"].copy()      # (1,)
-        self.grad_out = np.zeros((cfg.B, cfg.T, cfg.H), dtype=np.float32)
-        self.grad_h_n = np.zeros((cfg.L, cfg.B, cfg.H), dtype=np.float32)
+        P = cell.out_size(cfg.H)
+        self.grad_out = np.zeros((cfg.B, cfg.T, P), dtype=np.float32)
+        self.grad_h_n = np.zeros((cfg.L, cfg.B, P), dtype=np.float32)
         self._adam = None
 
     def params(self):
@@ -42,13 +72,13 @@ class Runner:
     def loss_and_grads(self):
         net = self.net
         out, _ = net.forward(self.X)
-        last = out[:, -1, :]                                  # (B, H)
+        last = out[:, -1, :]                                  # (B, P)
         pred = last @ self.head_w.T + self.head_b              # (B, 1)
         diff = pred - self.y
         loss = float(np.mean(diff * diff))
         d_pred = (2.0 / diff.size) * diff                      # (B, 1)
         grads_head = {"head_w": d_pred.T @ last, "head_b": d_pred.sum(axis=0)}
-        self.grad_h_n[-1] = d_pred @ self.head_w               # (B, H)
+        self.grad_h_n[-1] = d_pred @ self.head_w               # (B, P)
         net.backward(self.grad_out, self.grad_h_n)
         grads = {k: v for k, v in net.grads.items() if k not in ("h0", "c0")}
         grads.update(grads_head)

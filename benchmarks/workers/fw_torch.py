@@ -1,9 +1,11 @@
-"""PyTorch worker: torch.nn.LSTM (batch_first) + nn.Linear(H, 1), MSELoss, torch.optim.Adam."""
+"""PyTorch worker: torch.nn.LSTM (batch_first) + nn.Linear(H, 1), MSELoss, torch.optim.Adam.
+
+The cells: torch.nn.GRU, and torch.nn.LSTM(proj_size=H // 2) (head nn.Linear(P, 1))."""
 
 import numpy as np
 import torch
 
-from common import BETA1, BETA2, EPS, LR
+from common import BETA1, BETA2, CELLS, EPS, LR
 
 
 def setup(n_threads):
@@ -18,11 +20,20 @@ def version():
     return torch.__version__
 
 
+def supports(cell):
+    if cell.kind == "lstm" and (cell.peephole or cell.coupled_gates or cell.layer_norm):
+        raise NotImplementedError(f"torch.nn.LSTM has no {cell.title}")
+
+
 class _Model(torch.nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg, cell=CELLS["lstm"]):
         super().__init__()
-        self.lstm = torch.nn.LSTM(cfg.I, cfg.H, num_layers=cfg.L, batch_first=True)
-        self.head = torch.nn.Linear(cfg.H, 1)
+        if cell.kind == "gru":
+            self.lstm = torch.nn.GRU(cfg.I, cfg.H, num_layers=cfg.L, batch_first=True)
+        else:
+            kw = {"proj_size": cell.out_size(cfg.H)} if cell.proj else {}
+            self.lstm = torch.nn.LSTM(cfg.I, cfg.H, num_layers=cfg.L, batch_first=True, **kw)
+        self.head = torch.nn.Linear(cell.out_size(cfg.H), 1)
 
     def forward(self, x):
         out, _ = self.lstm(x)
@@ -30,9 +41,9 @@ class _Model(torch.nn.Module):
 
 
 class Runner:
-    def __init__(self, cfg, params, data, n_threads):
+    def __init__(self, cfg, params, data, n_threads, cell=CELLS["lstm"]):
         self.cfg = cfg
-        self.model = _Model(cfg)
+        self.model = _Model(cfg, cell)
         with torch.no_grad():
             for name, value in params.items():
                 getattr(self.model.lstm, name).copy_(torch.from_numpy(value))

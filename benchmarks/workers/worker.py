@@ -3,6 +3,7 @@
 Usage (the driver starts these; by hand only for debugging):
 
     python benchmarks/workers/worker.py --framework torch --threads 2 serve
+    python benchmarks/workers/worker.py --framework torch --threads 2 --cell gru serve
     python benchmarks/workers/worker.py --framework torch --threads 1 rss --config nlp-large
     python benchmarks/workers/worker.py --threads 1 sgemm --configs '<json list>'
     python benchmarks/workers/worker.py --framework torch --threads 1 fit
@@ -29,6 +30,7 @@ def _early_args():
     p = argparse.ArgumentParser()
     p.add_argument("--framework", default="clstm")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cell", default="lstm", help="the recurrent cell (common.CELLS)")
     p.add_argument("mode", choices=["serve", "rss", "sgemm", "fit"])
     p.add_argument("--config", default="nlp-large")
     p.add_argument("--configs", default="[]")
@@ -44,7 +46,10 @@ apply_thread_env(ARGS.threads)
 
 import numpy as np  # noqa: E402
 
-from common import CONFIGS, config_from_dict, load_case, make_case_data, random_params  # noqa: E402
+from common import (CELLS, CONFIGS, config_from_dict, load_case, make_case_data,  # noqa: E402
+                    random_params)
+
+CELL = CELLS[ARGS.cell]
 
 
 def import_framework(name):
@@ -74,18 +79,18 @@ class Server:
         key = (cfg, case_path)
         if key not in self.runners:
             params, data = load_case(case_path)
-            self.runners[key] = self.mod.Runner(cfg, params, data, ARGS.threads)
+            self.runners[key] = self.mod.Runner(cfg, params, data, ARGS.threads, cell=CELL)
         self.runner = self.runners[key]
         return self.runner
 
     def cmd_export(self, msg):
-        """clstm only: draw the weights with clstm.LSTM and write the case file."""
-        import clstm
+        """Draw the weights and write the case file: clstm's own initialisation
+        (``draw_params``) in the clstm worker, torch's drawn with NumPy in the others
+        (the reference of a cell run without clstm)."""
         cfg = config_from_dict(msg["config"])
-        net = clstm.LSTM(cfg.I, cfg.H, num_layers=cfg.L, dtype="float32",
-                         random_state=msg["seed"])
-        arrays = {f"param/{k}": v for k, v in net.state_dict().items()}
-        arrays.update(make_case_data(cfg, msg["seed"]))
+        draw = getattr(self.mod, "draw_params", random_params)
+        arrays = {f"param/{k}": np.asarray(v) for k, v in draw(cfg, msg["seed"], CELL).items()}
+        arrays.update(make_case_data(cfg, msg["seed"], CELL.out_size(cfg.H)))
         np.savez(msg["path"], **arrays)
         return {}
 
@@ -98,7 +103,7 @@ class Server:
         """
         cfg = config_from_dict(msg["config"])
         params, data = load_case(msg["case_path"])
-        runner = self.mod.Runner(cfg, params, data, ARGS.threads)
+        runner = self.mod.Runner(cfg, params, data, ARGS.threads, cell=CELL)
         res = {}
         if "inference" in msg["tasks"]:
             res["out"] = to_numpy(runner, runner.infer())
@@ -158,9 +163,10 @@ def serve():
     sys.stdout = sys.stderr
     try:
         mod, import_s = import_framework(ARGS.framework)
+        mod.supports(CELL)
         hello = {"ok": True, "framework": ARGS.framework, "version": mod.version(),
                  "import_s": import_s, "threads": ARGS.threads, "pid": os.getpid()}
-    except Exception as exc:   # a missing peer: the driver skips it with this note
+    except Exception as exc:   # a missing peer (or cell): the driver skips it with this note
         proto.write(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}",
                                 "missing": isinstance(exc, ImportError)}) + "\n")
         return
@@ -261,22 +267,25 @@ def probe_sgemm():
         cfg = config_from_dict(d)
         total = 0.0
         for layer in range(cfg.L):
-            n_in = cfg.I if layer == 0 else cfg.H
+            # (G, n_in) input projection, then per step (G, P) recurrent (+ (P, H) projection)
+            (G, n_in), *steps = CELL.layer_gemms(cfg, layer)
             x = np.asfortranarray(rng.standard_normal((cfg.T * cfg.B, n_in), dtype=np.float32))
-            w = np.asfortranarray(rng.standard_normal((n_in, 4 * cfg.H), dtype=np.float32))
-            g = np.zeros((cfg.T * cfg.B, 4 * cfg.H), np.float32, order="F")
+            w = np.asfortranarray(rng.standard_normal((n_in, G), dtype=np.float32))
+            g = np.zeros((cfg.T * cfg.B, G), np.float32, order="F")
             proj = per_call(lambda: sgemm(1.0, x, w, c=g, overwrite_c=1)) - over_gemm
-            whh = np.asfortranarray(rng.standard_normal((cfg.H, 4 * cfg.H), dtype=np.float32))
-            if cfg.B == 1:
-                h = np.ones(cfg.H, np.float32)
-                gs = np.zeros(4 * cfg.H, np.float32)
-                whhT = np.asfortranarray(whh.T)
-                rec = per_call(lambda: sgemv(1.0, whhT, h, beta=1.0, y=gs, overwrite_y=1)) - over_gemv
-            else:
-                h = np.asfortranarray(rng.standard_normal((cfg.B, cfg.H), dtype=np.float32))
-                gs = np.zeros((cfg.B, 4 * cfg.H), np.float32, order="F")
-                rec = per_call(lambda: sgemm(1.0, h, whh, beta=1.0, c=gs, overwrite_c=1)) - over_gemm
-            total += max(proj, 0.0) + cfg.T * max(rec, 0.0)
+            for rows, depth in steps:
+                whh = np.asfortranarray(rng.standard_normal((depth, rows), dtype=np.float32))
+                if cfg.B == 1:
+                    h = np.ones(depth, np.float32)
+                    gs = np.zeros(rows, np.float32)
+                    whhT = np.asfortranarray(whh.T)
+                    rec = per_call(lambda: sgemv(1.0, whhT, h, beta=1.0, y=gs, overwrite_y=1)) - over_gemv
+                else:
+                    h = np.asfortranarray(rng.standard_normal((cfg.B, depth), dtype=np.float32))
+                    gs = np.zeros((cfg.B, rows), np.float32, order="F")
+                    rec = per_call(lambda: sgemm(1.0, h, whh, beta=1.0, c=gs, overwrite_c=1)) - over_gemm
+                total += cfg.T * max(rec, 0.0)
+            total += max(proj, 0.0)
         bounds[cfg.name] = 1e3 * total
     return {"gflops": gflops, "gflops_best": gflops_best, "gemm_bound_ms": bounds,
             "call_overhead_us": {"sgemm": 1e6 * over_gemm, "sgemv": 1e6 * over_gemv}}

@@ -11,6 +11,7 @@ first use (PEP 562), so ``import clstm`` does not pay for scikit-learn.
 import importlib
 
 from clstm._version import __version__
+from clstm._gru import GRU
 from clstm._lstm import LSTM
 
 _LAZY = {
@@ -21,7 +22,7 @@ _LAZY = {
     "datasets": "clstm.datasets",
 }
 
-__all__ = ["LSTM", "LSTMRegressor", "LSTMClassifier", "load", "make_windows",
+__all__ = ["LSTM", "GRU", "LSTMRegressor", "LSTMClassifier", "load", "make_windows",
            "datasets", "__version__"]
 
 

@@ -49,8 +49,8 @@ def cell_forward(floating[:, ::1] gates, floating[:, ::1] c_prev, bias=None):
     if b.shape[0] != 4 * H:
         raise ValueError("bias must have 4H entries")
     if B and H:
-        lstm_cell_forward(B, H, &g[0, 0], 4 * H, &b[0], &c_prev[0, 0], H, &c[0, 0], H,
-                          &h[0, 0], H)
+        lstm_cell_forward(0, B, H, &g[0, 0], 4 * H, &b[0], NULL, &c_prev[0, 0], H,
+                          &c[0, 0], H, &h[0, 0], H, NULL, NULL, NULL, NULL)
     return act, c_out, h_out
 
 
@@ -67,6 +67,7 @@ def cell_backward(floating[:, ::1] gates, floating[:, ::1] c_prev,
     cdef floating[:, ::1] gc = grad_c_prev
     cdef floating[:, ::1] gg = grad_gates
     if B and H:
-        lstm_cell_backward(B, H, &gates[0, 0], 4 * H, &c_prev[0, 0], H, &c[0, 0], H,
-                           &grad_h[0, 0], H, &z[0, 0], &gc[0, 0], &gg[0, 0], 4 * H)
+        lstm_cell_backward(0, B, H, &gates[0, 0], 4 * H, NULL, &c_prev[0, 0], H,
+                           &c[0, 0], H, &grad_h[0, 0], H, &z[0, 0], &gc[0, 0], &gg[0, 0],
+                           4 * H, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)
     return grad_gates, grad_c_prev

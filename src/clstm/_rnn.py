@@ -1,0 +1,682 @@
+"""Recurrent networks: the stack of layers and directions over one scan.
+
+`RecurrentNetwork` owns everything that does not depend on the cell: the
+parameters (a dict of numpy arrays with torch's names), validation, the
+time-major layout sorted by decreasing length (so the active rows of every
+step are a prefix), the split into independent sub-batches for threads,
+dropout masks, workspaces, and the calls of the compiled scan (clstm._scan),
+one per layer and direction. A cell kind (clstm.LSTM, clstm.GRU) adds its
+parameter shapes and initial values, how its parameters become the scan's
+arrays, and the signature of its public forward/backward.
+"""
+
+import numbers
+import threading
+from functools import partial
+
+import numpy as np
+
+from clstm._parallel import (
+    MIN_ROWS_PER_THREAD,
+    blas_single_threaded,
+    resolve_n_threads,
+    run_tasks,
+    split_rows,
+)
+from clstm._validation import (
+    as_float_array,
+    check_finite,
+    check_lengths,
+    check_positive_int,
+    check_state,
+    resolve_dtype,
+)
+
+__all__ = ["RecurrentNetwork"]
+
+# float32 recurrent products use clstm's own small-GEMM kernel on weights
+# packed once per call (_packed_gemm.h); float64 and compilers without vector
+# extensions use BLAS. Tests flip this to compare the two paths.
+USE_PACKED_GEMM = None      # None: wherever the build has the kernel
+
+# A sub-batch must carry at least this much work (B*T*H^2, about an eighth
+# of the recurrent FLOPs) for a thread to pay for its wake-up and hand-off:
+# ~0.2 ms of work on one core.
+MIN_WORK_PER_THREAD = 2_500_000
+
+# From this many inputs per step the input projection runs as one GEMM over
+# all steps (small-GEMM kernel); below, that GEMM is too thin (store-bound),
+# and each step computes [x_t | h_{t-1}] @ [W_ih | W_hh]^T in one product
+# (cells whose products are kept apart keep the whole-sequence projection).
+MIN_PACKED_INPUT_SIZE = 32
+
+_scan = None
+
+
+def _kernels():
+    """The compiled scan, loaded on first use: it pulls in SciPy's BLAS
+    (scipy.linalg, ~0.2 s), which `import clstm` need not pay for."""
+    global _scan
+    if _scan is None:
+        from clstm import _scan as module
+        _scan = module
+    return _scan
+
+
+def _packed(weight, transposed):
+    use = _kernels().HAVE_PACKED_GEMM if USE_PACKED_GEMM is None else USE_PACKED_GEMM
+    if use and weight is not None and weight.dtype == np.float32:
+        return _scan.pack_weight(weight, transposed)
+    return None
+
+
+def param_name(kind, layer, direction):
+    """torch's parameter name: ``weight_ih_l0``, ``bias_hh_l1_reverse``, ..."""
+    return f"{kind}_l{layer}" + ("_reverse" if direction else "")
+
+
+def as_numpy(value):
+    """numpy view of an array-like, torch tensors included (without importing torch)."""
+    if hasattr(value, "detach") and callable(value.detach):
+        value = value.detach()
+    if hasattr(value, "cpu") and callable(value.cpu):
+        value = value.cpu()
+    if hasattr(value, "numpy") and callable(value.numpy) and not isinstance(value, np.ndarray):
+        value = value.numpy()
+    return np.asarray(value)
+
+
+def _check_dropout(value, name):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
+            or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a float in [0, 1), got {value!r}")
+    return float(value)
+
+
+class RecurrentNetwork:
+    """Base of the recurrent networks (see clstm.LSTM, clstm.GRU).
+
+    Subclasses define the cell: ``state_names``, ``_cell_shapes(layer)`` (the
+    parameter kinds of one layer and direction and their shapes),
+    ``_scan_arrays(p)`` (the scan's weights from one direction's
+    parameters), ``_scan_config()``, and ``_gate_count()``.
+    """
+
+    state_names = ("h",)
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False,
+                 dtype="float32", random_state=None, dropout=0.0,
+                 recurrent_dropout=0.0, n_jobs=None):
+        self.input_size = check_positive_int(input_size, "input_size")
+        self.hidden_size = check_positive_int(hidden_size, "hidden_size")
+        self.num_layers = check_positive_int(num_layers, "num_layers")
+        if not isinstance(bidirectional, (bool, np.bool_)):
+            raise TypeError(f"bidirectional must be a bool, got {bidirectional!r}")
+        self.bidirectional = bool(bidirectional)
+        self.dtype = resolve_dtype(dtype)
+        self.dropout = _check_dropout(dropout, "dropout")
+        self.recurrent_dropout = _check_dropout(recurrent_dropout, "recurrent_dropout")
+        if n_jobs is not None:
+            resolve_n_threads(n_jobs)        # refuse a bad value now, not at forward
+        self.n_jobs = n_jobs
+        self.training = False
+        self._rng = _as_generator(random_state)
+        self.params = {}
+        self.grads = {}
+        self._cache = None
+        self._workspace = _Workspace()
+
+    # -- the cell (subclass hooks) ----------------------------------------------
+    @property
+    def output_size(self):
+        """Units of h per direction (the last axis of ``out`` is D * output_size)."""
+        return self.hidden_size
+
+    def _state_sizes(self):
+        """Units of each state, in the order of state_names."""
+        return {"h": self.output_size, "c": self.hidden_size}
+
+    # -- parameters ---------------------------------------------------------------
+    @property
+    def num_directions(self):
+        return 2 if self.bidirectional else 1
+
+    def _layer_input_size(self, layer):
+        return self.input_size if layer == 0 else self.output_size * self.num_directions
+
+    def _param_shapes(self):
+        shapes = {}
+        for layer in range(self.num_layers):
+            for d in range(self.num_directions):
+                for kind, shape in self._cell_shapes(layer).items():
+                    shapes[param_name(kind, layer, d)] = shape
+        return shapes
+
+    def _init_params(self):
+        """torch's initialisation: every parameter uniform on [-1/sqrt(H), 1/sqrt(H)],
+        except layer-norm gains (ones) and shifts (zeros)."""
+        bound = 1.0 / np.sqrt(self.hidden_size)
+        for layer in range(self.num_layers):
+            for d in range(self.num_directions):
+                for kind, shape in self._cell_shapes(layer).items():
+                    if kind.startswith("weight_ln_"):
+                        value = np.ones(shape)
+                    elif kind.startswith("bias_ln_"):
+                        value = np.zeros(shape)
+                    else:
+                        value = self._rng.uniform(-bound, bound, size=shape)
+                    self.params[param_name(kind, layer, d)] = value.astype(self.dtype)
+
+    def _direction_params(self, layer, d):
+        return {kind: self.params[param_name(kind, layer, d)]
+                for kind in self._cell_shapes(layer)}
+
+    def state_dict(self):
+        """Copies of the parameters, keyed by torch names."""
+        return {name: value.copy() for name, value in self.params.items()}
+
+    def load_state_dict(self, state_dict):
+        """Load parameters from a mapping of torch names to array-likes.
+
+        Accepts numpy arrays, nested lists or torch tensors (converted
+        without importing torch). Strict: every name must be present, none
+        extra, each with the exact shape; values must be finite.
+        """
+        if not hasattr(state_dict, "keys"):
+            raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
+        shapes = self._param_shapes()
+        missing = [k for k in shapes if k not in state_dict]
+        extra = [k for k in state_dict if k not in shapes]
+        if missing or extra:
+            raise ValueError(
+                f"state_dict does not match this network ({self!r}): missing keys "
+                f"{missing}, unexpected keys {extra}")
+        new = {}
+        for name, shape in shapes.items():
+            value = as_float_array(as_numpy(state_dict[name]), self.dtype, name)
+            if value.shape != shape:
+                raise ValueError(f"state_dict[{name!r}] has shape {value.shape}, expected {shape}")
+            check_finite(value, name)
+            # a copy: the net must not alias the caller's arrays (or torch's tensors)
+            new[name] = np.array(value, order="C", copy=True)
+        self.params.update(new)   # only after every entry passed
+        self._cache = None
+        return self
+
+    # -- modes --------------------------------------------------------------------
+    def train(self, mode=True):
+        """Training mode: dropout and recurrent dropout apply."""
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        """Inference mode: no dropout."""
+        return self.train(False)
+
+    # -- generic interface (what models and persistence use) -----------------------
+    # `state` is a tuple of (num_layers * D, batch, units) arrays in the order
+    # of `state_names`.
+    def run(self, X, state=None, lengths=None, *, keep_cache=True):
+        """Run over whole sequences with the states as one tuple.
+
+        ``keep_cache=False`` keeps no activations for a backward (and runs in
+        whichever mode the network is in): what inference and no-gradient
+        passes use; it is safe to call from several threads.
+        Returns ``out, state``.
+        """
+        if keep_cache:
+            self._cache = None        # its buffers are about to be reused
+        out, states, cache = self._forward(X, state, lengths, self.training, keep_cache)
+        if keep_cache:
+            self._cache = cache
+            self.grads = {}
+        return out, states
+
+    def backward_state(self, grad_out, grad_state=None):
+        """Backward from the last cached run, the state gradients as one tuple
+        (or None). Returns grad_X; parameter gradients go to :attr:`grads`."""
+        return self._backward(grad_out, grad_state)
+
+    def clear_cache(self):
+        """Drop the activations kept for backward (frees their memory)."""
+        self._cache = None
+        self.grads = {}
+
+    def get_config(self):
+        """Constructor arguments: ``type(net)(**net.get_config())`` builds the same network."""
+        return {"input_size": self.input_size, "hidden_size": self.hidden_size,
+                "num_layers": self.num_layers, "bidirectional": self.bidirectional,
+                "dtype": np.dtype(self.dtype).name, "dropout": self.dropout,
+                "recurrent_dropout": self.recurrent_dropout, "n_jobs": self.n_jobs}
+
+    @property
+    def rng_state(self):
+        """State of the generator that draws dropout masks (settable, for resuming)."""
+        return self._rng.bit_generator.state
+
+    @rng_state.setter
+    def rng_state(self, value):
+        self._rng.bit_generator.state = value
+
+    # -- forward --------------------------------------------------------------------
+    def _validate_input(self, X, state, lengths):
+        X = as_float_array(X, self.dtype, "X")
+        if X.ndim != 3:
+            raise ValueError(
+                f"X must be 3-D (batch, T, input_size={self.input_size}), got "
+                f"{X.ndim}-D array of shape {X.shape}")
+        B, T, n_features = X.shape
+        if n_features != self.input_size:
+            raise ValueError(f"X has {n_features} features per step, this network expects "
+                             f"input_size={self.input_size}")
+        if B == 0 or T == 0:
+            raise ValueError(f"X must have at least one sequence and one step, got shape {X.shape}")
+        lengths = check_lengths(lengths, B, T)
+        if state is None:
+            state = (None,) * len(self.state_names)
+        if len(state) != len(self.state_names):
+            raise ValueError(f"state must be a tuple of {len(self.state_names)} arrays "
+                             f"{self.state_names}, got {len(state)}")
+        n_states = self.num_layers * self.num_directions
+        sizes = self._state_sizes()
+        state = tuple(check_state(s, (n_states, B, sizes[name]), self.dtype, f"{name}0")
+                      for s, name in zip(state, self.state_names))
+        return X, state, lengths
+
+    def _forward(self, X, state, lengths, training, keep_cache=True):
+        X, state, lengths = self._validate_input(X, state, lengths)
+        B, T, _ = X.shape
+        P, D, L = self.output_size, self.num_directions, self.num_layers
+        if lengths is None:
+            order = np.arange(B)
+            sorted_lengths = np.full(B, T)
+            x = np.array(X.transpose(1, 0, 2), order="C")   # a copy, also at B == 1
+        else:
+            # Sort by decreasing length (stable): the rows active at step t are
+            # then the first batch_sizes[t], so each step is one contiguous GEMM.
+            order = np.argsort(-lengths, kind="stable")
+            sorted_lengths = lengths[order]
+            x = np.ascontiguousarray(X[order].transpose(1, 0, 2))
+            padding = np.arange(T)[:, None] >= sorted_lengths[None, :]      # (T, B)
+            x[padding] = 0.0          # padding never reaches a GEMM
+        check_finite(x, "X")
+        # copies (fancy indexing): the backward never sees later changes the
+        # caller makes to its initial states
+        state = tuple(np.ascontiguousarray(s[:, order]) for s in state)
+        # Dropout masks for the whole batch, drawn before any split so the
+        # result does not depend on the number of threads.
+        masks = self._draw_masks(T, B) if training else None
+
+        # Independent sub-batches of contiguous (sorted) rows, one per thread:
+        # each runs every layer on its rows, so a call synchronises once.
+        _kernels()
+        n_threads = resolve_n_threads(self.n_jobs, B)
+        chunks = split_rows(B, _useful_threads(n_threads, B, T, self.hidden_size),
+                            weights=sorted_lengths)
+        weights = self._forward_weights()
+        # Training forwards reuse buffers (their cache is replaced anyway);
+        # inference forwards allocate, so concurrent calls never share.
+        ws = self._workspace if keep_cache else _Workspace()
+        parts = [None] * len(chunks)
+
+        def run(k):
+            b0, b1 = chunks[k]
+            n_steps = int(sorted_lengths[b0])                  # longest in the chunk
+            sub_masks = None if masks is None else _slice_masks(masks, b0, b1, n_steps)
+            parts[k] = self._forward_batch(
+                np.ascontiguousarray(x[:n_steps, b0:b1]), [s[:, b0:b1] for s in state],
+                sorted_lengths[b0:b1], sub_masks, weights, ws.chunk(k))
+
+        with blas_single_threaded:
+            run_tasks([partial(run, k) for k in range(len(chunks))])
+
+        out = np.zeros((B, T, D * P), dtype=self.dtype)           # sorted order
+        sizes = self._state_sizes()
+        finals = [np.empty((L * D, B, sizes[name]), dtype=self.dtype)
+                  for name in self.state_names]
+        for (b0, b1), part in zip(chunks, parts):
+            out_k = part["layers"][-1]["out"]
+            out[b0:b1, :out_k.shape[0]] = out_k.transpose(1, 0, 2)
+            for final, part_final in zip(finals, part["finals"]):
+                final[:, b0:b1] = part_final
+        if lengths is None:
+            inverse = order
+        else:
+            inverse = np.argsort(order)
+            out = out[inverse]
+            finals = [f[:, inverse] for f in finals]
+        cache = None
+        if keep_cache:
+            cache = {"parts": parts, "chunks": chunks, "order": order, "inverse": inverse,
+                     "shape": (B, T), "params": dict(self.params),
+                     "values": {k: v.copy() for k, v in self.params.items()}}
+        return out, tuple(finals), cache
+
+    def _forward_weights(self):
+        """Per (layer, direction): the scan's weight arrays, including the
+        packed forms the small-GEMM kernel reads (packed once per call, not
+        per chunk)."""
+        return [self._scan_arrays(self._direction_params(layer, d), backward=False)
+                for layer in range(self.num_layers) for d in range(self.num_directions)]
+
+    def _draw_masks(self, T, B):
+        """Dropout masks in a fixed order: per layer, the input mask (layers
+        after the first), then one recurrent mask per direction."""
+        P, D = self.output_size, self.num_directions
+        masks = []
+        for layer in range(self.num_layers):
+            input_mask = None
+            if layer > 0 and self.dropout > 0:
+                input_mask = self._dropout_mask((T, B, D * P), self.dropout)
+            rec = [self._dropout_mask((B, P), self.recurrent_dropout)
+                   if self.recurrent_dropout > 0 else None for _ in range(D)]
+            masks.append((input_mask, rec))
+        return masks
+
+    def _buffers(self, ws, layer, d, T, B, backward):
+        """The scan's activation (and, for backward, gradient) buffers of one
+        layer direction, by the Layer field names of _scan.pxd."""
+        H, P, G, dt = self.hidden_size, self.output_size, self._gate_count(), self.dtype
+        cfg = self._scan_config()
+        ln_gates, ln_cell = cfg["ln_gates"], bool(cfg["variant"] & _scan.LN_CELL)
+        proj = P != H
+        lstm = "c" in self.state_names
+        if not backward:
+            key = ("fwd", layer, d)
+            shapes = {"gates": (T, B, G),
+                      "hgates": (T, B, G) if ln_gates or not lstm else None,
+                      "c_seq": (T, B, H) if lstm else None,
+                      "m_seq": (T, B, H) if proj else None,
+                      "ln_x": (T, B, G) if ln_gates else None,
+                      "ln_stats": (T, B, 2) if ln_gates else None,
+                      "chat": (T, B, H) if ln_cell else None,
+                      "c_stats": (T, B) if ln_cell else None}
+        else:
+            key = ("bwd", layer > 0, d)     # layers after the first share widths
+            n_in = self._layer_input_size(layer)
+            separate = ln_gates or not lstm
+            shapes = {"grad_gates": (T, B, G),
+                      "grad_hgates": (T, B, G) if separate else None,
+                      "xh": (T, B, n_in + P),
+                      "grad_hp": (T, B, P) if proj else None,
+                      "grad_m": (B, H) if proj else None,
+                      "cell_work": (2 * H,),
+                      "grad_w": None if separate else (G, n_in + P),
+                      "work": (B, P)}
+        return {name: None if shape is None else ws.get(key + (name,), shape, dt)
+                for name, shape in shapes.items()}
+
+    def _forward_batch(self, x, state, lengths, masks, weights, ws):
+        """All layers over one sub-batch, single-threaded: x (T, b, I)
+        time-major with rows sorted by decreasing length; returns its cache."""
+        T, B, _ = x.shape
+        P, D = self.output_size, self.num_directions
+        batch_sizes = (lengths[None, :] > np.arange(T)[:, None]).sum(axis=1).astype(np.intc)
+        padded = bool(batch_sizes[-1] < B)
+        state = [np.ascontiguousarray(s) for s in state]
+        sizes = self._state_sizes()
+        finals = [np.empty((self.num_layers * D, B, sizes[name]), dtype=self.dtype)
+                  for name in self.state_names]
+        rows, last = np.arange(B), lengths - 1
+        cfg = self._scan_config()
+        layers, inp = [], x
+        for layer in range(self.num_layers):
+            input_mask, rec_masks = masks[layer] if masks is not None else (None, [None] * D)
+            if input_mask is not None:
+                inp = inp * input_mask
+            out = ws.get(("out", layer), (T, B, D * P), self.dtype, zero=padded)
+            directions = []
+            for d in range(D):
+                k = layer * D + d
+                arrays = dict(weights[k])
+                arrays.update(self._buffers(ws, layer, d, T, B, backward=False))
+                arrays.update(x=inp, batch_sizes=batch_sizes, h0=state[0][k],
+                              c0=state[1][k] if len(state) > 1 else None,
+                              mask=rec_masks[d], h_seq=out,
+                              work=None if rec_masks[d] is None else
+                              ws.get(("work", layer, d), (B, P), self.dtype))
+                _scan.forward(arrays, dict(cfg, reverse=bool(d), column=d * P))
+                final = np.zeros_like(last) if d else last
+                finals[0][k] = out[final, rows, d * P:(d + 1) * P]
+                if len(finals) > 1:
+                    finals[1][k] = arrays["c_seq"][final, rows]
+                directions.append(arrays)
+            layers.append({"input": inp, "input_mask": input_mask, "out": out,
+                           "directions": directions})
+            inp = out
+        return {"layers": layers, "finals": finals, "state": state,
+                "batch_sizes": batch_sizes}
+
+    def _dropout_mask(self, shape, p):
+        keep = self._rng.random(shape) >= p
+        return (keep / (1.0 - p)).astype(self.dtype)
+
+    # -- backward -------------------------------------------------------------------
+    def _backward(self, grad_out, grad_state):
+        cache = self._cache
+        if cache is None:
+            raise RuntimeError("backward() needs a preceding forward() (the parameters "
+                               "changed or no forward was run)")
+        if any(cache["params"].get(k) is not v for k, v in self.params.items()):
+            raise RuntimeError("the parameters were replaced since forward(); run forward() again")
+        if any(not np.array_equal(cache["values"][k], v) for k, v in self.params.items()):
+            raise RuntimeError("the parameters were modified in place since forward(); "
+                               "the saved activations no longer match them: run forward() again")
+        B, T = cache["shape"]
+        P, D, L = self.output_size, self.num_directions, self.num_layers
+        order = cache["order"]
+        grad_out = as_float_array(grad_out, self.dtype, "grad_out")
+        if grad_out.shape != (B, T, D * P):
+            raise ValueError(f"grad_out has shape {grad_out.shape}, expected {(B, T, D * P)}")
+        check_finite(grad_out, "grad_out")
+        if grad_state is None:
+            grad_state = (None,) * len(self.state_names)
+        if len(grad_state) != len(self.state_names):
+            raise ValueError(f"the state gradient must be a tuple of {len(self.state_names)} "
+                             f"arrays {self.state_names}, got {len(grad_state)}")
+        sizes = self._state_sizes()
+        grad_state = [check_state(g, (L * D, B, sizes[name]), self.dtype,
+                                  f"grad_{name}_n")[:, order]
+                      for g, name in zip(grad_state, self.state_names)]
+        if cache["inverse"] is not order:          # sorted by length: reorder
+            grad_out = grad_out[order]
+        weights = [self._scan_arrays(self._direction_params(layer, d), backward=True)
+                   for layer in range(L) for d in range(D)]
+        chunks, parts = cache["chunks"], cache["parts"]
+        results = [None] * len(chunks)
+        ws = self._workspace
+
+        def run(k):
+            b0, b1 = chunks[k]
+            n_steps = parts[k]["layers"][0]["input"].shape[0]
+            g = np.ascontiguousarray(grad_out[b0:b1, :n_steps].transpose(1, 0, 2))
+            results[k] = self._backward_batch(
+                parts[k], g, [np.ascontiguousarray(s[:, b0:b1]) for s in grad_state],
+                weights, ws.chunk(k))
+
+        with blas_single_threaded:
+            run_tasks([partial(run, k) for k in range(len(chunks))])
+
+        grads = results[0][1]
+        for _, more, _ in results[1:]:           # sum the sub-batches' gradients
+            for name, value in more.items():
+                grads[name] += value
+        grad_X = np.zeros((B, T, self.input_size), dtype=self.dtype)
+        grad_init = [np.empty((L * D, B, sizes[name]), dtype=self.dtype)
+                     for name in self.state_names]
+        for (b0, b1), (grad_x, _, g_states) in zip(chunks, results):
+            grad_X[b0:b1, :grad_x.shape[0]] = grad_x.transpose(1, 0, 2)
+            for full, part in zip(grad_init, g_states):
+                full[:, b0:b1] = part
+        inverse = cache["inverse"]
+        if inverse is not order:
+            grad_X = grad_X[inverse]
+            grad_init = [g[:, inverse] for g in grad_init]
+        for name, g in zip(self.state_names, grad_init):
+            grads[f"{name}0"] = g
+        self.grads = grads
+        return grad_X
+
+    def _backward_batch(self, part, g, grad_state, weights, ws):
+        """BPTT over one sub-batch, single-threaded: g (T, b, D*P) time-major;
+        grad_state (per state, (L*D, b, units)) is updated in place to the
+        gradients of the initial states. Returns (grad_x, grads, grad_state)."""
+        D = self.num_directions
+        T, B = g.shape[:2]
+        G = self._gate_count()
+        grads = {name: np.zeros_like(value) for name, value in self.params.items()}
+        cfg = self._scan_config()
+        for layer in reversed(range(self.num_layers)):
+            lc = part["layers"][layer]
+            inp = lc["input"]
+            grad_in = np.empty_like(inp)
+            for d in range(D):
+                k = layer * D + d
+                fwd = lc["directions"][d]
+                arrays = dict(fwd)
+                arrays.update(weights[k])
+                arrays.update(self._buffers(ws, layer, d, T, B, backward=True))
+                arrays["xh"][:, :, :inp.shape[2]] = inp
+                names = {kind: param_name(kind, layer, d) for kind in self._cell_shapes(layer)}
+                grad_bias = np.zeros(G, dtype=self.dtype)
+                arrays.update(
+                    grad_h_seq=g, grad_h=grad_state[0][k],
+                    grad_c=grad_state[1][k] if len(grad_state) > 1 else None,
+                    grad_x=grad_in, grad_bias=grad_bias,
+                    **{"grad_" + _SCAN_NAMES.get(kind, kind): grads[name]
+                       for kind, name in names.items() if not kind.startswith("bias_")
+                       or kind == "bias_ln_c"})
+                if "c" not in self.state_names:          # GRU: the biases apart
+                    arrays["grad_bias"] = grads[names["bias_ih"]]
+                    arrays["grad_bias_hh"] = grads[names["bias_hh"]]
+                _scan.backward(arrays, dict(cfg, reverse=bool(d), column=d * self.output_size,
+                                            accumulate_grad_x=d > 0))
+                if "c" in self.state_names:            # both biases saw grad_bias
+                    grads[names["bias_ih"]] += grad_bias
+                    grads[names["bias_hh"]] += grad_bias
+            if lc["input_mask"] is not None:
+                grad_in *= lc["input_mask"]
+            g = grad_in
+        return g, grads, grad_state
+
+    def __getstate__(self):
+        # Workspaces and the forward cache are scratch: never pickled.
+        state = self.__dict__.copy()
+        state["_workspace"] = None
+        state["_cache"] = None
+        state["grads"] = {}
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._workspace = _Workspace()
+
+    def _repr_options(self):
+        """Non-default options as ', name=value' pieces (subclasses add theirs)."""
+        extra = ""
+        if self.bidirectional:
+            extra += ", bidirectional=True"
+        if self.dropout:
+            extra += f", dropout={self.dropout}"
+        if self.recurrent_dropout:
+            extra += f", recurrent_dropout={self.recurrent_dropout}"
+        return extra
+
+    def __repr__(self):
+        return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, "
+                f"num_layers={self.num_layers}{self._repr_options()}, "
+                f"dtype={np.dtype(self.dtype).name!r})")
+
+
+# Parameter kinds whose name in the scan (_scan.pxd Layer fields) differs.
+_SCAN_NAMES = {"weight_peephole": "peephole", "weight_ln_ih": "ln_ih",
+               "weight_ln_hh": "ln_hh", "weight_ln_c": "ln_c_w", "bias_ln_c": "ln_c_b"}
+
+
+def scan_weight_arrays(p, fused_bias, backward, separate):
+    """The scan's weight arrays from one direction's parameters `p` (kind ->
+    array), with the packed forms for the small-GEMM kernel: forward packs
+    transposes (x @ W.T), backward the weights themselves (grad @ W)."""
+    arrays = {_SCAN_NAMES.get(kind, kind): value for kind, value in p.items()
+              if kind not in ("bias_ih", "bias_hh")}
+    arrays["bias"] = fused_bias
+    w_ih, w_hh, w_hr = p["weight_ih"], p["weight_hh"], p.get("weight_hr")
+    if backward:
+        arrays["packed_ih"] = _packed(w_ih, False)
+        arrays["packed_hh"] = _packed(w_hh, False)
+        arrays["packed_hr"] = _packed(w_hr, False)
+        return arrays
+    if separate or w_ih.shape[1] >= MIN_PACKED_INPUT_SIZE:
+        # (for thin inputs the small-GEMM kernel also beats SciPy's sgemm,
+        # which takes ~2 ms for ts-small's (1600 x 1) @ (1 x 150))
+        arrays["packed_ih_t"] = _packed(w_ih, True)
+        arrays["packed_hh_t"] = _packed(w_hh, True)
+    else:
+        # thin inputs: fold the projection into each step's product
+        arrays["packed_xh_t"] = _packed(np.concatenate([w_ih, w_hh], axis=1), True)
+    arrays["packed_hr_t"] = _packed(w_hr, True)
+    return arrays
+
+
+class _Workspace:
+    """Buffers reused across calls with the same shapes (no per-batch
+    reallocation in a training loop), one set per sub-batch and per calling
+    thread, so concurrent callers never share them."""
+
+    def __init__(self):
+        self._local = threading.local()
+
+    def chunk(self, k):
+        """The buffers of sub-batch k (resolved in the calling thread, used
+        by whichever pool thread runs that sub-batch)."""
+        chunks = self._local.__dict__.setdefault("chunks", {})
+        if k not in chunks:
+            chunks[k] = _Buffers()
+        return chunks[k]
+
+
+class _Buffers:
+    """Named arrays reused while their shape and dtype stay the same."""
+
+    def __init__(self):
+        self._arrays = {}
+
+    def get(self, key, shape, dtype, zero=False):
+        store = self._arrays
+        arr = store.get(key)
+        if arr is None or arr.shape != shape or arr.dtype != dtype:
+            arr = np.zeros(shape, dtype=dtype) if zero else np.empty(shape, dtype=dtype)
+            store[key] = arr
+        elif zero:
+            arr.fill(0)
+        return arr
+
+
+def _useful_threads(n_threads, batch_size, n_steps, hidden_size):
+    """Threads worth using for a batch: each needs MIN_ROWS_PER_THREAD rows
+    of its own, and a call must carry enough work to pay for waking them."""
+    if n_threads <= 1:
+        return 1
+    work = batch_size * n_steps * hidden_size * hidden_size   # ~ recurrent FLOPs / 8
+    if work < MIN_WORK_PER_THREAD:
+        return 1
+    return max(1, min(n_threads, batch_size // max(1, MIN_ROWS_PER_THREAD),
+                      work // max(1, MIN_WORK_PER_THREAD)))
+
+
+def _slice_masks(masks, b0, b1, n_steps):
+    """The dropout masks of sorted rows [b0, b1), trimmed to n_steps."""
+    return [(None if inp is None else np.ascontiguousarray(inp[:n_steps, b0:b1]),
+             [None if m is None else np.ascontiguousarray(m[b0:b1]) for m in rec])
+            for inp, rec in masks]
+
+
+def _as_generator(random_state):
+    if random_state is None or isinstance(random_state, (numbers.Integral, np.integer)):
+        return np.random.default_rng(random_state)
+    if isinstance(random_state, np.random.Generator):
+        return random_state
+    if isinstance(random_state, np.random.RandomState):
+        return np.random.default_rng(random_state.randint(np.iinfo(np.int32).max))
+    raise TypeError(f"random_state must be None, an int, a numpy Generator or RandomState, "
+                    f"got {type(random_state).__name__}")

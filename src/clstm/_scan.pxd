@@ -1,0 +1,93 @@
+# The scan: one direction of one recurrent layer over the whole sequence,
+# forward and backward (BPTT), for every cell kind.
+#
+# Layout (time-major, built by the network): x (T, B, I); gates (T, B, G);
+# c_seq (T, B, H); h_seq (T, B, ld_h) holding this direction's columns.
+# The batch is sorted by decreasing length, so the rows active at step t are
+# the first batch_sizes[t] (PyTorch's packed-sequence layout).
+# Kernels own no memory: the caller passes every buffer (in a Layer).
+
+from cython cimport floating
+
+# --- Cell description -----------------------------------------------------------
+cdef enum CellKind:
+    CELL_LSTM = 0      # LSTM family: states (h, c); variant flags from _cell.pxd
+    CELL_GRU = 1       # GRU: state h; its recurrent product is kept apart
+
+
+cdef struct Layer:
+    # what the cell is
+    int kind                  # CellKind
+    int variant               # LSTM family: CLSTM_PEEPHOLE | CLSTM_COUPLED | CLSTM_LN_CELL
+    bint ln_gates             # layer-normalised products (LSTM with layer_norm)
+    bint separate             # recurrent product kept apart from the input product
+    # sizes: T steps, B rows, I inputs, H cell units, P units of h, G gate units
+    Py_ssize_t n_steps, batch, input_size, hidden, out_size, n_gates
+    bint reverse
+    const int* batch_sizes
+    # parameters (floating*, typed by the caller's specialisation)
+    void* weight_ih           # (G, I)
+    void* weight_hh           # (G, P)
+    void* weight_hr           # (P, H) projection, or NULL
+    void* bias                # (G,) the biases the cell adds (see each cell)
+    void* bias_hn             # (H,) GRU: b_hn
+    void* peephole            # LSTM peepholes, or NULL
+    void* ln_ih               # (G,) layer-norm gains of the two products
+    void* ln_hh
+    void* ln_c_w              # (H,) layer-norm gain and bias of the cell state
+    void* ln_c_b
+    # float32 weights packed for the small-GEMM kernel (NULL: use BLAS)
+    const float* packed_ih_t  # W_ih^T    (input projection)
+    const float* packed_hh_t  # W_hh^T    (recurrent product)
+    const float* packed_xh_t  # [W_ih | W_hh]^T (thin inputs: both products per step)
+    const float* packed_hr_t  # W_hr^T    (projection)
+    const float* packed_ih    # W_ih      (grad_x)
+    const float* packed_hh    # W_hh      (grad_h)
+    const float* packed_hr    # W_hr      (grad_m)
+    # inputs and initial states
+    void* x                   # (T, B, I)
+    void* h0                  # (B, P)
+    void* c0                  # (B, H) LSTM family
+    void* mask                # (B, P) recurrent dropout on h_{t-1}, or NULL
+    # activations written by the forward, read by the backward
+    void* gates               # (T, B, G) activated gates
+    void* hgates              # (T, B, G) separate recurrent product (GRU: W_hn h + b_hn in
+                              # block n; layer norm: the normalised product)
+    void* c_seq               # (T, B, H)
+    void* m_seq               # (T, B, H) o * tanh(c) before the projection
+    void* h_seq               # (T, B, ld_h), this direction's P columns
+    Py_ssize_t ld_h
+    void* ln_x                # (T, B, G) normalised input product
+    void* ln_stats            # (T, B, 2) inverse deviations of the two products
+    void* chat                # (T, B, H) normalised cell state
+    void* c_stats             # (T, B) its inverse deviation
+    void* work                # (B, P) scratch
+    # backward only
+    void* grad_h_seq          # (T, B, ld_grad_h) gradient reaching h_seq
+    Py_ssize_t ld_grad_h
+    void* grad_h              # (B, P) in: reaching h_n; out: reaching h0
+    void* grad_c              # (B, H) in: reaching c_n; out: reaching c0
+    void* grad_gates          # (T, B, G)
+    void* grad_hgates         # (T, B, G) separate recurrent product
+    void* xh                  # (T, B, I + P) [x_t | masked h_{t-1}]
+    void* grad_hp             # (T, B, P) projection: gradient reaching h_t
+    void* grad_m              # (B, H) projection: gradient reaching m_t
+    void* cell_work           # (2H,) cell scratch
+    void* grad_w              # (G, I + P) scratch of the fused weight gradient
+    void* grad_x              # (T, B, I)
+    bint accumulate_grad_x
+    void* grad_weight_ih
+    void* grad_weight_hh
+    void* grad_weight_hr
+    void* grad_bias           # (G,) LSTM family: b_ih and b_hh share it; GRU: b_ih
+    void* grad_bias_hh        # (G,) GRU
+    void* grad_peephole
+    void* grad_ln_ih
+    void* grad_ln_hh
+    void* grad_ln_c_w
+    void* grad_ln_c_b
+
+
+# --- Scan -----------------------------------------------------------------------
+cdef void scan_forward(Layer* L, floating* tag) noexcept nogil
+cdef void scan_backward(Layer* L, floating* tag) noexcept nogil

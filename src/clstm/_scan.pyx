@@ -1,0 +1,624 @@
+"""The scan: one driver over time, forward and BPTT, for every cell kind.
+
+A layer (one direction of one recurrent layer) is described by a Layer
+struct (_scan.pxd): the cell kind and its variant, the sizes, and the
+buffers. The scan owns the time loop, ragged lengths, initial states and
+the recurrent dropout mask; each step runs the cell's GEMMs (here) and
+then its elementwise math (the cell kernels of _cell.pxd), as oneDNN's
+`ref_rnn` drives its cells' "postgemm".
+
+Forward: one GEMM projects the inputs of all steps (for thin inputs the
+projection is folded into each step's product instead); then per step the
+recurrent product, the cell, and for LSTMP the projection. Backward: per
+step only the cell backward and grad_h_prev; the weight gradients and
+grad_x come after the loop as whole-sequence GEMMs.
+
+Each call covers one (sub-)batch single-threaded with the GIL released; the
+network runs independent sub-batches in parallel threads (clstm._parallel).
+"""
+
+from libc.string cimport memcpy, memset
+
+cimport numpy as cnp
+
+from clstm._blas cimport _gemm, _gemv, RowMajor, NoTrans, Trans
+from clstm._cell cimport (
+    CLSTM_COUPLED,
+    CLSTM_LN_CELL,
+    CLSTM_PEEPHOLE,
+    gru_cell_backward,
+    gru_cell_forward,
+    ln_gates_backward,
+    ln_gates_forward,
+    lstm_cell_backward,
+    lstm_cell_forward,
+)
+
+cdef extern from "_packed_gemm.h" nogil:
+    int CLSTM_HAVE_PACKED_GEMM
+    Py_ssize_t clstm_packed_size(Py_ssize_t K, Py_ssize_t N)
+    void clstm_pack_b(Py_ssize_t K, Py_ssize_t N, const float* b, Py_ssize_t ldb,
+                      int transposed, float* packed)
+    void clstm_packed_gemm(Py_ssize_t n, Py_ssize_t K, Py_ssize_t N, const float* a,
+                           Py_ssize_t lda, const float* packed, float* c,
+                           Py_ssize_t ldc, int accumulate)
+    void clstm_packed_gemm2(Py_ssize_t n, Py_ssize_t K1, const float* a1, Py_ssize_t lda1,
+                            Py_ssize_t K2, const float* a2, Py_ssize_t lda2, Py_ssize_t N,
+                            const float* packed, float* c, Py_ssize_t ldc, int accumulate)
+
+import numpy as np
+
+cnp.import_array()
+
+HAVE_PACKED_GEMM = bool(CLSTM_HAVE_PACKED_GEMM)
+KIND_LSTM = CELL_LSTM
+KIND_GRU = CELL_GRU
+PEEPHOLE = CLSTM_PEEPHOLE
+COUPLED = CLSTM_COUPLED
+LN_CELL = CLSTM_LN_CELL
+
+
+# --- Products -------------------------------------------------------------------
+cdef inline void _matmul_nt(Py_ssize_t n, Py_ssize_t K, Py_ssize_t N,
+                            const floating* a, Py_ssize_t lda, const floating* w,
+                            const float* packed_t, floating* c, Py_ssize_t ldc,
+                            bint accumulate) noexcept nogil:
+    """c[:n] (+)= a[:n] @ w.T, w (N, K) row-major
+
+    float32 with `packed_t` (w.T in panels, see _packed_gemm.h): the small-GEMM
+    kernel; otherwise BLAS (GEMV for a single row).
+    """
+    cdef Py_ssize_t r
+    if n <= 0:
+        return
+    if K == 0:
+        if not accumulate:
+            for r in range(n):
+                memset(c + r * ldc, 0, N * sizeof(floating))
+        return
+    if floating is float:
+        if packed_t != NULL:
+            clstm_packed_gemm(n, K, N, a, lda, packed_t, c, ldc, accumulate)
+            return
+    cdef floating beta = 1.0 if accumulate else 0.0
+    if n == 1:
+        # c[0] (+)= w @ a[0]
+        _gemv(RowMajor, NoTrans, <int> N, <int> K, 1.0, w, <int> K, a, 1, beta, c, 1)
+    else:
+        _gemm(RowMajor, NoTrans, Trans, <int> n, <int> N, <int> K, 1.0, a, <int> lda,
+              w, <int> K, beta, c, <int> ldc)
+
+
+cdef inline void _matmul_nn(Py_ssize_t n, Py_ssize_t K, Py_ssize_t N,
+                            const floating* a, Py_ssize_t lda, const floating* w,
+                            const float* packed, floating* c, Py_ssize_t ldc,
+                            bint accumulate) noexcept nogil:
+    """c[:n] (+)= a[:n] @ w, w (K, N) row-major (packed: w in panels)"""
+    if n <= 0:
+        return
+    if floating is float:
+        if packed != NULL:
+            clstm_packed_gemm(n, K, N, a, lda, packed, c, ldc, accumulate)
+            return
+    cdef floating beta = 1.0 if accumulate else 0.0
+    if n == 1:
+        # c[0] (+)= w.T @ a[0]
+        _gemv(RowMajor, Trans, <int> K, <int> N, 1.0, w, <int> N, a, 1, beta, c, 1)
+    else:
+        _gemm(RowMajor, NoTrans, NoTrans, <int> n, <int> N, <int> K, 1.0, a, <int> lda,
+              w, <int> N, beta, c, <int> ldc)
+
+
+cdef inline void _masked_copy(Py_ssize_t n, Py_ssize_t width,
+                              const floating* src, Py_ssize_t ld_src,
+                              const floating* mask, floating* dst,
+                              Py_ssize_t ld_dst) noexcept nogil:
+    """dst[:n] = src[:n] * mask[:n] (mask NULL: plain copy), rows of `width`"""
+    cdef Py_ssize_t r, j
+    for r in range(n):
+        if mask == NULL:
+            memcpy(dst + r * ld_dst, src + r * ld_src, width * sizeof(floating))
+        else:
+            for j in range(width):
+                dst[r * ld_dst + j] = src[r * ld_src + j] * mask[r * width + j]
+
+
+cdef inline void _step_products(Layer* L, Py_ssize_t t, Py_ssize_t n, Py_ssize_t row0,
+                                const floating* h_prev, Py_ssize_t ld_prev) noexcept nogil:
+    """The recurrent product of rows [row0, row0 + n) of step t, from h_prev.
+
+    Fused cells: gates[t] += h_prev @ W_hh.T on top of the input projection,
+    or, with packed_xh_t (float32, thin inputs), gates[t] = [x_t | h_prev] @
+    [W_ih | W_hh].T in one small GEMM. Separate cells: hgates[t] = h_prev @ W_hh.T.
+    """
+    cdef Py_ssize_t B = L.batch, G = L.n_gates, P = L.out_size, I = L.input_size
+    cdef Py_ssize_t at = (t * B + row0) * G
+    if n <= 0:
+        return
+    if L.separate:
+        _matmul_nt(n, P, G, h_prev, ld_prev, <floating*> L.weight_hh, L.packed_hh_t,
+                   <floating*> L.hgates + at, G, False)
+        return
+    if floating is float:
+        if L.packed_xh_t != NULL:
+            clstm_packed_gemm2(n, I, <float*> L.x + (t * B + row0) * I, I, P, h_prev,
+                               ld_prev, G, L.packed_xh_t, <float*> L.gates + at, G, 0)
+            return
+    _matmul_nt(n, P, G, h_prev, ld_prev, <floating*> L.weight_hh, L.packed_hh_t,
+               <floating*> L.gates + at, G, True)
+
+
+cdef inline void _cell_forward(Layer* L, Py_ssize_t t, Py_ssize_t n, Py_ssize_t row0,
+                               const floating* h_prev, Py_ssize_t ld_prev,
+                               const floating* c_prev) noexcept nogil:
+    """The cell's elementwise forward on rows [row0, row0 + n) of step t."""
+    cdef Py_ssize_t B = L.batch, G = L.n_gates, H = L.hidden
+    cdef Py_ssize_t row = t * B + row0
+    cdef floating* h_out
+    cdef Py_ssize_t ld_out
+    if n <= 0:
+        return
+    if L.kind == CELL_GRU:
+        gru_cell_forward(n, H, <floating*> L.gates + row * G, <floating*> L.hgates + row * G,
+                         <floating*> L.bias, <floating*> L.bias_hn, h_prev, ld_prev,
+                         <floating*> L.h_seq + row * L.ld_h, L.ld_h)
+        return
+    if L.weight_hr != NULL:          # LSTMP: m_t first, the projection after
+        h_out, ld_out = <floating*> L.m_seq + row * H, H
+    else:
+        h_out, ld_out = <floating*> L.h_seq + row * L.ld_h, L.ld_h
+    lstm_cell_forward(L.variant, n, H, <floating*> L.gates + row * G, G,
+                      <floating*> L.bias, <floating*> L.peephole, c_prev, H,
+                      <floating*> L.c_seq + row * H, H, h_out, ld_out,
+                      <floating*> L.ln_c_w, <floating*> L.ln_c_b,
+                      NULL if L.chat == NULL else <floating*> L.chat + row * H,
+                      NULL if L.c_stats == NULL else <floating*> L.c_stats + row)
+
+
+cdef inline void _cell_backward(Layer* L, Py_ssize_t t, Py_ssize_t n, Py_ssize_t row0,
+                                const floating* h_prev, Py_ssize_t ld_prev,
+                                const floating* c_prev, const floating* grad_h_out,
+                                Py_ssize_t ld_grad_h_out, floating* grad_h_rec) noexcept nogil:
+    """The cell's elementwise backward on rows [row0, row0 + n) of step t."""
+    cdef Py_ssize_t B = L.batch, G = L.n_gates, H = L.hidden
+    cdef Py_ssize_t row = t * B + row0
+    if n <= 0:
+        return
+    if L.kind == CELL_GRU:
+        gru_cell_backward(n, H, <floating*> L.gates + row * G, <floating*> L.hgates + row * G,
+                          h_prev, ld_prev, grad_h_out, ld_grad_h_out, grad_h_rec + row0 * H,
+                          <floating*> L.grad_gates + row * G,
+                          <floating*> L.grad_hgates + row * G)
+        return
+    lstm_cell_backward(L.variant, n, H, <floating*> L.gates + row * G, G,
+                       <floating*> L.peephole, c_prev, H, <floating*> L.c_seq + row * H, H,
+                       grad_h_out, ld_grad_h_out,
+                       NULL if grad_h_rec == NULL else grad_h_rec + row0 * L.out_size,
+                       <floating*> L.grad_c + row0 * H, <floating*> L.grad_gates + row * G, G,
+                       <floating*> L.grad_peephole, <floating*> L.ln_c_w,
+                       <floating*> L.ln_c_b,
+                       NULL if L.chat == NULL else <floating*> L.chat + row * H,
+                       NULL if L.c_stats == NULL else <floating*> L.c_stats + row,
+                       <floating*> L.grad_ln_c_w, <floating*> L.grad_ln_c_b,
+                       <floating*> L.cell_work)
+
+
+# --- Scan forward ----------------------------------------------------------------
+cdef void scan_forward(Layer* L, floating* tag) noexcept nogil:
+    """Run the layer over all steps: fills gates (activated), the states and h_seq.
+
+    Rows that start at step t (t = 0 forward; t = length-1 reverse) read
+    h0/c0; the others read the previous step. With a recurrent mask, h_prev
+    is multiplied by it before the recurrent product (not in the GRU's
+    update, which carries the unmasked state).
+    """
+    cdef Py_ssize_t T = L.n_steps, B = L.batch, I = L.input_size
+    cdef Py_ssize_t H = L.hidden, P = L.out_size, G = L.n_gates
+    cdef Py_ssize_t s, t, p, n, n_cont, ld_h = L.ld_h
+    cdef floating* h_seq = <floating*> L.h_seq
+    cdef floating* c_seq = <floating*> L.c_seq
+    cdef floating* h0 = <floating*> L.h0
+    cdef floating* c0 = <floating*> L.c0
+    cdef floating* mask = <floating*> L.mask
+    cdef floating* work = <floating*> L.work
+    cdef bint fused_input = False
+    if floating is float:
+        fused_input = L.packed_xh_t != NULL and not L.separate
+
+    # gates = x @ weight_ih.T for all T*B rows (the cell adds the bias)
+    if not fused_input:
+        _matmul_nt(T * B, I, G, <floating*> L.x, I, <floating*> L.weight_ih, L.packed_ih_t,
+                   <floating*> L.gates, G, False)
+
+    for s in range(T):
+        t = T - 1 - s if L.reverse else s
+        p = t + 1 if L.reverse else t - 1          # the step h_prev comes from
+        n = L.batch_sizes[t]
+        if n == 0:
+            continue
+        # rows [0, n_cont) continue from step p; rows [n_cont, n) start here
+        n_cont = 0
+        if 0 <= p < T:
+            n_cont = min(L.batch_sizes[p], n)
+
+        # the products: gates[t] += h_prev @ weight_hh.T (or kept apart)
+        if mask != NULL:
+            _masked_copy(n_cont, P, h_seq + p * B * ld_h, ld_h, mask, work, P)
+            _masked_copy(n - n_cont, P, h0 + n_cont * P, P, mask + n_cont * P,
+                         work + n_cont * P, P)
+            _step_products(L, t, n, 0, work, P)
+        else:
+            _step_products(L, t, n_cont, 0, h_seq + p * B * ld_h, ld_h)
+            _step_products(L, t, n - n_cont, n_cont, h0 + n_cont * P, P)
+        if L.ln_gates:
+            ln_gates_forward(n, G, <floating*> L.gates + t * B * G,
+                             <floating*> L.hgates + t * B * G,
+                             <floating*> L.ln_x + t * B * G, <floating*> L.ln_ih,
+                             <floating*> L.ln_hh, <floating*> L.ln_stats + t * B * 2)
+
+        # the cell: gates, c, h = cell(gates, c_prev, h_prev)
+        _cell_forward(L, t, n_cont, 0, h_seq + p * B * ld_h, ld_h, c_seq + p * B * H)
+        _cell_forward(L, t, n - n_cont, n_cont, h0 + n_cont * P, P,
+                      NULL if c0 == NULL else c0 + n_cont * H)
+
+        # LSTMP: h[t] = m[t] @ weight_hr.T
+        if L.weight_hr != NULL:
+            # inactive rows are zero: the weight gradient GEMM reads them
+            memset(<floating*> L.m_seq + (t * B + n) * H, 0, (B - n) * H * sizeof(floating))
+            _matmul_nt(n, H, P, <floating*> L.m_seq + t * B * H, H,
+                       <floating*> L.weight_hr, L.packed_hr_t, h_seq + t * B * ld_h, ld_h,
+                       False)
+
+
+# --- Scan backward (BPTT) ----------------------------------------------------------
+cdef void scan_backward(Layer* L, floating* tag) noexcept nogil:
+    """BPTT in the reverse of the forward order, then the parameter gradients.
+
+    grad_h, grad_c: on entry the gradients reaching h_n, c_n; on exit those
+    reaching h0, c0. Fills grad_gates (zero on inactive rows), adds to the
+    parameter gradients, and writes (or adds to) grad_x.
+    """
+    cdef Py_ssize_t T = L.n_steps, B = L.batch, I = L.input_size
+    cdef Py_ssize_t H = L.hidden, P = L.out_size, G = L.n_gates, K = I + L.out_size
+    cdef Py_ssize_t s, t, p, n, n_cont, r, j, ld_h = L.ld_h
+    cdef floating* h_seq = <floating*> L.h_seq
+    cdef floating* c_seq = <floating*> L.c_seq
+    cdef floating* h0 = <floating*> L.h0
+    cdef floating* c0 = <floating*> L.c0
+    cdef floating* mask = <floating*> L.mask
+    cdef floating* dh = <floating*> L.grad_h
+    cdef floating* xh = <floating*> L.xh
+    cdef floating* grad_gates = <floating*> L.grad_gates
+    cdef floating* grad_hgates = <floating*> L.grad_hgates
+    cdef floating* work = <floating*> L.work
+    cdef floating* dg_h
+    cdef floating* dhp
+    cdef floating* g_out
+    cdef Py_ssize_t ld_out
+    cdef bint gru = L.kind == CELL_GRU
+    for s in range(T):
+        t = s if L.reverse else T - 1 - s
+        p = t + 1 if L.reverse else t - 1
+        n = L.batch_sizes[t]
+        n_cont = 0
+        if 0 <= p < T:
+            n_cont = min(L.batch_sizes[p], n)
+        if n < B:       # inactive rows: zero, so the whole-sequence GEMMs may read them
+            memset(grad_gates + (t * B + n) * G, 0, (B - n) * G * sizeof(floating))
+            if L.separate:
+                memset(grad_hgates + (t * B + n) * G, 0, (B - n) * G * sizeof(floating))
+            for r in range(n, B):
+                memset(xh + (t * B + r) * K + I, 0, P * sizeof(floating))
+            if L.weight_hr != NULL:
+                memset(<floating*> L.grad_hp + (t * B + n) * P, 0,
+                       (B - n) * P * sizeof(floating))
+        if n == 0:
+            continue
+
+        # h_prev of this step (masked), kept for grad_weight_hh = grad_gates^T @ h_prev
+        _masked_copy(n_cont, P, h_seq + p * B * ld_h, ld_h, mask, xh + t * B * K + I, K)
+        _masked_copy(n - n_cont, P, h0 + n_cont * P, P,
+                     NULL if mask == NULL else mask + n_cont * P,
+                     xh + (t * B + n_cont) * K + I, K)
+
+        # the gradient reaching this step's output
+        if L.weight_hr != NULL:
+            # LSTMP: grad_hp[t] = grad_h_seq[t] + grad_h; grad_m = grad_hp[t] @ weight_hr
+            dhp = <floating*> L.grad_hp + t * B * P
+            for r in range(n):
+                for j in range(P):
+                    dhp[r * P + j] = ((<floating*> L.grad_h_seq)[(t * B + r) * L.ld_grad_h + j]
+                                      + dh[r * P + j])
+            _matmul_nn(n, P, H, dhp, P, <floating*> L.weight_hr, L.packed_hr,
+                       <floating*> L.grad_m, H, False)
+            g_out, ld_out = <floating*> L.grad_m, H
+            _cell_backward(L, t, n_cont, 0, h_seq + p * B * ld_h, ld_h, c_seq + p * B * H,
+                           g_out, ld_out, NULL)
+            _cell_backward(L, t, n - n_cont, n_cont, h0 + n_cont * P, P,
+                           NULL if c0 == NULL else c0 + n_cont * H,
+                           g_out + n_cont * H, ld_out, NULL)
+        else:
+            g_out = <floating*> L.grad_h_seq + t * B * L.ld_grad_h
+            ld_out = L.ld_grad_h
+            _cell_backward(L, t, n_cont, 0, h_seq + p * B * ld_h, ld_h, c_seq + p * B * H,
+                           g_out, ld_out, dh)
+            _cell_backward(L, t, n - n_cont, n_cont, h0 + n_cont * P, P,
+                           NULL if c0 == NULL else c0 + n_cont * H,
+                           g_out + n_cont * ld_out, ld_out, dh)
+        if L.ln_gates:
+            ln_gates_backward(n, G, grad_gates + t * B * G, grad_hgates + t * B * G,
+                              <floating*> L.ln_x + t * B * G,
+                              <floating*> L.hgates + t * B * G, <floating*> L.ln_ih,
+                              <floating*> L.ln_hh, <floating*> L.ln_stats + t * B * 2,
+                              <floating*> L.grad_bias, <floating*> L.grad_ln_ih,
+                              <floating*> L.grad_ln_hh)
+
+        # grad_h[:n] = grad_gates_h[t, :n] @ weight_hh  (masked; the GRU adds its
+        # direct path grad_h * z, which the cell left in grad_h)
+        dg_h = (grad_hgates if L.separate else grad_gates) + t * B * G
+        if gru and mask != NULL:
+            _matmul_nn(n, G, P, dg_h, G, <floating*> L.weight_hh, L.packed_hh, work, P, False)
+            for r in range(n):
+                for j in range(P):
+                    dh[r * P + j] += work[r * P + j] * mask[r * P + j]
+        else:
+            _matmul_nn(n, G, P, dg_h, G, <floating*> L.weight_hh, L.packed_hh, dh, P, gru)
+            if mask != NULL:
+                for r in range(n):
+                    for j in range(P):
+                        dh[r * P + j] *= mask[r * P + j]
+
+    _parameter_gradients(L, tag)
+
+
+cdef void _parameter_gradients(Layer* L, floating* tag) noexcept nogil:
+    """After BPTT: the weight and bias gradients (added to) and grad_x, each
+    one GEMM or one pass over all T*B rows."""
+    cdef Py_ssize_t M = L.n_steps * L.batch, I = L.input_size, P = L.out_size
+    cdef Py_ssize_t H = L.hidden, G = L.n_gates, K = I + P, r, j
+    cdef floating* xh = <floating*> L.xh
+    cdef floating* grad_gates = <floating*> L.grad_gates
+    cdef floating* grad_hgates = <floating*> L.grad_hgates
+    cdef floating* grad_w = <floating*> L.grad_w
+    cdef floating* gw_ih = <floating*> L.grad_weight_ih
+    cdef floating* gw_hh = <floating*> L.grad_weight_hh
+    cdef floating* gb = <floating*> L.grad_bias
+    cdef floating* gb_hh = <floating*> L.grad_bias_hh
+    if M == 0:
+        return
+    if not L.separate:
+        # both products saw the same gate gradient: one GEMM over [x_t | h_{t-1}]
+        # grad_w = grad_gates.T @ xh
+        _gemm(RowMajor, Trans, NoTrans, <int> G, <int> K, <int> M, 1.0, grad_gates, <int> G,
+              xh, <int> K, 0.0, grad_w, <int> K)
+        # grad_weight_ih += grad_w[:, :I];  grad_weight_hh += grad_w[:, I:]
+        for r in range(G):
+            for j in range(I):
+                gw_ih[r * I + j] += grad_w[r * K + j]
+            for j in range(P):
+                gw_hh[r * P + j] += grad_w[r * K + I + j]
+    else:
+        # grad_weight_ih += grad_gates.T @ x;  grad_weight_hh += grad_hgates.T @ h_prev
+        if I > 0:
+            _gemm(RowMajor, Trans, NoTrans, <int> G, <int> I, <int> M, 1.0, grad_gates,
+                  <int> G, xh, <int> K, 1.0, gw_ih, <int> I)
+        _gemm(RowMajor, Trans, NoTrans, <int> G, <int> P, <int> M, 1.0, grad_hgates,
+              <int> G, xh + I, <int> K, 1.0, gw_hh, <int> P)
+    if L.kind == CELL_GRU:
+        # grad_bias_ih += grad_gates.sum(0);  grad_bias_hh += grad_hgates.sum(0)
+        for r in range(M):
+            for j in range(G):
+                gb[j] += grad_gates[r * G + j]
+                gb_hh[j] += grad_hgates[r * G + j]
+    elif not L.ln_gates:     # (layer norm: added by its backward, before normalising)
+        # grad_bias += grad_gates.sum(0)
+        for r in range(M):
+            for j in range(G):
+                gb[j] += grad_gates[r * G + j]
+    if L.weight_hr != NULL:
+        # grad_weight_hr += grad_hp.T @ m
+        _gemm(RowMajor, Trans, NoTrans, <int> P, <int> H, <int> M, 1.0,
+              <floating*> L.grad_hp, <int> P, <floating*> L.m_seq, <int> H, 1.0,
+              <floating*> L.grad_weight_hr, <int> H)
+    # grad_x (+)= grad_gates @ weight_ih
+    if I > 0:
+        _matmul_nn(M, G, I, grad_gates, G, <floating*> L.weight_ih, L.packed_ih,
+                   <floating*> L.grad_x, I, L.accumulate_grad_x)
+
+
+# --- Python-facing entry points (called by clstm._rnn) ------------------------------
+# Each runs one direction of one layer over a (sub-)batch with the GIL released.
+# Shapes are validated by the caller (the network); the checks here guard
+# memory safety only.
+
+cdef inline void _check(bint ok, str what) except *:
+    if not ok:
+        raise ValueError(f"internal layout error: {what}")
+
+
+cdef void* _array(dict arrays, str name, int typenum, tuple shape, bint required) except? NULL:
+    """Data pointer of arrays[name], checked to be a C-contiguous array of
+    `typenum` and `shape` (a negative entry: at least that many); NULL when
+    absent and not required."""
+    obj = arrays.get(name)
+    if obj is None:
+        _check(not required, f"{name} missing")
+        return NULL
+    _check(cnp.PyArray_Check(obj), f"{name} is not an array")
+    cdef cnp.ndarray arr = <cnp.ndarray> obj
+    _check(cnp.PyArray_TYPE(arr) == typenum and cnp.PyArray_IS_C_CONTIGUOUS(arr),
+           f"{name} dtype/layout")
+    cdef Py_ssize_t k, want
+    _check(cnp.PyArray_NDIM(arr) == len(shape), f"{name} ndim")
+    for k in range(len(shape)):
+        want = shape[k]
+        if want >= 0:
+            _check(cnp.PyArray_DIM(arr, k) == want, f"{name} shape")
+        else:
+            _check(cnp.PyArray_DIM(arr, k) >= -want, f"{name} shape")
+    return cnp.PyArray_DATA(arr)
+
+
+cdef const float* _packed(dict arrays, str name, Py_ssize_t K, Py_ssize_t N) except? NULL:
+    """A packed float32 weight from pack_weight (absent: NULL, use BLAS)."""
+    if arrays.get(name) is None:
+        return NULL
+    _check(K > 0 and N > 0, f"{name} size")
+    return <const float*> _array(arrays, name, cnp.NPY_FLOAT32,
+                                 (clstm_packed_size(K, N),), True)
+
+
+cdef void _fill_layer(Layer* L, dict a, dict cfg, bint backward) except *:
+    """Describe one layer from the network's arrays and configuration."""
+    x = a["x"]
+    _check(cnp.PyArray_Check(x) and cnp.PyArray_NDIM(<cnp.ndarray> x) == 3, "x")
+    cdef int typenum = cnp.PyArray_TYPE(<cnp.ndarray> x)
+    _check(typenum == cnp.NPY_FLOAT32 or typenum == cnp.NPY_FLOAT64, "dtype")
+    memset(L, 0, sizeof(Layer))
+    L.kind = cfg["kind"]
+    L.variant = cfg["variant"]
+    L.ln_gates = cfg["ln_gates"]
+    L.separate = L.kind == CELL_GRU or L.ln_gates
+    L.reverse = cfg["reverse"]
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2]
+    cdef Py_ssize_t H = cfg["hidden"], P = cfg["out_size"], G = cfg["n_gates"]
+    cdef Py_ssize_t column = cfg["column"]
+    _check(T > 0 and B > 0 and H > 0 and P > 0 and column >= 0, "sizes")
+    _check(G == (3 * H if (L.kind == CELL_GRU or L.variant & CLSTM_COUPLED) else 4 * H),
+           "n_gates")
+    _check(L.kind == CELL_LSTM or P == H, "out_size")
+    L.n_steps, L.batch, L.input_size, L.hidden, L.out_size, L.n_gates = T, B, I, H, P, G
+    L.x = _array(a, "x", typenum, (T, B, I), True)
+    cdef const int* batch_sizes = <const int*> _array(a, "batch_sizes", cnp.NPY_INT,
+                                                      (T,), True)
+    _check(batch_sizes[0] <= B, "batch_sizes")
+    L.batch_sizes = batch_sizes
+    cdef bint proj = a.get("weight_hr") is not None
+    _check(proj or P == H, "projection")
+    L.weight_ih = _array(a, "weight_ih", typenum, (G, I), True)
+    L.weight_hh = _array(a, "weight_hh", typenum, (G, P), True)
+    L.weight_hr = _array(a, "weight_hr", typenum, (P, H), False)
+    L.bias = _array(a, "bias", typenum, (G,), True)
+    L.bias_hn = _array(a, "bias_hn", typenum, (H,), L.kind == CELL_GRU)
+    L.peephole = _array(a, "peephole", typenum, ((2 if L.variant & CLSTM_COUPLED else 3) * H,),
+                        bool(L.variant & CLSTM_PEEPHOLE))
+    L.ln_ih = _array(a, "ln_ih", typenum, (G,), L.ln_gates)
+    L.ln_hh = _array(a, "ln_hh", typenum, (G,), L.ln_gates)
+    cdef bint ln_cell = bool(L.variant & CLSTM_LN_CELL)
+    L.ln_c_w = _array(a, "ln_c_w", typenum, (H,), ln_cell)
+    L.ln_c_b = _array(a, "ln_c_b", typenum, (H,), ln_cell)
+    L.h0 = _array(a, "h0", typenum, (B, P), True)
+    L.c0 = _array(a, "c0", typenum, (B, H), L.kind == CELL_LSTM)
+    L.mask = _array(a, "mask", typenum, (B, P), False)
+    L.work = _array(a, "work", typenum, (B, P), L.mask != NULL or backward)
+    L.gates = _array(a, "gates", typenum, (T, B, G), True)
+    L.hgates = _array(a, "hgates", typenum, (T, B, G), L.separate)
+    L.c_seq = _array(a, "c_seq", typenum, (T, B, H), L.kind == CELL_LSTM)
+    L.m_seq = _array(a, "m_seq", typenum, (T, B, H), proj)
+    L.h_seq = _array(a, "h_seq", typenum, (T, B, -(column + P)), True)
+    L.ld_h = a["h_seq"].shape[2]
+    L.h_seq = <char*> L.h_seq + column * cnp.PyArray_ITEMSIZE(<cnp.ndarray> a["h_seq"])
+    L.ln_x = _array(a, "ln_x", typenum, (T, B, G), L.ln_gates)
+    L.ln_stats = _array(a, "ln_stats", typenum, (T, B, 2), L.ln_gates)
+    L.chat = _array(a, "chat", typenum, (T, B, H), ln_cell)
+    L.c_stats = _array(a, "c_stats", typenum, (T, B), ln_cell)
+    if typenum == cnp.NPY_FLOAT32:
+        L.packed_ih_t = _packed(a, "packed_ih_t", I, G)
+        L.packed_hh_t = _packed(a, "packed_hh_t", P, G)
+        L.packed_xh_t = _packed(a, "packed_xh_t", I + P, G)
+        L.packed_hr_t = _packed(a, "packed_hr_t", H, P)
+        L.packed_ih = _packed(a, "packed_ih", G, I)
+        L.packed_hh = _packed(a, "packed_hh", G, P)
+        L.packed_hr = _packed(a, "packed_hr", P, H)
+    if not backward:
+        return
+    L.grad_h_seq = _array(a, "grad_h_seq", typenum, (T, B, -(column + P)), True)
+    L.ld_grad_h = a["grad_h_seq"].shape[2]
+    L.grad_h_seq = <char*> L.grad_h_seq + column * cnp.PyArray_ITEMSIZE(<cnp.ndarray> x)
+    L.grad_h = _array(a, "grad_h", typenum, (B, P), True)
+    L.grad_c = _array(a, "grad_c", typenum, (B, H), L.kind == CELL_LSTM)
+    L.grad_gates = _array(a, "grad_gates", typenum, (T, B, G), True)
+    L.grad_hgates = _array(a, "grad_hgates", typenum, (T, B, G), L.separate)
+    L.xh = _array(a, "xh", typenum, (T, B, I + P), True)
+    L.grad_hp = _array(a, "grad_hp", typenum, (T, B, P), proj)
+    L.grad_m = _array(a, "grad_m", typenum, (B, H), proj)
+    L.cell_work = _array(a, "cell_work", typenum, (2 * H,), True)
+    L.grad_w = _array(a, "grad_w", typenum, (G, I + P), not L.separate)
+    L.grad_x = _array(a, "grad_x", typenum, (T, B, I), True)
+    L.accumulate_grad_x = cfg["accumulate_grad_x"]
+    L.grad_weight_ih = _array(a, "grad_weight_ih", typenum, (G, I), True)
+    L.grad_weight_hh = _array(a, "grad_weight_hh", typenum, (G, P), True)
+    L.grad_weight_hr = _array(a, "grad_weight_hr", typenum, (P, H), proj)
+    L.grad_bias = _array(a, "grad_bias", typenum, (G,), True)
+    L.grad_bias_hh = _array(a, "grad_bias_hh", typenum, (G,), L.kind == CELL_GRU)
+    L.grad_peephole = _array(a, "grad_peephole", typenum,
+                             ((2 if L.variant & CLSTM_COUPLED else 3) * H,),
+                             bool(L.variant & CLSTM_PEEPHOLE))
+    L.grad_ln_ih = _array(a, "grad_ln_ih", typenum, (G,), L.ln_gates)
+    L.grad_ln_hh = _array(a, "grad_ln_hh", typenum, (G,), L.ln_gates)
+    L.grad_ln_c_w = _array(a, "grad_ln_c_w", typenum, (H,), ln_cell)
+    L.grad_ln_c_b = _array(a, "grad_ln_c_b", typenum, (H,), ln_cell)
+
+
+def forward(dict arrays, dict cfg):
+    """Run one layer direction over a (sub-)batch (see scan_forward).
+
+    `arrays` maps the Layer field names (x, weight_ih, ..., h_seq) to arrays;
+    `cfg` holds kind, variant, ln_gates, reverse, hidden, out_size, n_gates and
+    column (the first column of h_seq this direction writes).
+    """
+    cdef Layer L
+    _fill_layer(&L, arrays, cfg, False)
+    cdef bint single = arrays["x"].dtype.itemsize == 4
+    with nogil:
+        if single:
+            scan_forward(&L, <float*> NULL)
+        else:
+            scan_forward(&L, <double*> NULL)
+
+
+def backward(dict arrays, dict cfg):
+    """BPTT of one layer direction over a (sub-)batch (see scan_backward);
+    cfg as forward() plus accumulate_grad_x."""
+    cdef Layer L
+    _fill_layer(&L, arrays, cfg, True)
+    cdef bint single = arrays["x"].dtype.itemsize == 4
+    with nogil:
+        if single:
+            scan_backward(&L, <float*> NULL)
+        else:
+            scan_backward(&L, <double*> NULL)
+
+
+def pack_weight(const float[:, ::1] weight, bint transposed):
+    """Pack a float32 weight for the small-GEMM kernel (see _packed_gemm.h).
+
+    transposed=False packs B = weight (K x N = its shape), for
+    grad_h = grad_gates @ weight_hh; transposed=True packs B = weight.T, for
+    gates += h @ weight_hh.T. Returns a 1-D float32 array.
+    """
+    cdef Py_ssize_t K = weight.shape[1] if transposed else weight.shape[0]
+    cdef Py_ssize_t N = weight.shape[0] if transposed else weight.shape[1]
+    out = np.empty(clstm_packed_size(K, N), dtype=np.float32)
+    cdef float[::1] packed = out
+    if out.shape[0]:
+        with nogil:
+            clstm_pack_b(K, N, &weight[0, 0], weight.shape[1], transposed, &packed[0])
+    return out
+
+
+def packed_matmul(const float[:, ::1] a, const float[:, ::1] weight, bint transposed,
+                  float[:, ::1] c, bint accumulate):
+    """Test twin of the small-GEMM kernel: c (+)= a @ B, with B = weight.T
+    if transposed else weight, packed by pack_weight."""
+    cdef Py_ssize_t K = weight.shape[1] if transposed else weight.shape[0]
+    cdef Py_ssize_t N = weight.shape[0] if transposed else weight.shape[1]
+    _check(a.shape[1] == K and c.shape[0] == a.shape[0] and c.shape[1] == N, "shapes")
+    if not CLSTM_HAVE_PACKED_GEMM:
+        raise RuntimeError("this build has no small-GEMM kernel (uses BLAS)")
+    packed = pack_weight(weight, transposed)
+    cdef const float[::1] view = packed
+    if a.shape[0] == 0 or K == 0 or N == 0:
+        return
+    with nogil:
+        clstm_packed_gemm(a.shape[0], K, N, &a[0, 0], K, &view[0], &c[0, 0], N, accumulate)
