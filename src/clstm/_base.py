@@ -61,7 +61,13 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import _check_sample_weight, check_array, check_is_fitted, validate_data
 
 from clstm import _persistence
-from clstm._model import NETWORK_PARAMS, RESUMABLE_NETWORK_PARAMS, NonFiniteError, SequenceModel
+from clstm._model import (
+    NETWORK_PARAMS,
+    RESUMABLE_NETWORK_PARAMS,
+    NonFiniteError,
+    SequenceModel,
+    network_params,
+)
 from clstm._optimizers import make_optimizer, optimizer_from_state
 from clstm._progress import EpochProgress
 from clstm._validation import InvalidParameterError
@@ -149,7 +155,8 @@ class BaseLSTMEstimator(BaseEstimator):
         _ESTIMATORS.setdefault(cls.__name__, cls)
         cls.__signature__ = _constructor_signature(cls)
 
-    def __init__(self, hidden_size=50, num_layers=1, bidirectional=False, dropout=0.0,
+    def __init__(self, hidden_size=50, num_layers=1, bidirectional=False, cell="lstm",
+                 proj_size=0, peephole=False, coupled_gates=False, layer_norm=False, dropout=0.0,
                  recurrent_dropout=0.0, return_sequences=False, dtype="float32",
                  solver="adam", learning_rate_init=1e-3, batch_size=32, max_iter=200,
                  shuffle=True, alpha=1e-4, clip_norm=5.0, momentum=0.9,
@@ -160,6 +167,11 @@ class BaseLSTMEstimator(BaseEstimator):
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.bidirectional = bidirectional
+        self.cell = cell
+        self.proj_size = proj_size
+        self.peephole = peephole
+        self.coupled_gates = coupled_gates
+        self.layer_norm = layer_norm
         self.dropout = dropout
         self.recurrent_dropout = recurrent_dropout
         self.return_sequences = return_sequences
@@ -551,7 +563,7 @@ class BaseLSTMEstimator(BaseEstimator):
         """warm_start / partial_fit continue the fitted network: the parameters
         that fix its weights' shapes must not have changed."""
         name = type(self).__name__
-        config = self._model.network.get_config()
+        config = network_params(self._model.network)
         fitted = {p: config[p] for p in NETWORK_PARAMS if p not in RESUMABLE_NETWORK_PARAMS}
         fitted["return_sequences"] = self._model.return_sequences
         for param, value in fitted.items():

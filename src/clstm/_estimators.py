@@ -358,7 +358,8 @@ class LSTMClassifier(ClassifierMixin, BaseLSTMEstimator):
     (64, 2)
     """
 
-    def __init__(self, hidden_size=50, num_layers=1, bidirectional=False, dropout=0.0,
+    def __init__(self, hidden_size=50, num_layers=1, bidirectional=False, cell="lstm",
+                 proj_size=0, peephole=False, coupled_gates=False, layer_norm=False, dropout=0.0,
                  recurrent_dropout=0.0, return_sequences=False, dtype="float32",
                  solver="adam", learning_rate_init=1e-3, batch_size=32, max_iter=200,
                  shuffle=True, alpha=1e-4, clip_norm=5.0, momentum=0.9,
@@ -369,7 +370,8 @@ class LSTMClassifier(ClassifierMixin, BaseLSTMEstimator):
                  class_weight=None):
         super().__init__(
             hidden_size=hidden_size, num_layers=num_layers, bidirectional=bidirectional,
-            dropout=dropout, recurrent_dropout=recurrent_dropout,
+            cell=cell, proj_size=proj_size, peephole=peephole, coupled_gates=coupled_gates,
+            layer_norm=layer_norm, dropout=dropout, recurrent_dropout=recurrent_dropout,
             return_sequences=return_sequences, dtype=dtype, solver=solver,
             learning_rate_init=learning_rate_init, batch_size=batch_size, max_iter=max_iter,
             shuffle=shuffle, alpha=alpha, clip_norm=clip_norm, momentum=momentum,

@@ -17,22 +17,28 @@ has: ``run`` / ``backward_state`` / ``clear_cache``, ``state_names``,
 
 import numpy as np
 
+from clstm._gru import GRU
 from clstm._losses import LOSSES
 from clstm._lstm import LSTM
 
 __all__ = ["SequenceModel", "NonFiniteError", "NETWORK_PARAMS", "RESUMABLE_NETWORK_PARAMS",
-           "make_network"]
+           "make_network", "network_params"]
 
 # Estimator hyperparameters that configure the network; the network's
 # constructor validates them (the one place they are checked).
-NETWORK_PARAMS = ("hidden_size", "num_layers", "bidirectional", "dropout", "recurrent_dropout",
-                  "dtype", "n_jobs")
+NETWORK_PARAMS = ("hidden_size", "num_layers", "bidirectional", "cell", "proj_size", "peephole",
+                  "coupled_gates", "layer_norm", "dropout", "recurrent_dropout", "dtype", "n_jobs")
 # Those that may change between fits of one network (warm_start, partial_fit);
 # the others fix the shapes of the weights.
 RESUMABLE_NETWORK_PARAMS = ("dropout", "recurrent_dropout", "n_jobs")
 
 # Network classes a saved model may name.
-_NETWORKS = {"LSTM": LSTM}
+_NETWORKS = {"LSTM": LSTM, "GRU": GRU}
+
+# The cell hyperparameter: its values and their network classes. The LSTM
+# options (proj_size, ...) apply to the LSTM only.
+_CELLS = {"lstm": LSTM, "gru": GRU}
+_LSTM_OPTIONS = {"proj_size": 0, "peephole": False, "coupled_gates": False, "layer_norm": False}
 
 _HEAD_WEIGHT = "head.weight"
 _HEAD_BIAS = "head.bias"
@@ -42,10 +48,32 @@ _NETWORK_PREFIX = "network."
 def make_network(input_size, params, random_state):
     """The network that the hyperparameters ``params`` (names in NETWORK_PARAMS) describe.
 
-    The one place that turns estimator hyperparameters into a network (a cell
-    choice picks the class here).
+    The one place that turns estimator hyperparameters into a network: the
+    cell picks the class, the class's constructor checks the rest.
     """
-    return LSTM(input_size, random_state=random_state, **params)
+    params = dict(params)
+    cell = params.pop("cell", "lstm")
+    if not isinstance(cell, str) or cell not in _CELLS:
+        raise ValueError(f"cell must be one of {sorted(_CELLS)}, got {cell!r}")
+    if cell != "lstm":
+        changed = [k for k, default in _LSTM_OPTIONS.items()
+                   if params.get(k, default) != default]
+        if changed:
+            raise ValueError(f"{', '.join(changed)} {'applies' if len(changed) == 1 else 'apply'}"
+                             f" to cell='lstm' only; with cell={cell!r} leave "
+                             f"{'it' if len(changed) == 1 else 'them'} at the default")
+        for k in _LSTM_OPTIONS:
+            params.pop(k, None)
+    return _CELLS[cell](input_size, random_state=random_state, **params)
+
+
+def network_params(network):
+    """The estimator hyperparameters (NETWORK_PARAMS) that describe `network`:
+    the inverse of make_network."""
+    config = network.get_config()
+    cell = next(name for name, cls in _CELLS.items() if type(network) is cls)
+    return {p: config.get(p, _LSTM_OPTIONS.get(p)) if p != "cell" else cell
+            for p in NETWORK_PARAMS}
 
 
 def _network_from_config(kind, config):
