@@ -4,8 +4,9 @@ Typed Cython kernels over BLAS (scipy.linalg.cython_blas) for the forward
 pass and exact backpropagation through time, in float32 and float64, with
 the parameter layout of torch.nn.LSTM; scikit-learn estimators on top.
 
-The estimators, persistence, windowing helper and datasets are imported on
-first use (PEP 562), so ``import clstm`` does not pay for scikit-learn.
+The estimators, persistence, windowing helper, datasets and the interop
+functions (ONNX, Keras, torch) are imported on first use (PEP 562), so
+``import clstm`` pays for neither scikit-learn nor any optional framework.
 """
 
 import importlib
@@ -20,10 +21,13 @@ _LAZY = {
     "load": "clstm._estimators",
     "make_windows": "clstm._windows",
     "datasets": "clstm.datasets",
+    "export_onnx": "clstm.interop._onnx",
+    "import_onnx": "clstm.interop._onnx",
+    "interop": "clstm.interop",
 }
 
 __all__ = ["LSTM", "GRU", "LSTMRegressor", "LSTMClassifier", "load", "make_windows",
-           "datasets", "__version__"]
+           "datasets", "export_onnx", "import_onnx", "interop", "__version__"]
 
 
 def __getattr__(name):

@@ -1,0 +1,20 @@
+"""Moving networks between clstm and ONNX, Keras 3 and PyTorch.
+
+* :func:`export_onnx` / :func:`import_onnx`: ONNX models (onnxruntime runs
+  the exports); :class:`OnnxGraph` and :func:`add_network` build a network's
+  nodes into a larger graph.
+* :func:`to_keras` / :func:`from_keras`: ``keras.layers.LSTM`` / ``GRU``,
+  ``Bidirectional`` and stacked ``Sequential`` models (Keras 3, any backend).
+* :func:`to_torch` / :func:`from_torch`: ``torch.nn.LSTM`` / ``torch.nn.GRU``.
+
+The frameworks are optional and imported on first call; without one, the
+call raises an ImportError naming the extra that installs it
+(``pip install 'clstm-learn[onnx]'``, ``[keras]``, ``[torch]``).
+"""
+
+from clstm.interop._keras import from_keras, to_keras
+from clstm.interop._onnx import OPSET, OnnxGraph, add_network, export_onnx, import_onnx
+from clstm.interop._torch import from_torch, to_torch
+
+__all__ = ["export_onnx", "import_onnx", "OnnxGraph", "add_network", "OPSET",
+           "to_keras", "from_keras", "to_torch", "from_torch"]

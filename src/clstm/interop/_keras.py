@@ -1,0 +1,246 @@
+"""Keras 3 recurrent layers from clstm networks and back.
+
+Keras keeps the weights input-major and gates in columns: an LSTM's
+``kernel`` (I, 4H), ``recurrent_kernel`` (H, 4H) with blocks i, f, c, o
+(torch's i, f, g, o) and one ``bias`` (4H,); a GRU with ``reset_after=True``
+(torch's GRU) ``kernel`` (I, 3H), ``recurrent_kernel`` (H, 3H) with blocks
+z, r, h (torch's r, z, n swapped) and ``bias`` (2, 3H): the input bias, then
+the recurrent bias. ``Bidirectional(merge_mode="concat")`` concatenates
+[forward | backward], as clstm does.
+"""
+
+import numpy as np
+
+from clstm._gru import GRU
+from clstm._lstm import LSTM
+from clstm._rnn import param_name
+from clstm.interop._optional import import_optional
+
+__all__ = ["to_keras", "from_keras"]
+
+_KERAS_GRU_BLOCKS = ("z", "r", "n")
+_TORCH_GRU_BLOCKS = ("r", "z", "n")
+
+
+def _keras(purpose):
+    return import_optional("keras", purpose)
+
+
+def _reorder(a, source, target, axis=0):
+    parts = dict(zip(source, np.split(a, len(source), axis=axis)))
+    return np.concatenate([parts[k] for k in target], axis=axis)
+
+
+# -- clstm -> Keras ---------------------------------------------------------------------
+
+def to_keras(net, *, return_sequences=True):
+    """A ``keras.Sequential`` model with the weights of `net`.
+
+    One ``keras.layers.LSTM`` / ``GRU`` (``reset_after=True``) per layer,
+    each wrapped in ``Bidirectional(merge_mode="concat")`` if the network is
+    bidirectional; every layer but the last returns sequences. The model
+    takes (batch, time, input_size) and, with `return_sequences`, returns
+    what ``net.forward(X)[0]`` does for full-length sequences (clstm's
+    ``lengths`` have no counterpart here; Keras has its own masking).
+    Projection, peepholes, coupled gates and layer normalisation have no
+    Keras layer and raise a ValueError. The training-only ``dropout`` and
+    ``recurrent_dropout`` are not carried over (Keras's ``dropout`` is a
+    per-layer input mask, not clstm's between-layer dropout).
+
+    Parameters
+    ----------
+    net : clstm.LSTM or clstm.GRU
+    return_sequences : bool, default=True
+        False: the last layer returns its final output only (for a
+        bidirectional network the forward direction's last step next to the
+        backward direction's first, i.e. ``h_n`` of the last layer).
+
+    Returns
+    -------
+    keras.Sequential
+    """
+    keras = _keras("clstm.interop.to_keras")
+    if not isinstance(net, (LSTM, GRU)):
+        raise TypeError(f"to_keras takes a clstm.LSTM or clstm.GRU network, got "
+                        f"{type(net).__name__}")
+    lstm = isinstance(net, LSTM)
+    if lstm:
+        unsupported = [name for name in ("proj_size", "peephole", "coupled_gates",
+                                         "layer_norm") if getattr(net, name)]
+        if unsupported:
+            raise ValueError(f"keras.layers.LSTM has no {' / '.join(unsupported)} option; "
+                             f"{net!r} cannot become a Keras model")
+    dtype = np.dtype(net.dtype).name
+    rnns, weights = [], []
+    for layer in range(net.num_layers):
+        kwargs = dict(return_sequences=return_sequences or layer < net.num_layers - 1,
+                      dtype=dtype)
+        if lstm:
+            rnn = keras.layers.LSTM(net.hidden_size, **kwargs)
+        else:
+            rnn = keras.layers.GRU(net.hidden_size, reset_after=True, **kwargs)
+        if net.bidirectional:
+            rnn = keras.layers.Bidirectional(rnn, merge_mode="concat", dtype=dtype)
+        rnns.append(rnn)
+        # Bidirectional takes the forward layer's weights, then the backward's
+        weights.append([w for d in range(net.num_directions)
+                        for w in _keras_weights(net, layer, d, lstm)])
+    model = keras.Sequential([keras.Input(shape=(None, net.input_size), dtype=dtype), *rnns])
+    for rnn, w in zip(rnns, weights):
+        rnn.set_weights(w)
+    return model
+
+
+def _keras_weights(net, layer, d, lstm):
+    """[kernel, recurrent_kernel, bias] of one layer direction."""
+    p = {kind: net.params[param_name(kind, layer, d)] for kind in net._cell_shapes(layer)}
+    if lstm:        # gate blocks agree (i, f, c/g, o); one bias
+        return [p["weight_ih"].T.copy(), p["weight_hh"].T.copy(), p["bias_ih"] + p["bias_hh"]]
+    order = lambda a: _reorder(a, _TORCH_GRU_BLOCKS, _KERAS_GRU_BLOCKS)   # noqa: E731
+    return [order(p["weight_ih"]).T.copy(), order(p["weight_hh"]).T.copy(),
+            np.stack([order(p["bias_ih"]), order(p["bias_hh"])])]
+
+
+# -- Keras -> clstm ---------------------------------------------------------------------
+
+def from_keras(model, *, dtype=None):
+    """A clstm network with the weights of Keras recurrent layers.
+
+    Parameters
+    ----------
+    model : keras layer or keras.Sequential
+        A ``keras.layers.LSTM`` or ``GRU``, a ``Bidirectional`` wrapper of one
+        (``merge_mode="concat"``), or a ``Sequential`` model of such layers
+        (stacked: one kind, one number of units, every layer but the last
+        with ``return_sequences=True``). Refused with a ValueError: other
+        layers in the model (such as a Dense head: pass
+        ``keras.Sequential(model.layers[:-1])``), activations other than
+        tanh / sigmoid, a GRU with ``reset_after=False`` (not torch's GRU),
+        ``go_backwards=True`` outside Bidirectional, other merge modes.
+    dtype : {"float32", "float64"} or None
+        None: float64 if the Keras weights are float64, float32 otherwise.
+
+    Returns
+    -------
+    clstm.LSTM or clstm.GRU
+        Weights only (Keras's dropout options are not carried over).
+        ``net.forward(X)[0]`` equals the model's output when the last layer
+        returns sequences; otherwise the model returns the last layer's
+        ``h_n`` (forward: ``out[:, -1]``).
+    """
+    keras = _keras("clstm.interop.from_keras")
+    layers = _recurrent_layers(model, keras)
+    specs = [_layer_spec(layer, keras) for layer in layers]
+    first = specs[0]
+    for k, (layer, s) in enumerate(zip(layers, specs)):
+        for key in ("kind", "units", "bidirectional"):
+            if s[key] != first[key]:
+                raise ValueError(f"Keras layer {layer.name!r} has {key}={s[key]!r} but "
+                                 f"{layers[0].name!r} has {first[key]!r}; a clstm network "
+                                 "has one value for all layers")
+        if k < len(layers) - 1 and not layer.return_sequences:
+            raise ValueError(f"Keras layer {layer.name!r} does not return sequences, so no "
+                             "layer can be stacked on it")
+        if k and s["input_size"] != s["num_directions"] * s["units"]:
+            raise ValueError(f"Keras layer {layer.name!r} reads {s['input_size']} features; "
+                             f"stacked it should read {s['num_directions'] * s['units']}")
+    if dtype is None:
+        dtype = "float64" if first["dtype"] == np.float64 else "float32"
+    cls = LSTM if first["kind"] == "lstm" else GRU
+    net = cls(first["input_size"], first["units"], num_layers=len(layers),
+              bidirectional=first["bidirectional"], dtype=dtype)
+    state = {}
+    for layer, s in enumerate(specs):
+        for d, weights in enumerate(s["weights"]):
+            for kind, value in _clstm_params(weights, first["kind"]).items():
+                state[param_name(kind, layer, d)] = value
+    return net.load_state_dict(state)
+
+
+def _recurrent_layers(model, keras):
+    rnn_types = (keras.layers.LSTM, keras.layers.GRU, keras.layers.Bidirectional)
+    if isinstance(model, rnn_types):
+        return [model]
+    if isinstance(model, keras.Sequential):
+        layers = [layer for layer in model.layers
+                  if not isinstance(layer, keras.layers.InputLayer)]
+        others = [f"{layer.name!r} ({type(layer).__name__})" for layer in layers
+                  if not isinstance(layer, rnn_types)]
+        if others:
+            raise ValueError(
+                f"from_keras converts recurrent layers only (LSTM, GRU, Bidirectional); the "
+                f"model also has {', '.join(others)}. Pass the recurrent part, e.g. "
+                f"keras.Sequential(model.layers[:k]).")
+        if not layers:
+            raise ValueError("the Keras model has no layers")
+        return layers
+    raise TypeError(f"from_keras takes a keras.layers.LSTM / GRU / Bidirectional layer or a "
+                    f"keras.Sequential of them, got {type(model).__name__}")
+
+
+def _layer_spec(layer, keras):
+    """kind, units, sizes and per-direction weights of one (maybe Bidirectional) layer."""
+    if isinstance(layer, keras.layers.Bidirectional):
+        if layer.merge_mode != "concat":
+            raise ValueError(f"Keras Bidirectional layer {layer.name!r} has merge_mode="
+                             f"{layer.merge_mode!r}; clstm concatenates the directions "
+                             "(merge_mode='concat')")
+        fwd, bwd = layer.forward_layer, layer.backward_layer
+        if fwd.go_backwards or not bwd.go_backwards:
+            raise ValueError(f"Keras Bidirectional layer {layer.name!r}: its forward layer "
+                             "must not go backwards and its backward layer must")
+        directions = [_rnn_spec(fwd, keras), _rnn_spec(bwd, keras)]
+        if (directions[0]["kind"], directions[0]["units"]) != \
+                (directions[1]["kind"], directions[1]["units"]):
+            raise ValueError(f"Keras Bidirectional layer {layer.name!r} wraps different "
+                             "forward and backward layers")
+    else:
+        if layer.go_backwards:
+            raise ValueError(f"Keras layer {layer.name!r} has go_backwards=True; clstm runs "
+                             "a reverse direction only inside a bidirectional network "
+                             "(wrap it in keras.layers.Bidirectional)")
+        directions = [_rnn_spec(layer, keras)]
+    spec = dict(directions[0])
+    spec.update(bidirectional=len(directions) == 2, num_directions=len(directions),
+                weights=[d["weights"] for d in directions])
+    return spec
+
+
+def _rnn_spec(layer, keras):
+    if not layer.built:
+        raise ValueError(f"Keras layer {layer.name!r} is not built (it has no weights yet): "
+                         "call it on data or build the model first")
+    # (attributes, not layer.get_config(): on Keras 3.15 that imports
+    # TensorFlow where it is installed, whatever the backend: seconds)
+    kind = "lstm" if isinstance(layer, keras.layers.LSTM) else "gru"
+    for key, want in (("activation", keras.activations.tanh),
+                      ("recurrent_activation", keras.activations.sigmoid)):
+        fn = getattr(layer, key)
+        if fn is not want:
+            raise ValueError(f"Keras layer {layer.name!r} has {key}="
+                             f"{getattr(fn, '__name__', fn)!r}; clstm's cells use "
+                             f"{want.__name__}")
+    if kind == "gru" and not layer.reset_after:
+        raise ValueError(f"Keras GRU layer {layer.name!r} has reset_after=False (the reset "
+                         "gate applied before the recurrent product); clstm's GRU is "
+                         "torch's, which is Keras's reset_after=True")
+    units = int(layer.units)
+    weights = [np.asarray(w) for w in layer.get_weights()]
+    kernel, recurrent = weights[0], weights[1]
+    G = (4 if kind == "lstm" else 3) * units
+    if layer.use_bias:
+        bias = weights[2]
+    else:
+        bias = np.zeros((G,) if kind == "lstm" else (2, G), kernel.dtype)
+    return {"kind": kind, "units": units, "input_size": kernel.shape[0],
+            "dtype": kernel.dtype, "weights": (kernel, recurrent, bias)}
+
+
+def _clstm_params(weights, kind):
+    kernel, recurrent, bias = (np.asarray(w, np.float64) for w in weights)
+    if kind == "lstm":
+        return {"weight_ih": kernel.T, "weight_hh": recurrent.T, "bias_ih": bias,
+                "bias_hh": np.zeros_like(bias)}
+    order = lambda a: _reorder(a, _KERAS_GRU_BLOCKS, _TORCH_GRU_BLOCKS)   # noqa: E731
+    return {"weight_ih": order(kernel.T), "weight_hh": order(recurrent.T),
+            "bias_ih": order(bias[0]), "bias_hh": order(bias[1])}

@@ -1,0 +1,95 @@
+"""torch.nn.LSTM / torch.nn.GRU from clstm networks and back.
+
+clstm's parameter names, shapes and gate order are torch's (DESIGN.md §2), so
+the weights move as they are; this module maps the constructor options.
+"""
+
+import numpy as np
+
+from clstm._gru import GRU
+from clstm._lstm import LSTM
+from clstm.interop._optional import import_optional
+
+__all__ = ["to_torch", "from_torch"]
+
+
+def to_torch(net):
+    """A ``torch.nn.LSTM`` / ``torch.nn.GRU`` with the weights of `net`.
+
+    The module is ``batch_first=True`` (clstm's layout), in eval mode, of
+    the network's dtype, with ``num_layers``, ``bidirectional``, ``dropout``
+    (the same between-layer dropout) and, for an LSTM, ``proj_size``.
+    Peepholes, coupled gates and layer normalisation have no torch module
+    and raise a ValueError. clstm's ``recurrent_dropout`` (training only)
+    has no torch equivalent and is not carried over.
+
+    Parameters
+    ----------
+    net : clstm.LSTM or clstm.GRU
+
+    Returns
+    -------
+    torch.nn.LSTM or torch.nn.GRU
+        ``module(torch.from_numpy(X))`` equals ``net.forward(X)`` (with
+        ``pack_padded_sequence(..., enforce_sorted=False)`` for lengths).
+    """
+    torch = import_optional("torch", "clstm.interop.to_torch")
+    if not isinstance(net, (LSTM, GRU)):
+        raise TypeError(f"to_torch takes a clstm.LSTM or clstm.GRU network, got "
+                        f"{type(net).__name__}")
+    kwargs = dict(num_layers=net.num_layers, bidirectional=net.bidirectional,
+                  batch_first=True, dropout=net.dropout if net.num_layers > 1 else 0.0,
+                  dtype=torch.float64 if net.dtype == np.float64 else torch.float32)
+    if isinstance(net, LSTM):
+        unsupported = [name for name in ("peephole", "coupled_gates", "layer_norm")
+                       if getattr(net, name)]
+        if unsupported:
+            raise ValueError(f"torch.nn.LSTM has no {' / '.join(unsupported)} option; "
+                             f"{net!r} cannot become a torch module (export it with "
+                             "clstm.export_onnx instead)")
+        module = torch.nn.LSTM(net.input_size, net.hidden_size, proj_size=net.proj_size,
+                               **kwargs)
+    else:
+        module = torch.nn.GRU(net.input_size, net.hidden_size, **kwargs)
+    module.load_state_dict({k: torch.from_numpy(v) for k, v in net.state_dict().items()},
+                           strict=True)
+    return module.eval()
+
+
+def from_torch(module, *, dtype=None):
+    """A clstm network with the weights of a ``torch.nn.LSTM`` or ``torch.nn.GRU``.
+
+    Carried over: sizes, ``num_layers``, ``bidirectional``, ``dropout`` and
+    ``proj_size``; ``bias=False`` becomes zero biases; ``batch_first`` does
+    not matter (clstm is batch-first). Other modules (``torch.nn.RNN``, a
+    ``Sequential``, ...) raise a TypeError.
+
+    Parameters
+    ----------
+    module : torch.nn.LSTM or torch.nn.GRU
+    dtype : {"float32", "float64"} or None
+        None: float64 for a float64 module, float32 otherwise.
+
+    Returns
+    -------
+    clstm.LSTM or clstm.GRU
+    """
+    torch = import_optional("torch", "clstm.interop.from_torch")
+    if not isinstance(module, (torch.nn.LSTM, torch.nn.GRU)):
+        raise TypeError(f"from_torch takes a torch.nn.LSTM or torch.nn.GRU, got "
+                        f"{type(module).__name__}")
+    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    if dtype is None:
+        dtype = "float64" if state["weight_ih_l0"].dtype == torch.float64 else "float32"
+    state = {k: v.to(torch.float64).numpy() for k, v in state.items()}
+    kwargs = dict(num_layers=module.num_layers, bidirectional=module.bidirectional,
+                  dtype=dtype, dropout=float(module.dropout))
+    if isinstance(module, torch.nn.LSTM):
+        net = LSTM(module.input_size, module.hidden_size, proj_size=module.proj_size, **kwargs)
+    else:
+        net = GRU(module.input_size, module.hidden_size, **kwargs)
+    if not module.bias:
+        for name, shape in net._param_shapes().items():
+            if name.startswith("bias_"):
+                state[name] = np.zeros(shape)
+    return net.load_state_dict(state)
