@@ -125,6 +125,8 @@ class RecurrentNetwork:
         self.grads = {}
         self._cache = None
         self._workspace = _Workspace()
+        self._plan_cache = None
+        self._weights_memo = None
 
     # -- the cell (subclass hooks) ----------------------------------------------
     @property
@@ -167,9 +169,29 @@ class RecurrentNetwork:
                         value = self._rng.uniform(-bound, bound, size=shape)
                     self.params[param_name(kind, layer, d)] = value.astype(self.dtype)
 
-    def _direction_params(self, layer, d):
-        return {kind: self.params[param_name(kind, layer, d)]
-                for kind in self._cell_shapes(layer)}
+    def _plan(self):
+        """What every call needs and the structure fixes: the scan's cell
+        configuration and each (layer, direction)'s parameter names by kind
+        (computed once; the options cannot change after construction)."""
+        if self._plan_cache is None:
+            names = [{kind: param_name(kind, layer, d) for kind in self._cell_shapes(layer)}
+                     for layer in range(self.num_layers) for d in range(self.num_directions)]
+            # the scan's gradient arrays by parameter: ("grad_" + scan name, param name)
+            grad_names = [[("grad_" + _SCAN_NAMES.get(kind, kind), name)
+                           for kind, name in n.items() if kind not in ("bias_ih", "bias_hh")]
+                          for n in names]
+            cfg = self._scan_config()
+            self._plan_cache = {"cfg": cfg, "names": names, "grad_names": grad_names,
+                                "cfg_directions": [dict(cfg, reverse=bool(d), column=d * cfg[
+                                    "out_size"]) for d in range(self.num_directions)],
+                                "cfg_backward": [dict(cfg, reverse=bool(d), column=d * cfg[
+                                    "out_size"], accumulate_grad_x=d > 0)
+                                    for d in range(self.num_directions)]}
+        return self._plan_cache
+
+    def _direction_params(self, k):
+        """Parameters of layer-direction k = layer * D + d, by kind."""
+        return {kind: self.params[name] for kind, name in self._plan()["names"][k].items()}
 
     def state_dict(self):
         """Copies of the parameters, keyed by torch names."""
@@ -313,7 +335,7 @@ class RecurrentNetwork:
         n_threads = resolve_n_threads(self.n_jobs, B)
         chunks = split_rows(B, _useful_threads(n_threads, B, T, self.hidden_size),
                             weights=sorted_lengths)
-        weights = self._forward_weights()
+        weights, values = self._forward_weights()
         # Training forwards reuse buffers (their cache is replaced anyway);
         # inference forwards allocate, so concurrent calls never share.
         ws = self._workspace if keep_cache else _Workspace()
@@ -348,16 +370,26 @@ class RecurrentNetwork:
         cache = None
         if keep_cache:
             cache = {"parts": parts, "chunks": chunks, "order": order, "inverse": inverse,
-                     "shape": (B, T), "params": dict(self.params),
-                     "values": {k: v.copy() for k, v in self.params.items()}}
+                     "shape": (B, T), "params": dict(self.params), "values": values}
         return out, tuple(finals), cache
 
     def _forward_weights(self):
         """Per (layer, direction): the scan's weight arrays, including the
         packed forms the small-GEMM kernel reads (packed once per call, not
-        per chunk)."""
-        return [self._scan_arrays(self._direction_params(layer, d), backward=False)
-                for layer in range(self.num_layers) for d in range(self.num_directions)]
+        per chunk), and a copy of the parameter values they were made from.
+
+        Kept while the parameters hold the same values (compared bytewise),
+        so repeated inference calls pack nothing.
+        """
+        params, memo = self.params, self._weights_memo
+        if (memo is not None and memo[0].keys() == params.keys()
+                and all(_scan.same_values(memo[0][k], v) for k, v in params.items())):
+            return memo[1], memo[0]
+        values = {k: v.copy() for k, v in params.items()}
+        weights = [self._scan_arrays(self._direction_params(k), backward=False)
+                   for k in range(self.num_layers * self.num_directions)]
+        self._weights_memo = (values, weights)
+        return weights, values
 
     def _draw_masks(self, T, B):
         """Dropout masks in a fixed order: per layer, the input mask (layers
@@ -375,9 +407,18 @@ class RecurrentNetwork:
 
     def _buffers(self, ws, layer, d, T, B, backward):
         """The scan's activation (and, for backward, gradient) buffers of one
-        layer direction, by the Layer field names of _scan.pxd."""
-        H, P, G, dt = self.hidden_size, self.output_size, self._gate_count(), self.dtype
-        cfg = self._scan_config()
+        layer direction, by the Layer field names of _scan.pxd (the same dict
+        again while T and B stay the same: a training loop pays nothing here)."""
+        key = ("buffers", backward, layer, d, T, B)
+        found = ws.sets.get(key)
+        if found is None:
+            found = ws.sets[key] = self._new_buffers(ws, layer, d, T, B, backward)
+        return found
+
+    def _new_buffers(self, ws, layer, d, T, B, backward):
+        H, P, dt = self.hidden_size, self.output_size, self.dtype
+        cfg = self._plan()["cfg"]
+        G = cfg["n_gates"]
         ln_gates, ln_cell = cfg["ln_gates"], bool(cfg["variant"] & _scan.LN_CELL)
         proj = P != H
         lstm = "c" in self.state_names
@@ -418,7 +459,7 @@ class RecurrentNetwork:
         finals = [np.empty((self.num_layers * D, B, sizes[name]), dtype=self.dtype)
                   for name in self.state_names]
         rows, last = np.arange(B), lengths - 1
-        cfg = self._scan_config()
+        cfg_fwd = self._plan()["cfg_directions"]
         layers, inp = [], x
         for layer in range(self.num_layers):
             input_mask, rec_masks = masks[layer] if masks is not None else (None, [None] * D)
@@ -428,14 +469,13 @@ class RecurrentNetwork:
             directions = []
             for d in range(D):
                 k = layer * D + d
-                arrays = dict(weights[k])
-                arrays.update(self._buffers(ws, layer, d, T, B, backward=False))
-                arrays.update(x=inp, batch_sizes=batch_sizes, h0=state[0][k],
-                              c0=state[1][k] if len(state) > 1 else None,
-                              mask=rec_masks[d], h_seq=out,
-                              work=None if rec_masks[d] is None else
-                              ws.get(("work", layer, d), (B, P), self.dtype))
-                _scan.forward(arrays, dict(cfg, reverse=bool(d), column=d * P))
+                mask = rec_masks[d]
+                arrays = {**weights[k], **self._buffers(ws, layer, d, T, B, backward=False),
+                          "x": inp, "batch_sizes": batch_sizes, "h0": state[0][k],
+                          "c0": state[1][k] if len(state) > 1 else None, "mask": mask,
+                          "h_seq": out, "work": None if mask is None else
+                          ws.get(("work", layer, d), (B, P), self.dtype)}
+                _scan.forward(arrays, cfg_fwd[d])
                 final = np.zeros_like(last) if d else last
                 finals[0][k] = out[final, rows, d * P:(d + 1) * P]
                 if len(finals) > 1:
@@ -459,7 +499,7 @@ class RecurrentNetwork:
                                "changed or no forward was run)")
         if any(cache["params"].get(k) is not v for k, v in self.params.items()):
             raise RuntimeError("the parameters were replaced since forward(); run forward() again")
-        if any(not np.array_equal(cache["values"][k], v) for k, v in self.params.items()):
+        if not all(_scan.same_values(cache["values"][k], v) for k, v in self.params.items()):
             raise RuntimeError("the parameters were modified in place since forward(); "
                                "the saved activations no longer match them: run forward() again")
         B, T = cache["shape"]
@@ -480,8 +520,8 @@ class RecurrentNetwork:
                       for g, name in zip(grad_state, self.state_names)]
         if cache["inverse"] is not order:          # sorted by length: reorder
             grad_out = grad_out[order]
-        weights = [self._scan_arrays(self._direction_params(layer, d), backward=True)
-                   for layer in range(L) for d in range(D)]
+        weights = [self._scan_arrays(self._direction_params(k), backward=True)
+                   for k in range(L * D)]
         chunks, parts = cache["chunks"], cache["parts"]
         results = [None] * len(chunks)
         ws = self._workspace
@@ -523,34 +563,30 @@ class RecurrentNetwork:
         gradients of the initial states. Returns (grad_x, grads, grad_state)."""
         D = self.num_directions
         T, B = g.shape[:2]
-        G = self._gate_count()
+        plan = self._plan()
+        cfg = plan["cfg"]
+        G = cfg["n_gates"]
         grads = {name: np.zeros_like(value) for name, value in self.params.items()}
-        cfg = self._scan_config()
         for layer in reversed(range(self.num_layers)):
             lc = part["layers"][layer]
             inp = lc["input"]
             grad_in = np.empty_like(inp)
             for d in range(D):
                 k = layer * D + d
-                fwd = lc["directions"][d]
-                arrays = dict(fwd)
-                arrays.update(weights[k])
-                arrays.update(self._buffers(ws, layer, d, T, B, backward=True))
-                arrays["xh"][:, :, :inp.shape[2]] = inp
-                names = {kind: param_name(kind, layer, d) for kind in self._cell_shapes(layer)}
+                names = plan["names"][k]
                 grad_bias = np.zeros(G, dtype=self.dtype)
-                arrays.update(
-                    grad_h_seq=g, grad_h=grad_state[0][k],
-                    grad_c=grad_state[1][k] if len(grad_state) > 1 else None,
-                    grad_x=grad_in, grad_bias=grad_bias,
-                    **{"grad_" + _SCAN_NAMES.get(kind, kind): grads[name]
-                       for kind, name in names.items() if not kind.startswith("bias_")
-                       or kind == "bias_ln_c"})
+                arrays = {**lc["directions"][d], **weights[k],
+                          **self._buffers(ws, layer, d, T, B, backward=True),
+                          "grad_h_seq": g, "grad_h": grad_state[0][k],
+                          "grad_c": grad_state[1][k] if len(grad_state) > 1 else None,
+                          "grad_x": grad_in, "grad_bias": grad_bias}
+                arrays["xh"][:, :, :inp.shape[2]] = inp
+                for scan_name, name in plan["grad_names"][k]:
+                    arrays[scan_name] = grads[name]
                 if "c" not in self.state_names:          # GRU: the biases apart
                     arrays["grad_bias"] = grads[names["bias_ih"]]
                     arrays["grad_bias_hh"] = grads[names["bias_hh"]]
-                _scan.backward(arrays, dict(cfg, reverse=bool(d), column=d * self.output_size,
-                                            accumulate_grad_x=d > 0))
+                _scan.backward(arrays, plan["cfg_backward"][d])
                 if "c" in self.state_names:            # both biases saw grad_bias
                     grads[names["bias_ih"]] += grad_bias
                     grads[names["bias_hh"]] += grad_bias
@@ -564,6 +600,8 @@ class RecurrentNetwork:
         state = self.__dict__.copy()
         state["_workspace"] = None
         state["_cache"] = None
+        state["_plan_cache"] = None
+        state["_weights_memo"] = None
         state["grads"] = {}
         return state
 
@@ -636,10 +674,12 @@ class _Workspace:
 
 
 class _Buffers:
-    """Named arrays reused while their shape and dtype stay the same."""
+    """Named arrays reused while their shape and dtype stay the same (and
+    `sets`: dicts of them, built once per shape by the network)."""
 
     def __init__(self):
         self._arrays = {}
+        self.sets = {}
 
     def get(self, key, shape, dtype, zero=False):
         store = self._arrays

@@ -17,7 +17,7 @@ Each call covers one (sub-)batch single-threaded with the GIL released; the
 network runs independent sub-batches in parallel threads (clstm._parallel).
 """
 
-from libc.string cimport memcpy, memset
+from libc.string cimport memcmp, memcpy, memset
 
 cimport numpy as cnp
 
@@ -436,26 +436,27 @@ cdef inline void _check(bint ok, str what) except *:
         raise ValueError(f"internal layout error: {what}")
 
 
-cdef void* _array(dict arrays, str name, int typenum, tuple shape, bint required) except? NULL:
+cdef void* _array(dict arrays, str name, int typenum, int ndim, Py_ssize_t d0,
+                  Py_ssize_t d1, Py_ssize_t d2, bint required) except? NULL:
     """Data pointer of arrays[name], checked to be a C-contiguous array of
-    `typenum` and `shape` (a negative entry: at least that many); NULL when
-    absent and not required."""
+    `typenum` with `ndim` dimensions (d0, d1, d2)[:ndim] (a negative size: at
+    least that many); NULL when absent and not required."""
     obj = arrays.get(name)
     if obj is None:
-        _check(not required, f"{name} missing")
+        _check(not required, name + " missing")
         return NULL
-    _check(cnp.PyArray_Check(obj), f"{name} is not an array")
+    _check(cnp.PyArray_Check(obj), name + " is not an array")
     cdef cnp.ndarray arr = <cnp.ndarray> obj
-    _check(cnp.PyArray_TYPE(arr) == typenum and cnp.PyArray_IS_C_CONTIGUOUS(arr),
-           f"{name} dtype/layout")
-    cdef Py_ssize_t k, want
-    _check(cnp.PyArray_NDIM(arr) == len(shape), f"{name} ndim")
-    for k in range(len(shape)):
-        want = shape[k]
-        if want >= 0:
-            _check(cnp.PyArray_DIM(arr, k) == want, f"{name} shape")
+    _check(cnp.PyArray_TYPE(arr) == typenum and cnp.PyArray_IS_C_CONTIGUOUS(arr)
+           and cnp.PyArray_NDIM(arr) == ndim, name + " dtype/layout")
+    cdef Py_ssize_t dims[3]
+    dims[0], dims[1], dims[2] = d0, d1, d2
+    cdef int k
+    for k in range(ndim):
+        if dims[k] >= 0:
+            _check(cnp.PyArray_DIM(arr, k) == dims[k], name + " shape")
         else:
-            _check(cnp.PyArray_DIM(arr, k) >= -want, f"{name} shape")
+            _check(cnp.PyArray_DIM(arr, k) >= -dims[k], name + " shape")
     return cnp.PyArray_DATA(arr)
 
 
@@ -464,8 +465,8 @@ cdef const float* _packed(dict arrays, str name, Py_ssize_t K, Py_ssize_t N) exc
     if arrays.get(name) is None:
         return NULL
     _check(K > 0 and N > 0, f"{name} size")
-    return <const float*> _array(arrays, name, cnp.NPY_FLOAT32,
-                                 (clstm_packed_size(K, N),), True)
+    return <const float*> _array(arrays, name, cnp.NPY_FLOAT32, 1,
+                                 clstm_packed_size(K, N), 0, 0, True)
 
 
 cdef void _fill_layer(Layer* L, dict a, dict cfg, bint backward) except *:
@@ -488,40 +489,41 @@ cdef void _fill_layer(Layer* L, dict a, dict cfg, bint backward) except *:
            "n_gates")
     _check(L.kind == CELL_LSTM or P == H, "out_size")
     L.n_steps, L.batch, L.input_size, L.hidden, L.out_size, L.n_gates = T, B, I, H, P, G
-    L.x = _array(a, "x", typenum, (T, B, I), True)
-    cdef const int* batch_sizes = <const int*> _array(a, "batch_sizes", cnp.NPY_INT,
-                                                      (T,), True)
+    L.x = _array(a, "x", typenum, 3, T, B, I, True)
+    cdef const int* batch_sizes = <const int*> _array(a, "batch_sizes", cnp.NPY_INT, 1,
+                                                      T, 0, 0, True)
     _check(batch_sizes[0] <= B, "batch_sizes")
     L.batch_sizes = batch_sizes
     cdef bint proj = a.get("weight_hr") is not None
     _check(proj or P == H, "projection")
-    L.weight_ih = _array(a, "weight_ih", typenum, (G, I), True)
-    L.weight_hh = _array(a, "weight_hh", typenum, (G, P), True)
-    L.weight_hr = _array(a, "weight_hr", typenum, (P, H), False)
-    L.bias = _array(a, "bias", typenum, (G,), True)
-    L.bias_hn = _array(a, "bias_hn", typenum, (H,), L.kind == CELL_GRU)
-    L.peephole = _array(a, "peephole", typenum, ((2 if L.variant & CLSTM_COUPLED else 3) * H,),
+    L.weight_ih = _array(a, "weight_ih", typenum, 2, G, I, 0, True)
+    L.weight_hh = _array(a, "weight_hh", typenum, 2, G, P, 0, True)
+    L.weight_hr = _array(a, "weight_hr", typenum, 2, P, H, 0, False)
+    L.bias = _array(a, "bias", typenum, 1, G, 0, 0, True)
+    L.bias_hn = _array(a, "bias_hn", typenum, 1, H, 0, 0, L.kind == CELL_GRU)
+    cdef Py_ssize_t n_peep = (2 if L.variant & CLSTM_COUPLED else 3) * H
+    L.peephole = _array(a, "peephole", typenum, 1, n_peep, 0, 0,
                         bool(L.variant & CLSTM_PEEPHOLE))
-    L.ln_ih = _array(a, "ln_ih", typenum, (G,), L.ln_gates)
-    L.ln_hh = _array(a, "ln_hh", typenum, (G,), L.ln_gates)
+    L.ln_ih = _array(a, "ln_ih", typenum, 1, G, 0, 0, L.ln_gates)
+    L.ln_hh = _array(a, "ln_hh", typenum, 1, G, 0, 0, L.ln_gates)
     cdef bint ln_cell = bool(L.variant & CLSTM_LN_CELL)
-    L.ln_c_w = _array(a, "ln_c_w", typenum, (H,), ln_cell)
-    L.ln_c_b = _array(a, "ln_c_b", typenum, (H,), ln_cell)
-    L.h0 = _array(a, "h0", typenum, (B, P), True)
-    L.c0 = _array(a, "c0", typenum, (B, H), L.kind == CELL_LSTM)
-    L.mask = _array(a, "mask", typenum, (B, P), False)
-    L.work = _array(a, "work", typenum, (B, P), L.mask != NULL or backward)
-    L.gates = _array(a, "gates", typenum, (T, B, G), True)
-    L.hgates = _array(a, "hgates", typenum, (T, B, G), L.separate)
-    L.c_seq = _array(a, "c_seq", typenum, (T, B, H), L.kind == CELL_LSTM)
-    L.m_seq = _array(a, "m_seq", typenum, (T, B, H), proj)
-    L.h_seq = _array(a, "h_seq", typenum, (T, B, -(column + P)), True)
+    L.ln_c_w = _array(a, "ln_c_w", typenum, 1, H, 0, 0, ln_cell)
+    L.ln_c_b = _array(a, "ln_c_b", typenum, 1, H, 0, 0, ln_cell)
+    L.h0 = _array(a, "h0", typenum, 2, B, P, 0, True)
+    L.c0 = _array(a, "c0", typenum, 2, B, H, 0, L.kind == CELL_LSTM)
+    L.mask = _array(a, "mask", typenum, 2, B, P, 0, False)
+    L.work = _array(a, "work", typenum, 2, B, P, 0, L.mask != NULL or backward)
+    L.gates = _array(a, "gates", typenum, 3, T, B, G, True)
+    L.hgates = _array(a, "hgates", typenum, 3, T, B, G, L.separate)
+    L.c_seq = _array(a, "c_seq", typenum, 3, T, B, H, L.kind == CELL_LSTM)
+    L.m_seq = _array(a, "m_seq", typenum, 3, T, B, H, proj)
+    L.h_seq = _array(a, "h_seq", typenum, 3, T, B, -(column + P), True)
     L.ld_h = a["h_seq"].shape[2]
     L.h_seq = <char*> L.h_seq + column * cnp.PyArray_ITEMSIZE(<cnp.ndarray> a["h_seq"])
-    L.ln_x = _array(a, "ln_x", typenum, (T, B, G), L.ln_gates)
-    L.ln_stats = _array(a, "ln_stats", typenum, (T, B, 2), L.ln_gates)
-    L.chat = _array(a, "chat", typenum, (T, B, H), ln_cell)
-    L.c_stats = _array(a, "c_stats", typenum, (T, B), ln_cell)
+    L.ln_x = _array(a, "ln_x", typenum, 3, T, B, G, L.ln_gates)
+    L.ln_stats = _array(a, "ln_stats", typenum, 3, T, B, 2, L.ln_gates)
+    L.chat = _array(a, "chat", typenum, 3, T, B, H, ln_cell)
+    L.c_stats = _array(a, "c_stats", typenum, 2, T, B, 0, ln_cell)
     if typenum == cnp.NPY_FLOAT32:
         L.packed_ih_t = _packed(a, "packed_ih_t", I, G)
         L.packed_hh_t = _packed(a, "packed_hh_t", P, G)
@@ -532,32 +534,31 @@ cdef void _fill_layer(Layer* L, dict a, dict cfg, bint backward) except *:
         L.packed_hr = _packed(a, "packed_hr", P, H)
     if not backward:
         return
-    L.grad_h_seq = _array(a, "grad_h_seq", typenum, (T, B, -(column + P)), True)
+    L.grad_h_seq = _array(a, "grad_h_seq", typenum, 3, T, B, -(column + P), True)
     L.ld_grad_h = a["grad_h_seq"].shape[2]
     L.grad_h_seq = <char*> L.grad_h_seq + column * cnp.PyArray_ITEMSIZE(<cnp.ndarray> x)
-    L.grad_h = _array(a, "grad_h", typenum, (B, P), True)
-    L.grad_c = _array(a, "grad_c", typenum, (B, H), L.kind == CELL_LSTM)
-    L.grad_gates = _array(a, "grad_gates", typenum, (T, B, G), True)
-    L.grad_hgates = _array(a, "grad_hgates", typenum, (T, B, G), L.separate)
-    L.xh = _array(a, "xh", typenum, (T, B, I + P), True)
-    L.grad_hp = _array(a, "grad_hp", typenum, (T, B, P), proj)
-    L.grad_m = _array(a, "grad_m", typenum, (B, H), proj)
-    L.cell_work = _array(a, "cell_work", typenum, (2 * H,), True)
-    L.grad_w = _array(a, "grad_w", typenum, (G, I + P), not L.separate)
-    L.grad_x = _array(a, "grad_x", typenum, (T, B, I), True)
+    L.grad_h = _array(a, "grad_h", typenum, 2, B, P, 0, True)
+    L.grad_c = _array(a, "grad_c", typenum, 2, B, H, 0, L.kind == CELL_LSTM)
+    L.grad_gates = _array(a, "grad_gates", typenum, 3, T, B, G, True)
+    L.grad_hgates = _array(a, "grad_hgates", typenum, 3, T, B, G, L.separate)
+    L.xh = _array(a, "xh", typenum, 3, T, B, I + P, True)
+    L.grad_hp = _array(a, "grad_hp", typenum, 3, T, B, P, proj)
+    L.grad_m = _array(a, "grad_m", typenum, 2, B, H, 0, proj)
+    L.cell_work = _array(a, "cell_work", typenum, 1, 2 * H, 0, 0, True)
+    L.grad_w = _array(a, "grad_w", typenum, 2, G, I + P, 0, not L.separate)
+    L.grad_x = _array(a, "grad_x", typenum, 3, T, B, I, True)
     L.accumulate_grad_x = cfg["accumulate_grad_x"]
-    L.grad_weight_ih = _array(a, "grad_weight_ih", typenum, (G, I), True)
-    L.grad_weight_hh = _array(a, "grad_weight_hh", typenum, (G, P), True)
-    L.grad_weight_hr = _array(a, "grad_weight_hr", typenum, (P, H), proj)
-    L.grad_bias = _array(a, "grad_bias", typenum, (G,), True)
-    L.grad_bias_hh = _array(a, "grad_bias_hh", typenum, (G,), L.kind == CELL_GRU)
-    L.grad_peephole = _array(a, "grad_peephole", typenum,
-                             ((2 if L.variant & CLSTM_COUPLED else 3) * H,),
+    L.grad_weight_ih = _array(a, "grad_weight_ih", typenum, 2, G, I, 0, True)
+    L.grad_weight_hh = _array(a, "grad_weight_hh", typenum, 2, G, P, 0, True)
+    L.grad_weight_hr = _array(a, "grad_weight_hr", typenum, 2, P, H, 0, proj)
+    L.grad_bias = _array(a, "grad_bias", typenum, 1, G, 0, 0, True)
+    L.grad_bias_hh = _array(a, "grad_bias_hh", typenum, 1, G, 0, 0, L.kind == CELL_GRU)
+    L.grad_peephole = _array(a, "grad_peephole", typenum, 1, n_peep, 0, 0,
                              bool(L.variant & CLSTM_PEEPHOLE))
-    L.grad_ln_ih = _array(a, "grad_ln_ih", typenum, (G,), L.ln_gates)
-    L.grad_ln_hh = _array(a, "grad_ln_hh", typenum, (G,), L.ln_gates)
-    L.grad_ln_c_w = _array(a, "grad_ln_c_w", typenum, (H,), ln_cell)
-    L.grad_ln_c_b = _array(a, "grad_ln_c_b", typenum, (H,), ln_cell)
+    L.grad_ln_ih = _array(a, "grad_ln_ih", typenum, 1, G, 0, 0, L.ln_gates)
+    L.grad_ln_hh = _array(a, "grad_ln_hh", typenum, 1, G, 0, 0, L.ln_gates)
+    L.grad_ln_c_w = _array(a, "grad_ln_c_w", typenum, 1, H, 0, 0, ln_cell)
+    L.grad_ln_c_b = _array(a, "grad_ln_c_b", typenum, 1, H, 0, 0, ln_cell)
 
 
 def forward(dict arrays, dict cfg):
@@ -588,6 +589,17 @@ def backward(dict arrays, dict cfg):
             scan_backward(&L, <float*> NULL)
         else:
             scan_backward(&L, <double*> NULL)
+
+
+def same_values(a, b):
+    """True if the two arrays hold the same bytes (same dtype and shape;
+    memcmp: how the network notices parameters edited in place)."""
+    _check(cnp.PyArray_Check(a) and cnp.PyArray_Check(b), "arrays")
+    cdef cnp.ndarray x = <cnp.ndarray> a, y = <cnp.ndarray> b
+    if (cnp.PyArray_TYPE(x) != cnp.PyArray_TYPE(y) or not cnp.PyArray_SAMESHAPE(x, y)
+            or not cnp.PyArray_IS_C_CONTIGUOUS(x) or not cnp.PyArray_IS_C_CONTIGUOUS(y)):
+        return False
+    return memcmp(cnp.PyArray_DATA(x), cnp.PyArray_DATA(y), cnp.PyArray_NBYTES(x)) == 0
 
 
 def pack_weight(const float[:, ::1] weight, bint transposed):
