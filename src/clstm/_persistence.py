@@ -70,24 +70,33 @@ def write(path, metadata, arrays):
 
     Any file name is accepted (no extension is added). The directory must exist.
     """
+    header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+              "clstm_version": __version__, **metadata}
+    payload = dict(arrays)
+    payload["__metadata__"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
+    write_atomically(path, lambda f: np.savez(f, **payload))
+
+
+def write_atomically(path, write_to):
+    """Call ``write_to(binary_file)`` on a temporary file beside ``path``, then
+    replace ``path`` with it: readers see the old file or the whole new one,
+    and a failed write leaves the old file. Temporary files of writers on
+    this host that were killed are removed first."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"cannot save to {path!r}: the directory {directory!r} does "
                                 "not exist")
-    header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
-              "clstm_version": __version__, **metadata}
-    payload = dict(arrays)
-    payload["__metadata__"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
     _remove_stale_temporaries(path)
     tmp = os.path.join(directory, f"{_temp_prefix(path)}{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                     0o666)
     except OSError as exc:
         raise type(exc)(exc.errno, f"cannot save to {path!r}: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **payload)
+            write_to(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -98,8 +98,9 @@ class RecurrentNetwork:
 
     Subclasses define the cell: ``state_names``, ``_cell_shapes(layer)`` (the
     parameter kinds of one layer and direction and their shapes),
-    ``_scan_arrays(p)`` (the scan's weights from one direction's
-    parameters), ``_scan_config()``, and ``_gate_count()``.
+    ``_scan_arrays(p, backward)`` (the scan's weights from one direction's
+    parameters), ``_scan_config()`` (the scan's cell description: kind,
+    variant, sizes), ``_gate_count()``, and ``output_size`` when h is not H wide.
     """
 
     state_names = ("h",)
@@ -645,8 +646,8 @@ def scan_weight_arrays(p, fused_bias, backward, separate):
         arrays["packed_hr"] = _packed(w_hr, False)
         return arrays
     if separate or w_ih.shape[1] >= MIN_PACKED_INPUT_SIZE:
-        # (for thin inputs the small-GEMM kernel also beats SciPy's sgemm,
-        # which takes ~2 ms for ts-small's (1600 x 1) @ (1 x 150))
+        # (cells with separate products: the small-GEMM kernel at any input
+        # width, as it streams the packed weight once for all T*B rows)
         arrays["packed_ih_t"] = _packed(w_ih, True)
         arrays["packed_hh_t"] = _packed(w_hh, True)
     else:

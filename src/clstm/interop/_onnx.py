@@ -29,12 +29,12 @@ and return the names of its outputs.
 """
 
 import os
-import secrets
 
 import numpy as np
 
 from clstm._gru import GRU
 from clstm._lstm import LSTM
+from clstm._persistence import write_atomically
 from clstm._rnn import param_name
 from clstm._version import __version__
 from clstm.interop._optional import import_optional
@@ -562,30 +562,9 @@ def _network_model(net, lengths, initial_states, opset, scan=False):
 
 
 def _save_atomically(data, path):
-    """Write `data` to `path` through a temporary file in the same directory
-    and os.replace: readers see the old file or the whole new one."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    while True:
-        tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
-        try:     # mode 0o666 less the umask, like open(path, "wb")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
-                         0o666)
-            break
-        except FileExistsError:
-            continue
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Write `data` to `path` atomically (clstm's one atomic writer: a
+    temporary file beside it, then os.replace)."""
+    write_atomically(path, lambda f: f.write(data))
 
 
 # =====================================================================================
