@@ -204,3 +204,39 @@ def test_state_dict_of_another_cell_is_refused():
         clstm.LSTM(3, 4, peephole=True).load_state_dict(clstm.LSTM(3, 4).state_dict())
     with pytest.raises(ValueError, match="shape"):
         clstm.GRU(3, 4).load_state_dict(clstm.LSTM(3, 4).state_dict())
+
+
+@pytest.mark.parametrize("cls,options", CELLS, ids=IDS)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_step_by_step_equals_the_whole_sequence(cls, options, dtype):
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((3, 7, 4)).astype(dtype)
+    net = _make(cls, options, 4, 6, num_layers=2, dtype=dtype)
+    state0 = tuple(rng.standard_normal(s.shape).astype(dtype)
+                   for s in net.run(X, keep_cache=False)[1])
+    out, final = net.run(X, state0, keep_cache=False)
+    state, ys = state0, []
+    for t in range(X.shape[1]):
+        y, state = net.step(X[:, t], state)
+        ys.append(y)
+    tol = 1e-12 if dtype == "float64" else 1e-6
+    np.testing.assert_allclose(np.stack(ys, axis=1), out, rtol=tol, atol=tol)
+    for a, b in zip(state, final):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+    y0, s0 = net.step(X[:, 0])                     # no state: zeros
+    np.testing.assert_allclose(y0, net.run(X[:, :1], keep_cache=False)[0][:, 0], rtol=tol,
+                               atol=tol)
+
+
+def test_step_refuses_what_it_cannot_do():
+    with pytest.raises(ValueError, match="unidirectional"):
+        clstm.LSTM(3, 4, bidirectional=True).step(np.zeros((1, 3)))
+    net = clstm.GRU(3, 4)
+    with pytest.raises(ValueError, match="x_t must have shape"):
+        net.step(np.zeros((2, 5)))
+    with pytest.raises(ValueError, match="state must be a tuple"):
+        net.step(np.zeros((2, 3)), np.zeros((1, 2, 4)))
+    with pytest.raises(ValueError, match="state 'h'"):
+        net.step(np.zeros((2, 3)), (np.zeros((1, 3, 4)),))
+    with pytest.raises(ValueError, match="NaN"):
+        net.step(np.full((2, 3), np.nan))

@@ -327,7 +327,7 @@ def test_save_is_atomic(ort, tmp_path, monkeypatch):
 
 
 def test_export_refusals(ort, tmp_path):
-    with pytest.raises(TypeError, match="takes a clstm.LSTM or clstm.GRU network, got dict"):
+    with pytest.raises(TypeError, match="takes a clstm.LSTM or clstm.GRU network or a fitted LSTMRegressor / LSTMClassifier, got dict"):
         clstm.export_onnx({}, tmp_path / "x.onnx")
     for opset in (16, 10_000, 17.0, True):
         with pytest.raises(ValueError, match="opset must be an int in"):

@@ -255,6 +255,67 @@ class RecurrentNetwork:
             self.grads = {}
         return out, states
 
+    def step(self, x_t, state=None):
+        """Advance the network by one timestep (streaming inference).
+
+        Parameters
+        ----------
+        x_t : array-like of shape (batch, input_size)
+            The inputs of this step.
+        state : tuple of arrays of shape (num_layers, batch, units), optional
+            The states returned by the previous call, in the order of
+            ``state_names`` (zeros when omitted).
+
+        Returns
+        -------
+        y_t : ndarray of shape (batch, output_size)
+            The top layer's h at this step: ``forward(X)``'s ``out[:, t]``.
+        state : tuple of ndarrays
+            The new states, to pass to the next call. Nothing is stored on
+            the network, so independent streams may share it (also from
+            several threads).
+
+        Calling ``step`` over the steps of a sequence equals ``forward`` on
+        the whole sequence. Dropout never applies here; a bidirectional
+        network cannot step (its reverse direction reads the future).
+        """
+        if self.bidirectional:
+            raise ValueError("step() needs a unidirectional network: the reverse direction of "
+                             "a bidirectional one reads the whole sequence; use forward()")
+        x = as_float_array(x_t, self.dtype, "x_t")
+        if x.ndim != 2 or x.shape[1] != self.input_size or x.shape[0] == 0:
+            raise ValueError(f"x_t must have shape (batch >= 1, input_size={self.input_size}), "
+                             f"got {x.shape}")
+        check_finite(x, "x_t")
+        B, L = x.shape[0], self.num_layers
+        if state is None:
+            state = (None,) * len(self.state_names)
+        if not isinstance(state, (tuple, list)) or len(state) != len(self.state_names):
+            raise ValueError(f"state must be a tuple of {len(self.state_names)} arrays "
+                             f"{self.state_names} (as returned by step), got {state!r:.80}")
+        sizes = self._state_sizes()
+        state = [check_state(s, (L, B, sizes[name]), self.dtype, f"state {name!r}")
+                 for s, name in zip(state, self.state_names)]
+        _kernels()
+        weights, _ = self._forward_weights()
+        cfg = self._plan()["cfg_directions"][0]
+        ws = _Buffers()
+        inp = np.ascontiguousarray(x[None])                  # (1, B, I): one step
+        batch_sizes = np.array([B], dtype=np.intc)
+        new = [np.empty_like(s) for s in state]
+        for layer in range(L):
+            out = np.empty((1, B, self.output_size), dtype=self.dtype)
+            arrays = {**weights[layer], **self._new_buffers(ws, layer, 0, 1, B, False),
+                      "x": inp, "batch_sizes": batch_sizes, "h0": state[0][layer],
+                      "c0": state[1][layer] if len(state) > 1 else None, "mask": None,
+                      "h_seq": out, "work": None}
+            _scan.forward(arrays, cfg)
+            new[0][layer] = out[0]
+            if len(new) > 1:
+                new[1][layer] = arrays["c_seq"][0]
+            inp = out
+        return inp[0], tuple(new)
+
     def backward_state(self, grad_out, grad_state=None):
         """Backward from the last cached run, the state gradients as one tuple
         (or None). Returns grad_X; parameter gradients go to :attr:`grads`."""

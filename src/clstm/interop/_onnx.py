@@ -144,7 +144,10 @@ class OnnxGraph:
         return outputs[0] if n_outputs == 1 else outputs
 
     def _value_info(self, name, elem_type, shape):
-        elem = self.onnx.helper.np_dtype_to_tensor_dtype(np.dtype(elem_type))
+        if elem_type == "str":
+            elem = self.onnx.TensorProto.STRING
+        else:
+            elem = self.onnx.helper.np_dtype_to_tensor_dtype(np.dtype(elem_type))
         return self.onnx.helper.make_tensor_value_info(name, elem, shape)
 
     def input(self, name, elem_type, shape, fresh=False):
@@ -189,8 +192,8 @@ class OnnxGraph:
 
 def _check_network(net, purpose):
     if not isinstance(net, (LSTM, GRU)):
-        raise TypeError(f"{purpose} takes a clstm.LSTM or clstm.GRU network, got "
-                        f"{type(net).__name__} (fitted estimators are not exported yet)")
+        raise TypeError(f"{purpose} takes a clstm.LSTM or clstm.GRU network or a fitted "
+                        f"LSTMRegressor / LSTMClassifier, got {type(net).__name__}")
 
 
 def _uses_scan(net):
@@ -479,7 +482,17 @@ class _ScanStack:
 # =====================================================================================
 
 def export_onnx(net, path, *, lengths=True, initial_states=False, opset=OPSET):
-    """Export a network (clstm.LSTM or clstm.GRU) as an ONNX model.
+    """Export a network (clstm.LSTM or clstm.GRU) or a fitted estimator as an ONNX model.
+
+    A fitted ``LSTMRegressor`` / ``LSTMClassifier`` exports its whole
+    ``predict`` as one graph: input standardisation, the network, the Dense
+    head and the target de-standardisation (regressor: output ``variable``,
+    as ``predict``) or the sigmoid/softmax (classifier: outputs ``label`` and
+    ``probabilities``, as ``predict`` and ``predict_proba``). Its input ``X``
+    is 3-D (batch, time, n_features) float32 (a univariate 2-D X of the
+    estimator is X[..., None] here), with ``lengths`` for ragged batches
+    padded to a common length; with ``return_sequences=True`` the outputs
+    are per step, and the values past a sequence's length are padding.
 
     Graph inputs: ``X`` (batch, time, input_size) float32, batch-first as in
     clstm; ``lengths`` (batch,) int64 if `lengths`; ``h0`` (and ``c0`` for an
@@ -523,13 +536,21 @@ def export_onnx(net, path, *, lengths=True, initial_states=False, opset=OPSET):
         The model, checked by ``onnx.checker.check_model(full_check=True)``.
     """
     onnx = _onnx("clstm.export_onnx")
-    _check_network(net, "export_onnx")
+    estimator = _as_fitted_estimator(net)
+    if estimator is None:
+        _check_network(net, "export_onnx")
     if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)) or opset < OPSET \
             or opset > onnx.defs.onnx_opset_version():
         raise ValueError(f"opset must be an int in [{OPSET}, "
                          f"{onnx.defs.onnx_opset_version()}] (this onnx), got {opset!r}")
-    model = _network_model(net, lengths=bool(lengths), initial_states=bool(initial_states),
-                           opset=int(opset))
+    if estimator is not None:
+        if initial_states:
+            raise ValueError("initial_states applies to networks; an estimator's graph "
+                             "starts from zero states, as its predict does")
+        model = _estimator_model(estimator, lengths=bool(lengths), opset=int(opset))
+    else:
+        model = _network_model(net, lengths=bool(lengths), initial_states=bool(initial_states),
+                               opset=int(opset))
     onnx.checker.check_model(model, full_check=True)
     if path is not None:
         _save_atomically(model.SerializeToString(), path)
@@ -559,6 +580,88 @@ def _network_model(net, lengths, initial_states, opset, scan=False):
     doc = (f"{net!r} exported by clstm {__version__}. Inputs: {', '.join(inputs)}. "
            f"Outputs: {', '.join(names)} (as net.forward).")
     return g.make_model(opset, doc_string=doc, metadata={"clstm.network": repr(net)})
+
+
+def _as_fitted_estimator(obj):
+    """`obj` if it is a clstm estimator (checked fitted), else None."""
+    from clstm._base import BaseLSTMEstimator      # scikit-learn: only when exporting
+    if not isinstance(obj, BaseLSTMEstimator):
+        return None
+    from sklearn.utils.validation import check_is_fitted
+    check_is_fitted(obj)
+    return obj
+
+
+def _estimator_model(est, lengths, opset):
+    """The graph of a fitted estimator's predict (and predict_proba)."""
+    model = est._model
+    net, classifier = model.network, hasattr(est, "classes_")
+    F = net.input_size          # a univariate estimator's 2-D X is X[..., None] here
+    g = OnnxGraph("clstm_" + type(est).__name__.lower())
+    names = ["label", "probabilities"] if classifier else ["variable"]
+    g.reserve(*names)
+    X = g.input("X", "float32", ["batch", "time", F])
+    seq = g.input("lengths", "int64", ["batch"]) if lengths else None
+    # input standardisation, as fit saw it (padding is ignored by the network)
+    x_mean, x_scale = est._x_stats
+    if x_mean is not None:
+        X = g.op("Sub", [X, g.constant("x_mean", x_mean)], name="x_centred")
+        X = g.op("Div", [X, g.constant("x_scale", x_scale)], name="x_standardised")
+    out, finals = add_network(g, net, X, seq)
+    # the head's input: every step's output, or the top layer's last h
+    if model.return_sequences:
+        feats = out
+    else:
+        D, LD = net.num_directions, net.num_layers * net.num_directions
+        h_n = finals[net.state_names.index("h")]
+        top = g.op("Slice", [h_n, g.constant("top_start", [LD - D], np.int64),
+                             g.constant("top_stop", [LD], np.int64),
+                             g.constant("top_axis", [0], np.int64)], name="h_top")
+        top = g.op("Transpose", [top], perm=[1, 0, 2], name="h_top_batch")   # (B, D, P)
+        feats = g.op("Reshape", [top, g.constant(
+            "feature_shape", [0, D * net.output_size], np.int64)], name="features")
+    Z = g.op("MatMul", [feats, g.constant("head_weight", model.head_weight)], name="head_matmul")
+    Z = g.op("Add", [Z, g.constant("head_bias", model.head_bias)], name="head")
+    step_axes = ["batch", "time"] if model.return_sequences else ["batch"]
+    last_axis = g.constant("last_axis", [-1], np.int64)
+    if not classifier:
+        y_mean, y_scale = est._y_stats
+        if y_mean is not None:
+            Z = g.op("Mul", [Z, g.constant("y_scale", y_scale)], name="y_scaled")
+            Z = g.op("Add", [Z, g.constant("y_mean", y_mean)], name="y_restored")
+        shape = step_axes + ([] if est._y_1d else [est.n_outputs_])
+        if est._y_1d:
+            g.op("Squeeze", [Z, last_axis], outputs=["variable"])
+        else:
+            g.op("Identity", [Z], outputs=["variable"])
+        g.output("variable", "float32", shape)
+    else:
+        classes = np.asarray(est.classes_)
+        if model.n_outputs == 1:            # two classes: sigmoid of one logit
+            p = g.op("Sigmoid", [Z], name="p_positive")
+            q = g.op("Sub", [g.constant("one", 1.0), p], name="p_negative")
+            g.op("Concat", [q, p], outputs=["probabilities"], axis=-1)
+        else:
+            g.op("Softmax", [Z], outputs=["probabilities"], axis=-1)
+        code = g.op("ArgMax", ["probabilities"], axis=-1, keepdims=0, name="class_code")
+        if classes.dtype.kind in "US":
+            table, elem = g.constant("classes", classes.astype(object), object), "str"
+        elif classes.dtype.kind == "b":
+            table, elem = g.constant("classes", classes, bool), "bool"
+        elif classes.dtype.kind in "iu":
+            table, elem = g.constant("classes", classes, np.int64), "int64"
+        else:
+            table, elem = g.constant("classes", classes, np.float64), "float64"
+        g.op("Gather", [table, code], outputs=["label"], axis=0)
+        g.output("label", elem, step_axes)
+        g.output("probabilities", "float32", step_axes + [classes.size])
+    doc = (f"{type(est).__name__} ({net!r}) exported by clstm {__version__}. Inputs: X "
+           f"(batch, time, {F}) float32" + (", lengths (batch,) int64" if lengths else "")
+           + f". Outputs: {', '.join(names)} (as predict" + (" / predict_proba" if classifier
+                                                              else "") + ").")
+    return g.make_model(opset, doc_string=doc,
+                        metadata={"clstm.estimator": type(est).__name__,
+                                  "clstm.network": repr(net)})
 
 
 def _save_atomically(data, path):
