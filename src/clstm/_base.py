@@ -282,19 +282,24 @@ class BaseLSTMEstimator(BaseEstimator):
     # ------------------------------------------------------------------
     # input validation
     # ------------------------------------------------------------------
-    def _validate_X(self, X, reset):
+    def _validate_X(self, X, reset, lengths=None):
         """Padded float64 array (n, T, F), lengths (n,) and whether X was ragged.
 
         With ``reset`` the input layout, ``n_features_in_``, ``input_size_``
-        (and ``feature_names_in_`` for DataFrames) are (re)set.
+        (and ``feature_names_in_`` for DataFrames) are (re)set. ``lengths``
+        (for a padded 2-D / 3-D X) turns X into the ragged list
+        ``[X[i, :lengths[i]] for i]`` first: the padding is never read.
         """
         name = type(self).__name__
         if sp.issparse(X):
             raise TypeError(f"{name} does not accept sparse input: pass a dense array "
                             "(sequences are dense)")
         ragged = False
-        if isinstance(X, (list, tuple)) or (isinstance(X, np.ndarray) and X.dtype == object
-                                             and X.ndim == 1):
+        if lengths is not None:
+            X = _unpad(X, lengths)
+            ragged = True
+        elif isinstance(X, (list, tuple)) or (isinstance(X, np.ndarray) and X.dtype == object
+                                               and X.ndim == 1):
             ragged = _is_ragged(X)
         if ragged:
             seqs = _check_ragged(X)
@@ -361,7 +366,7 @@ class BaseLSTMEstimator(BaseEstimator):
     # ------------------------------------------------------------------
     # fit / partial_fit
     # ------------------------------------------------------------------
-    def fit(self, X, y, sample_weight=None):
+    def fit(self, X, y, sample_weight=None, lengths=None):
         """Fit the model to sequences ``X`` and targets ``y``.
 
         Parameters
@@ -375,6 +380,17 @@ class BaseLSTMEstimator(BaseEstimator):
             Non-negative weights; the loss is the weighted mean. A sample of
             integer weight k is the same as k copies of it, and a sample of
             weight 0 the same as leaving it out.
+        lengths : array-like of int of shape (n_samples,), default=None
+            For a padded 3-D (or 2-D univariate) ``X``: the number of valid
+            steps of each sequence (Keras' mask, PyTorch's
+            ``pack_padded_sequence`` lengths). The fit is then exactly the fit
+            on the ragged list ``[X[i, :lengths[i]] for i in range(n)]``: the
+            padding is never read (it may hold anything, even NaN). Per-step
+            targets (``return_sequences=True``) may be padded the same way.
+            Routed by scikit-learn's metadata routing: inside a ``Pipeline``
+            or ``GridSearchCV``, call ``set_fit_request(lengths=True)`` (and
+            ``set_predict_request`` / ``set_score_request``) with
+            ``sklearn.set_config(enable_metadata_routing=True)``.
 
         Returns
         -------
@@ -387,13 +403,13 @@ class BaseLSTMEstimator(BaseEstimator):
             last completed epoch; a first fit that diverges in its first epoch
             leaves it unfitted (see the module docstring).
         """
-        return self._transaction(X, y, sample_weight, incremental=False)
+        return self._transaction(X, y, sample_weight, incremental=False, lengths=lengths)
 
-    def _transaction(self, X, y, sample_weight, incremental, classes=None):
+    def _transaction(self, X, y, sample_weight, incremental, classes=None, lengths=None):
         saved = dict(self.__dict__)
         txn = _Transaction()
         try:
-            return self._fit(X, y, sample_weight, incremental, classes, txn)
+            return self._fit(X, y, sample_weight, incremental, classes, txn, lengths)
         except BaseException:
             if not txn.committed:
                 self.__dict__.clear()
@@ -405,13 +421,13 @@ class BaseLSTMEstimator(BaseEstimator):
             return True
         return not (incremental or self.warm_start)
 
-    def _fit(self, X, y, sample_weight, incremental, classes, txn):
+    def _fit(self, X, y, sample_weight, incremental, classes, txn, lengths=None):
         self._validate_hyperparameters()
         first = self._first_pass(incremental)
         if first:
             for attr in ("_model", "lstm_"):
                 self.__dict__.pop(attr, None)
-        data = self._prepare_data(X, y, sample_weight, first, incremental, classes)
+        data = self._prepare_data(X, y, sample_weight, first, incremental, classes, lengths)
         run = self._build_or_resume(data, first, incremental)
         for _ in range(run.n_epochs):
             start = run.snapshot()
@@ -445,17 +461,18 @@ class BaseLSTMEstimator(BaseEstimator):
         return self
 
     # -- step 1: data -----------------------------------------------------------
-    def _prepare_data(self, X, y, sample_weight, first, incremental, classes):
+    def _prepare_data(self, X, y, sample_weight, first, incremental, classes, lengths=None):
         """Validated, merged and (on the first pass) measured training data, float64.
 
         Sets the input attributes, the classifier's classes_ and, on the first
         pass, the standardisation statistics.
         """
-        arr, lengths, _ = self._validate_X(X, reset=first)
-        n = arr.shape[0]
         if y is None:
             raise ValueError(f"{type(self).__name__} requires y to be passed, but the "
                              "target y is None")
+        y = self._unpad_step_targets(y, lengths)
+        arr, lengths, _ = self._validate_X(X, reset=first, lengths=lengths)
+        n = arr.shape[0]
         _refuse_complex(y, "y")
         targets = self._validate_targets(y, lengths, arr.shape[1], n, first)
         sw = self._check_sample_weight(sample_weight, n)
@@ -705,13 +722,53 @@ class BaseLSTMEstimator(BaseEstimator):
     # ------------------------------------------------------------------
     # prediction
     # ------------------------------------------------------------------
-    def _raw_outputs(self, X):
+    def _unpad_step_targets(self, y, lengths):
+        """Per-step targets padded like X (an array (n, T, ...)) -> the list of their
+        valid steps, when ``lengths`` is given; y itself otherwise."""
+        if lengths is None or not self.return_sequences or isinstance(y, (list, tuple)):
+            return y
+        y = np.asarray(y)
+        if y.ndim < 2:
+            return y              # collect_step_targets reports the layout
+        lengths = _check_lengths(lengths, y.shape[0], y.shape[1], "y")
+        return [y[i, :lengths[i]] for i in range(y.shape[0])]
+
+    def _raw_outputs(self, X, lengths=None):
         """Head outputs as float64: (n, K), or (n, T, K) with per-step outputs; lengths; ragged."""
         check_is_fitted(self)
-        arr, lengths, ragged = self._validate_X(X, reset=False)
+        arr, lengths, ragged = self._validate_X(X, reset=False, lengths=lengths)
         Xp = _to_dtype(_standardize(arr, lengths, self._x_stats), self._model.dtype, "X",
                        self._x_stats[0] is not None)
         return self._model_outputs(self._model, Xp, lengths), lengths, ragged
+
+    def _raw_step(self, x_t, state):
+        """One timestep of the fitted model for a batch of streams: head outputs
+        (n_streams, K) as float64 and the new network state."""
+        check_is_fitted(self)
+        name = type(self).__name__
+        if self._model.network.num_directions > 1:
+            raise ValueError(f"{name} is bidirectional: its reverse direction reads the whole "
+                             "sequence, so it cannot predict one step at a time; use predict "
+                             "on the whole window (or fit with bidirectional=False)")
+        if sp.issparse(x_t):
+            raise TypeError(f"{name} does not accept sparse input: pass a dense array")
+        _refuse_complex(x_t, "x_t")
+        x = check_array(x_t, ensure_2d=False, dtype=np.float64, ensure_all_finite=True,
+                        input_name="x_t")
+        F = self.input_size_
+        if x.ndim == 1 and F == 1:
+            x = x[:, None]
+        if x.ndim != 2 or x.shape[1] != F or x.shape[0] == 0:
+            raise ValueError(
+                f"x_t must be one timestep of every stream, X[:, t]: shape (n_streams, {F})"
+                f"{' or (n_streams,)' if F == 1 else ''}, got {x.shape}"
+                f"{' (one stream: x_t[None])' if x.ndim == 1 else ''}")
+        xp = _to_dtype(_apply_scaling(x, self._x_stats), self._model.dtype, "x_t",
+                       self._x_stats[0] is not None)
+        model = self._model
+        h_t, state = model.network.step(xp, state)
+        Z = model.head(h_t)
+        return Z, state
 
     @staticmethod
     def _model_outputs(model, Xp, lengths):
@@ -726,10 +783,11 @@ class BaseLSTMEstimator(BaseEstimator):
             parts.append(Z)
         return np.concatenate(parts, axis=0)
 
-    def _flat_step_predictions(self, X, y, sample_weight):
+    def _flat_step_predictions(self, X, y, sample_weight, lengths=None):
         """Per-step targets and predictions over all valid steps, flattened,
         with each sequence's weight repeated over its steps (for score)."""
-        pred = self.predict(X)
+        pred = self.predict(X, lengths=lengths)
+        y = self._unpad_step_targets(y, lengths)
         arr_lengths = (np.array([len(p) for p in pred]) if isinstance(pred, list)
                        else np.full(len(pred), pred.shape[1]))
         T = int(arr_lengths.max())
@@ -1016,6 +1074,43 @@ def _is_ragged(X):
     except ValueError:
         return True
     return arr.dtype == object and arr.ndim == 1
+
+
+def _check_lengths(lengths, n, T, what="X"):
+    """``lengths`` as an int64 array (n,) with every entry in [1, T]."""
+    _refuse_complex(lengths, "lengths")
+    arr = np.asarray(lengths)
+    if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+        arr = arr.astype(np.int64)
+    if arr.ndim != 1 or arr.dtype.kind not in "iu":
+        raise ValueError(f"lengths must be a 1-D array of ints (the valid steps of each "
+                         f"sequence), got {arr.dtype} of shape {arr.shape}")
+    if arr.shape[0] != n:
+        raise ValueError(f"lengths has {arr.shape[0]} entries but {what} has {n} sequences")
+    if arr.size and (arr.min() < 1 or arr.max() > T):
+        raise ValueError(f"lengths must be in [1, {T}] (the padded length of {what}), got "
+                         f"values in [{arr.min()}, {arr.max()}]")
+    return arr.astype(np.int64)
+
+
+def _unpad(X, lengths):
+    """The ragged list [X[i, :lengths[i]]] of a padded 2-D (univariate) or 3-D X."""
+    if isinstance(X, (list, tuple)) and _is_ragged(X):
+        raise ValueError("lengths applies to a padded array X (n_samples, n_timesteps[, "
+                         "n_features]); X is already a list of sequences of different "
+                         "lengths, pass it without lengths")
+    if hasattr(X, "to_numpy"):
+        X = X.to_numpy()
+    X = np.asarray(X)
+    if X.ndim not in (2, 3):
+        raise ValueError(f"lengths needs a padded X of shape (n_samples, n_timesteps[, "
+                         f"n_features]), got shape {X.shape}")
+    if X.shape[0] == 0:
+        raise ValueError(f"X has shape {X.shape}: no sequences")
+    lengths = _check_lengths(lengths, X.shape[0], X.shape[1])
+    if X.ndim == 2:
+        return [X[i, :lengths[i], None] for i in range(X.shape[0])]
+    return [X[i, :lengths[i]] for i in range(X.shape[0])]
 
 
 def _check_ragged(X):

@@ -139,6 +139,59 @@ _COMMON_PARAMS = """
     ``warm_start`` fit.
 """
 
+
+def _doc(text):
+    """Set a method's docstring from an expression (shared parameter descriptions)."""
+    def decorate(f):
+        f.__doc__ = text
+        return f
+    return decorate
+
+
+_LENGTHS_DOC = """lengths : array-like of int of shape (n_samples,), default=None
+            Valid steps of each sequence of a padded 3-D (or 2-D univariate)
+            ``X``: the result is exactly that of the ragged list
+            ``[X[i, :lengths[i]] for i in range(n_samples)]`` (the padding is
+            never read; per-step outputs come back as that list's outputs, a
+            list of ``(T_i, ...)`` arrays). See :meth:`fit`."""
+
+_STEP_DOC = """
+        Streaming inference: feed the steps of a live series one at a time,
+        carrying ``state`` from each call to the next, instead of recomputing
+        the whole window. After the steps ``X[:, 0], ..., X[:, t]`` from the
+        zero state (``state=None``), the result equals :meth:{method} on
+        ``X[:, :t + 1]`` (sequence-to-one), and with ``return_sequences=True``
+        step t's result equals :meth:{method}'s output at step t. The input
+        standardisation{destd}
+        applied as in :meth:{method}.
+
+        Parameters
+        ----------
+        x_t : array-like of shape (n_streams, n_features) or (n_streams,)
+            One timestep of each stream: ``X[:, t]`` of a 3-D ``X``, or of a
+            2-D (univariate) ``X`` (shape ``(n_streams,)`` or
+            ``(n_streams, 1)``). One stream: ``x_t[None]``.
+        state : tuple of ndarray or None, default=None
+            The state returned by the previous call for the same streams;
+            None starts from the zero state (the start of a sequence).
+
+        Returns
+        -------
+        {returns}
+        state : tuple of ndarray
+            The network's state after this step (arrays of shape
+            ``(num_layers, n_streams, units)`` in the order of
+            ``lstm_.state_names``), to pass to the next call. It is returned,
+            never stored on the estimator: independent streams (and threads)
+            can step the same fitted estimator, each with its own state.
+
+        Raises
+        ------
+        ValueError
+            For a bidirectional estimator (its reverse direction reads the
+            future of the sequence).
+"""
+
 _COMMON_ATTRIBUTES = """
     lstm_ : clstm.LSTM
         The fitted network (``lstm_.state_dict()`` gives torch-named weights).
@@ -156,8 +209,11 @@ _COMMON_ATTRIBUTES = """
     loss_ : float
         Training loss of the last epoch.
     loss_curve_ : list of float
-        Training loss (weighted mean over the epoch's mini-batches, with the
-        L2 penalty) of each epoch.
+        Training loss of each epoch: the mean of the mini-batch losses
+        (weighted by each batch's total sample weight), each computed
+        before that batch's update and including the L2 penalty
+        ``alpha / 2 * sum of squared weights / (sample weight of the
+        batch)``. The loss itself is described in the class docstring.
     best_loss_ : float or None
         Lowest training loss; None with early stopping.
     validation_scores_ : list of float or None
@@ -177,8 +233,21 @@ class LSTMRegressor(RegressorMixin, BaseLSTMEstimator):
     step: ``(n_samples, n_timesteps[, n_outputs])`` or a list of
     ``(T_i[, n_outputs])`` arrays.
 
-    The loss is ``0.5 * mean over outputs of (prediction - y)^2``, averaged over
-    samples (and steps) with the sample weights, plus the L2 penalty.
+    The loss (``loss_curve_``, ``loss_``, the verbose progress line) is
+    ``0.5 * mean over outputs of (prediction - y)^2`` in *standardised* target
+    units, averaged over samples (and steps) with the sample weights, plus the
+    L2 penalty: scikit-learn's MLP convention, not Keras' ``history['loss']``.
+    With ``standardize=True`` (the default) and one output, Keras' MSE on the
+    original targets is ``2 * (loss - penalty) * y_scale**2``, ``y_scale`` the
+    (weighted) standard deviation of the targets of the first fit; with
+    ``standardize=False`` it is ``2 * (loss - penalty)``.
+
+    Streaming: :meth:`predict_step` advances a fitted (unidirectional)
+    regressor by one timestep, the state carried by the caller::
+
+        state = None
+        for x_t in live_observations:            # each of shape (n_features,)
+            y_t, state = reg.predict_step(np.reshape(x_t, (1, -1)), state)
 
     Parameters
     ----------""" + _COMMON_PARAMS + """
@@ -197,10 +266,10 @@ class LSTMRegressor(RegressorMixin, BaseLSTMEstimator):
 
     _loss = "squared_error"
 
-    def partial_fit(self, X, y, sample_weight=None):
+    def partial_fit(self, X, y, sample_weight=None, lengths=None):
         """One epoch over (X, y), continuing from the current model (the first call
-        initialises it)."""
-        return self._transaction(X, y, sample_weight, incremental=True)
+        initialises it). ``lengths``: as in :meth:`fit`."""
+        return self._transaction(X, y, sample_weight, incremental=True, lengths=lengths)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -292,27 +361,59 @@ class LSTMRegressor(RegressorMixin, BaseLSTMEstimator):
         self._y_stats = _check_scaling(arrays, "y", n_outputs)
 
     # -- prediction ---------------------------------------------------------
-    def predict(self, X):
-        """Predicted targets: (n,) / (n, n_outputs); per step (n, T[, n_outputs]),
-        or a list of (T_i[, n_outputs]) arrays for ragged X."""
-        Z, lengths, ragged = self._raw_outputs(X)
+    def _targets_from_outputs(self, Z):
         mean, scale = self._y_stats
         if mean is not None:
             Z = Z * scale + mean
         if self._y_1d:
             Z = Z[..., 0]
-        if self.return_sequences:
-            if ragged:
-                return split_steps(Z, lengths)
-            return Z
         return Z
 
-    def score(self, X, y, sample_weight=None):
-        """Coefficient of determination R^2 (per-step targets: over all valid steps)."""
+    @_doc("""Predicted targets: (n,) / (n, n_outputs); per step (n, T[, n_outputs]),
+        or a list of (T_i[, n_outputs]) arrays for ragged X.
+
+        Parameters
+        ----------
+        X : array-like or list of arrays
+            Sequences, as in :meth:`fit`.
+        """ + _LENGTHS_DOC + """
+        """)
+    def predict(self, X, lengths=None):
+        Z, lengths, ragged = self._raw_outputs(X, lengths)
+        Z = self._targets_from_outputs(Z)
+        if self.return_sequences and ragged:
+            return split_steps(Z, lengths)
+        return Z
+
+    @_doc("""Predicted targets after one more timestep of each stream, and the new state.
+""" + _STEP_DOC.format(method="`predict`", destd=" and the targets' de-standardisation are",
+                       returns="""y_t : ndarray of shape (n_streams,) or (n_streams, n_outputs)
+            The prediction after this step (shaped as one sample of
+            :meth:`predict`).""") + """
+        Examples
+        --------
+        >>> import numpy as np, clstm
+        >>> X = np.random.default_rng(0).normal(size=(64, 10, 1))
+        >>> reg = clstm.LSTMRegressor(max_iter=3, random_state=0).fit(X, X[:, -1, 0])
+        >>> state = None
+        >>> for t in range(10):
+        ...     y_t, state = reg.predict_step(X[:3, t], state)
+        >>> bool(np.allclose(y_t, reg.predict(X[:3]), rtol=1e-4, atol=1e-5))
+        True
+        """)
+    def predict_step(self, x_t, state=None):
+        Z, state = self._raw_step(x_t, state)
+        return self._targets_from_outputs(Z), state
+
+    def score(self, X, y, sample_weight=None, lengths=None):
+        """Coefficient of determination R^2 (per-step targets: over all valid steps).
+
+        ``lengths``: for a padded ``X`` (and padded per-step ``y``), as in :meth:`fit`.
+        """
         if self.return_sequences:
-            y_true, y_pred, sw = self._flat_step_predictions(X, y, sample_weight)
+            y_true, y_pred, sw = self._flat_step_predictions(X, y, sample_weight, lengths)
         else:
-            y_true, y_pred, sw = y, self.predict(X), sample_weight
+            y_true, y_pred, sw = y, self.predict(X, lengths=lengths), sample_weight
         y_true = check_array(y_true, ensure_2d=False, dtype=np.float64, input_name="y")
         y_pred = np.asarray(y_pred, dtype=np.float64)
         # R^2 does not change when targets and predictions are divided by the
@@ -331,7 +432,19 @@ class LSTMClassifier(ClassifierMixin, BaseLSTMEstimator):
     Binary problems use one logistic output (logistic loss), multiclass ones
     a softmax over ``n_classes`` outputs (softmax cross-entropy); both are
     evaluated in a numerically stable form. Labels may be of any type
-    (``classes_`` holds them sorted).
+    (``classes_`` holds them sorted). :meth:`decision_function` gives the
+    head's raw outputs (the logits).
+
+    The loss (``loss_curve_``, ``loss_``, the verbose progress line) is the
+    cross-entropy in nats (natural log), the mean over samples (and steps)
+    weighted by sample weight times class weight, plus the L2 penalty: with
+    ``alpha=0`` and no weights, scikit-learn's ``log_loss`` and Keras'
+    ``(sparse_)categorical_crossentropy`` / ``binary_crossentropy`` of the
+    same predictions.
+
+    Streaming: :meth:`predict_step` / :meth:`predict_proba_step` advance a
+    fitted (unidirectional) classifier by one timestep, the state carried by
+    the caller.
 
     ``X``: 3-D ``(n_samples, n_timesteps, n_features)``, 2-D
     ``(n_samples, n_timesteps)`` (univariate) or a list of ``(T_i, n_features)``
@@ -394,13 +507,15 @@ class LSTMClassifier(ClassifierMixin, BaseLSTMEstimator):
     def _loss(self):
         return "log_loss" if len(self.classes_) == 2 else "softmax"
 
-    def partial_fit(self, X, y, classes=None, sample_weight=None):
+    def partial_fit(self, X, y, classes=None, sample_weight=None, lengths=None):
         """One epoch over (X, y), continuing from the current model.
 
         ``classes`` (all labels that can ever appear) is required on the first
-        call and optional afterwards (it must then be the same).
+        call and optional afterwards (it must then be the same). ``lengths``:
+        as in :meth:`fit`.
         """
-        return self._transaction(X, y, sample_weight, incremental=True, classes=classes)
+        return self._transaction(X, y, sample_weight, incremental=True, classes=classes,
+                                 lengths=lengths)
 
     # -- targets ----------------------------------------------------------
     def _validate_targets(self, y, lengths, T, n, first):
@@ -564,27 +679,91 @@ class LSTMClassifier(ClassifierMixin, BaseLSTMEstimator):
             return split_steps(A, lengths)
         return A
 
-    def predict_proba(self, X):
-        """Class probabilities (n, n_classes); per step (n, T, n_classes) or a list
-        of (T_i, n_classes) arrays for ragged X."""
-        Z, lengths, ragged = self._raw_outputs(X)
+    @_doc("""Class probabilities (n, n_classes); per step (n, T, n_classes) or a list
+        of (T_i, n_classes) arrays for ragged X.
+
+        Parameters
+        ----------
+        X : array-like or list of arrays
+            Sequences, as in :meth:`fit`.
+        """ + _LENGTHS_DOC + """
+        """)
+    def predict_proba(self, X, lengths=None):
+        Z, lengths, ragged = self._raw_outputs(X, lengths)
         return self._per_sample(self._proba_from_outputs(Z), lengths, ragged)
 
-    def predict_log_proba(self, X):
-        """Log of :meth:`predict_proba`, computed stably."""
-        Z, lengths, ragged = self._raw_outputs(X)
+    def predict_log_proba(self, X, lengths=None):
+        """Log of :meth:`predict_proba`, computed stably. ``lengths``: as in :meth:`fit`."""
+        Z, lengths, ragged = self._raw_outputs(X, lengths)
         return self._per_sample(self._proba_from_outputs(Z, log=True), lengths, ragged)
 
-    def predict(self, X):
-        """Predicted labels (n,); per step (n, T) or a list of (T_i,) arrays for ragged X."""
-        Z, lengths, ragged = self._raw_outputs(X)
+    @staticmethod
+    def _decision_from_outputs(Z):
+        return Z[..., 0] if Z.shape[-1] == 1 else Z
+
+    def decision_function(self, X, lengths=None):
+        """The head's raw outputs (logits), as scikit-learn's linear classifiers.
+
+        Binary: shape (n,), the logit of ``classes_[1]`` (positive means
+        ``classes_[1]``; ``predict_proba(X)[:, 1] == expit(decision)``).
+        Multiclass: shape (n, n_classes), the softmax's inputs
+        (``predict_proba == softmax(decision, axis=1)``; the largest wins).
+        Per step (``return_sequences=True``): (n, T[, n_classes]), or a list
+        of (T_i[, n_classes]) arrays for ragged X. ``lengths``: as in :meth:`fit`.
+        """
+        Z, lengths, ragged = self._raw_outputs(X, lengths)
+        return self._per_sample(self._decision_from_outputs(Z), lengths, ragged)
+
+    def predict(self, X, lengths=None):
+        """Predicted labels (n,); per step (n, T) or a list of (T_i,) arrays for ragged X.
+        ``lengths``: as in :meth:`fit`."""
+        Z, lengths, ragged = self._raw_outputs(X, lengths)
         labels = self.classes_[self._codes_from_outputs(Z)]
         return self._per_sample(labels, lengths, ragged)
 
-    def score(self, X, y, sample_weight=None):
-        """Accuracy (per-step labels: over all valid steps)."""
+    @_doc("""Predicted labels after one more timestep of each stream, and the new state.
+
+        :meth:`predict_proba_step` gives the probabilities (call it instead,
+        with the same state: each call advances the state by one step).
+""" + _STEP_DOC.format(method="`predict`", destd=" is",
+                       returns="""y_t : ndarray of shape (n_streams,)
+            The predicted label of each stream after this step.""") + """
+        Examples
+        --------
+        >>> import numpy as np, clstm
+        >>> X = np.random.default_rng(0).normal(size=(64, 10, 1))
+        >>> clf = clstm.LSTMClassifier(max_iter=3, random_state=0).fit(X, X[:, -1, 0] > 0)
+        >>> state = None
+        >>> for t in range(10):
+        ...     label, state = clf.predict_step(X[:3, t], state)
+        >>> bool((label == clf.predict(X[:3])).all())
+        True
+        """)
+    def predict_step(self, x_t, state=None):
+        Z, state = self._raw_step(x_t, state)
+        return self.classes_[self._codes_from_outputs(Z)], state
+
+    @_doc("""Class probabilities after one more timestep of each stream, and the new state.
+
+        As :meth:`predict_step`, with :meth:`predict_proba`'s output: ``proba_t``
+        of shape (n_streams, n_classes), equal to ``predict_proba`` on the
+        window so far (or its step t with ``return_sequences=True``). The
+        labels are ``classes_[proba_t.argmax(axis=1)]``.
+""" + _STEP_DOC.format(method="`predict_proba`", destd=" is",
+                       returns="""proba_t : ndarray of shape (n_streams, n_classes)
+            The class probabilities of each stream after this step."""))
+    def predict_proba_step(self, x_t, state=None):
+        Z, state = self._raw_step(x_t, state)
+        return self._proba_from_outputs(Z), state
+
+    def score(self, X, y, sample_weight=None, lengths=None):
+        """Accuracy (per-step labels: over all valid steps).
+
+        ``lengths``: for a padded ``X`` (and padded per-step ``y``), as in :meth:`fit`.
+        """
         if not self.return_sequences:
-            return super().score(X, y, sample_weight=sample_weight)
-        y_flat, p_flat, sw = self._flat_step_predictions(X, y, sample_weight)
+            return float(accuracy_score(y, self.predict(X, lengths=lengths),
+                                        sample_weight=sample_weight))
+        y_flat, p_flat, sw = self._flat_step_predictions(X, y, sample_weight, lengths)
         return float(accuracy_score(y_flat, p_flat, sample_weight=sw))
 
