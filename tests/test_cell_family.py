@@ -18,7 +18,6 @@ contract's names, README "The cell family"), against:
 Errors are normwise relative per array: max|ours - theirs| / max|theirs|.
 """
 
-import importlib.util
 import itertools
 import pathlib
 
@@ -27,6 +26,7 @@ import pytest
 
 import clstm
 from clstm._reference import reference_network_backward, reference_network_forward
+from _cell_fixture_maker import MAKER
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
 CELL_FIXTURES = sorted((FIXTURES / "cells").glob("*.npz"))
@@ -38,16 +38,6 @@ RTOL = {"float64": 1e-10, "float32": 1e-5}
 # [lstm-proj-cifg-ln] (std of h @ W_hh.T down to 0.04); without layer norm 6e-7.
 RTOL_32_VS_64 = {False: 1e-4, True: 2e-3}          # keyed by layer_norm
 
-
-def _maker():
-    spec = importlib.util.spec_from_file_location("make_cell_fixtures",
-                                                  FIXTURES / "make_cell_fixtures.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-MAKER = _maker()
 
 B, T, I, H, P = 5, 6, 3, 4, 3
 LENGTHS = np.array([3, 6, 1, 6, 2])          # unsorted, includes 1 and T

@@ -18,7 +18,6 @@ here it is checked against its own oracles:
 Errors against frameworks are normwise relative: max|ours - theirs| / max|theirs|.
 """
 
-import importlib.util
 import itertools
 import pathlib
 
@@ -35,23 +34,14 @@ from clstm._reference import (
     reference_network_forward,
 )
 
+from _cell_fixture_maker import MAKER
+
 FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
 CELL_FIXTURES = sorted((FIXTURES / "cells").glob("*.npz"))
 LSTM_FIXTURES = sorted(FIXTURES.glob("torch_lstm_*.npz"))
 # float32 results: torch's float32 rounding, onnxruntime's float32 activations
 RTOL = {"float64": 1e-10, "float32": 1e-5}
 
-
-def _maker():
-    """tests/fixtures/make_cell_fixtures.py as a module (contract shapes, framework side)."""
-    spec = importlib.util.spec_from_file_location("make_cell_fixtures",
-                                                  FIXTURES / "make_cell_fixtures.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-MAKER = _maker()
 
 
 def _rel_err(a, b):
