@@ -8,13 +8,21 @@ import numpy as np
 
 from clstm._gru import GRU
 from clstm._lstm import LSTM
+from clstm.interop._estimator_parts import is_estimator
 from clstm.interop._optional import import_optional
 
 __all__ = ["to_torch", "from_torch"]
 
 
 def to_torch(net):
-    """A ``torch.nn.LSTM`` / ``torch.nn.GRU`` with the weights of `net`.
+    """A ``torch.nn.LSTM`` / ``torch.nn.GRU`` with the weights of `net`, or the
+    torch module of a fitted estimator.
+
+    A fitted ``LSTMRegressor`` / ``LSTMClassifier`` becomes a
+    :class:`clstm.interop.EstimatorModule` (standardisation buffers, this
+    function's LSTM / GRU, a ``torch.nn.Linear`` head) whose
+    ``forward(x, lengths=None)`` is the estimator's ``predict`` /
+    ``predict_proba``; see :func:`clstm.interop.estimator_to_torch`.
 
     The module is ``batch_first=True`` (clstm's layout), in eval mode, of
     the network's dtype, with ``num_layers``, ``bidirectional``, ``dropout``
@@ -25,18 +33,26 @@ def to_torch(net):
 
     Parameters
     ----------
-    net : clstm.LSTM or clstm.GRU
+    net : clstm.LSTM, clstm.GRU, LSTMRegressor or LSTMClassifier
 
     Returns
     -------
-    torch.nn.LSTM or torch.nn.GRU
+    torch.nn.LSTM, torch.nn.GRU or clstm.interop.EstimatorModule
         ``module(torch.from_numpy(X))`` equals ``net.forward(X)`` (with
         ``pack_padded_sequence(..., enforce_sorted=False)`` for lengths).
+
+    Examples
+    --------
+    >>> lstm = to_torch(clstm.LSTM(3, 8, proj_size=4))   # torch.nn.LSTM  # doctest: +SKIP
+    >>> module = to_torch(fitted_regressor)     # forward(x, lengths) == predict  # doctest: +SKIP
     """
     torch = import_optional("torch", "clstm.interop.to_torch")
+    if is_estimator(net):
+        from clstm.interop._torch_estimators import estimator_to_torch
+        return estimator_to_torch(net)
     if not isinstance(net, (LSTM, GRU)):
-        raise TypeError(f"to_torch takes a clstm.LSTM or clstm.GRU network, got "
-                        f"{type(net).__name__}")
+        raise TypeError(f"to_torch takes a clstm.LSTM or clstm.GRU network or a fitted "
+                        f"LSTMRegressor / LSTMClassifier, got {type(net).__name__}")
     kwargs = dict(num_layers=net.num_layers, bidirectional=net.bidirectional,
                   batch_first=True, dropout=net.dropout if net.num_layers > 1 else 0.0,
                   dtype=torch.float64 if net.dtype == np.float64 else torch.float32)
@@ -56,8 +72,15 @@ def to_torch(net):
     return module.eval()
 
 
-def from_torch(module, *, dtype=None):
-    """A clstm network with the weights of a ``torch.nn.LSTM`` or ``torch.nn.GRU``.
+def from_torch(module, *, dtype=None, classes=None, return_sequences=False):
+    """A clstm network with the weights of a ``torch.nn.LSTM`` or ``torch.nn.GRU``,
+    or a fitted estimator from torch modules.
+
+    A :class:`clstm.interop.EstimatorModule` (``to_torch`` of an estimator,
+    maybe fine-tuned in torch since) gives back a fitted ``LSTMRegressor`` /
+    ``LSTMClassifier``; so does a pair ``(rnn, head)`` of an LSTM / GRU and
+    a ``torch.nn.Linear`` head, a regressor without `classes`, a classifier
+    with them (see :func:`clstm.interop.estimator_from_torch`).
 
     Carried over: sizes, ``num_layers``, ``bidirectional``, ``dropout`` and
     ``proj_size``; ``bias=False`` becomes zero biases; ``batch_first`` does
@@ -66,17 +89,36 @@ def from_torch(module, *, dtype=None):
 
     Parameters
     ----------
-    module : torch.nn.LSTM or torch.nn.GRU
+    module : torch.nn.LSTM, torch.nn.GRU, EstimatorModule or (rnn, torch.nn.Linear)
     dtype : {"float32", "float64"} or None
         None: float64 for a float64 module, float32 otherwise.
+    classes : array-like or None
+        A pair only: the labels of the head's output columns, in order (a
+        classifier); None: a regressor.
+    return_sequences : bool, default=False
+        A pair only: the head reads every step's output instead of the top
+        layer's last ``h``.
 
     Returns
     -------
-    clstm.LSTM or clstm.GRU
+    clstm.LSTM, clstm.GRU, LSTMRegressor or LSTMClassifier
+
+    Examples
+    --------
+    >>> reg = from_torch(module)         # module = to_torch(reg), fine-tuned  # doctest: +SKIP
+    >>> clf = from_torch((lstm, linear), classes=["no", "yes"])         # doctest: +SKIP
     """
     torch = import_optional("torch", "clstm.interop.from_torch")
+    from clstm.interop._torch_estimators import EstimatorModule, estimator_from_torch
+    if isinstance(module, (tuple, list, EstimatorModule)):
+        return estimator_from_torch(module, dtype=dtype, classes=classes,
+                                    return_sequences=return_sequences)
+    if classes is not None or return_sequences:
+        raise ValueError("classes and return_sequences apply to estimators: pass "
+                         "(rnn, head) or an EstimatorModule")
     if not isinstance(module, (torch.nn.LSTM, torch.nn.GRU)):
-        raise TypeError(f"from_torch takes a torch.nn.LSTM or torch.nn.GRU, got "
+        raise TypeError(f"from_torch takes a torch.nn.LSTM or torch.nn.GRU, an "
+                        f"EstimatorModule or a pair (rnn, torch.nn.Linear), got "
                         f"{type(module).__name__}")
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
     if dtype is None:
