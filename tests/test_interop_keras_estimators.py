@@ -164,6 +164,18 @@ def test_masking_gives_the_ragged_result(keras, kind, net):
     assert rel_err(y, want) <= 1e-5
 
 
+def test_masking_for_networks(keras):
+    X, lengths = data(2)
+    net = clstm.GRU(F, H, num_layers=2, bidirectional=True, random_state=0)
+    padded = X.astype(np.float32)
+    for i, n in enumerate(lengths):
+        padded[i, n:] = 7.0
+    out = keras_predict(keras, to_keras(net, mask_value=7.0), padded)
+    want, _ = net.run(X.astype(np.float32), lengths=lengths, keep_cache=False)
+    for i, n in enumerate(lengths):
+        assert rel_err(out[i, :n], want[i, :n]) <= 1e-5
+
+
 def test_tiny_target_scale_is_folded_into_the_head(keras):
     """A target scale below Keras's epsilon cannot be a Normalization layer."""
     X, _ = data()

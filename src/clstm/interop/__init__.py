@@ -26,12 +26,12 @@ from clstm.interop._torch_estimators import estimator_from_torch, estimator_to_t
 
 __all__ = ["export_onnx", "import_onnx", "OnnxGraph", "add_network", "OPSET",
            "to_keras", "from_keras", "to_torch", "from_torch", "estimator_to_keras",
-           "estimator_from_keras", "estimator_to_torch", "estimator_from_torch",
-           "EstimatorModule"]
+           "estimator_from_keras", "estimator_to_torch", "estimator_from_torch"]
 
 
 def __getattr__(name):
-    # a torch.nn.Module subclass: defined (and torch imported) on first use
+    # EstimatorModule, a torch.nn.Module subclass: defined (and torch imported)
+    # on first use, so it is not in __all__ (a star import would need torch)
     if name == "EstimatorModule":
         from clstm.interop import _torch_estimators
         return _torch_estimators.EstimatorModule

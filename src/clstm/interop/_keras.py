@@ -76,9 +76,18 @@ def to_keras(model, *, return_sequences=None, mask_value=None):
 
     Examples
     --------
-    >>> import os; os.environ.setdefault("KERAS_BACKEND", "torch")  # doctest: +SKIP
-    >>> net = clstm.GRU(3, 8, num_layers=2)
-    >>> to_keras(net).predict(X)          # == net.forward(X)[0]  # doctest: +SKIP
+    >>> import os; _ = os.environ.setdefault("KERAS_BACKEND", "torch")
+    >>> import numpy as np, clstm
+    >>> from clstm.interop import to_keras
+    >>> X = np.random.default_rng(0).normal(size=(32, 5, 3))
+    >>> net = clstm.GRU(3, 4, num_layers=2)
+    >>> out = to_keras(net).predict(X.astype("float32"), verbose=0)
+    >>> bool(np.allclose(out, net.forward(X)[0], atol=1e-5))
+    True
+    >>> reg = clstm.LSTMRegressor(hidden_size=4, max_iter=2, random_state=0).fit(X, X[:, -1, 0])
+    >>> y = to_keras(reg).predict(X.astype("float32"), verbose=0)       # (32, 1)
+    >>> bool(np.allclose(y[:, 0], reg.predict(X), atol=1e-5))
+    True
     """
     keras = _keras("clstm.interop.to_keras")
     if is_estimator(model):
@@ -186,9 +195,18 @@ def from_keras(model, *, dtype=None, classes=None):
 
     Examples
     --------
+    >>> import os; _ = os.environ.setdefault("KERAS_BACKEND", "torch")
+    >>> import keras, numpy as np
+    >>> from clstm.interop import from_keras
     >>> model = keras.Sequential([keras.Input((None, 3)), keras.layers.LSTM(8),
-    ...                           keras.layers.Dense(1)])            # doctest: +SKIP
-    >>> reg = from_keras(model)    # an LSTMRegressor  # doctest: +SKIP
+    ...                           keras.layers.Dense(3, activation="softmax")])
+    >>> clf = from_keras(model, classes=["low", "mid", "high"])    # an LSTMClassifier
+    >>> X = np.random.default_rng(0).normal(size=(4, 5, 3)).astype("float32")
+    >>> p = model.predict(X, verbose=0)                   # columns: low, mid, high
+    >>> bool(np.allclose(clf.predict_proba(X), p[:, [2, 0, 1]], atol=1e-6))   # sorted
+    True
+    >>> type(from_keras(keras.Sequential(model.layers[:1]))).__name__   # the LSTM alone
+    'LSTM'
     """
     keras = _keras("clstm.interop.from_keras")
     if isinstance(model, keras.Sequential) and _has_head(model, keras):

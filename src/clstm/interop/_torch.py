@@ -43,8 +43,18 @@ def to_torch(net):
 
     Examples
     --------
-    >>> lstm = to_torch(clstm.LSTM(3, 8, proj_size=4))   # torch.nn.LSTM  # doctest: +SKIP
-    >>> module = to_torch(fitted_regressor)     # forward(x, lengths) == predict  # doctest: +SKIP
+    >>> import numpy as np, torch, clstm
+    >>> from clstm.interop import to_torch
+    >>> to_torch(clstm.LSTM(3, 8, proj_size=4))
+    LSTM(3, 8, proj_size=4, batch_first=True)
+    >>> X = np.random.default_rng(0).normal(size=(32, 5, 3))
+    >>> reg = clstm.LSTMRegressor(hidden_size=4, max_iter=2, random_state=0).fit(X, X[:, -1, 0])
+    >>> module = to_torch(reg)
+    >>> lengths = np.full(32, 5); lengths[0] = 2
+    >>> with torch.no_grad():
+    ...     y = module(torch.from_numpy(X), lengths).numpy()
+    >>> bool(np.allclose(y, reg.predict(X, lengths=lengths), atol=1e-5))
+    True
     """
     torch = import_optional("torch", "clstm.interop.to_torch")
     if is_estimator(net):
@@ -105,8 +115,15 @@ def from_torch(module, *, dtype=None, classes=None, return_sequences=False):
 
     Examples
     --------
-    >>> reg = from_torch(module)         # module = to_torch(reg), fine-tuned  # doctest: +SKIP
-    >>> clf = from_torch((lstm, linear), classes=["no", "yes"])         # doctest: +SKIP
+    >>> import numpy as np, torch
+    >>> from clstm.interop import from_torch
+    >>> lstm, linear = torch.nn.LSTM(3, 8, batch_first=True), torch.nn.Linear(8, 1)
+    >>> clf = from_torch((lstm, linear), classes=["no", "yes"])    # logit of "yes"
+    >>> X = np.random.default_rng(0).normal(size=(4, 5, 3)).astype("float32")
+    >>> with torch.no_grad():
+    ...     p = torch.sigmoid(linear(lstm(torch.from_numpy(X))[1][0][-1])).numpy()
+    >>> bool(np.allclose(clf.predict_proba(X)[:, 1], p[:, 0], atol=1e-6))
+    True
     """
     torch = import_optional("torch", "clstm.interop.from_torch")
     from clstm.interop._torch_estimators import EstimatorModule, estimator_from_torch

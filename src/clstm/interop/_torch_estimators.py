@@ -127,8 +127,16 @@ def estimator_to_torch(est):
 
     Examples
     --------
-    >>> module = clstm.interop.to_torch(reg)                           # doctest: +SKIP
-    >>> module(torch.from_numpy(X_padded), lengths)   # == reg.predict(X, lengths=lengths)  # doctest: +SKIP
+    >>> import numpy as np, torch, clstm
+    >>> from clstm.interop import estimator_to_torch
+    >>> X = np.random.default_rng(0).normal(size=(32, 5, 2))
+    >>> clf = clstm.LSTMClassifier(hidden_size=4, cell="gru", max_iter=2, random_state=0).fit(
+    ...     X, X[:, -1, 0] > 0)
+    >>> module = estimator_to_torch(clf)
+    >>> with torch.no_grad():
+    ...     p = module(torch.from_numpy(X)).numpy()
+    >>> bool(np.allclose(p, clf.predict_proba(X), atol=1e-6))
+    True
     """
     from clstm.interop._torch import to_torch
 
@@ -166,6 +174,22 @@ def estimator_from_torch(module, *, dtype=None, classes=None, return_sequences=F
     The estimator has no training history (``n_iter_ == 0``);
     ``partial_fit`` / ``warm_start`` continue from these weights with a
     fresh optimizer (torch's optimizer state is not carried over).
+
+    Examples
+    --------
+    >>> import numpy as np, torch, clstm
+    >>> from clstm.interop import estimator_from_torch, estimator_to_torch
+    >>> X = np.random.default_rng(0).normal(size=(32, 5, 2))
+    >>> reg = clstm.LSTMRegressor(hidden_size=4, max_iter=2, random_state=0).fit(X, X[:, -1, 0])
+    >>> module = estimator_to_torch(reg).train()
+    >>> optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
+    >>> loss = module.head_outputs(torch.from_numpy(X)).square().mean()  # any loss
+    >>> loss.backward(); optimizer.step()                           # fine-tune in torch
+    >>> tuned = estimator_from_torch(module.eval())
+    >>> with torch.no_grad():
+    ...     y = module(torch.from_numpy(X)).numpy()
+    >>> bool(np.allclose(tuned.predict(X), y, atol=1e-5))
+    True
     """
     torch = import_optional("torch", "clstm.interop.from_torch")
     from clstm.interop._torch import from_torch
