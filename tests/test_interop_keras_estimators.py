@@ -214,12 +214,19 @@ def keras_classifier(keras, units, activation, X):
 def test_softmax_classifier_with_classes_in_any_order(keras):
     X, _ = data()
     model = keras_classifier(keras, 3, "softmax", X)
-    clf = from_keras(model, classes=["eel", "cat", "dog"])          # column k: classes[k]
+    clf = from_keras(model, classes=["eel", "cat", "dog"], random_state=0)   # column k: classes[k]
     assert isinstance(clf, LSTMClassifier) and clf.standardize and clf.num_layers == 2
     np.testing.assert_array_equal(clf.classes_, ["cat", "dog", "eel"])
     p = keras_predict(keras, model, X)
     assert rel_err(clf.predict_proba(X), p[:, [1, 2, 0]]) <= 1e-5
     np.testing.assert_array_equal(clf.predict(X), np.array(["eel", "cat", "dog"])[p.argmax(1)])
+    # training continues (labels from classes_, no classes= needed after import)
+    y = np.array(["cat", "dog", "eel"])[(X[:, -1, 0] > 1.5).astype(int) + (X[:, 0, 1] > 1.5)]
+    before = clf.score(X, y)
+    clf.set_params(learning_rate_init=3e-2, alpha=0.0)
+    for _ in range(15):
+        clf.partial_fit(X, y)
+    assert clf.n_iter_ == 15 and clf.score(X, y) > max(before, 0.6)
 
 
 @pytest.mark.parametrize("units, activation", [(1, "sigmoid"), (2, "softmax")])

@@ -177,6 +177,20 @@ def test_fine_tuned_module_comes_back(torch, tmp_path):
     assert rel_err(loaded.predict(X), tuned.predict(X)) <= 1e-6
 
 
+def test_random_state_makes_further_training_reproducible(torch):
+    X, _ = data()
+    y = targets("reg1", X)
+    module = to_torch(fitted("reg1", "lstm", "float64", X))
+    runs = []
+    for _ in range(2):
+        reg = from_torch(module, random_state=3).set_params(batch_size=4)
+        assert reg.random_state == 3
+        runs.append(reg.partial_fit(X, y).predict(X))
+    np.testing.assert_array_equal(runs[0], runs[1])
+    other = from_torch(module, random_state=4).set_params(batch_size=4)  # another shuffle
+    assert not np.array_equal(other.partial_fit(X, y).predict(X), runs[0])
+
+
 def test_module_pickles_with_torch_save(torch):
     X, lengths = data()
     module = to_torch(fitted("multi", "gru-bi-2", "float32", X))

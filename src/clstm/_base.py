@@ -901,7 +901,7 @@ class BaseLSTMEstimator(BaseEstimator):
 
     @classmethod
     def _from_weights(cls, network, head_weight, head_bias, return_sequences, x_stats,
-                      target_fitted, target_arrays):
+                      target_fitted, target_arrays, random_state=None):
         """A fitted estimator around weights trained elsewhere (clstm.interop's
         Keras and torch imports).
 
@@ -912,17 +912,18 @@ class BaseLSTMEstimator(BaseEstimator):
         classifier's ``classes``). The estimator has no training history
         (``n_iter_ = t_ = 0``, an empty ``loss_curve_``) and a fresh optimizer:
         ``partial_fit`` / ``warm_start`` continue from these weights with a
-        new optimizer state. Every array is checked as :meth:`_from_state` does.
+        new optimizer state. ``random_state`` seeds its shuffling generator, as
+        in :meth:`fit`. Every array is checked as :meth:`_from_state` does.
         """
         est = cls(**network_params(network), return_sequences=bool(return_sequences),
-                  standardize=x_stats[0] is not None)
+                  standardize=x_stats[0] is not None, random_state=random_state)
         est._validate_hyperparameters()
         est._set_target_state(target_fitted, target_arrays, np.shape(head_bias)[0])
         est._model = SequenceModel(network, head_weight, head_bias, est._loss, return_sequences)
         est._check_architecture()
         est.lstm_ = network
         est._optimizer = make_optimizer(est)
-        est._rng = np.random.RandomState(est.random_state)
+        est._rng = copy.deepcopy(check_random_state(est.random_state))
         input_size = network.get_config()["input_size"]
         est._set_fitted({"n_features_in_": input_size, "input_size_": input_size,
                          "_input_layout": "3d", "n_iter_": 0, "t_": 0, "loss_": None,

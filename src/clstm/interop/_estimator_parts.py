@@ -99,13 +99,14 @@ def classifier_head(weight, bias, classes, activation, where):
     return weight, bias, classes[order]
 
 
-def estimator_from_parts(parts):
+def estimator_from_parts(parts, random_state=None):
     """A fitted LSTMRegressor / LSTMClassifier that predicts what `parts` describe.
 
     A regressor with only one of the input and target statistics gets the
     identity for the other (``standardize=True`` then, with statistics that
     change nothing), so ``predict`` is unchanged and continued training
-    standardises as the weights expect.
+    standardises as the weights expect. `random_state` (None, an int or a
+    RandomState) is the estimator's, seeding its shuffling generator.
     """
     from clstm._estimators import LSTMClassifier, LSTMRegressor
 
@@ -116,7 +117,8 @@ def estimator_from_parts(parts):
     x_stats = _float64_stats(parts.x_stats)
     if parts.classifier:
         return LSTMClassifier._from_weights(net, weight, bias, parts.return_sequences, x_stats,
-                                            {"n_outputs_": 1}, {"classes": parts.classes})
+                                            {"n_outputs_": 1}, {"classes": parts.classes},
+                                            random_state)
     y_stats = _float64_stats(parts.y_stats)
     n_outputs = bias.shape[0]
     if (x_stats[0] is None) != (y_stats[0] is None):
@@ -129,7 +131,7 @@ def estimator_from_parts(parts):
         target_arrays = {"scaling/y_mean": y_stats[0], "scaling/y_scale": y_stats[1]}
     return LSTMRegressor._from_weights(net, weight, bias, parts.return_sequences, x_stats,
                                        {"n_outputs_": n_outputs, "_y_1d": bool(parts.y_1d)},
-                                       target_arrays)
+                                       target_arrays, random_state)
 
 
 def _float64_stats(stats):

@@ -158,7 +158,7 @@ def _keras_weights(net, layer, d, lstm):
 
 # -- Keras -> clstm ---------------------------------------------------------------------
 
-def from_keras(model, *, dtype=None, classes=None):
+def from_keras(model, *, dtype=None, classes=None, random_state=None):
     """A clstm network or fitted estimator with the weights of a Keras model.
 
     **Network**: from a ``keras.layers.LSTM`` or ``GRU``, a ``Bidirectional``
@@ -188,6 +188,9 @@ def from_keras(model, *, dtype=None, classes=None):
     classes : array-like or None
         Estimators with a softmax / sigmoid head only: the label of each
         output column, in the model's order.
+    random_state : int, RandomState or None
+        The network's (its dropout generator) and the estimator's (its
+        shuffling generator, as in ``fit``).
 
     Returns
     -------
@@ -211,14 +214,16 @@ def from_keras(model, *, dtype=None, classes=None):
     keras = _keras("clstm.interop.from_keras")
     if isinstance(model, keras.Sequential) and _has_head(model, keras):
         from clstm.interop._keras_estimators import estimator_from_keras
-        return estimator_from_keras(model, dtype=dtype, classes=classes)
+        return estimator_from_keras(model, dtype=dtype, classes=classes,
+                                    random_state=random_state)
     if classes is not None:
         raise ValueError("classes applies to a Keras model with a softmax or sigmoid Dense "
                          "head (an LSTMClassifier); this model has no Dense head")
-    return network_from_keras_layers(_recurrent_layers(model, keras), keras, dtype)
+    return network_from_keras_layers(_recurrent_layers(model, keras), keras, dtype,
+                                     random_state)
 
 
-def network_from_keras_layers(layers, keras, dtype=None):
+def network_from_keras_layers(layers, keras, dtype=None, random_state=None):
     """A clstm network from a list of (maybe Bidirectional) Keras LSTM / GRU layers."""
     specs = [_layer_spec(layer, keras) for layer in layers]
     first = specs[0]
@@ -238,7 +243,7 @@ def network_from_keras_layers(layers, keras, dtype=None):
         dtype = "float64" if first["dtype"] == np.float64 else "float32"
     cls = LSTM if first["kind"] == "lstm" else GRU
     net = cls(first["input_size"], first["units"], num_layers=len(layers),
-              bidirectional=first["bidirectional"], dtype=dtype)
+              bidirectional=first["bidirectional"], dtype=dtype, random_state=random_state)
     state = {}
     for layer, s in enumerate(specs):
         for d, weights in enumerate(s["weights"]):

@@ -127,7 +127,7 @@ _EXPECTED = ("[Masking] [Normalization] LSTM/GRU/Bidirectional layers (stacked) 
              "[Normalization(invert=True)], with Dropout layers anywhere")
 
 
-def estimator_from_keras(model, *, dtype=None, classes=None):
+def estimator_from_keras(model, *, dtype=None, classes=None, random_state=None):
     """A fitted LSTMRegressor / LSTMClassifier from a Keras ``Sequential``.
 
     The model is ``[Masking] [Normalization] recurrent layers Dense
@@ -170,6 +170,8 @@ def estimator_from_keras(model, *, dtype=None, classes=None):
         None: float64 if the Keras weights are float64, float32 otherwise.
     classes : array-like or None
         Softmax / sigmoid heads: the label of each output column, in order.
+    random_state : int, RandomState or None
+        Seeds the network's dropout and the estimator's shuffling generators.
 
     Returns
     -------
@@ -229,7 +231,7 @@ def estimator_from_keras(model, *, dtype=None, classes=None):
     if rest:
         raise ValueError(f"the Keras model has {_describe(rest[0])} after its Dense head; an "
                          f"estimator's model is {_EXPECTED}")
-    net = network_from_keras_layers(rnns, keras, dtype)
+    net = network_from_keras_layers(rnns, keras, dtype, random_state)
     if x_stats[0] is not None and x_stats[0].size != net.input_size:
         raise ValueError(f"the Normalization layer {layers[start - 1].name!r} has "
                          f"{x_stats[0].size} means but the recurrent layers read "
@@ -252,7 +254,7 @@ def estimator_from_keras(model, *, dtype=None, classes=None):
                              "probabilities")
         parts.head_weight, parts.head_bias, parts.classes = classifier_head(
             weight, bias, classes, activation, f"the Dense head {dense.name!r}")
-    return estimator_from_parts(parts)
+    return estimator_from_parts(parts, random_state)
 
 
 def _describe(layer):

@@ -82,7 +82,8 @@ def to_torch(net):
     return module.eval()
 
 
-def from_torch(module, *, dtype=None, classes=None, return_sequences=False):
+def from_torch(module, *, dtype=None, classes=None, return_sequences=False,
+               random_state=None):
     """A clstm network with the weights of a ``torch.nn.LSTM`` or ``torch.nn.GRU``,
     or a fitted estimator from torch modules.
 
@@ -108,6 +109,9 @@ def from_torch(module, *, dtype=None, classes=None, return_sequences=False):
     return_sequences : bool, default=False
         A pair only: the head reads every step's output instead of the top
         layer's last ``h``.
+    random_state : int, RandomState or None
+        The network's (its dropout generator) and an estimator's (its
+        shuffling generator, as in ``fit``).
 
     Returns
     -------
@@ -129,7 +133,8 @@ def from_torch(module, *, dtype=None, classes=None, return_sequences=False):
     from clstm.interop._torch_estimators import EstimatorModule, estimator_from_torch
     if isinstance(module, (tuple, list, EstimatorModule)):
         return estimator_from_torch(module, dtype=dtype, classes=classes,
-                                    return_sequences=return_sequences)
+                                    return_sequences=return_sequences,
+                                    random_state=random_state)
     if classes is not None or return_sequences:
         raise ValueError("classes and return_sequences apply to estimators: pass "
                          "(rnn, head) or an EstimatorModule")
@@ -142,7 +147,7 @@ def from_torch(module, *, dtype=None, classes=None, return_sequences=False):
         dtype = "float64" if state["weight_ih_l0"].dtype == torch.float64 else "float32"
     state = {k: v.to(torch.float64).numpy() for k, v in state.items()}
     kwargs = dict(num_layers=module.num_layers, bidirectional=module.bidirectional,
-                  dtype=dtype, dropout=float(module.dropout))
+                  dtype=dtype, dropout=float(module.dropout), random_state=random_state)
     if isinstance(module, torch.nn.LSTM):
         net = LSTM(module.input_size, module.hidden_size, proj_size=module.proj_size, **kwargs)
     else:

@@ -124,6 +124,8 @@ def estimator_to_torch(est):
     The network becomes ``torch.nn.LSTM`` (``proj_size`` included) /
     ``torch.nn.GRU`` as :func:`clstm.interop.to_torch` makes it; the head a
     ``torch.nn.Linear``; the standardisation statistics float64 buffers.
+    The module takes ``(batch, time, n_features)`` (a univariate estimator
+    fitted on 2-D ``X``: ``X[..., None]``).
 
     Examples
     --------
@@ -156,7 +158,8 @@ def estimator_to_torch(est):
 
 # -- torch -> estimator -----------------------------------------------------------------
 
-def estimator_from_torch(module, *, dtype=None, classes=None, return_sequences=False):
+def estimator_from_torch(module, *, dtype=None, classes=None, return_sequences=False,
+                         random_state=None):
     """A fitted LSTMRegressor / LSTMClassifier from torch modules.
 
     `module` is an :class:`EstimatorModule` (from :func:`clstm.interop.to_torch`
@@ -174,6 +177,8 @@ def estimator_from_torch(module, *, dtype=None, classes=None, return_sequences=F
     The estimator has no training history (``n_iter_ == 0``);
     ``partial_fit`` / ``warm_start`` continue from these weights with a
     fresh optimizer (torch's optimizer state is not carried over).
+    `random_state` seeds the network's dropout and the estimator's
+    shuffling generators.
 
     Examples
     --------
@@ -201,7 +206,7 @@ def estimator_from_torch(module, *, dtype=None, classes=None, return_sequences=F
         rnn, head = module.rnn, module.head
         stats = [None if b is None else b.detach().cpu().to(torch.float64).numpy()
                  for b in (module.x_mean, module.x_scale, module.y_mean, module.y_scale)]
-        net = from_torch(rnn, dtype=dtype)
+        net = from_torch(rnn, dtype=dtype, random_state=random_state)
         weight, bias = _linear_weights(torch, head, net)
         parts = EstimatorParts(network=net, head_weight=weight, head_bias=bias,
                                return_sequences=module.return_sequences,
@@ -210,12 +215,12 @@ def estimator_from_torch(module, *, dtype=None, classes=None, return_sequences=F
             parts.classes = np.asarray(module.classes)
         else:
             parts.y_stats, parts.y_1d = tuple(stats[2:]), module.y_1d
-        return estimator_from_parts(parts)
+        return estimator_from_parts(parts, random_state)
     rnn, head = module
     if not isinstance(head, torch.nn.Linear):
         raise TypeError(f"from_torch takes (rnn, head) with a torch.nn.Linear head, got "
                         f"{type(head).__name__}")
-    net = from_torch(rnn, dtype=dtype)
+    net = from_torch(rnn, dtype=dtype, random_state=random_state)
     weight, bias = _linear_weights(torch, head, net)
     parts = EstimatorParts(network=net, head_weight=weight, head_bias=bias,
                            return_sequences=bool(return_sequences), x_stats=(None, None))
@@ -225,7 +230,7 @@ def estimator_from_torch(module, *, dtype=None, classes=None, return_sequences=F
         activation = "sigmoid" if weight.shape[1] == 1 else "softmax"
         parts.head_weight, parts.head_bias, parts.classes = classifier_head(
             weight, bias, classes, activation, "the torch.nn.Linear head")
-    return estimator_from_parts(parts)
+    return estimator_from_parts(parts, random_state)
 
 
 def _linear_weights(torch, head, net):
