@@ -309,7 +309,8 @@ def _seq(k, *layers):
 
 @pytest.mark.parametrize("make, classes, message", [
     (lambda k: _seq(k, k.layers.LSTM(H), k.layers.Dense(2, activation="relu")), None,
-     "has activation='relu'; clstm's head is linear .*softmax or sigmoid"),
+     "has activation='relu'; clstm's head is linear .*softmax or sigmoid .*for the "
+     "recurrent layers alone, as a clstm network, pass keras.Sequential\\(model.layers"),
     (lambda k: _seq(k, k.layers.LSTM(H), k.layers.Dense(4), k.layers.Dense(1)), None,
      "has 2 Dense layers .*clstm's head is one Dense layer"),
     (lambda k: _seq(k, k.layers.Dense(4), k.layers.LSTM(H), k.layers.Dense(1)), None,

@@ -125,6 +125,9 @@ def estimator_to_keras(est, *, mask_value=None):
 
 _EXPECTED = ("[Masking] [Normalization] LSTM/GRU/Bidirectional layers (stacked) Dense "
              "[Normalization(invert=True)], with Dropout layers anywhere")
+# how to get the recurrent part alone, for every refusal of a model with a head
+_NETWORK_HINT = (" (for the recurrent layers alone, as a clstm network, pass "
+                 "keras.Sequential(model.layers[:k]))")
 
 
 def estimator_from_keras(model, *, dtype=None, classes=None, random_state=None):
@@ -212,25 +215,25 @@ def estimator_from_keras(model, *, dtype=None, classes=None, random_state=None):
     if not rnns:
         raise ValueError(f"the Keras model has no recurrent layer where one is expected "
                          f"(at {_describe(layers[start])}); an estimator's model is "
-                         f"{_EXPECTED}")
+                         f"{_EXPECTED}{_NETWORK_HINT}")
     dense = layers[i] if i < len(layers) else None
     if not isinstance(dense, keras.layers.Dense):
         raise ValueError(f"the Keras model has {_describe(dense)} after its recurrent layers "
                          f"where the Dense head should be; an estimator's model is "
-                         f"{_EXPECTED}")
+                         f"{_EXPECTED}{_NETWORK_HINT}")
     rest = layers[i + 1:]
     denses = [layer for layer in layers if isinstance(layer, keras.layers.Dense)]
     if len(denses) > 1:
         raise ValueError(f"the Keras model has {len(denses)} Dense layers "
                          f"({', '.join(_describe(d) for d in denses)}); clstm's head is one "
-                         "Dense layer on the recurrent output")
+                         "Dense layer on the recurrent output" + _NETWORK_HINT)
     y_stats = (None, None)
     if rest and isinstance(rest[0], keras.layers.Normalization) and rest[0].invert:
         y_stats = _normalization_stats(rest[0], keras, invert=True)
         rest = rest[1:]
     if rest:
         raise ValueError(f"the Keras model has {_describe(rest[0])} after its Dense head; an "
-                         f"estimator's model is {_EXPECTED}")
+                         f"estimator's model is {_EXPECTED}{_NETWORK_HINT}")
     net = network_from_keras_layers(rnns, keras, dtype, random_state)
     if x_stats[0] is not None and x_stats[0].size != net.input_size:
         raise ValueError(f"the Normalization layer {layers[start - 1].name!r} has "
@@ -273,7 +276,7 @@ def _dense_head(layer, keras, net):
         fn = layer.activation
         raise ValueError(f"the Dense head {layer.name!r} has activation="
                          f"{getattr(fn, '__name__', fn)!r}; clstm's head is linear "
-                         "(LSTMRegressor), softmax or sigmoid (LSTMClassifier)")
+                         "(LSTMRegressor), softmax or sigmoid (LSTMClassifier)" + _NETWORK_HINT)
     kernel = np.asarray(keras.ops.convert_to_numpy(layer.kernel), np.float64)
     fan_in = net.num_directions * net.output_size
     if kernel.ndim != 2 or kernel.shape[0] != fan_in:
