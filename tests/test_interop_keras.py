@@ -158,8 +158,9 @@ def _built(keras, *layers):
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda k: _built(k, k.layers.LSTM(H, return_sequences=True), k.layers.Dense(1)),
-     r"from_keras converts recurrent layers only .* the model also has 'dense.*' \(Dense\)"),
+    (lambda k: _built(k, k.layers.LSTM(H), k.layers.Dense(1), k.layers.RepeatVector(2)),
+     r"from_keras converts recurrent layers .* into a network, or .* a Dense head .* into an "
+     r"estimator; the model also has 'dense.*' \(Dense\), 'repeat_vector.*'"),
     (lambda k: _built(k, k.layers.GRU(H, reset_after=False)),
      "has reset_after=False .* clstm's GRU is torch's, which is Keras's reset_after=True"),
     (lambda k: _built(k, k.layers.LSTM(H, activation="relu")),
@@ -182,7 +183,7 @@ def _built(keras, *layers):
     (lambda k: k.layers.LSTM(H),
      "is not built .* call it on data or build the model first"),
     (lambda k: k.Sequential([]), "the Keras model has no layers"),
-], ids=["dense-head", "reset_after", "activation", "recurrent_activation", "merge_mode",
+], ids=["dense-not-last", "reset_after", "activation", "recurrent_activation", "merge_mode",
         "go_backwards", "units", "kinds", "directions", "other-layer", "unbuilt", "empty"])
 def test_from_keras_refusals(keras, make, message):
     with pytest.raises(ValueError, match=message):
@@ -203,7 +204,8 @@ def test_type_refusals(keras):
     with pytest.raises(TypeError, match="from_keras takes a keras.layers.LSTM / GRU / "
                                         "Bidirectional layer or a keras.Sequential"):
         from_keras(keras.layers.Dense(3))
-    with pytest.raises(TypeError, match="to_keras takes a clstm.LSTM or clstm.GRU network"):
+    with pytest.raises(TypeError, match="to_keras takes a clstm.LSTM or clstm.GRU network or a "
+                                        "fitted LSTMRegressor / LSTMClassifier, got object"):
         to_keras(object())
 
 

@@ -104,11 +104,11 @@ def test_to_torch_refuses_cells_torch_lacks(torch, options, names):
 
 
 def test_type_refusals(torch):
-    with pytest.raises(TypeError, match="from_torch takes a torch.nn.LSTM or torch.nn.GRU, "
-                                        "got RNN"):
+    with pytest.raises(TypeError, match="from_torch takes a torch.nn.LSTM or torch.nn.GRU, an "
+                                        "EstimatorModule or a pair .*, got RNN"):
         from_torch(torch.nn.RNN(I, H))
-    with pytest.raises(TypeError, match="to_torch takes a clstm.LSTM or clstm.GRU network, "
-                                        "got str"):
+    with pytest.raises(TypeError, match="to_torch takes a clstm.LSTM or clstm.GRU network or a "
+                                        "fitted LSTMRegressor / LSTMClassifier, got str"):
         to_torch("net")
 
 

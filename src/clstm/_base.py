@@ -899,6 +899,42 @@ class BaseLSTMEstimator(BaseEstimator):
                              f"{est.t_}")
         return est
 
+    @classmethod
+    def _from_weights(cls, network, head_weight, head_bias, return_sequences, x_stats,
+                      target_fitted, target_arrays, random_state=None):
+        """A fitted estimator around weights trained elsewhere (clstm.interop's
+        Keras and torch imports).
+
+        ``network`` and the head are used as they are; ``x_stats`` is
+        (mean, scale) or (None, None) (``standardize`` follows it); the target
+        state is what :meth:`_set_target_state` reads from a file (a
+        regressor's ``n_outputs_``, ``_y_1d`` and ``scaling/y_*``; a
+        classifier's ``classes``). The estimator has no training history
+        (``n_iter_ = t_ = 0``, an empty ``loss_curve_``) and a fresh optimizer:
+        ``partial_fit`` / ``warm_start`` continue from these weights with a
+        new optimizer state. ``random_state`` seeds its shuffling generator, as
+        in :meth:`fit`. Every array is checked as :meth:`_from_state` does.
+        """
+        est = cls(**network_params(network), return_sequences=bool(return_sequences),
+                  standardize=x_stats[0] is not None, random_state=random_state)
+        est._validate_hyperparameters()
+        est._set_target_state(target_fitted, target_arrays, np.shape(head_bias)[0])
+        est._model = SequenceModel(network, head_weight, head_bias, est._loss, return_sequences)
+        est._check_architecture()
+        est.lstm_ = network
+        est._optimizer = make_optimizer(est)
+        est._rng = copy.deepcopy(check_random_state(est.random_state))
+        input_size = network.get_config()["input_size"]
+        est._set_fitted({"n_features_in_": input_size, "input_size_": input_size,
+                         "_input_layout": "3d", "n_iter_": 0, "t_": 0, "loss_": None,
+                         "loss_curve_": [], "best_loss_": None, "validation_scores_": None,
+                         "best_validation_score_": None})
+        scaling = {}
+        if x_stats[0] is not None:
+            scaling = {"scaling/x_mean": x_stats[0], "scaling/x_scale": x_stats[1]}
+        est._x_stats = _check_scaling(scaling, "x", input_size)
+        return est
+
     def _set_fitted(self, fitted):
         def need(key, ok, expected):
             if key not in fitted or not ok(fitted[key]):
