@@ -40,7 +40,7 @@ __all__ = ["ConvLSTM"]
 
 
 class ConvLSTM(RecurrentNetwork):
-    """Multi-layer convolutional LSTM with the semantics and weights of Keras's ``ConvLSTM2D``/``ConvLSTM1D``.
+    """Multi-layer convolutional LSTM, with Keras's ``ConvLSTM2D``/``ConvLSTM1D`` semantics and weights.
 
     For each step, with ``*`` a 'same'-padded, stride-1 convolution over the
     spatial axes and gate blocks (i, f, c, o) along the last axis of the

@@ -69,7 +69,8 @@ cdef void image_columns(Py_ssize_t n_maps, Py_ssize_t map_h, Py_ssize_t map_w,
                         Py_ssize_t channels, Py_ssize_t ker_h, Py_ssize_t ker_w,
                         const floating* src, Py_ssize_t ld_src, floating* cols,
                         Py_ssize_t ld_cols) noexcept nogil:
-    """cols[r, (dy*ker_w + dx)*C + c] = src[m, y + dy - ker_h//2, x + dx - ker_w//2, c] (0 outside)"""
+    """cols[r, (dy*ker_w + dx)*C + c] = src[m, y + dy - ker_h//2, x + dx - ker_w//2, c]
+    (0 outside the map), r the row of pixel (m, y, x)"""
     cdef Py_ssize_t m, y, x, dy, dx, yy, xx, row
     cdef Py_ssize_t pad_h = ker_h // 2, pad_w = ker_w // 2
     cdef floating* out
