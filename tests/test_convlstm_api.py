@@ -140,6 +140,21 @@ def test_load_state_dict_is_strict():
         net.load_state_dict(dict(sd, bias_l0=np.full(4 * F, np.nan)))
 
 
+def test_generic_run_interface():
+    """run() / backward_state(): what models and persistence call on every network."""
+    net = net2d()
+    X = maps()
+    out, (h_n, c_n) = net.forward(X)
+    out2, (h2, c2) = net.run(X, keep_cache=False)
+    np.testing.assert_array_equal(out2, out)
+    np.testing.assert_array_equal(c2, c_n)
+    out3, _ = net.run(X)
+    np.testing.assert_array_equal(net.backward_state(np.ones_like(out3)),
+                                  net.backward(np.ones_like(out)))
+    with pytest.raises(ValueError, match="tuple \\(h0, c0\\)"):
+        net.run(X, (h_n,))
+
+
 def test_maps_of_any_size_with_one_network():
     net = net2d()
     for shape in ((1, 1, 1, 1, C), (3, 2, 7, 2, C), (1, 4, 1, 9, C)):

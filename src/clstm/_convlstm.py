@@ -300,6 +300,10 @@ class ConvLSTM(RecurrentNetwork):
         B, T = X.shape[:2]
         lengths = check_lengths(lengths, B, T)
         state_shape = (self.num_layers, B) + X.shape[2:-1] + (self.filters,)
+        if state is None:
+            state = (None, None)
+        if not isinstance(state, (tuple, list)) or len(state) != 2:
+            raise ValueError(f"state must be a tuple (h0, c0), got {state!r:.80}")
         state = tuple(self._check_maps(s, state_shape, f"{name}0")
                       for s, name in zip(state, self.state_names))
         return X, state, lengths
@@ -419,8 +423,7 @@ class ConvLSTM(RecurrentNetwork):
             shapes = {"gates": (T, rows, G), "c_seq": (T, rows, F), "h_cols": (rows, R)}
             key = ("fwd", layer)
         else:
-            shapes = {"grad_gates": (T, rows, G), "xh": (T, rows, n_cols + R),
-                      "cell_work": (2 * F,), "grad_w": (G, n_cols + R), "work": (rows, F),
+            shapes = {"grad_gates": (T, rows, G), "cell_work": (2 * F,), "work": (rows, F),
                       "h_cols": (rows, R)}
             key = ("bwd", layer > 0)
         return {name: ws.get(key + (name,), shape, dt) for name, shape in shapes.items()}
@@ -508,7 +511,6 @@ class ConvLSTM(RecurrentNetwork):
                       "grad_c": grad_state[1][layer], "grad_x": grad_cols,
                       "grad_bias": grads[f"bias_l{layer}"], "grad_weight_ih": grad_w_ih,
                       "grad_weight_hh": grad_w_hh}
-            arrays["xh"][:, :, :n_cols] = cols
             _kernels().backward(arrays, cfg)
             grads[f"kernel_l{layer}"] += grad_w_ih.T.reshape(self.params[f"kernel_l{layer}"].shape)
             grads[f"recurrent_kernel_l{layer}"] += grad_w_hh.T.reshape(

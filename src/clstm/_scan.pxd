@@ -78,7 +78,7 @@ cdef struct Layer:
     void* grad_c              # (B, H) in: reaching c_n; out: reaching c0
     void* grad_gates          # (T, B, G)
     void* grad_hgates         # (T, B, G) separate recurrent product
-    void* xh                  # (T, B, I + rec_size) [x_t | masked h_{t-1}] (conv: its columns)
+    void* xh                  # (T, B, I + rec_size) [x_t | masked h_{t-1}] (conv: unused)
     void* grad_hp             # (T, B, P) projection: gradient reaching h_t
     void* grad_m              # (B, H) projection: gradient reaching m_t
     void* cell_work           # (2H,) cell scratch

@@ -383,8 +383,9 @@ cdef void scan_backward(Layer* L, floating* tag) noexcept nogil:
             memset(grad_gates + (t * B + n) * G, 0, (B - n) * G * sizeof(floating))
             if L.separate:
                 memset(grad_hgates + (t * B + n) * G, 0, (B - n) * G * sizeof(floating))
-            for r in range(n, B):
-                memset(xh + (t * B + r) * K + I, 0, R * sizeof(floating))
+            if not L.conv:
+                for r in range(n, B):
+                    memset(xh + (t * B + r) * K + I, 0, R * sizeof(floating))
             if L.weight_hr != NULL:
                 memset(<floating*> L.grad_hp + (t * B + n) * P, 0,
                        (B - n) * P * sizeof(floating))
@@ -392,11 +393,10 @@ cdef void scan_backward(Layer* L, floating* tag) noexcept nogil:
             continue
 
         # h_prev of this step (masked), kept for grad_weight_hh = grad_gates^T @ h_prev
-        # (conv: its im2col columns)
+        # (conv: its im2col columns, used at this step: T of them would be large)
         if L.conv:
-            _conv_columns_of_h(L, n_cont, h_seq + p * B * ld_h, ld_h, xh + t * B * K + I, K)
-            _conv_columns_of_h(L, n - n_cont, h0 + n_cont * P, P,
-                               xh + (t * B + n_cont) * K + I, K)
+            _conv_columns_of_h(L, n_cont, h_seq + p * B * ld_h, ld_h, h_cols, R)
+            _conv_columns_of_h(L, n - n_cont, h0 + n_cont * P, P, h_cols + n_cont * R, R)
         else:
             _masked_copy(n_cont, P, h_seq + p * B * ld_h, ld_h, mask, xh + t * B * K + I, K)
             _masked_copy(n - n_cont, P, h0 + n_cont * P, P,
@@ -439,6 +439,9 @@ cdef void scan_backward(Layer* L, floating* tag) noexcept nogil:
         # direct path grad_h * z, which the cell left in grad_h)
         dg_h = (grad_hgates if L.separate else grad_gates) + t * B * G
         if L.conv:
+            # grad_weight_hh += grad_gates[t, :n].T @ im2col(h_prev)
+            _gemm(RowMajor, Trans, NoTrans, <int> G, <int> R, <int> n, 1.0, dg_h, <int> G,
+                  h_cols, <int> R, 1.0, <floating*> L.grad_weight_hh, <int> R)
             # grad_h[:n] = col2im(grad_gates[t, :n] @ weight_hh)
             _matmul_nn(n, G, R, dg_h, G, <floating*> L.weight_hh, L.packed_hh, h_cols, R,
                        False)
@@ -475,7 +478,12 @@ cdef void _parameter_gradients(Layer* L, floating* tag) noexcept nogil:
     cdef floating* gb_hh = <floating*> L.grad_bias_hh
     if M == 0:
         return
-    if not L.separate:
+    if L.conv:
+        # grad_weight_ih += grad_gates.T @ x (x: the input's im2col columns; the
+        # recurrent weight's gradient was added step by step)
+        _gemm(RowMajor, Trans, NoTrans, <int> G, <int> I, <int> M, 1.0, grad_gates, <int> G,
+              <floating*> L.x, <int> I, 1.0, gw_ih, <int> I)
+    elif not L.separate:
         # both products saw the same gate gradient: one GEMM over [x_t | h_{t-1}]
         # grad_w = grad_gates.T @ xh
         _gemm(RowMajor, Trans, NoTrans, <int> G, <int> K, <int> M, 1.0, grad_gates, <int> G,
@@ -646,11 +654,11 @@ cdef void _fill_layer(Layer* L, dict a, dict cfg, bint backward) except *:
     L.grad_c = _array(a, "grad_c", typenum, 2, B, H, 0, L.kind == CELL_LSTM)
     L.grad_gates = _array(a, "grad_gates", typenum, 3, T, B, G, True)
     L.grad_hgates = _array(a, "grad_hgates", typenum, 3, T, B, G, L.separate)
-    L.xh = _array(a, "xh", typenum, 3, T, B, I + R, True)
+    L.xh = _array(a, "xh", typenum, 3, T, B, I + R, not L.conv)
     L.grad_hp = _array(a, "grad_hp", typenum, 3, T, B, P, proj)
     L.grad_m = _array(a, "grad_m", typenum, 2, B, H, 0, proj)
     L.cell_work = _array(a, "cell_work", typenum, 1, 2 * H, 0, 0, True)
-    L.grad_w = _array(a, "grad_w", typenum, 2, G, I + R, 0, not L.separate)
+    L.grad_w = _array(a, "grad_w", typenum, 2, G, I + R, 0, not (L.separate or L.conv))
     L.grad_x = _array(a, "grad_x", typenum, 3, T, B, I, True)
     L.accumulate_grad_x = cfg["accumulate_grad_x"]
     L.grad_weight_ih = _array(a, "grad_weight_ih", typenum, 2, G, I, 0, True)
