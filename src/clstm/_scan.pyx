@@ -13,6 +13,12 @@ recurrent product, the cell, and for LSTMP the projection. Backward: per
 step only the cell backward and grad_h_prev; the weight gradients and
 grad_x come after the loop as whole-sequence GEMMs.
 
+ConvLSTM (Layer.conv) is the LSTM cell with convolutional products: rows
+are pixels, x arrives as the input's im2col columns (so the input projection
+is the input convolution), and each step im2cols h_{t-1} before its GEMM;
+the backward adds the recurrent weight gradient step by step from those
+columns and col2ims grad_h (no whole-sequence [x | h] buffer).
+
 Each call covers one (sub-)batch single-threaded with the GIL released; the
 network runs independent sub-batches in parallel threads (clstm._parallel).
 """
