@@ -99,6 +99,13 @@ def test_bad_construction(kwargs, error, match):
         clstm.ConvLSTM(C, F, **kwargs)
 
 
+@pytest.mark.parametrize("args,match", [((0, F), "in_channels"), ((C, 2.5), "filters"),
+                                        ((C, True), "filters")])
+def test_bad_sizes_are_named(args, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        clstm.ConvLSTM(*args, 3)
+
+
 def test_bad_inputs():
     net = net2d()
     with pytest.raises(ValueError, match=r"5-D \(batch, T, height, width, channels\)"):

@@ -34,7 +34,12 @@ from clstm._rnn import (
     _Workspace,
     as_numpy,
 )
-from clstm._validation import as_float_array, check_finite, check_lengths
+from clstm._validation import (
+    as_float_array,
+    check_finite,
+    check_lengths,
+    check_positive_int,
+)
 
 __all__ = ["ConvLSTM"]
 
@@ -125,6 +130,9 @@ class ConvLSTM(RecurrentNetwork):
                 f"ConvLSTM has no peepholes (peephole must be False, got {peephole!r}): "
                 "Shi et al.'s are per-pixel weights that fix the map size, and Keras's "
                 "ConvLSTM2D has none")
+        # (named here: the base class would call them input_size and hidden_size)
+        check_positive_int(in_channels, "in_channels")
+        check_positive_int(filters, "filters")
         super().__init__(in_channels, filters, num_layers=num_layers, dtype=dtype,
                          random_state=random_state, dropout=dropout, n_jobs=n_jobs)
         if spatial_dims not in (1, 2) or isinstance(spatial_dims, (bool, np.bool_)):
