@@ -12,6 +12,7 @@ functions (ONNX, Keras, torch) are imported on first use (PEP 562), so
 import importlib
 
 from clstm._version import __version__
+from clstm._convlstm import ConvLSTM
 from clstm._gru import GRU
 from clstm._lstm import LSTM
 
@@ -26,7 +27,7 @@ _LAZY = {
     "interop": "clstm.interop",
 }
 
-__all__ = ["LSTM", "GRU", "LSTMRegressor", "LSTMClassifier", "load", "make_windows",
+__all__ = ["LSTM", "GRU", "ConvLSTM", "LSTMRegressor", "LSTMClassifier", "load", "make_windows",
            "datasets", "export_onnx", "import_onnx", "interop", "__version__"]
 
 

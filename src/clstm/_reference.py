@@ -50,7 +50,8 @@ __all__ = ["CELLS", "lstm_step_forward", "lstm_step_backward", "gru_step_forward
            "gru_step_backward", "reference_scan_forward", "reference_scan_backward",
            "reference_network_forward", "reference_network_backward",
            "reference_lstm_forward", "reference_lstm_backward",
-           "reference_gru_forward", "reference_gru_backward"]
+           "reference_gru_forward", "reference_gru_backward", "reference_convlstm_forward",
+           "reference_convlstm_backward"]
 
 LN_EPS = 1e-5
 
@@ -423,3 +424,130 @@ def reference_gru_forward(params, X, h0=None, lengths=None):
 def reference_gru_backward(grad_out, grad_h_n, cache):
     """Backward of reference_gru_forward: (grad_X, grads) with "h0"."""
     return reference_network_backward(grad_out, (grad_h_n,), cache)
+
+
+# --- ConvLSTM -------------------------------------------------------------------
+# Keras's ConvLSTM2D / ConvLSTM1D ('same' padding, stride 1, channels last):
+#
+#     a = conv(x_t, kernel) + conv(h, recurrent_kernel) + bias     (blocks i, f, c, o)
+#     c_t = sigma(a_f) * c + sigma(a_i) * tanh(a_c);  h_t = sigma(a_o) * tanh(c_t)
+#
+# conv(x, k)[..., n] = sum over taps d and channels c of x_padded[p + d, c] * k[d, c, n],
+# written tap by tap over an explicitly zero-padded map (no im2col), one
+# sequence at a time over its own length (so padding steps are never read).
+
+def _conv_same(x, kernel):
+    """'same', stride-1 convolution (cross-correlation) of x (*spatial, C) with
+    kernel (*taps, C, N) -> (*spatial, N), odd taps."""
+    spatial, taps = x.shape[:-1], kernel.shape[:-2]
+    padded = np.pad(x, [(k // 2, k // 2) for k in taps] + [(0, 0)])
+    out = np.zeros(spatial + kernel.shape[-1:])
+    for tap in np.ndindex(*taps):
+        window = padded[tuple(slice(d, d + s) for d, s in zip(tap, spatial))]
+        out += np.einsum("...c,cn->...n", window, kernel[tap])
+    return out
+
+
+def _conv_same_backward(grad_out, x, kernel):
+    """Gradients of _conv_same with respect to x and kernel."""
+    spatial, taps = x.shape[:-1], kernel.shape[:-2]
+    pads = [(k // 2, k // 2) for k in taps] + [(0, 0)]
+    padded = np.pad(x, pads)
+    grad_padded = np.zeros_like(padded)
+    grad_kernel = np.zeros_like(kernel)
+    pixels = list(range(len(spatial)))
+    for tap in np.ndindex(*taps):
+        where = tuple(slice(d, d + s) for d, s in zip(tap, spatial))
+        # sum over pixels of window[p, c] * grad_out[p, n]
+        grad_kernel[tap] = np.tensordot(padded[where], grad_out, axes=(pixels, pixels))
+        grad_padded[where] += np.einsum("...n,cn->...c", grad_out, kernel[tap])
+    unpad = tuple(slice(k // 2, k // 2 + s) for k, s in zip(taps, spatial))
+    return grad_padded[unpad], grad_kernel
+
+
+def reference_convlstm_forward(params, X, h0=None, c0=None, lengths=None):
+    """ConvLSTM over X (B, T, *spatial, C) with clstm.ConvLSTM's parameter names
+    (``kernel_l{k}``, ``recurrent_kernel_l{k}``, ``bias_l{k}``).
+
+    Returns ``out (B, T, *spatial, F), (h_n, c_n), cache`` with states of shape
+    (num_layers, B, *spatial, F); out is zero past each length.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    n_layers = len([k for k in params if k.startswith("kernel_l")])
+    F = params["bias_l0"].shape[0] // 4
+    B, T = X.shape[:2]
+    state_shape = (n_layers, B) + X.shape[2:-1] + (F,)
+    h0 = np.zeros(state_shape) if h0 is None else np.asarray(h0, np.float64)
+    c0 = np.zeros(state_shape) if c0 is None else np.asarray(c0, np.float64)
+    lengths = np.full(B, T) if lengths is None else np.asarray(lengths)
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    out = np.zeros((B, T) + X.shape[2:-1] + (F,))
+    h_n, c_n = np.zeros(state_shape), np.zeros(state_shape)
+    steps = []          # steps[b][layer][t]: what the backward needs
+    for b in range(B):
+        inp = X[b, :lengths[b]]
+        per_layer = []
+        for layer in range(n_layers):
+            h, c = h0[layer, b], c0[layer, b]
+            saved, hs = [], []
+            for x in inp:
+                a = (_conv_same(x, p[f"kernel_l{layer}"])
+                     + _conv_same(h, p[f"recurrent_kernel_l{layer}"]) + p[f"bias_l{layer}"])
+                i, f, o = (_sigmoid(a[..., k * F:(k + 1) * F]) for k in (0, 1, 3))
+                g = np.tanh(a[..., 2 * F:3 * F])
+                c_new = f * c + i * g
+                h_new = o * np.tanh(c_new)
+                saved.append({"x": x, "h": h, "c": c, "i": i, "f": f, "g": g, "o": o,
+                              "c_new": c_new})
+                h, c = h_new, c_new
+                hs.append(h)
+            per_layer.append(saved)
+            h_n[layer, b], c_n[layer, b] = h, c
+            inp = np.array(hs)
+        out[b, :lengths[b]] = inp
+        steps.append(per_layer)
+    cache = {"steps": steps, "params": p, "lengths": lengths, "shape": X.shape,
+             "n_layers": n_layers, "F": F}
+    return out, (h_n, c_n), cache
+
+
+def reference_convlstm_backward(grad_out, grad_h_n=None, grad_c_n=None, cache=None):
+    """BPTT of reference_convlstm_forward: returns ``grad_X, grads`` with grads
+    keyed like the parameters plus ``"h0"``, ``"c0"``."""
+    p, steps, lengths, F = cache["params"], cache["steps"], cache["lengths"], cache["F"]
+    n_layers = cache["n_layers"]
+    B = cache["shape"][0]
+    grad_out = np.asarray(grad_out, np.float64)
+    state_shape = (n_layers,) + grad_out.shape[:1] + grad_out.shape[2:]
+    grad_h_n = np.zeros(state_shape) if grad_h_n is None else np.asarray(grad_h_n, np.float64)
+    grad_c_n = np.zeros(state_shape) if grad_c_n is None else np.asarray(grad_c_n, np.float64)
+    grads = {k: np.zeros_like(v) for k, v in p.items()}
+    grads["h0"], grads["c0"] = np.zeros(state_shape), np.zeros(state_shape)
+    grad_X = np.zeros(cache["shape"])
+    for b in range(B):
+        grad_seq = grad_out[b, :lengths[b]].copy()          # reaching the top layer's h
+        for layer in reversed(range(n_layers)):
+            kernel, rec = p[f"kernel_l{layer}"], p[f"recurrent_kernel_l{layer}"]
+            dh, dc = grad_h_n[layer, b].copy(), grad_c_n[layer, b].copy()
+            grad_inp = np.zeros(grad_seq.shape[:-1] + (kernel.shape[-2],))
+            for t in reversed(range(len(steps[b][layer]))):
+                s = steps[b][layer][t]
+                dh = dh + grad_seq[t]
+                tanh_c = np.tanh(s["c_new"])
+                do = dh * tanh_c
+                dc = dc + dh * s["o"] * (1.0 - tanh_c ** 2)
+                di, df, dg = dc * s["g"], dc * s["c"], dc * s["i"]
+                da = np.concatenate([di * s["i"] * (1 - s["i"]), df * s["f"] * (1 - s["f"]),
+                                     dg * (1 - s["g"] ** 2), do * s["o"] * (1 - s["o"])],
+                                    axis=-1)
+                grads[f"bias_l{layer}"] += da.reshape(-1, 4 * F).sum(axis=0)
+                gx, gk = _conv_same_backward(da, s["x"], kernel)
+                gh, gr = _conv_same_backward(da, s["h"], rec)
+                grads[f"kernel_l{layer}"] += gk
+                grads[f"recurrent_kernel_l{layer}"] += gr
+                grad_inp[t] = gx
+                dh, dc = gh, dc * s["f"]
+            grads["h0"][layer, b], grads["c0"][layer, b] = dh, dc
+            grad_seq = grad_inp
+        grad_X[b, :lengths[b]] = grad_seq
+    return grad_X, grads

@@ -554,7 +554,8 @@ class RecurrentNetwork:
         return (keep / (1.0 - p)).astype(self.dtype)
 
     # -- backward -------------------------------------------------------------------
-    def _backward(self, grad_out, grad_state):
+    def _checked_cache(self):
+        """The last forward's cache, if the parameters are still those it ran with."""
         cache = self._cache
         if cache is None:
             raise RuntimeError("backward() needs a preceding forward() (the parameters "
@@ -564,6 +565,10 @@ class RecurrentNetwork:
         if not all(_scan.same_values(cache["values"][k], v) for k, v in self.params.items()):
             raise RuntimeError("the parameters were modified in place since forward(); "
                                "the saved activations no longer match them: run forward() again")
+        return cache
+
+    def _backward(self, grad_out, grad_state):
+        cache = self._checked_cache()
         B, T = cache["shape"]
         P, D, L = self.output_size, self.num_directions, self.num_layers
         order = cache["order"]

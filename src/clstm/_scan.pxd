@@ -25,9 +25,18 @@ cdef struct Layer:
     Py_ssize_t n_steps, batch, input_size, hidden, out_size, n_gates
     bint reverse
     const int* batch_sizes
+    # ConvLSTM (Shi et al. 2015): the two products are 'same' convolutions
+    # (stride 1) over maps of map_h x map_w pixels, one pixel a row (rows of a
+    # sequence contiguous, batch_sizes multiples of the map size). The input
+    # arrives as im2col columns (I = ker_h * ker_w * channels); the scan
+    # im2cols h_{t-1} per step and col2ims its gradient.
+    bint conv
+    Py_ssize_t map_h, map_w, ker_h, ker_w
+    Py_ssize_t rec_size       # width of the recurrent product's input: P (conv: ker_h*ker_w*P)
+    void* h_cols              # (B, rec_size) conv: im2col of h_{t-1} / its gradient
     # parameters (floating*, typed by the caller's specialisation)
     void* weight_ih           # (G, I)
-    void* weight_hh           # (G, P)
+    void* weight_hh           # (G, rec_size)
     void* weight_hr           # (P, H) projection, or NULL
     void* bias                # (G,) the biases the cell adds (see each cell)
     void* bias_hn             # (H,) GRU: b_hn
@@ -69,11 +78,11 @@ cdef struct Layer:
     void* grad_c              # (B, H) in: reaching c_n; out: reaching c0
     void* grad_gates          # (T, B, G)
     void* grad_hgates         # (T, B, G) separate recurrent product
-    void* xh                  # (T, B, I + P) [x_t | masked h_{t-1}]
+    void* xh                  # (T, B, I + rec_size) [x_t | masked h_{t-1}] (conv: unused)
     void* grad_hp             # (T, B, P) projection: gradient reaching h_t
     void* grad_m              # (B, H) projection: gradient reaching m_t
     void* cell_work           # (2H,) cell scratch
-    void* grad_w              # (G, I + P) scratch of the fused weight gradient
+    void* grad_w              # (G, I + rec_size) scratch of the fused weight gradient
     void* grad_x              # (T, B, I)
     bint accumulate_grad_x
     void* grad_weight_ih
@@ -86,6 +95,17 @@ cdef struct Layer:
     void* grad_ln_hh
     void* grad_ln_c_w
     void* grad_ln_c_b
+
+
+# --- Convolution columns ('same' padding, stride 1; rows are pixels of maps) ---
+cdef void image_columns(Py_ssize_t n_maps, Py_ssize_t map_h, Py_ssize_t map_w,
+                        Py_ssize_t channels, Py_ssize_t ker_h, Py_ssize_t ker_w,
+                        const floating* src, Py_ssize_t ld_src, floating* cols,
+                        Py_ssize_t ld_cols) noexcept nogil
+cdef void add_image_columns(Py_ssize_t n_maps, Py_ssize_t map_h, Py_ssize_t map_w,
+                            Py_ssize_t channels, Py_ssize_t ker_h, Py_ssize_t ker_w,
+                            const floating* cols, Py_ssize_t ld_cols, floating* dst,
+                            Py_ssize_t ld_dst) noexcept nogil
 
 
 # --- Scan -----------------------------------------------------------------------

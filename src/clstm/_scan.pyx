@@ -13,6 +13,12 @@ recurrent product, the cell, and for LSTMP the projection. Backward: per
 step only the cell backward and grad_h_prev; the weight gradients and
 grad_x come after the loop as whole-sequence GEMMs.
 
+ConvLSTM (Layer.conv) is the LSTM cell with convolutional products: rows
+are pixels, x arrives as the input's im2col columns (so the input projection
+is the input convolution), and each step im2cols h_{t-1} before its GEMM;
+the backward adds the recurrent weight gradient step by step from those
+columns and col2ims grad_h (no whole-sequence [x | h] buffer).
+
 Each call covers one (sub-)batch single-threaded with the GIL released; the
 network runs independent sub-batches in parallel threads (clstm._parallel).
 """
@@ -56,6 +62,73 @@ KIND_GRU = CELL_GRU
 PEEPHOLE = CLSTM_PEEPHOLE
 COUPLED = CLSTM_COUPLED
 LN_CELL = CLSTM_LN_CELL
+
+
+# --- Convolution columns -----------------------------------------------------------
+# A 'same', stride-1 convolution of maps laid out one pixel a row (row
+# (m * map_h + y) * map_w + x, channels contiguous) is a GEMM on columns: row r
+# of cols holds, for each kernel tap (dy, dx), the channels of the pixel the
+# tap reads (zero outside the map), column (dy * ker_w + dx) * channels + c:
+# Keras's kernel (ker_h, ker_w, channels, N) reshaped to (ker_h*ker_w*channels, N).
+
+cdef void image_columns(Py_ssize_t n_maps, Py_ssize_t map_h, Py_ssize_t map_w,
+                        Py_ssize_t channels, Py_ssize_t ker_h, Py_ssize_t ker_w,
+                        const floating* src, Py_ssize_t ld_src, floating* cols,
+                        Py_ssize_t ld_cols) noexcept nogil:
+    """cols[r, (dy*ker_w + dx)*C + c] = src[m, y + dy - ker_h//2, x + dx - ker_w//2, c]
+    (0 outside the map), r the row of pixel (m, y, x)"""
+    cdef Py_ssize_t m, y, x, dy, dx, yy, xx, row
+    cdef Py_ssize_t pad_h = ker_h // 2, pad_w = ker_w // 2
+    cdef floating* out
+    for m in range(n_maps):
+        for y in range(map_h):
+            for x in range(map_w):
+                row = (m * map_h + y) * map_w + x
+                out = cols + row * ld_cols
+                for dy in range(ker_h):
+                    yy = y + dy - pad_h
+                    for dx in range(ker_w):
+                        xx = x + dx - pad_w
+                        if 0 <= yy < map_h and 0 <= xx < map_w:
+                            memcpy(out, src + ((m * map_h + yy) * map_w + xx) * ld_src,
+                                   channels * sizeof(floating))
+                        else:
+                            memset(out, 0, channels * sizeof(floating))
+                        out += channels
+
+
+cdef void add_image_columns(Py_ssize_t n_maps, Py_ssize_t map_h, Py_ssize_t map_w,
+                            Py_ssize_t channels, Py_ssize_t ker_h, Py_ssize_t ker_w,
+                            const floating* cols, Py_ssize_t ld_cols, floating* dst,
+                            Py_ssize_t ld_dst) noexcept nogil:
+    """The adjoint of image_columns (col2im): dst[pixel a tap reads] += cols[r, tap]"""
+    cdef Py_ssize_t m, y, x, dy, dx, yy, xx, row, c
+    cdef Py_ssize_t pad_h = ker_h // 2, pad_w = ker_w // 2
+    cdef const floating* col
+    cdef floating* to
+    for m in range(n_maps):
+        for y in range(map_h):
+            for x in range(map_w):
+                row = (m * map_h + y) * map_w + x
+                col = cols + row * ld_cols
+                for dy in range(ker_h):
+                    yy = y + dy - pad_h
+                    for dx in range(ker_w):
+                        xx = x + dx - pad_w
+                        if 0 <= yy < map_h and 0 <= xx < map_w:
+                            to = dst + ((m * map_h + yy) * map_w + xx) * ld_dst
+                            for c in range(channels):
+                                to[c] += col[c]
+                        col += channels
+
+
+cdef inline void _conv_columns_of_h(Layer* L, Py_ssize_t n, const floating* h_prev,
+                                    Py_ssize_t ld_prev, floating* cols,
+                                    Py_ssize_t ld_cols) noexcept nogil:
+    """ConvLSTM: the im2col columns of n pixel rows of h_prev (whole maps)"""
+    if n > 0:
+        image_columns(n // (L.map_h * L.map_w), L.map_h, L.map_w, L.out_size, L.ker_h,
+                      L.ker_w, h_prev, ld_prev, cols, ld_cols)
 
 
 # --- Products -------------------------------------------------------------------
@@ -221,6 +294,8 @@ cdef void scan_forward(Layer* L, floating* tag) noexcept nogil:
     cdef floating* c0 = <floating*> L.c0
     cdef floating* mask = <floating*> L.mask
     cdef floating* work = <floating*> L.work
+    cdef floating* h_cols = <floating*> L.h_cols
+    cdef Py_ssize_t R = L.rec_size
     cdef bint fused_input = False
     if floating is float:
         fused_input = L.packed_xh_t != NULL and not L.separate
@@ -242,7 +317,13 @@ cdef void scan_forward(Layer* L, floating* tag) noexcept nogil:
             n_cont = min(L.batch_sizes[p], n)
 
         # the products: gates[t] += h_prev @ weight_hh.T (or kept apart)
-        if mask != NULL:
+        if L.conv:
+            # gates[t] += im2col(h_prev) @ weight_hh.T: the recurrent convolution
+            _conv_columns_of_h(L, n_cont, h_seq + p * B * ld_h, ld_h, h_cols, R)
+            _conv_columns_of_h(L, n - n_cont, h0 + n_cont * P, P, h_cols + n_cont * R, R)
+            _matmul_nt(n, R, G, h_cols, R, <floating*> L.weight_hh, L.packed_hh_t,
+                       <floating*> L.gates + t * B * G, G, True)
+        elif mask != NULL:
             _masked_copy(n_cont, P, h_seq + p * B * ld_h, ld_h, mask, work, P)
             _masked_copy(n - n_cont, P, h0 + n_cont * P, P, mask + n_cont * P,
                          work + n_cont * P, P)
@@ -279,7 +360,7 @@ cdef void scan_backward(Layer* L, floating* tag) noexcept nogil:
     parameter gradients, and writes (or adds to) grad_x.
     """
     cdef Py_ssize_t T = L.n_steps, B = L.batch, I = L.input_size
-    cdef Py_ssize_t H = L.hidden, P = L.out_size, G = L.n_gates, K = I + L.out_size
+    cdef Py_ssize_t H = L.hidden, P = L.out_size, G = L.n_gates, R = L.rec_size, K = I + R
     cdef Py_ssize_t s, t, p, n, n_cont, r, j, ld_h = L.ld_h
     cdef floating* h_seq = <floating*> L.h_seq
     cdef floating* c_seq = <floating*> L.c_seq
@@ -291,6 +372,7 @@ cdef void scan_backward(Layer* L, floating* tag) noexcept nogil:
     cdef floating* grad_gates = <floating*> L.grad_gates
     cdef floating* grad_hgates = <floating*> L.grad_hgates
     cdef floating* work = <floating*> L.work
+    cdef floating* h_cols = <floating*> L.h_cols
     cdef floating* dg_h
     cdef floating* dhp
     cdef floating* g_out
@@ -307,8 +389,9 @@ cdef void scan_backward(Layer* L, floating* tag) noexcept nogil:
             memset(grad_gates + (t * B + n) * G, 0, (B - n) * G * sizeof(floating))
             if L.separate:
                 memset(grad_hgates + (t * B + n) * G, 0, (B - n) * G * sizeof(floating))
-            for r in range(n, B):
-                memset(xh + (t * B + r) * K + I, 0, P * sizeof(floating))
+            if not L.conv:
+                for r in range(n, B):
+                    memset(xh + (t * B + r) * K + I, 0, R * sizeof(floating))
             if L.weight_hr != NULL:
                 memset(<floating*> L.grad_hp + (t * B + n) * P, 0,
                        (B - n) * P * sizeof(floating))
@@ -316,10 +399,15 @@ cdef void scan_backward(Layer* L, floating* tag) noexcept nogil:
             continue
 
         # h_prev of this step (masked), kept for grad_weight_hh = grad_gates^T @ h_prev
-        _masked_copy(n_cont, P, h_seq + p * B * ld_h, ld_h, mask, xh + t * B * K + I, K)
-        _masked_copy(n - n_cont, P, h0 + n_cont * P, P,
-                     NULL if mask == NULL else mask + n_cont * P,
-                     xh + (t * B + n_cont) * K + I, K)
+        # (conv: its im2col columns, used at this step: T of them would be large)
+        if L.conv:
+            _conv_columns_of_h(L, n_cont, h_seq + p * B * ld_h, ld_h, h_cols, R)
+            _conv_columns_of_h(L, n - n_cont, h0 + n_cont * P, P, h_cols + n_cont * R, R)
+        else:
+            _masked_copy(n_cont, P, h_seq + p * B * ld_h, ld_h, mask, xh + t * B * K + I, K)
+            _masked_copy(n - n_cont, P, h0 + n_cont * P, P,
+                         NULL if mask == NULL else mask + n_cont * P,
+                         xh + (t * B + n_cont) * K + I, K)
 
         # the gradient reaching this step's output
         if L.weight_hr != NULL:
@@ -356,7 +444,17 @@ cdef void scan_backward(Layer* L, floating* tag) noexcept nogil:
         # grad_h[:n] = grad_gates_h[t, :n] @ weight_hh  (masked; the GRU adds its
         # direct path grad_h * z, which the cell left in grad_h)
         dg_h = (grad_hgates if L.separate else grad_gates) + t * B * G
-        if gru and mask != NULL:
+        if L.conv:
+            # grad_weight_hh += grad_gates[t, :n].T @ im2col(h_prev)
+            _gemm(RowMajor, Trans, NoTrans, <int> G, <int> R, <int> n, 1.0, dg_h, <int> G,
+                  h_cols, <int> R, 1.0, <floating*> L.grad_weight_hh, <int> R)
+            # grad_h[:n] = col2im(grad_gates[t, :n] @ weight_hh)
+            _matmul_nn(n, G, R, dg_h, G, <floating*> L.weight_hh, L.packed_hh, h_cols, R,
+                       False)
+            memset(dh, 0, n * P * sizeof(floating))
+            add_image_columns(n // (L.map_h * L.map_w), L.map_h, L.map_w, P, L.ker_h,
+                              L.ker_w, h_cols, R, dh, P)
+        elif gru and mask != NULL:
             _matmul_nn(n, G, P, dg_h, G, <floating*> L.weight_hh, L.packed_hh, work, P, False)
             for r in range(n):
                 for j in range(P):
@@ -375,7 +473,7 @@ cdef void _parameter_gradients(Layer* L, floating* tag) noexcept nogil:
     """After BPTT: the weight and bias gradients (added to) and grad_x, each
     one GEMM or one pass over all T*B rows."""
     cdef Py_ssize_t M = L.n_steps * L.batch, I = L.input_size, P = L.out_size
-    cdef Py_ssize_t H = L.hidden, G = L.n_gates, K = I + P, r, j
+    cdef Py_ssize_t H = L.hidden, G = L.n_gates, R = L.rec_size, K = I + R, r, j
     cdef floating* xh = <floating*> L.xh
     cdef floating* grad_gates = <floating*> L.grad_gates
     cdef floating* grad_hgates = <floating*> L.grad_hgates
@@ -386,7 +484,12 @@ cdef void _parameter_gradients(Layer* L, floating* tag) noexcept nogil:
     cdef floating* gb_hh = <floating*> L.grad_bias_hh
     if M == 0:
         return
-    if not L.separate:
+    if L.conv:
+        # grad_weight_ih += grad_gates.T @ x (x: the input's im2col columns; the
+        # recurrent weight's gradient was added step by step)
+        _gemm(RowMajor, Trans, NoTrans, <int> G, <int> I, <int> M, 1.0, grad_gates, <int> G,
+              <floating*> L.x, <int> I, 1.0, gw_ih, <int> I)
+    elif not L.separate:
         # both products saw the same gate gradient: one GEMM over [x_t | h_{t-1}]
         # grad_w = grad_gates.T @ xh
         _gemm(RowMajor, Trans, NoTrans, <int> G, <int> K, <int> M, 1.0, grad_gates, <int> G,
@@ -395,15 +498,15 @@ cdef void _parameter_gradients(Layer* L, floating* tag) noexcept nogil:
         for r in range(G):
             for j in range(I):
                 gw_ih[r * I + j] += grad_w[r * K + j]
-            for j in range(P):
-                gw_hh[r * P + j] += grad_w[r * K + I + j]
+            for j in range(R):
+                gw_hh[r * R + j] += grad_w[r * K + I + j]
     else:
         # grad_weight_ih += grad_gates.T @ x;  grad_weight_hh += grad_hgates.T @ h_prev
         if I > 0:
             _gemm(RowMajor, Trans, NoTrans, <int> G, <int> I, <int> M, 1.0, grad_gates,
                   <int> G, xh, <int> K, 1.0, gw_ih, <int> I)
-        _gemm(RowMajor, Trans, NoTrans, <int> G, <int> P, <int> M, 1.0, grad_hgates,
-              <int> G, xh + I, <int> K, 1.0, gw_hh, <int> P)
+        _gemm(RowMajor, Trans, NoTrans, <int> G, <int> R, <int> M, 1.0, grad_hgates,
+              <int> G, xh + I, <int> K, 1.0, gw_hh, <int> R)
     if L.kind == CELL_GRU:
         # grad_bias_ih += grad_gates.sum(0);  grad_bias_hh += grad_hgates.sum(0)
         for r in range(M):
@@ -489,15 +592,30 @@ cdef void _fill_layer(Layer* L, dict a, dict cfg, bint backward) except *:
            "n_gates")
     _check(L.kind == CELL_LSTM or P == H, "out_size")
     L.n_steps, L.batch, L.input_size, L.hidden, L.out_size, L.n_gates = T, B, I, H, P, G
+    conv = cfg.get("conv")       # ConvLSTM: (map_h, map_w, ker_h, ker_w)
+    L.conv = conv is not None
+    L.rec_size = P
+    if L.conv:
+        L.map_h, L.map_w, L.ker_h, L.ker_w = conv
+        _check(L.map_h > 0 and L.map_w > 0 and L.ker_h % 2 == 1 and L.ker_w % 2 == 1
+               and B % (L.map_h * L.map_w) == 0, "conv geometry")
+        _check(L.kind == CELL_LSTM and L.variant == 0 and not L.ln_gates and P == H
+               and a.get("mask") is None and a.get("packed_xh_t") is None, "conv cell")
+        L.rec_size = L.ker_h * L.ker_w * P
+    cdef Py_ssize_t R = L.rec_size
     L.x = _array(a, "x", typenum, 3, T, B, I, True)
     cdef const int* batch_sizes = <const int*> _array(a, "batch_sizes", cnp.NPY_INT, 1,
                                                       T, 0, 0, True)
     _check(batch_sizes[0] <= B, "batch_sizes")
+    cdef Py_ssize_t k_step
+    if L.conv:           # whole maps are active or not
+        for k_step in range(T):
+            _check(batch_sizes[k_step] % (L.map_h * L.map_w) == 0, "conv batch_sizes")
     L.batch_sizes = batch_sizes
     cdef bint proj = a.get("weight_hr") is not None
     _check(proj or P == H, "projection")
     L.weight_ih = _array(a, "weight_ih", typenum, 2, G, I, 0, True)
-    L.weight_hh = _array(a, "weight_hh", typenum, 2, G, P, 0, True)
+    L.weight_hh = _array(a, "weight_hh", typenum, 2, G, R, 0, True)
     L.weight_hr = _array(a, "weight_hr", typenum, 2, P, H, 0, False)
     L.bias = _array(a, "bias", typenum, 1, G, 0, 0, True)
     L.bias_hn = _array(a, "bias_hn", typenum, 1, H, 0, 0, L.kind == CELL_GRU)
@@ -523,14 +641,15 @@ cdef void _fill_layer(Layer* L, dict a, dict cfg, bint backward) except *:
     L.ln_x = _array(a, "ln_x", typenum, 3, T, B, G, L.ln_gates)
     L.ln_stats = _array(a, "ln_stats", typenum, 3, T, B, 2, L.ln_gates)
     L.chat = _array(a, "chat", typenum, 3, T, B, H, ln_cell)
+    L.h_cols = _array(a, "h_cols", typenum, 2, B, R, 0, L.conv)
     L.c_stats = _array(a, "c_stats", typenum, 2, T, B, 0, ln_cell)
     if typenum == cnp.NPY_FLOAT32:
         L.packed_ih_t = _packed(a, "packed_ih_t", I, G)
-        L.packed_hh_t = _packed(a, "packed_hh_t", P, G)
+        L.packed_hh_t = _packed(a, "packed_hh_t", R, G)
         L.packed_xh_t = _packed(a, "packed_xh_t", I + P, G)
         L.packed_hr_t = _packed(a, "packed_hr_t", H, P)
         L.packed_ih = _packed(a, "packed_ih", G, I)
-        L.packed_hh = _packed(a, "packed_hh", G, P)
+        L.packed_hh = _packed(a, "packed_hh", G, R)
         L.packed_hr = _packed(a, "packed_hr", P, H)
     if not backward:
         return
@@ -541,15 +660,15 @@ cdef void _fill_layer(Layer* L, dict a, dict cfg, bint backward) except *:
     L.grad_c = _array(a, "grad_c", typenum, 2, B, H, 0, L.kind == CELL_LSTM)
     L.grad_gates = _array(a, "grad_gates", typenum, 3, T, B, G, True)
     L.grad_hgates = _array(a, "grad_hgates", typenum, 3, T, B, G, L.separate)
-    L.xh = _array(a, "xh", typenum, 3, T, B, I + P, True)
+    L.xh = _array(a, "xh", typenum, 3, T, B, I + R, not L.conv)
     L.grad_hp = _array(a, "grad_hp", typenum, 3, T, B, P, proj)
     L.grad_m = _array(a, "grad_m", typenum, 2, B, H, 0, proj)
     L.cell_work = _array(a, "cell_work", typenum, 1, 2 * H, 0, 0, True)
-    L.grad_w = _array(a, "grad_w", typenum, 2, G, I + P, 0, not L.separate)
+    L.grad_w = _array(a, "grad_w", typenum, 2, G, I + R, 0, not (L.separate or L.conv))
     L.grad_x = _array(a, "grad_x", typenum, 3, T, B, I, True)
     L.accumulate_grad_x = cfg["accumulate_grad_x"]
     L.grad_weight_ih = _array(a, "grad_weight_ih", typenum, 2, G, I, 0, True)
-    L.grad_weight_hh = _array(a, "grad_weight_hh", typenum, 2, G, P, 0, True)
+    L.grad_weight_hh = _array(a, "grad_weight_hh", typenum, 2, G, R, 0, True)
     L.grad_weight_hr = _array(a, "grad_weight_hr", typenum, 2, P, H, 0, proj)
     L.grad_bias = _array(a, "grad_bias", typenum, 1, G, 0, 0, True)
     L.grad_bias_hh = _array(a, "grad_bias_hh", typenum, 1, G, 0, 0, L.kind == CELL_GRU)
@@ -589,6 +708,57 @@ def backward(dict arrays, dict cfg):
             scan_backward(&L, <float*> NULL)
         else:
             scan_backward(&L, <double*> NULL)
+
+
+def conv_columns(x, shape, kernel, out=None):
+    """im2col of maps, one pixel a row: x (M, C) with M = n_maps * prod(shape),
+    shape = (map_h, map_w), kernel = (ker_h, ker_w) odd -> (M, ker_h*ker_w*C)
+    columns of the 'same', stride-1 convolution (see image_columns)."""
+    cdef Py_ssize_t mh = shape[0], mw = shape[1], kh = kernel[0], kw = kernel[1]
+    _check(isinstance(x, np.ndarray) and x.ndim == 2 and x.flags.c_contiguous
+           and x.dtype in (np.float32, np.float64), "x")
+    cdef Py_ssize_t M = x.shape[0], C = x.shape[1]
+    _check(mh > 0 and mw > 0 and kh % 2 == 1 and kw % 2 == 1 and kh > 0 and kw > 0
+           and M % (mh * mw) == 0, "conv geometry")
+    if out is None:
+        out = np.empty((M, kh * kw * C), dtype=x.dtype)
+    _check(isinstance(out, np.ndarray) and out.dtype == x.dtype and out.flags.c_contiguous
+           and out.shape == (M, kh * kw * C), "out")
+    cdef void* src = cnp.PyArray_DATA(<cnp.ndarray> x)
+    cdef void* dst = cnp.PyArray_DATA(<cnp.ndarray> out)
+    cdef bint single = x.dtype == np.float32
+    cdef Py_ssize_t n_maps = M // (mh * mw)
+    with nogil:
+        if single:
+            image_columns(n_maps, mh, mw, C, kh, kw, <float*> src, C, <float*> dst, kh * kw * C)
+        else:
+            image_columns(n_maps, mh, mw, C, kh, kw, <double*> src, C, <double*> dst,
+                          kh * kw * C)
+    return out
+
+
+def conv_columns_adjoint(cols, shape, kernel, Py_ssize_t channels):
+    """col2im, the adjoint of conv_columns: cols (M, ker_h*ker_w*C) -> (M, C),
+    each column added to the pixel its tap read."""
+    cdef Py_ssize_t mh = shape[0], mw = shape[1], kh = kernel[0], kw = kernel[1]
+    _check(isinstance(cols, np.ndarray) and cols.ndim == 2 and cols.flags.c_contiguous
+           and cols.dtype in (np.float32, np.float64), "cols")
+    cdef Py_ssize_t M = cols.shape[0], C = channels
+    _check(mh > 0 and mw > 0 and kh % 2 == 1 and kw % 2 == 1 and kh > 0 and kw > 0
+           and M % (mh * mw) == 0 and C > 0 and cols.shape[1] == kh * kw * C, "conv geometry")
+    out = np.zeros((M, C), dtype=cols.dtype)
+    cdef void* src = cnp.PyArray_DATA(<cnp.ndarray> cols)
+    cdef void* dst = cnp.PyArray_DATA(<cnp.ndarray> out)
+    cdef bint single = cols.dtype == np.float32
+    cdef Py_ssize_t n_maps = M // (mh * mw)
+    with nogil:
+        if single:
+            add_image_columns(n_maps, mh, mw, C, kh, kw, <float*> src, kh * kw * C,
+                              <float*> dst, C)
+        else:
+            add_image_columns(n_maps, mh, mw, C, kh, kw, <double*> src, kh * kw * C,
+                              <double*> dst, C)
+    return out
 
 
 def same_values(a, b):
