@@ -48,6 +48,7 @@ consistent, usable model:
 import copy
 import difflib
 import functools
+import importlib
 import inspect
 import numbers
 import warnings
@@ -98,6 +99,8 @@ _OTHER_NAMES = {
 
 # class name -> estimator class, for load()
 _ESTIMATORS = {}
+# estimators defined outside clstm._estimators: where load() finds them
+_ESTIMATOR_MODULES = {"LSTMSeq2SeqRegressor": "clstm._seq2seq"}
 
 
 def _is_int(value):
@@ -533,10 +536,7 @@ class BaseLSTMEstimator(BaseEstimator):
         if first:
             rng = check_random_state(self.random_state)
             try:
-                model = SequenceModel.create(self.input_size_, self._network_params(),
-                                             self._n_head_outputs(), self._loss,
-                                             self.return_sequences, rng,
-                                             attention=self.attention)
+                model = self._new_model(rng)
             except (TypeError, ValueError) as exc:   # the network's checks of its parameters
                 raise InvalidParameterError(f"{name}: {exc}") from None
             run = _Run(model, make_optimizer(self), rng, n_iter=0, t=0, loss_curve=[],
@@ -575,6 +575,15 @@ class BaseLSTMEstimator(BaseEstimator):
                              data.train_idx.size)
         run.progress = EpochProgress(self.verbose, run.n_iter + run.n_epochs)
         return run
+
+    # the model class (a subclass with another model overrides both)
+    _model_type = SequenceModel
+
+    def _new_model(self, rng):
+        """A freshly initialised model for this estimator's hyperparameters."""
+        return SequenceModel.create(self.input_size_, self._network_params(),
+                                    self._n_head_outputs(), self._loss, self.return_sequences,
+                                    rng, attention=self.attention)
 
     def _split_validation(self, data, run):
         """data.train_idx / data.val_idx: the rows held out for early stopping
@@ -944,7 +953,7 @@ class BaseLSTMEstimator(BaseEstimator):
             params["class_weight"] = {a: b for a, b in cw["__dict_items__"]}
         est = cls(**params)
         est._validate_hyperparameters()
-        model = SequenceModel.from_state(meta["model"], {k[len("model/"):]: v
+        model = cls._model_type.from_state(meta["model"], {k[len("model/"):]: v
                                                          for k, v in arrays.items()
                                                          if k.startswith("model/")})
         est._model = model
@@ -1022,6 +1031,9 @@ def load(path):
     meta, arrays = _persistence.read(path)
     try:
         cls = _ESTIMATORS.get(meta["estimator"])
+        if cls is None and meta["estimator"] in _ESTIMATOR_MODULES:   # not imported yet
+            importlib.import_module(_ESTIMATOR_MODULES[meta["estimator"]])
+            cls = _ESTIMATORS.get(meta["estimator"])
         if cls is None:
             raise ValueError(f"unknown estimator class {meta['estimator']!r}")
         return cls._from_state(meta, arrays)

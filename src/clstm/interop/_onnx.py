@@ -595,6 +595,11 @@ def _as_fitted_estimator(obj):
 def _estimator_model(est, lengths, opset):
     """The graph of a fitted estimator's predict (and predict_proba)."""
     model = est._model
+    if getattr(model, "decoder", None) is not None:
+        raise ValueError(f"{type(est).__name__} cannot be exported to ONNX: its decoder feeds "
+                         "each prediction back step by step (a loop this export does not "
+                         "build); export the encoder and decoder networks (est.lstm_, "
+                         "est.decoder_) with export_onnx and run the loop outside")
     net, classifier = model.network, hasattr(est, "classes_")
     F = net.input_size          # a univariate estimator's 2-D X is X[..., None] here
     g = OnnxGraph("clstm_" + type(est).__name__.lower())
