@@ -267,9 +267,9 @@ class Seq2SeqModel:
 
     def _attend(self, H, E, keys, mask):
         """Weights (B, J, T) and contexts (B, J, P) for decoder outputs H (B, J, P)."""
-        scores = np.einsum("bjp,btp->bjt", H, keys)
+        scores = H @ keys.transpose(0, 2, 1)                          # (B, J, T)
         weights = masked_softmax(scores, mask[:, None, :]).astype(H.dtype, copy=False)
-        return weights, np.einsum("bjt,btp->bjp", weights, E)
+        return weights, weights @ E
 
     def teacher_forced(self, X, lengths, Y, keep_cache=False):
         """Head outputs (B, horizon, K) with the true previous targets as decoder inputs,
@@ -355,13 +355,13 @@ class Seq2SeqModel:
         if self.attention is not None:
             grad_C = grad_feats[..., P:]
             # context c_j = sum_i a_ji e_i
-            grad_A = np.einsum("bjp,btp->bjt", grad_C, E)
-            grad_E += np.einsum("bjt,bjp->btp", A, grad_C)
+            grad_A = grad_C @ E.transpose(0, 2, 1)
+            grad_E += A.transpose(0, 2, 1) @ grad_C
             # softmax over i (zero where masked, as a is)
             grad_S = A * (grad_A - np.sum(A * grad_A, axis=-1, keepdims=True))
             # scores s_ji = h_j . k_i
-            grad_H += np.einsum("bjt,btp->bjp", grad_S, keys)
-            grad_keys = np.einsum("bjt,bjp->btp", grad_S, H)
+            grad_H += grad_S @ keys
+            grad_keys = grad_S.transpose(0, 2, 1) @ H
             if self.attention.kind == "general":      # k_i = W_a e_i
                 W_a = self.attention.params["weight"]
                 grad_E += grad_keys @ W_a
