@@ -258,3 +258,17 @@ def test_refusals():
     pytest.importorskip("onnx")
     with pytest.raises(ValueError, match="cannot be exported to ONNX"):
         clstm.export_onnx(est, None)
+
+
+def test_sample_weights_are_repetitions_and_early_stopping_runs():
+    X, y = _series_windows(n=120)
+    w = np.ones(len(X))
+    w[:10] = 3
+    weighted = LSTMSeq2SeqRegressor(**FAST).fit(X, y, sample_weight=w)
+    repeated = LSTMSeq2SeqRegressor(**FAST).fit(np.concatenate([X] + [X[:10]] * 2),
+                                                np.concatenate([y] + [y[:10]] * 2))
+    np.testing.assert_array_equal(weighted.predict(X), repeated.predict(X))
+    np.testing.assert_array_equal(weighted._y_stats[0], repeated._y_stats[0])
+    est = LSTMSeq2SeqRegressor(early_stopping=True, **dict(FAST, max_iter=4)).fit(X, y)
+    assert len(est.validation_scores_) == est.n_iter_
+    assert np.all(np.isfinite(est.validation_scores_))

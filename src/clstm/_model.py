@@ -6,8 +6,9 @@ the sequence's own last step and the reverse direction's state at t = 0, i.e.
 the top layer's ``h_n``), or, with an attention pooling
 (:class:`clstm._attention.AttentionPooling`), the attention-weighted sum of
 the outputs over each sequence's valid steps, or, with
-``return_sequences=True``, the output at every step. Loss and gradient of a mini-batch, with optional truncated BPTT,
-are computed here; the estimator only batches, updates and bookkeeps.
+``return_sequences=True``, the output at every step. Loss and gradient of a
+mini-batch, with optional truncated BPTT, are computed here; the estimator
+only batches, updates and bookkeeps.
 
 The model uses its network only through the interface every clstm network
 has: ``run`` / ``backward_state`` / ``clear_cache``, ``state_names``,

@@ -385,7 +385,7 @@ class Seq2SeqModel:
 # the estimator
 # ======================================================================================
 class LSTMSeq2SeqRegressor(LSTMRegressor):
-    __doc__ = """Encoder-decoder LSTM with attention for multi-step (sequence-to-sequence) regression.
+    __doc__ = """Encoder-decoder LSTM with attention for multi-step (seq2seq) forecasts.
 
     The encoder reads the input window; the decoder, started from the
     encoder's final state, produces the ``horizon`` target steps one after
