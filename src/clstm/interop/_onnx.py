@@ -492,7 +492,10 @@ def export_onnx(net, path, *, lengths=True, initial_states=False, opset=OPSET):
     is 3-D (batch, time, n_features) float32 (a univariate 2-D X of the
     estimator is X[..., None] here), with ``lengths`` for ragged batches
     padded to a common length; with ``return_sequences=True`` the outputs
-    are per step, and the values past a sequence's length are padding.
+    are per step, and the values past a sequence's length are padding. An
+    attention pooling head (``attention=``) exports as basic operators
+    (MatMul, Tanh, a Softmax over the valid steps, ReduceSum). An
+    ``LSTMSeq2SeqRegressor`` is refused (its decoder loop is not exported).
 
     Graph inputs: ``X`` (batch, time, input_size) float32, batch-first as in
     clstm; ``lengths`` (batch,) int64 if `lengths`; ``h0`` (and ``c0`` for an
