@@ -19,6 +19,7 @@ from clstm._lstm import LSTM
 _LAZY = {
     "LSTMRegressor": "clstm._estimators",
     "LSTMClassifier": "clstm._estimators",
+    "LSTMSeq2SeqRegressor": "clstm._seq2seq",
     "load": "clstm._estimators",
     "make_windows": "clstm._windows",
     "datasets": "clstm.datasets",
@@ -27,7 +28,8 @@ _LAZY = {
     "interop": "clstm.interop",
 }
 
-__all__ = ["LSTM", "GRU", "ConvLSTM", "LSTMRegressor", "LSTMClassifier", "load", "make_windows",
+__all__ = ["LSTM", "GRU", "ConvLSTM", "LSTMRegressor", "LSTMClassifier", "LSTMSeq2SeqRegressor",
+           "load", "make_windows",
            "datasets", "export_onnx", "import_onnx", "interop", "__version__"]
 
 

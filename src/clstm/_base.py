@@ -48,6 +48,7 @@ consistent, usable model:
 import copy
 import difflib
 import functools
+import importlib
 import inspect
 import numbers
 import warnings
@@ -61,6 +62,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import _check_sample_weight, check_array, check_is_fitted, validate_data
 
 from clstm import _persistence
+from clstm._attention import ATTENTION_KINDS
 from clstm._model import (
     NETWORK_PARAMS,
     RESUMABLE_NETWORK_PARAMS,
@@ -97,6 +99,8 @@ _OTHER_NAMES = {
 
 # class name -> estimator class, for load()
 _ESTIMATORS = {}
+# estimators defined outside clstm._estimators: where load() finds them
+_ESTIMATOR_MODULES = {"LSTMSeq2SeqRegressor": "clstm._seq2seq"}
 
 
 def _is_int(value):
@@ -157,7 +161,7 @@ class BaseLSTMEstimator(BaseEstimator):
 
     def __init__(self, hidden_size=50, num_layers=1, bidirectional=False, cell="lstm",
                  proj_size=0, peephole=False, coupled_gates=False, layer_norm=False, dropout=0.0,
-                 recurrent_dropout=0.0, return_sequences=False, dtype="float32",
+                 recurrent_dropout=0.0, return_sequences=False, attention=None, dtype="float32",
                  solver="adam", learning_rate_init=1e-3, batch_size=32, max_iter=200,
                  shuffle=True, alpha=1e-4, clip_norm=5.0, momentum=0.9,
                  nesterovs_momentum=True, beta_1=0.9, beta_2=0.999, rho=0.9, epsilon=1e-8,
@@ -175,6 +179,7 @@ class BaseLSTMEstimator(BaseEstimator):
         self.dropout = dropout
         self.recurrent_dropout = recurrent_dropout
         self.return_sequences = return_sequences
+        self.attention = attention
         self.dtype = dtype
         self.solver = solver
         self.learning_rate_init = learning_rate_init
@@ -242,6 +247,7 @@ class BaseLSTMEstimator(BaseEstimator):
                   "standardize", "warm_start"):
             if not isinstance(getattr(self, p), (bool, np.bool_)):
                 raise bad(p, "a bool")
+        self._validate_attention()
         for p in ("beta_1", "beta_2", "rho"):
             v = getattr(self, p)
             if not _is_real(v) or not 0.0 <= v < 1.0:
@@ -275,6 +281,22 @@ class BaseLSTMEstimator(BaseEstimator):
         if not (rs is None or isinstance(rs, np.random.RandomState)
                 or (_is_int(rs) and 0 <= rs < 2 ** 32)):
             raise bad("random_state", "None, an int in [0, 2**32) or a numpy RandomState")
+
+    def _validate_attention(self):
+        name = type(self).__name__
+        if self.attention is not None and (not isinstance(self.attention, str)
+                                           or self.attention not in ATTENTION_KINDS):
+            raise InvalidParameterError(
+                f"{name}: parameter 'attention' must be None, 'additive' or 'dot', got "
+                f"{self.attention!r}")
+        if self.attention is not None and self.return_sequences:
+            raise InvalidParameterError(
+                f"{name}: attention pools each sequence into one vector for a "
+                "sequence-to-one head; set return_sequences=False or attention=None")
+        if self.attention is not None and self.tbptt_steps is not None:
+            raise InvalidParameterError(
+                f"{name}: attention reads every step of a sequence at once, so it cannot be "
+                "trained with truncated BPTT; set tbptt_steps=None or attention=None")
 
     def _network_params(self):
         return {p: getattr(self, p) for p in NETWORK_PARAMS}
@@ -514,9 +536,7 @@ class BaseLSTMEstimator(BaseEstimator):
         if first:
             rng = check_random_state(self.random_state)
             try:
-                model = SequenceModel.create(self.input_size_, self._network_params(),
-                                             self._n_head_outputs(), self._loss,
-                                             self.return_sequences, rng)
+                model = self._new_model(rng)
             except (TypeError, ValueError) as exc:   # the network's checks of its parameters
                 raise InvalidParameterError(f"{name}: {exc}") from None
             run = _Run(model, make_optimizer(self), rng, n_iter=0, t=0, loss_curve=[],
@@ -556,6 +576,15 @@ class BaseLSTMEstimator(BaseEstimator):
         run.progress = EpochProgress(self.verbose, run.n_iter + run.n_epochs)
         return run
 
+    # the model class (a subclass with another model overrides both)
+    _model_type = SequenceModel
+
+    def _new_model(self, rng):
+        """A freshly initialised model for this estimator's hyperparameters."""
+        return SequenceModel.create(self.input_size_, self._network_params(),
+                                    self._n_head_outputs(), self._loss, self.return_sequences,
+                                    rng, attention=self.attention)
+
     def _split_validation(self, data, run):
         """data.train_idx / data.val_idx: the rows held out for early stopping
         (stratified for a classifier where every class has enough samples)."""
@@ -583,6 +612,8 @@ class BaseLSTMEstimator(BaseEstimator):
         config = network_params(self._model.network)
         fitted = {p: config[p] for p in NETWORK_PARAMS if p not in RESUMABLE_NETWORK_PARAMS}
         fitted["return_sequences"] = self._model.return_sequences
+        fitted["attention"] = (None if self._model.attention is None
+                               else self._model.attention.kind)
         for param, value in fitted.items():
             current = getattr(self, param)
             same = (_dtype_name(current) == value) if param == "dtype" else current == value
@@ -750,6 +781,12 @@ class BaseLSTMEstimator(BaseEstimator):
             raise ValueError(f"{name} is bidirectional: its reverse direction reads the whole "
                              "sequence, so it cannot predict one step at a time; use predict "
                              "on the whole window (or fit with bidirectional=False)")
+        if self._model.attention is not None:
+            raise ValueError(f"{name} has attention={self._model.attention.kind!r}: its "
+                             "weights are a softmax over every step of the sequence, so a new "
+                             "step changes the weights of all earlier ones and there is no "
+                             "state to carry; use predict on the whole window so far (or fit "
+                             "with attention=None)")
         if sp.issparse(x_t):
             raise TypeError(f"{name} does not accept sparse input: pass a dense array")
         _refuse_complex(x_t, "x_t")
@@ -769,6 +806,55 @@ class BaseLSTMEstimator(BaseEstimator):
         h_t, state = model.network.step(xp, state)
         Z = model.head(h_t)
         return Z, state
+
+    def attention_weights(self, X, lengths=None):
+        """How much each step of each sequence counts in the attention pooling.
+
+        Needs a fitted estimator with ``attention`` set. The weights are the
+        softmax ``a_t`` over each sequence's valid steps (see the
+        ``attention`` parameter): non-negative, summing to 1 over the steps
+        of the sequence, the same ones that :meth:`predict` uses.
+
+        Parameters
+        ----------
+        X : array-like or list of arrays
+            Sequences, as in :meth:`fit`.
+        lengths : array-like of int of shape (n_samples,), default=None
+            For a padded ``X``, as in :meth:`fit`.
+
+        Returns
+        -------
+        weights : ndarray of shape (n_samples, n_timesteps) or list of ndarray
+            For a ragged ``X`` (a list, or ``lengths`` given), a list of
+            ``(T_i,)`` arrays; otherwise one array (every sequence has all
+            ``n_timesteps`` steps).
+
+        Examples
+        --------
+        >>> import numpy as np, clstm
+        >>> X = np.random.default_rng(0).normal(size=(64, 10, 1))
+        >>> reg = clstm.LSTMRegressor(attention="additive", max_iter=3, random_state=0)
+        >>> a = reg.fit(X, X[:, 4, 0]).attention_weights(X)
+        >>> a.shape, bool(np.allclose(a.sum(axis=1), 1.0))
+        ((64, 10), True)
+        """
+        check_is_fitted(self)
+        if self._model.attention is None:
+            raise ValueError(f"{type(self).__name__} was fitted with attention=None: there "
+                             "are no attention weights (fit with attention='additive' or "
+                             "'dot')")
+        arr, lengths, ragged = self._validate_X(X, reset=False, lengths=lengths)
+        Xp = _to_dtype(_standardize(arr, lengths, self._x_stats), self._model.dtype, "X",
+                       self._x_stats[0] is not None)
+        T = Xp.shape[1]
+        parts = []
+        for s in range(0, Xp.shape[0], _PREDICT_BATCH):
+            rows = slice(s, s + _PREDICT_BATCH)
+            T_b = int(lengths[rows].max())
+            a = self._model.attention_weights(Xp[rows, :T_b], lengths[rows])
+            parts.append(np.pad(a, ((0, 0), (0, T - T_b))))
+        weights = np.concatenate(parts, axis=0)
+        return split_steps(weights, lengths) if ragged else weights
 
     @staticmethod
     def _model_outputs(model, Xp, lengths):
@@ -867,7 +953,7 @@ class BaseLSTMEstimator(BaseEstimator):
             params["class_weight"] = {a: b for a, b in cw["__dict_items__"]}
         est = cls(**params)
         est._validate_hyperparameters()
-        model = SequenceModel.from_state(meta["model"], {k[len("model/"):]: v
+        model = cls._model_type.from_state(meta["model"], {k[len("model/"):]: v
                                                          for k, v in arrays.items()
                                                          if k.startswith("model/")})
         est._model = model
@@ -981,6 +1067,9 @@ def load(path):
     meta, arrays = _persistence.read(path)
     try:
         cls = _ESTIMATORS.get(meta["estimator"])
+        if cls is None and meta["estimator"] in _ESTIMATOR_MODULES:   # not imported yet
+            importlib.import_module(_ESTIMATOR_MODULES[meta["estimator"]])
+            cls = _ESTIMATORS.get(meta["estimator"])
         if cls is None:
             raise ValueError(f"unknown estimator class {meta['estimator']!r}")
         return cls._from_state(meta, arrays)

@@ -46,6 +46,19 @@ _COMMON_PARAMS = """
         With ``tbptt_steps``, a new mask is drawn per chunk.
     return_sequences : bool, default=False
         Put the Dense head on every timestep; targets are then per step.
+    attention : {None, "additive", "dot"}, default=None
+        Attention pooling: the head reads ``sum_t a_t h_t`` over the top
+        layer's outputs ``h_t`` (both directions for a bidirectional network)
+        instead of the last state, with ``a`` a softmax of a score over each
+        sequence's valid steps only (padding never counts). "additive":
+        ``e_t = v . tanh(W h_t + b)`` (Bahdanau et al. 2015; the
+        feed-forward attention of Raffel & Ellis 2016 and Yang et al. 2016);
+        "dot": ``e_t = q . h_t / sqrt(d)`` with a learned query ``q``. Helps
+        where the information sits at some step of a long sequence rather
+        than at its end. :meth:`attention_weights` returns the ``a_t``.
+        Needs ``return_sequences=False`` and ``tbptt_steps=None``;
+        ``predict_step`` is not available (each new step re-weights all
+        earlier ones). ONNX export includes it.
     dtype : {"float32", "float64"}, default="float32"
         Precision of weights and computation; float32 is about twice as fast
         and accurate enough for training (predictions are returned as float64).
@@ -473,7 +486,7 @@ class LSTMClassifier(ClassifierMixin, BaseLSTMEstimator):
 
     def __init__(self, hidden_size=50, num_layers=1, bidirectional=False, cell="lstm",
                  proj_size=0, peephole=False, coupled_gates=False, layer_norm=False, dropout=0.0,
-                 recurrent_dropout=0.0, return_sequences=False, dtype="float32",
+                 recurrent_dropout=0.0, return_sequences=False, attention=None, dtype="float32",
                  solver="adam", learning_rate_init=1e-3, batch_size=32, max_iter=200,
                  shuffle=True, alpha=1e-4, clip_norm=5.0, momentum=0.9,
                  nesterovs_momentum=True, beta_1=0.9, beta_2=0.999, rho=0.9, epsilon=1e-8,
@@ -485,7 +498,7 @@ class LSTMClassifier(ClassifierMixin, BaseLSTMEstimator):
             hidden_size=hidden_size, num_layers=num_layers, bidirectional=bidirectional,
             cell=cell, proj_size=proj_size, peephole=peephole, coupled_gates=coupled_gates,
             layer_norm=layer_norm, dropout=dropout, recurrent_dropout=recurrent_dropout,
-            return_sequences=return_sequences, dtype=dtype, solver=solver,
+            return_sequences=return_sequences, attention=attention, dtype=dtype, solver=solver,
             learning_rate_init=learning_rate_init, batch_size=batch_size, max_iter=max_iter,
             shuffle=shuffle, alpha=alpha, clip_norm=clip_norm, momentum=momentum,
             nesterovs_momentum=nesterovs_momentum, beta_1=beta_1, beta_2=beta_2, rho=rho,

@@ -3,9 +3,12 @@
 The head reads either the last hidden state of every sequence (for a
 bidirectional network the concatenation of the forward direction's state at
 the sequence's own last step and the reverse direction's state at t = 0, i.e.
-the top layer's ``h_n``) or, with ``return_sequences=True``, the output at
-every step. Loss and gradient of a mini-batch, with optional truncated BPTT,
-are computed here; the estimator only batches, updates and bookkeeps.
+the top layer's ``h_n``), or, with an attention pooling
+(:class:`clstm._attention.AttentionPooling`), the attention-weighted sum of
+the outputs over each sequence's valid steps, or, with
+``return_sequences=True``, the output at every step. Loss and gradient of a
+mini-batch, with optional truncated BPTT, are computed here; the estimator
+only batches, updates and bookkeeps.
 
 The model uses its network only through the interface every clstm network
 has: ``run`` / ``backward_state`` / ``clear_cache``, ``state_names``,
@@ -17,6 +20,7 @@ has: ``run`` / ``backward_state`` / ``clear_cache``, ``state_names``,
 
 import numpy as np
 
+from clstm._attention import AttentionPooling
 from clstm._gru import GRU
 from clstm._losses import LOSSES
 from clstm._lstm import LSTM
@@ -43,6 +47,7 @@ _LSTM_OPTIONS = {"proj_size": 0, "peephole": False, "coupled_gates": False, "lay
 _HEAD_WEIGHT = "head.weight"
 _HEAD_BIAS = "head.bias"
 _NETWORK_PREFIX = "network."
+_ATTENTION_PREFIX = "attention."
 
 
 def make_network(input_size, params, random_state):
@@ -111,11 +116,14 @@ class SequenceModel:
     loss : {"squared_error", "log_loss", "softmax"}
     return_sequences : bool
         Head on every step instead of on the last state.
+    attention : AttentionPooling or None
+        Pool every step's output with attention instead of reading the last
+        state (sequence-to-one only). The model owns it (no copy is made).
 
     Use :meth:`create` for a freshly initialised model.
     """
 
-    def __init__(self, network, head_weight, head_bias, loss, return_sequences):
+    def __init__(self, network, head_weight, head_bias, loss, return_sequences, attention=None):
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r} (one of {sorted(LOSSES)})")
         self.network = network
@@ -141,19 +149,33 @@ class SequenceModel:
         self.head_bias = np.array(head_bias, order="C")
         self.loss = loss
         self.return_sequences = bool(return_sequences)
+        if attention is not None:
+            if self.return_sequences:
+                raise ValueError("attention pools each sequence into one vector: it needs "
+                                 "return_sequences=False")
+            if attention.input_size != fan_in or attention.dtype != self.dtype:
+                raise ValueError(f"the attention reads {attention.input_size} features of "
+                                 f"{np.dtype(attention.dtype).name}, the network gives {fan_in} "
+                                 f"of {np.dtype(self.dtype).name}")
+        self.attention = attention
 
     @classmethod
-    def create(cls, input_size, network_params, n_outputs, loss, return_sequences, rng):
+    def create(cls, input_size, network_params, n_outputs, loss, return_sequences, rng,
+               attention=None):
         """A new model: the network seeded with one int drawn from ``rng`` (a
-        RandomState), the head Glorot-uniform as Keras' Dense, zero bias."""
+        RandomState), the head Glorot-uniform as Keras' Dense, zero bias;
+        ``attention`` (None, "additive" or "dot") adds an attention pooling
+        drawn from ``rng`` after the head."""
         network = make_network(input_size, network_params,
                                int(rng.randint(np.iinfo(np.int32).max)))
         dtype = np.dtype(network.get_config()["dtype"]).type
         fan_in = network.output_size * network.num_directions
         limit = np.sqrt(6.0 / (fan_in + n_outputs))
         head_weight = rng.uniform(-limit, limit, (fan_in, n_outputs)).astype(dtype)
+        pooling = (None if attention is None
+                   else AttentionPooling(attention, fan_in, dtype, rng=rng))
         return cls(network, head_weight, np.zeros(n_outputs, dtype=dtype), loss,
-                   return_sequences)
+                   return_sequences, pooling)
 
     # -- state: copies and files --------------------------------------------------
     @property
@@ -166,8 +188,11 @@ class SequenceModel:
         meta = {"network": {"class": type(net).__name__, "config": net.get_config(),
                             "rng_state": net.rng_state},
                 "n_outputs": int(self.n_outputs), "loss": self.loss,
-                "return_sequences": self.return_sequences}
+                "return_sequences": self.return_sequences,
+                "attention": None if self.attention is None else self.attention.kind}
         arrays = {f"network/{k}": v for k, v in net.state_dict().items()}
+        if self.attention is not None:
+            arrays.update({f"attention/{k}": v.copy() for k, v in self.attention.params.items()})
         arrays["head/weight"] = self.head_weight.copy()
         arrays["head/bias"] = self.head_bias.copy()
         return meta, arrays
@@ -181,8 +206,15 @@ class SequenceModel:
         network.load_state_dict({k[len("network/"):]: v for k, v in arrays.items()
                                  if k.startswith("network/")})
         network.rng_state = net_meta["rng_state"]
+        attention = meta.get("attention")      # absent in files of older versions
+        if attention is not None:
+            attention = AttentionPooling(
+                attention, network.output_size * network.num_directions,
+                np.dtype(network.get_config()["dtype"]),
+                params={k[len("attention/"):]: v for k, v in arrays.items()
+                        if k.startswith("attention/")})
         model = cls(network, arrays["head/weight"], arrays["head/bias"], meta["loss"],
-                    meta["return_sequences"])
+                    meta["return_sequences"], attention)
         if model.n_outputs != meta["n_outputs"]:
             raise ValueError(f"the head has {model.n_outputs} outputs, the metadata records "
                              f"{meta['n_outputs']!r}")
@@ -197,7 +229,8 @@ class SequenceModel:
         network.load_state_dict(net.state_dict())
         network.rng_state = net.rng_state
         return type(self)(network, self.head_weight, self.head_bias, self.loss,
-                          self.return_sequences)
+                          self.return_sequences,
+                          None if self.attention is None else self.attention.copy())
 
     def __setstate__(self, state):
         # read-only arrays (e.g. joblib memory maps) -> private writable copies:
@@ -217,12 +250,17 @@ class SequenceModel:
         params = {_NETWORK_PREFIX + k: v for k, v in self.network.params.items()}
         params[_HEAD_WEIGHT] = self.head_weight
         params[_HEAD_BIAS] = self.head_bias
+        if self.attention is not None:
+            params.update({_ATTENTION_PREFIX + k: v for k, v in self.attention.params.items()})
         return params
 
     def weight_names(self):
         """Parameters under the L2 penalty: weight matrices, not biases (as scikit-learn's MLP)."""
+        attention = (() if self.attention is None else
+                     tuple(_ATTENTION_PREFIX + k for k in self.attention.penalised_names))
         return [k for k in self.params
-                if k.startswith(_NETWORK_PREFIX + "weight_") or k == _HEAD_WEIGHT]
+                if k.startswith(_NETWORK_PREFIX + "weight_") or k == _HEAD_WEIGHT
+                or k in attention]
 
     def snapshot(self):
         return {k: v.copy() for k, v in self.params.items()}
@@ -269,7 +307,19 @@ class SequenceModel:
         self.network.eval()
         out, state = self.network.run(X, lengths=_ragged_only(lengths, X.shape[1]),
                                       keep_cache=False)
+        if self.attention is not None:
+            return self.head(self.attention.forward(out, lengths)[0])
         return self.head(self._features(out, state))
+
+    def attention_weights(self, X, lengths):
+        """The attention pooling's weights (B, T) as float64 (0 past each length),
+        inference mode."""
+        if self.attention is None:
+            raise ValueError("the model has no attention pooling")
+        self.network.eval()
+        out, _ = self.network.run(X, lengths=_ragged_only(lengths, X.shape[1]),
+                                  keep_cache=False)
+        return self.attention.forward(out, lengths)[1].astype(np.float64)
 
     # -- loss and gradient --------------------------------------------------------
     def loss_and_grad(self, X, lengths, Y, W, alpha=0.0, tbptt_steps=None, need_grad=True):
@@ -287,6 +337,9 @@ class SequenceModel:
         B, T, _ = X.shape
         norm = float(np.sum(W, dtype=np.float64))
         k = T if tbptt_steps is None else min(int(tbptt_steps), T)
+        if self.attention is not None and k < T:
+            raise ValueError("attention reads every step of a sequence at once: it cannot "
+                             "be trained with truncated BPTT (tbptt_steps)")
         grads = {name: np.zeros_like(v) for name, v in self.params.items()} if need_grad else None
         h_index = net.state_names.index("h")
         state = None        # (sorted like X) the carried states, a list over state_names
@@ -323,6 +376,8 @@ class SequenceModel:
                             s[:, active] = s_new
                 if self.return_sequences:
                     feats = out
+                elif self.attention is not None:     # one chunk: every sequence ends here
+                    feats, _, attention_cache = self.attention.forward(out, len_c)
                 else:
                     if ends.size == 0:
                         continue
@@ -343,6 +398,12 @@ class SequenceModel:
                     raise NonFiniteError("gradient")
                 if self.return_sequences:
                     net.backward_state(grad_feats)
+                elif self.attention is not None:
+                    grad_out, attention_grads = self.attention.backward(grad_feats,
+                                                                        attention_cache)
+                    for name, g in attention_grads.items():
+                        grads[_ATTENTION_PREFIX + name] += g
+                    net.backward_state(grad_out)
                 else:
                     grad_h = np.zeros_like(state_out[h_index])
                     H = net.output_size

@@ -492,7 +492,10 @@ def export_onnx(net, path, *, lengths=True, initial_states=False, opset=OPSET):
     is 3-D (batch, time, n_features) float32 (a univariate 2-D X of the
     estimator is X[..., None] here), with ``lengths`` for ragged batches
     padded to a common length; with ``return_sequences=True`` the outputs
-    are per step, and the values past a sequence's length are padding.
+    are per step, and the values past a sequence's length are padding. An
+    attention pooling head (``attention=``) exports as basic operators
+    (MatMul, Tanh, a Softmax over the valid steps, ReduceSum). An
+    ``LSTMSeq2SeqRegressor`` is refused (its decoder loop is not exported).
 
     Graph inputs: ``X`` (batch, time, input_size) float32, batch-first as in
     clstm; ``lengths`` (batch,) int64 if `lengths`; ``h0`` (and ``c0`` for an
@@ -595,6 +598,11 @@ def _as_fitted_estimator(obj):
 def _estimator_model(est, lengths, opset):
     """The graph of a fitted estimator's predict (and predict_proba)."""
     model = est._model
+    if getattr(model, "decoder", None) is not None:
+        raise ValueError(f"{type(est).__name__} cannot be exported to ONNX: its decoder feeds "
+                         "each prediction back step by step (a loop this export does not "
+                         "build); export the encoder and decoder networks (est.lstm_, "
+                         "est.decoder_) with export_onnx and run the loop outside")
     net, classifier = model.network, hasattr(est, "classes_")
     F = net.input_size          # a univariate estimator's 2-D X is X[..., None] here
     g = OnnxGraph("clstm_" + type(est).__name__.lower())
@@ -608,9 +616,12 @@ def _estimator_model(est, lengths, opset):
         X = g.op("Sub", [X, g.constant("x_mean", x_mean)], name="x_centred")
         X = g.op("Div", [X, g.constant("x_scale", x_scale)], name="x_standardised")
     out, finals = add_network(g, net, X, seq)
-    # the head's input: every step's output, or the top layer's last h
+    # the head's input: every step's output, the attention pooling of them, or
+    # the top layer's last h
     if model.return_sequences:
         feats = out
+    elif model.attention is not None:
+        feats = _add_attention_pooling(g, model.attention, out, seq)
     else:
         D, LD = net.num_directions, net.num_layers * net.num_directions
         h_n = finals[net.state_names.index("h")]
@@ -662,6 +673,41 @@ def _estimator_model(est, lengths, opset):
     return g.make_model(opset, doc_string=doc,
                         metadata={"clstm.estimator": type(est).__name__,
                                   "clstm.network": repr(net)})
+
+
+def _add_attention_pooling(g, attention, out, lengths):
+    """Nodes of clstm._attention.AttentionPooling over `out` (B, T, d), masked by
+    `lengths` (B,) (None: every step valid); returns the context (B, d)."""
+    p = attention.params
+    if attention.kind == "additive":
+        pre = g.op("MatMul", [out, g.constant("attention_weight", p["weight"])],
+                   name="attention_pre_matmul")
+        pre = g.op("Add", [pre, g.constant("attention_bias", p["bias"])], name="attention_pre")
+        u = g.op("Tanh", [pre], name="attention_hidden")
+        scores = g.op("MatMul", [u, g.constant("attention_score_vector", p["score_vector"])],
+                      name="attention_scores")                                # (B, T)
+    else:
+        query = np.asarray(p["query"], np.float64) / np.sqrt(attention.input_size)
+        scores = g.op("MatMul", [out, g.constant("attention_query", query)],
+                      name="attention_scores")
+    if lengths is not None:
+        # steps t >= lengths[b] get score -inf: weight exactly 0 after the softmax
+        n_steps = g.op("Gather", [g.op("Shape", [out], name="out_shape"),
+                                  g.constant("time_axis", 1, np.int64)], axis=0,
+                       name="n_steps")
+        steps = g.op("Range", [g.constant("zero", 0, np.int64), n_steps,
+                               g.constant("one_step", 1, np.int64)], name="steps")
+        valid = g.op("Less", [g.op("Unsqueeze", [steps, g.constant("batch_axis", [0], np.int64)],
+                                   name="steps_row"),
+                              g.op("Unsqueeze", [lengths, g.constant("step_axis", [1], np.int64)],
+                                   name="lengths_column")], name="valid_steps")
+        scores = g.op("Where", [valid, scores, g.constant("minus_inf", -np.inf)],
+                      name="attention_masked_scores")
+    weights = g.op("Softmax", [scores], axis=1, name="attention_weights")
+    weighted = g.op("Mul", [g.op("Unsqueeze", [weights, g.constant("feature_axis", [2], np.int64)],
+                                 name="attention_weights_3d"), out], name="attention_weighted")
+    return g.op("ReduceSum", [weighted, g.constant("time_axes", [1], np.int64)], keepdims=0,
+                name="attention_context")
 
 
 def _save_atomically(data, path):
