@@ -284,6 +284,24 @@ def test_refusals(torch):
         from_torch(rnn, classes=[0, 1])
 
 
+@pytest.mark.parametrize("make, message", [
+    (lambda: LSTMRegressor(hidden_size=H, max_iter=1, attention="additive"),
+     "has attention='additive', which Keras' and torch's LSTM modules do not include"),
+    (lambda: clstm.LSTMSeq2SeqRegressor(hidden_size=H, max_iter=1),
+     "its model is Seq2SeqModel"),
+])
+def test_models_beyond_network_and_head_are_refused(make, message):
+    # to_torch / to_keras would silently drop the attention or the decoder
+    from clstm.interop._estimator_parts import estimator_parts
+    X, _ = data()
+    y = X[:, 0, 0] if "attention" in message else X[:, :2, 0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = make().fit(X, y)
+    with pytest.raises(ValueError, match=message):
+        estimator_parts(est)
+
+
 def test_importing_interop_imports_no_framework():
     code = ("import sys, clstm.interop; from clstm.interop import to_torch, to_keras; "
             "print(sorted(m for m in ('torch', 'keras', 'onnx') if m in sys.modules))")

@@ -49,8 +49,21 @@ def is_estimator(obj):
 def estimator_parts(est):
     """The parts of a fitted LSTMRegressor / LSTMClassifier (NotFittedError if not fitted)."""
     from sklearn.utils.validation import check_is_fitted
+
+    from clstm._model import SequenceModel
     check_is_fitted(est)
     model = est._model
+    name = type(est).__name__
+    # the parts below are the whole predict only for network + head: say what
+    # else a model has instead of exporting it without (silently different)
+    if type(model) is not SequenceModel:
+        raise ValueError(f"{name} is not a network with a dense head (its model is "
+                         f"{type(model).__name__}); only LSTMRegressor / LSTMClassifier "
+                         "convert to Keras or torch (export_onnx covers more)")
+    if model.attention is not None:
+        raise ValueError(f"{name} has attention={model.attention.kind!r}, which Keras' and "
+                         "torch's LSTM modules do not include; export it with "
+                         "clstm.export_onnx, or convert an estimator fitted with attention=None")
     parts = EstimatorParts(network=model.network, head_weight=model.head_weight.copy(),
                            head_bias=model.head_bias.copy(),
                            return_sequences=model.return_sequences, x_stats=est._x_stats)
