@@ -186,6 +186,7 @@ def _kill_a_busy_worker(client, done, record):
         time.sleep(0.01)
 
 
+@pytest.mark.slow
 def test_search_survives_a_killed_worker(client):
     """scatter=[X, y] puts the data on every worker: joblib otherwise scatters large
     arguments to one worker, without lineage, and loses them with it."""
@@ -450,3 +451,22 @@ def test_fit_that_dask_gives_up_on_raises_and_keeps_the_last_good_weights():
     assert (est.n_iter_, est.t_, est.loss_curve_) == (n_iter, t, curve)
     for k, v in est._model.params.items():
         np.testing.assert_array_equal(v, before[k])
+
+
+@pytest.mark.slow
+def test_scaling_benchmark_runs_and_checks_the_fit(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    src = os.path.dirname(os.path.dirname(clstm.__file__))
+    out = tmp_path / "dask.json"
+    env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    subprocess.run([sys.executable, os.path.join(root, "benchmarks", "bench_dask.py"),
+                    "--hidden", "4", "--batch", "16", "--n", "32", "--steps", "3",
+                    "--features", "2", "--epochs", "1", "--rounds", "1", "--json", str(out)],
+                   check=True, env=env, capture_output=True)
+    import json
+    doc = json.loads(out.read_text())
+    [row] = doc["results"]
+    assert row["max_weight_diff_2w_vs_in_process"] < 1e-5
+    assert all(row[m]["median_ms_per_step"] > 0 for m in ("in-process", "dask-1w", "dask-2w"))
+    assert set(doc["crossover"]["4"]) == {"2w_beats_1w_from_batch",
+                                          "2w_beats_in_process_from_batch"}

@@ -396,6 +396,16 @@ class BaseLSTMEstimator(BaseEstimator):
             ``set_predict_request`` / ``set_score_request``) with
             ``sklearn.set_config(enable_metadata_routing=True)``.
 
+        A Dask array ``X`` chunked along samples (with ``y`` and
+        ``sample_weight`` as NumPy or Dask arrays) is fitted data-parallel on
+        the active ``distributed.Client``, the sequences staying on the
+        workers, with the same mini-batches and (up to the order of float
+        additions) the same weights as the in-memory fit; see
+        ``clstm._dask`` and the README's "Scale out on Dask". Prediction
+        methods given a Dask array return a lazy Dask array::
+
+            reg.fit(dask.array.from_array(X, chunks=(10_000, -1, -1)), y)
+
         Returns
         -------
         self

@@ -48,11 +48,17 @@ Not supported on Dask arrays (a ``ValueError`` says so): ``lengths``,
 fit in memory), and ``dropout`` / ``recurrent_dropout`` (their masks come
 from one generator per network, which the workers cannot share).
 
-Where it pays (``benchmarks/bench_dask.py``, ``benchmarks/RESULTS.md``): a
-step costs a scatter, one task per block and a gather (a few milliseconds on
-one machine), so distributing pays once a mini-batch's forward/backward
-takes well over that: large mini-batches and models, or data that does not
-fit in the client's memory. Chunk X into about one block per worker.
+Where it pays (``benchmarks/bench_dask.py``, "Dask scaling" in
+``benchmarks/RESULTS.md``): a step costs a scatter of the weights, one task
+per block and a gather, on top of the block's forward/backward. The
+preliminary run (a 2-core machine shared with other jobs, load ~10) measured
+75-150 ms of overhead per step and found no crossover: 2 workers never beat 1
+(hidden 16-128, mini-batches 32-1024; at hidden 128, batch 1024, 1.19 s vs
+1.12 s per step), because both workers shared the same two busy cores. It can
+pay only where each worker has cores of its own and a step's compute is well
+above the per-step overhead (large mini-batches and models), or where the
+data does not fit on one machine; otherwise fit in memory. Chunk X into about
+one block per worker.
 """
 
 import copy

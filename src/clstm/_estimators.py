@@ -124,6 +124,8 @@ _COMMON_PARAMS = """
         As everywhere in scikit-learn, a numpy ``Generator`` is not accepted.
     n_jobs : int or None, default=None
         Threads of the network's forward/backward (passed to clstm.LSTM).
+        None: as many as BLAS may use in the calling context, capped by the
+        cores; inside a Dask task, by the task's share of the worker's cores.
     verbose : int, default=0
         Print a per-epoch progress line (bar, loss, validation score, time
         left) to stderr.
