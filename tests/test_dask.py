@@ -80,11 +80,21 @@ def _die_in_the_next_step():
 # =====================================================================================
 
 def test_import_clstm_does_not_import_dask():
+    """Nor does fitting and predicting NumPy arrays; fitting a Dask array without a
+    distributed.Client says what to do."""
     src = os.path.dirname(os.path.dirname(clstm.__file__))
     code = ("import sys, numpy as np, clstm; X = np.zeros((8, 3, 1)); "
-            "clstm.LSTMRegressor(hidden_size=2, max_iter=1).fit(X, X[:, 0, 0]).predict(X); "
+            "reg = clstm.LSTMRegressor(hidden_size=2, max_iter=1).fit(X, X[:, 0, 0]); "
+            "reg.predict(X); "
             "loaded = {'dask', 'distributed'} & {m.split('.')[0] for m in sys.modules}; "
-            "assert not loaded, loaded")
+            "assert not loaded, loaded; "
+            "import dask.array as da\n"
+            "try:\n"
+            "    reg.fit(da.from_array(X, chunks=4), X[:, 0, 0])\n"
+            "except ValueError as e:\n"
+            "    assert 'distributed.Client' in str(e), e\n"
+            "else:\n"
+            "    raise AssertionError('no error')")
     env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
     subprocess.run([sys.executable, "-W", "ignore", "-c", code], check=True, env=env)
 
@@ -397,6 +407,56 @@ def test_fit_refuses_what_it_cannot_do(client):
     bad[25, 2, 1] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         clstm.LSTMRegressor(**_SMALL).fit(da.from_array(bad, chunks=(20, -1, -1)), y)
+
+
+def test_per_step_classifier_partial_fit_and_warm_start_equal_the_in_memory_fits(client):
+    X, _ = _data(n=80, T=5)
+    Xd = da.from_array(X, chunks=(30, -1, -1))
+    steps = np.where(np.cumsum(X[:, :, 0], axis=1) > 0, "up", "down")
+    p = dict(_SMALL, return_sequences=True, class_weight="balanced", max_iter=2)
+    ref = clstm.LSTMClassifier(**p).fit(X, steps)
+    est = clstm.LSTMClassifier(**p).fit(Xd, da.from_array(steps, chunks=(30, -1)))
+    _check_same_fit(est, ref)
+    np.testing.assert_array_equal(est.predict(Xd).compute(), est.predict(X))
+    labels = (X[:, 0, 0] > 0).astype(int)
+    ref, est = clstm.LSTMClassifier(**_SMALL), clstm.LSTMClassifier(**_SMALL)
+    ref.partial_fit(X[:40], labels[:40], classes=[0, 1, 2])
+    est.partial_fit(Xd[:40], labels[:40], classes=[0, 1, 2])
+    _check_same_fit(est, ref)
+    np.testing.assert_array_equal(est.classes_, [0, 1, 2])
+    p = dict(_SMALL, warm_start=True, max_iter=2)
+    ref, est = clstm.LSTMRegressor(**p), clstm.LSTMRegressor(**p)
+    for _ in range(2):
+        ref.fit(X, X[:, -1, 0])
+        est.fit(Xd, X[:, -1, 0])
+    _check_same_fit(est, ref)
+
+
+def test_digests_of_blocks_are_the_digests_of_the_whole():
+    """What the distributed merge relies on: a row's digest depends on the row and the
+    data set's units only, and the merge on the digests and weights only."""
+    from clstm._base import _digest_units, _merge_by_digest, _merge_duplicates, _row_digests
+    X, y = _data(n=30, T=4, F=2)
+    Y = y[:, None]
+    lengths = np.full(30, 4)
+    units = _digest_units(X, Y)
+    whole = _row_digests(X, lengths, Y, units)
+    parts = np.concatenate([_row_digests(X[s:s + 7], lengths[s:s + 7], Y[s:s + 7], units)
+                            for s in range(0, 30, 7)])
+    np.testing.assert_array_equal(parts, whole)
+    assert np.unique(whole[:, :16], axis=0).shape[0] == 29        # rows 3 and 7 are equal
+    # canonical: any order, any split of a weight into copies, any power-of-two scale
+    sw = np.ones(30)
+    arr, _, Ym, merged = _merge_duplicates(X, lengths, Y, sw, False, keep_order=False)
+    perm = np.random.default_rng(0).permutation(30)
+    arr2, _, Ym2, merged2 = _merge_duplicates(X[perm] * 2.0 ** -40, lengths, Y[perm] * 8.0,
+                                              sw, False, keep_order=False)
+    np.testing.assert_array_equal(arr2, arr * 2.0 ** -40)
+    np.testing.assert_array_equal(Ym2, Ym * 8.0)
+    np.testing.assert_array_equal(merged2, merged)
+    assert merged.max() == 2.0
+    first, merged3 = _merge_by_digest(whole, sw, keep_order=True)
+    np.testing.assert_array_equal(first, np.delete(np.arange(30), 7))
 
 
 # =====================================================================================
