@@ -344,6 +344,11 @@ def test_fit_does_not_depend_on_order_weights_as_copies_or_blocks(client):
     est = clstm.LSTMRegressor(**_SMALL).fit(Xd, da.from_array(y[keep][perm], chunks=30),
                                             sample_weight=w2[perm])
     _check_same_fit(est, ref)
+    sw[:40] = 0.0                                            # a block without weight
+    ref = clstm.LSTMRegressor(**_SMALL).fit(X, y, sample_weight=sw)
+    est = clstm.LSTMRegressor(**_SMALL).fit(da.from_array(X, chunks=(40, -1, -1)), y,
+                                            sample_weight=da.from_array(sw, chunks=40))
+    _check_same_fit(est, ref)
 
 
 def test_classifier_fit_with_class_weights_equals_the_in_memory_fit(client):

@@ -489,7 +489,11 @@ def _validate_block(est, Xb, yb, swb, T):
     lengths = np.full(n_b, T, dtype=np.int64)
     _refuse_complex(yb, "y")
     targets = est._validate_targets(yb, lengths, T, n_b, False)
-    sw = est._check_sample_weight(swb, n_b)
+    _refuse_complex(swb, "sample_weight")
+    if swb is not None and np.ndim(swb) == 1 and len(swb) == n_b and not np.any(swb):
+        sw = np.zeros(n_b)    # a block may carry no weight (the client checks the whole)
+    else:
+        sw = est._check_sample_weight(swb, n_b)
     return {"X": arr, "targets": targets, "sw": sw}
 
 
