@@ -50,16 +50,15 @@ fit in memory), and ``dropout`` / ``recurrent_dropout`` (their masks come
 from one generator per network, which the workers cannot share).
 
 Where it pays (``benchmarks/bench_dask.py``, "Dask scaling" in
-``benchmarks/RESULTS.md``): a step costs a scatter of the weights, one task
-per block and a gather, on top of the block's forward/backward. The
-preliminary run (a 2-core machine shared with other jobs, load ~10) measured
-75-150 ms of overhead per step and found no crossover: 2 workers never beat 1
-(hidden 16-128, mini-batches 32-1024; at hidden 128, batch 1024, 1.19 s vs
-1.12 s per step), because both workers shared the same two busy cores. It can
-pay only where each worker has cores of its own and a step's compute is well
-above the per-step overhead (large mini-batches and models), or where the
-data does not fit on one machine; otherwise fit in memory. Chunk X into about
-one block per worker.
+``benchmarks/RESULTS.md``, preliminary runs on a busy 2-core machine): a step
+costs a scatter of the weights, one task per block and a gather (25-100 ms
+there) on top of the blocks' forward/backward. 2 workers beat 1 (1.19x) and
+the in-process fit (1.16x) only at the largest shape measured, hidden 128
+with mini-batches of 1024 (~0.7 s per step in process); at hidden 16 no Dask
+configuration beat the in-process fit up to mini-batches of 1024. So it pays
+for large models and mini-batches (a step computing for well over 100 ms),
+with cores of its own per worker, or for data that does not fit on one
+machine; otherwise fit in memory. Chunk X into about one block per worker.
 """
 
 import copy
