@@ -24,9 +24,12 @@ Input layouts (``X``):
 Sample weights: a sample of weight k is exactly k copies of it. Identical
 samples (same sequence and targets) are merged into one whose weight is the
 sum of theirs, and with ``shuffle=True`` the samples are put in an order
-given by their content before the epoch permutations are drawn, so a fit
-depends only on the weighted set of samples, not on how it was written down
-(repetitions, weights, order). A mini-batch counts distinct samples.
+given by their content (a digest of each sample's bytes, see
+``_row_digests``) before the epoch permutations are drawn, so a fit depends
+only on the weighted set of samples, not on how it was written down
+(repetitions, weights, order). A mini-batch counts distinct samples. The
+digests are per sample, so a Dask fit computes them where the data lives
+and takes the same decisions without gathering the sequences (clstm._dask).
 
 Training is transactional: a fit or partial_fit that raises leaves the
 estimator exactly as it was, with two documented exceptions that keep a
@@ -48,6 +51,7 @@ consistent, usable model:
 import copy
 import difflib
 import functools
+import hashlib
 import importlib
 import inspect
 import numbers
@@ -414,6 +418,16 @@ class BaseLSTMEstimator(BaseEstimator):
             ``set_predict_request`` / ``set_score_request``) with
             ``sklearn.set_config(enable_metadata_routing=True)``.
 
+        A Dask array ``X`` chunked along samples (with ``y`` and
+        ``sample_weight`` as NumPy or Dask arrays) is fitted data-parallel on
+        the active ``distributed.Client``, the sequences staying on the
+        workers, with the same mini-batches and (up to the order of float
+        additions) the same weights as the in-memory fit; see
+        ``clstm._dask`` and the README's "Scale out on Dask". Prediction
+        methods given a Dask array return a lazy Dask array::
+
+            reg.fit(dask.array.from_array(X, chunks=(10_000, -1, -1)), y)
+
         Returns
         -------
         self
@@ -487,8 +501,13 @@ class BaseLSTMEstimator(BaseEstimator):
         """Validated, merged and (on the first pass) measured training data, float64.
 
         Sets the input attributes, the classifier's classes_ and, on the first
-        pass, the standardisation statistics.
+        pass, the standardisation statistics. A Dask array X is prepared on
+        the workers instead (clstm._dask): the sequences stay there.
         """
+        if _is_dask_collection(X):
+            from clstm import _dask
+            return _dask.prepare_training_data(self, X, y, sample_weight, first, incremental,
+                                               classes, lengths)
         if y is None:
             raise ValueError(f"{type(self).__name__} requires y to be passed, but the "
                              "target y is None")
@@ -561,10 +580,7 @@ class BaseLSTMEstimator(BaseEstimator):
             run = _Run(model, optimizer, copy.deepcopy(self._rng), n_iter=self.n_iter_,
                        t=self.t_, loss_curve=list(self.loss_curve_), best_loss=best_loss,
                        validation_scores=list(self.validation_scores_ or []))
-        dtype = model.dtype
-        data.X = _to_dtype(data.X, dtype, "X", self._x_stats[0] is not None)
-        data.Y = self._targets_in_model_units(data.Y, dtype)
-        run.null_loss = self._null_loss(data.Y, data.W_loss)
+        run.null_loss = data.to_model_units(self, model.dtype)
         run.early_stopping = self.early_stopping and not incremental
         if not run.early_stopping:
             run.validation_scores = []
@@ -638,21 +654,16 @@ class BaseLSTMEstimator(BaseEstimator):
         total, weight = 0.0, 0.0
         try:
             for b, rows in enumerate(batches):
-                T_b = int(data.lengths[rows].max())
-                Wb = _take(data.W_loss, rows, T_b, self.return_sequences)
-                w_sum = float(Wb.sum())
-                if w_sum == 0.0:
-                    continue
-                Xb = data.X[rows, :T_b]
-                Yb = _take(data.Y, rows, T_b, self.return_sequences)
                 # L2 as scikit-learn's MLP: alpha / 2 * ||W||^2 / (samples in the
                 # batch), samples counted by their weights
                 alpha = float(self.alpha) / data.sw_unit / float(data.sw[rows].sum())
                 try:
-                    loss, grads = model.loss_and_grad(Xb, data.lengths[rows], Yb, Wb,
-                                                      alpha=alpha, tbptt_steps=self.tbptt_steps)
+                    step = data.loss_and_grad(model, rows, alpha, self.tbptt_steps)
                 except NonFiniteError as exc:
                     raise _Diverged(epoch, f"the {exc.what} is not finite", b) from None
+                if step is None:             # the batch carries no weight
+                    continue
+                loss, grads, w_sum = step
                 grad_norm = _global_norm(grads)
                 if not np.isfinite(loss):
                     raise _Diverged(epoch, f"the loss is {loss}", b)
@@ -1093,12 +1104,37 @@ class _Transaction:
 class _TrainingData:
     """A fit's samples: X (n, T, F) standardised, lengths, the valid-step mask,
     targets Y, entry weights for the loss and the score, sample weights
-    (divided by the power of two sw_unit), train/validation rows."""
+    (divided by the power of two sw_unit), train/validation rows.
+
+    The training loop reaches the samples through :meth:`to_model_units` and
+    :meth:`loss_and_grad`; clstm._dask's data, whose sequences stay on Dask
+    workers, provides the same two methods.
+    """
 
     def __init__(self, X, lengths, steps, Y, W_loss, W_score, sw, sw_unit):
         self.X, self.lengths, self.steps, self.Y = X, lengths, steps, Y
         self.W_loss, self.W_score, self.sw, self.sw_unit = W_loss, W_score, sw, sw_unit
         self.train_idx = self.val_idx = None
+
+    def to_model_units(self, est, dtype):
+        """Cast X and the targets to the model's dtype (targets standardised);
+        returns the loss of a constant prediction (the divergence reference)."""
+        self.X = _to_dtype(self.X, dtype, "X", est._x_stats[0] is not None)
+        self.Y = est._targets_in_model_units(self.Y, dtype)
+        return est._null_loss(self.Y, self.W_loss)
+
+    def loss_and_grad(self, model, rows, alpha, tbptt_steps):
+        """(loss, grads, weight) of the mini-batch ``rows``, None if it carries no weight."""
+        per_step = self.W_loss.ndim == 2
+        T_b = int(self.lengths[rows].max())
+        Wb = _take(self.W_loss, rows, T_b, per_step)
+        w_sum = float(Wb.sum())
+        if w_sum == 0.0:
+            return None
+        loss, grads = model.loss_and_grad(self.X[rows, :T_b], self.lengths[rows],
+                                          _take(self.Y, rows, T_b, per_step), Wb,
+                                          alpha=alpha, tbptt_steps=tbptt_steps)
+        return loss, grads, w_sum
 
 
 class _Run:
@@ -1269,19 +1305,91 @@ def _check_ragged(X):
     return seqs
 
 
+def _is_dask_collection(X):
+    """True for a Dask collection (without importing dask)."""
+    return (type(X).__module__.split(".")[0] in ("dask", "dask_expr")
+            and callable(getattr(X, "__dask_graph__", None)))
+
+
+def _dask_dispatch(method):
+    """Prediction method decorator: a Dask array X goes to clstm._dask (one lazy
+    task per block of samples); anything else to the method itself."""
+    @functools.wraps(method)
+    def dispatch(self, X, *args, **kwargs):
+        if _is_dask_collection(X):
+            from clstm import _dask
+            return _dask.predict_blocks(self, method.__name__, X, *args, **kwargs)
+        return method(self, X, *args, **kwargs)
+    return dispatch
+
+
 def _row_keys(A):
     """One bytes key per row of A (n, ...): equal keys <=> bitwise equal rows."""
     flat = np.ascontiguousarray(A).reshape(A.shape[0], -1)
     return flat.view(np.dtype((np.void, flat.shape[1] * flat.itemsize)))[:, 0]
 
 
+def _digest_units(arr, Y):
+    """The powers of two per column (of each row flattened) of the sequences and the
+    targets that :func:`_row_digests` divides by before its order key."""
+    n = arr.shape[0]
+    return tuple(_power_of_two(np.max(np.abs(np.asarray(A, dtype=np.float64).reshape(n, -1)),
+                                      axis=0)) for A in (arr, Y))
+
+
+def _row_digests(arr, lengths, Y, units):
+    """Two 128-bit BLAKE2b digests of each sample, (n, 32) uint8.
+
+    The first, the order key, reads the sequence and the targets divided by
+    ``units`` (:func:`_digest_units` of the whole data set: powers of two per
+    column, so the order and hence the fit do not change when a feature or a
+    target is scaled by a power of two); the second, the identity, reads the
+    exact float64 bytes. Both also read the length. Equal digests <=>
+    identical samples (sequence, padding included, length and targets), up to
+    a 2^-128 collision. Computed per row, so wherever the row is (a Dask
+    worker, given the data set's units).
+    """
+    n = arr.shape[0]
+    X = np.ascontiguousarray(arr, dtype=np.float64).reshape(n, -1)
+    L = np.ascontiguousarray(lengths, dtype=np.int64)
+    Yf = np.ascontiguousarray(np.asarray(Y).reshape(n, -1), dtype=np.float64)
+    Xs, Ys = X / units[0], Yf / units[1]
+    out = bytearray()
+    for i in range(n):
+        for x, y in ((Xs[i], Ys[i]), (X[i], Yf[i])):
+            h = hashlib.blake2b(x, digest_size=16)
+            h.update(L[i:i + 1])
+            h.update(y)
+            out += h.digest()
+    return np.frombuffer(bytes(out), dtype=np.uint8).reshape(n, 32)
+
+
+def _merge_by_digest(digests, sw, keep_order):
+    """Groups of identical samples from their digests: (first, merged weights).
+
+    ``first`` holds the index of each group's first sample, the groups sorted
+    by digest (canonical: the same for any order of the input and any split of
+    a weight into repetitions), or with ``keep_order`` in the order of their
+    first occurrence; ``merged`` the sum of each group's weights.
+    """
+    n = digests.shape[0]
+    _, first, group = np.unique(_row_keys(digests), return_index=True, return_inverse=True)
+    group = group.reshape(n)
+    if keep_order:
+        order = np.argsort(first, kind="stable")
+        rank = np.empty_like(order)
+        rank[order] = np.arange(order.size)
+        first, group = first[order], rank[group]
+    return first, np.bincount(group, weights=sw, minlength=first.size)
+
+
 def _merge_duplicates(arr, lengths, Y, sw, per_step, keep_order):
     """Merge identical samples (sequence, length, targets) into one, summing their weights.
 
-    The samples come out sorted by content (canonical: the same for any order
-    of the input and any split of a weight into repetitions), or with
-    ``keep_order`` in the order of their first occurrence. Targets past each
-    length (padding) are set to 0.
+    The samples come out in a canonical order, sorted by their digests
+    (:func:`_row_digests`; the same for any order of the input and any split
+    of a weight into repetitions), or with ``keep_order`` in the order of
+    their first occurrence. Targets past each length (padding) are set to 0.
     """
     n = arr.shape[0]
     if per_step:
@@ -1289,20 +1397,10 @@ def _merge_duplicates(arr, lengths, Y, sw, per_step, keep_order):
         Y[np.arange(Y.shape[1])[None, :] >= lengths[:, None]] = 0
     if n < 2:
         return arr, lengths, Y, sw
-    _, x_group = np.unique(_row_keys(arr), return_inverse=True)
-    rest = np.concatenate([x_group.reshape(n, 1).astype(np.float64),
-                           lengths.reshape(n, 1).astype(np.float64),
-                           Y.reshape(n, -1).astype(np.float64)], axis=1)
-    _, first, group = np.unique(_row_keys(rest), return_index=True, return_inverse=True)
-    group = group.reshape(n)
-    if keep_order:
-        order = np.argsort(first, kind="stable")
-        if first.size == n and np.array_equal(first[order], np.arange(n)):
-            return arr, lengths, Y, sw         # nothing to merge, order kept
-        rank = np.empty_like(order)
-        rank[order] = np.arange(order.size)
-        first, group = first[order], rank[group]
-    merged = np.bincount(group, weights=sw, minlength=first.size)
+    digests = _row_digests(arr, lengths, Y, _digest_units(arr, Y))
+    first, merged = _merge_by_digest(digests, sw, keep_order)
+    if keep_order and first.size == n:
+        return arr, lengths, Y, sw             # nothing to merge, order kept
     return arr[first], lengths[first], Y[first], merged
 
 

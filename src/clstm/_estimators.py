@@ -12,6 +12,7 @@ from clstm._base import (
     BaseLSTMEstimator,
     _apply_scaling,
     _check_scaling,
+    _dask_dispatch,
     _is_int,
     _location_scale,
     _power_of_two,
@@ -136,6 +137,8 @@ _COMMON_PARAMS = """
         As everywhere in scikit-learn, a numpy ``Generator`` is not accepted.
     n_jobs : int or None, default=None
         Threads of the network's forward/backward (passed to clstm.LSTM).
+        None: as many as BLAS may use in the calling context, capped by the
+        cores; inside a Dask task, by the task's share of the worker's cores.
     verbose : int, default=0
         Print a per-epoch progress line (bar, loss, validation score, time
         left) to stderr.
@@ -382,6 +385,7 @@ class LSTMRegressor(RegressorMixin, BaseLSTMEstimator):
             Z = Z[..., 0]
         return Z
 
+    @_dask_dispatch
     @_doc("""Predicted targets: (n,) / (n, n_outputs); per step (n, T[, n_outputs]),
         or a list of (T_i[, n_outputs]) arrays for ragged X.
 
@@ -692,6 +696,7 @@ class LSTMClassifier(ClassifierMixin, BaseLSTMEstimator):
             return split_steps(A, lengths)
         return A
 
+    @_dask_dispatch
     @_doc("""Class probabilities (n, n_classes); per step (n, T, n_classes) or a list
         of (T_i, n_classes) arrays for ragged X.
 
@@ -705,6 +710,7 @@ class LSTMClassifier(ClassifierMixin, BaseLSTMEstimator):
         Z, lengths, ragged = self._raw_outputs(X, lengths)
         return self._per_sample(self._proba_from_outputs(Z), lengths, ragged)
 
+    @_dask_dispatch
     def predict_log_proba(self, X, lengths=None):
         """Log of :meth:`predict_proba`, computed stably. ``lengths``: as in :meth:`fit`."""
         Z, lengths, ragged = self._raw_outputs(X, lengths)
@@ -714,6 +720,7 @@ class LSTMClassifier(ClassifierMixin, BaseLSTMEstimator):
     def _decision_from_outputs(Z):
         return Z[..., 0] if Z.shape[-1] == 1 else Z
 
+    @_dask_dispatch
     def decision_function(self, X, lengths=None):
         """The head's raw outputs (logits), as scikit-learn's linear classifiers.
 
@@ -727,6 +734,7 @@ class LSTMClassifier(ClassifierMixin, BaseLSTMEstimator):
         Z, lengths, ragged = self._raw_outputs(X, lengths)
         return self._per_sample(self._decision_from_outputs(Z), lengths, ragged)
 
+    @_dask_dispatch
     def predict(self, X, lengths=None):
         """Predicted labels (n,); per step (n, T) or a list of (T_i,) arrays for ragged X.
         ``lengths``: as in :meth:`fit`."""

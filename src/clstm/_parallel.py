@@ -12,10 +12,15 @@ afterwards).
 The rule for n_jobs=None: use as many threads as BLAS is currently allowed
 (so joblib/loky workers, which lower that limit, are never oversubscribed),
 capped by the usable cores and by the batch: each thread gets at least
-MIN_ROWS_PER_THREAD sequences."""
+MIN_ROWS_PER_THREAD sequences. Inside a task of a Dask worker, also by the
+task's share of the cores (cores // the worker's nthreads): a worker runs
+nthreads tasks at once, and the BLAS limit does not say so when the worker
+is a thread of the same process (``LocalCluster(processes=False)``; worker
+processes that a nanny starts get ``OPENBLAS_NUM_THREADS=1`` anyway)."""
 
 import importlib
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -78,6 +83,22 @@ def _blas_thread_limit():
     return max(1, min(counts)) if counts else available_cores()
 
 
+def _dask_task_share():
+    """Cores per task slot of the Dask worker running the calling task, or None
+    outside a Dask task. Never imports distributed (only looks it up)."""
+    distributed = sys.modules.get("distributed")
+    if distributed is None:
+        return None
+    try:
+        worker = distributed.get_worker()
+    except (ValueError, AttributeError):
+        return None
+    nthreads = getattr(getattr(worker, "state", None), "nthreads", None)
+    if not nthreads:
+        return None
+    return max(1, available_cores() // int(nthreads))
+
+
 def resolve_n_threads(n_jobs, batch_size=None):
     """Threads to use for a batch of `batch_size` sequences.
 
@@ -87,6 +108,9 @@ def resolve_n_threads(n_jobs, batch_size=None):
     cores = available_cores()
     if n_jobs is None:
         n = min(cores, _blas_thread_limit())
+        share = _dask_task_share()
+        if share is not None:
+            n = min(n, share)
     elif isinstance(n_jobs, (bool, np.bool_)) or not isinstance(n_jobs, (int, np.integer)):
         raise TypeError(f"n_jobs must be None or a non-zero int, got {n_jobs!r}")
     elif n_jobs == 0:
