@@ -319,7 +319,8 @@ def _check_same_stats(a, b):
     {"shuffle": False},
     {"standardize": False, "solver": "sgd", "clip_norm": 0.5},
     {"num_layers": 2, "cell": "gru", "tbptt_steps": 4},
-], ids=["default", "no-shuffle", "sgd-clipped", "gru-stacked-tbptt"])
+    {"attention": "additive"},
+], ids=["default", "no-shuffle", "sgd-clipped", "gru-stacked-tbptt", "attention"])
 def test_fit_equals_the_in_memory_fit(client, params):
     X, y = _data()
     est_params = dict(_SMALL, **params)
@@ -405,6 +406,9 @@ def test_fit_refuses_what_it_cannot_do(client):
         assert not hasattr(est, "n_iter_")
     with pytest.raises(ValueError, match="lengths"):
         clstm.LSTMRegressor(**_SMALL).fit(Xd, y, lengths=np.full(40, 6))
+    seq2seq = clstm.LSTMSeq2SeqRegressor(hidden_size=3, max_iter=1)
+    with pytest.raises(ValueError, match="LSTMSeq2SeqRegressor does not train on Dask arrays"):
+        seq2seq.fit(Xd, np.stack([y, y], axis=1))
     with pytest.raises(ValueError, match="chunked along axis 1"):
         clstm.LSTMRegressor(**_SMALL).fit(da.from_array(X, chunks=(20, 2, -1)), y)
     with pytest.raises(ValueError, match="inconsistent numbers of samples"):

@@ -78,6 +78,7 @@ from clstm._base import (
     _standardize,
     _to_dtype,
 )
+from clstm._model import SequenceModel
 
 __all__ = ["predict_blocks", "prepare_training_data"]
 
@@ -205,6 +206,10 @@ def prepare_training_data(est, X, y, sample_weight, first, incremental, classes,
     name = type(est).__name__
     if y is None:
         raise ValueError(f"{name} requires y to be passed, but the target y is None")
+    if est._model_type is not SequenceModel:
+        raise ValueError(f"{name} does not train on Dask arrays (its {est._model_type.__name__} "
+                         "has targets the workers do not encode); fit it in memory "
+                         "(X.compute(), y.compute()). Its predict takes Dask arrays.")
     if lengths is not None:
         raise ValueError(f"{name}: lengths is not supported with a Dask X (pad the sequences "
                          "to equal lengths, or fit in memory)")
