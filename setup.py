@@ -121,7 +121,7 @@ class BuildExt(build_ext):
 
 setup(
     ext_modules=cythonize(
-        [extension("_blas"), extension("_cell"), extension("_scan")],
+        [extension("_blas"), extension("_cell"), extension("_scan"), extension("_embedding")],
         compiler_directives=directives,
         include_path=["src"],
     ),
