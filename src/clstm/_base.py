@@ -70,6 +70,14 @@ from clstm._model import (
 )
 from clstm._optimizers import make_optimizer, optimizer_from_state
 from clstm._progress import EpochProgress
+from clstm._tokens import (
+    EMBEDDING_PARAMS,
+    Embedding,
+    check_embedding_params,
+    check_token_ids,
+    embedding_shape,
+    token_sequences,
+)
 from clstm._validation import InvalidParameterError
 
 __all__ = ["BaseLSTMEstimator", "load"]
@@ -163,7 +171,9 @@ class BaseLSTMEstimator(BaseEstimator):
                  nesterovs_momentum=True, beta_1=0.9, beta_2=0.999, rho=0.9, epsilon=1e-8,
                  tol=1e-4, early_stopping=False, validation_fraction=0.1,
                  n_iter_no_change=10, tbptt_steps=None, standardize=True,
-                 random_state=None, n_jobs=None, verbose=0, warm_start=False):
+                 random_state=None, n_jobs=None, verbose=0, warm_start=False,
+                 vocab_size=None, embedding_dim=None, padding_idx=None, embeddings=None,
+                 freeze_embeddings=False):
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.bidirectional = bidirectional
@@ -199,6 +209,11 @@ class BaseLSTMEstimator(BaseEstimator):
         self.n_jobs = n_jobs
         self.verbose = verbose
         self.warm_start = warm_start
+        self.vocab_size = vocab_size
+        self.embedding_dim = embedding_dim
+        self.padding_idx = padding_idx
+        self.embeddings = embeddings
+        self.freeze_embeddings = freeze_embeddings
 
     # ------------------------------------------------------------------
     # tags
@@ -275,6 +290,7 @@ class BaseLSTMEstimator(BaseEstimator):
         if not (rs is None or isinstance(rs, np.random.RandomState)
                 or (_is_int(rs) and 0 <= rs < 2 ** 32)):
             raise bad("random_state", "None, an int in [0, 2**32) or a numpy RandomState")
+        check_embedding_params(self, InvalidParameterError)
 
     def _network_params(self):
         return {p: getattr(self, p) for p in NETWORK_PARAMS}
@@ -291,9 +307,13 @@ class BaseLSTMEstimator(BaseEstimator):
         ``[X[i, :lengths[i]] for i]`` first: the padding is never read.
         """
         name = type(self).__name__
+        tokens = (embedding_shape(self) is not None if reset
+                  else getattr(self, "_input_layout", None) == "tokens")
         if sp.issparse(X):
             raise TypeError(f"{name} does not accept sparse input: pass a dense array "
                             "(sequences are dense)")
+        if tokens:
+            return self._validate_tokens(X, reset, lengths)
         ragged = False
         if lengths is not None:
             X = _unpad(X, lengths)
@@ -357,6 +377,31 @@ class BaseLSTMEstimator(BaseEstimator):
             arr = arr[:, :, None]
             lengths = np.full(arr.shape[0], arr.shape[1], dtype=np.int64)
         return arr, lengths, ragged
+
+    def _validate_tokens(self, X, reset, lengths):
+        """Token input: padded int64 ids (n, T), lengths (n,), ragged; with
+        ``reset`` the layout "tokens", n_features_in_ = 1 (one id per step) and
+        input_size_ = embedding_dim."""
+        if reset:
+            vocab_size, dim = embedding_shape(self)
+        else:
+            vocab_size, dim = self._model.input_layer.vocab_size, self._model.input_layer.dim
+        arr, lengths, ragged = token_sequences(X, vocab_size, lengths)
+        if reset:
+            self._input_layout = "tokens"
+            self.n_features_in_ = 1
+            self.input_size_ = dim
+            self.__dict__.pop("feature_names_in_", None)
+        return arr, lengths, ragged
+
+    def _new_input_layer(self, rng):
+        """The embedding of a first fit on tokens (None for feature input)."""
+        if self._input_layout != "tokens":
+            return None
+        vocab_size, dim = embedding_shape(self)
+        return Embedding.create(vocab_size, dim, np.dtype(self.dtype), rng,
+                                padding_idx=self.padding_idx, weight=self.embeddings,
+                                frozen=self.freeze_embeddings)
 
     def _check_sample_weight(self, sample_weight, n):
         _refuse_complex(sample_weight, "sample_weight")
@@ -500,7 +545,8 @@ class BaseLSTMEstimator(BaseEstimator):
         W_loss = W_score * self._class_weight_factors(Y, W_score, incremental)
         if first:
             self._x_stats = (_location_scale(arr[steps], np.repeat(sw, lengths))
-                             if self.standardize else (None, None))
+                             if self.standardize and self._input_layout != "tokens"
+                             else (None, None))
             self._init_target_stats(Y, W_score)
         return _TrainingData(_standardize(arr, lengths, self._x_stats), lengths, steps, Y,
                              W_loss, W_score, sw, sw_unit)
@@ -516,7 +562,8 @@ class BaseLSTMEstimator(BaseEstimator):
             try:
                 model = SequenceModel.create(self.input_size_, self._network_params(),
                                              self._n_head_outputs(), self._loss,
-                                             self.return_sequences, rng)
+                                             self.return_sequences, rng,
+                                             self._new_input_layer(rng))
             except (TypeError, ValueError) as exc:   # the network's checks of its parameters
                 raise InvalidParameterError(f"{name}: {exc}") from None
             run = _Run(model, make_optimizer(self), rng, n_iter=0, t=0, loss_curve=[],
@@ -583,6 +630,18 @@ class BaseLSTMEstimator(BaseEstimator):
         config = network_params(self._model.network)
         fitted = {p: config[p] for p in NETWORK_PARAMS if p not in RESUMABLE_NETWORK_PARAMS}
         fitted["return_sequences"] = self._model.return_sequences
+        layer = self._model.input_layer
+        fitted_tokens = None if layer is None else ((layer.vocab_size, layer.dim),
+                                                    layer.padding_idx, layer.frozen)
+        current = embedding_shape(self)
+        if current is not None:
+            current = (current, self.padding_idx, self.freeze_embeddings)
+        if current != fitted_tokens:
+            raise ValueError(
+                f"{name}: the token input ({', '.join(EMBEDDING_PARAMS)}) differs from the "
+                "fitted model's (vocabulary and embedding size, padding_idx, frozen or not); "
+                "warm_start and partial_fit continue the fitted network, so set them back "
+                "or fit from scratch (warm_start=False)")
         for param, value in fitted.items():
             current = getattr(self, param)
             same = (_dtype_name(current) == value) if param == "dtype" else current == value
@@ -752,6 +811,14 @@ class BaseLSTMEstimator(BaseEstimator):
                              "on the whole window (or fit with bidirectional=False)")
         if sp.issparse(x_t):
             raise TypeError(f"{name} does not accept sparse input: pass a dense array")
+        model = self._model
+        if self._input_layout == "tokens":
+            ids = check_token_ids(x_t, model.input_layer.vocab_size, "x_t")
+            if ids.ndim != 1 or ids.shape[0] == 0:
+                raise ValueError(f"x_t must be one token id per stream, shape (n_streams,), "
+                                 f"got {ids.shape}")
+            h_t, state = model.network.step(model.inputs(ids[:, None])[:, 0], state)
+            return model.head(h_t), state
         _refuse_complex(x_t, "x_t")
         x = check_array(x_t, ensure_2d=False, dtype=np.float64, ensure_all_finite=True,
                         input_name="x_t")
@@ -840,6 +907,8 @@ class BaseLSTMEstimator(BaseEstimator):
         arrays.update(target_arrays)
         name, keys, pos, has_gauss, cached = self._rng.get_state()
         arrays["rng/mt_keys"] = keys
+        if self.embeddings is not None:     # the pretrained vectors given as a parameter
+            arrays["params/embeddings"] = np.array(self.embeddings)
         meta = {"estimator": type(self).__name__, "params": self._encode_params(),
                 "fitted": fitted, "model": model_meta, "optimizer": opt_meta,
                 "rng": {"mt": [name, int(pos), int(has_gauss), float(cached)]}}
@@ -854,6 +923,8 @@ class BaseLSTMEstimator(BaseEstimator):
                 v = {"__dict_items__": [[_jsonable(a), _jsonable(b)] for a, b in v.items()]}
             elif k == "dtype":
                 v = _dtype_name(v)
+            elif k == "embeddings" and v is not None:
+                v = "params/embeddings"       # stored as an array, see _get_state
             params[k] = _jsonable(v)
         return params
 
@@ -865,6 +936,8 @@ class BaseLSTMEstimator(BaseEstimator):
         cw = params.get("class_weight")
         if isinstance(cw, dict) and "__dict_items__" in cw:
             params["class_weight"] = {a: b for a, b in cw["__dict_items__"]}
+        if params.get("embeddings") is not None:
+            params["embeddings"] = arrays[params["embeddings"]]
         est = cls(**params)
         est._validate_hyperparameters()
         model = SequenceModel.from_state(meta["model"], {k[len("model/"):]: v
@@ -910,11 +983,14 @@ class BaseLSTMEstimator(BaseEstimator):
             return _is_real(v) and np.isfinite(v)
 
         input_size = self._model.network.get_config()["input_size"]
-        layout = need("_input_layout", lambda v: v in ("2d", "3d"), "'2d' or '3d'")
+        layout = need("_input_layout", lambda v: v in ("2d", "3d", "tokens"),
+                      "'2d', '3d' or 'tokens'")
         need("input_size_", lambda v: v == (1 if layout == "2d" else input_size),
              f"the network's input size ({input_size}) for {layout} input")
         n_features = need("n_features_in_",
-                          lambda v: _is_int(v) and (v >= 1 if layout == "2d" else v == input_size),
+                          lambda v: _is_int(v) and (v >= 1 if layout == "2d" else
+                                                    v == 1 if layout == "tokens" else
+                                                    v == input_size),
                           "the number of features the network reads")
         n_iter = need("n_iter_", lambda v: _is_int(v) and v >= 0, "an int >= 0")
         need("t_", lambda v: _is_int(v) and v >= 0, "an int >= 0")
@@ -1224,7 +1300,10 @@ def _apply_scaling(A, stats):
 
 
 def _to_dtype(A, dtype, name, standardized):
-    """A cast to the model's dtype; a ValueError if a value does not fit in it."""
+    """A cast to the model's dtype; a ValueError if a value does not fit in it.
+    Token ids (int64) stay as they are."""
+    if A.dtype.kind in "iu":
+        return A
     with np.errstate(over="ignore"):
         out = np.ascontiguousarray(A, dtype=dtype)
     if not np.isfinite(out).all():

@@ -20,6 +20,7 @@ import numpy as np
 from clstm._gru import GRU
 from clstm._losses import LOSSES
 from clstm._lstm import LSTM
+from clstm._tokens import Embedding
 
 __all__ = ["SequenceModel", "NonFiniteError", "NETWORK_PARAMS", "RESUMABLE_NETWORK_PARAMS",
            "make_network", "network_params"]
@@ -43,6 +44,7 @@ _LSTM_OPTIONS = {"proj_size": 0, "peephole": False, "coupled_gates": False, "lay
 _HEAD_WEIGHT = "head.weight"
 _HEAD_BIAS = "head.bias"
 _NETWORK_PREFIX = "network."
+_INPUT_PREFIX = "embedding."
 
 
 def make_network(input_size, params, random_state):
@@ -111,11 +113,18 @@ class SequenceModel:
     loss : {"squared_error", "log_loss", "softmax"}
     return_sequences : bool
         Head on every step instead of on the last state.
+    input_layer : clstm._tokens.Embedding or None
+        For token input: X holds (B, T) int64 ids, embedded before the
+        network; its (row-sparse) gradient is the embedding's backward of the
+        network's input gradient. Its trainable table is the parameter
+        ``"embedding.weight"`` (not under the L2 penalty: a dense penalty
+        would move every row at every step).
 
     Use :meth:`create` for a freshly initialised model.
     """
 
-    def __init__(self, network, head_weight, head_bias, loss, return_sequences):
+    def __init__(self, network, head_weight, head_bias, loss, return_sequences,
+                 input_layer=None):
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r} (one of {sorted(LOSSES)})")
         self.network = network
@@ -141,11 +150,21 @@ class SequenceModel:
         self.head_bias = np.array(head_bias, order="C")
         self.loss = loss
         self.return_sequences = bool(return_sequences)
+        if input_layer is not None:
+            if input_layer.dim != network.get_config()["input_size"]:
+                raise ValueError(f"the embedding gives {input_layer.dim} features, the network "
+                                 f"reads {network.get_config()['input_size']}")
+            if input_layer.weight.dtype != self.dtype:
+                raise ValueError(f"the embedding has dtype {input_layer.weight.dtype}, the "
+                                 f"network {np.dtype(self.dtype).name}")
+        self.input_layer = input_layer
 
     @classmethod
-    def create(cls, input_size, network_params, n_outputs, loss, return_sequences, rng):
+    def create(cls, input_size, network_params, n_outputs, loss, return_sequences, rng,
+               input_layer=None):
         """A new model: the network seeded with one int drawn from ``rng`` (a
-        RandomState), the head Glorot-uniform as Keras' Dense, zero bias."""
+        RandomState), the head Glorot-uniform as Keras' Dense, zero bias;
+        ``input_layer`` (token input) is used as given."""
         network = make_network(input_size, network_params,
                                int(rng.randint(np.iinfo(np.int32).max)))
         dtype = np.dtype(network.get_config()["dtype"]).type
@@ -153,7 +172,7 @@ class SequenceModel:
         limit = np.sqrt(6.0 / (fan_in + n_outputs))
         head_weight = rng.uniform(-limit, limit, (fan_in, n_outputs)).astype(dtype)
         return cls(network, head_weight, np.zeros(n_outputs, dtype=dtype), loss,
-                   return_sequences)
+                   return_sequences, input_layer)
 
     # -- state: copies and files --------------------------------------------------
     @property
@@ -170,6 +189,9 @@ class SequenceModel:
         arrays = {f"network/{k}": v for k, v in net.state_dict().items()}
         arrays["head/weight"] = self.head_weight.copy()
         arrays["head/bias"] = self.head_bias.copy()
+        if self.input_layer is not None:
+            meta["input_layer"], layer_arrays = self.input_layer.get_state()
+            arrays.update({f"input/{k}": v for k, v in layer_arrays.items()})
         return meta, arrays
 
     @classmethod
@@ -181,8 +203,13 @@ class SequenceModel:
         network.load_state_dict({k[len("network/"):]: v for k, v in arrays.items()
                                  if k.startswith("network/")})
         network.rng_state = net_meta["rng_state"]
+        input_layer = None
+        if meta.get("input_layer") is not None:
+            input_layer = Embedding.from_state(meta["input_layer"],
+                                               {k[len("input/"):]: v for k, v in arrays.items()
+                                                if k.startswith("input/")})
         model = cls(network, arrays["head/weight"], arrays["head/bias"], meta["loss"],
-                    meta["return_sequences"])
+                    meta["return_sequences"], input_layer)
         if model.n_outputs != meta["n_outputs"]:
             raise ValueError(f"the head has {model.n_outputs} outputs, the metadata records "
                              f"{meta['n_outputs']!r}")
@@ -196,8 +223,11 @@ class SequenceModel:
         network = type(net)(**{**net.get_config(), **changes}, random_state=0)
         network.load_state_dict(net.state_dict())
         network.rng_state = net.rng_state
+        layer = self.input_layer
+        if layer is not None:
+            layer = Embedding(layer.weight, layer.padding_idx, layer.frozen)    # a copy
         return type(self)(network, self.head_weight, self.head_bias, self.loss,
-                          self.return_sequences)
+                          self.return_sequences, layer)
 
     def __setstate__(self, state):
         # read-only arrays (e.g. joblib memory maps) -> private writable copies:
@@ -217,6 +247,8 @@ class SequenceModel:
         params = {_NETWORK_PREFIX + k: v for k, v in self.network.params.items()}
         params[_HEAD_WEIGHT] = self.head_weight
         params[_HEAD_BIAS] = self.head_bias
+        if self.input_layer is not None:
+            params.update({_INPUT_PREFIX + k: v for k, v in self.input_layer.params.items()})
         return params
 
     def weight_names(self):
@@ -251,6 +283,12 @@ class SequenceModel:
         D = self.network.num_directions
         return np.concatenate(list(h_n[-D:]), axis=-1) if D > 1 else h_n[-1]
 
+    def inputs(self, X, lengths=None):
+        """The network's input: X itself, or for token input the embedded ids (B, T, dim)."""
+        if self.input_layer is None:
+            return X
+        return self.input_layer.forward(X, lengths)
+
     def head(self, features):
         """The Dense head for inference, in float64: ``features @ W + b``.
 
@@ -267,7 +305,8 @@ class SequenceModel:
         """Head outputs (B, n_outputs) or (B, T, n_outputs) as float64, inference mode,
         no cache kept."""
         self.network.eval()
-        out, state = self.network.run(X, lengths=_ragged_only(lengths, X.shape[1]),
+        out, state = self.network.run(self.inputs(X, lengths),
+                                      lengths=_ragged_only(lengths, X.shape[1]),
                                       keep_cache=False)
         return self.head(self._features(out, state))
 
@@ -284,10 +323,16 @@ class SequenceModel:
         """
         net = self.network
         loss_fn = LOSSES[self.loss]
+        ids = X
+        X = self.inputs(ids, lengths)
         B, T, _ = X.shape
         norm = float(np.sum(W, dtype=np.float64))
         k = T if tbptt_steps is None else min(int(tbptt_steps), T)
-        grads = {name: np.zeros_like(v) for name, v in self.params.items()} if need_grad else None
+        # the embedding's gradient is row-sparse: no dense zeros for it
+        grads = ({name: np.zeros_like(v) for name, v in self.params.items()
+                  if not name.startswith(_INPUT_PREFIX)} if need_grad else None)
+        grad_inputs = (np.zeros_like(X) if need_grad and self.input_layer is not None
+                       and self.input_layer.params else None)
         h_index = net.state_names.index("h")
         state = None        # (sorted like X) the carried states, a list over state_names
         loss = 0.0
@@ -327,7 +372,7 @@ class SequenceModel:
                     if ends.size == 0:
                         continue
                     feats = self._features(out, state_out)[ends]
-                Z = feats @ self.head_weight + self.head_bias
+                Z = _matmul(feats, self.head_weight) + self.head_bias
                 chunk_loss, grad_Z = loss_fn(Z, Yc, Wc, norm)
                 if not np.isfinite(chunk_loss):
                     raise NonFiniteError("loss")
@@ -338,23 +383,28 @@ class SequenceModel:
                 grads[_HEAD_WEIGHT] += (feats.reshape(-1, feats.shape[-1]).T
                                         @ grad_Z.reshape(-1, n_out))
                 grads[_HEAD_BIAS] += grad_Z.reshape(-1, n_out).sum(axis=0)
-                grad_feats = grad_Z @ self.head_weight.T
+                grad_feats = _matmul(grad_Z, self.head_weight.T)
                 if not np.isfinite(grad_feats).all():
                     raise NonFiniteError("gradient")
                 if self.return_sequences:
-                    net.backward_state(grad_feats)
+                    grad_Xc = net.backward_state(grad_feats)
                 else:
                     grad_h = np.zeros_like(state_out[h_index])
                     H = net.output_size
                     D = net.num_directions
                     for d in range(D):
                         grad_h[-D + d, ends] = grad_feats[:, d * H:(d + 1) * H]
-                    net.backward_state(np.zeros_like(out),
-                                       tuple(grad_h if i == h_index else None
-                                             for i in range(len(state_out))))
+                    grad_Xc = net.backward_state(np.zeros_like(out),
+                                                 tuple(grad_h if i == h_index else None
+                                                       for i in range(len(state_out))))
+                if grad_inputs is not None:
+                    grad_inputs[slice(None) if whole else active, start:stop] = grad_Xc
                 net_grads = net.grads
                 for name in net.params:
                     grads[_NETWORK_PREFIX + name] += net_grads[name]
+        if grad_inputs is not None:
+            grads[_INPUT_PREFIX + "weight"] = self.input_layer.backward(ids, grad_inputs,
+                                                                        lengths)
         if alpha:
             params = self.params
             for name in self.weight_names():
@@ -376,6 +426,12 @@ class _clearing_cache:
 
     def __exit__(self, *exc):
         self.network.clear_cache()
+
+
+def _matmul(A, B):
+    """A (..., K) @ B (K, N) as one 2-D GEMM over all leading rows (for per-step
+    heads: one (B*T, K) x (K, N) BLAS call instead of B of them)."""
+    return (A.reshape(-1, A.shape[-1]) @ B).reshape(A.shape[:-1] + (B.shape[1],))
 
 
 def _ragged_only(lengths, n_steps):
