@@ -19,6 +19,8 @@ _LAZY = {
     "LSTMRegressor": "clstm._estimators",
     "LSTMClassifier": "clstm._estimators",
     "load": "clstm._estimators",
+    "LSTMLanguageModel": "clstm._language",
+    "CharTokenizer": "clstm._text",
     "make_windows": "clstm._windows",
     "datasets": "clstm.datasets",
     "export_onnx": "clstm.interop._onnx",
@@ -26,7 +28,8 @@ _LAZY = {
     "interop": "clstm.interop",
 }
 
-__all__ = ["LSTM", "GRU", "LSTMRegressor", "LSTMClassifier", "load", "make_windows",
+__all__ = ["LSTM", "GRU", "LSTMRegressor", "LSTMClassifier", "LSTMLanguageModel",
+           "CharTokenizer", "load", "make_windows",
            "datasets", "export_onnx", "import_onnx", "interop", "__version__"]
 
 

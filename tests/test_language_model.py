@@ -1,0 +1,176 @@
+"""LSTMLanguageModel and CharTokenizer.
+
+Oracles: the training loss equals -score (both the mean next-token
+log-likelihood, computed by different code), finite differences of the LM
+loss in float64, greedy generation equal to the argmax of predict_proba over
+the growing prefix (the streaming path against the whole-sequence path), the
+sampler's frequencies against softmax(logits / T), and exact round trips.
+"""
+
+import pickle
+
+import numpy as np
+import pytest
+from scipy.special import softmax
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+
+import clstm
+from clstm._language import _sample
+from clstm._tokens import RowGradient
+from clstm._validation import InvalidParameterError
+
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+CYCLE = "abcd"
+
+
+def _cycle_data():
+    tok = clstm.CharTokenizer().fit([CYCLE])
+    X = [tok.encode((CYCLE * 4)[i:i + 9]) for i in range(4)] * 4
+    return tok, X
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    tok, X = _cycle_data()
+    lm = clstm.LSTMLanguageModel(vocab_size=tok.vocab_size_, embedding_dim=8, hidden_size=16,
+                                 learning_rate_init=0.05, max_iter=40, alpha=0.0,
+                                 random_state=0).fit(X)
+    return tok, X, lm
+
+
+def test_learns_a_cycle_and_generates_it(fitted):
+    tok, X, lm = fitted
+    assert lm.perplexity(X) < 1.1
+    assert lm.classes_.tolist() == list(range(tok.vocab_size_))
+    out = lm.generate(tok.encode("bc"), 10, temperature=0)
+    assert tok.decode(out) == "dabcdabcda"
+
+
+def test_score_is_minus_the_training_loss_and_perplexity_its_exp(fitted):
+    tok, X, lm = fitted
+    inputs, targets, lens, _ = lm._shifted(X, None, None, lm._vocab())
+    W = (np.arange(inputs.shape[1])[None, :] < lens[:, None]).astype(float)
+    loss, _ = lm._model.loss_and_grad(inputs, lens, targets, W, need_grad=False)
+    assert lm.score(X) == pytest.approx(-loss, rel=1e-6)
+    assert lm.perplexity(X) == pytest.approx(np.exp(-lm.score(X)))
+    # a sequence weight of 2 == the sequence twice; length-1 sequences are skipped
+    X2 = [X[0], X[1], X[1], np.array([1])]
+    assert lm.score(X2) == pytest.approx(lm.score([X[0], X[1]], sample_weight=[1, 2]))
+
+
+def test_language_model_loss_finite_differences():
+    rng = np.random.RandomState(0)
+    X = [rng.randint(0, 6, size=rng.randint(2, 7)) for _ in range(6)]
+    lm = clstm.LSTMLanguageModel(vocab_size=6, embedding_dim=3, hidden_size=4, max_iter=1,
+                                 dtype="float64", random_state=0).fit(X)
+    model = lm._model
+    inputs, targets, lens, _ = lm._shifted(X, None, None, 6)
+    W = (np.arange(inputs.shape[1])[None, :] < lens[:, None]).astype(float)
+    _, grads = model.loss_and_grad(inputs, lens, targets, W)
+    assert isinstance(grads["embedding.weight"], RowGradient)
+    eps = 1e-6
+    for name, param in model.params.items():
+        g = grads[name]
+        g = g.toarray() if isinstance(g, RowGradient) else g
+        for ix in list(np.ndindex(*param.shape))[::max(1, param.size // 10)]:
+            w0 = param[ix]
+            param[ix] = w0 + eps
+            up = model.loss_and_grad(inputs, lens, targets, W, need_grad=False)[0]
+            param[ix] = w0 - eps
+            down = model.loss_and_grad(inputs, lens, targets, W, need_grad=False)[0]
+            param[ix] = w0
+            assert g[ix] == pytest.approx((up - down) / (2 * eps), rel=1e-5, abs=1e-8), (name, ix)
+
+
+def test_greedy_generation_equals_argmax_over_the_growing_prefix():
+    rng = np.random.RandomState(1)
+    X = [rng.randint(0, 7, size=8) for _ in range(10)]
+    lm = clstm.LSTMLanguageModel(vocab_size=7, hidden_size=8, max_iter=2, num_layers=2,
+                                 cell="gru", random_state=0).fit(X)
+    prompt = np.array([3, 1, 4])
+    out = lm.generate(prompt, 6, temperature=0)
+    seq = list(prompt)
+    for token in out:
+        proba = lm.predict_proba([np.array(seq)])[0][-1]
+        assert token == int(np.argmax(proba))
+        seq.append(token)
+    np.testing.assert_array_equal(lm.generate(prompt, 6, top_k=1, random_state=3), out)
+
+
+def test_sampling_is_seeded_and_follows_the_tempered_softmax():
+    tok, X = _cycle_data()
+    lm = clstm.LSTMLanguageModel(vocab_size=tok.vocab_size_, hidden_size=4, max_iter=1,
+                                 random_state=0).fit(X)
+    a = lm.generate([1, 2], 20, temperature=1.5, random_state=7)
+    np.testing.assert_array_equal(a, lm.generate([1, 2], 20, temperature=1.5, random_state=7))
+    logits = np.array([1.0, 0.0, -1.0, 2.0])
+    rng = np.random.RandomState(0)
+    for temperature, top_k in [(1.0, None), (0.5, None), (2.0, 2)]:
+        draws = np.array([_sample(logits, temperature, top_k, rng) for _ in range(6000)])
+        freq = np.bincount(draws, minlength=4) / draws.size
+        z = logits / temperature
+        if top_k:
+            z = np.where(z >= np.sort(z)[-top_k], z, -np.inf)
+        np.testing.assert_allclose(freq, softmax(z), atol=0.025)
+
+
+def test_persistence_and_clone(fitted, tmp_path):
+    tok, X, lm = fitted
+    lm.save(tmp_path / "lm.npz")
+    loaded = clstm.load(tmp_path / "lm.npz")
+    assert isinstance(loaded, clstm.LSTMLanguageModel)
+    assert loaded.score(X) == lm.score(X)
+    np.testing.assert_array_equal(loaded.generate([1], 5, random_state=0),
+                                  lm.generate([1], 5, random_state=0))
+    assert pickle.loads(pickle.dumps(lm)).score(X) == lm.score(X)
+    c = clone(lm)
+    assert c.get_params() == lm.get_params() and not hasattr(c, "_model")
+
+
+def test_errors():
+    with pytest.raises(InvalidParameterError, match="needs vocab_size"):
+        clstm.LSTMLanguageModel().fit([np.array([1, 2])])
+    lm = clstm.LSTMLanguageModel(vocab_size=5, hidden_size=4, max_iter=1, random_state=0)
+    with pytest.raises(ValueError, match="fewer than 2 tokens"):
+        lm.fit([np.array([1]), np.array([2])])
+    with pytest.raises(ValueError, match="token id 5 at position 1"):
+        lm.fit([np.array([1, 5])])
+    with pytest.raises(NotFittedError):
+        lm.generate([1], 3)
+    lm.fit([np.array([1, 2, 3, 4])])
+    for kwargs, match in [(dict(prompt=[], n_tokens=3), "non-empty"),
+                          (dict(prompt=[9], n_tokens=3), "token id 9"),
+                          (dict(prompt=[1], n_tokens=-1), "n_tokens"),
+                          (dict(prompt=[1], n_tokens=2, temperature=-1.0), "temperature"),
+                          (dict(prompt=[1], n_tokens=2, top_k=0), "top_k")]:
+        with pytest.raises(ValueError, match=match):
+            lm.generate(**kwargs)
+    assert lm.generate([1], 0).shape == (0,)
+
+
+# ----------------------------------------------------------------------
+# CharTokenizer
+# ----------------------------------------------------------------------
+def test_char_tokenizer_round_trip_and_unknowns():
+    tok = clstm.CharTokenizer().fit(["hello", "world"])
+    assert tok.vocab_size_ == 1 + len(set("helloworld"))
+    text = "low world"[:3] + "d"
+    assert tok.decode(tok.encode(text)) == text
+    assert tok.encode("hi").tolist() == [tok.vocabulary_["h"], 0]
+    assert tok.decode(tok.encode("hi")) == "h\ufffd"
+    ignoring = clstm.CharTokenizer(unknown="ignore").fit("hello")
+    assert ignoring.encode("hxe").tolist() == ignoring.encode("he").tolist()
+    with pytest.raises(ValueError, match="character 'x' at position 1"):
+        clstm.CharTokenizer(unknown="error").fit("hello").encode("hxe")
+    with pytest.raises(ValueError, match="unknown must be"):
+        clstm.CharTokenizer(unknown="drop").fit("a")
+    with pytest.raises(NotFittedError):
+        clstm.CharTokenizer().encode("a")
+    with pytest.raises(ValueError, match="id 99 at position 0"):
+        tok.decode([99])
+    assert [a.tolist() for a in tok.transform(["he", "lo"])] == [tok.encode("he").tolist(),
+                                                                 tok.encode("lo").tolist()]
+    # deterministic ids: code-point order, whatever the order of the corpus
+    assert clstm.CharTokenizer().fit(["ba"]).vocabulary_ == {"a": 1, "b": 2}
