@@ -174,3 +174,39 @@ def test_char_tokenizer_round_trip_and_unknowns():
                                                                  tok.encode("lo").tolist()]
     # deterministic ids: code-point order, whatever the order of the corpus
     assert clstm.CharTokenizer().fit(["ba"]).vocabulary_ == {"a": 1, "b": 2}
+
+
+# ----------------------------------------------------------------------
+# the embedded Reber grammar (Hochreiter & Schmidhuber 1997, experiment 1)
+# ----------------------------------------------------------------------
+def test_make_reber_strings_follow_their_legal_masks():
+    from clstm.datasets import REBER_SYMBOLS, make_reber
+    X, legal = make_reber(300, random_state=0)
+    for x, mask in zip(X, legal):
+        assert mask.shape == (len(x), 7) and not mask[-1].any()
+        assert all(mask[t, x[t + 1]] for t in range(len(x) - 1))   # every symbol is legal
+        s = "".join(REBER_SYMBOLS[i] for i in x)
+        assert s[0] == "B" and s[1] in "TP" and s[2] == "B" and s[-2] == s[1] and s[-1] == "E"
+        assert mask[-3].sum() == 1 and mask[-3, x[1]]                # the long-lag symbol
+    X2, _ = make_reber(300, random_state=0)
+    assert all(np.array_equal(a, b) for a, b in zip(X, X2))
+    plain, _ = make_reber(50, embedded=False, random_state=0)
+    assert all(REBER_SYMBOLS[x[1]] in "TP" and x[-1] == 6 for x in plain)
+    with pytest.raises(ValueError, match="n_samples"):
+        make_reber(0)
+
+
+@pytest.mark.slow
+def test_embedded_reber_next_symbol_sets_are_predicted_exactly():
+    """The paper's criterion on 200 unseen strings: at every step, the symbols
+    with probability above 0.2 are exactly the legal successors (each legal
+    successor has probability 1/2 or 1 under the grammar)."""
+    from clstm.datasets import make_reber
+    X, _ = make_reber(1024, random_state=0)
+    X_test, legal = make_reber(200, random_state=1)
+    lm = clstm.LSTMLanguageModel(vocab_size=7, embedding_dim=8, hidden_size=32, max_iter=60,
+                                 learning_rate_init=0.01, batch_size=16, alpha=0.0,
+                                 n_iter_no_change=100, random_state=0).fit(X)
+    wrong = [i for i, (p, mask) in enumerate(zip(lm.predict_proba(X_test), legal))
+             if not np.array_equal(p[:-1] > 0.2, mask[:-1])]
+    assert wrong == []
