@@ -210,3 +210,34 @@ def test_embedded_reber_next_symbol_sets_are_predicted_exactly():
     wrong = [i for i, (p, mask) in enumerate(zip(lm.predict_proba(X_test), legal))
              if not np.array_equal(p[:-1] > 0.2, mask[:-1])]
     assert wrong == []
+
+
+# ----------------------------------------------------------------------
+# python -m clstm.demo_text
+# ----------------------------------------------------------------------
+def test_text_demo_runs_and_reports_consistent_figures(capsys):
+    from clstm import demo_text
+    docs = demo_text.stdlib_docstrings(("textwrap", "bisect"))
+    assert docs == demo_text.stdlib_docstrings(("textwrap", "bisect")) and len(docs) > 3
+    results = demo_text.main(["--epochs", "1", "--max-chars", "4000", "--hidden-size", "8",
+                              "--n-chars", "25", "--prompt", "The "])
+    out = capsys.readouterr().out
+    for name, key in (("LSTM", "lstm"), ("bigram (interpolated)", "bigram"),
+                      ("unigram", "unigram")):
+        assert f"{name:<24} {results[key]:7.2f}" in out
+    # the baselines are scored on the same characters: the bigram beats the unigram
+    assert 1 < results["bigram"] < results["unigram"] <= results["vocab_size"] + 1
+    assert results["sample"].startswith("The ") and len(results["sample"]) == 4 + 25
+
+
+def test_ngram_baselines_against_hand_computation():
+    from clstm.demo_text import BIGRAM_WEIGHT, _ngram_perplexities
+    train = [np.array([0, 1, 0, 1])]
+    test = [np.array([0, 1, 1])]
+    uni = (np.array([2, 2, 0]) + 1) / 7
+    assert_p = [uni[1], uni[1]]
+    bi = [BIGRAM_WEIGHT * 1.0 + (1 - BIGRAM_WEIGHT) * uni[1],     # 0 -> 1 always seen
+          BIGRAM_WEIGHT * 0.0 + (1 - BIGRAM_WEIGHT) * uni[1]]     # 1 -> 1 never seen
+    u, b = _ngram_perplexities(train, test, 3)
+    assert u == pytest.approx(np.exp(-np.mean(np.log(assert_p))))
+    assert b == pytest.approx(np.exp(-np.mean(np.log(bi))))
