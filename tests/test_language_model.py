@@ -241,3 +241,44 @@ def test_ngram_baselines_against_hand_computation():
     u, b = _ngram_perplexities(train, test, 3)
     assert u == pytest.approx(np.exp(-np.mean(np.log(assert_p))))
     assert b == pytest.approx(np.exp(-np.mean(np.log(bi))))
+
+
+# ----------------------------------------------------------------------
+# the fused softmax cross-entropy kernel (the per-step vocabulary softmax)
+# ----------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_softmax_cross_entropy_equals_numpy_float64_formula(dtype):
+    from scipy.special import log_softmax
+
+    from clstm._losses import softmax_cross_entropy
+    rng = np.random.RandomState(0)
+    Z = (rng.randn(4, 6, 9) * 5).astype(dtype)
+    Y = rng.randint(0, 9, size=(4, 6))
+    W = rng.rand(4, 6)
+    W[0, 3:] = 0
+    Y[0, 3:] = 10 ** 6           # padding: weight 0, code never read
+    norm = W.sum()
+    loss, grad = softmax_cross_entropy(Z, Y, W, norm)
+    Yv = np.where(W > 0, Y, 0)
+    log_p = log_softmax(Z.astype(np.float64), axis=-1)
+    ref_loss = np.sum(W * -np.take_along_axis(log_p, Yv[..., None], axis=-1)[..., 0]) / norm
+    ref_grad = np.exp(log_p)
+    np.put_along_axis(ref_grad, Yv[..., None],
+                      np.take_along_axis(ref_grad, Yv[..., None], axis=-1) - 1.0, axis=-1)
+    ref_grad *= (W / norm)[..., None]
+    assert loss == pytest.approx(ref_loss, rel=1e-13 if dtype == np.float64 else 1e-7)
+    assert grad.dtype == dtype
+    np.testing.assert_allclose(grad, ref_grad.astype(dtype), rtol=1e-12 if dtype == np.float64
+                               else 1e-6, atol=1e-15)
+    assert np.all(grad[0, 3:] == 0)
+    # float32 exps over the whole clamped range: a row spanning -100 .. 0 and a flat row
+    wide = np.stack([np.linspace(-100, 0, 9), np.zeros(9)]).astype(dtype)
+    loss, grad = softmax_cross_entropy(wide, np.array([8, 3]), np.ones(2), 2.0)
+    log_p = log_softmax(wide.astype(np.float64), axis=-1)
+    assert loss == pytest.approx(-(log_p[0, 8] + log_p[1, 3]) / 2, rel=1e-6)
+    ref = np.exp(log_p) / 2
+    ref[0, 8] -= 0.5
+    ref[1, 3] -= 0.5
+    np.testing.assert_allclose(grad, ref, rtol=1e-6, atol=1e-12)
+    with pytest.raises(ValueError, match=r"class codes must lie in \[0, 9\)"):
+        softmax_cross_entropy(Z, np.full((4, 6), 9), np.ones((4, 6)), 24.0)
