@@ -52,7 +52,8 @@ def _model(config, padding_idx=None, seed=0):
     return SequenceModel.create(4, params, 5, loss, return_sequences, rng, layer)
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize("config", CONFIGS,
+                         ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
 def test_model_gradient_finite_differences(config):
     padding_idx = 2
     model = _model(config, padding_idx=padding_idx)
@@ -251,3 +252,11 @@ def test_bad_token_input_and_parameters():
             clstm.LSTMRegressor(**params).fit(X, np.zeros(len(X)))
     with pytest.raises(ValueError, match="token input"):
         clf.set_params(warm_start=True, vocab_size=V + 1).fit(X, y)
+
+
+def test_onnx_export_of_a_token_estimator_is_refused_clearly(tmp_path):
+    X, y = _token_data(n=20)
+    clf = clstm.LSTMClassifier(vocab_size=V, hidden_size=4, max_iter=1, random_state=0).fit(X, y)
+    pytest.importorskip("onnx")
+    with pytest.raises(ValueError, match="token ids through an embedding"):
+        clstm.export_onnx(clf, tmp_path / "m.onnx")

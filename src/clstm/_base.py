@@ -983,8 +983,10 @@ class BaseLSTMEstimator(BaseEstimator):
             return _is_real(v) and np.isfinite(v)
 
         input_size = self._model.network.get_config()["input_size"]
-        layout = need("_input_layout", lambda v: v in ("2d", "3d", "tokens"),
-                      "'2d', '3d' or 'tokens'")
+        has_embedding = self._model.input_layer is not None
+        layout = need("_input_layout",
+                      lambda v: v in (("tokens",) if has_embedding else ("2d", "3d")),
+                      "'tokens' (the model has an embedding)" if has_embedding else "'2d' or '3d'")
         need("input_size_", lambda v: v == (1 if layout == "2d" else input_size),
              f"the network's input size ({input_size}) for {layout} input")
         n_features = need("n_features_in_",

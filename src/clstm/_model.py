@@ -314,8 +314,10 @@ class SequenceModel:
     def loss_and_grad(self, X, lengths, Y, W, alpha=0.0, tbptt_steps=None, need_grad=True):
         """Mini-batch loss (weighted mean + alpha/2 * ||weights||^2) and gradients.
 
-        X (B, T, F), lengths (B,), Y targets and W entry weights: (B, ...) for
-        sequence-to-one, (B, T, ...) per step (W = 0 past each length).
+        X (B, T, F), or (B, T) int64 token ids with an input layer; lengths
+        (B,), Y targets and W entry weights: (B, ...) for sequence-to-one,
+        (B, T, ...) per step (W = 0 past each length). The input layer's
+        gradient is a :class:`~clstm._tokens.RowGradient`.
         ``tbptt_steps`` k splits time into chunks of k steps that carry the
         state forward, detached (no gradient crosses a chunk boundary).
         Raises :class:`NonFiniteError` when the loss, the gradient reaching

@@ -595,6 +595,10 @@ def _as_fitted_estimator(obj):
 def _estimator_model(est, lengths, opset):
     """The graph of a fitted estimator's predict (and predict_proba)."""
     model = est._model
+    if getattr(model, "input_layer", None) is not None:
+        raise ValueError(f"{type(est).__name__} reads token ids through an embedding, which "
+                         "export_onnx does not export yet; export the network "
+                         "(est.lstm_) and look up est._model.input_layer.weight[ids] first")
     net, classifier = model.network, hasattr(est, "classes_")
     F = net.input_size          # a univariate estimator's 2-D X is X[..., None] here
     g = OnnxGraph("clstm_" + type(est).__name__.lower())
