@@ -282,3 +282,61 @@ def test_fused_softmax_cross_entropy_equals_numpy_float64_formula(dtype):
     np.testing.assert_allclose(grad, ref, rtol=1e-6, atol=1e-12)
     with pytest.raises(ValueError, match=r"class codes must lie in \[0, 9\)"):
         softmax_cross_entropy(Z, np.full((4, 6), 9), np.ones((4, 6)), 24.0)
+
+
+# ----------------------------------------------------------------------
+# PyTorch as the oracle: the same model, loss and lazy-embedding Adam
+# ----------------------------------------------------------------------
+def test_three_training_steps_equal_torch_sparse_embedding_and_sparse_adam():
+    """Embedding(sparse=True) + SparseAdam, LSTM + Linear + Adam, per-step cross-entropy:
+    the same losses and the same parameters after three steps, in float64 (rows of the
+    table never used stay put in both)."""
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    from clstm._model import SequenceModel
+    from clstm._optimizers import AdamOptimizer
+    from clstm._tokens import Embedding
+
+    V, D, H, B, T = 11, 4, 5, 3, 6
+    rng = np.random.RandomState(0)
+    layer = Embedding.create(V, D, np.float64, rng)
+    model = SequenceModel.create(D, {"hidden_size": H, "dtype": "float64"}, V, "softmax", True,
+                                 rng, layer)
+    model.head_bias[:] = rng.randn(V)
+    emb = nn.Embedding(V, D, sparse=True).double()
+    lstm = nn.LSTM(D, H, batch_first=True).double()
+    head = nn.Linear(H, V).double()
+    with torch.no_grad():
+        emb.weight.copy_(torch.from_numpy(layer.weight))
+        lstm.load_state_dict({k: torch.from_numpy(v)
+                              for k, v in model.network.state_dict().items()})
+        head.weight.copy_(torch.from_numpy(model.head_weight.T))
+        head.bias.copy_(torch.from_numpy(model.head_bias))
+    # epsilon ~0: torch's Adam adds it to sqrt(v_hat), clstm's (scikit-learn's) to sqrt(v)
+    sparse_opt = torch.optim.SparseAdam(list(emb.parameters()), lr=0.05, eps=1e-14)
+    dense_opt = torch.optim.Adam(list(lstm.parameters()) + list(head.parameters()), lr=0.05,
+                                 eps=1e-14)
+    opt = AdamOptimizer(0.05, epsilon=1e-14)
+    lengths = np.full(B, T, dtype=np.int64)
+    W = np.ones((B, T))
+    model.train()
+    for step in range(3):
+        ids = rng.randint(0, V - 2, size=(B, T + 1))            # ids V-2, V-1 never occur
+        X, Y = ids[:, :-1], ids[:, 1:]
+        loss, grads = model.loss_and_grad(X, lengths, Y, W)
+        opt.update_params(model.params, grads)
+        sparse_opt.zero_grad()
+        dense_opt.zero_grad()
+        out, _ = lstm(emb(torch.from_numpy(X)))
+        t_loss = nn.functional.cross_entropy(head(out).reshape(-1, V),
+                                             torch.from_numpy(Y).reshape(-1))
+        t_loss.backward()
+        sparse_opt.step()
+        dense_opt.step()
+        assert loss == pytest.approx(t_loss.item(), rel=1e-10)
+    np.testing.assert_allclose(layer.weight, emb.weight.detach().numpy(), rtol=1e-6, atol=1e-9)
+    for k, v in model.network.state_dict().items():
+        np.testing.assert_allclose(v, lstm.state_dict()[k].numpy(), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(model.head_weight.T, head.weight.detach().numpy(), rtol=1e-6,
+                               atol=1e-9)
