@@ -340,3 +340,17 @@ def test_three_training_steps_equal_torch_sparse_embedding_and_sparse_adam():
         np.testing.assert_allclose(v, lstm.state_dict()[k].numpy(), rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(model.head_weight.T, head.weight.detach().numpy(), rtol=1e-6,
                                atol=1e-9)
+
+
+def test_padded_tokens_with_lengths_equal_the_ragged_list():
+    rng = np.random.RandomState(4)
+    X = [rng.randint(0, 6, size=n) for n in (5, 2, 7, 4)]
+    padded = np.full((4, 7), 99)                       # out of the vocabulary: never read
+    for i, x in enumerate(X):
+        padded[i, :len(x)] = x
+    lengths = [len(x) for x in X]
+    kw = dict(vocab_size=6, hidden_size=6, max_iter=2, random_state=0)
+    a = clstm.LSTMLanguageModel(**kw).fit(X)
+    b = clstm.LSTMLanguageModel(**kw).fit(padded, lengths=lengths)
+    assert a.loss_curve_ == b.loss_curve_
+    assert a.score(X) == b.score(padded, lengths=lengths)
