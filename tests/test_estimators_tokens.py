@@ -260,3 +260,33 @@ def test_onnx_export_of_a_token_estimator_is_refused_clearly(tmp_path):
     pytest.importorskip("onnx")
     with pytest.raises(ValueError, match="token ids through an embedding"):
         clstm.export_onnx(clf, tmp_path / "m.onnx")
+
+
+@pytest.mark.parametrize("make", [lambda: clstm.LSTMClassifier(vocab_size=7),
+                                  lambda: clstm.LSTMRegressor(vocab_size=7, embedding_dim=3),
+                                  lambda: clstm.LSTMLanguageModel(vocab_size=7)],
+                         ids=["classifier", "regressor", "language_model"])
+def test_scikit_learn_parameter_checks_on_token_estimators(make):
+    """The checks of scikit-learn's that do not feed real-valued X."""
+    from sklearn.utils.estimator_checks import (
+        check_get_params_invariance,
+        check_no_attributes_set_in_init,
+        check_parameters_default_constructible,
+        check_set_params,
+    )
+    est = make()
+    name = type(est).__name__
+    for check in (check_no_attributes_set_in_init, check_get_params_invariance,
+                  check_set_params, check_parameters_default_constructible):
+        check(name, est)
+    # fit leaves every parameter as given (the embeddings array included)
+    E = np.random.RandomState(0).randn(7, 3)
+    est = make().set_params(embeddings=E, vocab_size=None, embedding_dim=None, max_iter=1,
+                            hidden_size=3)
+    before = {k: (v.copy() if isinstance(v, np.ndarray) else v)
+              for k, v in est.get_params().items()}
+    X = [np.array([1, 2, 3]), np.array([4, 5])]
+    y = np.array([0.0, 1.0]) if name == "LSTMRegressor" else np.array([0, 1])
+    est.fit(X) if name == "LSTMLanguageModel" else est.fit(X, y)
+    for k, v in est.get_params().items():
+        assert np.array_equal(v, before[k]) if isinstance(v, np.ndarray) else v == before[k], k
