@@ -290,3 +290,41 @@ def test_scikit_learn_parameter_checks_on_token_estimators(make):
     est.fit(X) if name == "LSTMLanguageModel" else est.fit(X, y)
     for k, v in est.get_params().items():
         assert np.array_equal(v, before[k]) if isinstance(v, np.ndarray) else v == before[k], k
+
+
+def test_truncated_bptt_embedding_gradient_by_chunks():
+    """With tbptt_steps=3 over 6 steps, chunk 1 reads only ids 0-2 and chunk 2 only
+    ids 3-5. No loss of chunk 1 depends on chunk 2's inputs and chunk 2's state
+    is detached from chunk 1, so: rows 3-5 get the full loss's gradient, rows
+    0-2 the gradient of chunk 1's share of the loss alone (central differences
+    of each). One sequence ends inside chunk 1 (the chunk-2 rows are a subset)."""
+    model = _model(dict(cell="lstm", return_sequences=True))
+    model.train()
+    rng = np.random.RandomState(2)
+    B, T, k = 3, 6, 3
+    ids = np.concatenate([rng.randint(0, 3, size=(B, k)), rng.randint(3, 6, size=(B, k))], 1)
+    lengths = np.array([6, 2, 5], dtype=np.int64)
+    Y = rng.randint(0, 5, size=(B, T))
+    W = (np.arange(T)[None, :] < lengths[:, None]).astype(np.float64)
+    _, grads = model.loss_and_grad(ids, lengths, Y, W, tbptt_steps=k)
+    g = grads["embedding.weight"].toarray()
+    share = W[:, :k].sum() / W.sum()
+
+    def full():
+        return model.loss_and_grad(ids, lengths, Y, W, need_grad=False)[0]
+
+    def first_chunk():
+        return share * model.loss_and_grad(ids[:, :k], np.minimum(lengths, k), Y[:, :k],
+                                           W[:, :k], need_grad=False)[0]
+
+    table = model.input_layer.weight
+    eps = 1e-6
+    for rows, loss in ((range(0, 3), first_chunk), (range(3, 6), full)):
+        for ix in [(r, c) for r in rows for c in range(table.shape[1])]:
+            w0 = table[ix]
+            table[ix] = w0 + eps
+            up = loss()
+            table[ix] = w0 - eps
+            down = loss()
+            table[ix] = w0
+            assert g[ix] == pytest.approx((up - down) / (2 * eps), rel=1e-5, abs=1e-8), ix
