@@ -136,7 +136,10 @@ _COMMON_PARAMS = """
         trainable embedding table ``(vocab_size, embedding_dim)`` before the
         network. Token ids are not standardised. None (the default): ``X``
         holds real-valued features and nothing below applies. Every cell,
-        stacking and bidirectional option works on tokens.
+        stacking and bidirectional option works on tokens; ``predict_step``
+        then takes one id per stream (``x_t`` of shape ``(n_streams,)``).
+        An id outside ``[0, vocab_size)`` or not an integer raises a
+        ValueError naming it and its position.
     embedding_dim : int or None, default=None
         Width of the embedding vectors; None means 64, or the width of
         ``embeddings``.
@@ -255,7 +258,8 @@ class LSTMRegressor(RegressorMixin, BaseLSTMEstimator):
 
     ``X``: 3-D ``(n_samples, n_timesteps, n_features)``, 2-D
     ``(n_samples, n_timesteps)`` (univariate) or a list of ``(T_i, n_features)``
-    arrays of different lengths. ``y``: ``(n_samples,)`` or
+    arrays of different lengths; with ``vocab_size``, integer token ids
+    (see ``vocab_size``). ``y``: ``(n_samples,)`` or
     ``(n_samples, n_outputs)``; with ``return_sequences=True`` one target per
     step: ``(n_samples, n_timesteps[, n_outputs])`` or a list of
     ``(T_i[, n_outputs])`` arrays.
@@ -475,7 +479,8 @@ class LSTMClassifier(ClassifierMixin, BaseLSTMEstimator):
 
     ``X``: 3-D ``(n_samples, n_timesteps, n_features)``, 2-D
     ``(n_samples, n_timesteps)`` (univariate) or a list of ``(T_i, n_features)``
-    arrays of different lengths. ``y``: labels ``(n_samples,)``; with
+    arrays of different lengths; with ``vocab_size``, integer token ids
+    (see ``vocab_size``). ``y``: labels ``(n_samples,)``; with
     ``return_sequences=True`` one label per step: ``(n_samples, n_timesteps)``
     or a list of ``(T_i,)`` arrays.
 
