@@ -6,6 +6,7 @@ import pytest
 from clstm import _embedding
 from clstm._tokens import Embedding, RowGradient, check_token_ids, token_sequences
 
+pytestmark = pytest.mark.kernel
 DTYPES = [np.float32, np.float64]
 
 

@@ -246,6 +246,7 @@ def test_ngram_baselines_against_hand_computation():
 # ----------------------------------------------------------------------
 # the fused softmax cross-entropy kernel (the per-step vocabulary softmax)
 # ----------------------------------------------------------------------
+@pytest.mark.kernel
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_fused_softmax_cross_entropy_equals_numpy_float64_formula(dtype):
     from scipy.special import log_softmax
