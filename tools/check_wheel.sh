@@ -149,9 +149,9 @@ generated = [n for n in names if n.endswith((".c", ".html", ".o"))]
 sos = [n for n in names if n.endswith(".so")]
 if vendored: errors.append(f"vendored libraries: {vendored}")
 if generated: errors.append(f"generated files in the wheel: {generated}")
-if len(sos) != 3: errors.append(f"expected 3 extension modules, found {sos}")
+if len(sos) != 5: errors.append(f"expected 5 extension modules, found {sos}")
 if size > limit: errors.append(f"wheel is {size} bytes > {limit}")
-for need in ("clstm/_cell_kernels.h", "clstm/_cell_rows.h", "clstm/_cell.pxd", "clstm/_scan.pxd", "clstm/datasets/data/elnino.csv"):
+for need in ("clstm/_cell_kernels.h", "clstm/_cell_rows.h", "clstm/_softmax_rows.h", "clstm/_cell.pxd", "clstm/_scan.pxd", "clstm/datasets/data/elnino.csv"):
     if need not in names: errors.append(f"missing from the wheel: {need}")
 if not any(n.endswith(".dist-info/licenses/LICENSE") for n in names):
     errors.append("LICENSE missing from the wheel's dist-info")

@@ -21,6 +21,8 @@ _LAZY = {
     "LSTMClassifier": "clstm._estimators",
     "LSTMSeq2SeqRegressor": "clstm._seq2seq",
     "load": "clstm._estimators",
+    "LSTMLanguageModel": "clstm._language",
+    "CharTokenizer": "clstm._text",
     "make_windows": "clstm._windows",
     "datasets": "clstm.datasets",
     "export_onnx": "clstm.interop._onnx",
@@ -29,7 +31,7 @@ _LAZY = {
 }
 
 __all__ = ["LSTM", "GRU", "ConvLSTM", "LSTMRegressor", "LSTMClassifier", "LSTMSeq2SeqRegressor",
-           "load", "make_windows",
+           "LSTMLanguageModel", "CharTokenizer", "load", "make_windows",
            "datasets", "export_onnx", "import_onnx", "interop", "__version__"]
 
 

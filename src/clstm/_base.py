@@ -76,6 +76,14 @@ from clstm._model import (
 )
 from clstm._optimizers import make_optimizer, optimizer_from_state
 from clstm._progress import EpochProgress
+from clstm._tokens import (
+    EMBEDDING_PARAMS,
+    Embedding,
+    check_embedding_params,
+    check_token_ids,
+    embedding_shape,
+    token_sequences,
+)
 from clstm._validation import InvalidParameterError
 
 __all__ = ["BaseLSTMEstimator", "load"]
@@ -171,7 +179,9 @@ class BaseLSTMEstimator(BaseEstimator):
                  nesterovs_momentum=True, beta_1=0.9, beta_2=0.999, rho=0.9, epsilon=1e-8,
                  tol=1e-4, early_stopping=False, validation_fraction=0.1,
                  n_iter_no_change=10, tbptt_steps=None, standardize=True,
-                 random_state=None, n_jobs=None, verbose=0, warm_start=False):
+                 random_state=None, n_jobs=None, verbose=0, warm_start=False,
+                 vocab_size=None, embedding_dim=None, padding_idx=None, embeddings=None,
+                 freeze_embeddings=False):
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.bidirectional = bidirectional
@@ -208,6 +218,11 @@ class BaseLSTMEstimator(BaseEstimator):
         self.n_jobs = n_jobs
         self.verbose = verbose
         self.warm_start = warm_start
+        self.vocab_size = vocab_size
+        self.embedding_dim = embedding_dim
+        self.padding_idx = padding_idx
+        self.embeddings = embeddings
+        self.freeze_embeddings = freeze_embeddings
 
     # ------------------------------------------------------------------
     # tags
@@ -285,6 +300,7 @@ class BaseLSTMEstimator(BaseEstimator):
         if not (rs is None or isinstance(rs, np.random.RandomState)
                 or (_is_int(rs) and 0 <= rs < 2 ** 32)):
             raise bad("random_state", "None, an int in [0, 2**32) or a numpy RandomState")
+        check_embedding_params(self, InvalidParameterError)
 
     def _validate_attention(self):
         name = type(self).__name__
@@ -317,9 +333,13 @@ class BaseLSTMEstimator(BaseEstimator):
         ``[X[i, :lengths[i]] for i]`` first: the padding is never read.
         """
         name = type(self).__name__
+        tokens = (embedding_shape(self) is not None if reset
+                  else getattr(self, "_input_layout", None) == "tokens")
         if sp.issparse(X):
             raise TypeError(f"{name} does not accept sparse input: pass a dense array "
                             "(sequences are dense)")
+        if tokens:
+            return self._validate_tokens(X, reset, lengths)
         ragged = False
         if lengths is not None:
             X = _unpad(X, lengths)
@@ -383,6 +403,31 @@ class BaseLSTMEstimator(BaseEstimator):
             arr = arr[:, :, None]
             lengths = np.full(arr.shape[0], arr.shape[1], dtype=np.int64)
         return arr, lengths, ragged
+
+    def _validate_tokens(self, X, reset, lengths):
+        """Token input: padded int64 ids (n, T), lengths (n,), ragged; with
+        ``reset`` the layout "tokens", n_features_in_ = 1 (one id per step) and
+        input_size_ = embedding_dim."""
+        if reset:
+            vocab_size, dim = embedding_shape(self)
+        else:
+            vocab_size, dim = self._model.input_layer.vocab_size, self._model.input_layer.dim
+        arr, lengths, ragged = token_sequences(X, vocab_size, lengths)
+        if reset:
+            self._input_layout = "tokens"
+            self.n_features_in_ = 1
+            self.input_size_ = dim
+            self.__dict__.pop("feature_names_in_", None)
+        return arr, lengths, ragged
+
+    def _new_input_layer(self, rng):
+        """The embedding of a first fit on tokens (None for feature input)."""
+        if self._input_layout != "tokens":
+            return None
+        vocab_size, dim = embedding_shape(self)
+        return Embedding.create(vocab_size, dim, np.dtype(self.dtype), rng,
+                                padding_idx=self.padding_idx, weight=self.embeddings,
+                                frozen=self.freeze_embeddings)
 
     def _check_sample_weight(self, sample_weight, n):
         _refuse_complex(sample_weight, "sample_weight")
@@ -541,7 +586,8 @@ class BaseLSTMEstimator(BaseEstimator):
         W_loss = W_score * self._class_weight_factors(Y, W_score, incremental)
         if first:
             self._x_stats = (_location_scale(arr[steps], np.repeat(sw, lengths))
-                             if self.standardize else (None, None))
+                             if self.standardize and self._input_layout != "tokens"
+                             else (None, None))
             self._init_target_stats(Y, W_score)
         return _TrainingData(_standardize(arr, lengths, self._x_stats), lengths, steps, Y,
                              W_loss, W_score, sw, sw_unit)
@@ -599,7 +645,8 @@ class BaseLSTMEstimator(BaseEstimator):
         """A freshly initialised model for this estimator's hyperparameters."""
         return SequenceModel.create(self.input_size_, self._network_params(),
                                     self._n_head_outputs(), self._loss, self.return_sequences,
-                                    rng, attention=self.attention)
+                                    rng, attention=self.attention,
+                                    input_layer=self._new_input_layer(rng))
 
     def _split_validation(self, data, run):
         """data.train_idx / data.val_idx: the rows held out for early stopping
@@ -630,6 +677,18 @@ class BaseLSTMEstimator(BaseEstimator):
         fitted["return_sequences"] = self._model.return_sequences
         fitted["attention"] = (None if self._model.attention is None
                                else self._model.attention.kind)
+        layer = self._model.input_layer
+        fitted_tokens = None if layer is None else ((layer.vocab_size, layer.dim),
+                                                    layer.padding_idx, layer.frozen)
+        current = embedding_shape(self)
+        if current is not None:
+            current = (current, self.padding_idx, self.freeze_embeddings)
+        if current != fitted_tokens:
+            raise ValueError(
+                f"{name}: the token input ({', '.join(EMBEDDING_PARAMS)}) differs from the "
+                "fitted model's (vocabulary and embedding size, padding_idx, frozen or not); "
+                "warm_start and partial_fit continue the fitted network, so set them back "
+                "or fit from scratch (warm_start=False)")
         for param, value in fitted.items():
             current = getattr(self, param)
             same = (_dtype_name(current) == value) if param == "dtype" else current == value
@@ -800,6 +859,14 @@ class BaseLSTMEstimator(BaseEstimator):
                              "with attention=None)")
         if sp.issparse(x_t):
             raise TypeError(f"{name} does not accept sparse input: pass a dense array")
+        model = self._model
+        if self._input_layout == "tokens":
+            ids = check_token_ids(x_t, model.input_layer.vocab_size, "x_t")
+            if ids.ndim != 1 or ids.shape[0] == 0:
+                raise ValueError(f"x_t must be one token id per stream, shape (n_streams,), "
+                                 f"got {ids.shape}")
+            h_t, state = model.network.step(model.inputs(ids[:, None])[:, 0], state)
+            return model.head(h_t), state
         _refuse_complex(x_t, "x_t")
         x = check_array(x_t, ensure_2d=False, dtype=np.float64, ensure_all_finite=True,
                         input_name="x_t")
@@ -937,6 +1004,8 @@ class BaseLSTMEstimator(BaseEstimator):
         arrays.update(target_arrays)
         name, keys, pos, has_gauss, cached = self._rng.get_state()
         arrays["rng/mt_keys"] = keys
+        if self.embeddings is not None:     # the pretrained vectors given as a parameter
+            arrays["params/embeddings"] = np.array(self.embeddings)
         meta = {"estimator": type(self).__name__, "params": self._encode_params(),
                 "fitted": fitted, "model": model_meta, "optimizer": opt_meta,
                 "rng": {"mt": [name, int(pos), int(has_gauss), float(cached)]}}
@@ -951,6 +1020,8 @@ class BaseLSTMEstimator(BaseEstimator):
                 v = {"__dict_items__": [[_jsonable(a), _jsonable(b)] for a, b in v.items()]}
             elif k == "dtype":
                 v = _dtype_name(v)
+            elif k == "embeddings" and v is not None:
+                v = "params/embeddings"       # stored as an array, see _get_state
             params[k] = _jsonable(v)
         return params
 
@@ -962,6 +1033,8 @@ class BaseLSTMEstimator(BaseEstimator):
         cw = params.get("class_weight")
         if isinstance(cw, dict) and "__dict_items__" in cw:
             params["class_weight"] = {a: b for a, b in cw["__dict_items__"]}
+        if params.get("embeddings") is not None:
+            params["embeddings"] = arrays[params["embeddings"]]
         est = cls(**params)
         est._validate_hyperparameters()
         model = cls._model_type.from_state(meta["model"], {k[len("model/"):]: v
@@ -1043,11 +1116,16 @@ class BaseLSTMEstimator(BaseEstimator):
             return _is_real(v) and np.isfinite(v)
 
         input_size = self._model.network.get_config()["input_size"]
-        layout = need("_input_layout", lambda v: v in ("2d", "3d"), "'2d' or '3d'")
+        has_embedding = self._model.input_layer is not None
+        layout = need("_input_layout",
+                      lambda v: v in (("tokens",) if has_embedding else ("2d", "3d")),
+                      "'tokens' (the model has an embedding)" if has_embedding else "'2d' or '3d'")
         need("input_size_", lambda v: v == (1 if layout == "2d" else input_size),
              f"the network's input size ({input_size}) for {layout} input")
         n_features = need("n_features_in_",
-                          lambda v: _is_int(v) and (v >= 1 if layout == "2d" else v == input_size),
+                          lambda v: _is_int(v) and (v >= 1 if layout == "2d" else
+                                                    v == 1 if layout == "tokens" else
+                                                    v == input_size),
                           "the number of features the network reads")
         n_iter = need("n_iter_", lambda v: _is_int(v) and v >= 0, "an int >= 0")
         need("t_", lambda v: _is_int(v) and v >= 0, "an int >= 0")
@@ -1447,7 +1525,10 @@ def _apply_scaling(A, stats):
 
 
 def _to_dtype(A, dtype, name, standardized):
-    """A cast to the model's dtype; a ValueError if a value does not fit in it."""
+    """A cast to the model's dtype; a ValueError if a value does not fit in it.
+    Token ids (int64) stay as they are."""
+    if A.dtype.kind in "iu":
+        return A
     with np.errstate(over="ignore"):
         out = np.ascontiguousarray(A, dtype=dtype)
     if not np.isfinite(out).all():

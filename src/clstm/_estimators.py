@@ -145,6 +145,36 @@ _COMMON_PARAMS = """
     warm_start : bool, default=False
         Continue from the fitted weights and optimizer state on the next fit
         instead of starting over.
+    vocab_size : int or None, default=None
+        Token input: ``X`` holds integer token ids in ``[0, vocab_size)``
+        (a list of 1-D int arrays of any lengths, or a 2-D ``(n_samples,
+        n_timesteps)`` int array, padded with ``lengths=``), looked up in a
+        trainable embedding table ``(vocab_size, embedding_dim)`` before the
+        network. Token ids are not standardised. None (the default): ``X``
+        holds real-valued features and nothing below applies. Every cell,
+        stacking and bidirectional option works on tokens; ``predict_step``
+        then takes one id per stream (``x_t`` of shape ``(n_streams,)``).
+        An id outside ``[0, vocab_size)`` or not an integer raises a
+        ValueError naming it and its position.
+    embedding_dim : int or None, default=None
+        Width of the embedding vectors; None means 64, or the width of
+        ``embeddings``.
+    padding_idx : int or None, default=None
+        A token id whose vector is zero and never trained (as in
+        ``torch.nn.Embedding``), e.g. for padding inside sequences. Padding
+        past each sequence's length needs no id: ``lengths=`` skips it.
+    embeddings : array-like of shape (vocab_size, embedding_dim) or None, default=None
+        Pretrained vectors (word2vec, GloVe, ...) that initialise the table
+        (copied; the array passed is never modified). Without it the table
+        starts N(0, 1), as torch's. Implies token input.
+    freeze_embeddings : bool, default=False
+        Keep ``embeddings`` fixed: the table is then not trained.
+        The embedding table is trained by the same ``solver``, with lazy
+        row updates: only the rows of the tokens in a mini-batch move, and
+        only their optimizer moments (Adam's m and v, SGD's velocity) decay
+        and accumulate, as torch's ``SparseAdam``; the bias correction uses
+        the optimizer's step count. The table is not under the ``alpha``
+        penalty, and counts in ``clip_norm``'s global norm.
 
     Training that diverges (a NaN or infinite loss, gradient or weight, or an
     epoch loss more than 10^4 times the lowest of the call and 10 times that
@@ -244,7 +274,8 @@ class LSTMRegressor(RegressorMixin, BaseLSTMEstimator):
 
     ``X``: 3-D ``(n_samples, n_timesteps, n_features)``, 2-D
     ``(n_samples, n_timesteps)`` (univariate) or a list of ``(T_i, n_features)``
-    arrays of different lengths. ``y``: ``(n_samples,)`` or
+    arrays of different lengths; with ``vocab_size``, integer token ids
+    (see ``vocab_size``). ``y``: ``(n_samples,)`` or
     ``(n_samples, n_outputs)``; with ``return_sequences=True`` one target per
     step: ``(n_samples, n_timesteps[, n_outputs])`` or a list of
     ``(T_i[, n_outputs])`` arrays.
@@ -465,7 +496,8 @@ class LSTMClassifier(ClassifierMixin, BaseLSTMEstimator):
 
     ``X``: 3-D ``(n_samples, n_timesteps, n_features)``, 2-D
     ``(n_samples, n_timesteps)`` (univariate) or a list of ``(T_i, n_features)``
-    arrays of different lengths. ``y``: labels ``(n_samples,)``; with
+    arrays of different lengths; with ``vocab_size``, integer token ids
+    (see ``vocab_size``). ``y``: labels ``(n_samples,)``; with
     ``return_sequences=True`` one label per step: ``(n_samples, n_timesteps)``
     or a list of ``(T_i,)`` arrays.
 
@@ -497,7 +529,8 @@ class LSTMClassifier(ClassifierMixin, BaseLSTMEstimator):
                  tol=1e-4, early_stopping=False, validation_fraction=0.1,
                  n_iter_no_change=10, tbptt_steps=None, standardize=True,
                  random_state=None, n_jobs=None, verbose=0, warm_start=False,
-                 class_weight=None):
+                 class_weight=None, vocab_size=None, embedding_dim=None, padding_idx=None,
+                 embeddings=None, freeze_embeddings=False):
         super().__init__(
             hidden_size=hidden_size, num_layers=num_layers, bidirectional=bidirectional,
             cell=cell, proj_size=proj_size, peephole=peephole, coupled_gates=coupled_gates,
@@ -509,7 +542,9 @@ class LSTMClassifier(ClassifierMixin, BaseLSTMEstimator):
             epsilon=epsilon, tol=tol, early_stopping=early_stopping,
             validation_fraction=validation_fraction, n_iter_no_change=n_iter_no_change,
             tbptt_steps=tbptt_steps, standardize=standardize, random_state=random_state,
-            n_jobs=n_jobs, verbose=verbose, warm_start=warm_start)
+            n_jobs=n_jobs, verbose=verbose, warm_start=warm_start, vocab_size=vocab_size,
+            embedding_dim=embedding_dim, padding_idx=padding_idx, embeddings=embeddings,
+            freeze_embeddings=freeze_embeddings)
         self.class_weight = class_weight
 
     def __sklearn_tags__(self):

@@ -12,7 +12,7 @@ Sums are accumulated in float64; gradients keep the dtype of ``Z``.
 """
 
 import numpy as np
-from scipy.special import expit, log_softmax
+from scipy.special import expit
 
 __all__ = ["squared_error", "logistic_loss", "softmax_cross_entropy", "LOSSES"]
 
@@ -41,16 +41,27 @@ def logistic_loss(Z, Y, W, norm):
 
 
 def softmax_cross_entropy(Z, Y, W, norm):
-    """l = logsumexp(z) - z_y, Z of shape (..., K), Y integer class codes of shape (...)."""
-    z = Z.astype(np.float64)
-    log_p = log_softmax(z, axis=-1)
-    codes = Y.astype(np.intp)[..., None]
-    per_entry = -np.take_along_axis(log_p, codes, axis=-1)[..., 0]
-    loss = float(np.sum(W * per_entry) / norm)
-    grad = np.exp(log_p)
-    np.put_along_axis(grad, codes, np.take_along_axis(grad, codes, axis=-1) - 1.0, axis=-1)
-    grad *= (W / norm)[..., None]
-    return loss, grad.astype(Z.dtype)
+    """l = logsumexp(z) - z_y, Z of shape (..., K), Y integer class codes of shape (...).
+
+    Computed by the fused kernel ``clstm._softmax.cross_entropy`` (no float64
+    copy of Z: a language model's Z has a column per vocabulary entry): sums,
+    the log and the loss in double; the exps in double for float64 Z, in
+    float32 by a vectorized polynomial (a few ulp) for float32 Z; the gradient
+    in Z's dtype.
+    """
+    from clstm import _softmax
+
+    K = Z.shape[-1]
+    logits = np.ascontiguousarray(Z).reshape(-1, K)
+    codes = np.ascontiguousarray(Y, dtype=np.int64).reshape(-1)
+    weights = np.ascontiguousarray(W, dtype=np.float64).reshape(-1) / norm
+    used = codes[weights != 0]
+    if used.size and (used.min() < 0 or used.max() >= K):
+        raise ValueError(f"class codes must lie in [0, {K}), got values in "
+                         f"[{used.min()}, {used.max()}]")
+    grad = np.empty_like(logits)
+    loss = _softmax.cross_entropy(logits, codes, weights, grad, np.empty(K))
+    return float(loss), grad.reshape(Z.shape)
 
 
 LOSSES = {

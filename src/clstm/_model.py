@@ -24,6 +24,7 @@ from clstm._attention import AttentionPooling
 from clstm._gru import GRU
 from clstm._losses import LOSSES
 from clstm._lstm import LSTM
+from clstm._tokens import Embedding
 
 __all__ = ["SequenceModel", "NonFiniteError", "NETWORK_PARAMS", "RESUMABLE_NETWORK_PARAMS",
            "make_network", "network_params"]
@@ -48,6 +49,7 @@ _HEAD_WEIGHT = "head.weight"
 _HEAD_BIAS = "head.bias"
 _NETWORK_PREFIX = "network."
 _ATTENTION_PREFIX = "attention."
+_INPUT_PREFIX = "embedding."
 
 
 def make_network(input_size, params, random_state):
@@ -119,11 +121,18 @@ class SequenceModel:
     attention : AttentionPooling or None
         Pool every step's output with attention instead of reading the last
         state (sequence-to-one only). The model owns it (no copy is made).
+    input_layer : clstm._tokens.Embedding or None
+        For token input: X holds (B, T) int64 ids, embedded before the
+        network; its (row-sparse) gradient is the embedding's backward of the
+        network's input gradient. Its trainable table is the parameter
+        ``"embedding.weight"`` (not under the L2 penalty: a dense penalty
+        would move every row at every step).
 
     Use :meth:`create` for a freshly initialised model.
     """
 
-    def __init__(self, network, head_weight, head_bias, loss, return_sequences, attention=None):
+    def __init__(self, network, head_weight, head_bias, loss, return_sequences, attention=None,
+                 input_layer=None):
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r} (one of {sorted(LOSSES)})")
         self.network = network
@@ -158,14 +167,23 @@ class SequenceModel:
                                  f"{np.dtype(attention.dtype).name}, the network gives {fan_in} "
                                  f"of {np.dtype(self.dtype).name}")
         self.attention = attention
+        if input_layer is not None:
+            if input_layer.dim != network.get_config()["input_size"]:
+                raise ValueError(f"the embedding gives {input_layer.dim} features, the network "
+                                 f"reads {network.get_config()['input_size']}")
+            if input_layer.weight.dtype != self.dtype:
+                raise ValueError(f"the embedding has dtype {input_layer.weight.dtype}, the "
+                                 f"network {np.dtype(self.dtype).name}")
+        self.input_layer = input_layer
 
     @classmethod
     def create(cls, input_size, network_params, n_outputs, loss, return_sequences, rng,
-               attention=None):
+               attention=None, input_layer=None):
         """A new model: the network seeded with one int drawn from ``rng`` (a
         RandomState), the head Glorot-uniform as Keras' Dense, zero bias;
         ``attention`` (None, "additive" or "dot") adds an attention pooling
-        drawn from ``rng`` after the head."""
+        drawn from ``rng`` after the head; ``input_layer`` (token input) is
+        used as given."""
         network = make_network(input_size, network_params,
                                int(rng.randint(np.iinfo(np.int32).max)))
         dtype = np.dtype(network.get_config()["dtype"]).type
@@ -175,7 +193,7 @@ class SequenceModel:
         pooling = (None if attention is None
                    else AttentionPooling(attention, fan_in, dtype, rng=rng))
         return cls(network, head_weight, np.zeros(n_outputs, dtype=dtype), loss,
-                   return_sequences, pooling)
+                   return_sequences, pooling, input_layer)
 
     # -- state: copies and files --------------------------------------------------
     @property
@@ -195,6 +213,9 @@ class SequenceModel:
             arrays.update({f"attention/{k}": v.copy() for k, v in self.attention.params.items()})
         arrays["head/weight"] = self.head_weight.copy()
         arrays["head/bias"] = self.head_bias.copy()
+        if self.input_layer is not None:
+            meta["input_layer"], layer_arrays = self.input_layer.get_state()
+            arrays.update({f"input/{k}": v for k, v in layer_arrays.items()})
         return meta, arrays
 
     @classmethod
@@ -213,8 +234,13 @@ class SequenceModel:
                 np.dtype(network.get_config()["dtype"]),
                 params={k[len("attention/"):]: v for k, v in arrays.items()
                         if k.startswith("attention/")})
+        input_layer = None
+        if meta.get("input_layer") is not None:
+            input_layer = Embedding.from_state(meta["input_layer"],
+                                               {k[len("input/"):]: v for k, v in arrays.items()
+                                                if k.startswith("input/")})
         model = cls(network, arrays["head/weight"], arrays["head/bias"], meta["loss"],
-                    meta["return_sequences"], attention)
+                    meta["return_sequences"], attention, input_layer)
         if model.n_outputs != meta["n_outputs"]:
             raise ValueError(f"the head has {model.n_outputs} outputs, the metadata records "
                              f"{meta['n_outputs']!r}")
@@ -228,9 +254,12 @@ class SequenceModel:
         network = type(net)(**{**net.get_config(), **changes}, random_state=0)
         network.load_state_dict(net.state_dict())
         network.rng_state = net.rng_state
+        layer = self.input_layer
+        if layer is not None:
+            layer = Embedding(layer.weight, layer.padding_idx, layer.frozen)    # a copy
         return type(self)(network, self.head_weight, self.head_bias, self.loss,
                           self.return_sequences,
-                          None if self.attention is None else self.attention.copy())
+                          None if self.attention is None else self.attention.copy(), layer)
 
     def __setstate__(self, state):
         # read-only arrays (e.g. joblib memory maps) -> private writable copies:
@@ -252,6 +281,8 @@ class SequenceModel:
         params[_HEAD_BIAS] = self.head_bias
         if self.attention is not None:
             params.update({_ATTENTION_PREFIX + k: v for k, v in self.attention.params.items()})
+        if self.input_layer is not None:
+            params.update({_INPUT_PREFIX + k: v for k, v in self.input_layer.params.items()})
         return params
 
     def weight_names(self):
@@ -289,6 +320,12 @@ class SequenceModel:
         D = self.network.num_directions
         return np.concatenate(list(h_n[-D:]), axis=-1) if D > 1 else h_n[-1]
 
+    def inputs(self, X, lengths=None):
+        """The network's input: X itself, or for token input the embedded ids (B, T, dim)."""
+        if self.input_layer is None:
+            return X
+        return self.input_layer.forward(X, lengths)
+
     def head(self, features):
         """The Dense head for inference, in float64: ``features @ W + b``.
 
@@ -305,7 +342,8 @@ class SequenceModel:
         """Head outputs (B, n_outputs) or (B, T, n_outputs) as float64, inference mode,
         no cache kept."""
         self.network.eval()
-        out, state = self.network.run(X, lengths=_ragged_only(lengths, X.shape[1]),
+        out, state = self.network.run(self.inputs(X, lengths),
+                                      lengths=_ragged_only(lengths, X.shape[1]),
                                       keep_cache=False)
         if self.attention is not None:
             return self.head(self.attention.forward(out, lengths)[0])
@@ -317,16 +355,18 @@ class SequenceModel:
         if self.attention is None:
             raise ValueError("the model has no attention pooling")
         self.network.eval()
-        out, _ = self.network.run(X, lengths=_ragged_only(lengths, X.shape[1]),
-                                  keep_cache=False)
+        out, _ = self.network.run(self.inputs(X, lengths),
+                                  lengths=_ragged_only(lengths, X.shape[1]), keep_cache=False)
         return self.attention.forward(out, lengths)[1].astype(np.float64)
 
     # -- loss and gradient --------------------------------------------------------
     def loss_and_grad(self, X, lengths, Y, W, alpha=0.0, tbptt_steps=None, need_grad=True):
         """Mini-batch loss (weighted mean + alpha/2 * ||weights||^2) and gradients.
 
-        X (B, T, F), lengths (B,), Y targets and W entry weights: (B, ...) for
-        sequence-to-one, (B, T, ...) per step (W = 0 past each length).
+        X (B, T, F), or (B, T) int64 token ids with an input layer; lengths
+        (B,), Y targets and W entry weights: (B, ...) for sequence-to-one,
+        (B, T, ...) per step (W = 0 past each length). The input layer's
+        gradient is a :class:`~clstm._tokens.RowGradient`.
         ``tbptt_steps`` k splits time into chunks of k steps that carry the
         state forward, detached (no gradient crosses a chunk boundary).
         Raises :class:`NonFiniteError` when the loss, the gradient reaching
@@ -334,13 +374,19 @@ class SequenceModel:
         """
         net = self.network
         loss_fn = LOSSES[self.loss]
+        ids = X
+        X = self.inputs(ids, lengths)
         B, T, _ = X.shape
         norm = float(np.sum(W, dtype=np.float64))
         k = T if tbptt_steps is None else min(int(tbptt_steps), T)
         if self.attention is not None and k < T:
             raise ValueError("attention reads every step of a sequence at once: it cannot "
                              "be trained with truncated BPTT (tbptt_steps)")
-        grads = {name: np.zeros_like(v) for name, v in self.params.items()} if need_grad else None
+        # the embedding's gradient is row-sparse: no dense zeros for it
+        grads = ({name: np.zeros_like(v) for name, v in self.params.items()
+                  if not name.startswith(_INPUT_PREFIX)} if need_grad else None)
+        grad_inputs = (np.zeros_like(X) if need_grad and self.input_layer is not None
+                       and self.input_layer.params else None)
         h_index = net.state_names.index("h")
         state = None        # (sorted like X) the carried states, a list over state_names
         loss = 0.0
@@ -382,7 +428,7 @@ class SequenceModel:
                     if ends.size == 0:
                         continue
                     feats = self._features(out, state_out)[ends]
-                Z = feats @ self.head_weight + self.head_bias
+                Z = _matmul(feats, self.head_weight) + self.head_bias
                 chunk_loss, grad_Z = loss_fn(Z, Yc, Wc, norm)
                 if not np.isfinite(chunk_loss):
                     raise NonFiniteError("loss")
@@ -393,29 +439,34 @@ class SequenceModel:
                 grads[_HEAD_WEIGHT] += (feats.reshape(-1, feats.shape[-1]).T
                                         @ grad_Z.reshape(-1, n_out))
                 grads[_HEAD_BIAS] += grad_Z.reshape(-1, n_out).sum(axis=0)
-                grad_feats = grad_Z @ self.head_weight.T
+                grad_feats = _matmul(grad_Z, self.head_weight.T)
                 if not np.isfinite(grad_feats).all():
                     raise NonFiniteError("gradient")
                 if self.return_sequences:
-                    net.backward_state(grad_feats)
+                    grad_Xc = net.backward_state(grad_feats)
                 elif self.attention is not None:
                     grad_out, attention_grads = self.attention.backward(grad_feats,
                                                                         attention_cache)
                     for name, g in attention_grads.items():
                         grads[_ATTENTION_PREFIX + name] += g
-                    net.backward_state(grad_out)
+                    grad_Xc = net.backward_state(grad_out)
                 else:
                     grad_h = np.zeros_like(state_out[h_index])
                     H = net.output_size
                     D = net.num_directions
                     for d in range(D):
                         grad_h[-D + d, ends] = grad_feats[:, d * H:(d + 1) * H]
-                    net.backward_state(np.zeros_like(out),
-                                       tuple(grad_h if i == h_index else None
-                                             for i in range(len(state_out))))
+                    grad_Xc = net.backward_state(np.zeros_like(out),
+                                                 tuple(grad_h if i == h_index else None
+                                                       for i in range(len(state_out))))
+                if grad_inputs is not None:
+                    grad_inputs[slice(None) if whole else active, start:stop] = grad_Xc
                 net_grads = net.grads
                 for name in net.params:
                     grads[_NETWORK_PREFIX + name] += net_grads[name]
+        if grad_inputs is not None:
+            grads[_INPUT_PREFIX + "weight"] = self.input_layer.backward(ids, grad_inputs,
+                                                                        lengths)
         if alpha:
             params = self.params
             for name in self.weight_names():
@@ -437,6 +488,12 @@ class _clearing_cache:
 
     def __exit__(self, *exc):
         self.network.clear_cache()
+
+
+def _matmul(A, B):
+    """A (..., K) @ B (K, N) as one 2-D GEMM over all leading rows (for per-step
+    heads: one (B*T, K) x (K, N) BLAS call instead of B of them)."""
+    return (A.reshape(-1, A.shape[-1]) @ B).reshape(A.shape[:-1] + (B.shape[1],))
 
 
 def _ragged_only(lengths, n_steps):

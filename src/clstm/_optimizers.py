@@ -7,6 +7,15 @@ and restores itself: ``get_config()`` (its constructor arguments) plus
 ``get_state()`` / ``optimizer_from_state()`` (step count and per-parameter
 slots), so that ``save``/``load`` and pickling continue training exactly
 where it stopped.
+
+Row-sparse gradients (:class:`clstm._tokens.RowGradient`, the embedding
+table's) get lazy updates: only the rows in the gradient move, and only
+their slots (moments, velocity) decay and accumulate, as in torch's
+``SparseAdam`` (and TensorFlow's lazy Adam); the step count ``t`` (Adam's
+bias correction) is the optimizer's. Rows that no batch touches keep their
+values and slots exactly. Each ``_update`` is written once for both: it
+reads and updates the slot arrays it is handed (whole slots, or the rows'
+gathered copies that are then written back).
 """
 
 import numbers
@@ -40,10 +49,20 @@ class BaseOptimizer:
         return buf
 
     def update_params(self, params, grads):
-        """Apply one step: ``params[name] += update(grads[name])`` in place."""
+        """Apply one step: ``params[name] += update(grads[name])`` in place (for a
+        row-sparse gradient: ``params[name][rows] += update(values)``)."""
         self.t += 1
         for name, param in params.items():
-            param += self._update(name, param, grads[name])
+            grad = grads[name]
+            slots = [self._slot(slot, name, param) for slot in self._slots_in_use()]
+            rows = getattr(grad, "rows", None)
+            if rows is None:
+                param += self._update(param.dtype.type, grad, *slots)
+                continue
+            gathered = [s[rows] for s in slots]
+            param[rows] += self._update(param.dtype.type, grad.values, *gathered)
+            for s, g in zip(slots, gathered):
+                s[rows] = g
 
     def state_dict(self):
         """(scalars, arrays): the step count and copies of the slots, keyed ``slot/param``."""
@@ -120,12 +139,11 @@ class SGDOptimizer(BaseOptimizer):
     def _slots_in_use(self):
         return () if self.momentum == 0 else self._slots
 
-    def _update(self, name, param, grad):
-        lr = param.dtype.type(self.learning_rate)
+    def _update(self, f, grad, v=None):
+        lr = f(self.learning_rate)
         if self.momentum == 0:
             return -lr * grad
-        mu = param.dtype.type(self.momentum)
-        v = self._slot("velocity", name, param)
+        mu = f(self.momentum)
         v *= mu
         v -= lr * grad
         if self.nesterov:
@@ -157,10 +175,7 @@ class AdamOptimizer(BaseOptimizer):
                            / (1 - self.beta_1 ** (self.t + 1)))
         super().update_params(params, grads)
 
-    def _update(self, name, param, grad):
-        f = param.dtype.type
-        m = self._slot("m", name, param)
-        v = self._slot("v", name, param)
+    def _update(self, f, grad, m, v):
         m *= f(self.beta_1)
         m += f(1 - self.beta_1) * grad
         v *= f(self.beta_2)
@@ -184,9 +199,7 @@ class RMSpropOptimizer(BaseOptimizer):
     def get_config(self):
         return {**super().get_config(), "rho": self.rho, "epsilon": self.epsilon}
 
-    def _update(self, name, param, grad):
-        f = param.dtype.type
-        s = self._slot("square_avg", name, param)
+    def _update(self, f, grad, s):
         s *= f(self.rho)
         s += f(1 - self.rho) * np.square(grad)
         return f(-self.learning_rate) * grad / (np.sqrt(s) + f(self.epsilon))

@@ -98,6 +98,7 @@ class Seq2SeqModel:
 
     loss = "squared_error"
     return_sequences = False
+    input_layer = None          # real-valued inputs only
 
     def __init__(self, encoder, decoder, head_weight, head_bias, horizon, attention):
         self.network = encoder
@@ -454,6 +455,9 @@ class LSTMSeq2SeqRegressor(LSTMRegressor):
     bidirectional = False
     return_sequences = False
     tbptt_steps = None
+    # real-valued windows only (no token input)
+    vocab_size = embedding_dim = padding_idx = embeddings = None
+    freeze_embeddings = False
 
     def __init__(self, hidden_size=50, num_layers=1, cell="lstm", proj_size=0, peephole=False,
                  coupled_gates=False, layer_norm=False, dropout=0.0, recurrent_dropout=0.0,

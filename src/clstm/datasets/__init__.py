@@ -4,6 +4,9 @@
     Monthly sea surface temperature of the Nino 1+2 region of the Pacific
     Ocean, January 1950 to December 2010 (732 months), from NOAA.
     Public domain (a work of the US government).
+``make_reber``
+    Strings of the (embedded) Reber grammar with the legal next symbols of
+    every prefix, generated (Hochreiter & Schmidhuber 1997's first LSTM task).
 """
 
 from importlib import resources
@@ -11,7 +14,9 @@ from importlib import resources
 import numpy as np
 from sklearn.utils import Bunch
 
-__all__ = ["load_elnino"]
+from clstm.datasets._reber import REBER_SYMBOLS, make_reber
+
+__all__ = ["load_elnino", "make_reber", "REBER_SYMBOLS"]
 
 _ELNINO_DESCR = """\
 El Nino: monthly sea surface temperature, Nino 1+2 region, 1950-2010

@@ -60,6 +60,11 @@ def estimator_parts(est):
         raise ValueError(f"{name} is not a network with a dense head (its model is "
                          f"{type(model).__name__}); only LSTMRegressor / LSTMClassifier "
                          "convert to Keras or torch (export_onnx covers more)")
+    if model.input_layer is not None:
+        raise ValueError(f"{name} reads token ids through an embedding; its conversion to "
+                         "Keras or torch is not supported: convert an estimator on "
+                         "real-valued features, or take the table (est._model.input_layer."
+                         "weight) and the network (est.lstm_) over by hand")
     if model.attention is not None:
         raise ValueError(f"{name} has attention={model.attention.kind!r}, which Keras' and "
                          "torch's LSTM modules do not include; export it with "

@@ -603,6 +603,10 @@ def _estimator_model(est, lengths, opset):
                          "each prediction back step by step (a loop this export does not "
                          "build); export the encoder and decoder networks (est.lstm_, "
                          "est.decoder_) with export_onnx and run the loop outside")
+    if getattr(model, "input_layer", None) is not None:
+        raise ValueError(f"{type(est).__name__} reads token ids through an embedding, which "
+                         "export_onnx does not export yet; export the network "
+                         "(est.lstm_) and look up est._model.input_layer.weight[ids] first")
     net, classifier = model.network, hasattr(est, "classes_")
     F = net.input_size          # a univariate estimator's 2-D X is X[..., None] here
     g = OnnxGraph("clstm_" + type(est).__name__.lower())
