@@ -31,7 +31,8 @@ def make_moving_shapes(n_samples, n_steps=8, size=16, n_shapes=2, shape_size=3, 
         Grid height and width.
     n_shapes : int, default=2
     shape_size : int, default=3
-        Side of a square, diameter of a disc (at most ``size``).
+        Side of a square, diameter of a disc (at most ``size``; with 3, a
+        disc is a plus sign, with 1 or 2 a square).
     max_speed : int, default=1
         Largest speed per axis, in pixels per step (less than
         ``size - shape_size`` when that is positive).
@@ -86,7 +87,9 @@ def make_moving_shapes(n_samples, n_steps=8, size=16, n_shapes=2, shape_size=3, 
     square = np.ones((shape_size, shape_size))
     centre = (shape_size - 1) / 2.0
     r = np.arange(shape_size) - centre
-    disc = (r[:, None] ** 2 + r[None, :] ** 2 <= (shape_size / 2.0) ** 2).astype(np.float64)
+    # pixel centres within the inscribed circle (a 3-pixel disc is a plus sign)
+    disc = (r[:, None] ** 2 + r[None, :] ** 2 < (shape_size / 2.0) ** 2 - 0.25).astype(
+        np.float64)
     frames = np.zeros((n_samples, n_frames, size, size))
     for t in range(n_frames):
         for i in range(n_samples):
