@@ -364,5 +364,5 @@ def test_files_of_one_estimator_are_refused_by_another(tmp_path):
     contents["__metadata__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
     forged = tmp_path / "forged.npz"
     np.savez(forged, **contents)
-    with pytest.raises(ValueError, match="LSTM or a GRU"):
+    with pytest.raises(ValueError, match="ConvLSTM reads maps"):
         clstm.load(forged)

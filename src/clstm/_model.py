@@ -224,9 +224,9 @@ class SequenceModel:
         """The model :meth:`get_state` described; every array is checked (shape, dtype,
         finite) against the configuration."""
         net_meta = meta["network"]
-        if net_meta["class"] not in ("LSTM", "GRU"):
-            raise ValueError(f"a sequence model runs an LSTM or a GRU, the file names a "
-                             f"{net_meta['class']!r}")
+        if _NETWORKS.get(net_meta["class"]) is ConvLSTM:
+            raise ValueError("a ConvLSTM reads maps, not feature vectors: its model is a "
+                             "ConvLSTMRegressor's, not a sequence model")
         network = _network_from_config(net_meta["class"], net_meta["config"])
         network.load_state_dict({k[len("network/"):]: v for k, v in arrays.items()
                                  if k.startswith("network/")})
