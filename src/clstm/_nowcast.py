@@ -293,9 +293,15 @@ class ConvLSTMRegressor(LSTMRegressor):
         Predict the next frame after every step (``y`` per step) instead of
         after the last one.
     dtype : {"float32", "float64"}, default="float32"
-    solver, learning_rate_init, batch_size, max_iter, shuffle, alpha, clip_norm, momentum, nesterovs_momentum, beta_1, beta_2, rho, epsilon, tol, early_stopping, validation_fraction, n_iter_no_change, standardize, random_state, n_jobs, verbose, warm_start
-        As for :class:`LSTMRegressor` (the same training loop). ``n_jobs``
-        threads run independent sequences of a batch in parallel.
+    solver, learning_rate_init, batch_size, max_iter, shuffle, alpha
+        As for :class:`LSTMRegressor` (the same training loop).
+    clip_norm, momentum, nesterovs_momentum, beta_1, beta_2, rho, epsilon
+        As for :class:`LSTMRegressor`.
+    tol, early_stopping, validation_fraction, n_iter_no_change, standardize
+        As for :class:`LSTMRegressor` (``standardize``: per channel, above).
+    random_state, n_jobs, verbose, warm_start
+        As for :class:`LSTMRegressor`; ``n_jobs`` threads run independent
+        sequences of a batch in parallel.
 
     Attributes
     ----------
