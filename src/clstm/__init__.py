@@ -20,6 +20,7 @@ _LAZY = {
     "LSTMRegressor": "clstm._estimators",
     "LSTMClassifier": "clstm._estimators",
     "LSTMSeq2SeqRegressor": "clstm._seq2seq",
+    "ConvLSTMRegressor": "clstm._nowcast",
     "load": "clstm._estimators",
     "LSTMLanguageModel": "clstm._language",
     "CharTokenizer": "clstm._text",
@@ -31,7 +32,7 @@ _LAZY = {
 }
 
 __all__ = ["LSTM", "GRU", "ConvLSTM", "LSTMRegressor", "LSTMClassifier", "LSTMSeq2SeqRegressor",
-           "LSTMLanguageModel", "CharTokenizer", "load", "make_windows",
+           "LSTMLanguageModel", "CharTokenizer", "ConvLSTMRegressor", "load", "make_windows",
            "datasets", "export_onnx", "import_onnx", "interop", "__version__"]
 
 

@@ -112,7 +112,8 @@ _OTHER_NAMES = {
 # class name -> estimator class, for load()
 _ESTIMATORS = {}
 # estimators defined outside clstm._estimators: where load() finds them
-_ESTIMATOR_MODULES = {"LSTMSeq2SeqRegressor": "clstm._seq2seq"}
+_ESTIMATOR_MODULES = {"LSTMSeq2SeqRegressor": "clstm._seq2seq",
+                      "ConvLSTMRegressor": "clstm._nowcast"}
 
 
 def _is_int(value):
@@ -585,7 +586,7 @@ class BaseLSTMEstimator(BaseEstimator):
         W_score = sw[:, None] * steps if self.return_sequences else sw.copy()
         W_loss = W_score * self._class_weight_factors(Y, W_score, incremental)
         if first:
-            self._x_stats = (_location_scale(arr[steps], np.repeat(sw, lengths))
+            self._x_stats = (_input_statistics(arr, steps, sw)
                              if self.standardize and self._input_layout != "tokens"
                              else (None, None))
             self._init_target_stats(Y, W_score)
@@ -1058,8 +1059,7 @@ class BaseLSTMEstimator(BaseEstimator):
         est._rng.set_state((name, keys, pos, has_gauss, cached))
         fitted = dict(meta["fitted"])
         est._set_fitted(fitted)
-        input_size = model.network.get_config()["input_size"]
-        est._x_stats = _check_scaling(arrays, "x", input_size)
+        est._x_stats = _check_scaling(arrays, "x", model.network.input_size)
         est._set_target_state(fitted, arrays, model.n_outputs)
         if model.loss != est._loss:
             raise ValueError(f"the model is trained on the {model.loss!r} loss, but a "
@@ -1105,6 +1105,21 @@ class BaseLSTMEstimator(BaseEstimator):
         est._x_stats = _check_scaling(scaling, "x", input_size)
         return est
 
+    def _fitted_input_checks(self, need):
+        """Check the recorded input layout against the network; the features per sample."""
+        input_size = self._model.network.input_size
+        has_embedding = self._model.input_layer is not None
+        layout = need("_input_layout",
+                      lambda v: v in (("tokens",) if has_embedding else ("2d", "3d")),
+                      "'tokens' (the model has an embedding)" if has_embedding else "'2d' or '3d'")
+        need("input_size_", lambda v: v == (1 if layout == "2d" else input_size),
+             f"the network's input size ({input_size}) for {layout} input")
+        return need("n_features_in_",
+                    lambda v: _is_int(v) and (v >= 1 if layout == "2d" else
+                                              v == 1 if layout == "tokens" else
+                                              v == input_size),
+                    "the number of features the network reads")
+
     def _set_fitted(self, fitted):
         def need(key, ok, expected):
             if key not in fitted or not ok(fitted[key]):
@@ -1115,18 +1130,7 @@ class BaseLSTMEstimator(BaseEstimator):
         def finite(v):
             return _is_real(v) and np.isfinite(v)
 
-        input_size = self._model.network.get_config()["input_size"]
-        has_embedding = self._model.input_layer is not None
-        layout = need("_input_layout",
-                      lambda v: v in (("tokens",) if has_embedding else ("2d", "3d")),
-                      "'tokens' (the model has an embedding)" if has_embedding else "'2d' or '3d'")
-        need("input_size_", lambda v: v == (1 if layout == "2d" else input_size),
-             f"the network's input size ({input_size}) for {layout} input")
-        n_features = need("n_features_in_",
-                          lambda v: _is_int(v) and (v >= 1 if layout == "2d" else
-                                                    v == 1 if layout == "tokens" else
-                                                    v == input_size),
-                          "the number of features the network reads")
+        n_features = self._fitted_input_checks(need)
         n_iter = need("n_iter_", lambda v: _is_int(v) and v >= 0, "an int >= 0")
         need("t_", lambda v: _is_int(v) and v >= 0, "an int >= 0")
         curve = need("loss_curve_", lambda v: isinstance(v, list) and len(v) == n_iter
@@ -1508,6 +1512,15 @@ def _location_scale(V, w):
     mean, scale = mean_s * unit, std_s * unit
     varies = (std_s > 1e-12 * np.abs(mean_s)) & (scale >= np.finfo(np.float64).tiny)
     return mean, np.where(varies, scale, 1.0)
+
+
+def _input_statistics(arr, steps, sw):
+    """(mean, scale) of each input feature (the last axis of arr) over the valid
+    steps (and, for maps, every pixel), each weighted by its sample's weight."""
+    V = arr[steps]
+    per_step = V.size // (V.shape[0] * V.shape[-1])
+    w = np.repeat(np.repeat(sw, steps.sum(axis=1)), per_step)
+    return _location_scale(V.reshape(-1, V.shape[-1]), w)
 
 
 def _apply_scaling(A, stats):

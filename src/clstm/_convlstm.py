@@ -178,7 +178,10 @@ class ConvLSTM(RecurrentNetwork):
                 bias[F:2 * F] = 1.0
             for kind, value in (("kernel", kernel), ("recurrent_kernel", recurrent),
                                 ("bias", bias)):
-                self.params[f"{kind}_l{layer}"] = value.astype(self.dtype)
+                # C order: a transposed orthogonal factor (taps * F < 4F, e.g. 1-D
+                # kernels of 3) would otherwise keep Fortran order, and the in-place
+                # edit check (same_values) compares C-contiguous arrays only
+                self.params[f"{kind}_l{layer}"] = np.ascontiguousarray(value, dtype=self.dtype)
 
     def _scan_config(self):
         scan = _kernels()

@@ -21,6 +21,7 @@ has: ``run`` / ``backward_state`` / ``clear_cache``, ``state_names``,
 import numpy as np
 
 from clstm._attention import AttentionPooling
+from clstm._convlstm import ConvLSTM
 from clstm._gru import GRU
 from clstm._losses import LOSSES
 from clstm._lstm import LSTM
@@ -38,7 +39,7 @@ NETWORK_PARAMS = ("hidden_size", "num_layers", "bidirectional", "cell", "proj_si
 RESUMABLE_NETWORK_PARAMS = ("dropout", "recurrent_dropout", "n_jobs")
 
 # Network classes a saved model may name.
-_NETWORKS = {"LSTM": LSTM, "GRU": GRU}
+_NETWORKS = {"LSTM": LSTM, "GRU": GRU, "ConvLSTM": ConvLSTM}
 
 # The cell hyperparameter: its values and their network classes. The LSTM
 # options (proj_size, ...) apply to the LSTM only.
@@ -223,6 +224,9 @@ class SequenceModel:
         """The model :meth:`get_state` described; every array is checked (shape, dtype,
         finite) against the configuration."""
         net_meta = meta["network"]
+        if _NETWORKS.get(net_meta["class"]) is ConvLSTM:
+            raise ValueError("a ConvLSTM reads maps, not feature vectors: its model is a "
+                             "ConvLSTMRegressor's, not a sequence model")
         network = _network_from_config(net_meta["class"], net_meta["config"])
         network.load_state_dict({k[len("network/"):]: v for k, v in arrays.items()
                                  if k.startswith("network/")})

@@ -7,6 +7,9 @@
 ``make_reber``
     Strings of the (embedded) Reber grammar with the legal next symbols of
     every prefix, generated (Hochreiter & Schmidhuber 1997's first LSTM task).
+``make_moving_shapes``
+    A generated nowcasting task: squares and discs moving with constant
+    velocity on a grid, bouncing at the edges (frames -> the next frame).
 """
 
 from importlib import resources
@@ -14,9 +17,10 @@ from importlib import resources
 import numpy as np
 from sklearn.utils import Bunch
 
+from clstm.datasets._moving_shapes import make_moving_shapes
 from clstm.datasets._reber import REBER_SYMBOLS, make_reber
 
-__all__ = ["load_elnino", "make_reber", "REBER_SYMBOLS"]
+__all__ = ["load_elnino", "make_reber", "REBER_SYMBOLS", "make_moving_shapes"]
 
 _ELNINO_DESCR = """\
 El Nino: monthly sea surface temperature, Nino 1+2 region, 1950-2010
