@@ -24,6 +24,7 @@ _LAZY = {
     "LSTMLanguageModel": "clstm._language",
     "CharTokenizer": "clstm._text",
     "make_windows": "clstm._windows",
+    "LookbackWindows": "clstm._windows",
     "datasets": "clstm.datasets",
     "export_onnx": "clstm.interop._onnx",
     "import_onnx": "clstm.interop._onnx",
@@ -31,7 +32,7 @@ _LAZY = {
 }
 
 __all__ = ["LSTM", "GRU", "ConvLSTM", "LSTMRegressor", "LSTMClassifier", "LSTMSeq2SeqRegressor",
-           "LSTMLanguageModel", "CharTokenizer", "load", "make_windows",
+           "LSTMLanguageModel", "CharTokenizer", "load", "make_windows", "LookbackWindows",
            "datasets", "export_onnx", "import_onnx", "interop", "__version__"]
 
 
