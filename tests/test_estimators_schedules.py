@@ -173,3 +173,16 @@ def test_old_files_without_a_schedule_load_as_constant(tmp_path):
     assert old.learning_rate_curve_ == [1e-3] * 6 and old.learning_rate == "constant"
     assert old.n_timesteps_in_ is None
     np.testing.assert_array_equal(old.predict(X), reg.predict(X))
+
+
+def _run_doctest(text, name):
+    import doctest
+    test = doctest.DocTestParser().get_doctest(text, {}, name, None, 0)
+    runner = doctest.DocTestRunner()
+    runner.run(test)
+    assert runner.tries > 0 and runner.failures == 0
+
+
+@quiet
+def test_class_docstring_examples_run():
+    _run_doctest(LSTMRegressor.__doc__, "LSTMRegressor")

@@ -105,6 +105,18 @@ def test_classifier_validation_accuracy_and_unseen_classes():
         LSTMClassifier(**FAST).fit(X, labels, validation_data=(Xv, bad))
 
 
+@quiet
+def test_per_step_validation_targets_score_like_score():
+    rng = np.random.default_rng(4)
+    X, Xv = rng.standard_normal((40, 6, 1)), rng.standard_normal((15, 6, 1))
+    Y, Yv = (np.cumsum(X[..., 0], 1) > 0), (np.cumsum(Xv[..., 0], 1) > 0)
+    clf = LSTMClassifier(return_sequences=True, **FAST).fit(X, Y, validation_data=(Xv, Yv))
+    assert clf.validation_scores_[-1] == clf.score(Xv, Yv)
+    reg = LSTMRegressor(return_sequences=True, **FAST).fit(X, Y * 1.0,
+                                                           validation_data=(Xv, Yv * 1.0))
+    assert reg.validation_scores_[-1] == pytest.approx(reg.score(Xv, Yv * 1.0), abs=1e-7)
+
+
 @pytest.mark.parametrize("validation_data, error, match", [
     ("oops", TypeError, "validation_data must be"),
     ((1, 2, 3, 4), TypeError, "of length 4"),

@@ -119,3 +119,12 @@ def test_pipeline_gridsearch_over_lookback_with_timeseriessplit():
     by_hand = clone(reg).fit(_by_hand(x[train], 5), y[train])
     expected = by_hand.score(_by_hand(x, 5)[test[0]:test[-1] + 1], y[test])
     assert search.cv_results_["split0_test_score"][1] == pytest.approx(expected, abs=1e-12)
+
+
+def test_docstring_example_runs():
+    import doctest
+    test = doctest.DocTestParser().get_doctest(LookbackWindows.__doc__, {}, "LookbackWindows",
+                                               None, 0)
+    runner = doctest.DocTestRunner()
+    runner.run(test)
+    assert runner.tries > 0 and runner.failures == 0

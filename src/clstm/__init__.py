@@ -23,6 +23,7 @@ _LAZY = {
     "load": "clstm._estimators",
     "LSTMLanguageModel": "clstm._language",
     "CharTokenizer": "clstm._text",
+    "EpochRecord": "clstm._base",
     "make_windows": "clstm._windows",
     "LookbackWindows": "clstm._windows",
     "datasets": "clstm.datasets",
@@ -32,7 +33,8 @@ _LAZY = {
 }
 
 __all__ = ["LSTM", "GRU", "ConvLSTM", "LSTMRegressor", "LSTMClassifier", "LSTMSeq2SeqRegressor",
-           "LSTMLanguageModel", "CharTokenizer", "load", "make_windows", "LookbackWindows",
+           "LSTMLanguageModel", "CharTokenizer", "EpochRecord", "load", "make_windows",
+           "LookbackWindows",
            "datasets", "export_onnx", "import_onnx", "interop", "__version__"]
 
 

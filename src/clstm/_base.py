@@ -7,8 +7,9 @@ attributes. Everything specific to regression or classification (targets,
 loss, output transform, score) lives in the subclasses. A fit runs in named
 steps: :meth:`~BaseLSTMEstimator._prepare_data`,
 :meth:`~BaseLSTMEstimator._build_or_resume`, :meth:`~BaseLSTMEstimator._run_epoch`
-(repeated, each followed by :meth:`~BaseLSTMEstimator._end_epoch`), and
-:meth:`~BaseLSTMEstimator._commit`.
+(repeated, each followed by :meth:`~BaseLSTMEstimator._end_epoch`, which
+scores the validation set, applies the learning-rate schedule's plateau rule
+and calls the callbacks), and :meth:`~BaseLSTMEstimator._commit`.
 
 Input layouts (``X``):
 
@@ -46,6 +47,10 @@ consistent, usable model:
   epoch are kept and a warning is issued, as scikit-learn's MLP does (with
   no completed epoch in the call, the estimator stays as it was and the
   interrupt propagates).
+
+A ``fit`` callback that returns a truthy value ends training normally; an
+exception raised by a callback propagates and follows the rule above (the
+estimator stays as it was before the call).
 """
 
 import copy

@@ -99,6 +99,7 @@ _COMMON_PARAMS = """
         ...                           power_t=1.0, random_state=0).fit(X, X[:, 0, 0])
         >>> [round(r, 6) for r in reg.learning_rate_curve_]
         [0.001, 0.0005, 0.000333]
+
     power_t : float, default=0.5
         Exponent of ``learning_rate="invscaling"``.
     batch_size : int or "auto", default=32
@@ -378,7 +379,12 @@ class LSTMRegressor(RegressorMixin, BaseLSTMEstimator):
 
     def partial_fit(self, X, y, sample_weight=None, lengths=None):
         """One epoch over (X, y), continuing from the current model (the first call
-        initialises it). ``lengths``: as in :meth:`fit`."""
+        initialises it). ``lengths``: as in :meth:`fit`.
+
+        It takes no ``validation_data`` or ``callbacks``: each call is one
+        epoch, so ``score`` on a validation set after the call is that
+        epoch's validation score. The learning-rate schedule advances one
+        epoch per call."""
         return self._transaction(X, y, sample_weight, incremental=True, lengths=lengths)
 
     def __sklearn_tags__(self):
@@ -545,6 +551,12 @@ class LSTMRegressor(RegressorMixin, BaseLSTMEstimator):
         forecast (the last round's surplus is dropped). It equals the loop
         ``window = series[-lookback:]; pred = predict(window[None])[0];
         series = concat(series, pred)`` written by hand.
+
+        The window slides (each round starts from the zero state, as the
+        training windows did), which is what a model fitted on fixed-length
+        windows expects. To carry the state over the whole history instead
+        (a stateful forecast), step the series with :meth:`predict_step` and
+        feed its outputs back the same way.
 
         Parameters
         ----------
@@ -742,7 +754,8 @@ class LSTMClassifier(ClassifierMixin, BaseLSTMEstimator):
                  shuffle=True, alpha=1e-4, clip_norm=5.0, momentum=0.9,
                  nesterovs_momentum=True, beta_1=0.9, beta_2=0.999, rho=0.9, epsilon=1e-8,
                  tol=1e-4, early_stopping=False, validation_fraction=0.1,
-                 validation_holdout="random", n_iter_no_change=10, tbptt_steps=None, standardize=True,
+                 validation_holdout="random",
+                 n_iter_no_change=10, tbptt_steps=None, standardize=True,
                  random_state=None, n_jobs=None, verbose=0, warm_start=False,
                  class_weight=None, vocab_size=None, embedding_dim=None, padding_idx=None,
                  embeddings=None, freeze_embeddings=False):
@@ -781,7 +794,9 @@ class LSTMClassifier(ClassifierMixin, BaseLSTMEstimator):
 
         ``classes`` (all labels that can ever appear) is required on the first
         call and optional afterwards (it must then be the same). ``lengths``:
-        as in :meth:`fit`.
+        as in :meth:`fit`. No ``validation_data`` or ``callbacks``: each call is
+        one epoch (call ``score`` on a validation set after it); the
+        learning-rate schedule advances one epoch per call.
         """
         return self._transaction(X, y, sample_weight, incremental=True, classes=classes,
                                  lengths=lengths)
