@@ -130,6 +130,8 @@ def test_per_step_validation_targets_score_like_score():
     ((np.full((5, 7, 2), np.nan), np.zeros(5)), ValueError, "validation_data: .*NaN"),
     ((np.zeros((5, 7, 2)), np.zeros(5), [1, 2, 3, 4, 9]), ValueError,
      r"validation_data: lengths must be in \[1, 7\]"),
+    ((np.zeros((5, 7, 2)), np.zeros(5), np.full(5, 0.5)), ValueError,      # Keras' (x, y, w)
+     r"lengths must be a 1-D array of ints.*the third item of validation_data is lengths_val"),
 ])
 def test_bad_validation_data_is_refused_and_leaves_the_estimator_unfitted(
         validation_data, error, match):

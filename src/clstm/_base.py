@@ -486,8 +486,9 @@ class BaseLSTMEstimator(BaseEstimator):
         validation_data : tuple or dict, default=None
             A validation set of your choice (Keras' ``validation_data``):
             ``(X_val, y_val)``, ``(X_val, y_val, lengths_val)`` for a padded
-            ``X_val``, or a dict with keys ``"X"``, ``"y"`` and optionally
-            ``"lengths"`` and ``"sample_weight"``. It is checked as ``X`` and
+            ``X_val`` (the third item is not Keras' sample weights), or a
+            dict with keys ``"X"``, ``"y"`` and optionally ``"lengths"`` and
+            ``"sample_weight"``. It is checked as ``X`` and
             ``y`` are (same features, targets or known classes) and scored
             after every epoch with :meth:`score`'s measure (R^2 / accuracy)
             into ``validation_scores_``. With ``early_stopping=True`` training
@@ -797,7 +798,13 @@ class BaseLSTMEstimator(BaseEstimator):
             if not np.any(sw > 0):
                 raise ValueError("the sample weights are all zero")
         except ValueError as exc:
-            raise ValueError(f"{what}: {exc}") from None
+            hint = ""
+            if (isinstance(validation_data, (tuple, list)) and len(validation_data) == 3
+                    and "lengths" in str(exc)):
+                hint = (" (the third item of validation_data is lengths_val, for a padded "
+                        "X_val; pass validation sample weights as a dict: {'X': X_val, "
+                        "'y': y_val, 'sample_weight': w_val})")
+            raise ValueError(f"{what}: {exc}{hint}") from None
         T = arr.shape[1]
         W = sw[:, None] * (np.arange(T)[None, :] < lv[:, None]) if self.return_sequences else sw
         Xp = _to_dtype(_standardize(arr, lv, self._x_stats), dtype, "validation X",
