@@ -167,3 +167,21 @@ def test_forecast_docstring_example_runs():
     for test in finder.find(LSTMRegressor.forecast, "forecast", globs={}):
         runner.run(test)
     assert runner.failures == 0 and runner.tries > 0
+
+
+def test_seq2seq_regressor_forecasts_validates_and_schedules(tmp_path):
+    from clstm import LSTMSeq2SeqRegressor
+    series = _series(k=2)
+    X, y = make_windows(series, lookback=10, horizon=3)          # y (n, 3, 2)
+    reg = LSTMSeq2SeqRegressor(hidden_size=6, max_iter=3, random_state=0,
+                               learning_rate="invscaling", early_stopping=True,
+                               validation_holdout="last")
+    reg.fit(X, y)
+    assert reg.validation_scores_[-1] <= reg.best_validation_score_
+    np.testing.assert_allclose(reg.learning_rate_curve_, [1e-3 / e ** 0.5 for e in (1, 2, 3)])
+    np.testing.assert_array_equal(reg.forecast(series, 7),
+                                  _by_hand(reg, series[None], 7, 10, 3, 2)[0])
+    reg.save(tmp_path / "s.npz")
+    back = clstm.load(tmp_path / "s.npz")
+    np.testing.assert_array_equal(back.forecast(series, 7), reg.forecast(series, 7))
+    assert back.learning_rate_curve_ == reg.learning_rate_curve_

@@ -471,8 +471,10 @@ class LSTMRegressor(RegressorMixin, BaseLSTMEstimator):
         mean, scale = self._y_stats
         if mean is not None:
             arrays["scaling/y_mean"], arrays["scaling/y_scale"] = mean, scale
-        return {"n_outputs_": int(self.n_outputs_), "_y_1d": bool(self._y_1d),
-                "_y_shape": [int(d) for d in self._y_shape]}, arrays
+        meta = {"n_outputs_": int(self.n_outputs_), "_y_1d": bool(self._y_1d)}
+        if hasattr(self, "_y_shape"):          # (a subclass may shape its targets itself)
+            meta["_y_shape"] = [int(d) for d in self._y_shape]
+        return meta, arrays
 
     def _set_target_state(self, fitted, arrays, n_head_outputs):
         n_outputs, one = fitted.get("n_outputs_"), fitted.get("_y_1d")
@@ -610,8 +612,8 @@ class LSTMRegressor(RegressorMixin, BaseLSTMEstimator):
             raise ValueError(
                 f"{name}.forecast feeds each prediction back as the next input, so the model "
                 f"must predict every input column: it reads {k} feature(s) per step but its "
-                f"targets are {h} step(s) of {columns} column(s) (targets of shape "
-                f"{(None,) + self._y_shape}). Fit it on make_windows(series, lookback, "
+                f"targets are {h} step(s) of {columns} column(s). Fit it on "
+                "make_windows(series, lookback, "
                 "horizon=h) with all columns as targets (target=None), or forecast the "
                 "exogenous inputs yourself and call predict")
         if not _is_int(steps) or steps < 1:
