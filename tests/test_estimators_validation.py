@@ -59,10 +59,11 @@ def test_validation_scores_are_the_score_of_each_epoch_and_do_not_change_trainin
 def test_early_stopping_on_validation_data_trains_on_all_of_X_and_restores_the_best():
     X, y = _data()
     Xv, yv = _data(n=25, seed=1)
-    params = dict(FAST, max_iter=30, n_iter_no_change=2, tol=1e-3, learning_rate_init=0.02)
-    ref = LSTMRegressor(**params).fit(X, y)        # no hold-out: same batches, same draws
+    # tol too large to improve by: stops after epoch 1 + n_iter_no_change + 1
+    params = dict(FAST, max_iter=30, n_iter_no_change=2, tol=10.0, learning_rate_init=0.02)
+    ref = LSTMRegressor(**dict(params, tol=0.0, n_iter_no_change=30)).fit(X, y)   # same draws
     reg = LSTMRegressor(early_stopping=True, **params).fit(X, y, validation_data=(Xv, yv))
-    assert reg.n_iter_ < 30
+    assert reg.n_iter_ == 4
     assert reg.loss_curve_ == ref.loss_curve_[:reg.n_iter_]
     assert reg.best_validation_score_ == max(reg.validation_scores_)
     assert reg.score(Xv, yv) == pytest.approx(reg.best_validation_score_, abs=1e-7)
