@@ -359,3 +359,19 @@ def test_validation_data_through_metadata_routing_in_gridsearchcv():
     best = search.best_estimator_[-1]
     ref = clone(best).fit(X, y, validation_data=(Xv, yv))
     assert best.validation_scores_ == ref.validation_scores_
+
+
+@quiet
+def test_token_estimators_take_validation_data_and_schedules():
+    from clstm import LSTMLanguageModel
+    rng = np.random.default_rng(0)
+    X = [rng.integers(0, 5, size=rng.integers(4, 9)) for _ in range(30)]
+    y = np.array([s.sum() % 2 for s in X])
+    clf = LSTMClassifier(vocab_size=5, **FAST).fit(X[:25], y[:25],
+                                                   validation_data=(X[25:], y[25:]))
+    assert clf.validation_scores_[-1] == clf.score(X[25:], y[25:])
+    lm = LSTMLanguageModel(vocab_size=5, hidden_size=6, max_iter=3, random_state=0,
+                           learning_rate="invscaling", power_t=1.0, early_stopping=True,
+                           validation_holdout="last").fit(X)
+    np.testing.assert_allclose(lm.learning_rate_curve_, [1e-3, 1e-3 / 2, 1e-3 / 3])
+    assert len(lm.validation_scores_) == 3

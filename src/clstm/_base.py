@@ -429,7 +429,8 @@ class BaseLSTMEstimator(BaseEstimator):
         """Token input: padded int64 ids (n, T), lengths (n,), ragged; with
         ``reset`` the layout "tokens", n_features_in_ = 1 (one id per step) and
         input_size_ = embedding_dim."""
-        if reset:
+        if reset or "_model" not in self.__dict__:
+            # (validation data of a first fit is read before the model is committed)
             vocab_size, dim = embedding_shape(self)
         else:
             vocab_size, dim = self._model.input_layer.vocab_size, self._model.input_layer.dim
