@@ -24,7 +24,9 @@ _LAZY = {
     "load": "clstm._estimators",
     "LSTMLanguageModel": "clstm._language",
     "CharTokenizer": "clstm._text",
+    "EpochRecord": "clstm._base",
     "make_windows": "clstm._windows",
+    "LookbackWindows": "clstm._windows",
     "datasets": "clstm.datasets",
     "export_onnx": "clstm.interop._onnx",
     "import_onnx": "clstm.interop._onnx",
@@ -32,7 +34,8 @@ _LAZY = {
 }
 
 __all__ = ["LSTM", "GRU", "ConvLSTM", "LSTMRegressor", "LSTMClassifier", "LSTMSeq2SeqRegressor",
-           "LSTMLanguageModel", "CharTokenizer", "ConvLSTMRegressor", "load", "make_windows",
+           "LSTMLanguageModel", "CharTokenizer", "ConvLSTMRegressor", "EpochRecord", "load",
+           "make_windows", "LookbackWindows",
            "datasets", "export_onnx", "import_onnx", "interop", "__version__"]
 
 

@@ -7,8 +7,9 @@ attributes. Everything specific to regression or classification (targets,
 loss, output transform, score) lives in the subclasses. A fit runs in named
 steps: :meth:`~BaseLSTMEstimator._prepare_data`,
 :meth:`~BaseLSTMEstimator._build_or_resume`, :meth:`~BaseLSTMEstimator._run_epoch`
-(repeated, each followed by :meth:`~BaseLSTMEstimator._end_epoch`), and
-:meth:`~BaseLSTMEstimator._commit`.
+(repeated, each followed by :meth:`~BaseLSTMEstimator._end_epoch`, which
+scores the validation set, applies the learning-rate schedule's plateau rule
+and calls the callbacks), and :meth:`~BaseLSTMEstimator._commit`.
 
 Input layouts (``X``):
 
@@ -46,15 +47,22 @@ consistent, usable model:
   epoch are kept and a warning is issued, as scikit-learn's MLP does (with
   no completed epoch in the call, the estimator stays as it was and the
   interrupt propagates).
+
+A ``fit`` callback that returns a truthy value ends training normally; an
+exception raised by a callback propagates and follows the rule above (the
+estimator stays as it was before the call).
 """
 
 import copy
+import dataclasses
 import difflib
 import functools
 import hashlib
 import importlib
 import inspect
+import math
 import numbers
+import time
 import warnings
 
 import numpy as np
@@ -62,7 +70,7 @@ import scipy.sparse as sp
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
-from sklearn.utils import check_random_state
+from sklearn.utils import _safe_indexing, check_random_state
 from sklearn.utils.validation import _check_sample_weight, check_array, check_is_fitted, validate_data
 
 from clstm import _persistence
@@ -74,7 +82,7 @@ from clstm._model import (
     SequenceModel,
     network_params,
 )
-from clstm._optimizers import make_optimizer, optimizer_from_state
+from clstm._optimizers import SCHEDULES, make_optimizer, optimizer_from_state
 from clstm._progress import EpochProgress
 from clstm._tokens import (
     EMBEDDING_PARAMS,
@@ -86,7 +94,7 @@ from clstm._tokens import (
 )
 from clstm._validation import InvalidParameterError
 
-__all__ = ["BaseLSTMEstimator", "load"]
+__all__ = ["BaseLSTMEstimator", "EpochRecord", "load"]
 
 # rows per forward pass in predict (bounds the activation memory)
 _PREDICT_BATCH = 1024
@@ -102,7 +110,7 @@ _OTHER_NAMES = {
     "epochs": "max_iter", "n_epochs": "max_iter", "num_epochs": "max_iter",
     "units": "hidden_size", "hidden_dim": "hidden_size", "n_hidden": "hidden_size",
     "n_layers": "num_layers", "layers": "num_layers",
-    "lr": "learning_rate_init", "learning_rate": "learning_rate_init",
+    "lr": "learning_rate_init", "lr_schedule": "learning_rate", "schedule": "learning_rate",
     "optimizer": "solver", "validation_split": "validation_fraction",
     "patience": "n_iter_no_change", "min_delta": "tol", "seed": "random_state",
     "clipnorm": "clip_norm", "gradient_clip": "clip_norm", "weight_decay": "alpha",
@@ -175,10 +183,12 @@ class BaseLSTMEstimator(BaseEstimator):
     def __init__(self, hidden_size=50, num_layers=1, bidirectional=False, cell="lstm",
                  proj_size=0, peephole=False, coupled_gates=False, layer_norm=False, dropout=0.0,
                  recurrent_dropout=0.0, return_sequences=False, attention=None, dtype="float32",
-                 solver="adam", learning_rate_init=1e-3, batch_size=32, max_iter=200,
+                 solver="adam", learning_rate_init=1e-3, learning_rate="constant",
+                 power_t=0.5, batch_size=32, max_iter=200,
                  shuffle=True, alpha=1e-4, clip_norm=5.0, momentum=0.9,
                  nesterovs_momentum=True, beta_1=0.9, beta_2=0.999, rho=0.9, epsilon=1e-8,
                  tol=1e-4, early_stopping=False, validation_fraction=0.1,
+                 validation_holdout="random",
                  n_iter_no_change=10, tbptt_steps=None, standardize=True,
                  random_state=None, n_jobs=None, verbose=0, warm_start=False,
                  vocab_size=None, embedding_dim=None, padding_idx=None, embeddings=None,
@@ -198,6 +208,8 @@ class BaseLSTMEstimator(BaseEstimator):
         self.dtype = dtype
         self.solver = solver
         self.learning_rate_init = learning_rate_init
+        self.learning_rate = learning_rate
+        self.power_t = power_t
         self.batch_size = batch_size
         self.max_iter = max_iter
         self.shuffle = shuffle
@@ -212,6 +224,7 @@ class BaseLSTMEstimator(BaseEstimator):
         self.tol = tol
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
+        self.validation_holdout = validation_holdout
         self.n_iter_no_change = n_iter_no_change
         self.tbptt_steps = tbptt_steps
         self.standardize = standardize
@@ -290,6 +303,14 @@ class BaseLSTMEstimator(BaseEstimator):
             raise bad("validation_fraction", "a float in (0, 1)")
         if self.solver not in ("adam", "sgd", "rmsprop"):
             raise bad("solver", "one of 'adam', 'sgd', 'rmsprop'")
+        if not isinstance(self.learning_rate, str) or self.learning_rate not in SCHEDULES:
+            hint = (" (the step size itself is learning_rate_init)"
+                    if _is_real(self.learning_rate) else "")
+            raise bad("learning_rate", "one of " + ", ".join(map(repr, SCHEDULES)) + hint)
+        if not _is_real(self.power_t) or not 0 <= self.power_t < np.inf:
+            raise bad("power_t", "a float >= 0")
+        if self.validation_holdout not in ("random", "last"):
+            raise bad("validation_holdout", "'random' or 'last'")
         if not _is_int(self.verbose) and not isinstance(self.verbose, (bool, np.bool_)):
             raise bad("verbose", "an int")
         rs = self.random_state
@@ -409,7 +430,8 @@ class BaseLSTMEstimator(BaseEstimator):
         """Token input: padded int64 ids (n, T), lengths (n,), ragged; with
         ``reset`` the layout "tokens", n_features_in_ = 1 (one id per step) and
         input_size_ = embedding_dim."""
-        if reset:
+        if reset or "_model" not in self.__dict__:
+            # (validation data of a first fit is read before the model is committed)
             vocab_size, dim = embedding_shape(self)
         else:
             vocab_size, dim = self._model.input_layer.vocab_size, self._model.input_layer.dim
@@ -438,7 +460,7 @@ class BaseLSTMEstimator(BaseEstimator):
     # ------------------------------------------------------------------
     # fit / partial_fit
     # ------------------------------------------------------------------
-    def fit(self, X, y, sample_weight=None, lengths=None):
+    def fit(self, X, y, sample_weight=None, lengths=None, validation_data=None, callbacks=None):
         """Fit the model to sequences ``X`` and targets ``y``.
 
         Parameters
@@ -463,6 +485,44 @@ class BaseLSTMEstimator(BaseEstimator):
             or ``GridSearchCV``, call ``set_fit_request(lengths=True)`` (and
             ``set_predict_request`` / ``set_score_request``) with
             ``sklearn.set_config(enable_metadata_routing=True)``.
+        validation_data : tuple or dict, default=None
+            A validation set of your choice (Keras' ``validation_data``):
+            ``(X_val, y_val)``, ``(X_val, y_val, lengths_val)`` for a padded
+            ``X_val`` (the third item is not Keras' sample weights), or a
+            dict with keys ``"X"``, ``"y"`` and optionally ``"lengths"`` and
+            ``"sample_weight"``. It is checked as ``X`` and
+            ``y`` are (same features, targets or known classes) and scored
+            after every epoch with :meth:`score`'s measure (R^2 / accuracy)
+            into ``validation_scores_``. With ``early_stopping=True`` training
+            stops on it and keeps the best epoch's weights, instead of holding
+            out ``validation_fraction`` of ``X``; without, it is only
+            recorded. Through a ``Pipeline``, pass it as
+            ``pipe.fit(X, y, lstmregressor__validation_data=...)`` (its ``X_val``
+            does not go through the earlier steps: transform it yourself), or
+            with metadata routing ``set_fit_request(validation_data=True)``.
+            In ``GridSearchCV`` the same set serves every split; prefer
+            ``validation_holdout="last"`` there (each training fold holds out
+            its own last block).
+        callbacks : callable or list of callables, default=None
+            Called after every epoch with an :class:`EpochRecord` (epoch,
+            loss, validation score, learning rate, ...; ``record.estimator()``
+            gives a fitted copy with that epoch's weights). A truthy return
+            value stops training: the fit ends normally (no
+            ``ConvergenceWarning``) with that epoch's weights, or the best
+            epoch's under early stopping. An exception raised by a callback
+            propagates and leaves the estimator as it was before ``fit``.
+            A fit parameter, not a constructor one, so the estimator stays
+            clonable and picklable. Examples::
+
+                log = []
+                reg.fit(X, y, callbacks=lambda r: log.append((r.epoch, r.loss)))
+
+                def checkpoint(record):                 # save every 10th epoch
+                    if record.n_iter % 10 == 0:
+                        record.estimator().save(f"ckpt-{record.n_iter}.npz")
+
+                def stop_below(record):                 # custom stopping
+                    return record.loss < 0.01
 
         A Dask array ``X`` chunked along samples (with ``y`` and
         ``sample_weight`` as NumPy or Dask arrays) is fitted data-parallel on
@@ -485,13 +545,16 @@ class BaseLSTMEstimator(BaseEstimator):
             last completed epoch; a first fit that diverges in its first epoch
             leaves it unfitted (see the module docstring).
         """
-        return self._transaction(X, y, sample_weight, incremental=False, lengths=lengths)
+        return self._transaction(X, y, sample_weight, incremental=False, lengths=lengths,
+                                 validation_data=validation_data, callbacks=callbacks)
 
-    def _transaction(self, X, y, sample_weight, incremental, classes=None, lengths=None):
+    def _transaction(self, X, y, sample_weight, incremental, classes=None, lengths=None,
+                     validation_data=None, callbacks=None):
         saved = dict(self.__dict__)
         txn = _Transaction()
         try:
-            return self._fit(X, y, sample_weight, incremental, classes, txn, lengths)
+            return self._fit(X, y, sample_weight, incremental, classes, txn, lengths,
+                             validation_data, _check_callbacks(callbacks))
         except BaseException:
             if not txn.committed:
                 self.__dict__.clear()
@@ -503,16 +566,26 @@ class BaseLSTMEstimator(BaseEstimator):
             return True
         return not (incremental or self.warm_start)
 
-    def _fit(self, X, y, sample_weight, incremental, classes, txn, lengths=None):
+    def _fit(self, X, y, sample_weight, incremental, classes, txn, lengths=None,
+             validation_data=None, callbacks=()):
         self._validate_hyperparameters()
         first = self._first_pass(incremental)
         if first:
             for attr in ("_model", "lstm_"):
                 self.__dict__.pop(attr, None)
+        holdout = None
+        if (validation_data is None and self.early_stopping and not incremental
+                and self.validation_holdout == "last" and not _is_dask_collection(X)):
+            X, y, sample_weight, lengths, validation_data = self._hold_out_last(
+                X, y, sample_weight, lengths)
+            holdout = (f"the held-out last validation_fraction={self.validation_fraction} of "
+                       "the samples (validation_holdout='last')")
         data = self._prepare_data(X, y, sample_weight, first, incremental, classes, lengths)
-        run = self._build_or_resume(data, first, incremental)
+        run = self._build_or_resume(data, first, incremental, validation_data, holdout)
+        run.callbacks = callbacks
         for _ in range(run.n_epochs):
             start = run.snapshot()
+            started = time.perf_counter()
             try:
                 epoch_loss = self._run_epoch(run, data)
             except _Diverged as exc:
@@ -529,14 +602,14 @@ class BaseLSTMEstimator(BaseEstimator):
                     raise
                 run.interrupted = True
                 break
-            if self._end_epoch(run, data, epoch_loss):
+            if self._end_epoch(run, data, epoch_loss, time.perf_counter() - started):
                 break
         self._commit(run)
         txn.committed = True
         if run.interrupted:
             warnings.warn("Training interrupted by user: the model keeps the weights of the "
                           f"last completed epoch ({self.n_iter_}).", UserWarning, stacklevel=3)
-        elif not incremental and not run.converged:
+        elif not incremental and not run.converged and not run.stopped_by_callback:
             warnings.warn(f"{type(self).__name__}: maximum iterations ({self.max_iter}) "
                           "reached and the optimization hasn't converged yet.",
                           ConvergenceWarning, stacklevel=3)
@@ -585,19 +658,24 @@ class BaseLSTMEstimator(BaseEstimator):
         steps = np.arange(T)[None, :] < lengths[:, None]
         W_score = sw[:, None] * steps if self.return_sequences else sw.copy()
         W_loss = W_score * self._class_weight_factors(Y, W_score, incremental)
+        # the one sequence length of the training windows (what forecast slides), if any
+        common = int(lengths[0]) if np.all(lengths == lengths[0]) else None
         if first:
+            self.n_timesteps_in_ = common
             self._x_stats = (_input_statistics(arr, steps, sw)
                              if self.standardize and self._input_layout != "tokens"
                              else (None, None))
             self._init_target_stats(Y, W_score)
+        elif getattr(self, "n_timesteps_in_", None) != common:
+            self.n_timesteps_in_ = None
         return _TrainingData(_standardize(arr, lengths, self._x_stats), lengths, steps, Y,
                              W_loss, W_score, sw, sw_unit)
 
     # -- step 2: model ------------------------------------------------------------
-    def _build_or_resume(self, data, first, incremental):
+    def _build_or_resume(self, data, first, incremental, validation_data=None, holdout=None):
         """A new model (first pass) or a copy of the fitted one, with its optimizer
-        and history; casts the data to the model's dtype and splits off the
-        validation set."""
+        and history; casts the data to the model's dtype and sets up the
+        validation set (the user's, or split off the training data)."""
         name = type(self).__name__
         if first:
             rng = check_random_state(self.random_state)
@@ -606,7 +684,7 @@ class BaseLSTMEstimator(BaseEstimator):
             except (TypeError, ValueError) as exc:   # the network's checks of its parameters
                 raise InvalidParameterError(f"{name}: {exc}") from None
             run = _Run(model, make_optimizer(self), rng, n_iter=0, t=0, loss_curve=[],
-                       best_loss=np.inf, validation_scores=[])
+                       best_loss=np.inf, validation_scores=[], learning_rates=[])
         else:
             self._check_architecture()
             if not self._model.all_finite():
@@ -626,14 +704,20 @@ class BaseLSTMEstimator(BaseEstimator):
             best_loss = self.best_loss_ if self.best_loss_ is not None else np.inf
             run = _Run(model, optimizer, copy.deepcopy(self._rng), n_iter=self.n_iter_,
                        t=self.t_, loss_curve=list(self.loss_curve_), best_loss=best_loss,
-                       validation_scores=list(self.validation_scores_ or []))
-        run.null_loss = data.to_model_units(self, model.dtype)
+                       validation_scores=list(self.validation_scores_ or []),
+                       learning_rates=list(self.learning_rate_curve_))
+        dtype = model.dtype
+        run.null_loss = data.to_model_units(self, dtype)
         run.early_stopping = self.early_stopping and not incremental
-        if not run.early_stopping:
+        if not run.early_stopping and validation_data is None:
             run.validation_scores = []
         run.incremental = incremental
         run.n_epochs = 1 if incremental else self.max_iter
-        self._split_validation(data, run)
+        if validation_data is not None:
+            data.train_idx = np.arange(data.X.shape[0])
+            data.val = self._validation_set(validation_data, dtype, holdout)
+        else:
+            self._split_validation(data, run)
         run.batch_size = min(32 if self.batch_size == "auto" else self.batch_size,
                              data.train_idx.size)
         run.progress = EpochProgress(self.verbose, run.n_iter + run.n_epochs)
@@ -650,15 +734,15 @@ class BaseLSTMEstimator(BaseEstimator):
                                     input_layer=self._new_input_layer(rng))
 
     def _split_validation(self, data, run):
-        """data.train_idx / data.val_idx: the rows held out for early stopping
+        """data.train_idx / data.val: the rows held out for early stopping
         (stratified for a classifier where every class has enough samples)."""
         idx = np.arange(data.X.shape[0])
-        data.train_idx, data.val_idx = idx, None
+        data.train_idx, data.val = idx, None
         if not run.early_stopping:
             return
         stratify = self._stratify(data.Y)
         try:
-            data.train_idx, data.val_idx = train_test_split(
+            data.train_idx, val_idx = train_test_split(
                 idx, random_state=run.rng, test_size=self.validation_fraction,
                 stratify=stratify)
         except ValueError as exc:
@@ -666,8 +750,68 @@ class BaseLSTMEstimator(BaseEstimator):
                 raise ValueError(f"early_stopping: cannot hold out validation_fraction="
                                  f"{self.validation_fraction} of {idx.size} samples: "
                                  f"{exc}") from None
-            data.train_idx, data.val_idx = train_test_split(
+            data.train_idx, val_idx = train_test_split(
                 idx, random_state=run.rng, test_size=self.validation_fraction)
+        data.val = (data.X[val_idx], data.lengths[val_idx],
+                    _take(data.Y, val_idx, None, self.return_sequences),
+                    _take(data.W_score, val_idx, None, self.return_sequences))
+
+    def _hold_out_last(self, X, y, sample_weight, lengths):
+        """validation_holdout='last': the training part and, as validation data,
+        the last ``ceil(validation_fraction * n)`` samples in the given order."""
+        n = len(X)
+        n_val = math.ceil(self.validation_fraction * n)
+        if n_val < 1 or n - n_val < 1:
+            raise ValueError(f"early_stopping: cannot hold out the last validation_fraction="
+                             f"{self.validation_fraction} of {n} samples (both parts need at "
+                             "least one sample)")
+        if y is None:
+            raise ValueError(f"{type(self).__name__} requires y to be passed, but the "
+                             "target y is None")
+        train, val = np.arange(n - n_val), np.arange(n - n_val, n)
+
+        def part(A, rows):
+            if A is None:
+                return None
+            if isinstance(A, tuple):
+                A = list(A)
+            return _safe_indexing(A, rows)
+
+        validation = {"X": part(X, val), "y": part(y, val),
+                      "sample_weight": part(sample_weight, val), "lengths": part(lengths, val)}
+        return (part(X, train), part(y, train), part(sample_weight, train),
+                part(lengths, train), validation)
+
+    def _validation_set(self, validation_data, dtype, holdout=None):
+        """The user's validation data, checked as the training data are and
+        prepared as the model reads it: (X, lengths, Y, W_score)."""
+        what = holdout or "validation_data"
+        Xv, yv, lv, swv = _unpack_validation_data(validation_data)
+        try:
+            if yv is None:
+                raise ValueError("y is None")
+            yv = self._unpad_step_targets(yv, lv)
+            arr, lv, _ = self._validate_X(Xv, reset=False, lengths=lv)
+            n = arr.shape[0]
+            _refuse_complex(yv, "y")
+            targets = self._validate_targets(yv, lv, arr.shape[1], n, False)
+            Y = self._encode_targets(targets, lv, False, False, None)
+            sw = self._check_sample_weight(swv, n)
+            if not np.any(sw > 0):
+                raise ValueError("the sample weights are all zero")
+        except ValueError as exc:
+            hint = ""
+            if (isinstance(validation_data, (tuple, list)) and len(validation_data) == 3
+                    and "lengths" in str(exc)):
+                hint = (" (the third item of validation_data is lengths_val, for a padded "
+                        "X_val; pass validation sample weights as a dict: {'X': X_val, "
+                        "'y': y_val, 'sample_weight': w_val})")
+            raise ValueError(f"{what}: {exc}{hint}") from None
+        T = arr.shape[1]
+        W = sw[:, None] * (np.arange(T)[None, :] < lv[:, None]) if self.return_sequences else sw
+        Xp = _to_dtype(_standardize(arr, lv, self._x_stats), dtype, "validation X",
+                       self._x_stats[0] is not None)
+        return Xp, lv, self._targets_in_model_units(Y, dtype), W
 
     def _check_architecture(self):
         """warm_start / partial_fit continue the fitted network: the parameters
@@ -705,6 +849,7 @@ class BaseLSTMEstimator(BaseEstimator):
         loss. Raises _Diverged on a non-finite loss, gradient or weight."""
         model, optimizer = run.model, run.optimizer
         epoch = run.n_iter + 1
+        run.learning_rate = optimizer.start_epoch()
         order = run.rng.permutation(data.train_idx) if self.shuffle else data.train_idx
         bs = run.batch_size
         batches = [order[s:s + bs] for s in range(0, order.size, bs)]
@@ -769,18 +914,18 @@ class BaseLSTMEstimator(BaseEstimator):
                 "standardize=True.")
 
     # -- step 4: stop and commit -------------------------------------------------
-    def _end_epoch(self, run, data, epoch_loss):
-        """Record the epoch; True when training should stop (no improvement)."""
+    def _end_epoch(self, run, data, epoch_loss, seconds=0.0):
+        """Record the epoch, adapt the learning rate, call the callbacks; True when
+        training should stop (no improvement, or a callback asked)."""
         run.n_iter += 1
         run.epochs_done += 1
         run.loss_curve.append(epoch_loss)
+        run.learning_rates.append(run.learning_rate)
         val_score = None
-        if run.early_stopping:
-            Yv = _take(data.Y, data.val_idx, None, self.return_sequences)
-            Wv = _take(data.W_score, data.val_idx, None, self.return_sequences)
-            val_score = self._internal_score(run.model, data.X[data.val_idx],
-                                             data.lengths[data.val_idx], Yv, Wv)
+        if data.val is not None:
+            val_score = self._internal_score(run.model, *data.val)
             run.validation_scores.append(val_score)
+        if run.early_stopping:
             run.n_no_improve = run.n_no_improve + 1 if val_score < run.best_score + self.tol else 0
             if val_score > run.best_score:
                 run.best_score = val_score
@@ -790,13 +935,45 @@ class BaseLSTMEstimator(BaseEstimator):
                                 else 0)
             run.best_loss = min(run.best_loss, epoch_loss)
         run.progress.end_epoch(epoch_loss, val_score, run.n_epochs - run.epochs_done)
+        stop = False
         if not run.incremental and run.n_no_improve > self.n_iter_no_change:
-            run.converged = True
             what = "Validation score" if run.early_stopping else "Training loss"
-            run.progress.message(f"{what} did not improve more than tol={self.tol} for "
-                                 f"{self.n_iter_no_change} consecutive epochs. Stopping.")
-            return True
-        return False
+            what = (f"{what} did not improve more than tol={self.tol} for "
+                    f"{self.n_iter_no_change} consecutive epochs.")
+            if run.optimizer.reduce_on_plateau():
+                run.n_no_improve = 0
+                run.progress.message(f"{what} Learning rate set to "
+                                     f"{run.optimizer.learning_rate:.3g}.")
+            else:
+                run.converged = stop = True
+                run.progress.message(f"{what} Stopping.")
+        if run.callbacks:
+            record = EpochRecord(
+                epoch=run.epochs_done, n_iter=run.n_iter, loss=float(epoch_loss),
+                validation_score=val_score, learning_rate=float(run.learning_rate),
+                t=run.t, time=float(seconds),
+                estimator=functools.partial(self._committed_copy, run))
+            # every callback sees every epoch (as Keras); any truthy answer stops
+            answers = [callback(record) for callback in run.callbacks]
+            if any(answers) and not stop:
+                run.stopped_by_callback = stop = True
+                run.progress.message("A callback asked to stop training. Stopping.")
+        return stop
+
+    def _committed_copy(self, run):
+        """An independent fitted copy of the estimator with the run's current weights."""
+        est = copy.copy(self)
+        est.__dict__ = {k: v for k, v in self.__dict__.items()}
+        frozen = copy.copy(run)
+        frozen.model = copy.deepcopy(run.model)
+        frozen.optimizer = copy.deepcopy(run.optimizer)
+        frozen.rng = copy.deepcopy(run.rng)
+        frozen.loss_curve = list(run.loss_curve)
+        frozen.learning_rates = list(run.learning_rates)
+        frozen.validation_scores = list(run.validation_scores)
+        frozen.best_params = None         # this epoch's weights, not the best ones
+        est._commit(frozen)
+        return est
 
     def _commit(self, run):
         model = run.model
@@ -810,15 +987,17 @@ class BaseLSTMEstimator(BaseEstimator):
         self.n_iter_ = run.n_iter
         self.t_ = run.t
         self.loss_curve_ = run.loss_curve
+        self.learning_rate_curve_ = run.learning_rates
         self.loss_ = run.loss_curve[-1] if run.loss_curve else None
-        if run.early_stopping:
+        if run.validation_scores:
             self.validation_scores_ = run.validation_scores
-            self.best_validation_score_ = (max(run.validation_scores) if run.validation_scores
-                                           else None)
-            self.best_loss_ = None
+            self.best_validation_score_ = max(run.validation_scores)
         else:
             self.validation_scores_ = None
             self.best_validation_score_ = None
+        if run.early_stopping:
+            self.best_loss_ = None
+        else:
             self.best_loss_ = run.best_loss if np.isfinite(run.best_loss) else None
 
     # ------------------------------------------------------------------
@@ -985,7 +1164,8 @@ class BaseLSTMEstimator(BaseEstimator):
         return est
 
     _FITTED = ("n_features_in_", "input_size_", "_input_layout", "n_iter_", "t_", "loss_",
-               "loss_curve_", "best_loss_", "validation_scores_", "best_validation_score_")
+               "loss_curve_", "best_loss_", "validation_scores_", "best_validation_score_",
+               "learning_rate_curve_", "n_timesteps_in_")
 
     def _get_state(self):
         """(metadata, arrays) of the fitted estimator, in the layout _persistence documents."""
@@ -1140,6 +1320,13 @@ class BaseLSTMEstimator(BaseEstimator):
         need("validation_scores_", lambda v: v is None or (isinstance(v, list) and all(
             finite(x) for x in v)), "None or a list of scores")
         need("best_validation_score_", lambda v: v is None or finite(v), "None or a score")
+        # files written before schedules (always constant) and forecast
+        fitted.setdefault("learning_rate_curve_", [float(self.learning_rate_init)] * n_iter)
+        fitted.setdefault("n_timesteps_in_", None)
+        need("learning_rate_curve_", lambda v: isinstance(v, list) and len(v) == n_iter
+             and all(finite(x) and x > 0 for x in v), f"a list of {n_iter} positive rates")
+        need("n_timesteps_in_", lambda v: v is None or (_is_int(v) and v >= 1),
+             "None or an int >= 1")
         if "feature_names_in_" in fitted:
             need("feature_names_in_", lambda v: isinstance(v, list) and len(v) == n_features
                  and all(isinstance(f, str) for f in v), f"{n_features} column names")
@@ -1196,7 +1383,8 @@ class _TrainingData:
     def __init__(self, X, lengths, steps, Y, W_loss, W_score, sw, sw_unit):
         self.X, self.lengths, self.steps, self.Y = X, lengths, steps, Y
         self.W_loss, self.W_score, self.sw, self.sw_unit = W_loss, W_score, sw, sw_unit
-        self.train_idx = self.val_idx = None
+        self.train_idx = None
+        self.val = None           # (X, lengths, Y, W_score) of the validation set
 
     def to_model_units(self, est, dtype):
         """Cast X and the targets to the model's dtype (targets standardised);
@@ -1223,10 +1411,14 @@ class _Run:
     """Model, optimizer, generator and history of one fit / partial_fit call."""
 
     def __init__(self, model, optimizer, rng, n_iter, t, loss_curve, best_loss,
-                 validation_scores):
+                 validation_scores, learning_rates):
         self.model, self.optimizer, self.rng = model, optimizer, rng
         self.n_iter, self.t, self.loss_curve = n_iter, t, loss_curve
         self.best_loss, self.validation_scores = best_loss, validation_scores
+        self.learning_rates = learning_rates
+        self.learning_rate = optimizer.learning_rate
+        self.callbacks = ()
+        self.stopped_by_callback = False
         self.best_score, self.best_params = -np.inf, None
         self.n_no_improve = 0
         self.epochs_done = 0
@@ -1242,6 +1434,84 @@ class _Run:
     def restore(self, snapshot):
         params, self.optimizer, self.t = snapshot
         self.model.restore(params)
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochRecord:
+    """What a ``fit`` callback receives after each epoch (read-only).
+
+    Attributes
+    ----------
+    epoch : int
+        Epochs completed in this ``fit`` call (1 for the first).
+    n_iter : int
+        Epochs completed in total (``n_iter_`` so far, warm starts included).
+    loss : float
+        The epoch's training loss (an entry of ``loss_curve_``).
+    validation_score : float or None
+        The epoch's validation score (R^2 / accuracy) when there is a
+        validation set (``validation_data``, or early stopping's held-out
+        part), else None.
+    learning_rate : float
+        The step size used in this epoch (an entry of ``learning_rate_curve_``).
+    t : int
+        Optimizer steps (mini-batch updates) taken so far.
+    time : float
+        Seconds the epoch's training took.
+
+    Methods
+    -------
+    estimator()
+        A fitted, independent copy of the estimator with the weights of this
+        epoch (not yet the best ones under early stopping): save it for a
+        checkpoint (``record.estimator().save(path)``) or evaluate it. It
+        costs a copy of the model, so call it only when needed.
+    """
+
+    epoch: int
+    n_iter: int
+    loss: float
+    validation_score: object
+    learning_rate: float
+    t: int
+    time: float
+    estimator: object = dataclasses.field(repr=False, compare=False)
+
+
+def _check_callbacks(callbacks):
+    """A tuple of callables from None, one callable or a sequence of them."""
+    if callbacks is None:
+        return ()
+    if callable(callbacks):
+        return (callbacks,)
+    if isinstance(callbacks, (str, bytes)) or not hasattr(callbacks, "__iter__"):
+        raise TypeError(f"callbacks must be a callable or a list of callables, got "
+                        f"{type(callbacks).__name__}")
+    callbacks = tuple(callbacks)
+    for i, cb in enumerate(callbacks):
+        if not callable(cb):
+            raise TypeError(f"callbacks[{i}] is a {type(cb).__name__}, not a callable (each "
+                            "callback is called with the epoch's record)")
+    return callbacks
+
+
+def _unpack_validation_data(validation_data):
+    """(X, y, lengths, sample_weight) from the forms ``fit`` accepts."""
+    if isinstance(validation_data, dict):
+        unknown = set(validation_data) - {"X", "y", "lengths", "sample_weight"}
+        if unknown or "X" not in validation_data or "y" not in validation_data:
+            raise TypeError(f"validation_data as a dict needs the keys 'X' and 'y' and may have "
+                            f"'lengths' and 'sample_weight'; got {sorted(validation_data)}")
+        return (validation_data["X"], validation_data["y"], validation_data.get("lengths"),
+                validation_data.get("sample_weight"))
+    if isinstance(validation_data, (tuple, list)) and len(validation_data) in (2, 3):
+        X, y, *rest = validation_data
+        return X, y, (rest[0] if rest else None), None
+    raise TypeError("validation_data must be (X_val, y_val), (X_val, y_val, lengths_val) or a "
+                    "dict with keys 'X', 'y' and optionally 'lengths', 'sample_weight'; got "
+                    f"{type(validation_data).__name__}"
+                    + (f" of length {len(validation_data)}"
+                       if isinstance(validation_data, (tuple, list)) else ""))
 
 
 class _Diverged(Exception):

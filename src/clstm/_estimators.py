@@ -6,7 +6,7 @@ from sklearn.base import ClassifierMixin, RegressorMixin
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_array, column_or_1d
+from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
 
 from clstm._base import (
     BaseLSTMEstimator,
@@ -67,7 +67,41 @@ _COMMON_PARAMS = """
         Adam needs no tuning of the learning rate on most problems, which is
         why it is the default here, in Keras and in scikit-learn's MLP.
     learning_rate_init : float, default=1e-3
-        Step size (Keras' and PyTorch's Adam default).
+        Step size (Keras' and PyTorch's Adam default); with a schedule, the
+        step size of the first epoch.
+    learning_rate : {"constant", "invscaling", "adaptive", "cosine"}, default="constant"
+        Learning-rate schedule, per epoch, for every solver (scikit-learn's
+        MLP names). Epoch ``e`` (1-based, counted over warm starts and
+        partial_fit calls) uses:
+
+        - "constant": ``learning_rate_init``;
+        - "invscaling": ``learning_rate_init / e ** power_t`` (scikit-learn's
+          MLP counts samples seen instead of epochs);
+        - "adaptive": reduce on plateau, as scikit-learn's MLP: whenever
+          the quantity that decides stopping (the validation score with
+          early stopping, else the training loss) has not improved by
+          ``tol`` for more than ``n_iter_no_change`` epochs, the rate is
+          divided by 5 and the count restarts; training stops only when the
+          rate is already at or below 1e-6 (Keras' ``ReduceLROnPlateau``
+          with ``factor=0.2``, ``patience=n_iter_no_change``,
+          ``min_delta=tol``);
+        - "cosine": cosine annealing from ``learning_rate_init`` down to 1%
+          of it over ``max_iter`` epochs, then a warm restart (Loshchilov &
+          Hutter's SGDR; a warm-started fit continues the cycle).
+
+        The rate of each epoch is recorded in ``learning_rate_curve_``; the
+        schedule's position is part of the optimizer's state (it survives
+        warm_start, partial_fit, pickling and save/load).
+
+        >>> import numpy as np, clstm
+        >>> X = np.random.default_rng(0).normal(size=(32, 5, 1))
+        >>> reg = clstm.LSTMRegressor(hidden_size=4, max_iter=3, learning_rate="invscaling",
+        ...                           power_t=1.0, random_state=0).fit(X, X[:, 0, 0])
+        >>> [round(r, 6) for r in reg.learning_rate_curve_]
+        [0.001, 0.0005, 0.000333]
+
+    power_t : float, default=0.5
+        Exponent of ``learning_rate="invscaling"``.
     batch_size : int or "auto", default=32
         Sequences per mini-batch (capped at the number of samples); 32 is the
         Keras default, a good trade between gradient noise and speed. "auto"
@@ -109,11 +143,19 @@ _COMMON_PARAMS = """
         validation score with early stopping) has not improved by at least
         ``tol`` for ``n_iter_no_change`` consecutive epochs.
     early_stopping : bool, default=False
-        Hold out ``validation_fraction`` of the samples (stratified for the
-        classifier), stop when the validation score stops improving, and
-        restore the weights of the best epoch. Ignored by partial_fit.
+        Hold out ``validation_fraction`` of the samples (see
+        ``validation_holdout``), or use ``fit``'s ``validation_data``, stop
+        when the validation score stops improving, and restore the weights
+        of the best epoch. Ignored by partial_fit.
     validation_fraction : float, default=0.1
-        Fraction held out for early stopping.
+        Fraction held out for early stopping (``ceil(fraction * n)`` samples).
+    validation_holdout : {"random", "last"}, default="random"
+        Which samples early stopping holds out when ``fit`` gets no
+        ``validation_data``: "random", a random subset (stratified for the
+        classifier); "last", the last ``validation_fraction`` of the samples
+        in the order given, never shuffled (Keras' ``validation_split``): for
+        time series, whose validation block must come after the training
+        block in time.
     n_iter_no_change : int, default=10
         Epochs without improvement before stopping.
     tbptt_steps : int or None, default=None
@@ -263,9 +305,17 @@ _COMMON_ATTRIBUTES = """
     best_loss_ : float or None
         Lowest training loss; None with early stopping.
     validation_scores_ : list of float or None
-        Validation score of each epoch with early stopping, else None.
+        Validation score (:meth:`score`'s measure: R^2 / accuracy) of each
+        epoch, with ``fit``'s ``validation_data`` or early stopping, else None.
     best_validation_score_ : float or None
-        Best validation score with early stopping, else None.
+        The best of ``validation_scores_``, else None.
+    learning_rate_curve_ : list of float
+        The step size used in each epoch (see ``learning_rate``), aligned
+        with ``loss_curve_``.
+    n_timesteps_in_ : int or None
+        The one sequence length of the training sequences when they all had
+        the same length (e.g. ``make_windows`` windows; the window
+        :meth:`LSTMRegressor.forecast` slides by default), else None.
 """
 
 
@@ -275,9 +325,13 @@ class LSTMRegressor(RegressorMixin, BaseLSTMEstimator):
     ``X``: 3-D ``(n_samples, n_timesteps, n_features)``, 2-D
     ``(n_samples, n_timesteps)`` (univariate) or a list of ``(T_i, n_features)``
     arrays of different lengths; with ``vocab_size``, integer token ids
-    (see ``vocab_size``). ``y``: ``(n_samples,)`` or
-    ``(n_samples, n_outputs)``; with ``return_sequences=True`` one target per
-    step: ``(n_samples, n_timesteps[, n_outputs])`` or a list of
+    (see ``vocab_size``). ``y``: ``(n_samples,)``,
+    ``(n_samples, n_outputs)``, or ``(n_samples, horizon, n_columns)``
+    (multi-step, multi-column targets as ``make_windows(..., horizon=h)``
+    returns them; the model predicts their ``horizon * n_columns`` values,
+    step-major, and :meth:`predict` returns that shape); with
+    ``return_sequences=True`` one target per step:
+    ``(n_samples, n_timesteps[, n_outputs])`` or a list of
     ``(T_i[, n_outputs])`` arrays.
 
     The loss (``loss_curve_``, ``loss_``, the verbose progress line) is
@@ -295,6 +349,16 @@ class LSTMRegressor(RegressorMixin, BaseLSTMEstimator):
         state = None
         for x_t in live_observations:            # each of shape (n_features,)
             y_t, state = reg.predict_step(np.reshape(x_t, (1, -1)), state)
+
+    Recursive forecasts: :meth:`forecast` feeds each prediction back as the
+    next input (for a model whose inputs are the series' columns and whose
+    targets are the next step(s) of the same columns).
+
+    Validation data, schedule and callbacks (see :meth:`fit`)::
+
+        reg = LSTMRegressor(learning_rate="adaptive", early_stopping=True)
+        reg.fit(X_train, y_train, validation_data=(X_val, y_val),
+                callbacks=[lambda r: print(r.epoch, r.loss, r.validation_score)])
 
     Parameters
     ----------""" + _COMMON_PARAMS + """
@@ -315,7 +379,12 @@ class LSTMRegressor(RegressorMixin, BaseLSTMEstimator):
 
     def partial_fit(self, X, y, sample_weight=None, lengths=None):
         """One epoch over (X, y), continuing from the current model (the first call
-        initialises it). ``lengths``: as in :meth:`fit`."""
+        initialises it). ``lengths``: as in :meth:`fit`.
+
+        It takes no ``validation_data`` or ``callbacks``: each call is one
+        epoch, so ``score`` on a validation set after the call is that
+        epoch's validation score. The learning-rate schedule advances one
+        epoch per call."""
         return self._transaction(X, y, sample_weight, incremental=True, lengths=lengths)
 
     def __sklearn_tags__(self):
@@ -335,23 +404,30 @@ class LSTMRegressor(RegressorMixin, BaseLSTMEstimator):
                                  f"{flat.ndim + 1}-D steps")
             one = flat.ndim == 1
             Y = pad_steps(flat[:, None] if one else flat, lengths, T)
+            shape = () if one else flat.shape[1:]
         else:
-            y = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y")
-            if y.ndim not in (1, 2):
-                raise ValueError(f"y must be 1-D (n_samples,) or 2-D (n_samples, n_outputs), "
-                                 f"got shape {y.shape} (per-step targets need "
-                                 "return_sequences=True)")
+            y = check_array(y, ensure_2d=False, allow_nd=True, dtype=np.float64,
+                            input_name="y")
+            if y.ndim not in (1, 2, 3) or 0 in y.shape[1:]:
+                raise ValueError(f"y must be 1-D (n_samples,), 2-D (n_samples, n_outputs) or "
+                                 f"3-D (n_samples, horizon, n_columns), got shape {y.shape} "
+                                 "(per-step targets need return_sequences=True)")
             if y.shape[0] != n:
                 raise ValueError(f"Found input variables with inconsistent numbers of samples: "
                                  f"X has {n}, y has {y.shape[0]}")
             one = y.ndim == 1
-            Y = y[:, None] if one else y
+            shape = y.shape[1:]
+            # (n, h, k) -> (n, h * k), step-major (make_windows' documented flattening)
+            Y = y[:, None] if one else y.reshape(n, -1)
         K = Y.shape[-1]
         if first:
             self._y_1d = one
+            self._y_shape = tuple(shape)
             self.n_outputs_ = K
-        elif K != self.n_outputs_:
-            raise ValueError(f"y has {K} outputs, but {name} was fitted with {self.n_outputs_}")
+        elif K != self.n_outputs_ or (len(shape) == 2 or len(self._y_shape) == 2) and (
+                tuple(shape) != self._y_shape):
+            raise ValueError(f"y has {K} outputs of shape {tuple(shape)} per sample, but {name} "
+                             f"was fitted with {self.n_outputs_} of shape {self._y_shape}")
         return Y
 
     def _encode_targets(self, Y, lengths, first, incremental, classes):
@@ -395,7 +471,10 @@ class LSTMRegressor(RegressorMixin, BaseLSTMEstimator):
         mean, scale = self._y_stats
         if mean is not None:
             arrays["scaling/y_mean"], arrays["scaling/y_scale"] = mean, scale
-        return {"n_outputs_": int(self.n_outputs_), "_y_1d": bool(self._y_1d)}, arrays
+        meta = {"n_outputs_": int(self.n_outputs_), "_y_1d": bool(self._y_1d)}
+        if hasattr(self, "_y_shape"):          # (a subclass may shape its targets itself)
+            meta["_y_shape"] = [int(d) for d in self._y_shape]
+        return meta, arrays
 
     def _set_target_state(self, fitted, arrays, n_head_outputs):
         n_outputs, one = fitted.get("n_outputs_"), fitted.get("_y_1d")
@@ -404,7 +483,13 @@ class LSTMRegressor(RegressorMixin, BaseLSTMEstimator):
                              f"{n_head_outputs} outputs")
         if not isinstance(one, bool) or (one and n_outputs != 1):
             raise ValueError(f"fitted attribute _y_1d is {one!r} with {n_outputs} outputs")
-        self.n_outputs_, self._y_1d = n_outputs, one
+        # files written before (n, h, k) targets: () or (n_outputs,)
+        shape = fitted.get("_y_shape", [] if one else [n_outputs])
+        if (not isinstance(shape, list) or not all(_is_int(d) and d >= 1 for d in shape)
+                or len(shape) > 2 or (len(shape) == 0) != one
+                or int(np.prod(shape, dtype=np.int64)) != n_outputs):
+            raise ValueError(f"fitted attribute _y_shape is {shape!r} with {n_outputs} outputs")
+        self.n_outputs_, self._y_1d, self._y_shape = n_outputs, one, tuple(shape)
         self._y_stats = _check_scaling(arrays, "y", n_outputs)
 
     # -- prediction ---------------------------------------------------------
@@ -414,6 +499,8 @@ class LSTMRegressor(RegressorMixin, BaseLSTMEstimator):
             Z = Z * scale + mean
         if self._y_1d:
             Z = Z[..., 0]
+        elif len(getattr(self, "_y_shape", ())) == 2:
+            Z = Z.reshape(Z.shape[:-1] + self._y_shape)
         return Z
 
     @_dask_dispatch
@@ -453,8 +540,145 @@ class LSTMRegressor(RegressorMixin, BaseLSTMEstimator):
         Z, state = self._raw_step(x_t, state)
         return self._targets_from_outputs(Z), state
 
+    def forecast(self, history, steps, lookback=None):
+        """Recursive multi-step forecast: each prediction is fed back as the next input.
+
+        The model must read the series' columns and predict the next step(s)
+        of the same columns, as when it was fitted on
+        ``make_windows(series, lookback, horizon=h)`` with every column a
+        target (``n_features_in_`` columns in, the same columns out). Each
+        round predicts from the window of the last ``lookback`` observations
+        (the training windows' length), appends the predicted ``h`` steps to
+        the series and slides the window by ``h``, until ``steps`` steps are
+        forecast (the last round's surplus is dropped). It equals the loop
+        ``window = series[-lookback:]; pred = predict(window[None])[0];
+        series = concat(series, pred)`` written by hand.
+
+        The window slides (each round starts from the zero state, as the
+        training windows did), which is what a model fitted on fixed-length
+        windows expects. To carry the state over the whole history instead
+        (a stateful forecast), step the series with :meth:`predict_step` and
+        feed its outputs back the same way.
+
+        Parameters
+        ----------
+        history : array-like of shape (T,), (T, n_columns) or (n_series, T, n_columns)
+            The observed series, oldest first: one univariate series, one
+            multivariate series, or a batch of series forecast together.
+            ``T >= lookback``. (A batch of univariate series: ``(n, T, 1)``.)
+        steps : int >= 1
+            Number of future steps to forecast.
+        lookback : int or None, default=None
+            Length of the window the model reads; None uses
+            ``n_timesteps_in_``, the length of the training windows (required
+            when the training sequences had different lengths).
+
+        Returns
+        -------
+        forecast : ndarray of shape (steps,), (steps, n_columns) or (n_series, steps, n_columns)
+            The forecast, shaped as ``history`` with ``steps`` steps.
+
+        Raises
+        ------
+        ValueError
+            If the model's outputs are not the next step(s) of its inputs
+            (e.g. it predicts one column of a multivariate series: its other
+            inputs have no forecast to feed back), for per-step models
+            (``return_sequences=True``), or for a history shorter than
+            ``lookback``.
+
+        Examples
+        --------
+        >>> import numpy as np, clstm
+        >>> series = np.sin(np.arange(200) / 5)
+        >>> X, y = clstm.make_windows(series, lookback=12)
+        >>> reg = clstm.LSTMRegressor(hidden_size=8, max_iter=5, random_state=0).fit(X, y)
+        >>> reg.forecast(series, steps=10).shape
+        (10,)
+        >>> manual = list(series)                   # the same loop, by hand
+        >>> for _ in range(10):
+        ...     manual.append(reg.predict(np.reshape(manual[-12:], (1, 12, 1)))[0])
+        >>> bool(np.array_equal(reg.forecast(series, 10), manual[200:]))
+        True
+        """
+        check_is_fitted(self)
+        name = type(self).__name__
+        if self.return_sequences:
+            raise ValueError(f"{name}.forecast needs a sequence-to-one model (targets the next "
+                             "step(s) after each window); this one has return_sequences=True")
+        k = self.input_size_
+        h, columns = self._forecast_step_shape(k)
+        if columns != k:
+            raise ValueError(
+                f"{name}.forecast feeds each prediction back as the next input, so the model "
+                f"must predict every input column: it reads {k} feature(s) per step but its "
+                f"targets are {h} step(s) of {columns} column(s). Fit it on "
+                "make_windows(series, lookback, "
+                "horizon=h) with all columns as targets (target=None), or forecast the "
+                "exogenous inputs yourself and call predict")
+        if not _is_int(steps) or steps < 1:
+            raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+        if lookback is None:
+            lookback = self.n_timesteps_in_
+            if lookback is None:
+                raise ValueError(f"{name} was fitted on sequences of different lengths, so the "
+                                 "window length is unknown: pass lookback=")
+        elif not _is_int(lookback) or lookback < 1:
+            raise ValueError(f"lookback must be None or an int >= 1, got {lookback!r}")
+        series, shape = self._forecast_history(history, k)
+        n, T = series.shape[:2]
+        if T < lookback:
+            raise ValueError(f"history has {T} steps, fewer than lookback={lookback}: the model "
+                             "reads windows of lookback steps")
+        rounds = -(-int(steps) // h)
+        buf = np.empty((n, T + rounds * h, k))
+        buf[:, :T] = series
+        for r in range(rounds):
+            end = T + r * h
+            pred = self.predict(buf[:, end - lookback:end])
+            buf[:, end:end + h] = np.asarray(pred, dtype=np.float64).reshape(n, h, k)
+        out = buf[:, T:T + steps]
+        return out.reshape((steps,) + shape[1:]) if shape[0] is None else out
+
+    def _forecast_step_shape(self, k):
+        """(steps per prediction h, columns per step) of the model's targets."""
+        shape = self._y_shape
+        if len(shape) == 0:
+            return 1, 1
+        if len(shape) == 2:
+            return shape
+        K = shape[0]
+        if k == 1:
+            return K, 1                 # (n, h) targets of a univariate series
+        if K % k == 0:
+            return K // k, k            # (n, k) or flattened (n, h * k), step-major
+        return 1, K
+
+    def _forecast_history(self, history, k):
+        """history as (n, T, k) float64, and its layout (None for one series)."""
+        arr = check_array(history, ensure_2d=False, allow_nd=True, dtype=np.float64,
+                          ensure_all_finite=True, input_name="history")
+        if arr.ndim == 1:
+            arr = arr[:, None]
+        if arr.ndim == 2:
+            arr, layout = arr[None], (None,) + arr.shape[1:]
+            if history is not None and np.ndim(history) == 1:
+                layout = (None,)
+        elif arr.ndim == 3:
+            layout = arr.shape
+        else:
+            raise ValueError(f"history must be (T,), (T, n_columns) or (n_series, T, "
+                             f"n_columns), got shape {arr.shape}")
+        if arr.shape[2] != k:
+            raise ValueError(f"history has {arr.shape[2]} column(s) per step, but the model "
+                             f"reads {k}")
+        return arr, layout
+
     def score(self, X, y, sample_weight=None, lengths=None):
         """Coefficient of determination R^2 (per-step targets: over all valid steps).
+
+        (n, horizon, n_columns) targets: scikit-learn's multioutput R^2 (the
+        mean over outputs) over the ``horizon * n_columns`` flattened outputs.
 
         ``lengths``: for a padded ``X`` (and padded per-step ``y``), as in :meth:`fit`.
         """
@@ -462,8 +686,12 @@ class LSTMRegressor(RegressorMixin, BaseLSTMEstimator):
             y_true, y_pred, sw = self._flat_step_predictions(X, y, sample_weight, lengths)
         else:
             y_true, y_pred, sw = y, self.predict(X, lengths=lengths), sample_weight
-        y_true = check_array(y_true, ensure_2d=False, dtype=np.float64, input_name="y")
+        y_true = check_array(y_true, ensure_2d=False, allow_nd=True, dtype=np.float64,
+                             input_name="y")
         y_pred = np.asarray(y_pred, dtype=np.float64)
+        if y_true.ndim == 3 and not self.return_sequences:
+            # (n, h, k) targets: multioutput R^2 over the h * k flattened outputs
+            y_true, y_pred = y_true.reshape(len(y_true), -1), y_pred.reshape(len(y_pred), -1)
         # R^2 does not change when targets and predictions are divided by the
         # same power of two per output: it keeps the squares finite for any
         # finite targets (and the same bits where they were finite anyway)
@@ -523,10 +751,12 @@ class LSTMClassifier(ClassifierMixin, BaseLSTMEstimator):
     def __init__(self, hidden_size=50, num_layers=1, bidirectional=False, cell="lstm",
                  proj_size=0, peephole=False, coupled_gates=False, layer_norm=False, dropout=0.0,
                  recurrent_dropout=0.0, return_sequences=False, attention=None, dtype="float32",
-                 solver="adam", learning_rate_init=1e-3, batch_size=32, max_iter=200,
+                 solver="adam", learning_rate_init=1e-3, learning_rate="constant",
+                 power_t=0.5, batch_size=32, max_iter=200,
                  shuffle=True, alpha=1e-4, clip_norm=5.0, momentum=0.9,
                  nesterovs_momentum=True, beta_1=0.9, beta_2=0.999, rho=0.9, epsilon=1e-8,
                  tol=1e-4, early_stopping=False, validation_fraction=0.1,
+                 validation_holdout="random",
                  n_iter_no_change=10, tbptt_steps=None, standardize=True,
                  random_state=None, n_jobs=None, verbose=0, warm_start=False,
                  class_weight=None, vocab_size=None, embedding_dim=None, padding_idx=None,
@@ -536,11 +766,13 @@ class LSTMClassifier(ClassifierMixin, BaseLSTMEstimator):
             cell=cell, proj_size=proj_size, peephole=peephole, coupled_gates=coupled_gates,
             layer_norm=layer_norm, dropout=dropout, recurrent_dropout=recurrent_dropout,
             return_sequences=return_sequences, attention=attention, dtype=dtype, solver=solver,
-            learning_rate_init=learning_rate_init, batch_size=batch_size, max_iter=max_iter,
+            learning_rate_init=learning_rate_init, learning_rate=learning_rate, power_t=power_t,
+            batch_size=batch_size, max_iter=max_iter,
             shuffle=shuffle, alpha=alpha, clip_norm=clip_norm, momentum=momentum,
             nesterovs_momentum=nesterovs_momentum, beta_1=beta_1, beta_2=beta_2, rho=rho,
             epsilon=epsilon, tol=tol, early_stopping=early_stopping,
-            validation_fraction=validation_fraction, n_iter_no_change=n_iter_no_change,
+            validation_fraction=validation_fraction, validation_holdout=validation_holdout,
+            n_iter_no_change=n_iter_no_change,
             tbptt_steps=tbptt_steps, standardize=standardize, random_state=random_state,
             n_jobs=n_jobs, verbose=verbose, warm_start=warm_start, vocab_size=vocab_size,
             embedding_dim=embedding_dim, padding_idx=padding_idx, embeddings=embeddings,
@@ -564,7 +796,9 @@ class LSTMClassifier(ClassifierMixin, BaseLSTMEstimator):
 
         ``classes`` (all labels that can ever appear) is required on the first
         call and optional afterwards (it must then be the same). ``lengths``:
-        as in :meth:`fit`.
+        as in :meth:`fit`. No ``validation_data`` or ``callbacks``: each call is
+        one epoch (call ``score`` on a validation set after it); the
+        learning-rate schedule advances one epoch per call.
         """
         return self._transaction(X, y, sample_weight, incremental=True, classes=classes,
                                  lengths=lengths)

@@ -90,10 +90,12 @@ class LSTMLanguageModel(LSTMClassifier):
                  freeze_embeddings=False, hidden_size=128, num_layers=1, cell="lstm",
                  proj_size=0, peephole=False, coupled_gates=False, layer_norm=False,
                  dropout=0.0, recurrent_dropout=0.0, dtype="float32", solver="adam",
-                 learning_rate_init=1e-3, batch_size=32, max_iter=50, shuffle=True,
+                 learning_rate_init=1e-3, learning_rate="constant", power_t=0.5,
+                 batch_size=32, max_iter=50, shuffle=True,
                  alpha=1e-4, clip_norm=5.0, momentum=0.9, nesterovs_momentum=True,
                  beta_1=0.9, beta_2=0.999, rho=0.9, epsilon=1e-8, tol=1e-4,
-                 early_stopping=False, validation_fraction=0.1, n_iter_no_change=10,
+                 early_stopping=False, validation_fraction=0.1, validation_holdout="random",
+                 n_iter_no_change=10,
                  tbptt_steps=None, random_state=None, n_jobs=None, verbose=0,
                  warm_start=False):
         self.vocab_size = vocab_size
@@ -113,6 +115,8 @@ class LSTMLanguageModel(LSTMClassifier):
         self.dtype = dtype
         self.solver = solver
         self.learning_rate_init = learning_rate_init
+        self.learning_rate = learning_rate
+        self.power_t = power_t
         self.batch_size = batch_size
         self.max_iter = max_iter
         self.shuffle = shuffle
@@ -127,6 +131,7 @@ class LSTMLanguageModel(LSTMClassifier):
         self.tol = tol
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
+        self.validation_holdout = validation_holdout
         self.n_iter_no_change = n_iter_no_change
         self.tbptt_steps = tbptt_steps
         self.random_state = random_state

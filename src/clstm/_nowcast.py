@@ -297,7 +297,9 @@ class ConvLSTMRegressor(LSTMRegressor):
         As for :class:`LSTMRegressor` (the same training loop).
     clip_norm, momentum, nesterovs_momentum, beta_1, beta_2, rho, epsilon
         As for :class:`LSTMRegressor`.
-    tol, early_stopping, validation_fraction, n_iter_no_change, standardize
+    learning_rate, power_t
+        The learning-rate schedule, as for :class:`LSTMRegressor`.
+    tol, early_stopping, validation_fraction, validation_holdout, n_iter_no_change, standardize
         As for :class:`LSTMRegressor` (``standardize``: per channel, above).
     random_state, n_jobs, verbose, warm_start
         As for :class:`LSTMRegressor`; ``n_jobs`` threads run independent
@@ -340,10 +342,11 @@ class ConvLSTMRegressor(LSTMRegressor):
 
     def __init__(self, filters=16, kernel_size=3, num_layers=1, dropout=0.0,
                  return_sequences=False, dtype="float32", solver="adam",
-                 learning_rate_init=1e-3, batch_size=32, max_iter=200, shuffle=True,
-                 alpha=1e-4, clip_norm=5.0, momentum=0.9, nesterovs_momentum=True, beta_1=0.9,
-                 beta_2=0.999, rho=0.9, epsilon=1e-8, tol=1e-4, early_stopping=False,
-                 validation_fraction=0.1, n_iter_no_change=10, standardize=True,
+                 learning_rate_init=1e-3, learning_rate="constant", power_t=0.5, batch_size=32,
+                 max_iter=200, shuffle=True, alpha=1e-4, clip_norm=5.0, momentum=0.9,
+                 nesterovs_momentum=True, beta_1=0.9, beta_2=0.999, rho=0.9, epsilon=1e-8,
+                 tol=1e-4, early_stopping=False, validation_fraction=0.1,
+                 validation_holdout="random", n_iter_no_change=10, standardize=True,
                  random_state=None, n_jobs=None, verbose=0, warm_start=False):
         self.filters = filters
         self.kernel_size = kernel_size
@@ -353,6 +356,8 @@ class ConvLSTMRegressor(LSTMRegressor):
         self.dtype = dtype
         self.solver = solver
         self.learning_rate_init = learning_rate_init
+        self.learning_rate = learning_rate
+        self.power_t = power_t
         self.batch_size = batch_size
         self.max_iter = max_iter
         self.shuffle = shuffle
@@ -367,6 +372,7 @@ class ConvLSTMRegressor(LSTMRegressor):
         self.tol = tol
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
+        self.validation_holdout = validation_holdout
         self.n_iter_no_change = n_iter_no_change
         self.standardize = standardize
         self.random_state = random_state

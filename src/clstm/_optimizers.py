@@ -16,14 +16,84 @@ bias correction) is the optimizer's. Rows that no batch touches keep their
 values and slots exactly. Each ``_update`` is written once for both: it
 reads and updates the slot arrays it is handed (whole slots, or the rows'
 gathered copies that are then written back).
+
+Every optimizer carries a learning-rate schedule (:class:`LearningRateSchedule`):
+per-epoch step sizes named as scikit-learn's MLP ``learning_rate``. The
+schedule's position (epochs seen, plateau reductions) is part of the
+optimizer's state, so it continues across ``warm_start``, ``partial_fit``,
+pickling and ``save``/``load``.
 """
 
+import math
 import numbers
 
 import numpy as np
 
-__all__ = ["SGDOptimizer", "AdamOptimizer", "RMSpropOptimizer", "make_optimizer",
-           "optimizer_from_state"]
+__all__ = ["SGDOptimizer", "AdamOptimizer", "RMSpropOptimizer", "LearningRateSchedule",
+           "make_optimizer", "optimizer_from_state", "SCHEDULES"]
+
+SCHEDULES = ("constant", "invscaling", "adaptive", "cosine")
+
+
+class LearningRateSchedule:
+    """The step size of each epoch, from ``learning_rate_init`` and the epochs seen.
+
+    ``epoch`` counts the epochs begun so far over all calls (0 before the
+    first); epoch ``e`` (1-based) uses
+
+    * ``"constant"``: ``init``;
+    * ``"invscaling"``: ``init / e ** power_t`` (scikit-learn's MLP counts
+      samples seen instead of epochs);
+    * ``"adaptive"``: ``init / FACTOR ** reductions``; the estimator adds a
+      reduction (:meth:`reduce`) when the monitored quantity stalls, as
+      scikit-learn's MLP does (divide by 5, down to 1e-6);
+    * ``"cosine"``: ``floor + (init - floor) * (1 + cos(pi * p / period)) / 2``
+      with ``p = (e - 1) % period`` (cosine annealing over ``period``
+      epochs, ``floor = FLOOR * init``, then a warm restart; Loshchilov &
+      Hutter 2017).
+    """
+
+    FACTOR = 5.0            # adaptive: divide by this on a plateau (scikit-learn's MLP)
+    MIN_RATE = 1e-6         # adaptive: no reduction below this; training stops instead
+    FLOOR = 0.01            # cosine: the rate at the end of a cycle, times init
+
+    def __init__(self, kind="constant", power_t=0.5, period=1):
+        if kind not in SCHEDULES:
+            raise ValueError(f"learning rate schedule must be one of {SCHEDULES}, got {kind!r}")
+        self.kind = kind
+        self.power_t = float(power_t)
+        self.period = int(period)
+        self.epoch = 0
+        self.reductions = 0
+
+    def get_config(self):
+        return {"kind": self.kind, "power_t": self.power_t, "period": self.period}
+
+    def rate(self, init, epoch):
+        """The step size of (1-based) epoch ``epoch``."""
+        if self.kind == "invscaling":
+            return init / epoch ** self.power_t
+        if self.kind == "adaptive":
+            return init / self.FACTOR ** self.reductions
+        if self.kind == "cosine":
+            floor = self.FLOOR * init
+            phase = ((epoch - 1) % self.period) / self.period
+            return floor + (init - floor) * 0.5 * (1.0 + math.cos(math.pi * phase))
+        return init
+
+    def can_reduce(self, current_rate):
+        """Whether a plateau can still lower the rate (scikit-learn: above 1e-6)."""
+        return self.kind == "adaptive" and current_rate > self.MIN_RATE
+
+    def state_dict(self):
+        return {"epoch": self.epoch, "reductions": self.reductions}
+
+    def load_state_dict(self, scalars):
+        for key in ("epoch", "reductions"):
+            v = scalars.get(key, 0)      # files written before schedules: constant, 0
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
+                raise ValueError(f"learning rate schedule {key} must be an int >= 0, got {v!r}")
+            setattr(self, key, int(v))
 
 
 class BaseOptimizer:
@@ -31,15 +101,33 @@ class BaseOptimizer:
 
     _slots = ()
 
-    def __init__(self, learning_rate_init=1e-3):
+    def __init__(self, learning_rate_init=1e-3, schedule=None):
         self.learning_rate_init = float(learning_rate_init)
+        self.schedule = LearningRateSchedule(**(schedule or {}))
         self.learning_rate = float(learning_rate_init)
         self.t = 0
         self.state = {slot: {} for slot in self._slots}
 
     def get_config(self):
         """Constructor arguments: ``type(opt)(**opt.get_config())`` is a fresh copy."""
-        return {"learning_rate_init": self.learning_rate_init}
+        return {"learning_rate_init": self.learning_rate_init,
+                "schedule": self.schedule.get_config()}
+
+    # -- the schedule: called by the training loop once per epoch ---------------
+    def start_epoch(self):
+        """Advance the schedule to the next epoch; returns that epoch's step size."""
+        self.schedule.epoch += 1
+        self.learning_rate = self.schedule.rate(self.learning_rate_init, self.schedule.epoch)
+        return self.learning_rate
+
+    def reduce_on_plateau(self):
+        """``"adaptive"``: divide the rate by the schedule's factor; False when the
+        schedule cannot (another kind, or the rate is at its minimum)."""
+        if not self.schedule.can_reduce(self.learning_rate):
+            return False
+        self.schedule.reductions += 1
+        self.learning_rate = self.schedule.rate(self.learning_rate_init, self.schedule.epoch)
+        return True
 
     def _slot(self, slot, name, like):
         buf = self.state[slot].get(name)
@@ -68,7 +156,7 @@ class BaseOptimizer:
         """(scalars, arrays): the step count and copies of the slots, keyed ``slot/param``."""
         arrays = {f"{slot}/{name}": value.copy()
                   for slot, buf in self.state.items() for name, value in buf.items()}
-        return {"t": self.t}, arrays
+        return {"t": self.t, **self.schedule.state_dict()}, arrays
 
     def _slots_in_use(self):
         """The slots every parameter has once a step was taken."""
@@ -103,8 +191,11 @@ class BaseOptimizer:
                 if set(state[slot]) != expected:
                     raise ValueError(f"optimizer slot {slot!r} after {t} steps has entries for "
                                      f"{sorted(state[slot])}, expected {sorted(expected)}")
+        self.schedule.load_state_dict(scalars)
         self.t = int(t)
         self.state = state
+        self.learning_rate = self.schedule.rate(self.learning_rate_init,
+                                                max(self.schedule.epoch, 1))
 
     def get_state(self):
         """(metadata, arrays) that :func:`optimizer_from_state` turns back into this optimizer."""
@@ -128,8 +219,8 @@ class SGDOptimizer(BaseOptimizer):
 
     _slots = ("velocity",)
 
-    def __init__(self, learning_rate_init=0.01, momentum=0.9, nesterov=True):
-        super().__init__(learning_rate_init)
+    def __init__(self, learning_rate_init=0.01, momentum=0.9, nesterov=True, schedule=None):
+        super().__init__(learning_rate_init, schedule)
         self.momentum = float(momentum)
         self.nesterov = bool(nesterov)
 
@@ -160,8 +251,9 @@ class AdamOptimizer(BaseOptimizer):
 
     _slots = ("m", "v")
 
-    def __init__(self, learning_rate_init=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8):
-        super().__init__(learning_rate_init)
+    def __init__(self, learning_rate_init=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
+                 schedule=None):
+        super().__init__(learning_rate_init, schedule)
         self.beta_1 = float(beta_1)
         self.beta_2 = float(beta_2)
         self.epsilon = float(epsilon)
@@ -191,8 +283,8 @@ class RMSpropOptimizer(BaseOptimizer):
 
     _slots = ("square_avg",)
 
-    def __init__(self, learning_rate_init=1e-3, rho=0.9, epsilon=1e-8):
-        super().__init__(learning_rate_init)
+    def __init__(self, learning_rate_init=1e-3, rho=0.9, epsilon=1e-8, schedule=None):
+        super().__init__(learning_rate_init, schedule)
         self.rho = float(rho)
         self.epsilon = float(epsilon)
 
@@ -206,13 +298,17 @@ class RMSpropOptimizer(BaseOptimizer):
 
 
 def make_optimizer(est):
-    """The optimizer an estimator's hyperparameters describe."""
+    """The optimizer an estimator's hyperparameters describe (schedule included:
+    ``learning_rate``, ``power_t``, and ``max_iter`` as the cosine period)."""
+    schedule = {"kind": est.learning_rate, "power_t": est.power_t, "period": est.max_iter}
     if est.solver == "adam":
-        return AdamOptimizer(est.learning_rate_init, est.beta_1, est.beta_2, est.epsilon)
+        return AdamOptimizer(est.learning_rate_init, est.beta_1, est.beta_2, est.epsilon,
+                             schedule=schedule)
     if est.solver == "sgd":
-        return SGDOptimizer(est.learning_rate_init, est.momentum, est.nesterovs_momentum)
+        return SGDOptimizer(est.learning_rate_init, est.momentum, est.nesterovs_momentum,
+                            schedule=schedule)
     if est.solver == "rmsprop":
-        return RMSpropOptimizer(est.learning_rate_init, est.rho, est.epsilon)
+        return RMSpropOptimizer(est.learning_rate_init, est.rho, est.epsilon, schedule=schedule)
     raise ValueError(f"solver must be 'adam', 'sgd' or 'rmsprop', got {est.solver!r}")
 
 
@@ -226,5 +322,6 @@ def optimizer_from_state(meta, arrays, params):
     if cls is None:
         raise ValueError(f"unknown optimizer {meta['class']!r} (one of {sorted(_OPTIMIZERS)})")
     optimizer = cls(**meta["config"])
-    optimizer.load_state_dict({"t": meta["t"]}, arrays, params)
+    scalars = {k: meta[k] for k in ("t", "epoch", "reductions") if k in meta}
+    optimizer.load_state_dict(scalars, arrays, params)
     return optimizer

@@ -16,7 +16,9 @@ Format ``clstm.estimator``, version 2: a NumPy ``.npz`` archive (a zip of
   ``{"__dict_items__": [[label, weight], ...]}``), ``fitted`` (scalar fitted
   attributes), ``model`` (``network``: class, ``get_config()`` and the state
   of its dropout generator; ``n_outputs``, ``loss``, ``return_sequences``),
-  ``optimizer`` (class, ``config``, step count ``t``) and ``rng`` (the
+  ``optimizer`` (class, ``config`` with the learning-rate ``schedule``, step
+  count ``t``, the schedule's ``epoch`` and ``reductions``; files without
+  them load as a constant schedule) and ``rng`` (the
   shuffling RandomState without its key array);
 * ``model/network/<torch name>``: network parameters (``weight_ih_l0``, ...);
 * ``model/head/weight`` (D*H, n_outputs), ``model/head/bias`` (n_outputs,);

@@ -462,9 +462,11 @@ class LSTMSeq2SeqRegressor(LSTMRegressor):
     def __init__(self, hidden_size=50, num_layers=1, cell="lstm", proj_size=0, peephole=False,
                  coupled_gates=False, layer_norm=False, dropout=0.0, recurrent_dropout=0.0,
                  attention="general", dtype="float32", solver="adam", learning_rate_init=1e-3,
+                 learning_rate="constant", power_t=0.5,
                  batch_size=32, max_iter=200, shuffle=True, alpha=1e-4, clip_norm=5.0,
                  momentum=0.9, nesterovs_momentum=True, beta_1=0.9, beta_2=0.999, rho=0.9,
                  epsilon=1e-8, tol=1e-4, early_stopping=False, validation_fraction=0.1,
+                 validation_holdout="random",
                  n_iter_no_change=10, standardize=True, random_state=None, n_jobs=None,
                  verbose=0, warm_start=False):
         self.hidden_size = hidden_size
@@ -480,6 +482,8 @@ class LSTMSeq2SeqRegressor(LSTMRegressor):
         self.dtype = dtype
         self.solver = solver
         self.learning_rate_init = learning_rate_init
+        self.learning_rate = learning_rate
+        self.power_t = power_t
         self.batch_size = batch_size
         self.max_iter = max_iter
         self.shuffle = shuffle
@@ -494,6 +498,7 @@ class LSTMSeq2SeqRegressor(LSTMRegressor):
         self.tol = tol
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
+        self.validation_holdout = validation_holdout
         self.n_iter_no_change = n_iter_no_change
         self.standardize = standardize
         self.random_state = random_state
@@ -539,6 +544,10 @@ class LSTMSeq2SeqRegressor(LSTMRegressor):
                              f"{self._y_ndim} dimensions with horizon {self.horizon_} and "
                              f"{self.n_outputs_} outputs")
         return Y
+
+    def _forecast_step_shape(self, k):
+        """forecast feeds back the decoder's horizon_ steps of n_outputs_ columns."""
+        return self.horizon_, self.n_outputs_
 
     def _init_target_stats(self, Y, W):
         if not self.standardize:

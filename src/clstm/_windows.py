@@ -1,10 +1,16 @@
-"""Turn a time series into supervised (X, y) windows for sequence models."""
+"""Turn a time series into supervised (X, y) windows for sequence models.
+
+:func:`make_windows` cuts one series into (X, y) windows up front;
+:class:`LookbackWindows` is the transformer for a ``Pipeline``, where the
+number of rows cannot change: each row of a time-ordered feature table
+becomes the window of the ``lookback`` rows ending at it.
+"""
 
 import numbers
 
 import numpy as np
 
-__all__ = ["make_windows"]
+__all__ = ["make_windows", "LookbackWindows"]
 
 
 def _check_positive_int(value, name):
@@ -186,3 +192,139 @@ def make_windows(series, lookback, horizon=1, stride=1, *, target=None, dtype=No
     if horizon == 1:
         y = y[:, 0]
     return np.ascontiguousarray(X), np.ascontiguousarray(y)
+
+
+def __getattr__(name):
+    # LookbackWindows is built on first use, so that make_windows (and
+    # ``import clstm``) do not import scikit-learn
+    if name == "LookbackWindows":
+        cls = _define_lookback_windows()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _define_lookback_windows():
+    from sklearn.base import BaseEstimator, TransformerMixin
+    from sklearn.utils.validation import check_is_fitted, validate_data
+
+    class LookbackWindows(TransformerMixin, BaseEstimator):
+        """Pipeline step: each row of a time-ordered table -> the window of rows ending at it.
+
+        Row ``i`` of ``X`` (shape ``(n, n_features)``, oldest row first) becomes
+        the sequence ``X[max(0, i - lookback + 1) : i + 1]``: the ``lookback``
+        observations up to and including row ``i``. The number of rows does not
+        change, so ``y`` (whatever row ``i`` should predict, e.g. the next value
+        of the series) stays aligned, and ``lookback`` can be tuned by
+        ``GridSearchCV`` with a ``TimeSeriesSplit``. The first ``lookback - 1``
+        rows have less history: their windows are shorter, and the output is
+        then a list of ``(length_i, n_features)`` arrays (ragged input, which the
+        clstm estimators handle exactly); when every window is full it is an
+        array ``(n, lookback, n_features)``.
+
+        History between calls (the one honest choice to make): ``fit`` keeps
+        the last ``lookback - 1`` rows it saw (``tail_``).
+
+        * ``history="none"`` (default): every call windows only the rows it is
+          given; the first rows of a test block get short windows even when the
+          rows before them are known. Always correct, slightly pessimistic.
+        * ``history="fit"``: :meth:`transform` treats its rows as the
+          continuation of the rows given to ``fit`` and prepends ``tail_``, so a
+          test block that directly follows the training block (each
+          ``TimeSeriesSplit`` fold; the period after the training data when
+          forecasting) gets its full windows. ``fit_transform`` never prepends
+          (the training block has no known past). Wrong for rows that do not
+          follow the fitted ones, e.g. ``transform`` of the training rows again
+          (``GridSearchCV(return_train_score=True)``).
+
+        Parameters
+        ----------
+        lookback : int, default=10
+            Rows per window (the sequence length the model reads).
+        history : {"none", "fit"}, default="none"
+            Whether :meth:`transform` continues the rows seen by ``fit``; see above.
+
+        Attributes
+        ----------
+        n_features_in_ : int
+            Columns of ``X``.
+        feature_names_in_ : ndarray of str
+            Column names, when fitted on a DataFrame.
+        tail_ : ndarray of shape (min(lookback - 1, n), n_features)
+            The last rows seen by ``fit``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from clstm import LookbackWindows
+        >>> X = np.arange(5.0).reshape(-1, 1)
+        >>> W = LookbackWindows(lookback=3).fit_transform(X)
+        >>> [w[:, 0].tolist() for w in W]
+        [[0.0], [0.0, 1.0], [0.0, 1.0, 2.0], [1.0, 2.0, 3.0], [2.0, 3.0, 4.0]]
+
+        In a Pipeline, tuned over ``lookback`` on time-ordered folds::
+
+            from sklearn.model_selection import GridSearchCV, TimeSeriesSplit
+            from sklearn.pipeline import make_pipeline
+            pipe = make_pipeline(LookbackWindows(history="fit"), LSTMRegressor())
+            search = GridSearchCV(pipe, {"lookbackwindows__lookback": [5, 10, 20]},
+                                  cv=TimeSeriesSplit(5)).fit(features, target)
+        """
+
+        def __init__(self, lookback=10, history="none"):
+            self.lookback = lookback
+            self.history = history
+
+        def __sklearn_tags__(self):
+            tags = super().__sklearn_tags__()
+            tags.requires_fit = True
+            tags.input_tags.allow_nan = False
+            return tags
+
+        def _check_params(self):
+            _check_positive_int(self.lookback, "lookback")
+            if self.history not in ("none", "fit"):
+                raise ValueError(f"history must be 'none' or 'fit', got {self.history!r}")
+
+        def _validate(self, X, reset):
+            if np.ndim(X) == 3:
+                raise ValueError(
+                    f"X has shape {np.shape(X)}: LookbackWindows windows a time-ordered table "
+                    "(n_steps, n_features); X is already a set of sequences, pass it to the "
+                    "estimator directly")
+            return validate_data(self, X, reset=reset, dtype=np.float64, ensure_all_finite=True)
+
+        def fit(self, X, y=None):
+            """Check ``X`` (n, n_features) and keep its last ``lookback - 1`` rows."""
+            self._check_params()
+            arr = self._validate(X, reset=True)
+            keep = self.lookback - 1
+            self.tail_ = arr[arr.shape[0] - keep:].copy() if keep else arr[:0].copy()
+            return self
+
+        def fit_transform(self, X, y=None):
+            """``fit(X)`` then the windows of ``X`` alone (never prepends ``tail_``)."""
+            self.fit(X)
+            return self._windows(self._validate(X, reset=False), None)
+
+        def transform(self, X):
+            """The window of each row of ``X`` (after ``tail_`` with ``history="fit"``)."""
+            check_is_fitted(self, "tail_")
+            self._check_params()
+            arr = self._validate(X, reset=False)
+            return self._windows(arr, self.tail_ if self.history == "fit" else None)
+
+        def _windows(self, arr, past):
+            n, L = arr.shape[0], int(self.lookback)
+            full = arr if past is None or len(past) == 0 else np.concatenate([past, arr])
+            offset = full.shape[0] - n
+            ends = offset + np.arange(n) + 1                   # row i's window ends before ends[i]
+            starts = np.maximum(ends - L, 0)
+            if np.all(ends - starts == L):
+                # X[i] = full[ends[i] - L : ends[i]]
+                return np.ascontiguousarray(full[starts[:, None] + np.arange(L)])
+            return [full[a:b].copy() for a, b in zip(starts, ends)]
+
+    LookbackWindows.__module__ = __name__
+    LookbackWindows.__qualname__ = "LookbackWindows"
+    return LookbackWindows
