@@ -102,6 +102,16 @@ def test_per_step_outputs_and_univariate_input():
     _close(res["variable"], reg.predict(X2))
 
 
+def test_multi_step_multi_column_targets_keep_their_shape():
+    # make_windows(horizon=h) on k columns: y (n, h, k), predict (n, h, k)
+    series = np.random.default_rng(4).standard_normal((80, 2)).cumsum(axis=0)
+    X, y = clstm.make_windows(series, lookback=6, horizon=3)
+    reg = LSTMRegressor(hidden_size=5, max_iter=3, random_state=0).fit(X, y)
+    res = _run(clstm.export_onnx(reg, None), X, np.full(len(X), 6))
+    assert res["variable"].shape == reg.predict(X).shape == (len(X), 3, 2)
+    _close(res["variable"], reg.predict(X))
+
+
 def test_refusals():
     with pytest.raises(Exception, match="not fitted"):
         clstm.export_onnx(LSTMRegressor(), None)

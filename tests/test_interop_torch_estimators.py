@@ -289,12 +289,15 @@ def test_refusals(torch):
      "has attention='additive', which Keras' and torch's LSTM modules do not include"),
     (lambda: clstm.LSTMSeq2SeqRegressor(hidden_size=H, max_iter=1),
      "its model is Seq2SeqModel"),
+    (lambda: LSTMRegressor(hidden_size=H, max_iter=1),
+     "predicts \\(n, 2, 2\\) targets"),
 ])
 def test_models_beyond_network_and_head_are_refused(make, message):
     # to_torch / to_keras would silently drop the attention or the decoder
     from clstm.interop._estimator_parts import estimator_parts
     X, _ = data()
-    y = X[:, 0, 0] if "attention" in message else X[:, :2, 0]
+    y = {"attention": X[:, 0, 0], "Seq2Seq": X[:, :2, 0], "targets": X[:, :2, :2]}[
+        next(k for k in ("attention", "Seq2Seq", "targets") if k in message)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         est = make().fit(X, y)

@@ -65,6 +65,11 @@ def estimator_parts(est):
                          "Keras or torch is not supported: convert an estimator on "
                          "real-valued features, or take the table (est._model.input_layer."
                          "weight) and the network (est.lstm_) over by hand")
+    if len(getattr(est, "_y_shape", ())) == 2:
+        raise ValueError(f"{name} predicts (n, {est._y_shape[0]}, {est._y_shape[1]}) targets "
+                         "(a horizon of several columns), which the Keras and torch "
+                         "conversions do not reshape; export it with clstm.export_onnx, or fit "
+                         "on y.reshape(len(y), -1)")
     if model.attention is not None:
         raise ValueError(f"{name} has attention={model.attention.kind!r}, which Keras' and "
                          "torch's LSTM modules do not include; export it with "

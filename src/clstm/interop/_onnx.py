@@ -638,15 +638,20 @@ def _estimator_model(est, lengths, opset):
     Z = g.op("MatMul", [feats, g.constant("head_weight", model.head_weight)], name="head_matmul")
     Z = g.op("Add", [Z, g.constant("head_bias", model.head_bias)], name="head")
     step_axes = ["batch", "time"] if model.return_sequences else ["batch"]
-    last_axis = g.constant("last_axis", [-1], np.int64)
     if not classifier:
         y_mean, y_scale = est._y_stats
         if y_mean is not None:
             Z = g.op("Mul", [Z, g.constant("y_scale", y_scale)], name="y_scaled")
             Z = g.op("Add", [Z, g.constant("y_mean", y_mean)], name="y_restored")
         shape = step_axes + ([] if est._y_1d else [est.n_outputs_])
+        target_shape = tuple(getattr(est, "_y_shape", ()))
         if est._y_1d:
-            g.op("Squeeze", [Z, last_axis], outputs=["variable"])
+            g.op("Squeeze", [Z, g.constant("last_axis", [-1], np.int64)], outputs=["variable"])
+        elif len(target_shape) == 2:        # (horizon, k) targets: predict's (n, h, k)
+            shape = step_axes + list(target_shape)
+            g.op("Reshape", [Z, g.constant("target_shape", [0] * len(step_axes)
+                                           + list(target_shape), np.int64)],
+                 outputs=["variable"])
         else:
             g.op("Identity", [Z], outputs=["variable"])
         g.output("variable", "float32", shape)
