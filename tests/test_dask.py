@@ -540,3 +540,21 @@ def test_scaling_benchmark_runs_and_checks_the_fit(tmp_path):
     assert all(row[m]["median_ms_per_step"] > 0 for m in ("in-process", "dask-1w", "dask-2w"))
     assert set(doc["crossover"]["4"]) == {"2w_beats_1w_from_batch",
                                           "2w_beats_in_process_from_batch"}
+
+
+def test_validation_data_callbacks_and_forecast_after_a_dask_fit(client):
+    """The conveniences of the training loop work on a Dask X as in memory: the
+    validation scores, the epoch records, and forecast's window length."""
+    series = np.random.default_rng(5).standard_normal((90, 2)).cumsum(axis=0)
+    X, y = clstm.make_windows(series, lookback=6)
+    params = dict(_SMALL, max_iter=3)
+    records = []
+    est = clstm.LSTMRegressor(**params).fit(
+        da.from_array(X[:-20], chunks=(35, -1, -1)), y[:-20], validation_data=(X[-20:], y[-20:]),
+        callbacks=lambda record: records.append(record.validation_score))
+    ref = clstm.LSTMRegressor(**params).fit(X[:-20], y[:-20], validation_data=(X[-20:], y[-20:]))
+    _check_same_fit(est, ref)
+    np.testing.assert_allclose(est.validation_scores_, ref.validation_scores_, rtol=1e-10)
+    assert records == est.validation_scores_
+    assert est.n_timesteps_in_ == ref.n_timesteps_in_ == 6
+    np.testing.assert_allclose(est.forecast(series, 4), ref.forecast(series, 4), rtol=1e-9)

@@ -230,6 +230,11 @@ def prepare_training_data(est, X, y, sample_weight, first, incremental, classes,
         raise ValueError(f"X has shape {X.shape}: every sequence needs at least one timestep "
                          "and one feature")
     _set_input_attributes(est, X, first)
+    # every sequence of a Dask X has all T steps: the window length forecast slides
+    if first:
+        est.n_timesteps_in_ = T
+    elif getattr(est, "n_timesteps_in_", None) != T:
+        est.n_timesteps_in_ = None
     Y = _along_samples(y, X, "y")
     SW = None if sample_weight is None else _along_samples(sample_weight, X, "sample_weight")
     # targets' layout (and the regressor's n_outputs_) from a one-sample probe
