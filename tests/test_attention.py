@@ -17,6 +17,7 @@ import clstm
 from clstm import LSTMClassifier, LSTMRegressor
 from clstm._attention import AttentionPooling, reference_attention
 from clstm._model import SequenceModel
+from _finite_differences import check_loss_gradient
 
 KINDS = ["additive", "dot"]
 FAST = dict(hidden_size=6, max_iter=3, random_state=0)
@@ -145,20 +146,9 @@ def test_model_gradient_equals_central_differences(kind, loss, bidirectional):
     assert {k for k in grads if k.startswith("attention.")} == {
         "attention." + k for k in model.attention.params}
     rng = np.random.default_rng(2)
-    eps = 1e-6
-    for name, p in model.params.items():
-        flat = p.reshape(-1)
-        picks = (range(flat.size) if name.startswith("attention.")
-                 else rng.choice(flat.size, size=min(5, flat.size), replace=False))
-        for i in picks:
-            old = flat[i]
-            flat[i] = old + eps
-            up, _ = model.loss_and_grad(X, lengths, Y, W, alpha=alpha, need_grad=False)
-            flat[i] = old - eps
-            down, _ = model.loss_and_grad(X, lengths, Y, W, alpha=alpha, need_grad=False)
-            flat[i] = old
-            num = (up - down) / (2 * eps)
-            assert abs(grads[name].reshape(-1)[i] - num) <= 1e-7 + 1e-5 * abs(num), (name, i)
+    check_loss_gradient(model, grads, ((X, lengths, Y, W), {"alpha": alpha}),
+                        lambda name, size: (range(size) if name.startswith("attention.")
+                                            else rng.choice(size, min(5, size), replace=False)))
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -16,6 +16,7 @@ from sklearn.exceptions import ConvergenceWarning, NotFittedError
 import clstm
 from clstm._nowcast import NowcastModel
 from clstm.datasets import make_moving_shapes
+from _finite_differences import check_loss_gradient
 
 
 @pytest.fixture(autouse=True)
@@ -62,21 +63,10 @@ def test_gradient_matches_central_differences(return_sequences, spatial_dims):
         W = np.array([1.0, 2.0, 0.5])
     alpha = 0.3
     _, grads = model.loss_and_grad(X, lengths, Y, W, alpha=alpha)
-    eps = 1e-6
     pick = np.random.default_rng(2)
-    for name, param in model.params.items():
-        flat = param.reshape(-1)
-        idx = pick.choice(flat.size, size=min(flat.size, 25), replace=False)
-        for i in idx:
-            old = flat[i]
-            flat[i] = old + eps
-            up, _ = model.loss_and_grad(X, lengths, Y, W, alpha=alpha, need_grad=False)
-            flat[i] = old - eps
-            down, _ = model.loss_and_grad(X, lengths, Y, W, alpha=alpha, need_grad=False)
-            flat[i] = old
-            numeric = (up - down) / (2 * eps)
-            assert grads[name].reshape(-1)[i] == pytest.approx(numeric, rel=1e-5, abs=1e-8), \
-                (name, i)
+    check_loss_gradient(model, grads, ((X, lengths, Y, W), {"alpha": alpha}),
+                        lambda name, size: pick.choice(size, min(size, 25), replace=False),
+                        atol=1e-8)
 
 
 def test_loss_and_head_gradients_match_numpy():

@@ -16,6 +16,7 @@ import clstm
 from clstm import LSTMSeq2SeqRegressor
 from clstm._reference import reference_network_forward
 from clstm._seq2seq import Seq2SeqModel
+from _finite_differences import check_loss_gradient
 
 ATTENTION = ["general", "dot", None]
 FAST = dict(hidden_size=5, max_iter=3, random_state=0)
@@ -59,20 +60,9 @@ def test_gradient_equals_central_differences(attention, cell):
     loss, grads = model.loss_and_grad(X, lengths, Y, W, alpha=alpha)
     assert set(grads) == set(model.params)
     rng = np.random.default_rng(0)
-    eps = 1e-6
-    for name, p in model.params.items():
-        flat = p.reshape(-1)
-        picks = (range(flat.size) if name.startswith(("attention.", "head."))
-                 else rng.choice(flat.size, size=min(4, flat.size), replace=False))
-        for i in picks:
-            old = flat[i]
-            flat[i] = old + eps
-            up, _ = model.loss_and_grad(X, lengths, Y, W, alpha=alpha, need_grad=False)
-            flat[i] = old - eps
-            down, _ = model.loss_and_grad(X, lengths, Y, W, alpha=alpha, need_grad=False)
-            flat[i] = old
-            num = (up - down) / (2 * eps)
-            assert abs(grads[name].reshape(-1)[i] - num) <= 1e-7 + 1e-5 * abs(num), (name, i)
+    check_loss_gradient(model, grads, ((X, lengths, Y, W), {"alpha": alpha}),
+                        lambda name, size: (range(size) if name.startswith(("attention.", "head."))
+                                            else rng.choice(size, min(4, size), replace=False)))
 
 
 def test_float32_gradients_agree_with_float64():

@@ -106,7 +106,39 @@ class NonFiniteError(FloatingPointError):
         self.what = what
 
 
-class SequenceModel:
+class TrainableModel:
+    """What the training loop needs of a model beside its loss and gradient:
+    parameter snapshots (early stopping, divergence), the finiteness check,
+    and training / inference mode of its networks. A model has ``params``
+    (name -> live array) and ``network``; one with more networks overrides
+    :meth:`_networks`."""
+
+    def _networks(self):
+        return (self.network,)
+
+    def snapshot(self):
+        return {k: v.copy() for k, v in self.params.items()}
+
+    def restore(self, snapshot):
+        """Copy a snapshot back into the live arrays (their identity is kept)."""
+        for k, v in self.params.items():
+            v[...] = snapshot[k]
+        for net in self._networks():
+            net.clear_cache()
+
+    def all_finite(self):
+        return all(np.isfinite(v).all() for v in self.params.values())
+
+    def train(self):
+        for net in self._networks():
+            net.train()
+
+    def eval(self):
+        for net in self._networks():
+            net.eval()
+
+
+class SequenceModel(TrainableModel):
     """A recurrent network + Dense head + loss.
 
     Parameters
@@ -296,24 +328,6 @@ class SequenceModel:
         return [k for k in self.params
                 if k.startswith(_NETWORK_PREFIX + "weight_") or k == _HEAD_WEIGHT
                 or k in attention]
-
-    def snapshot(self):
-        return {k: v.copy() for k, v in self.params.items()}
-
-    def restore(self, snapshot):
-        """Copy a snapshot back into the live arrays (their identity is kept)."""
-        for k, v in self.params.items():
-            v[...] = snapshot[k]
-        self.network.clear_cache()
-
-    def all_finite(self):
-        return all(np.isfinite(v).all() for v in self.params.values())
-
-    def train(self):
-        self.network.train()
-
-    def eval(self):
-        self.network.eval()
 
     # -- forward ------------------------------------------------------------------
     def _features(self, out, state):

@@ -33,7 +33,13 @@ from clstm._base import (
 )
 from clstm._convlstm import ConvLSTM, _check_kernel_size
 from clstm._estimators import LSTMRegressor
-from clstm._model import NonFiniteError, _clearing_cache, _network_from_config, _ragged_only
+from clstm._model import (
+    NonFiniteError,
+    TrainableModel,
+    _clearing_cache,
+    _network_from_config,
+    _ragged_only,
+)
 
 __all__ = ["ConvLSTMRegressor", "NowcastModel"]
 
@@ -42,7 +48,7 @@ _HEAD_BIAS = "head.bias"
 _NETWORK_PREFIX = "network."
 
 
-class NowcastModel:
+class NowcastModel(TrainableModel):
     """A ConvLSTM + a per-pixel (1x1 convolution) head + the squared error.
 
     Parameters
@@ -157,23 +163,6 @@ class NowcastModel:
         """Under the L2 penalty: the convolution kernels and the head weight, not biases."""
         return [k for k in self.params if k == _HEAD_WEIGHT
                 or (k.startswith(_NETWORK_PREFIX) and "kernel" in k)]
-
-    def snapshot(self):
-        return {k: v.copy() for k, v in self.params.items()}
-
-    def restore(self, snapshot):
-        for k, v in self.params.items():
-            v[...] = snapshot[k]
-        self.network.clear_cache()
-
-    def all_finite(self):
-        return all(np.isfinite(v).all() for v in self.params.values())
-
-    def train(self):
-        self.network.train()
-
-    def eval(self):
-        self.network.eval()
 
     # -- forward -----------------------------------------------------------------------
     def _features(self, out, state):

@@ -40,6 +40,7 @@ from clstm._estimators import _COMMON_ATTRIBUTES, _COMMON_PARAMS, LSTMRegressor
 from clstm._losses import squared_error
 from clstm._model import (
     NonFiniteError,
+    TrainableModel,
     _clearing_cache,
     _network_from_config,
     _ragged_only,
@@ -81,7 +82,7 @@ class LuongAttention:
         return E @ self.params["weight"].T if self.kind == "general" else E
 
 
-class Seq2SeqModel:
+class Seq2SeqModel(TrainableModel):
     """Encoder + decoder networks, Luong attention (or none) and a linear head.
 
     Parameters
@@ -230,25 +231,8 @@ class Seq2SeqModel:
                 if any(k.startswith(p + "weight_") for p in _PREFIXES)
                 or k in ("head.weight", "attention.weight")]
 
-    def snapshot(self):
-        return {k: v.copy() for k, v in self.params.items()}
-
-    def restore(self, snapshot):
-        for k, v in self.params.items():
-            v[...] = snapshot[k]
-        self.network.clear_cache()
-        self.decoder.clear_cache()
-
-    def all_finite(self):
-        return all(np.isfinite(v).all() for v in self.params.values())
-
-    def train(self):
-        self.network.train()
-        self.decoder.train()
-
-    def eval(self):
-        self.network.eval()
-        self.decoder.eval()
+    def _networks(self):
+        return (self.network, self.decoder)
 
     # -- forward pieces ---------------------------------------------------------------
     def decoder_inputs(self, Y):
