@@ -7,10 +7,12 @@ and save/load.
 """
 
 import pickle
+import warnings
 
 import numpy as np
 import pytest
 from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning
 
 import clstm
 from clstm._model import SequenceModel
@@ -254,12 +256,45 @@ def test_bad_token_input_and_parameters():
         clf.set_params(warm_start=True, vocab_size=V + 1).fit(X, y)
 
 
-def test_onnx_export_of_a_token_estimator_is_refused_clearly(tmp_path):
-    X, y = _token_data(n=20)
-    clf = clstm.LSTMClassifier(vocab_size=V, hidden_size=4, max_iter=1, random_state=0).fit(X, y)
+@pytest.mark.parametrize("make", [
+    lambda: clstm.LSTMClassifier(vocab_size=V, hidden_size=4, attention="dot"),
+    lambda: clstm.LSTMRegressor(vocab_size=V, hidden_size=4, cell="gru", bidirectional=True),
+    lambda: clstm.LSTMLanguageModel(vocab_size=V, hidden_size=4),
+], ids=["classifier-attention", "regressor-gru-bi", "language_model"])
+def test_onnx_export_of_token_estimators_equals_predict(make):
+    """The graph looks the ids up in the embedding (Gather) and equals predict /
+    predict_proba on a padded batch whose padding holds ids out of the vocabulary."""
+    ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    with pytest.raises(ValueError, match="token ids through an embedding"):
-        clstm.export_onnx(clf, tmp_path / "m.onnx")
+    X, y = _token_data(n=24)
+    est = make()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        if isinstance(est, clstm.LSTMLanguageModel):
+            est.fit(X)
+        else:
+            est.fit(X, y.astype(float) if isinstance(est, clstm.LSTMRegressor) else y)
+    lengths = np.array([len(x) for x in X])
+    padded = np.full((len(X), lengths.max()), V + 99, np.int64)      # garbage padding
+    for i, x in enumerate(X):
+        padded[i, :len(x)] = x
+    session = ort.InferenceSession(clstm.export_onnx(est, None).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    out = dict(zip(names, session.run(None, {"X": padded, "lengths": lengths})))
+    if "variable" in out:
+        np.testing.assert_allclose(out["variable"], est.predict(X), atol=1e-5)
+    elif isinstance(est, clstm.LSTMLanguageModel):
+        for i, p in enumerate(est.predict_proba(X)):                   # per step, ragged
+            np.testing.assert_allclose(out["probabilities"][i, :lengths[i]], p, atol=1e-6)
+    else:
+        np.testing.assert_allclose(out["probabilities"], est.predict_proba(X), atol=1e-6)
+        np.testing.assert_array_equal(out["label"], est.predict(X))
+    for bad_id in (V, -1):              # within a length: onnxruntime refuses, never wraps
+        bad = padded.copy()
+        bad[0, 0] = bad_id
+        with pytest.raises(Exception, match="out of data bounds"):
+            session.run(None, {"X": bad, "lengths": lengths})
 
 
 @pytest.mark.parametrize("make", [lambda: clstm.LSTMClassifier(vocab_size=7),

@@ -494,7 +494,11 @@ def export_onnx(net, path, *, lengths=True, initial_states=False, opset=OPSET):
     padded to a common length; with ``return_sequences=True`` the outputs
     are per step, and the values past a sequence's length are padding. An
     attention pooling head (``attention=``) exports as basic operators
-    (MatMul, Tanh, a Softmax over the valid steps, ReduceSum). An
+    (MatMul, Tanh, a Softmax over the valid steps, ReduceSum). An estimator
+    on token ids (``vocab_size``, and ``LSTMLanguageModel``) takes ``X`` as
+    (batch, time) int64 ids, looked up in its embedding table by a Gather;
+    the padding past each length may hold any id, and an id outside
+    ``[0, vocab_size)`` within a length is an error of onnxruntime. An
     ``LSTMSeq2SeqRegressor`` is refused (its decoder loop is not exported).
 
     Graph inputs: ``X`` (batch, time, input_size) float32, batch-first as in
@@ -603,17 +607,32 @@ def _estimator_model(est, lengths, opset):
                          "each prediction back step by step (a loop this export does not "
                          "build); export the encoder and decoder networks (est.lstm_, "
                          "est.decoder_) with export_onnx and run the loop outside")
-    if getattr(model, "input_layer", None) is not None:
-        raise ValueError(f"{type(est).__name__} reads token ids through an embedding, which "
-                         "export_onnx does not export yet; export the network "
-                         "(est.lstm_) and look up est._model.input_layer.weight[ids] first")
     net, classifier = model.network, hasattr(est, "classes_")
     F = net.input_size          # a univariate estimator's 2-D X is X[..., None] here
     g = OnnxGraph("clstm_" + type(est).__name__.lower())
     names = ["label", "probabilities"] if classifier else ["variable"]
     g.reserve(*names)
-    X = g.input("X", "float32", ["batch", "time", F])
-    seq = g.input("lengths", "int64", ["batch"]) if lengths else None
+    layer = getattr(model, "input_layer", None)
+    if layer is None:
+        X = g.input("X", "float32", ["batch", "time", F])
+        seq = g.input("lengths", "int64", ["batch"]) if lengths else None
+    else:
+        # token ids (B, T) int64 -> rows of the embedding table; the padding past
+        # each length may hold anything: it is looked up as id 0, and the network
+        # never reads it. An id outside [0, vocab_size) within a length is an
+        # error of onnxruntime's Gather (a negative one is sent there as
+        # vocab_size: Gather would otherwise count it from the end)
+        ids = g.input("X", "int64", ["batch", "time"])
+        seq = g.input("lengths", "int64", ["batch"]) if lengths else None
+        ids = g.op("Where", [g.op("Less", [ids, g.constant("no_id", 0, np.int64)],
+                                  name="negative_ids"),
+                             g.constant("vocab_size", layer.vocab_size, np.int64), ids],
+                   name="ids_checked")
+        if seq is not None:
+            ids = g.op("Where", [_valid_steps(g, ids, seq), ids,
+                                 g.constant("padding_id", 0, np.int64)], name="ids_in_lengths")
+        X = g.op("Gather", [g.constant("embedding", layer.weight), ids], axis=0,
+                 name="embedded")
     # input standardisation, as fit saw it (padding is ignored by the network)
     x_mean, x_scale = est._x_stats
     if x_mean is not None:
@@ -684,6 +703,19 @@ def _estimator_model(est, lengths, opset):
                                   "clstm.network": repr(net)})
 
 
+def _valid_steps(g, batch_major, lengths):
+    """A (B, T) bool value: step t of sequence b lies within lengths[b]
+    (`batch_major` is any (B, T, ...) value of the graph)."""
+    n_steps = g.op("Gather", [g.op("Shape", [batch_major], name="batch_major_shape"),
+                              g.constant("time_axis", 1, np.int64)], axis=0, name="n_steps")
+    steps = g.op("Range", [g.constant("zero", 0, np.int64), n_steps,
+                           g.constant("one_step", 1, np.int64)], name="steps")
+    return g.op("Less", [g.op("Unsqueeze", [steps, g.constant("batch_axis", [0], np.int64)],
+                              name="steps_row"),
+                         g.op("Unsqueeze", [lengths, g.constant("step_axis", [1], np.int64)],
+                              name="lengths_column")], name="valid_steps")
+
+
 def _add_attention_pooling(g, attention, out, lengths):
     """Nodes of clstm._attention.AttentionPooling over `out` (B, T, d), masked by
     `lengths` (B,) (None: every step valid); returns the context (B, d)."""
@@ -701,15 +733,7 @@ def _add_attention_pooling(g, attention, out, lengths):
                       name="attention_scores")
     if lengths is not None:
         # steps t >= lengths[b] get score -inf: weight exactly 0 after the softmax
-        n_steps = g.op("Gather", [g.op("Shape", [out], name="out_shape"),
-                                  g.constant("time_axis", 1, np.int64)], axis=0,
-                       name="n_steps")
-        steps = g.op("Range", [g.constant("zero", 0, np.int64), n_steps,
-                               g.constant("one_step", 1, np.int64)], name="steps")
-        valid = g.op("Less", [g.op("Unsqueeze", [steps, g.constant("batch_axis", [0], np.int64)],
-                                   name="steps_row"),
-                              g.op("Unsqueeze", [lengths, g.constant("step_axis", [1], np.int64)],
-                                   name="lengths_column")], name="valid_steps")
+        valid = _valid_steps(g, out, lengths)
         scores = g.op("Where", [valid, scores, g.constant("minus_inf", -np.inf)],
                       name="attention_masked_scores")
     weights = g.op("Softmax", [scores], axis=1, name="attention_weights")
