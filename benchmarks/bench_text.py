@@ -70,7 +70,7 @@ def _clstm_step(args):
     layer = Embedding.create(args.vocab, args.embed, np.float32, rng)
     model = SequenceModel.create(args.embed, {"hidden_size": args.hidden, "dtype": "float32",
                                               "n_jobs": args.threads},
-                                 args.vocab, "softmax", True, rng, layer)
+                                 args.vocab, "softmax", True, rng, input_layer=layer)
     model.train()
     opt = AdamOptimizer(1e-3)
     X, Y = _data(args)

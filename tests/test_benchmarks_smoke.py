@@ -142,3 +142,19 @@ def _importable(mod):
         return True
     except ImportError:
         return False
+
+
+@pytest.mark.parametrize("framework", ["clstm", "torch"])
+def test_text_benchmark_workers_run(framework):
+    """benchmarks/bench_text.py's workers on a tiny model: each returns its step
+    times (the driver would record a worker's error as a note, not fail)."""
+    if framework == "torch":
+        pytest.importorskip("torch")
+    script = os.path.join(ROOT, "benchmarks", "bench_text.py")
+    proc = subprocess.run([sys.executable, script, "--worker", framework, "--threads", "1",
+                           "--steps", "2", "--warmup", "1", "--vocab", "40", "--embed", "6",
+                           "--hidden", "5", "--batch", "4", "--seq", "7"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(res["times"]) == 2 and all(t > 0 for t in res["times"])
