@@ -50,15 +50,14 @@ fit in memory), and ``dropout`` / ``recurrent_dropout`` (their masks come
 from one generator per network, which the workers cannot share).
 
 Where it pays (``benchmarks/bench_dask.py``, "Dask scaling" in
-``benchmarks/RESULTS.md``, preliminary runs on a busy 2-core machine): a step
-costs a scatter of the weights, one task per block and a gather (25-100 ms
-there) on top of the blocks' forward/backward. 2 workers beat 1 (1.19x) and
-the in-process fit (1.16x) only at the largest shape measured, hidden 128
-with mini-batches of 1024 (~0.7 s per step in process); at hidden 16 no Dask
-configuration beat the in-process fit up to mini-batches of 1024. So it pays
-for large models and mini-batches (a step computing for well over 100 ms),
-with cores of its own per worker, or for data that does not fit on one
-machine; otherwise fit in memory. Chunk X into about one block per worker.
+``benchmarks/RESULTS.md``, 2-core machine): a step costs a scatter of the
+weights, one task per block and a gather (24-70 ms there) on top of the
+blocks' forward/backward. 2 workers beat 1 (1.31x) and match the in-process
+fit (1.02x) from hidden 128 with mini-batches of 1024 (~0.25 s per step in
+process); at hidden 32 no Dask configuration beat the in-process fit up to
+mini-batches of 1024. So it pays for large models and mini-batches (a step
+computing for well over 100 ms), with cores of its own per worker, or for
+data that does not fit on one machine; otherwise fit in memory. Chunk X into about one block per worker.
 """
 
 import copy
