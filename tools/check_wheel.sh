@@ -4,7 +4,7 @@
 #      (catches files missing from the sdist; checks the compile flags used);
 #   2. auditwheel repair to a manylinux tag; fail if a library was vendored, a
 #      generated .c file shipped, an .so carries an RPATH/RUNPATH, or the
-#      wheel is over 1 MB;
+#      wheel is over 1.5 MB;
 #   3. install into a fresh venv with the compiler disabled, binary-only deps;
 #   4. run the kernel tests and a smoke test from outside the source tree
 #      against the installed package (clstm.__file__ must be in site-packages);
@@ -28,7 +28,10 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PY=$("${PYTHON:-python3}" -c "import sys; print(sys.executable)")
 WORK=${CLSTM_CHECK_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/clstm-wheel.XXXXXX")}
 QEMU_CPU=${CLSTM_QEMU_CPU:-Nehalem}
-MAX_WHEEL_BYTES=1000000
+# A budget that makes growth visible: five Cython modules (three kernel modules with
+# baseline/AVX2/AVX-512 clones, plus the embedding and softmax kernels) compress to
+# ~0.9 MB, the Python sources to ~0.3 MB (1.18 MB in all when this was set).
+MAX_WHEEL_BYTES=1500000
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 
 TIMINGS=()
@@ -110,11 +113,14 @@ SDIST_DIR=$(ls -d "$WORK"/sdist/*/)
 RAW=$(ls "$WORK"/raw/*.whl)
 echo "raw wheel: $(basename "$RAW")"
 # The compile commands actually run: -O3 -fno-trapping-math last, never -march=native.
-"$TOOLS/python" - "$WORK/logs/wheel.log" <<'EOF'
-import re, sys
+"$TOOLS/python" - "$WORK/logs/wheel.log" "$SDIST_DIR" <<'EOF'
+import glob, os, re, sys
 cmds = [l.strip() for l in open(sys.argv[1]) if re.search(r"\s-c\s+\S*src/clstm/_\w+\.c\b", l)]
-if len(cmds) != 3:
-    sys.exit(f"expected 3 compile commands in the build log, found {len(cmds)}")
+# one compile command per Cython module of the sdist
+n_modules = len(glob.glob(os.path.join(sys.argv[2], "src", "clstm", "*.pyx")))
+if len(cmds) != n_modules:
+    sys.exit(f"expected {n_modules} compile commands in the build log (one per .pyx), "
+             f"found {len(cmds)}")
 for cmd in cmds:
     args = cmd.split()
     opt = [a for a in args if re.fullmatch(r"-O\w*", a)]
