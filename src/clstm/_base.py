@@ -1104,28 +1104,15 @@ class BaseLSTMEstimator(BaseEstimator):
         arr, lengths, ragged = self._validate_X(X, reset=False, lengths=lengths)
         Xp = _to_dtype(_standardize(arr, lengths, self._x_stats), self._model.dtype, "X",
                        self._x_stats[0] is not None)
-        T = Xp.shape[1]
-        parts = []
-        for s in range(0, Xp.shape[0], _PREDICT_BATCH):
-            rows = slice(s, s + _PREDICT_BATCH)
-            T_b = int(lengths[rows].max())
-            a = self._model.attention_weights(Xp[rows, :T_b], lengths[rows])
-            parts.append(np.pad(a, ((0, 0), (0, T - T_b))))
-        weights = np.concatenate(parts, axis=0)
+        weights = _over_row_batches(Xp, lengths, self._model.attention_weights, time_axis=1)
         return split_steps(weights, lengths) if ragged else weights
 
     @staticmethod
     def _model_outputs(model, Xp, lengths):
-        parts = []
-        for s in range(0, Xp.shape[0], _PREDICT_BATCH):
-            rows = slice(s, s + _PREDICT_BATCH)
-            T_b = int(lengths[rows].max())
-            Z = model.predict_raw(Xp[rows, :T_b], lengths[rows]).astype(np.float64)
-            if Z.ndim == 3 and T_b < Xp.shape[1]:
-                Z = np.concatenate(
-                    [Z, np.zeros((Z.shape[0], Xp.shape[1] - T_b, Z.shape[2]))], axis=1)
-            parts.append(Z)
-        return np.concatenate(parts, axis=0)
+        """The model's float64 outputs for standardised X, per step padded to X's T."""
+        return _over_row_batches(
+            Xp, lengths, lambda Xb, lb: np.asarray(model.predict_raw(Xb, lb), np.float64),
+            time_axis=1 if model.return_sequences else None)
 
     def _flat_step_predictions(self, X, y, sample_weight, lengths=None):
         """Per-step targets and predictions over all valid steps, flattened,
@@ -1857,6 +1844,25 @@ def _take(A, rows, T, per_step):
     if per_step and T is not None:
         out = out[:, :T]
     return out
+
+
+def _over_row_batches(Xp, lengths, compute, time_axis=None):
+    """``compute(X_b, lengths_b)`` over batches of _PREDICT_BATCH sequences, each
+    cut to its longest sequence, the results concatenated along the rows; with
+    ``time_axis``, each batch's result is zero-padded back to X's n_timesteps on
+    that axis (per-step outputs of a batch of shorter sequences)."""
+    T = Xp.shape[1]
+    parts = []
+    for s in range(0, Xp.shape[0], _PREDICT_BATCH):
+        rows = slice(s, s + _PREDICT_BATCH)
+        T_b = int(lengths[rows].max())
+        part = compute(Xp[rows, :T_b], lengths[rows])
+        if time_axis is not None and T_b < T:
+            pad = [(0, 0)] * part.ndim
+            pad[time_axis] = (0, T - T_b)
+            part = np.pad(part, pad)
+        parts.append(part)
+    return np.concatenate(parts, axis=0)
 
 
 def _global_norm(grads):

@@ -461,11 +461,7 @@ class _DaskTrainingData:
             grads[name] = (total / weight).astype(value.dtype)
         # the L2 term once, as SequenceModel.loss_and_grad adds it
         if alpha:
-            params = model.params
-            for name in model.weight_names():
-                w = params[name]
-                loss += 0.5 * alpha * float(np.sum(np.square(w, dtype=np.float64)))
-                grads[name] += w.dtype.type(alpha) * w
+            loss = model.add_penalty(loss, grads, alpha)
         return loss, grads, weight
 
 

@@ -137,6 +137,30 @@ class TrainableModel:
         for net in self._networks():
             net.eval()
 
+    def add_penalty(self, loss, grads, alpha):
+        """``loss`` plus alpha/2 * ||w||^2 over :meth:`weight_names` (and alpha * w
+        added to ``grads`` in place unless it is None): the L2 term, once per
+        mini-batch."""
+        params = self.params
+        for name in self.weight_names():
+            w = params[name]
+            loss += 0.5 * alpha * float(np.sum(np.square(w, dtype=np.float64)))
+            if grads is not None:
+                grads[name] += w.dtype.type(alpha) * w
+        return loss
+
+    def __setstate__(self, state):
+        # read-only arrays (e.g. joblib memory maps) -> private writable copies:
+        # prediction accepts them, but training updates parameters in place
+        # (the attention / embedding parts restore their own arrays)
+        self.__dict__.update(state)
+        for net in self._networks():
+            if not all(v.flags.writeable for v in net.params.values()):
+                net.load_state_dict(net.state_dict())
+        for attr in ("head_weight", "head_bias"):
+            if not getattr(self, attr).flags.writeable:
+                setattr(self, attr, np.array(getattr(self, attr)))
+
 
 class SequenceModel(TrainableModel):
     """A recurrent network + Dense head + loss.
@@ -296,17 +320,6 @@ class SequenceModel(TrainableModel):
         return type(self)(network, self.head_weight, self.head_bias, self.loss,
                           self.return_sequences,
                           None if self.attention is None else self.attention.copy(), layer)
-
-    def __setstate__(self, state):
-        # read-only arrays (e.g. joblib memory maps) -> private writable copies:
-        # prediction accepts them, but training updates parameters in place
-        self.__dict__.update(state)
-        net = self.network
-        if not all(v.flags.writeable for v in net.params.values()):
-            net.load_state_dict(net.state_dict())
-        for attr in ("head_weight", "head_bias"):
-            if not getattr(self, attr).flags.writeable:
-                setattr(self, attr, np.array(getattr(self, attr)))
 
     # -- parameters ---------------------------------------------------------------
     @property
@@ -486,12 +499,7 @@ class SequenceModel(TrainableModel):
             grads[_INPUT_PREFIX + "weight"] = self.input_layer.backward(ids, grad_inputs,
                                                                         lengths)
         if alpha:
-            params = self.params
-            for name in self.weight_names():
-                w = params[name]
-                loss += 0.5 * alpha * float(np.sum(np.square(w, dtype=np.float64)))
-                if need_grad:
-                    grads[name] += w.dtype.type(alpha) * w
+            loss = self.add_penalty(loss, grads, alpha)
         return loss, grads
 
 

@@ -22,11 +22,11 @@ from sklearn.metrics import r2_score
 from sklearn.utils.validation import check_is_fitted
 
 from clstm._base import (
-    _PREDICT_BATCH,
     _apply_scaling,
     _check_lengths,
     _dtype_name,
     _location_scale,
+    _over_row_batches,
     _refuse_complex,
     _standardize,
     _to_dtype,
@@ -141,16 +141,6 @@ class NowcastModel(TrainableModel):
         network.rng_state = net.rng_state
         return type(self)(network, self.head_weight, self.head_bias, self.return_sequences)
 
-    def __setstate__(self, state):
-        # read-only arrays (e.g. memory maps) -> writable copies: training updates in place
-        self.__dict__.update(state)
-        net = self.network
-        if not all(v.flags.writeable for v in net.params.values()):
-            net.load_state_dict(net.state_dict())
-        for attr in ("head_weight", "head_bias"):
-            if not getattr(self, attr).flags.writeable:
-                setattr(self, attr, np.array(getattr(self, attr)))
-
     # -- parameters ------------------------------------------------------------------
     @property
     def params(self):
@@ -224,12 +214,7 @@ class NowcastModel(TrainableModel):
                     if name in net.params:
                         grads[_NETWORK_PREFIX + name] += g
         if alpha:
-            params = self.params
-            for name in self.weight_names():
-                w = params[name]
-                loss += 0.5 * alpha * float(np.sum(np.square(w, dtype=np.float64)))
-                if need_grad:
-                    grads[name] += w.dtype.type(alpha) * w
+            loss = self.add_penalty(loss, grads, alpha)
         return loss, grads
 
 
@@ -530,20 +515,6 @@ class ConvLSTMRegressor(LSTMRegressor):
         per_entry = 0.5 * np.mean(np.square(Y, dtype=np.float64), axis=axes)
         return float(np.sum(W * per_entry) / np.sum(W))
 
-    @staticmethod
-    def _model_outputs(model, Xp, lengths):
-        parts = []
-        for s in range(0, Xp.shape[0], _PREDICT_BATCH):
-            rows = slice(s, s + _PREDICT_BATCH)
-            T_b = int(lengths[rows].max())
-            Z = model.predict_raw(Xp[rows, :T_b], lengths[rows])
-            if model.return_sequences and T_b < Xp.shape[1]:
-                pad = [(0, 0)] * Z.ndim
-                pad[1] = (0, Xp.shape[1] - T_b)
-                Z = np.pad(Z, pad)
-            parts.append(Z)
-        return np.concatenate(parts, axis=0)
-
     def _pixel_r2(self, Y, Z, W, lengths):
         """R^2 per channel over every pixel (and valid step), averaged over channels."""
         K = Y.shape[-1]
@@ -630,12 +601,9 @@ class ConvLSTMRegressor(LSTMRegressor):
                        self._x_stats[0] is not None)
         model, net = self._model, self._model.network
         model.eval()
-        parts = []
-        for s in range(0, Xp.shape[0], _PREDICT_BATCH):
-            rows = slice(s, s + _PREDICT_BATCH)
-            T_b = int(lengths[rows].max())
-            _, state = net.run(Xp[rows, :T_b], lengths=_ragged_only(lengths[rows], T_b),
-                               keep_cache=False)
+
+        def forecast_batch(Xb, lb):
+            _, state = net.run(Xb, lengths=_ragged_only(lb, Xb.shape[1]), keep_cache=False)
             h = state[0][-1]
             frames = []
             for k in range(steps):
@@ -645,8 +613,9 @@ class ConvLSTMRegressor(LSTMRegressor):
                     x = _to_dtype(_apply_scaling(frame, self._x_stats), model.dtype, "forecast",
                                   self._x_stats[0] is not None)
                     h, state = net.step(x, state)
-            parts.append(np.stack(frames, axis=1))
-        return np.concatenate(parts, axis=0)
+            return np.stack(frames, axis=1)
+
+        return _over_row_batches(Xp, lengths, forecast_batch)
 
     def score(self, X, y, sample_weight=None, lengths=None):
         """R^2 over pixels: per output channel ``1 - SSE / SST`` with every pixel of

@@ -35,7 +35,13 @@ from sklearn.metrics import r2_score
 from sklearn.utils.validation import check_array
 
 from clstm._attention import masked_softmax, valid_mask
-from clstm._base import _is_int, _location_scale, _PREDICT_BATCH, _standardize, _to_dtype
+from clstm._base import (
+    _is_int,
+    _location_scale,
+    _over_row_batches,
+    _standardize,
+    _to_dtype,
+)
 from clstm._estimators import _COMMON_ATTRIBUTES, _COMMON_PARAMS, LSTMRegressor
 from clstm._losses import squared_error
 from clstm._model import (
@@ -76,6 +82,12 @@ class LuongAttention:
             if not np.isfinite(weight).all():
                 raise ValueError("attention weight contains NaN or infinite values")
             self.params["weight"] = np.array(weight, dtype=dtype, order="C")
+
+    def __setstate__(self, state):
+        # read-only arrays (e.g. joblib memory maps) -> private writable copies
+        self.__dict__.update(state)
+        self.params = {k: v if v.flags.writeable else np.array(v)
+                       for k, v in self.params.items()}
 
     def keys(self, E):
         """The vectors the decoder's outputs are scored against: E @ W_a.T, or E."""
@@ -203,17 +215,6 @@ class Seq2SeqModel(TrainableModel):
                                        self.dtype, weight=self.attention.params.get("weight"))
         return type(self)(*nets, self.head_weight, self.head_bias, self.horizon, attention)
 
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        for net in (self.network, self.decoder):
-            if not all(v.flags.writeable for v in net.params.values()):
-                net.load_state_dict(net.state_dict())
-        for attr in ("head_weight", "head_bias"):
-            if not getattr(self, attr).flags.writeable:
-                setattr(self, attr, np.array(getattr(self, attr)))
-        if self.attention is not None:
-            self.attention.params = {k: np.array(v) for k, v in self.attention.params.items()}
-
     # -- parameters -----------------------------------------------------------------
     @property
     def params(self):
@@ -320,12 +321,7 @@ class Seq2SeqModel(TrainableModel):
             if need_grad:
                 grads = self._backward(grad_Z, E, mask, H, keys, A, feats)
         if alpha:
-            params = self.params
-            for name in self.weight_names():
-                w = params[name]
-                loss += 0.5 * alpha * float(np.sum(np.square(w, dtype=np.float64)))
-                if need_grad:
-                    grads[name] += w.dtype.type(alpha) * w
+            loss = self.add_penalty(loss, grads, alpha)
         return loss, grads
 
     def _backward(self, grad_Z, E, mask, H, keys, A, feats):
@@ -552,15 +548,6 @@ class LSTMSeq2SeqRegressor(LSTMRegressor):
             return Z[:, 0, 0]
         return Z[..., 0] if self._y_ndim == 2 else Z
 
-    @staticmethod
-    def _model_outputs(model, Xp, lengths):
-        parts = []
-        for s in range(0, Xp.shape[0], _PREDICT_BATCH):
-            rows = slice(s, s + _PREDICT_BATCH)
-            T_b = int(lengths[rows].max())
-            parts.append(model.predict_raw(Xp[rows, :T_b], lengths[rows]))
-        return np.concatenate(parts, axis=0)
-
     def _internal_score(self, model, Xv, lv, Yv, Wv):
         Z = self._model_outputs(model, Xv, lv)
         return float(r2_score(Yv.reshape(len(Yv), -1).astype(np.float64),
@@ -609,14 +596,9 @@ class LSTMSeq2SeqRegressor(LSTMRegressor):
         arr, lengths, ragged = self._validate_X(X, reset=False, lengths=lengths)
         Xp = _to_dtype(_standardize(arr, lengths, self._x_stats), self._model.dtype, "X",
                        self._x_stats[0] is not None)
-        T = Xp.shape[1]
-        parts = []
-        for s in range(0, Xp.shape[0], _PREDICT_BATCH):
-            rows = slice(s, s + _PREDICT_BATCH)
-            T_b = int(lengths[rows].max())
-            _, a = self._model.decode(Xp[rows, :T_b], lengths[rows], return_weights=True)
-            parts.append(np.pad(a, ((0, 0), (0, 0), (0, T - T_b))))
-        weights = np.concatenate(parts, axis=0)
+        weights = _over_row_batches(
+            Xp, lengths, lambda Xb, lb: self._model.decode(Xb, lb, return_weights=True)[1],
+            time_axis=2)
         if ragged:
             return [weights[i, :, :lengths[i]].copy() for i in range(len(lengths))]
         return weights
