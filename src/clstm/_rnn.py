@@ -39,16 +39,25 @@ __all__ = ["RecurrentNetwork"]
 # extensions use BLAS. Tests flip this to compare the two paths.
 USE_PACKED_GEMM = None      # None: wherever the build has the kernel
 
-# A sub-batch must carry at least this much work (B*T*H^2, about an eighth
-# of the recurrent FLOPs) for a thread to pay for its wake-up and hand-off:
-# ~0.2 ms of work on one core.
-MIN_WORK_PER_THREAD = 2_500_000
+# A sub-batch must carry at least this much work (B*T*H^2 per layer
+# direction, about an eighth of the recurrent FLOPs; ~0.1 ms on one core) for
+# a thread of the one-call forward to pay for itself: starting and joining a
+# POSIX thread costs ~20-30 us (_threads.h).
+MIN_WORK_PER_THREAD = 1_000_000
+# The same for Python threads (ConvLSTM; the per-layer reference path): a
+# hand-off to the pool costs ~0.1-0.2 ms, so ~0.2 ms of work each.
+MIN_WORK_PER_PYTHON_THREAD = 2_500_000
 
 # From this many inputs per step the input projection runs as one GEMM over
 # all steps (small-GEMM kernel); below, that GEMM is too thin (store-bound),
 # and each step computes [x_t | h_{t-1}] @ [W_ih | W_hh]^T in one product
 # (cells whose products are kept apart keep the whole-sequence projection).
 MIN_PACKED_INPUT_SIZE = 32
+
+# The forward runs as one call of the compiled scan over every sub-batch,
+# layer and direction (C threads); False: the per-layer path with Python
+# threads it replaced, kept as the tests' reference.
+ONE_CALL_FORWARD = True
 
 _scan = None
 
@@ -370,7 +379,6 @@ class RecurrentNetwork:
     def _forward(self, X, state, lengths, training, keep_cache=True):
         X, state, lengths = self._validate_input(X, state, lengths)
         B, T, _ = X.shape
-        P, D, L = self.output_size, self.num_directions, self.num_layers
         if lengths is None:
             order = np.arange(B)
             sorted_lengths = np.full(B, T)
@@ -395,12 +403,100 @@ class RecurrentNetwork:
         # each runs every layer on its rows, so a call synchronises once.
         _kernels()
         n_threads = resolve_n_threads(self.n_jobs, B)
-        chunks = split_rows(B, _useful_threads(n_threads, B, T, self.hidden_size),
+        n_scans = self.num_layers * self.num_directions
+        chunks = split_rows(B, _useful_threads(n_threads, B, T, self.hidden_size, n_scans),
                             weights=sorted_lengths)
         weights, values = self._forward_weights()
         # Training forwards reuse buffers (their cache is replaced anyway);
         # inference forwards allocate, so concurrent calls never share.
         ws = self._workspace if keep_cache else _Workspace()
+        run = self._run_one_call if ONE_CALL_FORWARD else self._run_per_layer
+        parts, out, finals = run(x, state, sorted_lengths, order, masks, chunks, weights, ws)
+        if lengths is None:
+            inverse = order
+        else:
+            inverse = np.argsort(order)
+        cache = None
+        if keep_cache:
+            cache = {"parts": parts, "chunks": chunks, "order": order, "inverse": inverse,
+                     "shape": (B, T), "params": dict(self.params), "values": values}
+        return out, tuple(finals), cache
+
+    def _run_one_call(self, x, state, sorted_lengths, order, masks, chunks, weights, ws):
+        """Every sub-batch through every layer direction in one call of the
+        compiled scan (_scan.forward_network: C threads, no GIL in between),
+        which also writes ``out`` and the final states in the caller's row
+        order. Returns the per-sub-batch caches, out and the finals."""
+        T, B = x.shape[:2]
+        P, D, L = self.output_size, self.num_directions, self.num_layers
+        sizes = self._state_sizes()
+        padded = bool(sorted_lengths[-1] < T)
+        out = (np.zeros if padded else np.empty)((B, T, D * P), dtype=self.dtype)
+        finals = [np.empty((L * D, B, sizes[name]), dtype=self.dtype)
+                  for name in self.state_names]
+        order = order.astype(np.intp, copy=False)
+        lengths = sorted_lengths.astype(np.intp, copy=False)
+        parts, specs = [], []
+        for k, (b0, b1) in enumerate(chunks):
+            n_steps = int(lengths[b0])                     # longest in the chunk
+            sub_masks = None if masks is None else _slice_masks(masks, b0, b1, n_steps)
+            part, stages = self._batch_plan(
+                np.ascontiguousarray(x[:n_steps, b0:b1]),
+                [np.ascontiguousarray(s[:, b0:b1]) for s in state], lengths[b0:b1], sub_masks,
+                weights, ws.chunk(k), finals)
+            parts.append(part)
+            specs.append({"stages": stages, "lengths": lengths[b0:b1], "rows": order[b0:b1],
+                          "top": part["layers"][-1]["out"], "out": out})
+        if any(map(_calls_blas, weights)):
+            with blas_single_threaded:
+                _scan.forward_network(specs)
+        else:          # every product on the small-GEMM kernel: no BLAS limit to set
+            _scan.forward_network(specs)
+        return parts, out, finals
+
+    def _batch_plan(self, x, state, lengths, masks, weights, ws, finals):
+        """What forward_network needs to run one sub-batch (x (T, b, I)
+        time-major, rows sorted by decreasing length): its cache, laid out
+        as the backward reads it, and its stages."""
+        T, B, _ = x.shape
+        P, D = self.output_size, self.num_directions
+        padded = bool(lengths[-1] < T)
+        if padded:
+            batch_sizes = (lengths[None, :] > np.arange(T)[:, None]).sum(axis=1).astype(np.intc)
+        else:
+            batch_sizes = np.full(T, B, dtype=np.intc)
+        cfg_fwd = self._plan()["cfg_directions"]
+        has_c = len(state) > 1
+        layers, stages, inp = [], [], x
+        for layer in range(self.num_layers):
+            input_mask, rec_masks = masks[layer] if masks is not None else (None, [None] * D)
+            drop = None
+            if input_mask is not None:        # the scan computes inp * input_mask
+                dropped = ws.get(("dropped", layer), inp.shape, self.dtype)
+                drop, inp = (inp, input_mask, dropped), dropped
+            out = ws.get(("out", layer), (T, B, D * P), self.dtype, zero=padded)
+            directions = []
+            for d in range(D):
+                k = layer * D + d
+                mask = rec_masks[d]
+                arrays = {**weights[k], **self._buffers(ws, layer, d, T, B, backward=False),
+                          "x": inp, "batch_sizes": batch_sizes, "h0": state[0][k],
+                          "c0": state[1][k] if has_c else None, "mask": mask,
+                          "h_seq": out, "work": None if mask is None else
+                          ws.get(("work", layer, d), (B, P), self.dtype)}
+                stages.append((arrays, cfg_fwd[d], None if d else drop, finals[0][k],
+                               finals[1][k] if has_c else None))
+                directions.append(arrays)
+            layers.append({"input": inp, "input_mask": input_mask, "out": out,
+                           "directions": directions})
+            inp = out
+        return {"layers": layers, "state": state, "batch_sizes": batch_sizes}, stages
+
+    def _run_per_layer(self, x, state, sorted_lengths, order, masks, chunks, weights, ws):
+        """The reference path: one compiled call per layer direction, Python
+        threads per sub-batch (what _run_one_call replaces; tests compare the two)."""
+        T, B = x.shape[:2]
+        P, D, L = self.output_size, self.num_directions, self.num_layers
         parts = [None] * len(chunks)
 
         def run(k):
@@ -423,17 +519,11 @@ class RecurrentNetwork:
             out[b0:b1, :out_k.shape[0]] = out_k.transpose(1, 0, 2)
             for final, part_final in zip(finals, part["finals"]):
                 final[:, b0:b1] = part_final
-        if lengths is None:
-            inverse = order
-        else:
+        if not np.array_equal(order, np.arange(B)):
             inverse = np.argsort(order)
             out = out[inverse]
             finals = [f[:, inverse] for f in finals]
-        cache = None
-        if keep_cache:
-            cache = {"parts": parts, "chunks": chunks, "order": order, "inverse": inverse,
-                     "shape": (B, T), "params": dict(self.params), "values": values}
-        return out, tuple(finals), cache
+        return parts, out, finals
 
     def _forward_weights(self):
         """Per (layer, direction): the scan's weight arrays, including the
@@ -759,16 +849,27 @@ class _Buffers:
         return arr
 
 
-def _useful_threads(n_threads, batch_size, n_steps, hidden_size):
+def _useful_threads(n_threads, batch_size, n_steps, hidden_size, n_scans=1):
     """Threads worth using for a batch: each needs MIN_ROWS_PER_THREAD rows
-    of its own, and a call must carry enough work to pay for waking them."""
+    of its own, and MIN_WORK_PER_THREAD of work to pay for starting it
+    (n_scans: layer directions, all run by one thread on its rows)."""
     if n_threads <= 1:
         return 1
-    work = batch_size * n_steps * hidden_size * hidden_size   # ~ recurrent FLOPs / 8
+    work = batch_size * n_steps * hidden_size * hidden_size * n_scans  # ~ recurrent FLOPs / 8
     if work < MIN_WORK_PER_THREAD:
         return 1
     return max(1, min(n_threads, batch_size // max(1, MIN_ROWS_PER_THREAD),
                       work // max(1, MIN_WORK_PER_THREAD)))
+
+
+def _calls_blas(arrays):
+    """Whether a forward scan over these weight arrays (scan_weight_arrays)
+    calls BLAS: only where a product has no packed small-GEMM weight."""
+    get = arrays.get
+    if get("packed_xh_t") is None and (get("packed_ih_t") is None
+                                       or get("packed_hh_t") is None):
+        return True
+    return get("weight_hr") is not None and get("packed_hr_t") is None
 
 
 def _slice_masks(masks, b0, b1, n_steps):

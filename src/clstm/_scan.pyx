@@ -23,6 +23,7 @@ Each call covers one (sub-)batch single-threaded with the GIL released; the
 network runs independent sub-batches in parallel threads (clstm._parallel).
 """
 
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.string cimport memcmp, memcpy, memset
 
 cimport numpy as cnp
@@ -52,11 +53,17 @@ cdef extern from "_packed_gemm.h" nogil:
                             Py_ssize_t K2, const float* a2, Py_ssize_t lda2, Py_ssize_t N,
                             const float* packed, float* c, Py_ssize_t ldc, int accumulate)
 
+cdef extern from "_threads.h" nogil:
+    int CLSTM_HAVE_THREADS
+    ctypedef void (*clstm_task_fn)(void* ctx, Py_ssize_t k) noexcept nogil
+    Py_ssize_t clstm_run_tasks(Py_ssize_t n, clstm_task_fn task, void* ctx)
+
 import numpy as np
 
 cnp.import_array()
 
 HAVE_PACKED_GEMM = bool(CLSTM_HAVE_PACKED_GEMM)
+HAVE_THREADS = bool(CLSTM_HAVE_THREADS)
 KIND_LSTM = CELL_LSTM
 KIND_GRU = CELL_GRU
 PEEPHOLE = CLSTM_PEEPHOLE
@@ -548,6 +555,12 @@ cdef void* _array(dict arrays, str name, int typenum, int ndim, Py_ssize_t d0,
     if obj is None:
         _check(not required, name + " missing")
         return NULL
+    return _data(obj, name, typenum, ndim, d0, d1, d2)
+
+
+cdef void* _data(object obj, str name, int typenum, int ndim, Py_ssize_t d0,
+                 Py_ssize_t d1, Py_ssize_t d2) except? NULL:
+    """Data pointer of `obj`, checked as in _array (which see)."""
     _check(cnp.PyArray_Check(obj), name + " is not an array")
     cdef cnp.ndarray arr = <cnp.ndarray> obj
     _check(cnp.PyArray_TYPE(arr) == typenum and cnp.PyArray_IS_C_CONTIGUOUS(arr)
@@ -708,6 +721,193 @@ def backward(dict arrays, dict cfg):
             scan_backward(&L, <float*> NULL)
         else:
             scan_backward(&L, <double*> NULL)
+
+
+# --- The network: every sub-batch through every layer in one call ---------------
+# A Part is one sub-batch (contiguous rows of the length-sorted batch); its
+# Stages are its layer directions in order (layer-major). Parts share no
+# writable buffer, so they run on threads of their own (_threads.h).
+
+cdef struct Stage:
+    Layer layer
+    # input dropout before this stage: drop_dst[:drop_n] = drop_src * drop_mask
+    const void* drop_src
+    const void* drop_mask
+    void* drop_dst
+    Py_ssize_t drop_n
+    # final states: row r's goes to row dest_rows[r] of final_h (., P), final_c (., H)
+    void* final_h
+    void* final_c
+
+
+cdef struct Part:
+    Stage* stages
+    Py_ssize_t n_stages
+    bint single
+    const Py_ssize_t* lengths     # (b,) each row's length, decreasing
+    const Py_ssize_t* dest_rows   # (b,) the row of out and of the finals it goes to
+    const void* top               # (n_steps, b, width) the top layer's h, time-major
+    void* out                     # (n_out, out_steps, width) batch-first, or NULL
+    Py_ssize_t n_rows, n_steps, width, out_steps
+
+
+cdef void _run_part(Part* part, floating* tag) noexcept nogil:
+    """Every stage of one sub-batch, then its rows of the batch-first output."""
+    cdef Py_ssize_t s, i, r, t, b = part.n_rows, W = part.width
+    cdef Stage* st
+    cdef Layer* L
+    cdef const floating* src
+    cdef const floating* mask
+    cdef floating* dst
+    for s in range(part.n_stages):
+        st = part.stages + s
+        L = &st.layer
+        if st.drop_n:
+            # x = previous layer's h * input dropout mask
+            src, mask, dst = <const floating*> st.drop_src, <const floating*> st.drop_mask, \
+                <floating*> st.drop_dst
+            for i in range(st.drop_n):
+                dst[i] = src[i] * mask[i]
+        scan_forward(L, tag)
+        # h_n, c_n: the forward direction's at each row's last step, the reverse's at step 0
+        for r in range(b):
+            t = 0 if L.reverse else part.lengths[r] - 1
+            memcpy(<floating*> st.final_h + part.dest_rows[r] * L.out_size,
+                   <floating*> L.h_seq + (t * b + r) * L.ld_h, L.out_size * sizeof(floating))
+            if st.final_c != NULL:
+                memcpy(<floating*> st.final_c + part.dest_rows[r] * L.hidden,
+                       <floating*> L.c_seq + (t * b + r) * L.hidden,
+                       L.hidden * sizeof(floating))
+    if part.out == NULL:
+        return
+    # out[dest_rows[r], t] = top[t, r]: time-major -> batch-first
+    src = <const floating*> part.top
+    for r in range(b):
+        dst = <floating*> part.out + part.dest_rows[r] * part.out_steps * W
+        for t in range(part.n_steps):
+            memcpy(dst + t * W, src + (t * b + r) * W, W * sizeof(floating))
+
+
+cdef void _part_task(void* ctx, Py_ssize_t k) noexcept nogil:
+    cdef Part* part = (<Part*> ctx) + k
+    if part.single:
+        _run_part(part, <float*> NULL)
+    else:
+        _run_part(part, <double*> NULL)
+
+
+cdef void _fill_part(Part* part, Stage* stages, dict spec, int typenum) except *:
+    """Describe one sub-batch from its spec (see forward_network), checking
+    every array it touches: nothing may fail once the threads run."""
+    cdef list stage_specs = spec["stages"]
+    cdef Py_ssize_t s, r, n_out
+    cdef Stage* st
+    top, out = spec["top"], spec.get("out")
+    _check(cnp.PyArray_Check(top) and cnp.PyArray_NDIM(<cnp.ndarray> top) == 3, "top")
+    cdef Py_ssize_t T = top.shape[0], b = top.shape[1], W = top.shape[2]
+    part.stages = stages
+    part.n_stages = len(stage_specs)
+    part.single = typenum == cnp.NPY_FLOAT32
+    part.n_rows, part.n_steps, part.width = b, T, W
+    part.top = _data(top, "top", typenum, 3, T, b, W)
+    part.lengths = <const Py_ssize_t*> _data(spec["lengths"], "lengths", cnp.NPY_INTP, 1,
+                                             b, 0, 0)
+    part.dest_rows = <const Py_ssize_t*> _data(spec["rows"], "rows", cnp.NPY_INTP, 1, b, 0, 0)
+    for r in range(b):
+        _check(1 <= part.lengths[r] <= T and part.dest_rows[r] >= 0, "lengths/rows")
+    if out is not None:
+        _check(cnp.PyArray_Check(out) and cnp.PyArray_NDIM(<cnp.ndarray> out) == 3, "out")
+        part.out_steps = out.shape[1]
+        _check(part.out_steps >= T, "out steps")
+        part.out = _data(out, "out", typenum, 3, -1, part.out_steps, W)
+        for r in range(b):
+            _check(part.dest_rows[r] < out.shape[0], "out rows")
+    _check(part.n_stages > 0, "no stages")
+    for s in range(part.n_stages):
+        arrays, cfg, drop, final_h, final_c = stage_specs[s]
+        st = stages + s
+        _fill_layer(&st.layer, arrays, cfg, False)
+        _check(cnp.PyArray_TYPE(<cnp.ndarray> arrays["x"]) == typenum, "mixed dtypes")
+        _check(st.layer.batch == b and st.layer.n_steps == T and not st.layer.conv,
+               "stage sizes")
+        if drop is not None:
+            src, mask, dst = drop
+            st.drop_dst = _flat(dst, "dropout dst", typenum, &st.drop_n, -1)
+            st.drop_src = _flat(src, "dropout src", typenum, NULL, st.drop_n)
+            st.drop_mask = _flat(mask, "dropout mask", typenum, NULL, st.drop_n)
+            _check(st.drop_dst == st.layer.x, "dropout must write the stage's x")
+        _check(cnp.PyArray_Check(final_h) and cnp.PyArray_NDIM(<cnp.ndarray> final_h) == 2,
+               "final_h")
+        n_out = final_h.shape[0]
+        st.final_h = _data(final_h, "final_h", typenum, 2, n_out, st.layer.out_size, 0)
+        if st.layer.kind == CELL_LSTM:
+            st.final_c = _data(final_c, "final_c", typenum, 2, n_out, st.layer.hidden, 0)
+        else:
+            _check(final_c is None, "final_c")
+        for r in range(b):
+            _check(part.dest_rows[r] < n_out, "final rows")
+
+
+cdef void* _flat(object obj, str name, int typenum, Py_ssize_t* size,
+                 Py_ssize_t expected) except? NULL:
+    """Data pointer of a C-contiguous array of `typenum` holding `expected`
+    values (negative: any number, stored in *size)."""
+    _check(cnp.PyArray_Check(obj), name + " is not an array")
+    cdef cnp.ndarray arr = <cnp.ndarray> obj
+    _check(cnp.PyArray_TYPE(arr) == typenum and cnp.PyArray_IS_C_CONTIGUOUS(arr),
+           name + " dtype/layout")
+    _check(expected < 0 or cnp.PyArray_SIZE(arr) == expected, name + " size")
+    if size != NULL:
+        size[0] = cnp.PyArray_SIZE(arr)
+    return cnp.PyArray_DATA(arr)
+
+
+def forward_network(list parts):
+    """Run whole sub-batches through every layer direction, one thread each.
+
+    Each part is a dict for one sub-batch of b rows (sorted by decreasing
+    length) over T steps:
+
+    - ``stages``: per layer direction, in order, ``(arrays, cfg, drop,
+      final_h, final_c)``: forward()'s arrays and cfg; ``drop`` None or
+      ``(src, mask, dst)``, input dropout computed before the stage
+      (``dst = src * mask``, dst being the stage's x); ``final_h`` (N, P),
+      ``final_c`` (N, H) or None: where each row's final states go.
+    - ``lengths`` (b,) intp: each row's length; ``rows`` (b,) intp: the row
+      of ``final_*`` and ``out`` each row goes to.
+    - ``top`` (T, b, W): the top layer's h_seq; ``out`` (N, T_out >= T, W) or
+      None: batch-first output, ``out[rows[r], t] = top[t, r]`` for t < T.
+
+    Everything is checked with the GIL held; then the parts run with the GIL
+    released, part 0 on the calling thread and the others on POSIX threads
+    created and joined here (serially where the build has none). Parts must
+    not share writable buffers. Returns the number of threads started.
+    """
+    cdef Py_ssize_t n = len(parts), k, total = 0, offset = 0, started
+    _check(n > 0, "no parts")
+    for spec in parts:
+        total += len(spec["stages"])
+    first = parts[0]["stages"][0][0]["x"]
+    _check(cnp.PyArray_Check(first), "x")
+    cdef int typenum = cnp.PyArray_TYPE(<cnp.ndarray> first)
+    cdef Part* cparts = <Part*> PyMem_Malloc(n * sizeof(Part))
+    cdef Stage* stages = <Stage*> PyMem_Malloc(total * sizeof(Stage))
+    if cparts == NULL or stages == NULL:
+        PyMem_Free(cparts)
+        PyMem_Free(stages)
+        raise MemoryError()
+    memset(cparts, 0, n * sizeof(Part))
+    memset(stages, 0, total * sizeof(Stage))
+    try:
+        for k in range(n):
+            _fill_part(cparts + k, stages + offset, parts[k], typenum)
+            offset += cparts[k].n_stages
+        with nogil:
+            started = clstm_run_tasks(n, _part_task, cparts)
+    finally:
+        PyMem_Free(cparts)
+        PyMem_Free(stages)
+    return started
 
 
 def conv_columns(x, shape, kernel, out=None):

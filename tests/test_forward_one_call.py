@@ -1,0 +1,233 @@
+"""The one-call forward (_scan.forward_network: every sub-batch through every
+layer direction in one compiled call, sub-batches on POSIX threads) against
+the per-layer path it replaced (one compiled call per layer direction, Python
+threads), which stays as the oracle: bit for bit, for every cell kind."""
+
+import threading
+
+import numpy as np
+import pytest
+
+import clstm
+import clstm._rnn as rnn
+
+CELLS = {
+    "lstm": (clstm.LSTM, {}),
+    "peephole": (clstm.LSTM, {"peephole": True}),
+    "cifg": (clstm.LSTM, {"coupled_gates": True}),
+    "proj": (clstm.LSTM, {"proj_size": 3}),
+    "layernorm": (clstm.LSTM, {"layer_norm": True}),
+    "gru": (clstm.GRU, {}),
+}
+
+
+@pytest.fixture
+def split_small_batches(monkeypatch):
+    """Tiny test batches split into n_jobs sub-batches, as large ones do."""
+    monkeypatch.setattr(rnn, "MIN_WORK_PER_THREAD", 0)
+    monkeypatch.setattr(rnn, "MIN_ROWS_PER_THREAD", 1)
+
+
+def _run(cls, kwargs, one_call, n_jobs, X, lengths, dtype, train=False, seed=3):
+    """forward then backward on a fresh network; everything they return."""
+    saved = rnn.ONE_CALL_FORWARD
+    rnn.ONE_CALL_FORWARD = one_call
+    try:
+        net = cls(X.shape[2], 5, random_state=seed, dtype=dtype, n_jobs=n_jobs, **kwargs)
+        net.train(train)
+        out, state = net.run(X, lengths=lengths)
+        assert len(net._cache["chunks"]) == min(n_jobs, X.shape[0])
+        grad_X = net.backward_state(np.cos(out).astype(dtype))
+        return [out, *state, grad_X, *[net.grads[k] for k in sorted(net.grads)]]
+    finally:
+        rnn.ONE_CALL_FORWARD = saved
+
+
+def _assert_identical(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        assert np.array_equal(x, y), np.abs(x - y).max()
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("n_jobs", [1, 2, 3])
+def test_equals_per_layer_path_bit_for_bit(split_small_batches, cell, dtype, n_jobs):
+    cls, kwargs = CELLS[cell]
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((7, 6, 4)).astype(dtype)
+    lengths = np.array([6, 2, 5, 1, 6, 3, 4])
+    for extra in ({}, {"num_layers": 2, "bidirectional": True}):
+        for lens in (None, lengths):
+            new = _run(cls, {**kwargs, **extra}, True, n_jobs, X, lens, dtype)
+            old = _run(cls, {**kwargs, **extra}, False, n_jobs, X, lens, dtype)
+            _assert_identical(new, old)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_training_dropout_equals_per_layer_path(split_small_batches, dtype):
+    """Input dropout between layers is applied in C, recurrent dropout in the scan."""
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((9, 5, 3)).astype(dtype)
+    lengths = rng.integers(1, 6, size=9)
+    kwargs = {"num_layers": 3, "bidirectional": True, "dropout": 0.4,
+              "recurrent_dropout": 0.3}
+    for n_jobs in (1, 2, 3):
+        new = _run(clstm.LSTM, kwargs, True, n_jobs, X, lengths, dtype, train=True)
+        old = _run(clstm.LSTM, kwargs, False, n_jobs, X, lengths, dtype, train=True)
+        _assert_identical(new, old)
+        ones = _run(clstm.LSTM, kwargs, True, 1, X, lengths, dtype, train=True)
+        if dtype == "float64":      # the masks do not depend on the split
+            np.testing.assert_allclose(new[0], ones[0], rtol=0, atol=1e-13)
+
+
+def test_equals_numpy_reference(split_small_batches):
+    """An independent oracle too: the pure-NumPy network (float64)."""
+    from clstm._reference import reference_lstm_forward
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((11, 7, 3))
+    lengths = rng.integers(1, 8, size=11)
+    net = clstm.LSTM(3, 4, num_layers=2, bidirectional=True, dtype="float64",
+                     random_state=0, n_jobs=3)
+    out, (h_n, c_n) = net.forward(X, lengths=lengths)
+    ref, (rh, rc), _ = reference_lstm_forward(net.params, X, None, None, lengths, 2, True)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(h_n, rh, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(c_n, rc, rtol=0, atol=1e-13)
+
+
+def test_initial_states_and_row_order(split_small_batches):
+    """h0/c0 per row and the unsorting of ragged rows, through the C writes."""
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((6, 5, 2)).astype(np.float32)
+    lengths = np.array([2, 5, 1, 5, 3, 4])
+    h0 = rng.standard_normal((2, 6, 3)).astype(np.float32)
+    c0 = rng.standard_normal((2, 6, 3)).astype(np.float32)
+    net = clstm.LSTM(2, 3, num_layers=2, random_state=0, n_jobs=2)
+    out, (h_n, c_n) = net.forward(X, h0, c0, lengths)
+    for b in range(6):         # each row alone: same values (float32 rounding aside)
+        o, (h, c) = net.forward(X[b:b + 1, :lengths[b]], h0[:, b:b + 1], c0[:, b:b + 1])
+        np.testing.assert_allclose(out[b, :lengths[b]], o[0], rtol=0, atol=1e-6)
+        assert not out[b, lengths[b]:].any()           # zero past the length
+        np.testing.assert_allclose(h_n[:, b], h[:, 0], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(c_n[:, b], c[:, 0], rtol=0, atol=1e-6)
+
+
+def test_concurrent_inference_calls_are_bit_identical(split_small_batches):
+    """Python threads each calling forward(keep_cache=False), each call split
+    across C threads, give exactly the serial results."""
+    rng = np.random.default_rng(5)
+    net = clstm.LSTM(3, 8, num_layers=2, bidirectional=True, random_state=0, n_jobs=2)
+    batches = [rng.standard_normal((5 + k, 9, 3)).astype(np.float32) for k in range(4)]
+    lengths = [rng.integers(1, 10, size=5 + k) for k in range(4)]
+    serial = [net.run(X, lengths=n, keep_cache=False) for X, n in zip(batches, lengths)]
+    results, errors = {}, []
+
+    def worker(k):
+        try:
+            for _ in range(20):
+                out, state = net.run(batches[k], lengths=lengths[k], keep_cache=False)
+                results.setdefault(k, []).append((out, state))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for k, (out, state) in enumerate(serial):
+        for got_out, got_state in results[k]:
+            assert np.array_equal(got_out, out)
+            for a, b in zip(got_state, state):
+                assert np.array_equal(a, b)
+
+
+@pytest.mark.filterwarnings("ignore:.*maximum iterations")
+def test_concurrent_predict_is_bit_identical():
+    rng = np.random.default_rng(6)
+    X = rng.standard_normal((40, 8, 2)).astype(np.float32)
+    y = X[:, -3:, 0].sum(axis=1)
+    reg = clstm.LSTMRegressor(hidden_size=6, max_iter=2, random_state=0, n_jobs=2).fit(X, y)
+    expected = reg.predict(X)
+    got, errors = [], []
+
+    def worker():
+        try:
+            for _ in range(10):
+                got.append(reg.predict(X))
+        except BaseException as exc:  # pragma: no cover
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(got) == 30
+    assert all(np.array_equal(g, expected) for g in got)
+
+
+def test_bad_input_raises_before_the_call(monkeypatch):
+    calls = []
+    monkeypatch.setattr(rnn._kernels(), "forward_network",
+                        lambda specs: calls.append(specs))
+    net = clstm.LSTM(2, 3, n_jobs=2)
+    X = np.ones((4, 3, 2), dtype=np.float32)
+    X[1, 2, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        net.forward(X)
+    with pytest.raises(ValueError, match="lengths"):
+        net.forward(np.ones((4, 3, 2)), lengths=[1, 2, 4, 1])
+    with pytest.raises(ValueError, match="h0"):
+        net.forward(np.ones((4, 3, 2)), h0=np.ones((1, 4, 4)))
+    assert calls == []
+
+
+def test_bad_spec_raises_before_any_thread_runs(split_small_batches, monkeypatch):
+    """forward_network checks every part before releasing the GIL: a bad
+    second part leaves the first part's output untouched."""
+    scan = rnn._kernels()
+    captured = []
+    real = scan.forward_network
+    monkeypatch.setattr(scan, "forward_network", lambda specs: captured.append(specs) or
+                        real(specs))
+    net = clstm.LSTM(2, 3, num_layers=2, random_state=0, n_jobs=2)
+    X = np.random.default_rng(0).standard_normal((6, 4, 2)).astype(np.float32)
+    net.forward(X)
+    (specs,) = captured
+    assert len(specs) == 2
+    out = specs[0]["out"]
+
+    def broken(**change):
+        bad = [dict(specs[0]), dict(specs[1], **change)]
+        out.fill(np.nan)
+        with pytest.raises(ValueError, match="internal layout error"):
+            real(bad)
+        assert np.isnan(out).all()          # part 0 never ran
+
+    broken(lengths=np.full(3, 5, dtype=np.intp))                 # longer than T
+    broken(rows=np.array([0, 1, 99], dtype=np.intp))             # outside out
+    broken(lengths=specs[1]["lengths"].astype(np.int32))         # wrong dtype
+    stage = specs[1]["stages"][1]
+    broken(stages=[specs[1]["stages"][0], (stage[0], stage[1], stage[2],
+                                           np.empty((6, 2), np.float32), stage[4])])
+    with pytest.raises(ValueError, match="no parts"):
+        real([])
+
+
+def test_thread_rule_uses_both_cores_for_small_shapes():
+    from clstm._rnn import _useful_threads
+    assert _useful_threads(2, 32, 50, 50) == 2             # ts-small
+    assert _useful_threads(2, 32, 100, 128, n_scans=2) == 2   # stacked
+    assert _useful_threads(2, 1, 200, 64) == 1             # stream: one row
+    assert _useful_threads(4, 16, 10, 16, n_scans=1) == 1  # ~40k: not worth a thread
+    # the work of every layer direction counts: a deep net splits sooner
+    assert _useful_threads(2, 32, 20, 32, n_scans=1) == 1
+    assert _useful_threads(2, 32, 20, 32, n_scans=4) == 2
+
+
+def test_scan_reports_threads():
+    assert isinstance(rnn._kernels().HAVE_THREADS, bool)
