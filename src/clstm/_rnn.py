@@ -4,8 +4,9 @@
 parameters (a dict of numpy arrays with torch's names), validation, the
 time-major layout sorted by decreasing length (so the active rows of every
 step are a prefix), the split into independent sub-batches for threads,
-dropout masks, workspaces, and the calls of the compiled scan (clstm._scan),
-one per layer and direction. A cell kind (clstm.LSTM, clstm.GRU) adds its
+dropout masks, workspaces, and the calls of the compiled scan (clstm._scan):
+one per forward (all sub-batches, layers and directions: forward_network),
+one per layer and direction in the backward. A cell kind (clstm.LSTM, clstm.GRU) adds its
 parameter shapes and initial values, how its parameters become the scan's
 arrays, and the signature of its public forward/backward.
 """

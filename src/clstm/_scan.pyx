@@ -19,8 +19,10 @@ is the input convolution), and each step im2cols h_{t-1} before its GEMM;
 the backward adds the recurrent weight gradient step by step from those
 columns and col2ims grad_h (no whole-sequence [x | h] buffer).
 
-Each call covers one (sub-)batch single-threaded with the GIL released; the
-network runs independent sub-batches in parallel threads (clstm._parallel).
+forward() and backward() run one layer direction over one (sub-)batch with
+the GIL released; forward_network() runs a whole forward, every sub-batch
+through every layer direction, in one call, the sub-batches on POSIX threads
+(_threads.h) started and joined inside it.
 """
 
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
