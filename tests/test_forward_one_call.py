@@ -11,6 +11,8 @@ import pytest
 import clstm
 import clstm._rnn as rnn
 
+pytestmark = pytest.mark.kernel    # fast: also run against the bounds-checked build
+
 CELLS = {
     "lstm": (clstm.LSTM, {}),
     "peephole": (clstm.LSTM, {"peephole": True}),
@@ -80,6 +82,33 @@ def test_training_dropout_equals_per_layer_path(split_small_batches, dtype):
         ones = _run(clstm.LSTM, kwargs, True, 1, X, lengths, dtype, train=True)
         if dtype == "float64":      # the masks do not depend on the split
             np.testing.assert_allclose(new[0], ones[0], rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_reused_plan_follows_inputs_states_lengths_and_weights(split_small_batches, n_jobs):
+    """A plan is kept per shape: each call's X, states, lengths (same shape)
+    and any change of the weights still reach the scan."""
+    rng = np.random.default_rng(8)
+    kwargs = {"num_layers": 2, "bidirectional": True, "dtype": "float64", "random_state": 0}
+    net = clstm.LSTM(3, 4, n_jobs=n_jobs, **kwargs)
+    ref = clstm.LSTM(3, 4, n_jobs=1, **kwargs)
+    for call in range(6):
+        X = rng.standard_normal((8, 5, 3))
+        lengths = None if call % 3 == 0 else rng.integers(1, 6, size=8)
+        h0 = rng.standard_normal((4, 8, 4))
+        if call == 4:                 # weights edited in place: a new plan
+            net.params["weight_hh_l1"] *= 0.5
+            ref.params["weight_hh_l1"] *= 0.5
+        for keep_cache in (True, False):
+            out, state = net.run(X, (h0, None), lengths, keep_cache=keep_cache)
+            rnn.ONE_CALL_FORWARD = False
+            try:
+                expected, expected_state = ref.run(X, (h0, None), lengths)
+            finally:
+                rnn.ONE_CALL_FORWARD = True
+            np.testing.assert_allclose(out, expected, rtol=0, atol=1e-14)
+            for a, b in zip(state, expected_state):
+                np.testing.assert_allclose(a, b, rtol=0, atol=1e-14)
 
 
 def test_equals_numpy_reference(split_small_batches):
@@ -171,9 +200,8 @@ def test_concurrent_predict_is_bit_identical():
 
 
 def test_bad_input_raises_before_the_call(monkeypatch):
-    calls = []
-    monkeypatch.setattr(rnn._kernels(), "forward_network",
-                        lambda specs: calls.append(specs))
+    built = []
+    monkeypatch.setattr(rnn._kernels(), "NetworkPlan", lambda specs: built.append(specs))
     net = clstm.LSTM(2, 3, n_jobs=2)
     X = np.ones((4, 3, 2), dtype=np.float32)
     X[1, 2, 0] = np.nan
@@ -183,39 +211,64 @@ def test_bad_input_raises_before_the_call(monkeypatch):
         net.forward(np.ones((4, 3, 2)), lengths=[1, 2, 4, 1])
     with pytest.raises(ValueError, match="h0"):
         net.forward(np.ones((4, 3, 2)), h0=np.ones((1, 4, 4)))
-    assert calls == []
+    assert built == []
+    # a NaN past its row's length is ignored: this call gets as far as the
+    # plan (the fake has no run)
+    with pytest.raises(AttributeError):
+        net.forward(X, lengths=[3, 2, 3, 3])
+    assert len(built) == 1
 
 
-def test_bad_spec_raises_before_any_thread_runs(split_small_batches, monkeypatch):
-    """forward_network checks every part before releasing the GIL: a bad
-    second part leaves the first part's output untouched."""
+def test_bad_plan_raises_before_any_thread_runs(split_small_batches, monkeypatch):
+    """NetworkPlan checks every part when built and at every run, with the
+    GIL held: a bad second part leaves even the first part's output untouched."""
     scan = rnn._kernels()
     captured = []
-    real = scan.forward_network
-    monkeypatch.setattr(scan, "forward_network", lambda specs: captured.append(specs) or
+    real = scan.NetworkPlan
+    monkeypatch.setattr(scan, "NetworkPlan", lambda specs: captured.append(specs) or
                         real(specs))
     net = clstm.LSTM(2, 3, num_layers=2, random_state=0, n_jobs=2)
     X = np.random.default_rng(0).standard_normal((6, 4, 2)).astype(np.float32)
-    net.forward(X)
+    expected, (h_n, c_n) = net.forward(X)
     (specs,) = captured
     assert len(specs) == 2
-    out = specs[0]["out"]
+    plan = real(specs)
+    out = np.full_like(expected, np.nan)
+    finals = [np.full_like(h_n, np.nan), np.full_like(c_n, np.nan)]
+    plan.run(out, finals)                   # a plan reruns on its buffers
+    assert np.array_equal(out, expected) and np.array_equal(finals[1], c_n)
 
-    def broken(**change):
-        bad = [dict(specs[0]), dict(specs[1], **change)]
+    def refused(*args):
         out.fill(np.nan)
         with pytest.raises(ValueError, match="internal layout error"):
-            real(bad)
+            plan.run(*(args or (out, finals)))
         assert np.isnan(out).all()          # part 0 never ran
 
-    broken(lengths=np.full(3, 5, dtype=np.intp))                 # longer than T
-    broken(rows=np.array([0, 1, 99], dtype=np.intp))             # outside out
-    broken(lengths=specs[1]["lengths"].astype(np.int32))         # wrong dtype
-    stage = specs[1]["stages"][1]
-    broken(stages=[specs[1]["stages"][0], (stage[0], stage[1], stage[2],
-                                           np.empty((6, 2), np.float32), stage[4])])
+    for name, bad in (("lengths", 5), ("rows", 6), ("rows", -1)):
+        buf = specs[1][name]
+        saved = buf[2]
+        buf[2] = bad
+        refused()
+        buf[2] = saved
+    batch_sizes = specs[1]["stages"][0][0]["batch_sizes"]
+    batch_sizes[0] = 4                      # more active rows than the part has
+    refused()
+    batch_sizes[0] = 3
+    refused(out, finals[:1])                                       # c missing
+    refused(out, [finals[0], np.empty((2, 6, 4), np.float32)])     # c too wide
+    refused(out, [finals[0], finals[1].astype(np.float64)])        # c of another dtype
+    with pytest.raises(ValueError, match="internal layout error"):
+        plan.run(np.empty((6, 3, 3), np.float32), finals)          # fewer steps than T
+    plan.run(out, finals)
+    assert np.array_equal(out, expected)
     with pytest.raises(ValueError, match="no parts"):
         real([])
+    with pytest.raises(ValueError, match="lengths"):
+        real([specs[0], dict(specs[1], lengths=specs[1]["lengths"].astype(np.int32))])
+    arrays, cfg, drop = specs[1]["stages"][1]
+    with pytest.raises(ValueError, match="dtype"):                   # a float64 stage
+        real([specs[0], dict(specs[1], stages=[specs[1]["stages"][0], (
+            dict(arrays, x=arrays["x"].astype(np.float64)), cfg, drop)])])
 
 
 def test_thread_rule_uses_both_cores_for_small_shapes():

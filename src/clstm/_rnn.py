@@ -383,19 +383,11 @@ class RecurrentNetwork:
         if lengths is None:
             order = np.arange(B)
             sorted_lengths = np.full(B, T)
-            x = np.array(X.transpose(1, 0, 2), order="C")   # a copy, also at B == 1
         else:
             # Sort by decreasing length (stable): the rows active at step t are
             # then the first batch_sizes[t], so each step is one contiguous GEMM.
             order = np.argsort(-lengths, kind="stable")
             sorted_lengths = lengths[order]
-            x = np.ascontiguousarray(X[order].transpose(1, 0, 2))
-            padding = np.arange(T)[:, None] >= sorted_lengths[None, :]      # (T, B)
-            x[padding] = 0.0          # padding never reaches a GEMM
-        check_finite(x, "X")
-        # copies (fancy indexing): the backward never sees later changes the
-        # caller makes to its initial states
-        state = tuple(np.ascontiguousarray(s[:, order]) for s in state)
         # Dropout masks for the whole batch, drawn before any split so the
         # result does not depend on the number of threads.
         masks = self._draw_masks(T, B) if training else None
@@ -408,11 +400,13 @@ class RecurrentNetwork:
         chunks = split_rows(B, _useful_threads(n_threads, B, T, self.hidden_size, n_scans),
                             weights=sorted_lengths)
         weights, values = self._forward_weights()
-        # Training forwards reuse buffers (their cache is replaced anyway);
-        # inference forwards allocate, so concurrent calls never share.
-        ws = self._workspace if keep_cache else _Workspace()
+        # Training forwards reuse the buffers their cache points to (replaced
+        # anyway); inference forwards have their own, so they never disturb a
+        # pending backward. Both are per calling thread: concurrent calls never share.
+        ws = self._workspace if keep_cache else self._inference_workspace()
         run = self._run_one_call if ONE_CALL_FORWARD else self._run_per_layer
-        parts, out, finals = run(x, state, sorted_lengths, order, masks, chunks, weights, ws)
+        parts, out, finals = run(X, state, lengths, order, sorted_lengths, masks, chunks,
+                                 weights, ws)
         if lengths is None:
             inverse = order
         else:
@@ -423,49 +417,101 @@ class RecurrentNetwork:
                      "shape": (B, T), "params": dict(self.params), "values": values}
         return out, tuple(finals), cache
 
-    def _run_one_call(self, x, state, sorted_lengths, order, masks, chunks, weights, ws):
+    def _inference_workspace(self):
+        ws = self.__dict__.get("_inference_ws")
+        if ws is None:
+            ws = self._inference_ws = _Workspace()
+        return ws
+
+    def _run_one_call(self, X, state, lengths, order, sorted_lengths, masks, chunks,
+                      weights, ws):
         """Every sub-batch through every layer direction in one call of the
-        compiled scan (_scan.forward_network: C threads, no GIL in between),
-        which also writes ``out`` and the final states in the caller's row
-        order. Returns the per-sub-batch caches, out and the finals."""
-        T, B = x.shape[:2]
-        P, D, L = self.output_size, self.num_directions, self.num_layers
+        compiled scan (_scan.NetworkPlan: C threads, no GIL in between), which
+        also writes ``out`` and the final states in the caller's row order.
+
+        The plan (parsed buffers and weights) is kept per shape and reused
+        while the weights stay the same: a call then only copies its inputs
+        into the plan's buffers. Returns the sub-batches' caches, out, finals.
+        """
+        B, T, _ = X.shape
+        D, L = self.num_directions, self.num_layers
         sizes = self._state_sizes()
-        padded = bool(sorted_lengths[-1] < T)
-        out = (np.zeros if padded else np.empty)((B, T, D * P), dtype=self.dtype)
+        ragged = lengths is not None
+        if not ragged:
+            check_finite(X, "X")        # (ragged: within the lengths, below)
+        n_steps = tuple(int(sorted_lengths[b0]) for b0, _ in chunks)
+        key = (X.dtype, B, T, tuple(chunks), n_steps, ragged)
+        store = ws.chunk(0).sets
+        entry = store.get("network_plan")
+        if masks is not None or entry is None or entry[0] != key or entry[1] is not weights:
+            entry = (key, weights) + self._network_plan(X, chunks, n_steps, ragged, masks,
+                                                        weights, ws)
+            # a plan holds this call's masks: reuse only those without
+            store["network_plan"] = entry if masks is None else None
+        plan, parts, inputs = entry[2:]
+
+        for (b0, b1), n, (x, states, lens, rows, batch_sizes, outs) in zip(
+                chunks, n_steps, inputs):
+            if ragged:
+                idx = order[b0:b1]
+                rows[:] = idx
+                lens[:] = sorted_lengths[b0:b1]
+                np.sum(lens[None, :] > np.arange(n)[:, None], axis=1, out=batch_sizes)
+                np.copyto(x, X[idx, :n].transpose(1, 0, 2))
+                x[np.arange(n)[:, None] >= lens[None, :]] = 0.0   # padding never reaches a GEMM
+                check_finite(x, "X")                # (values past a length may be anything)
+                for buf, s in zip(states, state):
+                    np.take(s, idx, axis=1, out=buf)
+                for h in outs:
+                    h.fill(0.0)                  # rows past their length stay zero
+            else:
+                np.copyto(x, X[b0:b1].transpose(1, 0, 2))
+                for buf, s in zip(states, state):
+                    np.copyto(buf, s[:, b0:b1])
+        out = (np.zeros if ragged else np.empty)((B, T, D * self.output_size), dtype=self.dtype)
         finals = [np.empty((L * D, B, sizes[name]), dtype=self.dtype)
                   for name in self.state_names]
-        order = order.astype(np.intp, copy=False)
-        lengths = sorted_lengths.astype(np.intp, copy=False)
-        parts, specs = [], []
-        for k, (b0, b1) in enumerate(chunks):
-            n_steps = int(lengths[b0])                     # longest in the chunk
-            sub_masks = None if masks is None else _slice_masks(masks, b0, b1, n_steps)
-            part, stages = self._batch_plan(
-                np.ascontiguousarray(x[:n_steps, b0:b1]),
-                [np.ascontiguousarray(s[:, b0:b1]) for s in state], lengths[b0:b1], sub_masks,
-                weights, ws.chunk(k), finals)
-            parts.append(part)
-            specs.append({"stages": stages, "lengths": lengths[b0:b1], "rows": order[b0:b1],
-                          "top": part["layers"][-1]["out"], "out": out})
         if any(map(_calls_blas, weights)):
             with blas_single_threaded:
-                _scan.forward_network(specs)
+                plan.run(out, finals)
         else:          # every product on the small-GEMM kernel: no BLAS limit to set
-            _scan.forward_network(specs)
+            plan.run(out, finals)
         return parts, out, finals
 
-    def _batch_plan(self, x, state, lengths, masks, weights, ws, finals):
-        """What forward_network needs to run one sub-batch (x (T, b, I)
-        time-major, rows sorted by decreasing length): its cache, laid out
-        as the backward reads it, and its stages."""
+    def _network_plan(self, X, chunks, n_steps, ragged, masks, weights, ws):
+        """A NetworkPlan over buffers of the workspace, the sub-batches'
+        caches (laid out as the backward reads them) and, per sub-batch, the
+        buffers each call fills: (x, states, lengths, rows, batch_sizes, outs)."""
+        _, T, I = X.shape
+        D, L, dt = self.num_directions, self.num_layers, self.dtype
+        sizes = self._state_sizes()
+        parts, specs, inputs = [], [], []
+        for k, ((b0, b1), n) in enumerate(zip(chunks, n_steps)):
+            buffers, b = ws.chunk(k), b1 - b0
+            x = buffers.get(("x",), (n, b, I), dt)
+            states = [buffers.get(("state", name), (L * D, b, sizes[name]), dt)
+                      for name in self.state_names]
+            lens = buffers.get(("lengths",), (b,), np.intp)
+            rows = buffers.get(("rows",), (b,), np.intp)
+            batch_sizes = buffers.get(("batch_sizes",), (n,), np.intc)
+            # the full-length layout: kept for the plan's life, or ragged: each call's
+            lens.fill(n)
+            rows[:] = np.arange(b0, b1)
+            batch_sizes.fill(b)
+            sub_masks = None if masks is None else _slice_masks(masks, b0, b1, n)
+            part, stages = self._batch_plan(x, states, batch_sizes, sub_masks, weights, buffers)
+            parts.append(part)
+            specs.append({"stages": stages, "lengths": lens, "rows": rows,
+                          "top": part["layers"][-1]["out"]})
+            inputs.append((x, states, lens, rows, batch_sizes,
+                           [layer["out"] for layer in part["layers"]]))
+        return _kernels().NetworkPlan(specs), parts, inputs
+
+    def _batch_plan(self, x, state, batch_sizes, masks, weights, ws):
+        """One sub-batch's stages (x (T, b, I) time-major, rows sorted by
+        decreasing length) and its cache, laid out as the backward reads it."""
         T, B, _ = x.shape
         P, D = self.output_size, self.num_directions
-        padded = bool(lengths[-1] < T)
-        if padded:
-            batch_sizes = (lengths[None, :] > np.arange(T)[:, None]).sum(axis=1).astype(np.intc)
-        else:
-            batch_sizes = np.full(T, B, dtype=np.intc)
         cfg_fwd = self._plan()["cfg_directions"]
         has_c = len(state) > 1
         layers, stages, inp = [], [], x
@@ -475,7 +521,7 @@ class RecurrentNetwork:
             if input_mask is not None:        # the scan computes inp * input_mask
                 dropped = ws.get(("dropped", layer), inp.shape, self.dtype)
                 drop, inp = (inp, input_mask, dropped), dropped
-            out = ws.get(("out", layer), (T, B, D * P), self.dtype, zero=padded)
+            out = ws.get(("out", layer), (T, B, D * P), self.dtype)
             directions = []
             for d in range(D):
                 k = layer * D + d
@@ -485,19 +531,29 @@ class RecurrentNetwork:
                           "c0": state[1][k] if has_c else None, "mask": mask,
                           "h_seq": out, "work": None if mask is None else
                           ws.get(("work", layer, d), (B, P), self.dtype)}
-                stages.append((arrays, cfg_fwd[d], None if d else drop, finals[0][k],
-                               finals[1][k] if has_c else None))
+                stages.append((arrays, cfg_fwd[d], None if d else drop))
                 directions.append(arrays)
             layers.append({"input": inp, "input_mask": input_mask, "out": out,
                            "directions": directions})
             inp = out
         return {"layers": layers, "state": state, "batch_sizes": batch_sizes}, stages
 
-    def _run_per_layer(self, x, state, sorted_lengths, order, masks, chunks, weights, ws):
+    def _run_per_layer(self, X, state, lengths, order, sorted_lengths, masks, chunks,
+                       weights, ws):
         """The reference path: one compiled call per layer direction, Python
         threads per sub-batch (what _run_one_call replaces; tests compare the two)."""
-        T, B = x.shape[:2]
+        B, T, _ = X.shape
         P, D, L = self.output_size, self.num_directions, self.num_layers
+        if lengths is None:
+            x = np.array(X.transpose(1, 0, 2), order="C")   # a copy, also at B == 1
+        else:
+            x = np.ascontiguousarray(X[order].transpose(1, 0, 2))
+            padding = np.arange(T)[:, None] >= sorted_lengths[None, :]      # (T, B)
+            x[padding] = 0.0          # padding never reaches a GEMM
+        check_finite(x, "X")
+        # copies (fancy indexing): the backward never sees later changes the
+        # caller makes to its initial states
+        state = tuple(np.ascontiguousarray(s[:, order]) for s in state)
         parts = [None] * len(chunks)
 
         def run(k):
@@ -760,6 +816,7 @@ class RecurrentNetwork:
         state["_cache"] = None
         state["_plan_cache"] = None
         state["_weights_memo"] = None
+        state.pop("_inference_ws", None)
         state["grads"] = {}
         return state
 

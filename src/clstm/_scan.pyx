@@ -749,7 +749,7 @@ cdef struct Part:
     const Py_ssize_t* lengths     # (b,) each row's length, decreasing
     const Py_ssize_t* dest_rows   # (b,) the row of out and of the finals it goes to
     const void* top               # (n_steps, b, width) the top layer's h, time-major
-    void* out                     # (n_out, out_steps, width) batch-first, or NULL
+    void* out                     # (n_out, out_steps, width) batch-first
     Py_ssize_t n_rows, n_steps, width, out_steps
 
 
@@ -780,8 +780,6 @@ cdef void _run_part(Part* part, floating* tag) noexcept nogil:
                 memcpy(<floating*> st.final_c + part.dest_rows[r] * L.hidden,
                        <floating*> L.c_seq + (t * b + r) * L.hidden,
                        L.hidden * sizeof(floating))
-    if part.out == NULL:
-        return
     # out[dest_rows[r], t] = top[t, r]: time-major -> batch-first
     src = <const floating*> part.top
     for r in range(b):
@@ -798,58 +796,6 @@ cdef void _part_task(void* ctx, Py_ssize_t k) noexcept nogil:
         _run_part(part, <double*> NULL)
 
 
-cdef void _fill_part(Part* part, Stage* stages, dict spec, int typenum) except *:
-    """Describe one sub-batch from its spec (see forward_network), checking
-    every array it touches: nothing may fail once the threads run."""
-    cdef list stage_specs = spec["stages"]
-    cdef Py_ssize_t s, r, n_out
-    cdef Stage* st
-    top, out = spec["top"], spec.get("out")
-    _check(cnp.PyArray_Check(top) and cnp.PyArray_NDIM(<cnp.ndarray> top) == 3, "top")
-    cdef Py_ssize_t T = top.shape[0], b = top.shape[1], W = top.shape[2]
-    part.stages = stages
-    part.n_stages = len(stage_specs)
-    part.single = typenum == cnp.NPY_FLOAT32
-    part.n_rows, part.n_steps, part.width = b, T, W
-    part.top = _data(top, "top", typenum, 3, T, b, W)
-    part.lengths = <const Py_ssize_t*> _data(spec["lengths"], "lengths", cnp.NPY_INTP, 1,
-                                             b, 0, 0)
-    part.dest_rows = <const Py_ssize_t*> _data(spec["rows"], "rows", cnp.NPY_INTP, 1, b, 0, 0)
-    for r in range(b):
-        _check(1 <= part.lengths[r] <= T and part.dest_rows[r] >= 0, "lengths/rows")
-    if out is not None:
-        _check(cnp.PyArray_Check(out) and cnp.PyArray_NDIM(<cnp.ndarray> out) == 3, "out")
-        part.out_steps = out.shape[1]
-        _check(part.out_steps >= T, "out steps")
-        part.out = _data(out, "out", typenum, 3, -1, part.out_steps, W)
-        for r in range(b):
-            _check(part.dest_rows[r] < out.shape[0], "out rows")
-    _check(part.n_stages > 0, "no stages")
-    for s in range(part.n_stages):
-        arrays, cfg, drop, final_h, final_c = stage_specs[s]
-        st = stages + s
-        _fill_layer(&st.layer, arrays, cfg, False)
-        _check(cnp.PyArray_TYPE(<cnp.ndarray> arrays["x"]) == typenum, "mixed dtypes")
-        _check(st.layer.batch == b and st.layer.n_steps == T and not st.layer.conv,
-               "stage sizes")
-        if drop is not None:
-            src, mask, dst = drop
-            st.drop_dst = _flat(dst, "dropout dst", typenum, &st.drop_n, -1)
-            st.drop_src = _flat(src, "dropout src", typenum, NULL, st.drop_n)
-            st.drop_mask = _flat(mask, "dropout mask", typenum, NULL, st.drop_n)
-            _check(st.drop_dst == st.layer.x, "dropout must write the stage's x")
-        _check(cnp.PyArray_Check(final_h) and cnp.PyArray_NDIM(<cnp.ndarray> final_h) == 2,
-               "final_h")
-        n_out = final_h.shape[0]
-        st.final_h = _data(final_h, "final_h", typenum, 2, n_out, st.layer.out_size, 0)
-        if st.layer.kind == CELL_LSTM:
-            st.final_c = _data(final_c, "final_c", typenum, 2, n_out, st.layer.hidden, 0)
-        else:
-            _check(final_c is None, "final_c")
-        for r in range(b):
-            _check(part.dest_rows[r] < n_out, "final rows")
-
-
 cdef void* _flat(object obj, str name, int typenum, Py_ssize_t* size,
                  Py_ssize_t expected) except? NULL:
     """Data pointer of a C-contiguous array of `typenum` holding `expected`
@@ -864,52 +810,154 @@ cdef void* _flat(object obj, str name, int typenum, Py_ssize_t* size,
     return cnp.PyArray_DATA(arr)
 
 
-def forward_network(list parts):
-    """Run whole sub-batches through every layer direction, one thread each.
+cdef class NetworkPlan:
+    """A whole forward, parsed once, run many times (clstm._rnn keeps one per
+    shape and reuses it while the buffers and weights stay the same).
 
-    Each part is a dict for one sub-batch of b rows (sorted by decreasing
+    ``parts``: one dict per sub-batch of b rows (sorted by decreasing
     length) over T steps:
 
-    - ``stages``: per layer direction, in order, ``(arrays, cfg, drop,
-      final_h, final_c)``: forward()'s arrays and cfg; ``drop`` None or
-      ``(src, mask, dst)``, input dropout computed before the stage
-      (``dst = src * mask``, dst being the stage's x); ``final_h`` (N, P),
-      ``final_c`` (N, H) or None: where each row's final states go.
+    - ``stages``: per layer direction, in order (k = layer * D + d),
+      ``(arrays, cfg, drop)``: forward()'s arrays and cfg, and ``drop`` None
+      or ``(src, mask, dst)``: input dropout computed before the stage
+      (``dst = src * mask``, dst being the stage's x).
     - ``lengths`` (b,) intp: each row's length; ``rows`` (b,) intp: the row
-      of ``final_*`` and ``out`` each row goes to.
-    - ``top`` (T, b, W): the top layer's h_seq; ``out`` (N, T_out >= T, W) or
-      None: batch-first output, ``out[rows[r], t] = top[t, r]`` for t < T.
+      of ``out`` and of the final states each row goes to.
+    - ``top`` (T, b, W): the top layer's h_seq.
 
-    Everything is checked with the GIL held; then the parts run with the GIL
-    released, part 0 on the calling thread and the others on POSIX threads
-    created and joined here (serially where the build has none). Parts must
-    not share writable buffers. Returns the number of threads started.
+    The arrays are read at every run (their contents may change between
+    runs, not their shapes or identity; the plan keeps them alive).
+    Everything is checked here and in run() with the GIL held: nothing can
+    fail once the threads start.
     """
-    cdef Py_ssize_t n = len(parts), k, total = 0, offset = 0, started
-    _check(n > 0, "no parts")
-    for spec in parts:
-        total += len(spec["stages"])
-    first = parts[0]["stages"][0][0]["x"]
-    _check(cnp.PyArray_Check(first), "x")
-    cdef int typenum = cnp.PyArray_TYPE(<cnp.ndarray> first)
-    cdef Part* cparts = <Part*> PyMem_Malloc(n * sizeof(Part))
-    cdef Stage* stages = <Stage*> PyMem_Malloc(total * sizeof(Stage))
-    if cparts == NULL or stages == NULL:
-        PyMem_Free(cparts)
-        PyMem_Free(stages)
-        raise MemoryError()
-    memset(cparts, 0, n * sizeof(Part))
-    memset(stages, 0, total * sizeof(Stage))
-    try:
-        for k in range(n):
-            _fill_part(cparts + k, stages + offset, parts[k], typenum)
-            offset += cparts[k].n_stages
+    cdef Part* parts
+    cdef Stage* stages
+    cdef Py_ssize_t n_parts, n_stages, max_row
+    cdef int typenum
+    cdef list specs
+    cdef bint lstm
+
+    def __cinit__(self, list parts):
+        cdef Py_ssize_t total = 0, k, offset = 0
+        _check(len(parts) > 0, "no parts")
+        for spec in parts:
+            total += len(spec["stages"])
+        self.specs = parts
+        self.n_parts = len(parts)
+        self.parts = <Part*> PyMem_Malloc(self.n_parts * sizeof(Part))
+        self.stages = <Stage*> PyMem_Malloc(total * sizeof(Stage))
+        if self.parts == NULL or self.stages == NULL:
+            raise MemoryError()
+        memset(self.parts, 0, self.n_parts * sizeof(Part))
+        memset(self.stages, 0, total * sizeof(Stage))
+        first = parts[0]["stages"][0][0]["x"]
+        _check(cnp.PyArray_Check(first), "x")
+        self.typenum = cnp.PyArray_TYPE(<cnp.ndarray> first)
+        self.max_row = -1
+        for k in range(self.n_parts):
+            self._fill_part(self.parts + k, self.stages + offset, parts[k])
+            offset += self.parts[k].n_stages
+            _check(self.parts[k].n_stages == self.parts[0].n_stages, "stage counts")
+        self.n_stages = self.parts[0].n_stages
+        self.lstm = self.stages[0].layer.kind == CELL_LSTM
+
+    def __dealloc__(self):
+        PyMem_Free(self.parts)
+        PyMem_Free(self.stages)
+
+    cdef void _fill_part(self, Part* part, Stage* stages, dict spec) except *:
+        cdef list stage_specs = spec["stages"]
+        cdef Py_ssize_t s, r
+        cdef Stage* st
+        cdef int typenum = self.typenum
+        top = spec["top"]
+        _check(cnp.PyArray_Check(top) and cnp.PyArray_NDIM(<cnp.ndarray> top) == 3, "top")
+        cdef Py_ssize_t T = top.shape[0], b = top.shape[1], W = top.shape[2]
+        part.stages = stages
+        part.n_stages = len(stage_specs)
+        part.single = typenum == cnp.NPY_FLOAT32
+        part.n_rows, part.n_steps, part.width = b, T, W
+        part.top = _data(top, "top", typenum, 3, T, b, W)
+        part.lengths = <const Py_ssize_t*> _data(spec["lengths"], "lengths", cnp.NPY_INTP, 1,
+                                                 b, 0, 0)
+        part.dest_rows = <const Py_ssize_t*> _data(spec["rows"], "rows", cnp.NPY_INTP, 1,
+                                                   b, 0, 0)
+        _check(part.n_stages > 0, "no stages")
+        for s in range(part.n_stages):
+            arrays, cfg, drop = stage_specs[s]
+            st = stages + s
+            _fill_layer(&st.layer, arrays, cfg, False)
+            _check(cnp.PyArray_TYPE(<cnp.ndarray> arrays["x"]) == typenum, "mixed dtypes")
+            _check(st.layer.batch == b and st.layer.n_steps == T and not st.layer.conv
+                   and st.layer.kind == stages[0].layer.kind
+                   and st.layer.out_size == stages[0].layer.out_size
+                   and st.layer.hidden == stages[0].layer.hidden, "stage sizes")
+            if drop is not None:
+                src, mask, dst = drop
+                st.drop_dst = _flat(dst, "dropout dst", typenum, &st.drop_n, -1)
+                st.drop_src = _flat(src, "dropout src", typenum, NULL, st.drop_n)
+                st.drop_mask = _flat(mask, "dropout mask", typenum, NULL, st.drop_n)
+                _check(st.drop_dst == st.layer.x, "dropout must write the stage's x")
+        self._check_rows(part)
+
+    cdef void _check_rows(self, Part* part) except *:
+        """Lengths and active rows within the part's steps and rows, rows
+        non-negative (the upper bound is checked against out at each run)."""
+        cdef Py_ssize_t r, s, t
+        for s in range(part.n_stages):
+            for t in range(part.n_steps):
+                _check(0 <= part.stages[s].layer.batch_sizes[t] <= part.n_rows, "batch_sizes")
+        for r in range(part.n_rows):
+            _check(1 <= part.lengths[r] <= part.n_steps and part.dest_rows[r] >= 0,
+                   "lengths/rows")
+            if part.dest_rows[r] > self.max_row:
+                self.max_row = part.dest_rows[r]
+
+    def run(self, out, finals):
+        """Run the forward: ``out`` (N, T_out >= T, W) batch-first output
+        (``out[rows[r], t] = top[t, r]`` for t < T), ``finals`` the final
+        states, one (n_stages, N, units) array per state (h; LSTM: h, c).
+
+        Part 0 runs on the calling thread, the others on POSIX threads
+        started and joined here (serially where the build has none), all
+        with the GIL released. Returns the number of threads started."""
+        cdef Py_ssize_t k, s, n_out, started
+        cdef Part* part
+        cdef Stage* st
+        self.max_row = -1
+        for k in range(self.n_parts):        # rows and lengths may have changed
+            self._check_rows(self.parts + k)
+        _check(cnp.PyArray_Check(out) and cnp.PyArray_NDIM(<cnp.ndarray> out) == 3, "out")
+        n_out = out.shape[0]
+        _check(self.max_row < n_out, "out rows")
+        _check(len(finals) == (2 if self.lstm else 1), "finals")
+        cdef Layer* first = &self.stages[0].layer
+        cdef char* final_h = <char*> _data(finals[0], "final h", self.typenum, 3,
+                                           self.n_stages, n_out, first.out_size)
+        cdef char* final_c = NULL
+        if self.lstm:
+            final_c = <char*> _data(finals[1], "final c", self.typenum, 3, self.n_stages,
+                                    n_out, first.hidden)
+        cdef Py_ssize_t item = 4 if self.typenum == cnp.NPY_FLOAT32 else 8
+        for k in range(self.n_parts):
+            part = self.parts + k
+            part.out_steps = out.shape[1]
+            _check(part.out_steps >= part.n_steps, "out steps")
+            part.out = _data(out, "out", self.typenum, 3, n_out, part.out_steps, part.width)
+            for s in range(self.n_stages):
+                st = part.stages + s
+                st.final_h = final_h + s * n_out * first.out_size * item
+                st.final_c = NULL if final_c == NULL else \
+                    final_c + s * n_out * first.hidden * item
         with nogil:
-            started = clstm_run_tasks(n, _part_task, cparts)
-    finally:
-        PyMem_Free(cparts)
-        PyMem_Free(stages)
-    return started
+            started = clstm_run_tasks(self.n_parts, _part_task, self.parts)
+        return started
+
+
+def forward_network(list parts, out, finals):
+    """One forward through every sub-batch, layer and direction:
+    ``NetworkPlan(parts).run(out, finals)`` (which see)."""
+    return NetworkPlan(parts).run(out, finals)
 
 
 def conv_columns(x, shape, kernel, out=None):
