@@ -3,7 +3,7 @@
 For each config (the five of DESIGN.md §4) and each thread count, times
 ``clstm.LSTM.forward`` (float32, inference shapes) with
 
-* ``one-call``: ``_scan.forward_network``: every sub-batch through every layer
+* ``one-call``: ``_scan.NetworkPlan``: every sub-batch through every layer
   and direction in one compiled call, sub-batches on POSIX threads;
 * ``per-layer``: one compiled call per layer direction, sub-batches on Python
   threads (``clstm._rnn.ONE_CALL_FORWARD = False``),

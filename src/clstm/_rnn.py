@@ -617,12 +617,14 @@ class RecurrentNetwork:
     def _buffers(self, ws, layer, d, T, B, backward):
         """The scan's activation (and, for backward, gradient) buffers of one
         layer direction, by the Layer field names of _scan.pxd (the same dict
-        again while T and B stay the same: a training loop pays nothing here)."""
-        key = ("buffers", backward, layer, d, T, B)
+        again while T and B stay the same: a training loop pays nothing here).
+        One set per layer direction: a new shape replaces it, so a workspace
+        that sees many shapes (ragged batches) keeps the memory of one."""
+        key = ("buffers", backward, layer, d)
         found = ws.sets.get(key)
-        if found is None:
-            found = ws.sets[key] = self._new_buffers(ws, layer, d, T, B, backward)
-        return found
+        if found is None or found[0] != (T, B):
+            found = ws.sets[key] = ((T, B), self._new_buffers(ws, layer, d, T, B, backward))
+        return found[1]
 
     def _new_buffers(self, ws, layer, d, T, B, backward):
         H, P, dt = self.hidden_size, self.output_size, self.dtype
