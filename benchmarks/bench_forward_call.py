@@ -16,6 +16,12 @@ the same output bit for bit.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_forward_call.py \\
         --threads 1 2 --force-split --rounds 7
+
+Profile what is left (Python vs kernels) with ``--loop``, e.g.
+
+    perf record -D 3000 -o ts-small.data -- python benchmarks/bench_forward_call.py \\
+        --configs ts-small --threads 1 --loop 8
+    perf report -i ts-small.data --sort dso,symbol
 """
 
 import argparse
@@ -43,6 +49,9 @@ def main(argv=None):
     parser.add_argument("--force-split", action="store_true",
                         help="also time a split into n_threads sub-batches whatever the size")
     parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--loop", type=float, default=None, metavar="SECONDS",
+                        help="only call forward (one-call path, first config and thread "
+                             "count) for this long after a warm-up: a target for perf record")
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -54,6 +63,19 @@ def main(argv=None):
     blas = [(i["internal_api"], i.get("architecture"), i["num_threads"])
             for i in threadpool_info() if i["user_api"] == "blas"]
     print(f"# {platform.processor() or platform.machine()}, BLAS {blas}")
+    if args.loop is not None:
+        B, T, I, H, L = CONFIGS[args.configs[0]]
+        X = np.random.default_rng(0).standard_normal((B, T, I)).astype(np.float32)
+        net = clstm.LSTM(I, H, num_layers=L, random_state=0, n_jobs=args.threads[0])
+        for _ in range(20):
+            net.forward(X)
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < args.loop:
+            net.forward(X)
+            n += 1
+        print(f"{args.configs[0]} {args.threads[0]}t: {n} calls, "
+              f"{(time.perf_counter() - start) / n * 1e6:.1f} us per call")
+        return
     rows = []
     saved = rnn.MIN_WORK_PER_THREAD
     for name in args.configs:
