@@ -284,3 +284,23 @@ def test_thread_rule_uses_both_cores_for_small_shapes():
 
 def test_scan_reports_threads():
     assert isinstance(rnn._kernels().HAVE_THREADS, bool)
+
+
+def test_benchmark_script_runs(tmp_path, capsys):
+    """benchmarks/bench_forward_call.py on one config, one short round."""
+    import importlib.util
+    import json
+    import os
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "bench_forward_call.py")
+    spec = importlib.util.spec_from_file_location("bench_forward_call", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "ab.json"
+    bench.main(["--configs", "ts-small", "--threads", "1", "2", "--force-split", "--rounds", "1",
+                "--round-time", "0.001", "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["path"], r["threads"], r["split"]) for r in rows} == {
+        (p, n, s) for p in ("one-call", "per-layer") for n, s in ((1, "auto"), (2, "auto"),
+                                                                  (2, "forced"))}
+    assert all(r["min_us"] > 0 for r in rows)
+    assert rnn.ONE_CALL_FORWARD is True and rnn.MIN_WORK_PER_THREAD == 1_000_000
