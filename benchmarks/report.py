@@ -72,7 +72,7 @@ def _timing_table(res, task, n):
            if t["task"] == task and t["threads"] == n}
     fws = [f for f in FRAMEWORKS + (BASELINE,) if any(k[1] == f for k in med)]
     head = (["config"] + [f"{PRETTY[f]} ms" for f in fws]
-            + ["best peer", "ratio", "target", "ceiling", "clstm GFLOP/s", "% of sgemm peak"])
+            + ["best peer", "ratio", "target", "ceiling", "clstm GFLOP/s", "% of machine peak"])
     if task == "inference":
         head.insert(len(fws) + 1, "GEMM-shape bound ms")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -188,6 +188,46 @@ def write_markdown(doc, path):
         f.write("\n".join(out))
 
 
+_LIBRARY_NAMES = {"scipy": "SciPy (`scipy.linalg.blas.sgemm`: the BLAS clstm calls)",
+                  "numpy": "NumPy (`np.matmul`: NumPy's own BLAS)",
+                  "torch": "PyTorch (`torch.mm`)"}
+
+
+def _machine_limit_section(res):
+    """The machine's limit: the BLAS libraries and kernels in use, every GEMM measured,
+    and the core's peak (FMA units x vector width x 2 x clock)."""
+    meta = res["meta"]
+    out = ["## Machine limit: the best GEMM on the machine (float32 2048³)", ""]
+    if meta.get("env_unset"):
+        out += ["Unset for this run (users' machines do not set them; tests and CI keep them): "
+                + ", ".join(f"`{k}={v}`" for k, v in meta["env_unset"].items()) + ".", ""]
+    blas = meta.get("blas") or []
+    if blas:
+        out += ["BLAS libraries loaded in the probe (threadpoolctl):", "",
+                "| vendored by | library | version | kernel in use | threading |", "|---|---|---|---|---|"]
+        out += [f"| {b.get('owner')} | `{b.get('filepath')}` ({b.get('internal_api')}) | {b.get('version')} "
+                f"| {b.get('architecture')} | {b.get('threading_layer')} |" for b in blas]
+        out.append("")
+    out += ["| threads | GEMM | GFLOP/s (median) | GFLOP/s (best) |", "|---|---|---|---|"]
+    for n, s in res["sgemm"].items():
+        libraries = s.get("libraries") or {"scipy": {"gflops": s["gflops"], "gflops_best": s["gflops_best"]}}
+        for name, r in libraries.items():
+            out.append(f"| {n} | {_LIBRARY_NAMES.get(name, name)} | {r['gflops']:.1f} | {r['gflops_best']:.1f} |")
+    peaks = [(n, s["core_peak"]) for n, s in res["sgemm"].items() if s.get("core_peak", {}).get("peak_gflops")]
+    if peaks:
+        out += ["", "| threads | core peak: FMA units x floats/vector x 2 x GHz | GFLOP/s | best GEMM "
+                "| its share of the peak |", "|---|---|---|---|---|"]
+        for n, p in peaks:
+            out.append(f"| {n} | {p['fma_units']} x {p['vector_floats']} x 2 x {p['ghz']:.2f}"
+                       f"{f' x {n} cores' if int(n) > 1 else ''} | {p['peak_gflops']:.0f} "
+                       f"| {p['best_gemm']} {p['best_gemm_gflops']:.1f} | {100 * p['best_gemm_share']:.0f}% |")
+        out += ["", "FMA units: the fewest that make the best measured GEMM possible at this clock "
+                "(vector width from the CPU flags, clock from lscpu). Ceilings and \"% of machine peak\" "
+                "use the best GEMM measured (its best repetition), not only SciPy's sgemm."]
+    out.append("")
+    return out
+
+
 def _lstm_sections(res, cells):
     meta = res["meta"]
     m = meta["machine"]
@@ -197,14 +237,18 @@ def _lstm_sections(res, cells):
     out += [f"Ratios are **best-peer time / clstm time** (above 1 = clstm faster), from medians of "
             f"per-call times over {meta['rounds']} interleaved rounds, float32, each framework in its own "
             "process pinned to the thread count. \"ceiling\" = the ratio if clstm ran every FLOP at the "
-            "sgemm peak (forward 2·T·B·4H·(I+H), training 3x). Targets from DESIGN.md §4.", "",
+            "machine's limit, the best GEMM measured on it (forward 2·T·B·4H·(I+H), training 3x). "
+            "Targets from DESIGN.md §4.", "",
             "## Headline: speed ratio (best peer) [target]", "", headline(res), ""]
     if cells:
         out += ["Other cells, in their own sections below: "
                 + ", ".join(f"{CELLS[c].title} (`--cell {c}`)" for c in CELLS if c in cells) + ".", ""]
     out += ["## Machine and software", "",
-            f"- CPU: {m.get('model')} ({m.get('cpus')} CPUs, {m.get('threads_per_core')} thread(s)/core, "
-            f"AVX2 {m.get('flags_avx2')}, AVX-512F {m.get('flags_avx512f')})",
+            f"- CPU: {m.get('model')} (family {m.get('family')}, model {m.get('model_number')}, "
+            f"{m.get('cpus')} CPUs, {m.get('threads_per_core')} thread(s)/core, "
+            f"AVX2 {m.get('flags_avx2')}, FMA {m.get('flags_fma')}, AVX-512F {m.get('flags_avx512f')}, "
+            f"{m.get('mhz')} MHz, caches {m.get('caches')}"
+            + (f", under {m['hypervisor']}" if m.get("hypervisor") else "") + ")",
             f"- Python {meta['python']} on {meta['platform']}",
             f"- Date: {meta['date']}; load average at start {tuple(round(x, 2) for x in meta['loadavg_start'])}"
             + (f", at end {tuple(round(x, 2) for x in meta['loadavg_end'])}" if "loadavg_end" in meta else ""),
@@ -216,10 +260,7 @@ def _lstm_sections(res, cells):
     out += _frameworks_table(res)
     out += ["", "Command:", "", "```", meta["command"], "```", ""]
     if res["sgemm"]:
-        out += ["## Machine limit: SciPy OpenBLAS sgemm 2048³", "",
-                "| threads | GFLOP/s (median) | GFLOP/s (best: the peak used for ceilings) |", "|---|---|---|"]
-        for n, s in res["sgemm"].items():
-            out.append(f"| {n} | {s['gflops']:.1f} | {s['gflops_best']:.1f} |")
+        out += _machine_limit_section(res)
         out += ["", "GEMM-shape bound: the time of the forward's own GEMMs at their real shapes "
                 "(one input-projection GEMM per layer, then T recurrent GEMMs, GEMV at B=1) through "
                 "SciPy's sgemm, Python call overhead subtracted, fastest of several blocks of calls.", ""]
