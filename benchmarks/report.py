@@ -11,7 +11,7 @@ import json
 import os
 import sys
 
-from common import BASELINE, CELLS, FRAMEWORKS, PEERS
+from common import BASELINE, CELLS, FRAMEWORKS, PEERS, side_sections
 
 PRETTY = {"clstm": "clstm", "torch": "PyTorch", "keras": "Keras/TF", "onnxruntime": "ONNX RT",
           "numpy": "NumPy", BASELINE: "clstm plain LSTM"}
@@ -183,9 +183,27 @@ def write_markdown(doc, path):
             out += [f.read().rstrip(), ""]
     for name in [c for c in CELLS if c in cells]:
         out += _cell_sections(name, cells[name])
-    out += ["Raw data: `results.json`; chart: `ratios.png`. How to run: `README.md`.", ""]
+    out += [SIDE_SECTIONS_MARK, ""]
+    out += [text + "\n" for text in side_sections()]
+    out += [RAW_DATA_LINE, ""]
     with open(path, "w") as f:
         f.write("\n".join(out))
+
+
+# RESULTS.md ends with the side sections (other benchmarks' own, from sections/*.md)
+# between this mark and the raw-data line.
+SIDE_SECTIONS_MARK = "<!-- side sections: benchmarks/sections/*.md -->"
+RAW_DATA_LINE = "Raw data: `results.json`; chart: `ratios.png`. How to run: `README.md`."
+
+
+def refresh_side_sections(path):
+    """Rewrite only the side sections of an existing RESULTS.md (the rest as it is)."""
+    with open(path) as f:
+        doc = f.read()
+    head = doc.split(SIDE_SECTIONS_MARK)[0].split("\n" + RAW_DATA_LINE)[0].rstrip("\n")
+    parts = [head, "", SIDE_SECTIONS_MARK, ""] + [t + "\n" for t in side_sections()] + [RAW_DATA_LINE, ""]
+    with open(path, "w") as f:
+        f.write("\n".join(parts))
 
 
 _LIBRARY_NAMES = {"scipy": "SciPy (`scipy.linalg.blas.sgemm`: the BLAS clstm calls)",
@@ -228,6 +246,19 @@ def _machine_limit_section(res):
     return out
 
 
+def _machine_details(m):
+    """'family 25, model 1, 2 CPUs, ...' from what the run recorded (older runs recorded less)."""
+    parts = [f"family {m['family']}, model {m['model_number']}" if m.get("family") else None,
+             f"{m.get('cpus')} CPUs, {m.get('threads_per_core')} thread(s)/core",
+             ", ".join(f"{flag} {m[key]}" for flag, key in
+                       (("AVX2", "flags_avx2"), ("FMA", "flags_fma"), ("AVX-512F", "flags_avx512f"))
+                       if key in m),
+             f"{m['mhz']:.0f} MHz" if m.get("mhz") else None,
+             ", ".join(f"{k} {v}" for k, v in m["caches"].items()) if m.get("caches") else None,
+             f"under {m['hypervisor']}" if m.get("hypervisor") else None]
+    return ", ".join(p for p in parts if p)
+
+
 def _lstm_sections(res, cells):
     meta = res["meta"]
     m = meta["machine"]
@@ -244,11 +275,7 @@ def _lstm_sections(res, cells):
         out += ["Other cells, in their own sections below: "
                 + ", ".join(f"{CELLS[c].title} (`--cell {c}`)" for c in CELLS if c in cells) + ".", ""]
     out += ["## Machine and software", "",
-            f"- CPU: {m.get('model')} (family {m.get('family')}, model {m.get('model_number')}, "
-            f"{m.get('cpus')} CPUs, {m.get('threads_per_core')} thread(s)/core, "
-            f"AVX2 {m.get('flags_avx2')}, FMA {m.get('flags_fma')}, AVX-512F {m.get('flags_avx512f')}, "
-            f"{m.get('mhz')} MHz, caches {m.get('caches')}"
-            + (f", under {m['hypervisor']}" if m.get("hypervisor") else "") + ")",
+            f"- CPU: {m.get('model')} ({_machine_details(m)})",
             f"- Python {meta['python']} on {meta['platform']}",
             f"- Date: {meta['date']}; load average at start {tuple(round(x, 2) for x in meta['loadavg_start'])}"
             + (f", at end {tuple(round(x, 2) for x in meta['loadavg_end'])}" if "loadavg_end" in meta else ""),
