@@ -298,3 +298,30 @@ def test_kernel_benchmark_helper_runs_the_same_steps():
     _, state = net.step(x)
     seconds = _stream._bench_kernel(net._step_plan, x, state, 50)
     assert 0 < seconds < 1e-3
+
+
+def test_step_benchmark_runs_and_the_peers_agree(tmp_path):
+    """benchmarks/bench_step.py, one short round: every framework's 20 check
+    steps match clstm's outputs, and each reports positive per-call times."""
+    import importlib.util
+    import json
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = os.path.join(root, "benchmarks", "bench_step.py")
+    if not os.path.exists(script):
+        pytest.skip("benchmarks/ not present")
+    peers = [m for m in ("torch", "onnxruntime") if importlib.util.find_spec(m) is not None]
+    out = tmp_path / "step.json"
+    proc = subprocess.run([sys.executable, script, "--rounds", "1", "--round-time", "0.02",
+                           "--frameworks", "clstm", *peers, "--json", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(out.read_text())
+    for row, entry in res["rows"].items():
+        assert set(entry["times"]) == {"clstm", *peers}, row
+        assert all(t[0] > 0 for t in entry["times"].values())
+        assert len(entry["kernel"]) > 0 and all(0 < k < 1e-3 for k in entry["kernel"])
+        for fw in peers:
+            assert entry["check"][fw] < 1e-5, (row, fw, entry["check"])
