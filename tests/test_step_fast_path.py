@@ -325,3 +325,26 @@ def test_step_benchmark_runs_and_the_peers_agree(tmp_path):
         assert len(entry["kernel"]) > 0 and all(0 < k < 1e-3 for k in entry["kernel"])
         for fw in peers:
             assert entry["check"][fw] < 1e-5, (row, fw, entry["check"])
+
+
+def test_packed_weights_variant_for_benchmarks_agrees():
+    """_use_packed (benchmarks only) points a plan at packed float32 weights:
+    same steps to float rounding (another summation order)."""
+    from clstm import _scan
+    if not _scan.HAVE_PACKED_GEMM:
+        pytest.skip("no small-GEMM kernel in this build")
+    rng = np.random.default_rng(8)
+    for cell in ("lstm", "gru", "proj_size"):
+        net = _net(cell, "float32")
+        x = rng.normal(size=(1, I)).astype(np.float32)
+        y, state = net.step(x)
+        plan = _stream.StepPlan(net.params, net._plan()["names"], net._plan()["cfg"],
+                                net._param_shapes(), net.dtype)
+        keep = [{k: v for k, v in net._scan_arrays(net._direction_params(k), False).items()
+                 if k.startswith("packed")} for k in range(net.num_layers)]
+        _stream._use_packed(plan, keep)
+        y_packed, s_packed = plan.step(net.params, x, state)
+        y_blas, s_blas = net.step(x, state)
+        np.testing.assert_allclose(y_packed, y_blas, **TOL["float32"])
+        for a, b in zip(s_packed, s_blas):
+            np.testing.assert_allclose(a, b, **TOL["float32"])
