@@ -190,6 +190,7 @@ def test_other_inputs_take_the_general_path_with_the_same_result(dtype):
     wide = np.zeros((3, 2 * I), dtype=dtype)
     wide[:, ::2] = x
     fortran = [np.asfortranarray(s) for s in state]
+    swapped = x.astype(x.dtype.newbyteorder())         # same values, other byte order
     cases = {
         "strided x": (wide[:, ::2], state),
         "other dtype x": (x.astype(other), state),
@@ -197,6 +198,8 @@ def test_other_inputs_take_the_general_path_with_the_same_result(dtype):
         "list state": (x, list(state)),
         "non-contiguous state": (x, tuple(fortran)),
         "other dtype state": (x, tuple(s.astype(other) for s in state)),
+        "byte-swapped x": (swapped, state),
+        "byte-swapped state": (x, tuple(s.astype(s.dtype.newbyteorder()) for s in state)),
     }
     for name, (x_in, s_in) in cases.items():
         y, s = net.step(x_in, s_in)

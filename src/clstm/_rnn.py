@@ -369,7 +369,7 @@ class RecurrentNetwork:
         try:
             return _stream.StepPlan(self.params, self._plan()["names"], self._plan()["cfg"],
                                     self._param_shapes(), self.dtype)
-        except ValueError:
+        except (TypeError, ValueError):
             return None
 
     def backward_state(self, grad_out, grad_state=None):

@@ -76,13 +76,14 @@ cdef bint _all_finite_d(const double* v, Py_ssize_t n) noexcept nogil:
 
 cdef inline bint _fits(object obj, int typenum, int ndim, Py_ssize_t d0, Py_ssize_t d1,
                        Py_ssize_t d2):
-    """obj is a C-contiguous, aligned ndarray of exactly typenum and shape (d0, d1, d2)[:ndim]
-    (a negative d0: any size >= 1)"""
+    """obj is a C-contiguous, aligned, native-byte-order ndarray of exactly typenum and
+    shape (d0, d1, d2)[:ndim] (a negative d0: any size >= 1)"""
     if not cnp.PyArray_CheckExact(obj):
         return False
     cdef cnp.ndarray a = <cnp.ndarray> obj
     if (cnp.PyArray_TYPE(a) != typenum or cnp.PyArray_NDIM(a) != ndim
-            or not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISALIGNED(a)):
+            or not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISALIGNED(a)
+            or not cnp.PyArray_ISNOTSWAPPED(a)):
         return False
     if d0 >= 0 and cnp.PyArray_DIM(a, 0) != d0 or d0 < 0 and cnp.PyArray_DIM(a, 0) < 1:
         return False
@@ -185,7 +186,7 @@ cdef class StepPlan:
         self.layers = NULL
         self.biases = NULL
 
-    def __init__(self, dict params, list layer_names, dict cfg, dict shapes, dtype):
+    def __init__(self, params, list layer_names, dict cfg, dict shapes, dtype):
         cdef int typenum = np.dtype(dtype).num
         if typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64:
             raise ValueError("dtype")
@@ -240,14 +241,14 @@ cdef class StepPlan:
                 return False
         return True
 
-    def is_current(self, dict params):
+    def is_current(self, params):
         """Whether this plan still describes `params` (see `current`)."""
-        return self.current(params)
+        return type(params) is dict and self.current(<dict> params)
 
-    def step(self, dict params, x_t, state):
+    def step(self, params, x_t, state):
         """``(y_t, state)`` as RecurrentNetwork.step, or None when the fast path
         does not take these arguments (the caller then runs its general path)."""
-        if not self.current(params):
+        if type(params) is not dict or not self.current(<dict> params):
             return None
         cdef int typenum = self.typenum
         if not _fits(x_t, typenum, 2, -1, self.input_size, 0):
