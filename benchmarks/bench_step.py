@@ -2,7 +2,7 @@
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_step.py
     python benchmarks/bench_step.py --rounds 3 --round-time 0.1        # quicker
-    python benchmarks/bench_step.py --write       # also (re)write "## Streaming step" in RESULTS.md
+    python benchmarks/bench_step.py --write       # also write sections/step.md, re-render RESULTS.md
     python benchmarks/bench_step.py --baseline /path/to/other/checkout   # before/after, one run
 
 Batch 1, float32, one thread, warm. Each call advances one stream by one
@@ -41,7 +41,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from common import thread_env  # noqa: E402
+from common import thread_env, write_side_section  # noqa: E402
 
 # name -> (cell, input_size, hidden_size)
 ROWS = {"lstm I=16 H=64": ("lstm", 16, 64),
@@ -346,23 +346,6 @@ def markdown(res):
     return "\n".join(lines) + "\n"
 
 
-def write_section(text, path):
-    """Replace (or add, before the closing 'Raw data' line) the ## Streaming step section."""
-    with open(path) as f:
-        doc = f.read()
-    start = doc.find("\n## Streaming step\n")
-    if start >= 0:
-        end = doc.find("\n## ", start + 1)
-        tail = doc.find("\nRaw data:", start + 1)
-        stops = [i for i in (end, tail) if i >= 0]
-        doc = doc[:start] + doc[min(stops) if stops else len(doc):]
-    anchor = doc.find("\nRaw data:")
-    anchor = len(doc) if anchor < 0 else anchor
-    doc = doc[:anchor].rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n" + doc[anchor:]
-    with open(path, "w") as f:
-        f.write(doc)
-
-
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         serve(sys.argv[2])
@@ -372,18 +355,19 @@ def main():
     p.add_argument("--round-time", type=float, default=0.3, help="seconds per framework per round")
     p.add_argument("--frameworks", nargs="+", default=list(FRAMEWORKS), choices=FRAMEWORKS)
     p.add_argument("--write", action="store_true",
-                   help="write step_results.json and the ## Streaming step section of RESULTS.md")
+                   help="write step_results.json and sections/step.md (the ## Streaming step "
+                        "section appended to RESULTS.md)")
     p.add_argument("--json", metavar="PATH", help="also write the raw results to PATH")
     p.add_argument("--baseline", metavar="CHECKOUT",
                    help="another clstm checkout (built in place) to time beside this one, "
                         "e.g. the main branch before a change: adds 'clstm (baseline)' and "
                         "'predict_step (baseline)' columns")
     p.add_argument("--render", action="store_true",
-                   help="only re-render the ## Streaming step section from step_results.json")
+                   help="only re-render sections/step.md (and RESULTS.md) from step_results.json")
     args = p.parse_args()
     if args.render:
         with open(os.path.join(HERE, "step_results.json")) as f:
-            write_section(markdown(json.load(f)), os.path.join(HERE, "RESULTS.md"))
+            write_side_section("step", markdown(json.load(f)))
         return
     res = run(args)
     text = markdown(res)
@@ -394,7 +378,7 @@ def main():
     if args.write:
         with open(os.path.join(HERE, "step_results.json"), "w") as f:
             json.dump(res, f, indent=1)
-        write_section(text, os.path.join(HERE, "RESULTS.md"))
+        write_side_section("step", text)
 
 
 if __name__ == "__main__":
