@@ -168,6 +168,7 @@ def test_replaced_parameters_rebuild_the_plan():
         net.step(x)
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_an_estimator_refit_between_steps_is_seen():
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(40, 6, 2)), rng.normal(size=40)
