@@ -127,7 +127,8 @@ class BuildExt(build_ext):
 
 setup(
     ext_modules=cythonize(
-        [extension("_blas"), extension("_cell"), extension("_scan"), extension("_embedding"),
+        [extension("_blas"), extension("_cell"), extension("_scan"), extension("_stream"),
+         extension("_embedding"),
          extension("_softmax")],
         compiler_directives=directives,
         include_path=["src"],

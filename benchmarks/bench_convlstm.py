@@ -39,7 +39,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from common import thread_env  # noqa: E402
+from common import thread_env, write_side_section  # noqa: E402
 
 # name -> (batch, steps, height, width, channels, filters, kernel)
 CONFIGS = {"demo": (16, 10, 32, 32, 1, 16, 3),      # the moving-shapes nowcasting demo's shape
@@ -284,23 +284,6 @@ def markdown(res):
     return "\n".join(lines)
 
 
-def write_section(text, path):
-    """Replace (or add, before the closing 'Raw data' line) the ## ConvLSTM section."""
-    with open(path) as f:
-        doc = f.read()
-    start = doc.find("\n## ConvLSTM\n")
-    if start >= 0:
-        end = doc.find("\n## ", start + 1)
-        tail = doc.find("\nRaw data:", start + 1)
-        stops = [i for i in (end, tail) if i >= 0]
-        doc = doc[:start] + doc[min(stops) if stops else len(doc):]
-    anchor = doc.find("\nRaw data:")
-    anchor = len(doc) if anchor < 0 else anchor
-    doc = doc[:anchor].rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n" + doc[anchor:]
-    with open(path, "w") as f:
-        f.write(doc)
-
-
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         serve(sys.argv[2], int(sys.argv[3]), sys.argv[4])
@@ -323,7 +306,7 @@ def main():
     results_path = os.path.join(HERE, "convlstm_results.json")
     if args.render:
         with open(results_path) as f:
-            write_section(markdown(json.load(f)), os.path.join(HERE, "RESULTS.md"))
+            write_side_section("convlstm", markdown(json.load(f)))
         return
     res = run(args)
     if args.profile:
@@ -333,7 +316,7 @@ def main():
     if args.write:
         with open(results_path, "w") as f:
             json.dump(res, f, indent=1)
-        write_section(text, os.path.join(HERE, "RESULTS.md"))
+        write_side_section("convlstm", text)
 
 
 if __name__ == "__main__":

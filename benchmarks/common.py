@@ -241,3 +241,38 @@ def random_params(cfg, seed=0, cell=None):
         else:
             params[name] = rng.uniform(-bound, bound, size=shape).astype(np.float32)
     return params
+
+
+# -- side sections of RESULTS.md -------------------------------------------------
+# Benchmarks other than run.py (ConvLSTM, Dask, text, the streaming step, ...) keep their
+# section of RESULTS.md in sections/<name>.md; report.write_markdown appends them all on
+# every re-render, so a full run.py never drops them.
+SECTIONS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sections")
+#: the order of the side sections in RESULTS.md (others follow, by file name)
+SECTION_ORDER = ("fit", "step", "convlstm", "text", "dask")
+
+
+def side_sections():
+    """The side sections' texts, in SECTION_ORDER, then the rest by name."""
+    if not os.path.isdir(SECTIONS_DIR):
+        return []
+    names = sorted(f[:-3] for f in os.listdir(SECTIONS_DIR) if f.endswith(".md"))
+    names.sort(key=lambda n: SECTION_ORDER.index(n) if n in SECTION_ORDER else len(SECTION_ORDER))
+    texts = []
+    for name in names:
+        with open(os.path.join(SECTIONS_DIR, name + ".md")) as f:
+            texts.append(f.read().rstrip("\n"))
+    return texts
+
+
+def write_side_section(name, text, results_md=None):
+    """Save a benchmark's section as sections/<name>.md and re-render RESULTS.md's side
+    sections (the text should start with its '## Title' line)."""
+    os.makedirs(SECTIONS_DIR, exist_ok=True)
+    path = os.path.join(SECTIONS_DIR, name + ".md")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text.rstrip("\n") + "\n")
+    os.replace(tmp, path)
+    import report
+    report.refresh_side_sections(results_md or os.path.join(os.path.dirname(SECTIONS_DIR), "RESULTS.md"))

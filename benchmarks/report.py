@@ -11,7 +11,7 @@ import json
 import os
 import sys
 
-from common import BASELINE, CELLS, FRAMEWORKS, PEERS
+from common import BASELINE, CELLS, FRAMEWORKS, PEERS, side_sections
 
 PRETTY = {"clstm": "clstm", "torch": "PyTorch", "keras": "Keras/TF", "onnxruntime": "ONNX RT",
           "numpy": "NumPy", BASELINE: "clstm plain LSTM"}
@@ -72,7 +72,7 @@ def _timing_table(res, task, n):
            if t["task"] == task and t["threads"] == n}
     fws = [f for f in FRAMEWORKS + (BASELINE,) if any(k[1] == f for k in med)]
     head = (["config"] + [f"{PRETTY[f]} ms" for f in fws]
-            + ["best peer", "ratio", "target", "ceiling", "clstm GFLOP/s", "% of sgemm peak"])
+            + ["best peer", "ratio", "target", "ceiling", "clstm GFLOP/s", "% of machine peak"])
     if task == "inference":
         head.insert(len(fws) + 1, "GEMM-shape bound ms")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -183,9 +183,80 @@ def write_markdown(doc, path):
             out += [f.read().rstrip(), ""]
     for name in [c for c in CELLS if c in cells]:
         out += _cell_sections(name, cells[name])
-    out += ["Raw data: `results.json`; chart: `ratios.png`. How to run: `README.md`.", ""]
+    out += [SIDE_SECTIONS_MARK, ""]
+    out += [text + "\n" for text in side_sections()]
+    out += [RAW_DATA_LINE, ""]
     with open(path, "w") as f:
         f.write("\n".join(out))
+
+
+# RESULTS.md ends with the side sections (other benchmarks' own, from sections/*.md)
+# between this mark and the raw-data line.
+SIDE_SECTIONS_MARK = "<!-- side sections: benchmarks/sections/*.md -->"
+RAW_DATA_LINE = "Raw data: `results.json`; chart: `ratios.png`. How to run: `README.md`."
+
+
+def refresh_side_sections(path):
+    """Rewrite only the side sections of an existing RESULTS.md (the rest as it is)."""
+    with open(path) as f:
+        doc = f.read()
+    head = doc.split(SIDE_SECTIONS_MARK)[0].split("\n" + RAW_DATA_LINE)[0].rstrip("\n")
+    parts = [head, "", SIDE_SECTIONS_MARK, ""] + [t + "\n" for t in side_sections()] + [RAW_DATA_LINE, ""]
+    with open(path, "w") as f:
+        f.write("\n".join(parts))
+
+
+_LIBRARY_NAMES = {"scipy": "SciPy (`scipy.linalg.blas.sgemm`: the BLAS clstm calls)",
+                  "numpy": "NumPy (`np.matmul`: NumPy's own BLAS)",
+                  "torch": "PyTorch (`torch.mm`)"}
+
+
+def _machine_limit_section(res):
+    """The machine's limit: the BLAS libraries and kernels in use, every GEMM measured,
+    and the core's peak (FMA units x vector width x 2 x clock)."""
+    meta = res["meta"]
+    out = ["## Machine limit: the best GEMM on the machine (float32 2048³)", ""]
+    if meta.get("env_unset"):
+        out += ["Unset for this run (users' machines do not set them; tests and CI keep them): "
+                + ", ".join(f"`{k}={v}`" for k, v in meta["env_unset"].items()) + ".", ""]
+    blas = meta.get("blas") or []
+    if blas:
+        out += ["BLAS libraries loaded in the probe (threadpoolctl):", "",
+                "| vendored by | library | version | kernel in use | threading |", "|---|---|---|---|---|"]
+        out += [f"| {b.get('owner')} | `{b.get('filepath')}` ({b.get('internal_api')}) | {b.get('version')} "
+                f"| {b.get('architecture')} | {b.get('threading_layer')} |" for b in blas]
+        out.append("")
+    out += ["| threads | GEMM | GFLOP/s (median) | GFLOP/s (best) |", "|---|---|---|---|"]
+    for n, s in res["sgemm"].items():
+        libraries = s.get("libraries") or {"scipy": {"gflops": s["gflops"], "gflops_best": s["gflops_best"]}}
+        for name, r in libraries.items():
+            out.append(f"| {n} | {_LIBRARY_NAMES.get(name, name)} | {r['gflops']:.1f} | {r['gflops_best']:.1f} |")
+    peaks = [(n, s["core_peak"]) for n, s in res["sgemm"].items() if s.get("core_peak", {}).get("peak_gflops")]
+    if peaks:
+        out += ["", "| threads | core peak: FMA units x floats/vector x 2 x GHz | GFLOP/s | best GEMM "
+                "| its share of the peak |", "|---|---|---|---|---|"]
+        for n, p in peaks:
+            out.append(f"| {n} | {p['fma_units']} x {p['vector_floats']} x 2 x {p['ghz']:.2f}"
+                       f"{f' x {n} cores' if int(n) > 1 else ''} | {p['peak_gflops']:.0f} "
+                       f"| {p['best_gemm']} {p['best_gemm_gflops']:.1f} | {100 * p['best_gemm_share']:.0f}% |")
+        out += ["", "FMA units: the fewest that make the best measured GEMM possible at this clock "
+                "(vector width from the CPU flags, clock from lscpu). Ceilings and \"% of machine peak\" "
+                "use the best GEMM measured (its best repetition), not only SciPy's sgemm."]
+    out.append("")
+    return out
+
+
+def _machine_details(m):
+    """'family 25, model 1, 2 CPUs, ...' from what the run recorded (older runs recorded less)."""
+    parts = [f"family {m['family']}, model {m['model_number']}" if m.get("family") else None,
+             f"{m.get('cpus')} CPUs, {m.get('threads_per_core')} thread(s)/core",
+             ", ".join(f"{flag} {m[key]}" for flag, key in
+                       (("AVX2", "flags_avx2"), ("FMA", "flags_fma"), ("AVX-512F", "flags_avx512f"))
+                       if key in m),
+             f"{m['mhz']:.0f} MHz" if m.get("mhz") else None,
+             ", ".join(f"{k} {v}" for k, v in m["caches"].items()) if m.get("caches") else None,
+             f"under {m['hypervisor']}" if m.get("hypervisor") else None]
+    return ", ".join(p for p in parts if p)
 
 
 def _lstm_sections(res, cells):
@@ -197,14 +268,14 @@ def _lstm_sections(res, cells):
     out += [f"Ratios are **best-peer time / clstm time** (above 1 = clstm faster), from medians of "
             f"per-call times over {meta['rounds']} interleaved rounds, float32, each framework in its own "
             "process pinned to the thread count. \"ceiling\" = the ratio if clstm ran every FLOP at the "
-            "sgemm peak (forward 2·T·B·4H·(I+H), training 3x). Targets from DESIGN.md §4.", "",
+            "machine's limit, the best GEMM measured on it (forward 2·T·B·4H·(I+H), training 3x). "
+            "Targets from DESIGN.md §4.", "",
             "## Headline: speed ratio (best peer) [target]", "", headline(res), ""]
     if cells:
         out += ["Other cells, in their own sections below: "
                 + ", ".join(f"{CELLS[c].title} (`--cell {c}`)" for c in CELLS if c in cells) + ".", ""]
     out += ["## Machine and software", "",
-            f"- CPU: {m.get('model')} ({m.get('cpus')} CPUs, {m.get('threads_per_core')} thread(s)/core, "
-            f"AVX2 {m.get('flags_avx2')}, AVX-512F {m.get('flags_avx512f')})",
+            f"- CPU: {m.get('model')} ({_machine_details(m)})",
             f"- Python {meta['python']} on {meta['platform']}",
             f"- Date: {meta['date']}; load average at start {tuple(round(x, 2) for x in meta['loadavg_start'])}"
             + (f", at end {tuple(round(x, 2) for x in meta['loadavg_end'])}" if "loadavg_end" in meta else ""),
@@ -216,10 +287,7 @@ def _lstm_sections(res, cells):
     out += _frameworks_table(res)
     out += ["", "Command:", "", "```", meta["command"], "```", ""]
     if res["sgemm"]:
-        out += ["## Machine limit: SciPy OpenBLAS sgemm 2048³", "",
-                "| threads | GFLOP/s (median) | GFLOP/s (best: the peak used for ceilings) |", "|---|---|---|"]
-        for n, s in res["sgemm"].items():
-            out.append(f"| {n} | {s['gflops']:.1f} | {s['gflops_best']:.1f} |")
+        out += _machine_limit_section(res)
         out += ["", "GEMM-shape bound: the time of the forward's own GEMMs at their real shapes "
                 "(one input-projection GEMM per layer, then T recurrent GEMMs, GEMV at B=1) through "
                 "SciPy's sgemm, Python call overhead subtracted, fastest of several blocks of calls.", ""]

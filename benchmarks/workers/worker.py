@@ -233,6 +233,8 @@ def probe_sgemm():
         ts.append(time.perf_counter() - t0)
     gflops = 2 * n ** 3 / np.median(ts) / 1e9
     gflops_best = 2 * n ** 3 / np.min(ts) / 1e9
+    libraries = {"scipy": {"gflops": gflops, "gflops_best": gflops_best}}
+    libraries.update(_other_gemms(a, b, reps))
 
     def per_call(fn, budget=0.15 if ARGS.quick else 0.4):
         fn()
@@ -288,7 +290,59 @@ def probe_sgemm():
             total += max(proj, 0.0)
         bounds[cfg.name] = 1e3 * total
     return {"gflops": gflops, "gflops_best": gflops_best, "gemm_bound_ms": bounds,
-            "call_overhead_us": {"sgemm": 1e6 * over_gemm, "sgemv": 1e6 * over_gemv}}
+            "call_overhead_us": {"sgemm": 1e6 * over_gemm, "sgemv": 1e6 * over_gemv},
+            "libraries": libraries, "blas": _blas_in_use()}
+
+
+def _gemm_rate(matmul, n, reps):
+    """GFLOP/s (median, best) of an n^3 float32 product, after one warm-up call."""
+    matmul()
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        matmul()
+        ts.append(time.perf_counter() - t0)
+    return {"gflops": 2 * n ** 3 / np.median(ts) / 1e9, "gflops_best": 2 * n ** 3 / np.min(ts) / 1e9}
+
+
+def _other_gemms(a, b, reps):
+    """The same 2048^3 sgemm through NumPy's own BLAS and through PyTorch (MKL/oneDNN),
+    where installed: the machine's limit is the best GEMM on it, not SciPy's."""
+    n = a.shape[0]
+    out = {}
+    ac, bc = np.ascontiguousarray(a), np.ascontiguousarray(b)
+    c = np.empty_like(ac)
+    out["numpy"] = _gemm_rate(lambda: np.matmul(ac, bc, out=c), n, reps)
+    try:
+        import torch
+    except ImportError:
+        return out
+    torch.set_num_threads(ARGS.threads)
+    ta, tb = torch.from_numpy(ac), torch.from_numpy(bc)
+    tc = torch.empty_like(ta)
+    out["torch"] = _gemm_rate(lambda: torch.mm(ta, tb, out=tc), n, reps)
+    out["torch"]["version"] = torch.__version__
+    return out
+
+
+def _blas_in_use():
+    """threadpoolctl's view of every BLAS loaded here (SciPy's is the one clstm calls):
+    library, version, the kernel it dispatched to (OpenBLAS' 'architecture'), threads."""
+    from threadpoolctl import threadpool_info
+    keep = ("user_api", "internal_api", "prefix", "version", "architecture",
+            "threading_layer", "num_threads")
+    return [dict({k: info.get(k) for k in keep}, filepath=os.path.basename(info["filepath"]),
+                 owner=_owner_of(info["filepath"]))
+            for info in threadpool_info() if info.get("user_api") == "blas"]
+
+
+def _owner_of(path):
+    """Which package vendors a shared library (numpy.libs, scipy.libs, torch/lib, ...)."""
+    parts = path.replace("\\", "/").split("/")
+    for part in reversed(parts[:-1]):
+        if part.endswith(".libs") or part in ("numpy", "scipy", "torch"):
+            return part.removesuffix(".libs")
+    return "system"
 
 
 def probe_fit():

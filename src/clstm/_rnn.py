@@ -114,6 +114,7 @@ class RecurrentNetwork:
     """
 
     state_names = ("h",)
+    _step_plan = None       # (class default: networks pickled before it existed)
 
     def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False,
                  dtype="float32", random_state=None, dropout=0.0,
@@ -138,6 +139,7 @@ class RecurrentNetwork:
         self._workspace = _Workspace()
         self._plan_cache = None
         self._weights_memo = None
+        self._step_plan = None      # the compiled step (built by the first step)
 
     # -- the cell (subclass hooks) ----------------------------------------------
     @property
@@ -288,7 +290,36 @@ class RecurrentNetwork:
         Calling ``step`` over the steps of a sequence equals ``forward`` on
         the whole sequence. Dropout never applies here; a bidirectional
         network cannot step (its reverse direction reads the future).
+
+        Arrays of the network's dtype and exact shapes, C-contiguous (what
+        ``step`` returns), take a compiled path (clstm._stream) that costs
+        a few microseconds at batch 1; anything else is converted and
+        validated first, with the same results and errors.
+
+        Examples
+        --------
+        >>> import numpy as np, clstm
+        >>> net = clstm.LSTM(3, 8, random_state=0)
+        >>> X = np.random.default_rng(0).normal(size=(2, 5, 3)).astype(np.float32)
+        >>> state = None
+        >>> for t in range(5):
+        ...     y_t, state = net.step(X[:, t], state)
+        >>> out, _ = net.forward(X)
+        >>> bool(np.allclose(y_t, out[:, -1], atol=1e-6))
+        True
         """
+        plan = self._step_plan
+        if plan is not None:
+            result = plan.step(self.params, x_t, state)
+            if result is not None:
+                return result
+        return self._step_general(x_t, state)
+
+    def _step_general(self, x_t, state):
+        """step() for any input: converts and validates (with the clear
+        errors), prepares the compiled step and runs it on the converted
+        arrays, so every call computes the same way; _step_scan where the
+        parameters do not allow a plan."""
         if self.bidirectional:
             raise ValueError("step() needs a unidirectional network: the reverse direction of "
                              "a bidirectional one reads the whole sequence; use forward()")
@@ -307,6 +338,17 @@ class RecurrentNetwork:
         state = [check_state(s, (L, B, sizes[name]), self.dtype, f"state {name!r}")
                  for s, name in zip(state, self.state_names)]
         _kernels()
+        self._step_plan = plan = self._new_step_plan()
+        if plan is not None:
+            result = plan.step(self.params, np.ascontiguousarray(x), tuple(state))
+            if result is not None:
+                return result
+        return self._step_scan(x, state)
+
+    def _step_scan(self, x, state):
+        """One step through the scan's general entry point (_scan.forward and
+        its dict of arrays), x and the states validated."""
+        B, L = x.shape[0], self.num_layers
         weights, _ = self._forward_weights()
         cfg = self._plan()["cfg_directions"][0]
         ws = _Buffers()
@@ -325,6 +367,20 @@ class RecurrentNetwork:
                 new[1][layer] = arrays["c_seq"][0]
             inp = out
         return inp[0], tuple(new)
+
+    def _new_step_plan(self):
+        """The compiled step over the current parameter arrays (clstm._stream),
+        or None where it does not apply (a parameter replaced by an array of
+        another dtype, shape or layout: the general path handles those)."""
+        from clstm import _stream
+        plan = self._step_plan
+        if plan is not None and plan.is_current(self.params):
+            return plan
+        try:
+            return _stream.StepPlan(self.params, self._plan()["names"], self._plan()["cfg"],
+                                    self._param_shapes(), self.dtype)
+        except (TypeError, ValueError):
+            return None
 
     def backward_state(self, grad_out, grad_state=None):
         """Backward from the last cached run, the state gradients as one tuple
@@ -819,6 +875,7 @@ class RecurrentNetwork:
         state["_plan_cache"] = None
         state["_weights_memo"] = None
         state.pop("_inference_ws", None)
+        state["_step_plan"] = None
         state["grads"] = {}
         return state
 
