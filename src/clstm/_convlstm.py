@@ -82,7 +82,8 @@ class ConvLSTM(RecurrentNetwork):
         In training mode, dropout on the h maps between stacked layers
         (a fresh mask per element).
     n_jobs : int or None, default=None
-        Threads for one forward/backward (independent sequences in parallel).
+        Threads for one forward/backward (independent sequences in parallel);
+        outputs and gradients are bit-identical for every value.
     unit_forget_bias : bool, default=True
         Initialise the forget-gate block of ``bias`` to 1 (Keras's default).
     peephole : bool, default=False
