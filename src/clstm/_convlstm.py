@@ -351,8 +351,10 @@ class ConvLSTM(RecurrentNetwork):
         # with a cache (a backward may follow): parts fixed by the shape, so the
         # gradients do not depend on n_jobs (see clstm._parallel); whole sequences,
         # about ROWS_PER_FIXED_PART pixel rows or more each
-        n_parts = (min(B, fixed_part_count(B * S, work // max(1, MIN_WORK_PER_THREAD))) if keep_cache
-                   else _useful_threads(n_threads, B, work))
+        if keep_cache:
+            n_parts = min(B, fixed_part_count(B * S, work // max(1, MIN_WORK_PER_THREAD)))
+        else:
+            n_parts = _useful_threads(n_threads, B, work)
         chunks = split_rows(B, n_parts, weights=sorted_lengths)
         weights, values = self._forward_weights()
         ws = self._workspace if keep_cache else _Workspace()
