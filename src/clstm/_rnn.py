@@ -19,8 +19,9 @@ import numpy as np
 from clstm._parallel import (
     MIN_ROWS_PER_THREAD,
     blas_single_threaded,
+    fixed_part_count,
     resolve_n_threads,
-    run_tasks,
+    run_parts,
     split_rows,
 )
 from clstm._validation import (
@@ -447,12 +448,15 @@ class RecurrentNetwork:
         # result does not depend on the number of threads.
         masks = self._draw_masks(T, B) if training else None
 
-        # Independent sub-batches of contiguous (sorted) rows, one per thread:
-        # each runs every layer on its rows, so a call synchronises once.
+        # Independent sub-batches of contiguous (sorted) rows, taken in turn by
+        # the threads: each runs every layer on its rows, so a call
+        # synchronises once. With a cache (a backward may follow) the split is
+        # fixed by the shape, so the gradients do not depend on n_jobs.
         _kernels()
         n_threads = resolve_n_threads(self.n_jobs, B)
-        chunks = split_rows(B, _useful_threads(n_threads, B, T, self.hidden_size),
-                            weights=sorted_lengths)
+        n_parts = (_fixed_parts(B, T, self.hidden_size) if keep_cache
+                   else _useful_threads(n_threads, B, T, self.hidden_size))
+        chunks = split_rows(B, n_parts, weights=sorted_lengths)
         weights, values = self._forward_weights()
         # Training forwards reuse buffers (their cache is replaced anyway);
         # inference forwards allocate, so concurrent calls never share.
@@ -468,7 +472,7 @@ class RecurrentNetwork:
                 sorted_lengths[b0:b1], sub_masks, weights, ws.chunk(k))
 
         with blas_single_threaded:
-            run_tasks([partial(run, k) for k in range(len(chunks))])
+            run_parts(n_threads, [partial(run, k) for k in range(len(chunks))])
 
         out = np.zeros((B, T, D * P), dtype=self.dtype)           # sorted order
         sizes = self._state_sizes()
@@ -658,10 +662,11 @@ class RecurrentNetwork:
                 weights, ws.chunk(k))
 
         with blas_single_threaded:
-            run_tasks([partial(run, k) for k in range(len(chunks))])
+            run_parts(resolve_n_threads(self.n_jobs, B),
+                      [partial(run, k) for k in range(len(chunks))])
 
         grads = results[0][1]
-        for _, more, _ in results[1:]:           # sum the sub-batches' gradients
+        for _, more, _ in results[1:]:    # the sub-batches' gradients, in part order
             for name, value in more.items():
                 grads[name] += value
         grad_X = np.zeros((B, T, self.input_size), dtype=self.dtype)
@@ -826,6 +831,13 @@ def _useful_threads(n_threads, batch_size, n_steps, hidden_size):
         return 1
     return max(1, min(n_threads, batch_size // max(1, MIN_ROWS_PER_THREAD),
                       work // max(1, MIN_WORK_PER_THREAD)))
+
+
+def _fixed_parts(batch_size, n_steps, hidden_size):
+    """Sub-batches of a forward that keeps a cache: fixed by the shape alone
+    (clstm._parallel.fixed_part_count), each with enough work for a thread."""
+    work = batch_size * n_steps * hidden_size * hidden_size
+    return fixed_part_count(batch_size, work // max(1, MIN_WORK_PER_THREAD))
 
 
 def _slice_masks(masks, b0, b1, n_steps):
