@@ -53,6 +53,7 @@ def _run(net, X, lengths, seed=1):
 def test_thread_count_does_not_change_results(monkeypatch, cls, options):
     monkeypatch.setattr(rnn_module, "MIN_WORK_PER_THREAD", 0)
     monkeypatch.setattr(rnn_module, "MIN_ROWS_PER_THREAD", 1)
+    monkeypatch.setattr(clstm._parallel, "ROWS_PER_FIXED_PART", 2)   # training parts
     rng = np.random.default_rng(0)
     X = rng.standard_normal((9, 6, 5))
     lengths = rng.integers(1, 7, size=9)

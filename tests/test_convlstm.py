@@ -246,14 +246,15 @@ def test_threads_equal_one_thread():
     X = rng.standard_normal((6, 5, 12, 12, 2))      # enough work for two threads
     lengths = [5, 3, 5, 2, 4, 1]
     outs = [net.forward(X, lengths=lengths) for net in nets]
-    assert len(nets[1]._cache["chunks"]) == 2          # it did split
-    np.testing.assert_allclose(outs[1][0], outs[0][0], rtol=0, atol=1e-14)
+    # it did split, the same way for both (parts fixed by the shape)
+    assert len(nets[1]._cache["chunks"]) > 1
+    assert nets[1]._cache["chunks"] == nets[0]._cache["chunks"]
+    assert np.array_equal(outs[1][0], outs[0][0])
     g = rng.standard_normal(outs[0][0].shape)
     grads_X = [net.backward(g) for net in nets]
-    np.testing.assert_allclose(grads_X[1], grads_X[0], rtol=0, atol=1e-13)
-    for name in nets[0].params:
-        np.testing.assert_allclose(nets[1].grads[name], nets[0].grads[name], rtol=1e-12,
-                                   atol=1e-12, err_msg=name)
+    assert np.array_equal(grads_X[1], grads_X[0])
+    for name in nets[0].params:          # bit-identical for every n_jobs
+        assert np.array_equal(nets[1].grads[name], nets[0].grads[name]), name
 
 
 def test_step_equals_forward():

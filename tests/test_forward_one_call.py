@@ -30,19 +30,21 @@ def split_small_batches(monkeypatch):
     monkeypatch.setattr(rnn, "MIN_ROWS_PER_THREAD", 1)
 
 
-def _run(cls, kwargs, one_call, n_jobs, X, lengths, dtype, train=False, seed=3):
-    """forward then backward on a fresh network; everything they return."""
-    saved = rnn.ONE_CALL_FORWARD
+def _run(cls, kwargs, one_call, n_jobs, X, lengths, dtype, train=False, seed=3, n_parts=None):
+    """forward then backward on a fresh network, the batch in n_parts
+    sub-batches (default n_jobs) on n_jobs threads; everything they return."""
+    saved = rnn.ONE_CALL_FORWARD, rnn._fixed_parts
     rnn.ONE_CALL_FORWARD = one_call
+    rnn._fixed_parts = lambda *shape: n_parts or n_jobs      # training's split by shape
     try:
         net = cls(X.shape[2], 5, random_state=seed, dtype=dtype, n_jobs=n_jobs, **kwargs)
         net.train(train)
         out, state = net.run(X, lengths=lengths)
-        assert len(net._cache["chunks"]) == min(n_jobs, X.shape[0])
+        assert len(net._cache["chunks"]) == min(n_parts or n_jobs, X.shape[0])
         grad_X = net.backward_state(np.cos(out).astype(dtype))
         return [out, *state, grad_X, *[net.grads[k] for k in sorted(net.grads)]]
     finally:
-        rnn.ONE_CALL_FORWARD = saved
+        rnn.ONE_CALL_FORWARD, rnn._fixed_parts = saved
 
 
 def _assert_identical(a, b):
@@ -54,17 +56,20 @@ def _assert_identical(a, b):
 
 @pytest.mark.parametrize("cell", list(CELLS))
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("n_jobs", [1, 2, 3])
-def test_equals_per_layer_path_bit_for_bit(split_small_batches, cell, dtype, n_jobs):
+@pytest.mark.parametrize("n_jobs, n_parts", [(1, 1), (2, 2), (3, 3), (2, 3)])
+def test_equals_per_layer_path_bit_for_bit(split_small_batches, cell, dtype, n_jobs, n_parts):
     cls, kwargs = CELLS[cell]
     rng = np.random.default_rng(0)
     X = rng.standard_normal((7, 6, 4)).astype(dtype)
     lengths = np.array([6, 2, 5, 1, 6, 3, 4])
     for extra in ({}, {"num_layers": 2, "bidirectional": True}):
         for lens in (None, lengths):
-            new = _run(cls, {**kwargs, **extra}, True, n_jobs, X, lens, dtype)
-            old = _run(cls, {**kwargs, **extra}, False, n_jobs, X, lens, dtype)
+            new = _run(cls, {**kwargs, **extra}, True, n_jobs, X, lens, dtype, n_parts=n_parts)
+            old = _run(cls, {**kwargs, **extra}, False, n_jobs, X, lens, dtype, n_parts=n_parts)
             _assert_identical(new, old)
+    # and the one-call path does not depend on how many threads take the parts
+    ones = _run(cls, kwargs, True, 1, X, lengths, dtype, n_parts=n_parts)
+    _assert_identical(ones, _run(cls, kwargs, True, n_jobs, X, lengths, dtype, n_parts=n_parts))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -119,7 +124,7 @@ def test_equals_numpy_reference(split_small_batches):
     lengths = rng.integers(1, 8, size=11)
     net = clstm.LSTM(3, 4, num_layers=2, bidirectional=True, dtype="float64",
                      random_state=0, n_jobs=3)
-    out, (h_n, c_n) = net.forward(X, lengths=lengths)
+    out, (h_n, c_n) = net.run(X, lengths=lengths, keep_cache=False)   # 3 parts
     ref, (rh, rc), _ = reference_lstm_forward(net.params, X, None, None, lengths, 2, True)
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-13)
     np.testing.assert_allclose(h_n, rh, rtol=0, atol=1e-13)
@@ -134,7 +139,7 @@ def test_initial_states_and_row_order(split_small_batches):
     h0 = rng.standard_normal((2, 6, 3)).astype(np.float32)
     c0 = rng.standard_normal((2, 6, 3)).astype(np.float32)
     net = clstm.LSTM(2, 3, num_layers=2, random_state=0, n_jobs=2)
-    out, (h_n, c_n) = net.forward(X, h0, c0, lengths)
+    out, (h_n, c_n) = net.run(X, (h0, c0), lengths, keep_cache=False)     # 2 parts
     for b in range(6):         # each row alone: same values (float32 rounding aside)
         o, (h, c) = net.forward(X[b:b + 1, :lengths[b]], h0[:, b:b + 1], c0[:, b:b + 1])
         np.testing.assert_allclose(out[b, :lengths[b]], o[0], rtol=0, atol=1e-6)
@@ -229,7 +234,7 @@ def test_bad_plan_raises_before_any_thread_runs(split_small_batches, monkeypatch
                         real(specs))
     net = clstm.LSTM(2, 3, num_layers=2, random_state=0, n_jobs=2)
     X = np.random.default_rng(0).standard_normal((6, 4, 2)).astype(np.float32)
-    expected, (h_n, c_n) = net.forward(X)
+    expected, (h_n, c_n) = net.run(X, keep_cache=False)
     (specs,) = captured
     assert len(specs) == 2
     plan = real(specs)

@@ -56,6 +56,7 @@ def split_small_batches(monkeypatch):
     import clstm._rnn as lstm_module
     monkeypatch.setattr(lstm_module, "MIN_WORK_PER_THREAD", 0)
     monkeypatch.setattr(lstm_module, "MIN_ROWS_PER_THREAD", 1)
+    monkeypatch.setattr(clstm._parallel, "ROWS_PER_FIXED_PART", 4)   # training parts
 
 
 @pytest.mark.parametrize("bidirectional, lengths", [(False, None), (True, "ragged")])
@@ -93,12 +94,11 @@ def test_training_mode_identical_across_thread_counts(split_small_batches, dtype
         out, (h_n, c_n) = net.forward(X, lengths=lengths)
         grad_X = net.backward(np.cos(out), np.sin(h_n), c_n)
         results.append((out, h_n, c_n, grad_X, net.grads))
-    tol = 1e-12 if dtype == "float64" else 1e-5
-    for other in results[1:]:
+    for other in results[1:]:          # bit-identical (tests/test_deterministic_threads.py)
         for a, b in zip(results[0][:4], other[:4]):
-            np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+            assert np.array_equal(a, b)
         for name in results[0][4]:
-            np.testing.assert_allclose(results[0][4][name], other[4][name], rtol=tol, atol=tol)
+            assert np.array_equal(results[0][4][name], other[4][name]), name
 
 
 def test_useful_threads_rule():

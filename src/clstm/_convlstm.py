@@ -22,8 +22,9 @@ import numpy as np
 
 from clstm._parallel import (
     blas_single_threaded,
+    fixed_part_count,
     resolve_n_threads,
-    run_tasks,
+    run_parts,
     split_rows,
 )
 from clstm._rnn import (
@@ -81,7 +82,8 @@ class ConvLSTM(RecurrentNetwork):
         In training mode, dropout on the h maps between stacked layers
         (a fresh mask per element).
     n_jobs : int or None, default=None
-        Threads for one forward/backward (independent sequences in parallel).
+        Threads for one forward/backward (independent sequences in parallel);
+        outputs and gradients are bit-identical for every value.
     unit_forget_bias : bool, default=True
         Initialise the forget-gate block of ``bias`` to 1 (Keras's default).
     peephole : bool, default=False
@@ -346,7 +348,14 @@ class ConvLSTM(RecurrentNetwork):
         geometry = self._geometry(spatial)
         n_threads = resolve_n_threads(self.n_jobs, B)
         work = B * T * S * int(np.prod(self.kernel_size)) * F * F    # ~ recurrent FLOPs / 8
-        chunks = split_rows(B, _useful_threads(n_threads, B, work), weights=sorted_lengths)
+        # with a cache (a backward may follow): parts fixed by the shape, so the
+        # gradients do not depend on n_jobs (see clstm._parallel); whole sequences,
+        # about ROWS_PER_FIXED_PART pixel rows or more each
+        if keep_cache:
+            n_parts = min(B, fixed_part_count(B * S, work // max(1, MIN_WORK_PER_THREAD)))
+        else:
+            n_parts = _useful_threads(n_threads, B, work)
+        chunks = split_rows(B, n_parts, weights=sorted_lengths)
         weights, values = self._forward_weights()
         ws = self._workspace if keep_cache else _Workspace()
         parts = [None] * len(chunks)
@@ -361,7 +370,7 @@ class ConvLSTM(RecurrentNetwork):
                 sorted_lengths[b0:b1], sub_masks, weights, ws.chunk(k), geometry)
 
         with blas_single_threaded:
-            run_tasks([partial(run, k) for k in range(len(chunks))])
+            run_parts(n_threads, [partial(run, k) for k in range(len(chunks))])
 
         out = np.zeros((B, T, S, F), dtype=self.dtype)
         finals = [np.empty((L, B, S, F), dtype=self.dtype) for _ in self.state_names]
@@ -477,10 +486,11 @@ class ConvLSTM(RecurrentNetwork):
                 weights, ws.chunk(k), cache["geometry"])
 
         with blas_single_threaded:
-            run_tasks([partial(run, k) for k in range(len(chunks))])
+            run_parts(resolve_n_threads(self.n_jobs, B),
+                      [partial(run, k) for k in range(len(chunks))])
 
         grads = results[0][1]
-        for _, more, _ in results[1:]:
+        for _, more, _ in results[1:]:        # in part order (bit-identical for any n_jobs)
             for name, value in more.items():
                 grads[name] += value
         C = self.in_channels

@@ -181,6 +181,7 @@ _COMMON_PARAMS = """
         Threads of the network's forward/backward (passed to clstm.LSTM).
         None: as many as BLAS may use in the calling context, capped by the
         cores; inside a Dask task, by the task's share of the worker's cores.
+        The fit (loss curve, weights) is bit-identical for every value.
     verbose : int, default=0
         Print a per-epoch progress line (bar, loss, validation score, time
         left) to stderr.

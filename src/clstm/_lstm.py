@@ -43,7 +43,9 @@ class LSTM(RecurrentNetwork):
         (variational dropout, Gal & Ghahramani 2016; Keras semantics).
     n_jobs : int or None, default=None
         Threads for one forward/backward. None picks automatically from the
-        batch shape and the cores available; -1 uses all cores.
+        batch shape and the cores available; -1 uses all cores. Outputs and
+        gradients are bit-identical for every value (a forward that keeps a
+        cache splits the batch by its shape alone; README, "Threads").
     proj_size : int, default=0
         If > 0, an LSTM with projection (LSTMP, Sak et al. 2014) exactly as
         ``torch.nn.LSTM(proj_size=...)``: ``h_t = W_hr (o * tanh(c_t))`` has

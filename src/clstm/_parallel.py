@@ -16,22 +16,37 @@ MIN_ROWS_PER_THREAD sequences. Inside a task of a Dask worker, also by the
 task's share of the cores (cores // the worker's nthreads): a worker runs
 nthreads tasks at once, and the BLAS limit does not say so when the worker
 is a thread of the same process (``LocalCluster(processes=False)``; worker
-processes that a nanny starts get ``OPENBLAS_NUM_THREADS=1`` anyway)."""
+processes that a nanny starts get ``OPENBLAS_NUM_THREADS=1`` anyway).
+
+Calls that keep activations for a backward (training) split the batch into
+parts fixed by its shape alone (`fixed_part_count`), never by the thread
+count, and the threads take the parts in turn (`run_parts`): each part sums
+its parameter gradients over its own rows and the parts' sums are added in
+part order, so the gradients are bit-identical for every n_jobs. Inference
+calls split by the thread count, as their per-row results do not depend on
+the split."""
 
 import importlib
 import os
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
 
-__all__ = ["resolve_n_threads", "split_rows", "run_tasks", "blas_single_threaded"]
+__all__ = ["resolve_n_threads", "split_rows", "run_tasks", "run_parts", "fixed_part_count",
+           "blas_single_threaded"]
 
 # Below this many rows per thread the recurrent product gets too thin for a
 # thread to pay for itself (a chosen threshold, with MIN_WORK_PER_THREAD in
 # clstm._lstm the rule that keeps small calls on one thread).
 MIN_ROWS_PER_THREAD = 8
+
+# Rows of a fixed training part (see fixed_part_count): at 32 rows a step's
+# products stay wide enough that one thread running the parts one after the
+# other loses little against one product over the whole batch.
+ROWS_PER_FIXED_PART = 32
 
 
 def available_cores():
@@ -142,6 +157,30 @@ def split_rows(n_rows, n_parts, weights=None):
     for k in range(1, len(bounds)):            # keep ranges non-empty and ordered
         bounds[k] = min(max(bounds[k], bounds[k - 1] + 1), n_rows - (len(bounds) - 1 - k))
     return [(bounds[k], bounds[k + 1]) for k in range(n_parts)]
+
+
+def fixed_part_count(n_rows, max_parts):
+    """Parts of a training batch of `n_rows`: a function of the shape only.
+
+    About ROWS_PER_FIXED_PART rows each, but two halves from that many rows
+    (at batch 32, the split two threads used before the parts were fixed, so
+    they keep their speed-up there), and at most `max_parts` (the parts that
+    carry enough work to pay for a thread, from the caller's work estimate).
+    """
+    parts = max(n_rows // ROWS_PER_FIXED_PART, min(2, 2 * n_rows // ROWS_PER_FIXED_PART))
+    return int(max(1, min(parts, max_parts)))
+
+
+def run_parts(n_threads, tasks):
+    """Run the zero-argument callables `tasks` (one per part) on at most
+    `n_threads` threads, each taking a contiguous run of parts in order."""
+    groups = split_rows(len(tasks), n_threads)
+    run_tasks([partial(_run_in_order, tasks[a:b]) for a, b in groups])
+
+
+def _run_in_order(tasks):
+    for task in tasks:
+        task()
 
 
 _pool = None

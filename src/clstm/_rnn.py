@@ -20,8 +20,9 @@ import numpy as np
 from clstm._parallel import (
     MIN_ROWS_PER_THREAD,
     blas_single_threaded,
+    fixed_part_count,
     resolve_n_threads,
-    run_tasks,
+    run_parts,
     split_rows,
 )
 from clstm._validation import (
@@ -448,13 +449,16 @@ class RecurrentNetwork:
         # result does not depend on the number of threads.
         masks = self._draw_masks(T, B) if training else None
 
-        # Independent sub-batches of contiguous (sorted) rows, one per thread:
-        # each runs every layer on its rows, so a call synchronises once.
+        # Independent sub-batches of contiguous (sorted) rows, taken in turn by
+        # the threads: each runs every layer on its rows, so a call
+        # synchronises once. With a cache (a backward may follow) the split is
+        # fixed by the shape, so the gradients do not depend on n_jobs.
         _kernels()
         n_threads = resolve_n_threads(self.n_jobs, B)
         n_scans = self.num_layers * self.num_directions
-        chunks = split_rows(B, _useful_threads(n_threads, B, T, self.hidden_size, n_scans),
-                            weights=sorted_lengths)
+        n_parts = (_fixed_parts(B, T, self.hidden_size) if keep_cache
+                   else _useful_threads(n_threads, B, T, self.hidden_size, n_scans))
+        chunks = split_rows(B, n_parts, weights=sorted_lengths)
         weights, values = self._forward_weights()
         # Training forwards reuse the buffers their cache points to (replaced
         # anyway); inference forwards have their own, so they never disturb a
@@ -462,7 +466,7 @@ class RecurrentNetwork:
         ws = self._workspace if keep_cache else self._inference_workspace()
         run = self._run_one_call if ONE_CALL_FORWARD else self._run_per_layer
         parts, out, finals = run(X, state, lengths, order, sorted_lengths, masks, chunks,
-                                 weights, ws)
+                                 n_threads, weights, ws)
         if lengths is None:
             inverse = order
         else:
@@ -480,10 +484,11 @@ class RecurrentNetwork:
         return ws
 
     def _run_one_call(self, X, state, lengths, order, sorted_lengths, masks, chunks,
-                      weights, ws):
+                      n_threads, weights, ws):
         """Every sub-batch through every layer direction in one call of the
         compiled scan (_scan.NetworkPlan: C threads, no GIL in between), which
-        also writes ``out`` and the final states in the caller's row order.
+        also writes ``out`` and the final states in the caller's row order;
+        n_threads threads take the sub-batches in turn.
 
         The plan (parsed buffers and weights) is kept per shape and reused
         while the weights stay the same: a call then only copies its inputs
@@ -529,9 +534,9 @@ class RecurrentNetwork:
                   for name in self.state_names]
         if any(map(_calls_blas, weights)):
             with blas_single_threaded:
-                plan.run(out, finals)
+                plan.run(out, finals, n_threads)
         else:          # every product on the small-GEMM kernel: no BLAS limit to set
-            plan.run(out, finals)
+            plan.run(out, finals, n_threads)
         return parts, out, finals
 
     def _network_plan(self, X, chunks, n_steps, ragged, masks, weights, ws):
@@ -595,7 +600,7 @@ class RecurrentNetwork:
         return {"layers": layers, "state": state, "batch_sizes": batch_sizes}, stages
 
     def _run_per_layer(self, X, state, lengths, order, sorted_lengths, masks, chunks,
-                       weights, ws):
+                       n_threads, weights, ws):
         """The reference path: one compiled call per layer direction, Python
         threads per sub-batch (what _run_one_call replaces; tests compare the two)."""
         B, T, _ = X.shape
@@ -621,7 +626,7 @@ class RecurrentNetwork:
                 sorted_lengths[b0:b1], sub_masks, weights, ws.chunk(k))
 
         with blas_single_threaded:
-            run_tasks([partial(run, k) for k in range(len(chunks))])
+            run_parts(n_threads, [partial(run, k) for k in range(len(chunks))])
 
         out = np.zeros((B, T, D * P), dtype=self.dtype)           # sorted order
         sizes = self._state_sizes()
@@ -807,10 +812,11 @@ class RecurrentNetwork:
                 weights, ws.chunk(k))
 
         with blas_single_threaded:
-            run_tasks([partial(run, k) for k in range(len(chunks))])
+            run_parts(resolve_n_threads(self.n_jobs, B),
+                      [partial(run, k) for k in range(len(chunks))])
 
         grads = results[0][1]
-        for _, more, _ in results[1:]:           # sum the sub-batches' gradients
+        for _, more, _ in results[1:]:    # the sub-batches' gradients, in part order
             for name, value in more.items():
                 grads[name] += value
         grad_X = np.zeros((B, T, self.input_size), dtype=self.dtype)
@@ -977,6 +983,14 @@ def _useful_threads(n_threads, batch_size, n_steps, hidden_size, n_scans=1):
         return 1
     return max(1, min(n_threads, batch_size // max(1, MIN_ROWS_PER_THREAD),
                       work // max(1, MIN_WORK_PER_THREAD)))
+
+
+def _fixed_parts(batch_size, n_steps, hidden_size):
+    """Sub-batches of a forward that keeps a cache: fixed by the shape alone
+    (clstm._parallel.fixed_part_count), each with enough work for a thread
+    (of the backward, which runs on Python threads)."""
+    work = batch_size * n_steps * hidden_size * hidden_size
+    return fixed_part_count(batch_size, work // max(1, MIN_WORK_PER_PYTHON_THREAD))
 
 
 def _calls_blas(arrays):

@@ -796,6 +796,19 @@ cdef void _part_task(void* ctx, Py_ssize_t k) noexcept nogil:
         _run_part(part, <double*> NULL)
 
 
+cdef struct Groups:
+    Part* parts
+    Py_ssize_t n_parts, n_groups
+
+
+cdef void _group_task(void* ctx, Py_ssize_t k) noexcept nogil:
+    """Thread k's contiguous run of parts, in order (split_rows' equal split)."""
+    cdef Groups* g = <Groups*> ctx
+    cdef Py_ssize_t i
+    for i in range(g.n_parts * k // g.n_groups, g.n_parts * (k + 1) // g.n_groups):
+        _part_task(g.parts, i)
+
+
 cdef void* _flat(object obj, str name, int typenum, Py_ssize_t* size,
                  Py_ssize_t expected) except? NULL:
     """Data pointer of a C-contiguous array of `typenum` holding `expected`
@@ -913,15 +926,18 @@ cdef class NetworkPlan:
             if part.dest_rows[r] > self.max_row:
                 self.max_row = part.dest_rows[r]
 
-    def run(self, out, finals):
+    def run(self, out, finals, n_threads=None):
         """Run the forward: ``out`` (N, T_out >= T, W) batch-first output
         (``out[rows[r], t] = top[t, r]`` for t < T), ``finals`` the final
         states, one (n_stages, N, units) array per state (h; LSTM: h, c).
 
-        Part 0 runs on the calling thread, the others on POSIX threads
-        started and joined here (serially where the build has none), all
-        with the GIL released. Returns the number of threads started."""
+        The parts go to ``n_threads`` threads (default: one per part), each
+        taking a contiguous run of parts in order: the first run on the
+        calling thread, the others on POSIX threads started and joined here
+        (serially where the build has none), all with the GIL released.
+        Returns the number of threads started."""
         cdef Py_ssize_t k, s, n_out, started
+        cdef Groups groups
         cdef Part* part
         cdef Stage* st
         self.max_row = -1
@@ -949,15 +965,18 @@ cdef class NetworkPlan:
                 st.final_h = final_h + s * n_out * first.out_size * item
                 st.final_c = NULL if final_c == NULL else \
                     final_c + s * n_out * first.hidden * item
+        groups.parts, groups.n_parts = self.parts, self.n_parts
+        groups.n_groups = self.n_parts if n_threads is None else \
+            max(1, min(<Py_ssize_t> n_threads, self.n_parts))
         with nogil:
-            started = clstm_run_tasks(self.n_parts, _part_task, self.parts)
+            started = clstm_run_tasks(groups.n_groups, _group_task, &groups)
         return started
 
 
-def forward_network(list parts, out, finals):
+def forward_network(list parts, out, finals, n_threads=None):
     """One forward through every sub-batch, layer and direction:
-    ``NetworkPlan(parts).run(out, finals)`` (which see)."""
-    return NetworkPlan(parts).run(out, finals)
+    ``NetworkPlan(parts).run(out, finals, n_threads)`` (which see)."""
+    return NetworkPlan(parts).run(out, finals, n_threads)
 
 
 def conv_columns(x, shape, kernel, out=None):
