@@ -1,7 +1,9 @@
 """One C call per forward against the per-layer path it replaced, A/B in one process.
 
-For each config (the five of DESIGN.md §4) and each thread count, times
-``clstm.LSTM.forward`` (float32, inference shapes) with
+For each config (the five of DESIGN.md §4) and each thread count, times an
+inference forward, ``clstm.LSTM.run(X, keep_cache=False)`` (float32; split by
+the thread count, as ``predict`` does; ``forward`` keeps a cache and splits
+training's way, by the shape alone), with
 
 * ``one-call``: ``_scan.NetworkPlan``: every sub-batch through every layer
   and direction in one compiled call, sub-batches on POSIX threads;
@@ -68,16 +70,16 @@ def main(argv=None):
         X = np.random.default_rng(0).standard_normal((B, T, I)).astype(np.float32)
         net = clstm.LSTM(I, H, num_layers=L, random_state=0, n_jobs=args.threads[0])
         for _ in range(20):
-            net.forward(X)
+            net.run(X, keep_cache=False)
         n, start = 0, time.perf_counter()
         while time.perf_counter() - start < args.loop:
-            net.forward(X)
+            net.run(X, keep_cache=False)
             n += 1
         print(f"{args.configs[0]} {args.threads[0]}t: {n} calls, "
               f"{(time.perf_counter() - start) / n * 1e6:.1f} us per call")
         return
     rows = []
-    saved = rnn.MIN_WORK_PER_THREAD
+    saved = rnn.MIN_WORK_PER_C_THREAD
     for name in args.configs:
         B, T, I, H, L = CONFIGS[name]
         X = np.random.default_rng(0).standard_normal((B, T, I)).astype(np.float32)
@@ -92,12 +94,12 @@ def main(argv=None):
             path, n_threads, split = variant
             net.n_jobs = n_threads
             rnn.ONE_CALL_FORWARD = path == "one-call"
-            rnn.MIN_WORK_PER_THREAD = 0 if split == "forced" else saved
+            rnn.MIN_WORK_PER_C_THREAD = 0 if split == "forced" else saved
             try:
-                return net.forward(X)[0]
+                return net.run(X, keep_cache=False)[0]
             finally:
                 rnn.ONE_CALL_FORWARD = True
-                rnn.MIN_WORK_PER_THREAD = saved
+                rnn.MIN_WORK_PER_C_THREAD = saved
 
         ref = call(variants[0]).copy()
         assert all(np.array_equal(call(v), ref) for v in variants), "paths differ"

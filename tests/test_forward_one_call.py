@@ -26,7 +26,7 @@ CELLS = {
 @pytest.fixture
 def split_small_batches(monkeypatch):
     """Tiny test batches split into n_jobs sub-batches, as large ones do."""
-    monkeypatch.setattr(rnn, "MIN_WORK_PER_THREAD", 0)
+    monkeypatch.setattr(rnn, "MIN_WORK_PER_C_THREAD", 0)
     monkeypatch.setattr(rnn, "MIN_ROWS_PER_THREAD", 1)
 
 
@@ -308,4 +308,4 @@ def test_benchmark_script_runs(tmp_path, capsys):
         (p, n, s) for p in ("one-call", "per-layer") for n, s in ((1, "auto"), (2, "auto"),
                                                                   (2, "forced"))}
     assert all(r["min_us"] > 0 for r in rows)
-    assert rnn.ONE_CALL_FORWARD is True and rnn.MIN_WORK_PER_THREAD == 1_000_000
+    assert rnn.ONE_CALL_FORWARD is True and rnn.MIN_WORK_PER_C_THREAD == 1_000_000

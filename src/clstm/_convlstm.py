@@ -28,7 +28,7 @@ from clstm._parallel import (
     split_rows,
 )
 from clstm._rnn import (
-    MIN_WORK_PER_PYTHON_THREAD as MIN_WORK_PER_THREAD,
+    MIN_WORK_PER_THREAD,
     RecurrentNetwork,
     _kernels,
     _packed,

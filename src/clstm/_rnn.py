@@ -41,14 +41,15 @@ __all__ = ["RecurrentNetwork"]
 # extensions use BLAS. Tests flip this to compare the two paths.
 USE_PACKED_GEMM = None      # None: wherever the build has the kernel
 
-# A sub-batch must carry at least this much work (B*T*H^2 per layer
-# direction, about an eighth of the recurrent FLOPs; ~0.1 ms on one core) for
-# a thread of the one-call forward to pay for itself: starting and joining a
-# POSIX thread costs ~20-30 us (_threads.h).
-MIN_WORK_PER_THREAD = 1_000_000
-# The same for Python threads (ConvLSTM; the per-layer reference path): a
-# hand-off to the pool costs ~0.1-0.2 ms, so ~0.2 ms of work each.
-MIN_WORK_PER_PYTHON_THREAD = 2_500_000
+# A sub-batch must carry at least this much work (B*T*H^2, about an eighth
+# of the recurrent FLOPs) for a Python thread to pay for its wake-up and
+# hand-off (~0.1-0.2 ms): ~0.2 ms of work on one core. Training's fixed parts
+# (their backward runs on Python threads) and ConvLSTM use it.
+MIN_WORK_PER_THREAD = 2_500_000
+# The same for a POSIX thread of the one-call inference forward (B*T*H^2 per
+# layer direction, ~0.1 ms on one core): starting and joining one costs
+# ~20-45 us (_threads.h).
+MIN_WORK_PER_C_THREAD = 1_000_000
 
 # From this many inputs per step the input projection runs as one GEMM over
 # all steps (small-GEMM kernel); below, that GEMM is too thin (store-bound),
@@ -973,16 +974,17 @@ class _Buffers:
 
 
 def _useful_threads(n_threads, batch_size, n_steps, hidden_size, n_scans=1):
-    """Threads worth using for a batch: each needs MIN_ROWS_PER_THREAD rows
-    of its own, and MIN_WORK_PER_THREAD of work to pay for starting it
-    (n_scans: layer directions, all run by one thread on its rows)."""
+    """Threads worth using for an inference batch: each needs
+    MIN_ROWS_PER_THREAD rows of its own, and MIN_WORK_PER_C_THREAD of work to
+    pay for starting it (n_scans: layer directions, all run by one thread on
+    its rows)."""
     if n_threads <= 1:
         return 1
     work = batch_size * n_steps * hidden_size * hidden_size * n_scans  # ~ recurrent FLOPs / 8
-    if work < MIN_WORK_PER_THREAD:
+    if work < MIN_WORK_PER_C_THREAD:
         return 1
     return max(1, min(n_threads, batch_size // max(1, MIN_ROWS_PER_THREAD),
-                      work // max(1, MIN_WORK_PER_THREAD)))
+                      work // max(1, MIN_WORK_PER_C_THREAD)))
 
 
 def _fixed_parts(batch_size, n_steps, hidden_size):
@@ -990,7 +992,7 @@ def _fixed_parts(batch_size, n_steps, hidden_size):
     (clstm._parallel.fixed_part_count), each with enough work for a thread
     (of the backward, which runs on Python threads)."""
     work = batch_size * n_steps * hidden_size * hidden_size
-    return fixed_part_count(batch_size, work // max(1, MIN_WORK_PER_PYTHON_THREAD))
+    return fixed_part_count(batch_size, work // max(1, MIN_WORK_PER_THREAD))
 
 
 def _calls_blas(arrays):
