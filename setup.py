@@ -73,13 +73,19 @@ else:
 macros = [("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")]
 
 
+# The scan starts POSIX threads (_threads.h): -pthread where the compiler has it.
+thread_args = [] if sys.platform == "win32" else ["-pthread"]
+
+
 def extension(name):
+    threads = thread_args if name == "_scan" else []
     return Extension(
         f"clstm.{name}",
         [f"src/clstm/{name}.pyx"],
         include_dirs=[numpy.get_include(), "src/clstm"],
         define_macros=macros,
-        extra_compile_args=compile_args,
+        extra_compile_args=compile_args + threads,
+        extra_link_args=threads,
     )
 
 

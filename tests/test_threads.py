@@ -104,7 +104,9 @@ def test_training_mode_identical_across_thread_counts(split_small_batches, dtype
 def test_useful_threads_rule():
     from clstm._rnn import _useful_threads
     assert _useful_threads(2, 1, 200, 64) == 1          # one sequence: nothing to split
-    assert _useful_threads(2, 32, 50, 50) == 1          # ~0.1 ms of work: not worth a thread
+    assert _useful_threads(2, 32, 50, 50) == 2          # ts-small: ~0.2 ms each on C threads
+    assert _useful_threads(2, 16, 20, 32) == 1          # ~30 us of work: not worth a thread
+    assert _useful_threads(2, 8, 50, 50) == 1           # 8 rows: one thread's minimum
     assert _useful_threads(2, 64, 100, 128) == 2
     assert _useful_threads(8, 64, 100, 512) == 8
     assert _useful_threads(8, 20, 100, 512) == 2        # at least 8 rows per thread

@@ -99,7 +99,8 @@ import re, sys, tarfile
 names = [n.split("/", 1)[1] for n in tarfile.open(sys.argv[1]).getnames() if "/" in n]
 bad = [n for n in names if re.search(r"\.(c|so|pyd|o|html)$", n) or "__pycache__" in n]
 need = ["LICENSE", "README.md", "pyproject.toml", "setup.py", "MANIFEST.in",
-        "src/clstm/_cell_kernels.h", "src/clstm/_cell_rows.h", "src/clstm/_version.py"]
+        "src/clstm/_cell_kernels.h", "src/clstm/_cell_rows.h", "src/clstm/_threads.h",
+        "src/clstm/_version.py"]
 need += [f"src/clstm/_{m}.{e}" for m in ("blas", "cell", "scan") for e in ("pyx", "pxd")]
 missing = [n for n in need if n not in names]
 tests = [n for n in names if re.fullmatch(r"tests/test_\w+\.py", n)]

@@ -4,8 +4,9 @@
 parameters (a dict of numpy arrays with torch's names), validation, the
 time-major layout sorted by decreasing length (so the active rows of every
 step are a prefix), the split into independent sub-batches for threads,
-dropout masks, workspaces, and the calls of the compiled scan (clstm._scan),
-one per layer and direction. A cell kind (clstm.LSTM, clstm.GRU) adds its
+dropout masks, workspaces, and the calls of the compiled scan (clstm._scan):
+one per forward (all sub-batches, layers and directions: forward_network),
+one per layer and direction in the backward. A cell kind (clstm.LSTM, clstm.GRU) adds its
 parameter shapes and initial values, how its parameters become the scan's
 arrays, and the signature of its public forward/backward.
 """
@@ -41,15 +42,25 @@ __all__ = ["RecurrentNetwork"]
 USE_PACKED_GEMM = None      # None: wherever the build has the kernel
 
 # A sub-batch must carry at least this much work (B*T*H^2, about an eighth
-# of the recurrent FLOPs) for a thread to pay for its wake-up and hand-off:
-# ~0.2 ms of work on one core.
+# of the recurrent FLOPs) for a Python thread to pay for its wake-up and
+# hand-off (~0.1-0.2 ms): ~0.2 ms of work on one core. Training's fixed parts
+# (their backward runs on Python threads) and ConvLSTM use it.
 MIN_WORK_PER_THREAD = 2_500_000
+# The same for a POSIX thread of the one-call inference forward (B*T*H^2 per
+# layer direction, ~0.1 ms on one core): starting and joining one costs
+# ~20-45 us (_threads.h).
+MIN_WORK_PER_C_THREAD = 1_000_000
 
 # From this many inputs per step the input projection runs as one GEMM over
 # all steps (small-GEMM kernel); below, that GEMM is too thin (store-bound),
 # and each step computes [x_t | h_{t-1}] @ [W_ih | W_hh]^T in one product
 # (cells whose products are kept apart keep the whole-sequence projection).
 MIN_PACKED_INPUT_SIZE = 32
+
+# The forward runs as one call of the compiled scan over every sub-batch,
+# layer and direction (C threads); False: the per-layer path with Python
+# threads it replaced, kept as the tests' reference.
+ONE_CALL_FORWARD = True
 
 _scan = None
 
@@ -427,23 +438,14 @@ class RecurrentNetwork:
     def _forward(self, X, state, lengths, training, keep_cache=True):
         X, state, lengths = self._validate_input(X, state, lengths)
         B, T, _ = X.shape
-        P, D, L = self.output_size, self.num_directions, self.num_layers
         if lengths is None:
             order = np.arange(B)
             sorted_lengths = np.full(B, T)
-            x = np.array(X.transpose(1, 0, 2), order="C")   # a copy, also at B == 1
         else:
             # Sort by decreasing length (stable): the rows active at step t are
             # then the first batch_sizes[t], so each step is one contiguous GEMM.
             order = np.argsort(-lengths, kind="stable")
             sorted_lengths = lengths[order]
-            x = np.ascontiguousarray(X[order].transpose(1, 0, 2))
-            padding = np.arange(T)[:, None] >= sorted_lengths[None, :]      # (T, B)
-            x[padding] = 0.0          # padding never reaches a GEMM
-        check_finite(x, "X")
-        # copies (fancy indexing): the backward never sees later changes the
-        # caller makes to its initial states
-        state = tuple(np.ascontiguousarray(s[:, order]) for s in state)
         # Dropout masks for the whole batch, drawn before any split so the
         # result does not depend on the number of threads.
         masks = self._draw_masks(T, B) if training else None
@@ -454,13 +456,166 @@ class RecurrentNetwork:
         # fixed by the shape, so the gradients do not depend on n_jobs.
         _kernels()
         n_threads = resolve_n_threads(self.n_jobs, B)
+        n_scans = self.num_layers * self.num_directions
         n_parts = (_fixed_parts(B, T, self.hidden_size) if keep_cache
-                   else _useful_threads(n_threads, B, T, self.hidden_size))
+                   else _useful_threads(n_threads, B, T, self.hidden_size, n_scans))
         chunks = split_rows(B, n_parts, weights=sorted_lengths)
         weights, values = self._forward_weights()
-        # Training forwards reuse buffers (their cache is replaced anyway);
-        # inference forwards allocate, so concurrent calls never share.
-        ws = self._workspace if keep_cache else _Workspace()
+        # Training forwards reuse the buffers their cache points to (replaced
+        # anyway); inference forwards have their own, so they never disturb a
+        # pending backward. Both are per calling thread: concurrent calls never share.
+        ws = self._workspace if keep_cache else self._inference_workspace()
+        run = self._run_one_call if ONE_CALL_FORWARD else self._run_per_layer
+        parts, out, finals = run(X, state, lengths, order, sorted_lengths, masks, chunks,
+                                 n_threads, weights, ws)
+        if lengths is None:
+            inverse = order
+        else:
+            inverse = np.argsort(order)
+        cache = None
+        if keep_cache:
+            cache = {"parts": parts, "chunks": chunks, "order": order, "inverse": inverse,
+                     "shape": (B, T), "params": dict(self.params), "values": values}
+        return out, tuple(finals), cache
+
+    def _inference_workspace(self):
+        ws = self.__dict__.get("_inference_ws")
+        if ws is None:
+            ws = self._inference_ws = _Workspace()
+        return ws
+
+    def _run_one_call(self, X, state, lengths, order, sorted_lengths, masks, chunks,
+                      n_threads, weights, ws):
+        """Every sub-batch through every layer direction in one call of the
+        compiled scan (_scan.NetworkPlan: C threads, no GIL in between), which
+        also writes ``out`` and the final states in the caller's row order;
+        n_threads threads take the sub-batches in turn.
+
+        The plan (parsed buffers and weights) is kept per shape and reused
+        while the weights stay the same: a call then only copies its inputs
+        into the plan's buffers. Returns the sub-batches' caches, out, finals.
+        """
+        B, T, _ = X.shape
+        D, L = self.num_directions, self.num_layers
+        sizes = self._state_sizes()
+        ragged = lengths is not None
+        if not ragged:
+            check_finite(X, "X")        # (ragged: within the lengths, below)
+        n_steps = tuple(int(sorted_lengths[b0]) for b0, _ in chunks)
+        key = (X.dtype, B, T, tuple(chunks), n_steps, ragged)
+        store = ws.chunk(0).sets
+        entry = store.get("network_plan")
+        if masks is not None or entry is None or entry[0] != key or entry[1] is not weights:
+            entry = (key, weights) + self._network_plan(X, chunks, n_steps, ragged, masks,
+                                                        weights, ws)
+            # a plan holds this call's masks: reuse only those without
+            store["network_plan"] = entry if masks is None else None
+        plan, parts, inputs = entry[2:]
+
+        for (b0, b1), n, (x, states, lens, rows, batch_sizes, outs) in zip(
+                chunks, n_steps, inputs):
+            if ragged:
+                idx = order[b0:b1]
+                rows[:] = idx
+                lens[:] = sorted_lengths[b0:b1]
+                np.sum(lens[None, :] > np.arange(n)[:, None], axis=1, out=batch_sizes)
+                np.copyto(x, X[idx, :n].transpose(1, 0, 2))
+                x[np.arange(n)[:, None] >= lens[None, :]] = 0.0   # padding never reaches a GEMM
+                check_finite(x, "X")                # (values past a length may be anything)
+                for buf, s in zip(states, state):
+                    np.take(s, idx, axis=1, out=buf)
+                for h in outs:
+                    h.fill(0.0)                  # rows past their length stay zero
+            else:
+                np.copyto(x, X[b0:b1].transpose(1, 0, 2))
+                for buf, s in zip(states, state):
+                    np.copyto(buf, s[:, b0:b1])
+        out = (np.zeros if ragged else np.empty)((B, T, D * self.output_size), dtype=self.dtype)
+        finals = [np.empty((L * D, B, sizes[name]), dtype=self.dtype)
+                  for name in self.state_names]
+        if any(map(_calls_blas, weights)):
+            with blas_single_threaded:
+                plan.run(out, finals, n_threads)
+        else:          # every product on the small-GEMM kernel: no BLAS limit to set
+            plan.run(out, finals, n_threads)
+        return parts, out, finals
+
+    def _network_plan(self, X, chunks, n_steps, ragged, masks, weights, ws):
+        """A NetworkPlan over buffers of the workspace, the sub-batches'
+        caches (laid out as the backward reads them) and, per sub-batch, the
+        buffers each call fills: (x, states, lengths, rows, batch_sizes, outs)."""
+        _, T, I = X.shape
+        D, L, dt = self.num_directions, self.num_layers, self.dtype
+        sizes = self._state_sizes()
+        parts, specs, inputs = [], [], []
+        for k, ((b0, b1), n) in enumerate(zip(chunks, n_steps)):
+            buffers, b = ws.chunk(k), b1 - b0
+            x = buffers.get(("x",), (n, b, I), dt)
+            states = [buffers.get(("state", name), (L * D, b, sizes[name]), dt)
+                      for name in self.state_names]
+            lens = buffers.get(("lengths",), (b,), np.intp)
+            rows = buffers.get(("rows",), (b,), np.intp)
+            batch_sizes = buffers.get(("batch_sizes",), (n,), np.intc)
+            # the full-length layout: kept for the plan's life, or ragged: each call's
+            lens.fill(n)
+            rows[:] = np.arange(b0, b1)
+            batch_sizes.fill(b)
+            sub_masks = None if masks is None else _slice_masks(masks, b0, b1, n)
+            part, stages = self._batch_plan(x, states, batch_sizes, sub_masks, weights, buffers)
+            parts.append(part)
+            specs.append({"stages": stages, "lengths": lens, "rows": rows,
+                          "top": part["layers"][-1]["out"]})
+            inputs.append((x, states, lens, rows, batch_sizes,
+                           [layer["out"] for layer in part["layers"]]))
+        return _kernels().NetworkPlan(specs), parts, inputs
+
+    def _batch_plan(self, x, state, batch_sizes, masks, weights, ws):
+        """One sub-batch's stages (x (T, b, I) time-major, rows sorted by
+        decreasing length) and its cache, laid out as the backward reads it."""
+        T, B, _ = x.shape
+        P, D = self.output_size, self.num_directions
+        cfg_fwd = self._plan()["cfg_directions"]
+        has_c = len(state) > 1
+        layers, stages, inp = [], [], x
+        for layer in range(self.num_layers):
+            input_mask, rec_masks = masks[layer] if masks is not None else (None, [None] * D)
+            drop = None
+            if input_mask is not None:        # the scan computes inp * input_mask
+                dropped = ws.get(("dropped", layer), inp.shape, self.dtype)
+                drop, inp = (inp, input_mask, dropped), dropped
+            out = ws.get(("out", layer), (T, B, D * P), self.dtype)
+            directions = []
+            for d in range(D):
+                k = layer * D + d
+                mask = rec_masks[d]
+                arrays = {**weights[k], **self._buffers(ws, layer, d, T, B, backward=False),
+                          "x": inp, "batch_sizes": batch_sizes, "h0": state[0][k],
+                          "c0": state[1][k] if has_c else None, "mask": mask,
+                          "h_seq": out, "work": None if mask is None else
+                          ws.get(("work", layer, d), (B, P), self.dtype)}
+                stages.append((arrays, cfg_fwd[d], None if d else drop))
+                directions.append(arrays)
+            layers.append({"input": inp, "input_mask": input_mask, "out": out,
+                           "directions": directions})
+            inp = out
+        return {"layers": layers, "state": state, "batch_sizes": batch_sizes}, stages
+
+    def _run_per_layer(self, X, state, lengths, order, sorted_lengths, masks, chunks,
+                       n_threads, weights, ws):
+        """The reference path: one compiled call per layer direction, Python
+        threads per sub-batch (what _run_one_call replaces; tests compare the two)."""
+        B, T, _ = X.shape
+        P, D, L = self.output_size, self.num_directions, self.num_layers
+        if lengths is None:
+            x = np.array(X.transpose(1, 0, 2), order="C")   # a copy, also at B == 1
+        else:
+            x = np.ascontiguousarray(X[order].transpose(1, 0, 2))
+            padding = np.arange(T)[:, None] >= sorted_lengths[None, :]      # (T, B)
+            x[padding] = 0.0          # padding never reaches a GEMM
+        check_finite(x, "X")
+        # copies (fancy indexing): the backward never sees later changes the
+        # caller makes to its initial states
+        state = tuple(np.ascontiguousarray(s[:, order]) for s in state)
         parts = [None] * len(chunks)
 
         def run(k):
@@ -483,17 +638,11 @@ class RecurrentNetwork:
             out[b0:b1, :out_k.shape[0]] = out_k.transpose(1, 0, 2)
             for final, part_final in zip(finals, part["finals"]):
                 final[:, b0:b1] = part_final
-        if lengths is None:
-            inverse = order
-        else:
+        if not np.array_equal(order, np.arange(B)):
             inverse = np.argsort(order)
             out = out[inverse]
             finals = [f[:, inverse] for f in finals]
-        cache = None
-        if keep_cache:
-            cache = {"parts": parts, "chunks": chunks, "order": order, "inverse": inverse,
-                     "shape": (B, T), "params": dict(self.params), "values": values}
-        return out, tuple(finals), cache
+        return parts, out, finals
 
     def _forward_weights(self):
         """Per (layer, direction): the scan's weight arrays, including the
@@ -530,12 +679,14 @@ class RecurrentNetwork:
     def _buffers(self, ws, layer, d, T, B, backward):
         """The scan's activation (and, for backward, gradient) buffers of one
         layer direction, by the Layer field names of _scan.pxd (the same dict
-        again while T and B stay the same: a training loop pays nothing here)."""
-        key = ("buffers", backward, layer, d, T, B)
+        again while T and B stay the same: a training loop pays nothing here).
+        One set per layer direction: a new shape replaces it, so a workspace
+        that sees many shapes (ragged batches) keeps the memory of one."""
+        key = ("buffers", backward, layer, d)
         found = ws.sets.get(key)
-        if found is None:
-            found = ws.sets[key] = self._new_buffers(ws, layer, d, T, B, backward)
-        return found
+        if found is None or found[0] != (T, B):
+            found = ws.sets[key] = ((T, B), self._new_buffers(ws, layer, d, T, B, backward))
+        return found[1]
 
     def _new_buffers(self, ws, layer, d, T, B, backward):
         H, P, dt = self.hidden_size, self.output_size, self.dtype
@@ -730,6 +881,7 @@ class RecurrentNetwork:
         state["_cache"] = None
         state["_plan_cache"] = None
         state["_weights_memo"] = None
+        state.pop("_inference_ws", None)
         state["_step_plan"] = None
         state["grads"] = {}
         return state
@@ -821,23 +973,36 @@ class _Buffers:
         return arr
 
 
-def _useful_threads(n_threads, batch_size, n_steps, hidden_size):
-    """Threads worth using for a batch: each needs MIN_ROWS_PER_THREAD rows
-    of its own, and a call must carry enough work to pay for waking them."""
+def _useful_threads(n_threads, batch_size, n_steps, hidden_size, n_scans=1):
+    """Threads worth using for an inference batch: each needs
+    MIN_ROWS_PER_THREAD rows of its own, and MIN_WORK_PER_C_THREAD of work to
+    pay for starting it (n_scans: layer directions, all run by one thread on
+    its rows)."""
     if n_threads <= 1:
         return 1
-    work = batch_size * n_steps * hidden_size * hidden_size   # ~ recurrent FLOPs / 8
-    if work < MIN_WORK_PER_THREAD:
+    work = batch_size * n_steps * hidden_size * hidden_size * n_scans  # ~ recurrent FLOPs / 8
+    if work < MIN_WORK_PER_C_THREAD:
         return 1
     return max(1, min(n_threads, batch_size // max(1, MIN_ROWS_PER_THREAD),
-                      work // max(1, MIN_WORK_PER_THREAD)))
+                      work // max(1, MIN_WORK_PER_C_THREAD)))
 
 
 def _fixed_parts(batch_size, n_steps, hidden_size):
     """Sub-batches of a forward that keeps a cache: fixed by the shape alone
-    (clstm._parallel.fixed_part_count), each with enough work for a thread."""
+    (clstm._parallel.fixed_part_count), each with enough work for a thread
+    (of the backward, which runs on Python threads)."""
     work = batch_size * n_steps * hidden_size * hidden_size
     return fixed_part_count(batch_size, work // max(1, MIN_WORK_PER_THREAD))
+
+
+def _calls_blas(arrays):
+    """Whether a forward scan over these weight arrays (scan_weight_arrays)
+    calls BLAS: only where a product has no packed small-GEMM weight."""
+    get = arrays.get
+    if get("packed_xh_t") is None and (get("packed_ih_t") is None
+                                       or get("packed_hh_t") is None):
+        return True
+    return get("weight_hr") is not None and get("packed_hr_t") is None
 
 
 def _slice_masks(masks, b0, b1, n_steps):

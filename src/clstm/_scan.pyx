@@ -19,10 +19,13 @@ is the input convolution), and each step im2cols h_{t-1} before its GEMM;
 the backward adds the recurrent weight gradient step by step from those
 columns and col2ims grad_h (no whole-sequence [x | h] buffer).
 
-Each call covers one (sub-)batch single-threaded with the GIL released; the
-network runs independent sub-batches in parallel threads (clstm._parallel).
+forward() and backward() run one layer direction over one (sub-)batch with
+the GIL released; forward_network() runs a whole forward, every sub-batch
+through every layer direction, in one call, the sub-batches on POSIX threads
+(_threads.h) started and joined inside it.
 """
 
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.string cimport memcmp, memcpy, memset
 
 cimport numpy as cnp
@@ -52,11 +55,17 @@ cdef extern from "_packed_gemm.h" nogil:
                             Py_ssize_t K2, const float* a2, Py_ssize_t lda2, Py_ssize_t N,
                             const float* packed, float* c, Py_ssize_t ldc, int accumulate)
 
+cdef extern from "_threads.h" nogil:
+    int CLSTM_HAVE_THREADS
+    ctypedef void (*clstm_task_fn)(void* ctx, Py_ssize_t k) noexcept nogil
+    Py_ssize_t clstm_run_tasks(Py_ssize_t n, clstm_task_fn task, void* ctx)
+
 import numpy as np
 
 cnp.import_array()
 
 HAVE_PACKED_GEMM = bool(CLSTM_HAVE_PACKED_GEMM)
+HAVE_THREADS = bool(CLSTM_HAVE_THREADS)
 KIND_LSTM = CELL_LSTM
 KIND_GRU = CELL_GRU
 PEEPHOLE = CLSTM_PEEPHOLE
@@ -548,6 +557,12 @@ cdef void* _array(dict arrays, str name, int typenum, int ndim, Py_ssize_t d0,
     if obj is None:
         _check(not required, name + " missing")
         return NULL
+    return _data(obj, name, typenum, ndim, d0, d1, d2)
+
+
+cdef void* _data(object obj, str name, int typenum, int ndim, Py_ssize_t d0,
+                 Py_ssize_t d1, Py_ssize_t d2) except? NULL:
+    """Data pointer of `obj`, checked as in _array (which see)."""
     _check(cnp.PyArray_Check(obj), name + " is not an array")
     cdef cnp.ndarray arr = <cnp.ndarray> obj
     _check(cnp.PyArray_TYPE(arr) == typenum and cnp.PyArray_IS_C_CONTIGUOUS(arr)
@@ -708,6 +723,260 @@ def backward(dict arrays, dict cfg):
             scan_backward(&L, <float*> NULL)
         else:
             scan_backward(&L, <double*> NULL)
+
+
+# --- The network: every sub-batch through every layer in one call ---------------
+# A Part is one sub-batch (contiguous rows of the length-sorted batch); its
+# Stages are its layer directions in order (layer-major). Parts share no
+# writable buffer, so they run on threads of their own (_threads.h).
+
+cdef struct Stage:
+    Layer layer
+    # input dropout before this stage: drop_dst[:drop_n] = drop_src * drop_mask
+    const void* drop_src
+    const void* drop_mask
+    void* drop_dst
+    Py_ssize_t drop_n
+    # final states: row r's goes to row dest_rows[r] of final_h (., P), final_c (., H)
+    void* final_h
+    void* final_c
+
+
+cdef struct Part:
+    Stage* stages
+    Py_ssize_t n_stages
+    bint single
+    const Py_ssize_t* lengths     # (b,) each row's length, decreasing
+    const Py_ssize_t* dest_rows   # (b,) the row of out and of the finals it goes to
+    const void* top               # (n_steps, b, width) the top layer's h, time-major
+    void* out                     # (n_out, out_steps, width) batch-first
+    Py_ssize_t n_rows, n_steps, width, out_steps
+
+
+cdef void _run_part(Part* part, floating* tag) noexcept nogil:
+    """Every stage of one sub-batch, then its rows of the batch-first output."""
+    cdef Py_ssize_t s, i, r, t, b = part.n_rows, W = part.width
+    cdef Stage* st
+    cdef Layer* L
+    cdef const floating* src
+    cdef const floating* mask
+    cdef floating* dst
+    for s in range(part.n_stages):
+        st = part.stages + s
+        L = &st.layer
+        if st.drop_n:
+            # x = previous layer's h * input dropout mask
+            src, mask, dst = <const floating*> st.drop_src, <const floating*> st.drop_mask, \
+                <floating*> st.drop_dst
+            for i in range(st.drop_n):
+                dst[i] = src[i] * mask[i]
+        scan_forward(L, tag)
+        # h_n, c_n: the forward direction's at each row's last step, the reverse's at step 0
+        for r in range(b):
+            t = 0 if L.reverse else part.lengths[r] - 1
+            memcpy(<floating*> st.final_h + part.dest_rows[r] * L.out_size,
+                   <floating*> L.h_seq + (t * b + r) * L.ld_h, L.out_size * sizeof(floating))
+            if st.final_c != NULL:
+                memcpy(<floating*> st.final_c + part.dest_rows[r] * L.hidden,
+                       <floating*> L.c_seq + (t * b + r) * L.hidden,
+                       L.hidden * sizeof(floating))
+    # out[dest_rows[r], t] = top[t, r]: time-major -> batch-first
+    src = <const floating*> part.top
+    for r in range(b):
+        dst = <floating*> part.out + part.dest_rows[r] * part.out_steps * W
+        for t in range(part.n_steps):
+            memcpy(dst + t * W, src + (t * b + r) * W, W * sizeof(floating))
+
+
+cdef void _part_task(void* ctx, Py_ssize_t k) noexcept nogil:
+    cdef Part* part = (<Part*> ctx) + k
+    if part.single:
+        _run_part(part, <float*> NULL)
+    else:
+        _run_part(part, <double*> NULL)
+
+
+cdef struct Groups:
+    Part* parts
+    Py_ssize_t n_parts, n_groups
+
+
+cdef void _group_task(void* ctx, Py_ssize_t k) noexcept nogil:
+    """Thread k's contiguous run of parts, in order (split_rows' equal split)."""
+    cdef Groups* g = <Groups*> ctx
+    cdef Py_ssize_t i
+    for i in range(g.n_parts * k // g.n_groups, g.n_parts * (k + 1) // g.n_groups):
+        _part_task(g.parts, i)
+
+
+cdef void* _flat(object obj, str name, int typenum, Py_ssize_t* size,
+                 Py_ssize_t expected) except? NULL:
+    """Data pointer of a C-contiguous array of `typenum` holding `expected`
+    values (negative: any number, stored in *size)."""
+    _check(cnp.PyArray_Check(obj), name + " is not an array")
+    cdef cnp.ndarray arr = <cnp.ndarray> obj
+    _check(cnp.PyArray_TYPE(arr) == typenum and cnp.PyArray_IS_C_CONTIGUOUS(arr),
+           name + " dtype/layout")
+    _check(expected < 0 or cnp.PyArray_SIZE(arr) == expected, name + " size")
+    if size != NULL:
+        size[0] = cnp.PyArray_SIZE(arr)
+    return cnp.PyArray_DATA(arr)
+
+
+cdef class NetworkPlan:
+    """A whole forward, parsed once, run many times (clstm._rnn keeps one per
+    shape and reuses it while the buffers and weights stay the same).
+
+    ``parts``: one dict per sub-batch of b rows (sorted by decreasing
+    length) over T steps:
+
+    - ``stages``: per layer direction, in order (k = layer * D + d),
+      ``(arrays, cfg, drop)``: forward()'s arrays and cfg, and ``drop`` None
+      or ``(src, mask, dst)``: input dropout computed before the stage
+      (``dst = src * mask``, dst being the stage's x).
+    - ``lengths`` (b,) intp: each row's length; ``rows`` (b,) intp: the row
+      of ``out`` and of the final states each row goes to.
+    - ``top`` (T, b, W): the top layer's h_seq.
+
+    The arrays are read at every run (their contents may change between
+    runs, not their shapes or identity; the plan keeps them alive).
+    Everything is checked here and in run() with the GIL held: nothing can
+    fail once the threads start.
+    """
+    cdef Part* parts
+    cdef Stage* stages
+    cdef Py_ssize_t n_parts, n_stages, max_row
+    cdef int typenum
+    cdef list specs
+    cdef bint lstm
+
+    def __cinit__(self, list parts):
+        cdef Py_ssize_t total = 0, k, offset = 0
+        _check(len(parts) > 0, "no parts")
+        for spec in parts:
+            total += len(spec["stages"])
+        self.specs = parts
+        self.n_parts = len(parts)
+        self.parts = <Part*> PyMem_Malloc(self.n_parts * sizeof(Part))
+        self.stages = <Stage*> PyMem_Malloc(total * sizeof(Stage))
+        if self.parts == NULL or self.stages == NULL:
+            raise MemoryError()
+        memset(self.parts, 0, self.n_parts * sizeof(Part))
+        memset(self.stages, 0, total * sizeof(Stage))
+        first = parts[0]["stages"][0][0]["x"]
+        _check(cnp.PyArray_Check(first), "x")
+        self.typenum = cnp.PyArray_TYPE(<cnp.ndarray> first)
+        self.max_row = -1
+        for k in range(self.n_parts):
+            self._fill_part(self.parts + k, self.stages + offset, parts[k])
+            offset += self.parts[k].n_stages
+            _check(self.parts[k].n_stages == self.parts[0].n_stages, "stage counts")
+        self.n_stages = self.parts[0].n_stages
+        self.lstm = self.stages[0].layer.kind == CELL_LSTM
+
+    def __dealloc__(self):
+        PyMem_Free(self.parts)
+        PyMem_Free(self.stages)
+
+    cdef void _fill_part(self, Part* part, Stage* stages, dict spec) except *:
+        cdef list stage_specs = spec["stages"]
+        cdef Py_ssize_t s, r
+        cdef Stage* st
+        cdef int typenum = self.typenum
+        top = spec["top"]
+        _check(cnp.PyArray_Check(top) and cnp.PyArray_NDIM(<cnp.ndarray> top) == 3, "top")
+        cdef Py_ssize_t T = top.shape[0], b = top.shape[1], W = top.shape[2]
+        part.stages = stages
+        part.n_stages = len(stage_specs)
+        part.single = typenum == cnp.NPY_FLOAT32
+        part.n_rows, part.n_steps, part.width = b, T, W
+        part.top = _data(top, "top", typenum, 3, T, b, W)
+        part.lengths = <const Py_ssize_t*> _data(spec["lengths"], "lengths", cnp.NPY_INTP, 1,
+                                                 b, 0, 0)
+        part.dest_rows = <const Py_ssize_t*> _data(spec["rows"], "rows", cnp.NPY_INTP, 1,
+                                                   b, 0, 0)
+        _check(part.n_stages > 0, "no stages")
+        for s in range(part.n_stages):
+            arrays, cfg, drop = stage_specs[s]
+            st = stages + s
+            _fill_layer(&st.layer, arrays, cfg, False)
+            _check(cnp.PyArray_TYPE(<cnp.ndarray> arrays["x"]) == typenum, "mixed dtypes")
+            _check(st.layer.batch == b and st.layer.n_steps == T and not st.layer.conv
+                   and st.layer.kind == stages[0].layer.kind
+                   and st.layer.out_size == stages[0].layer.out_size
+                   and st.layer.hidden == stages[0].layer.hidden, "stage sizes")
+            if drop is not None:
+                src, mask, dst = drop
+                st.drop_dst = _flat(dst, "dropout dst", typenum, &st.drop_n, -1)
+                st.drop_src = _flat(src, "dropout src", typenum, NULL, st.drop_n)
+                st.drop_mask = _flat(mask, "dropout mask", typenum, NULL, st.drop_n)
+                _check(st.drop_dst == st.layer.x, "dropout must write the stage's x")
+        self._check_rows(part)
+
+    cdef void _check_rows(self, Part* part) except *:
+        """Lengths and active rows within the part's steps and rows, rows
+        non-negative (the upper bound is checked against out at each run)."""
+        cdef Py_ssize_t r, s, t
+        for s in range(part.n_stages):
+            for t in range(part.n_steps):
+                _check(0 <= part.stages[s].layer.batch_sizes[t] <= part.n_rows, "batch_sizes")
+        for r in range(part.n_rows):
+            _check(1 <= part.lengths[r] <= part.n_steps and part.dest_rows[r] >= 0,
+                   "lengths/rows")
+            if part.dest_rows[r] > self.max_row:
+                self.max_row = part.dest_rows[r]
+
+    def run(self, out, finals, n_threads=None):
+        """Run the forward: ``out`` (N, T_out >= T, W) batch-first output
+        (``out[rows[r], t] = top[t, r]`` for t < T), ``finals`` the final
+        states, one (n_stages, N, units) array per state (h; LSTM: h, c).
+
+        The parts go to ``n_threads`` threads (default: one per part), each
+        taking a contiguous run of parts in order: the first run on the
+        calling thread, the others on POSIX threads started and joined here
+        (serially where the build has none), all with the GIL released.
+        Returns the number of threads started."""
+        cdef Py_ssize_t k, s, n_out, started
+        cdef Groups groups
+        cdef Part* part
+        cdef Stage* st
+        self.max_row = -1
+        for k in range(self.n_parts):        # rows and lengths may have changed
+            self._check_rows(self.parts + k)
+        _check(cnp.PyArray_Check(out) and cnp.PyArray_NDIM(<cnp.ndarray> out) == 3, "out")
+        n_out = out.shape[0]
+        _check(self.max_row < n_out, "out rows")
+        _check(len(finals) == (2 if self.lstm else 1), "finals")
+        cdef Layer* first = &self.stages[0].layer
+        cdef char* final_h = <char*> _data(finals[0], "final h", self.typenum, 3,
+                                           self.n_stages, n_out, first.out_size)
+        cdef char* final_c = NULL
+        if self.lstm:
+            final_c = <char*> _data(finals[1], "final c", self.typenum, 3, self.n_stages,
+                                    n_out, first.hidden)
+        cdef Py_ssize_t item = 4 if self.typenum == cnp.NPY_FLOAT32 else 8
+        for k in range(self.n_parts):
+            part = self.parts + k
+            part.out_steps = out.shape[1]
+            _check(part.out_steps >= part.n_steps, "out steps")
+            part.out = _data(out, "out", self.typenum, 3, n_out, part.out_steps, part.width)
+            for s in range(self.n_stages):
+                st = part.stages + s
+                st.final_h = final_h + s * n_out * first.out_size * item
+                st.final_c = NULL if final_c == NULL else \
+                    final_c + s * n_out * first.hidden * item
+        groups.parts, groups.n_parts = self.parts, self.n_parts
+        groups.n_groups = self.n_parts if n_threads is None else \
+            max(1, min(<Py_ssize_t> n_threads, self.n_parts))
+        with nogil:
+            started = clstm_run_tasks(groups.n_groups, _group_task, &groups)
+        return started
+
+
+def forward_network(list parts, out, finals, n_threads=None):
+    """One forward through every sub-batch, layer and direction:
+    ``NetworkPlan(parts).run(out, finals, n_threads)`` (which see)."""
+    return NetworkPlan(parts).run(out, finals, n_threads)
 
 
 def conv_columns(x, shape, kernel, out=None):
