@@ -220,7 +220,10 @@ def test_step_by_step_equals_the_whole_sequence(cls, options, dtype):
     for t in range(X.shape[1]):
         y, state = net.step(X[:, t], state)
         ys.append(y)
-    tol = 1e-12 if dtype == "float64" else 1e-6
+    # float32: the step's products (BLAS GEMV) sum in another order than the whole
+    # sequence's (the packed kernel); layer norm's division amplifies that rounding
+    # to a few 1e-6 (seen in the bounds-checked -O0 build)
+    tol = 1e-12 if dtype == "float64" else 1e-5
     np.testing.assert_allclose(np.stack(ys, axis=1), out, rtol=tol, atol=tol)
     for a, b in zip(state, final):
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol)

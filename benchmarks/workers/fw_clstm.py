@@ -66,7 +66,8 @@ class Runner:
         return p
 
     def infer(self):
-        out, _ = self.net.forward(self.X)
+        # inference keeps no activations for a backward (as the peers' inference modes)
+        out, _ = self.net.run(self.X, keep_cache=False)
         return out
 
     def loss_and_grads(self):
