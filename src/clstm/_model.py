@@ -481,15 +481,22 @@ class SequenceModel(TrainableModel):
         grad_inputs = (np.zeros_like(X) if need_grad and self.input_layer is not None
                        and self.input_layer.params else None)
         h_index = net.state_names.index("h")
+        shortest, longest = int(lengths.min()), int(lengths.max())
         state = None        # (sorted like X) the carried states, a list over state_names
         loss = 0.0
         # overflow is detected below and reported as NonFiniteError, not warned about
         with np.errstate(over="ignore", invalid="ignore"), _clearing_cache(net):
             for start in range(0, T, k):
                 stop = min(start + k, T)
-                active = np.flatnonzero(lengths > start)
-                whole = active.size == B
-                len_c = np.minimum(lengths[active] - start, stop - start)
+                # one chunk holding every sequence whole (no truncated BPTT, the
+                # common case): every row is active and ends here, no selection
+                every = start == 0 and stop == T and 1 <= shortest and longest <= T
+                if every:
+                    active, whole, len_c = slice(None), True, lengths
+                else:
+                    active = np.flatnonzero(lengths > start)
+                    whole = active.size == B
+                    len_c = np.minimum(lengths[active] - start, stop - start)
                 Xc = X[:, start:stop] if whole else X[active, start:stop]
                 state_in = None
                 if state is not None:
@@ -499,13 +506,21 @@ class SequenceModel(TrainableModel):
                 if self.return_sequences:
                     rows = slice(None) if whole else active
                     Yc, Wc = Y[rows, start:stop], W[rows, start:stop]
+                elif every:
+                    ends = slice(None)
+                    Yc, Wc = Y, W
                 else:
                     # only sequences whose last step lies in this chunk see the loss
                     ends = np.flatnonzero(lengths[active] <= stop)
                     Yc, Wc = Y[active[ends]], W[active[ends]]
-                out, state_out = net.run(Xc, state_in, _ragged_only(len_c, stop - start),
-                                         keep_cache=need_grad)
-                if state is None:
+                if every:          # (None: every sequence fills the chunk)
+                    ragged = len_c if shortest < T else None
+                else:
+                    ragged = _ragged_only(len_c, stop - start)
+                out, state_out = net.run(Xc, state_in, ragged, keep_cache=need_grad)
+                if stop == T:
+                    pass                 # the last chunk: no state to carry on
+                elif state is None:
                     state = [np.array(s) for s in state_out]     # start == 0: every row
                 else:
                     for s, s_new in zip(state, state_out):
@@ -517,6 +532,8 @@ class SequenceModel(TrainableModel):
                     feats = out
                 elif self.attention is not None:     # one chunk: every sequence ends here
                     feats, _, attention_cache = self.attention.forward(out, len_c)
+                elif every:
+                    feats = self._features(out, state_out)
                 else:
                     if ends.size == 0:
                         continue
