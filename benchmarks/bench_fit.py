@@ -94,8 +94,7 @@ def main(argv=None):
     os.environ.clear()
     os.environ.update(env)
     print(CLSTM_EXTRAS)
-    times = {}
-    info = {}
+    times, cpu, info = {}, {}, {}
     for r in range(args.rounds):
         for case in args.cases:
             for n in args.threads:
@@ -107,14 +106,16 @@ def main(argv=None):
                         print(f"  {key}: failed: {str(res.get('error'))[-400:]}", flush=True)
                         continue
                     times.setdefault(key, []).extend(res["times_s"])
+                    cpu.setdefault(key, []).extend(res["cpu_s"])
                     info[key] = res
                     print(f"  round {r + 1} {case} {n}t {label}: "
                           + " ".join(f"{t:.3f}" for t in res["times_s"])
                           + f" s (final loss {res.get('final_loss'):.4g}; process "
                             f"{time.perf_counter() - t0:.1f} s)", flush=True)
     base_label = variants[-1][0] if "clstm" in args.frameworks else None
-    print("\n| case | threads | who | median s | min s | n | peer / clstm (median) |"
-          "\n|---|---|---|---|---|---|---|")
+    print("\n(wall seconds per fit; CPU: process CPU seconds, all threads; ratios: peer / clstm)"
+          "\n| case | threads | who | median s | min s | median CPU s | n | ratio median |"
+          " ratio min | ratio CPU |\n|---|---|---|---|---|---|---|---|---|---|")
     summary = {}
     for case in args.cases:
         for n in args.threads:
@@ -123,13 +124,17 @@ def main(argv=None):
                 ts = times.get((case, n, label))
                 if not ts:
                     continue
-                med = statistics.median(ts)
-                ratio = (f"{med / statistics.median(base):.2f}" if base and label != base_label
-                         else "-")
+                med, c_med = statistics.median(ts), statistics.median(cpu[(case, n, label)])
+                if base and label != base_label:
+                    b_cpu = cpu[(case, n, base_label)]
+                    ratios = (f"{med / statistics.median(base):.2f} | {min(ts) / min(base):.2f} | "
+                              f"{c_med / statistics.median(b_cpu):.2f}")
+                else:
+                    ratios = "- | - | -"
                 summary[f"{case}/{n}/{label}"] = {"median_s": med, "min_s": min(ts),
-                                                  "times_s": ts}
+                                                  "median_cpu_s": c_med, "times_s": ts}
                 print(f"| {case} | {n} | {label} ({info[(case, n, label)]['how']}) | "
-                      f"{med:.3f} | {min(ts):.3f} | {len(ts)} | {ratio} |")
+                      f"{med:.3f} | {min(ts):.3f} | {c_med:.3f} | {len(ts)} | {ratios} |")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(summary, fh, indent=1)
