@@ -305,3 +305,17 @@ def test_replaced_parameters_are_gathered_again():
     assert flat is not old and flat.holds(model.params)
     for k, v in state.items():
         np.testing.assert_array_equal(model.network.params[k], v * np.float32(0.5))
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import clstm._flat
+    from clstm._rnn import RecurrentNetwork
+    finder, runner = doctest.DocTestFinder(), doctest.DocTestRunner()
+    tests = finder.find(clstm._flat) + finder.find(RecurrentNetwork.backward_state,
+                                                   "backward_state", globs={})
+    assert sum(len(t.examples) for t in tests) >= 8
+    for test in tests:
+        runner.run(test)
+    assert runner.summarize(verbose=False).failed == 0

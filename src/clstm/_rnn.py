@@ -321,7 +321,16 @@ class RecurrentNetwork:
         (or None). Returns grad_X; parameter gradients go to :attr:`grads`.
         ``grads_into`` (name -> array of the parameter's shape and dtype): the
         parameter gradients are added to these arrays (the caller zeroes
-        them) instead of new ones, and :attr:`grads` holds them."""
+        them) instead of new ones, and :attr:`grads` holds them.
+
+        >>> import numpy as np, clstm
+        >>> net = clstm.LSTM(2, 3, random_state=0)
+        >>> out, state = net.run(np.ones((4, 5, 2), np.float32))
+        >>> into = {k: np.zeros_like(v) for k, v in net.params.items()}
+        >>> _ = net.backward_state(np.ones_like(out), grads_into=into)
+        >>> net.grads["weight_hh_l0"] is into["weight_hh_l0"]
+        True
+        """
         return self._backward(grad_out, grad_state, grads_into)
 
     def clear_cache(self):
