@@ -331,6 +331,8 @@ class RecurrentNetwork:
         >>> net.grads["weight_hh_l0"] is into["weight_hh_l0"]
         True
         """
+        if grads_into is None:      # (a subclass's _backward may not take it: ConvLSTM)
+            return self._backward(grad_out, grad_state)
         return self._backward(grad_out, grad_state, grads_into)
 
     def clear_cache(self):
