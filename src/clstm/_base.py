@@ -859,6 +859,8 @@ class BaseLSTMEstimator(BaseEstimator):
         floatX = model.dtype
         # every dense parameter a view of one buffer: one vectorised optimizer
         # step, gradient norm and clipping per mini-batch (None: per array)
+        # (the training data's loss_and_grad fills its gradient buffer; other
+        # data, e.g. Dask's, returns new arrays that are copied in)
         flat = model.flat_params()
         flat_kw = {} if flat is None else {"flat": flat}
         params = model.params              # fixed for the epoch: no rebinding inside
@@ -872,7 +874,7 @@ class BaseLSTMEstimator(BaseEstimator):
                     # batch), samples counted by their weights
                     alpha = float(self.alpha) / data.sw_unit / float(data.sw[rows].sum())
                     try:
-                        step = data.loss_and_grad(model, rows, alpha, self.tbptt_steps, **flat_kw)
+                        step = data.loss_and_grad(model, rows, alpha, self.tbptt_steps)
                     except NonFiniteError as exc:
                         raise _Diverged(epoch, f"the {exc.what} is not finite", b) from None
                     if step is None:             # the batch carries no weight
@@ -1394,9 +1396,12 @@ class _TrainingData:
         self.Y = est._targets_in_model_units(self.Y, dtype)
         return est._null_loss(self.Y, self.W_loss)
 
-    def loss_and_grad(self, model, rows, alpha, tbptt_steps, **flat):
-        """(loss, grads, weight) of the mini-batch ``rows``, None if it carries no weight;
-        ``flat=`` passes on to the model's loss_and_grad (its gradient buffer)."""
+    def loss_and_grad(self, model, rows, alpha, tbptt_steps):
+        """(loss, grads, weight) of the mini-batch ``rows``, None if it carries no weight.
+        The gradients land in the model's flat gradient buffer when the training
+        loop gathered one (:meth:`~clstm._model.TrainableModel.flat_params`)."""
+        flat = model.__dict__.get("_flat")
+        flat = {} if flat is None else {"flat": flat}
         per_step = self.W_loss.ndim == 2
         T_b = int(self.lengths[rows].max())
         Wb = _take(self.W_loss, rows, T_b, per_step)

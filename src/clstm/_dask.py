@@ -435,11 +435,9 @@ class _DaskTrainingData:
         weight = sum(w for _, w in parts if w > 0)
         return float(sum(loss * w for loss, w in parts if w > 0) / weight) if weight else 0.0
 
-    def loss_and_grad(self, model, rows, alpha, tbptt_steps, flat=None):
+    def loss_and_grad(self, model, rows, alpha, tbptt_steps):
         """(loss, grads, weight) of the mini-batch ``rows``, as
-        ``_TrainingData.loss_and_grad``: block sums added in block order
-        (``flat`` is not used: the block sums are new arrays, which the
-        training loop copies into the flat gradient buffer)."""
+        ``_TrainingData.loss_and_grad``: block sums added in block order."""
         client = self.client
         if self._template is None or self._template[0] is not model:
             self._template = (model, client.scatter(model, broadcast=True, hash=False))
