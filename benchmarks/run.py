@@ -666,21 +666,25 @@ def peak_memory(args, fws, py, res):
 
 
 def estimator_fit(args, fws, py, res):
-    """LSTMRegressor.fit vs a PyTorch loop vs Keras model.fit (quick: first thread count only)."""
-    for n in args.threads[:1] if args.quick else args.threads:
-        for f in ("clstm", "torch", "keras"):
-            if f not in fws or not res["frameworks"].get(f, {}).get("available"):
-                continue
-            log(f"estimator fit, {f}, {n} thread(s)")
-            r = run_probe(py[f], n, "fit", "--framework", f, *(["--quick"] if args.quick else []))
-            if r.get("ok"):
-                res["estimator_fit"].setdefault(str(n), {})[f] = r
-            elif f == "clstm":
-                res["notes"].append("estimator fit benchmark skipped: "
-                                    + str(r.get("error", "")).strip().splitlines()[-1])
-                return
-            else:
-                res["notes"].append(f"fit benchmark of {f} failed: {str(r.get('error'))[-300:]}")
+    """LSTMRegressor.fit vs a PyTorch loop vs Keras model.fit, for each case of
+    workers/fit_bench.py (ts-small, forecast); quick: first thread count only."""
+    for case in ("ts-small", "forecast"):
+        for n in args.threads[:1] if args.quick else args.threads:
+            for f in ("clstm", "torch", "keras"):
+                if f not in fws or not res["frameworks"].get(f, {}).get("available"):
+                    continue
+                log(f"estimator fit {case}, {f}, {n} thread(s)")
+                r = run_probe(py[f], n, "fit", "--framework", f, "--case", case,
+                              *(["--quick"] if args.quick else []))
+                if r.get("ok"):
+                    res["estimator_fit"].setdefault(case, {}).setdefault(str(n), {})[f] = r
+                elif f == "clstm":
+                    res["notes"].append("estimator fit benchmark skipped: "
+                                        + str(r.get("error", "")).strip().splitlines()[-1])
+                    return
+                else:
+                    res["notes"].append(f"fit benchmark of {f} ({case}) failed: "
+                                        f"{str(r.get('error'))[-300:]}")
 
 
 def core_peak(machine, libraries, threads):

@@ -6,7 +6,7 @@ Usage (the driver starts these; by hand only for debugging):
     python benchmarks/workers/worker.py --framework torch --threads 2 --cell gru serve
     python benchmarks/workers/worker.py --framework torch --threads 1 rss --config nlp-large
     python benchmarks/workers/worker.py --threads 1 sgemm --configs '<json list>'
-    python benchmarks/workers/worker.py --framework torch --threads 1 fit
+    python benchmarks/workers/worker.py --framework torch --threads 1 fit --case forecast
 
 ``serve`` reads one JSON command per line on stdin and answers one JSON line on
 the original stdout; everything the frameworks print goes to stderr.
@@ -36,6 +36,8 @@ def _early_args():
     p.add_argument("--configs", default="[]")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--case", default="ts-small", help="fit: the case (fit_bench.CASES)")
+    p.add_argument("--reps", type=int, default=None, help="fit: repetitions in the process")
     return p.parse_args()
 
 
@@ -346,9 +348,10 @@ def _owner_of(path):
 
 
 def probe_fit():
-    """Estimator-level fit: 1,000 sequences of ts-small shape, 10 epochs, batch 32."""
+    """Estimator-level fit (fit_bench.CASES: ts-small, forecast)."""
     import fit_bench
-    return fit_bench.run(ARGS.framework, ARGS.threads, quick=ARGS.quick)
+    return fit_bench.run(ARGS.framework, ARGS.threads, quick=ARGS.quick, case=ARGS.case,
+                         reps=ARGS.reps)
 
 
 def main():

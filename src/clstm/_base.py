@@ -83,6 +83,7 @@ from clstm._model import (
     network_params,
 )
 from clstm._optimizers import SCHEDULES, make_optimizer, optimizer_from_state
+from clstm._parallel import blas_single_threaded
 from clstm._progress import EpochProgress
 from clstm._tokens import (
     EMBEDDING_PARAMS,
@@ -856,38 +857,53 @@ class BaseLSTMEstimator(BaseEstimator):
         run.progress.start_epoch(epoch, len(batches))
         model.train()
         floatX = model.dtype
+        # every dense parameter a view of one buffer: one vectorised optimizer
+        # step, gradient norm and clipping per mini-batch (None: per array)
+        # (the training data's loss_and_grad fills its gradient buffer; other
+        # data, e.g. Dask's, returns new arrays that are copied in)
+        flat = model.flat_params()
+        flat_kw = {} if flat is None else {"flat": flat}
+        params = model.params              # fixed for the epoch: no rebinding inside
         total, weight = 0.0, 0.0
-        try:
-            for b, rows in enumerate(batches):
-                # L2 as scikit-learn's MLP: alpha / 2 * ||W||^2 / (samples in the
-                # batch), samples counted by their weights
-                alpha = float(self.alpha) / data.sw_unit / float(data.sw[rows].sum())
-                try:
-                    step = data.loss_and_grad(model, rows, alpha, self.tbptt_steps)
-                except NonFiniteError as exc:
-                    raise _Diverged(epoch, f"the {exc.what} is not finite", b) from None
-                if step is None:             # the batch carries no weight
-                    continue
-                loss, grads, w_sum = step
-                grad_norm = _global_norm(grads)
-                if not np.isfinite(loss):
-                    raise _Diverged(epoch, f"the loss is {loss}", b)
-                if not np.isfinite(grad_norm):
-                    raise _Diverged(epoch, "the gradient is not finite", b)
-                if run.lowest == np.inf:
-                    run.first_loss = loss
-                    run.lowest = loss
-                if self.clip_norm is not None and grad_norm > self.clip_norm:
-                    scale = floatX(self.clip_norm / grad_norm)
-                    for g in grads.values():
-                        g *= scale
-                optimizer.update_params(model.params, grads)
-                run.t += 1
-                total += loss * w_sum
-                weight += w_sum
-                run.progress.batch_done(b, total / weight)
-        finally:
-            model.eval()
+        # BLAS held at one thread once for the epoch, not per forward/backward
+        # (the kernels' own enter is then a counter increment)
+        with blas_single_threaded:
+            try:
+                for b, rows in enumerate(batches):
+                    # L2 as scikit-learn's MLP: alpha / 2 * ||W||^2 / (samples in the
+                    # batch), samples counted by their weights
+                    alpha = float(self.alpha) / data.sw_unit / float(data.sw[rows].sum())
+                    try:
+                        step = data.loss_and_grad(model, rows, alpha, self.tbptt_steps)
+                    except NonFiniteError as exc:
+                        raise _Diverged(epoch, f"the {exc.what} is not finite", b) from None
+                    if step is None:             # the batch carries no weight
+                        continue
+                    loss, grads, w_sum = step
+                    if flat is not None:
+                        grads = flat.gather_grads(grads)
+                    grad_norm = _global_norm(grads, flat)
+                    if not np.isfinite(loss):
+                        raise _Diverged(epoch, f"the loss is {loss}", b)
+                    if not np.isfinite(grad_norm):
+                        raise _Diverged(epoch, "the gradient is not finite", b)
+                    if run.lowest == np.inf:
+                        run.first_loss = loss
+                        run.lowest = loss
+                    if self.clip_norm is not None and grad_norm > self.clip_norm:
+                        scale = floatX(self.clip_norm / grad_norm)
+                        if flat is not None:
+                            flat.grad *= scale
+                        for name, g in grads.items():
+                            if flat is None or name not in flat.grads:
+                                g *= scale
+                    optimizer.update_params(params, grads, **flat_kw)
+                    run.t += 1
+                    total += loss * w_sum
+                    weight += w_sum
+                    run.progress.batch_done(b, total / weight)
+            finally:
+                model.eval()
         if not model.all_finite():
             raise _Diverged(epoch, "the weights are not finite", len(batches) - 1)
         epoch_loss = total / weight if weight > 0 else 0.0
@@ -1384,7 +1400,11 @@ class _TrainingData:
         return est._null_loss(self.Y, self.W_loss)
 
     def loss_and_grad(self, model, rows, alpha, tbptt_steps):
-        """(loss, grads, weight) of the mini-batch ``rows``, None if it carries no weight."""
+        """(loss, grads, weight) of the mini-batch ``rows``, None if it carries no weight.
+        The gradients land in the model's flat gradient buffer when the training
+        loop gathered one (:meth:`~clstm._model.TrainableModel.flat_params`)."""
+        flat = model.__dict__.get("_flat")
+        flat = {} if flat is None else {"flat": flat}
         per_step = self.W_loss.ndim == 2
         T_b = int(self.lengths[rows].max())
         Wb = _take(self.W_loss, rows, T_b, per_step)
@@ -1393,7 +1413,7 @@ class _TrainingData:
             return None
         loss, grads = model.loss_and_grad(self.X[rows, :T_b], self.lengths[rows],
                                           _take(self.Y, rows, T_b, per_step), Wb,
-                                          alpha=alpha, tbptt_steps=tbptt_steps)
+                                          alpha=alpha, tbptt_steps=tbptt_steps, **flat)
         return loss, grads, w_sum
 
 
@@ -1878,8 +1898,13 @@ def _over_row_batches(Xp, lengths, compute, time_axis=None):
     return np.concatenate(parts, axis=0)
 
 
-def _global_norm(grads):
+def _global_norm(grads, flat=None):
+    """The Euclidean norm of all gradients together, summed in float64; the
+    ones in ``flat``'s buffer (a FlatParameters) as one reduction."""
     total = 0.0
+    if flat is not None:
+        total = float(flat.grad_norm()) ** 2
+        grads = {k: g for k, g in grads.items() if k not in flat.grads}
     for g in grads.values():
         total += float(np.dot(g.ravel().astype(np.float64, copy=False),
                               g.ravel().astype(np.float64, copy=False)))

@@ -21,8 +21,12 @@ def squared_error(Z, Y, W, norm):
     """l = 0.5 * mean_k (z_k - y_k)^2 (scikit-learn's MLP convention); Y like Z."""
     diff = Z - Y
     n_outputs = Z.shape[-1]
-    per_entry = 0.5 * np.mean(np.square(diff, dtype=np.float64), axis=-1)
-    loss = float(np.sum(W * per_entry) / norm)
+    # the mean over outputs as np.mean computes it (a sum, then / n), without
+    # its per-call overhead (this runs once per mini-batch)
+    squares = np.square(diff, dtype=np.float64)
+    per_entry = squares[..., 0] if n_outputs == 1 else squares.sum(axis=-1) / n_outputs
+    per_entry *= 0.5
+    loss = float((W * per_entry).sum() / norm)
     grad = diff * (W[..., None] / (norm * n_outputs)).astype(Z.dtype)
     return loss, grad
 

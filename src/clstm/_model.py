@@ -22,6 +22,7 @@ import numpy as np
 
 from clstm._attention import AttentionPooling
 from clstm._convlstm import ConvLSTM
+from clstm._flat import FlatParameters
 from clstm._gru import GRU
 from clstm._losses import LOSSES
 from clstm._lstm import LSTM
@@ -148,6 +149,41 @@ class TrainableModel:
             if grads is not None:
                 grads[name] += w.dtype.type(alpha) * w
         return loss
+
+    # -- the flat buffer: every dense parameter a view of one array --------------
+    def flat_params(self):
+        """The model's :class:`~clstm._flat.FlatParameters` (its dense parameters,
+        every one now a view of one flat array), or None for a model that cannot
+        rebind its parameters (no ``_set_param``).
+
+        Gathered on the first call and again whenever a parameter was replaced
+        since (``load_state_dict``, unpickling, a copy); the training loop
+        calls this once per epoch, so an optimizer step is one vectorised
+        update. Row-sparse parameters (the embedding table) stay apart.
+        """
+        dense = {k: v for k, v in self.params.items() if not k.startswith(_INPUT_PREFIX)}
+        flat = self.__dict__.get("_flat")
+        if flat is not None and flat.params.keys() == dense.keys() and flat.holds(dense):
+            return flat
+        if not hasattr(self, "_set_param") or not dense:
+            return None
+        try:
+            flat = FlatParameters(dense)
+        except ValueError:           # mixed dtypes: keep the arrays apart
+            return None
+        for name, view in flat.params.items():
+            self._set_param(name, view)
+        for net in self._networks():
+            net.clear_cache()        # its cache refers to the replaced arrays
+        self._flat = flat
+        return flat
+
+    def __getstate__(self):
+        # copies (pickle, deepcopy) hold separate arrays: a copied view would no
+        # longer share the copied flat buffer's memory, so it is not copied
+        state = self.__dict__.copy()
+        state.pop("_flat", None)
+        return state
 
     def __setstate__(self, state):
         # read-only arrays (e.g. joblib memory maps) -> private writable copies:
@@ -334,6 +370,19 @@ class SequenceModel(TrainableModel):
             params.update({_INPUT_PREFIX + k: v for k, v in self.input_layer.params.items()})
         return params
 
+    def _set_param(self, name, value):
+        """Rebind parameter ``name`` (a key of :attr:`params`) to the array ``value``."""
+        if name == _HEAD_WEIGHT:
+            self.head_weight = value
+        elif name == _HEAD_BIAS:
+            self.head_bias = value
+        elif name.startswith(_NETWORK_PREFIX):
+            self.network.params[name[len(_NETWORK_PREFIX):]] = value
+        elif name.startswith(_ATTENTION_PREFIX):
+            self.attention.params[name[len(_ATTENTION_PREFIX):]] = value
+        else:
+            raise KeyError(f"{name!r} is not a dense parameter of the model")
+
     def weight_names(self):
         """Parameters under the L2 penalty: weight matrices, not biases (as scikit-learn's MLP)."""
         attention = (() if self.attention is None else
@@ -391,7 +440,8 @@ class SequenceModel(TrainableModel):
         return self.attention.forward(out, lengths)[1].astype(np.float64)
 
     # -- loss and gradient --------------------------------------------------------
-    def loss_and_grad(self, X, lengths, Y, W, alpha=0.0, tbptt_steps=None, need_grad=True):
+    def loss_and_grad(self, X, lengths, Y, W, alpha=0.0, tbptt_steps=None, need_grad=True,
+                      flat=None):
         """Mini-batch loss (weighted mean + alpha/2 * ||weights||^2) and gradients.
 
         X (B, T, F), or (B, T) int64 token ids with an input layer; lengths
@@ -402,6 +452,9 @@ class SequenceModel(TrainableModel):
         state forward, detached (no gradient crosses a chunk boundary).
         Raises :class:`NonFiniteError` when the loss, the gradient reaching
         the network or a carried state is not finite.
+        ``flat`` (this model's :meth:`flat_params`): the dense gradients are
+        written into its gradient buffer (zeroed here, no new arrays); the
+        returned dict holds its views, valid until the next call with it.
         """
         net = self.network
         loss_fn = LOSSES[self.loss]
@@ -414,20 +467,36 @@ class SequenceModel(TrainableModel):
             raise ValueError("attention reads every step of a sequence at once: it cannot "
                              "be trained with truncated BPTT (tbptt_steps)")
         # the embedding's gradient is row-sparse: no dense zeros for it
-        grads = ({name: np.zeros_like(v) for name, v in self.params.items()
-                  if not name.startswith(_INPUT_PREFIX)} if need_grad else None)
+        if not need_grad:
+            grads = None
+        elif flat is not None:
+            grads = flat.zero_grads()
+        else:
+            grads = {name: np.zeros_like(v) for name, v in self.params.items()
+                     if not name.startswith(_INPUT_PREFIX)}
+        # with the flat buffer, the network adds its parameter gradients straight
+        # into it (no arrays of its own, no sum here)
+        sink = ({"grads_into": {name: grads[_NETWORK_PREFIX + name] for name in net.params}}
+                if flat is not None and need_grad else {})
         grad_inputs = (np.zeros_like(X) if need_grad and self.input_layer is not None
                        and self.input_layer.params else None)
         h_index = net.state_names.index("h")
+        shortest, longest = int(lengths.min()), int(lengths.max())
         state = None        # (sorted like X) the carried states, a list over state_names
         loss = 0.0
         # overflow is detected below and reported as NonFiniteError, not warned about
         with np.errstate(over="ignore", invalid="ignore"), _clearing_cache(net):
             for start in range(0, T, k):
                 stop = min(start + k, T)
-                active = np.flatnonzero(lengths > start)
-                whole = active.size == B
-                len_c = np.minimum(lengths[active] - start, stop - start)
+                # one chunk holding every sequence whole (no truncated BPTT, the
+                # common case): every row is active and ends here, no selection
+                every = start == 0 and stop == T and 1 <= shortest and longest <= T
+                if every:
+                    active, whole, len_c = slice(None), True, lengths
+                else:
+                    active = np.flatnonzero(lengths > start)
+                    whole = active.size == B
+                    len_c = np.minimum(lengths[active] - start, stop - start)
                 Xc = X[:, start:stop] if whole else X[active, start:stop]
                 state_in = None
                 if state is not None:
@@ -437,13 +506,21 @@ class SequenceModel(TrainableModel):
                 if self.return_sequences:
                     rows = slice(None) if whole else active
                     Yc, Wc = Y[rows, start:stop], W[rows, start:stop]
+                elif every:
+                    ends = slice(None)
+                    Yc, Wc = Y, W
                 else:
                     # only sequences whose last step lies in this chunk see the loss
                     ends = np.flatnonzero(lengths[active] <= stop)
                     Yc, Wc = Y[active[ends]], W[active[ends]]
-                out, state_out = net.run(Xc, state_in, _ragged_only(len_c, stop - start),
-                                         keep_cache=need_grad)
-                if state is None:
+                if every:          # (None: every sequence fills the chunk)
+                    ragged = len_c if shortest < T else None
+                else:
+                    ragged = _ragged_only(len_c, stop - start)
+                out, state_out = net.run(Xc, state_in, ragged, keep_cache=need_grad)
+                if stop == T:
+                    pass                 # the last chunk: no state to carry on
+                elif state is None:
                     state = [np.array(s) for s in state_out]     # start == 0: every row
                 else:
                     for s, s_new in zip(state, state_out):
@@ -455,6 +532,8 @@ class SequenceModel(TrainableModel):
                     feats = out
                 elif self.attention is not None:     # one chunk: every sequence ends here
                     feats, _, attention_cache = self.attention.forward(out, len_c)
+                elif every:
+                    feats = self._features(out, state_out)
                 else:
                     if ends.size == 0:
                         continue
@@ -474,13 +553,13 @@ class SequenceModel(TrainableModel):
                 if not np.isfinite(grad_feats).all():
                     raise NonFiniteError("gradient")
                 if self.return_sequences:
-                    grad_Xc = net.backward_state(grad_feats)
+                    grad_Xc = net.backward_state(grad_feats, **sink)
                 elif self.attention is not None:
                     grad_out, attention_grads = self.attention.backward(grad_feats,
                                                                         attention_cache)
                     for name, g in attention_grads.items():
                         grads[_ATTENTION_PREFIX + name] += g
-                    grad_Xc = net.backward_state(grad_out)
+                    grad_Xc = net.backward_state(grad_out, **sink)
                 else:
                     grad_h = np.zeros_like(state_out[h_index])
                     H = net.output_size
@@ -489,12 +568,14 @@ class SequenceModel(TrainableModel):
                         grad_h[-D + d, ends] = grad_feats[:, d * H:(d + 1) * H]
                     grad_Xc = net.backward_state(np.zeros_like(out),
                                                  tuple(grad_h if i == h_index else None
-                                                       for i in range(len(state_out))))
+                                                       for i in range(len(state_out))),
+                                                 **sink)
                 if grad_inputs is not None:
                     grad_inputs[slice(None) if whole else active, start:stop] = grad_Xc
-                net_grads = net.grads
-                for name in net.params:
-                    grads[_NETWORK_PREFIX + name] += net_grads[name]
+                if not sink:             # (with a sink the network added them already)
+                    net_grads = net.grads
+                    for name in net.params:
+                        grads[_NETWORK_PREFIX + name] += net_grads[name]
         if grad_inputs is not None:
             grads[_INPUT_PREFIX + "weight"] = self.input_layer.backward(ids, grad_inputs,
                                                                         lengths)

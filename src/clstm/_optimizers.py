@@ -29,6 +29,8 @@ import numbers
 
 import numpy as np
 
+from clstm._flat import flat_views
+
 __all__ = ["SGDOptimizer", "AdamOptimizer", "RMSpropOptimizer", "LearningRateSchedule",
            "make_optimizer", "optimizer_from_state", "SCHEDULES"]
 
@@ -136,11 +138,25 @@ class BaseOptimizer:
             self.state[slot][name] = buf
         return buf
 
-    def update_params(self, params, grads):
+    def update_params(self, params, grads, flat=None):
         """Apply one step: ``params[name] += update(grads[name])`` in place (for a
-        row-sparse gradient: ``params[name][rows] += update(values)``)."""
+        row-sparse gradient: ``params[name][rows] += update(values)``).
+
+        ``flat`` (a :class:`clstm._flat.FlatParameters` whose views are some of
+        ``params``): those parameters take one vectorised step over the flat
+        buffer, their slots kept as views of one flat array per slot. The
+        arithmetic is elementwise and the same, so the result is bitwise
+        what the per-parameter loop gives.
+        """
         self.t += 1
-        for name, param in params.items():
+        names = params.keys()
+        if flat is not None:
+            grads = flat.gather_grads(grads)
+            slots = self._flat_slots(flat)
+            flat.values += self._update(flat.values.dtype.type, flat.grad, *slots)
+            names = [name for name in params if name not in flat.params]
+        for name in names:
+            param = params[name]
             grad = grads[name]
             slots = [self._slot(slot, name, param) for slot in self._slots_in_use()]
             rows = getattr(grad, "rows", None)
@@ -151,6 +167,38 @@ class BaseOptimizer:
             param[rows] += self._update(param.dtype.type, grad.values, *gathered)
             for s, g in zip(slots, gathered):
                 s[rows] = g
+
+    def _flat_slots(self, flat):
+        """One flat array per slot in use, laid out like ``flat.values``; the
+        per-parameter entries of :attr:`state` become its views (values carried
+        over, zeros where a slot is new or no longer fits, as :meth:`_slot`).
+        Built again only when :attr:`state` was replaced or changed."""
+        slots = self._slots_in_use()
+        built = self.__dict__.get("_flat_state")
+        if (built is not None and built[0] == flat.layout and all(
+                self.state[slot].get(name) is view
+                for slot in slots for name, view in built[1][slot][1].items())):
+            return [built[1][slot][0] for slot in slots]
+        arrays = {}
+        for slot in slots:
+            buffer = np.zeros_like(flat.values)
+            views = flat_views(buffer, flat.layout)
+            for name, view in views.items():
+                old = self.state[slot].get(name)
+                if old is not None and old.shape == view.shape and old.dtype == view.dtype:
+                    view[...] = old
+                self.state[slot][name] = view
+            arrays[slot] = (buffer, views)
+        self._flat_state = (flat.layout, arrays)
+        return [arrays[slot][0] for slot in slots]
+
+    def __getstate__(self):
+        # the flat slot buffers are an in-memory arrangement: copies (pickle,
+        # deepcopy) keep the per-parameter slots only (a copied view would
+        # no longer share the copied buffer's memory)
+        state = self.__dict__.copy()
+        state.pop("_flat_state", None)
+        return state
 
     def state_dict(self):
         """(scalars, arrays): the step count and copies of the slots, keyed ``slot/param``."""
@@ -262,10 +310,10 @@ class AdamOptimizer(BaseOptimizer):
         return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
                 "epsilon": self.epsilon}
 
-    def update_params(self, params, grads):
+    def update_params(self, params, grads, flat=None):
         self._step_size = (self.learning_rate * np.sqrt(1 - self.beta_2 ** (self.t + 1))
                            / (1 - self.beta_1 ** (self.t + 1)))
-        super().update_params(params, grads)
+        super().update_params(params, grads, flat)
 
     def _update(self, f, grad, m, v):
         m *= f(self.beta_1)

@@ -384,10 +384,24 @@ class RecurrentNetwork:
         except (TypeError, ValueError):
             return None
 
-    def backward_state(self, grad_out, grad_state=None):
+    def backward_state(self, grad_out, grad_state=None, grads_into=None):
         """Backward from the last cached run, the state gradients as one tuple
-        (or None). Returns grad_X; parameter gradients go to :attr:`grads`."""
-        return self._backward(grad_out, grad_state)
+        (or None). Returns grad_X; parameter gradients go to :attr:`grads`.
+        ``grads_into`` (name -> array of the parameter's shape and dtype): the
+        parameter gradients are added to these arrays (the caller zeroes
+        them) instead of new ones, and :attr:`grads` holds them.
+
+        >>> import numpy as np, clstm
+        >>> net = clstm.LSTM(2, 3, random_state=0)
+        >>> out, state = net.run(np.ones((4, 5, 2), np.float32))
+        >>> into = {k: np.zeros_like(v) for k, v in net.params.items()}
+        >>> _ = net.backward_state(np.ones_like(out), grads_into=into)
+        >>> net.grads["weight_hh_l0"] is into["weight_hh_l0"]
+        True
+        """
+        if grads_into is None:      # (a subclass's _backward may not take it: ConvLSTM)
+            return self._backward(grad_out, grad_state)
+        return self._backward(grad_out, grad_state, grads_into)
 
     def clear_cache(self):
         """Drop the activations kept for backward (frees their memory)."""
@@ -778,7 +792,7 @@ class RecurrentNetwork:
                                "the saved activations no longer match them: run forward() again")
         return cache
 
-    def _backward(self, grad_out, grad_state):
+    def _backward(self, grad_out, grad_state, grads_into=None):
         cache = self._checked_cache()
         B, T = cache["shape"]
         P, D, L = self.output_size, self.num_directions, self.num_layers
@@ -810,13 +824,13 @@ class RecurrentNetwork:
             g = np.ascontiguousarray(grad_out[b0:b1, :n_steps].transpose(1, 0, 2))
             results[k] = self._backward_batch(
                 parts[k], g, [np.ascontiguousarray(s[:, b0:b1]) for s in grad_state],
-                weights, ws.chunk(k))
+                weights, ws.chunk(k), grads_into if k == 0 else None)
 
         with blas_single_threaded:
             run_parts(resolve_n_threads(self.n_jobs, B),
                       [partial(run, k) for k in range(len(chunks))])
 
-        grads = results[0][1]
+        grads = dict(results[0][1])
         for _, more, _ in results[1:]:    # the sub-batches' gradients, in part order
             for name, value in more.items():
                 grads[name] += value
@@ -836,16 +850,18 @@ class RecurrentNetwork:
         self.grads = grads
         return grad_X
 
-    def _backward_batch(self, part, g, grad_state, weights, ws):
+    def _backward_batch(self, part, g, grad_state, weights, ws, grads=None):
         """BPTT over one sub-batch, single-threaded: g (T, b, D*P) time-major;
         grad_state (per state, (L*D, b, units)) is updated in place to the
-        gradients of the initial states. Returns (grad_x, grads, grad_state)."""
+        gradients of the initial states; parameter gradients are added to
+        ``grads`` (new zeros if None). Returns (grad_x, grads, grad_state)."""
         D = self.num_directions
         T, B = g.shape[:2]
         plan = self._plan()
         cfg = plan["cfg"]
         G = cfg["n_gates"]
-        grads = {name: np.zeros_like(value) for name, value in self.params.items()}
+        if grads is None:
+            grads = {name: np.zeros_like(value) for name, value in self.params.items()}
         for layer in reversed(range(self.num_layers)):
             lc = part["layers"][layer]
             inp = lc["input"]
