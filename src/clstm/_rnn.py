@@ -589,7 +589,6 @@ class RecurrentNetwork:
         T, B, _ = x.shape
         P, D = self.output_size, self.num_directions
         cfg_fwd = self._plan()["cfg_directions"]
-        has_c = len(state) > 1
         layers, stages, inp = [], [], x
         for layer in range(self.num_layers):
             input_mask, rec_masks = masks[layer] if masks is not None else (None, [None] * D)
@@ -600,13 +599,8 @@ class RecurrentNetwork:
             out = ws.get(("out", layer), (T, B, D * P), self.dtype)
             directions = []
             for d in range(D):
-                k = layer * D + d
-                mask = rec_masks[d]
-                arrays = {**weights[k], **self._buffers(ws, layer, d, T, B, backward=False),
-                          "x": inp, "batch_sizes": batch_sizes, "h0": state[0][k],
-                          "c0": state[1][k] if has_c else None, "mask": mask,
-                          "h_seq": out, "work": None if mask is None else
-                          ws.get(("work", layer, d), (B, P), self.dtype)}
+                arrays = self._direction_arrays(ws, weights, layer, d, inp, batch_sizes,
+                                                state, rec_masks[d], out)
                 stages.append((arrays, cfg_fwd[d], None if d else drop))
                 directions.append(arrays)
             layers.append({"input": inp, "input_mask": input_mask, "out": out,
@@ -756,12 +750,8 @@ class RecurrentNetwork:
             directions = []
             for d in range(D):
                 k = layer * D + d
-                mask = rec_masks[d]
-                arrays = {**weights[k], **self._buffers(ws, layer, d, T, B, backward=False),
-                          "x": inp, "batch_sizes": batch_sizes, "h0": state[0][k],
-                          "c0": state[1][k] if len(state) > 1 else None, "mask": mask,
-                          "h_seq": out, "work": None if mask is None else
-                          ws.get(("work", layer, d), (B, P), self.dtype)}
+                arrays = self._direction_arrays(ws, weights, layer, d, inp, batch_sizes,
+                                                state, rec_masks[d], out)
                 _scan.forward(arrays, cfg_fwd[d])
                 final = np.zeros_like(last) if d else last
                 finals[0][k] = out[final, rows, d * P:(d + 1) * P]
@@ -773,6 +763,18 @@ class RecurrentNetwork:
             inp = out
         return {"layers": layers, "finals": finals, "state": state,
                 "batch_sizes": batch_sizes}
+
+    def _direction_arrays(self, ws, weights, layer, d, inp, batch_sizes, state, mask, out):
+        """The scan's arrays of one layer direction's forward over a sub-batch:
+        inp (T, b, n_in) time-major, out (T, b, D*P) its output buffer."""
+        T, B = inp.shape[:2]
+        k = layer * self.num_directions + d
+        work = None if mask is None else ws.get(("work", layer, d), (B, self.output_size),
+                                                  self.dtype)
+        return {**weights[k], **self._buffers(ws, layer, d, T, B, backward=False),
+                "x": inp, "batch_sizes": batch_sizes, "h0": state[0][k],
+                "c0": state[1][k] if len(state) > 1 else None, "mask": mask,
+                "h_seq": out, "work": work}
 
     def _dropout_mask(self, shape, p):
         keep = self._rng.random(shape) >= p
