@@ -143,9 +143,10 @@ if grep -Ei "grafting|copying.*\.libs" "$WORK/logs/auditwheel-repair.log"; then
     fail "auditwheel vendored a library into the wheel"
 fi
 rm -rf "$WORK/unzipped"; mkdir -p "$WORK/unzipped"
-"$TOOLS/python" - "$WHEEL" "$WORK/unzipped" "$MAX_WHEEL_BYTES" <<'EOF'
-import os, re, subprocess, sys, zipfile
+"$TOOLS/python" - "$WHEEL" "$WORK/unzipped" "$MAX_WHEEL_BYTES" "$SDIST_DIR" <<'EOF'
+import glob, os, re, subprocess, sys, zipfile
 wheel, dest, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
+n_modules = len(glob.glob(os.path.join(sys.argv[4], "src", "clstm", "*.pyx")))  # one per .pyx
 name, size = os.path.basename(wheel), os.path.getsize(wheel)
 zf = zipfile.ZipFile(wheel)
 names = zf.namelist()
@@ -157,7 +158,7 @@ generated = [n for n in names if n.endswith((".c", ".html", ".o"))]
 sos = [n for n in names if n.endswith(".so")]
 if vendored: errors.append(f"vendored libraries: {vendored}")
 if generated: errors.append(f"generated files in the wheel: {generated}")
-if len(sos) != 5: errors.append(f"expected 5 extension modules, found {sos}")
+if len(sos) != n_modules: errors.append(f"expected {n_modules} extension modules (one per .pyx of the sdist), found {sos}")
 if size > limit: errors.append(f"wheel is {size} bytes > {limit}")
 for need in ("clstm/_cell_kernels.h", "clstm/_cell_rows.h", "clstm/_softmax_rows.h", "clstm/_cell.pxd", "clstm/_scan.pxd", "clstm/datasets/data/elnino.csv"):
     if need not in names: errors.append(f"missing from the wheel: {need}")
