@@ -500,6 +500,35 @@ def test_fit_survives_a_worker_killed_mid_fit(client, monkeypatch):
     _check_same_fit(est, ref)
 
 
+def test_a_cancelled_step_is_scattered_again_and_retried_once(client, monkeypatch):
+    """The scheduler cancels a step's tasks (their scattered model went with a lost
+    worker): the model is scattered again, the step retried, and the fit equals the
+    undisturbed one; a second cancellation in the same step propagates."""
+    from concurrent.futures import CancelledError
+    X, y = _data()
+    ref = clstm.LSTMRegressor(**_SMALL).fit(X, y)
+    original = _dask._DaskTrainingData._block_steps
+    calls = []
+
+    def cancelled_once(self, model, rows, tbptt_steps):
+        calls.append(self._template)
+        if len(calls) == 3:
+            raise CancelledError("forgotten")
+        return original(self, model, rows, tbptt_steps)
+
+    monkeypatch.setattr(_dask._DaskTrainingData, "_block_steps", cancelled_once)
+    est = clstm.LSTMRegressor(**_SMALL).fit(da.from_array(X, chunks=(40, -1, -1)), y)
+    assert calls[3] is None                 # the retry scattered the model again
+    _check_same_fit(est, ref)
+
+    def always_cancelled(self, model, rows, tbptt_steps):
+        raise CancelledError("forgotten")
+
+    monkeypatch.setattr(_dask._DaskTrainingData, "_block_steps", always_cancelled)
+    with pytest.raises(CancelledError):
+        clstm.LSTMRegressor(**_SMALL).fit(da.from_array(X, chunks=(40, -1, -1)), y)
+
+
 @pytest.mark.slow
 def test_fit_that_dask_gives_up_on_raises_and_keeps_the_last_good_weights():
     """With no retries allowed, a worker dying mid-step fails the fit: the error

@@ -297,6 +297,8 @@ def test_benchmark_script_runs(tmp_path, capsys):
     import json
     import os
     path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "bench_forward_call.py")
+    if not os.path.exists(path):       # the installed-wheel check runs tests/ alone
+        pytest.skip("benchmarks/ not present")
     spec = importlib.util.spec_from_file_location("bench_forward_call", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

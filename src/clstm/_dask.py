@@ -63,6 +63,7 @@ data that does not fit on one machine; otherwise fit in memory. Chunk X into abo
 import copy
 import threading
 import uuid
+from concurrent.futures import CancelledError
 
 import numpy as np
 from sklearn.base import is_classifier, is_regressor
@@ -435,9 +436,8 @@ class _DaskTrainingData:
         weight = sum(w for _, w in parts if w > 0)
         return float(sum(loss * w for loss, w in parts if w > 0) / weight) if weight else 0.0
 
-    def loss_and_grad(self, model, rows, alpha, tbptt_steps):
-        """(loss, grads, weight) of the mini-batch ``rows``, as
-        ``_TrainingData.loss_and_grad``: block sums added in block order."""
+    def _block_steps(self, model, rows, tbptt_steps):
+        """Each block's (loss, grads, weight) of the mini-batch ``rows``, in block order."""
         client = self.client
         if self._template is None or self._template[0] is not model:
             self._template = (model, client.scatter(model, broadcast=True, hash=False))
@@ -448,7 +448,21 @@ class _DaskTrainingData:
         futures = [client.submit(_block_step, self._ready[b], self._template[1], params,
                                  self._position[rows[blocks == b]], tbptt_steps, pure=False)
                    for b in np.unique(blocks)]
-        parts = [p for p in client.gather(futures) if p[2] > 0]
+        return client.gather(futures)
+
+    def loss_and_grad(self, model, rows, alpha, tbptt_steps):
+        """(loss, grads, weight) of the mini-batch ``rows``, as
+        ``_TrainingData.loss_and_grad``: block sums added in block order."""
+        try:
+            parts = self._block_steps(model, rows, tbptt_steps)
+        except CancelledError:
+            # A worker lost while the step ran can take the scattered model and
+            # weights with it (they have no lineage to recompute from), and the
+            # scheduler then cancels the step's tasks: scatter again and retry
+            # once; the blocks themselves are recomputed from their lineage.
+            self._template = None
+            parts = self._block_steps(model, rows, tbptt_steps)
+        parts = [p for p in parts if p[2] > 0]
         if not parts:
             return None
         weight = sum(p[2] for p in parts)
