@@ -156,8 +156,10 @@ def test_generic_run_interface():
     np.testing.assert_array_equal(out2, out)
     np.testing.assert_array_equal(c2, c_n)
     out3, _ = net.run(X)
-    np.testing.assert_array_equal(net.backward_state(np.ones_like(out3)),
+    np.testing.assert_array_equal(net.backward_state(np.ones_like(out3), retain_cache=True),
                                   net.backward(np.ones_like(out)))
+    with pytest.raises(RuntimeError, match="already run for this forward"):
+        net.backward(np.ones_like(out))
     with pytest.raises(ValueError, match="tuple \\(h0, c0\\)"):
         net.run(X, (h_n,))
 

@@ -200,13 +200,19 @@ def test_make_reber_strings_follow_their_legal_masks():
 def test_embedded_reber_next_symbol_sets_are_predicted_exactly():
     """The paper's criterion on 200 unseen strings: at every step, the symbols
     with probability above 0.2 are exactly the legal successors (each legal
-    successor has probability 1/2 or 1 under the grammar)."""
+    successor has probability 1/2 or 1 under the grammar).
+
+    A decaying step size lets the probabilities settle: with a constant one
+    the closest of them ended within 0.001 of the 0.2 threshold, so a change
+    in the order of a floating-point sum flipped one string; here the closest
+    is about 0.13 away."""
     from clstm.datasets import make_reber
     X, _ = make_reber(1024, random_state=0)
     X_test, legal = make_reber(200, random_state=1)
-    lm = clstm.LSTMLanguageModel(vocab_size=7, embedding_dim=8, hidden_size=32, max_iter=60,
-                                 learning_rate_init=0.01, batch_size=16, alpha=0.0,
-                                 n_iter_no_change=100, random_state=0).fit(X)
+    lm = clstm.LSTMLanguageModel(vocab_size=7, embedding_dim=8, hidden_size=32, max_iter=80,
+                                 learning_rate_init=0.01, learning_rate="invscaling",
+                                 batch_size=16, alpha=0.0, n_iter_no_change=100,
+                                 random_state=0).fit(X)
     wrong = [i for i, (p, mask) in enumerate(zip(lm.predict_proba(X_test), legal))
              if not np.array_equal(p[:-1] > 0.2, mask[:-1])]
     assert wrong == []

@@ -165,13 +165,33 @@ def test_grads_have_state_dict_keys_and_shapes():
     np.testing.assert_array_equal(net.grads["bias_ih_l1"], net.grads["bias_hh_l1"])
 
 
-def test_backward_is_repeatable_and_does_not_accumulate():
-    net, X, h0, c0, lengths, grad_out, gh, gc = _case(2, False, True, True, seed=6)
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_backward_with_retain_cache_is_repeatable_and_does_not_accumulate(bidirectional):
+    net, X, h0, c0, lengths, grad_out, gh, gc = _case(2, bidirectional, True, True, seed=6)
+    net.forward(X, h0, c0, lengths)
+    g1 = net.backward(grad_out, gh, gc, retain_cache=True)
+    grads1 = {k: v.copy() for k, v in net.grads.items()}
+    g2 = net.backward(grad_out, gh, gc, retain_cache=True)
+    np.testing.assert_array_equal(g1, g2)
+    for k, v in grads1.items():
+        np.testing.assert_array_equal(net.grads[k], v, err_msg=k)
+    g3 = net.backward(grad_out, gh, gc)              # the last one may consume the cache
+    np.testing.assert_array_equal(g1, g3)
+    for k, v in grads1.items():
+        np.testing.assert_array_equal(net.grads[k], v, err_msg=k)
+
+
+def test_a_second_backward_for_one_forward_raises_and_forward_again_works():
+    # the backward writes the gate gradients over the saved gates (memory):
+    # a second one would read gradients as activations, so it must refuse
+    net, X, h0, c0, lengths, grad_out, gh, gc = _case(2, True, True, True, seed=6)
     net.forward(X, h0, c0, lengths)
     g1 = net.backward(grad_out, gh, gc)
     grads1 = {k: v.copy() for k, v in net.grads.items()}
-    g2 = net.backward(grad_out, gh, gc)
-    np.testing.assert_array_equal(g1, g2)
+    with pytest.raises(RuntimeError, match="already run for this forward"):
+        net.backward(grad_out, gh, gc)
+    net.forward(X, h0, c0, lengths)
+    np.testing.assert_array_equal(net.backward(grad_out, gh, gc), g1)
     for k, v in grads1.items():
         np.testing.assert_array_equal(net.grads[k], v, err_msg=k)
 

@@ -23,22 +23,20 @@ cdef extern from "_cell_kernels.h" nogil:
                               const double* ln_w, const double* ln_b, double* chat,
                               double* rstd)
     void clstm_lstm_backward_f(int variant, Py_ssize_t n_rows, Py_ssize_t hidden,
-                               const float* gates, Py_ssize_t ld_gates, const float* peep,
+                               float* gates, Py_ssize_t ld_gates, const float* peep,
                                const float* c_prev, Py_ssize_t ld_c_prev,
                                const float* c, Py_ssize_t ld_c,
                                const float* grad_h_out, Py_ssize_t ld_grad_h_out,
                                const float* grad_h_rec, float* grad_c,
-                               float* grad_gates, Py_ssize_t ld_grad_gates,
                                float* grad_peep, const float* ln_w, const float* ln_b,
                                const float* chat, const float* rstd, float* grad_ln_w,
                                float* grad_ln_b, float* work)
     void clstm_lstm_backward_d(int variant, Py_ssize_t n_rows, Py_ssize_t hidden,
-                               const double* gates, Py_ssize_t ld_gates, const double* peep,
+                               double* gates, Py_ssize_t ld_gates, const double* peep,
                                const double* c_prev, Py_ssize_t ld_c_prev,
                                const double* c, Py_ssize_t ld_c,
                                const double* grad_h_out, Py_ssize_t ld_grad_h_out,
                                const double* grad_h_rec, double* grad_c,
-                               double* grad_gates, Py_ssize_t ld_grad_gates,
                                double* grad_peep, const double* ln_w, const double* ln_b,
                                const double* chat, const double* rstd, double* grad_ln_w,
                                double* grad_ln_b, double* work)
@@ -68,14 +66,14 @@ cdef extern from "_cell_kernels.h" nogil:
                              const double* bias, const double* bias_hn,
                              const double* h_prev, Py_ssize_t ld_h_prev, double* h,
                              Py_ssize_t ld_h)
-    void clstm_gru_backward_f(Py_ssize_t n_rows, Py_ssize_t hidden, const float* gx,
-                              const float* gh, const float* h_prev, Py_ssize_t ld_h_prev,
+    void clstm_gru_backward_f(Py_ssize_t n_rows, Py_ssize_t hidden, float* gx,
+                              float* gh, const float* h_prev, Py_ssize_t ld_h_prev,
                               const float* grad_h_out, Py_ssize_t ld_grad_h_out,
-                              float* grad_h_rec, float* grad_gx, float* grad_gh)
-    void clstm_gru_backward_d(Py_ssize_t n_rows, Py_ssize_t hidden, const double* gx,
-                              const double* gh, const double* h_prev, Py_ssize_t ld_h_prev,
+                              float* grad_h_rec)
+    void clstm_gru_backward_d(Py_ssize_t n_rows, Py_ssize_t hidden, double* gx,
+                              double* gh, const double* h_prev, Py_ssize_t ld_h_prev,
                               const double* grad_h_out, Py_ssize_t ld_grad_h_out,
-                              double* grad_h_rec, double* grad_gx, double* grad_gh)
+                              double* grad_h_rec)
 
     # --- activations (test twins) ----------------------------------------------
     void clstm_tanh_f(Py_ssize_t n, const float* x, float* y)
@@ -103,25 +101,24 @@ cdef inline void lstm_cell_forward(
 
 cdef inline void lstm_cell_backward(
         int variant, Py_ssize_t n_rows, Py_ssize_t hidden_size,
-        const floating* gates, Py_ssize_t ld_gates, const floating* peep,
+        floating* gates, Py_ssize_t ld_gates, const floating* peep,
         const floating* c_prev, Py_ssize_t ld_c_prev, const floating* c, Py_ssize_t ld_c,
         const floating* grad_h_out, Py_ssize_t ld_grad_h_out, const floating* grad_h_rec,
-        floating* grad_c, floating* grad_gates, Py_ssize_t ld_grad_gates,
-        floating* grad_peep, const floating* ln_w, const floating* ln_b,
+        floating* grad_c, floating* grad_peep, const floating* ln_w, const floating* ln_b,
         const floating* chat, const floating* rstd, floating* grad_ln_w,
         floating* grad_ln_b, floating* work) noexcept nogil:
-    """(grad_h, grad_c, c_prev, c, gates) -> (grad_gates, grad_c_prev in grad_c; peephole
-    and cell-norm parameter gradients accumulated)"""
+    """(grad_h, grad_c, c_prev, c, gates) -> (gates overwritten by their pre-activation
+    gradients, grad_c_prev in grad_c; peephole and cell-norm parameter gradients accumulated)"""
     if floating is float:
         clstm_lstm_backward_f(variant, n_rows, hidden_size, gates, ld_gates, peep, c_prev,
                               ld_c_prev, c, ld_c, grad_h_out, ld_grad_h_out, grad_h_rec,
-                              grad_c, grad_gates, ld_grad_gates, grad_peep, ln_w, ln_b,
-                              chat, rstd, grad_ln_w, grad_ln_b, work)
+                              grad_c, grad_peep, ln_w, ln_b, chat, rstd, grad_ln_w,
+                              grad_ln_b, work)
     else:
         clstm_lstm_backward_d(variant, n_rows, hidden_size, gates, ld_gates, peep, c_prev,
                               ld_c_prev, c, ld_c, grad_h_out, ld_grad_h_out, grad_h_rec,
-                              grad_c, grad_gates, ld_grad_gates, grad_peep, ln_w, ln_b,
-                              chat, rstd, grad_ln_w, grad_ln_b, work)
+                              grad_c, grad_peep, ln_w, ln_b, chat, rstd, grad_ln_w,
+                              grad_ln_b, work)
 
 
 # --- gate layer norm ------------------------------------------------------------------
@@ -165,15 +162,15 @@ cdef inline void gru_cell_forward(Py_ssize_t n_rows, Py_ssize_t hidden_size, flo
 
 
 cdef inline void gru_cell_backward(Py_ssize_t n_rows, Py_ssize_t hidden_size,
-                                   const floating* gx, const floating* gh,
+                                   floating* gx, floating* gh,
                                    const floating* h_prev, Py_ssize_t ld_h_prev,
                                    const floating* grad_h_out, Py_ssize_t ld_grad_h_out,
-                                   floating* grad_h_rec, floating* grad_gx,
-                                   floating* grad_gh) noexcept nogil:
-    """(grad_h, gates, h_prev) -> (grad_gx, grad_gh, grad_h_rec <- grad_h * z)"""
+                                   floating* grad_h_rec) noexcept nogil:
+    """(grad_h, gates, h_prev) -> (gx, gh overwritten by the gradients of the input and
+    recurrent pre-activations, grad_h_rec <- grad_h * z)"""
     if floating is float:
         clstm_gru_backward_f(n_rows, hidden_size, gx, gh, h_prev, ld_h_prev, grad_h_out,
-                             ld_grad_h_out, grad_h_rec, grad_gx, grad_gh)
+                             ld_grad_h_out, grad_h_rec)
     else:
         clstm_gru_backward_d(n_rows, hidden_size, gx, gh, h_prev, ld_h_prev, grad_h_out,
-                             ld_grad_h_out, grad_h_rec, grad_gx, grad_gh)
+                             ld_grad_h_out, grad_h_rec)

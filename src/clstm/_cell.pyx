@@ -62,12 +62,12 @@ def cell_backward(floating[:, ::1] gates, floating[:, ::1] c_prev,
     dtype = np.float32 if floating is float else np.float64
     zeros = np.zeros((B, H), dtype=dtype)
     grad_c_prev = np.array(grad_c, dtype=dtype, copy=True)
-    grad_gates = np.empty((B, 4 * H), dtype=dtype)
+    grad_gates = np.array(gates, dtype=dtype, copy=True)    # the kernel works in place
     cdef floating[:, ::1] z = zeros
     cdef floating[:, ::1] gc = grad_c_prev
     cdef floating[:, ::1] gg = grad_gates
     if B and H:
-        lstm_cell_backward(0, B, H, &gates[0, 0], 4 * H, NULL, &c_prev[0, 0], H,
-                           &c[0, 0], H, &grad_h[0, 0], H, &z[0, 0], &gc[0, 0], &gg[0, 0],
-                           4 * H, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)
+        lstm_cell_backward(0, B, H, &gg[0, 0], 4 * H, NULL, &c_prev[0, 0], H,
+                           &c[0, 0], H, &grad_h[0, 0], H, &z[0, 0], &gc[0, 0],
+                           NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)
     return grad_gates, grad_c_prev

@@ -77,17 +77,18 @@ CLSTM_INLINE void CLSTM_FN(lstm_forward_row)(
     }
 }
 
+/* In place: each gate value is read before its gradient overwrites it (the
+ * scan needs the activated gates of a step only until that step's backward),
+ * so the backward holds no second (T, B, G) buffer. */
 CLSTM_INLINE void CLSTM_FN(lstm_backward_row)(
-    ptrdiff_t n, const T *CLSTM_RESTRICT gi, const T *CLSTM_RESTRICT gf,
-    const T *CLSTM_RESTRICT gg, const T *CLSTM_RESTRICT go,
+    ptrdiff_t n, T *CLSTM_RESTRICT gi, T *CLSTM_RESTRICT gf,
+    T *CLSTM_RESTRICT gg, T *CLSTM_RESTRICT go,
     const T *CLSTM_RESTRICT pi, const T *CLSTM_RESTRICT pf,
     const T *CLSTM_RESTRICT po,
     const T *CLSTM_RESTRICT c_prev, const T *CLSTM_RESTRICT c,
     const T *CLSTM_RESTRICT grad_h_out, const T *CLSTM_RESTRICT grad_h_rec,
     const T *CLSTM_RESTRICT tanh_c, const T *CLSTM_RESTRICT dcx,
     T *CLSTM_RESTRICT grad_c,
-    T *CLSTM_RESTRICT di, T *CLSTM_RESTRICT df, T *CLSTM_RESTRICT dg,
-    T *CLSTM_RESTRICT d_o,
     T *CLSTM_RESTRICT gpi, T *CLSTM_RESTRICT gpf, T *CLSTM_RESTRICT gpo,
     const int peephole, const int coupled, const int has_rec, const int ln_cell)
 {
@@ -112,7 +113,7 @@ CLSTM_INLINE void CLSTM_FN(lstm_backward_row)(
         T dcp = dc * f_;
         if (!coupled) {
             const T df_ = dc * cp * f_ * ((T)1 - f_);
-            df[j] = df_;
+            gf[j] = df_;
             if (peephole) { dcp += df_ * pf[j]; gpf[j] += df_ * cp; }
         }
         if (peephole) {
@@ -120,9 +121,9 @@ CLSTM_INLINE void CLSTM_FN(lstm_backward_row)(
             gpi[j] += di_ * cp;
             gpo[j] += do_ * c[j];
         }
-        di[j] = di_;
-        dg[j] = dc * i_ * ((T)1 - g_ * g_);
-        d_o[j] = do_;
+        gi[j] = di_;
+        gg[j] = dc * i_ * ((T)1 - g_ * g_);
+        go[j] = do_;
         grad_c[j] = dcp;
     }
 }
@@ -224,8 +225,7 @@ CLSTM_DISPATCH CLSTM_MAYBE_UNUSED static void CLSTM_FN(clstm_lstm_forward)(
         gt + (C ? 1 : 2) * hidden, gt + (C ? 2 : 3) * hidden,                   \
         peep, (P && !C) ? peep + hidden : NULL,                                 \
         P ? peep + (C ? 1 : 2) * hidden : NULL, cp, ct, dho, dhr, tc, dx, dct,  \
-        dgt, C ? NULL : dgt + hidden, dgt + (C ? 1 : 2) * hidden,               \
-        dgt + (C ? 2 : 3) * hidden, grad_peep,                                  \
+        grad_peep,                                                              \
         (P && !C) ? grad_peep + hidden : NULL,                                  \
         P ? grad_peep + (C ? 1 : 2) * hidden : NULL, P, C, R, L)
 
@@ -237,13 +237,14 @@ CLSTM_DISPATCH CLSTM_MAYBE_UNUSED static void CLSTM_FN(clstm_lstm_forward)(
     default: CLSTM_LSTM_BWD_CASE(1, 1, R, L); break;                            \
     }
 
-/* grad_h_rec may be NULL (projection: the scan passes the whole gradient
+/* gates: in, the activated gates; out, the gradients of their pre-activations.
+ * grad_h_rec may be NULL (projection: the scan passes the whole gradient
  * reaching m in grad_h_out). work: 2 * hidden scratch values (layer norm). */
 CLSTM_DISPATCH CLSTM_MAYBE_UNUSED static void CLSTM_FN(clstm_lstm_backward)(
-    int variant, ptrdiff_t n_rows, ptrdiff_t hidden, const T *gates,
+    int variant, ptrdiff_t n_rows, ptrdiff_t hidden, T *gates,
     ptrdiff_t ld_gates, const T *peep, const T *c_prev, ptrdiff_t ld_c_prev,
     const T *c, ptrdiff_t ld_c, const T *grad_h_out, ptrdiff_t ld_grad_h_out,
-    const T *grad_h_rec, T *grad_c, T *grad_gates, ptrdiff_t ld_grad_gates,
+    const T *grad_h_rec, T *grad_c,
     T *grad_peep, const T *ln_w, const T *ln_b, const T *chat, const T *rstd,
     T *grad_ln_w, T *grad_ln_b, T *work)
 {
@@ -251,11 +252,11 @@ CLSTM_DISPATCH CLSTM_MAYBE_UNUSED static void CLSTM_FN(clstm_lstm_backward)(
     const int rec = grad_h_rec != NULL;
     T *tc = work, *dx = work + hidden;
     for (ptrdiff_t r = 0; r < n_rows; ++r) {
-        const T *gt = gates + r * ld_gates;
+        T *gt = gates + r * ld_gates;
         const T *cp = c_prev + r * ld_c_prev, *ct = c + r * ld_c;
         const T *dho = grad_h_out + r * ld_grad_h_out;
         const T *dhr = rec ? grad_h_rec + r * hidden : NULL;
-        T *dct = grad_c + r * hidden, *dgt = grad_gates + r * ld_grad_gates;
+        T *dct = grad_c + r * hidden;
         if (ln) {
             const T *o = gt + ((variant & CLSTM_COUPLED) ? 2 : 3) * hidden;
             if (rec)
@@ -380,13 +381,14 @@ CLSTM_INLINE void CLSTM_FN(gru_forward_row)(
     }
 }
 
+/* In place, as the LSTM's: (r, z, n) and the recurrent blocks (hr, hz, hn)
+ * are overwritten by the gradients of the input and recurrent pre-activations
+ * (hr, hz are not read: the forward kept only hn). */
 CLSTM_INLINE void CLSTM_FN(gru_backward_row)(
-    ptrdiff_t n, const T *CLSTM_RESTRICT r, const T *CLSTM_RESTRICT z,
-    const T *CLSTM_RESTRICT nn, const T *CLSTM_RESTRICT hn,
+    ptrdiff_t n, T *CLSTM_RESTRICT r, T *CLSTM_RESTRICT z, T *CLSTM_RESTRICT nn,
+    T *CLSTM_RESTRICT hr, T *CLSTM_RESTRICT hz, T *CLSTM_RESTRICT hn,
     const T *CLSTM_RESTRICT h_prev, const T *CLSTM_RESTRICT grad_h_out,
-    T *CLSTM_RESTRICT grad_h_rec,
-    T *CLSTM_RESTRICT dxr, T *CLSTM_RESTRICT dxz, T *CLSTM_RESTRICT dxn,
-    T *CLSTM_RESTRICT dhr, T *CLSTM_RESTRICT dhz, T *CLSTM_RESTRICT dhn)
+    T *CLSTM_RESTRICT grad_h_rec)
 {
     for (ptrdiff_t j = 0; j < n; ++j) {
         const T r_ = r[j], z_ = z[j], n_ = nn[j], hn_ = hn[j];
@@ -394,8 +396,8 @@ CLSTM_INLINE void CLSTM_FN(gru_backward_row)(
         const T dan = dh * ((T)1 - z_) * ((T)1 - n_ * n_);
         const T daz = dh * (h_prev[j] - n_) * z_ * ((T)1 - z_);
         const T dar = dan * hn_ * r_ * ((T)1 - r_);
-        dxr[j] = dar; dxz[j] = daz; dxn[j] = dan;
-        dhr[j] = dar; dhz[j] = daz; dhn[j] = dan * r_;
+        r[j] = dar; z[j] = daz; nn[j] = dan;
+        hr[j] = dar; hz[j] = daz; hn[j] = dan * r_;
         grad_h_rec[j] = dh * z_;
     }
 }
@@ -413,19 +415,19 @@ CLSTM_DISPATCH CLSTM_MAYBE_UNUSED static void CLSTM_FN(clstm_gru_forward)(
     }
 }
 
+/* gx, gh: in, the forward's (r, z, n) and (., ., hn); out, the gradients of
+ * the input and recurrent pre-activations. */
 CLSTM_DISPATCH CLSTM_MAYBE_UNUSED static void CLSTM_FN(clstm_gru_backward)(
-    ptrdiff_t n_rows, ptrdiff_t hidden, const T *gx, const T *gh,
+    ptrdiff_t n_rows, ptrdiff_t hidden, T *gx, T *gh,
     const T *h_prev, ptrdiff_t ld_h_prev, const T *grad_h_out,
-    ptrdiff_t ld_grad_h_out, T *grad_h_rec, T *grad_gx, T *grad_gh)
+    ptrdiff_t ld_grad_h_out, T *grad_h_rec)
 {
     const ptrdiff_t G = 3 * hidden;
     for (ptrdiff_t r = 0; r < n_rows; ++r) {
-        const T *x = gx + r * G, *hh = gh + r * G;
-        T *dx = grad_gx + r * G, *dhh = grad_gh + r * G;
-        CLSTM_FN(gru_backward_row)(hidden, x, x + hidden, x + 2 * hidden,
-            hh + 2 * hidden, h_prev + r * ld_h_prev, grad_h_out + r * ld_grad_h_out,
-            grad_h_rec + r * hidden, dx, dx + hidden, dx + 2 * hidden, dhh,
-            dhh + hidden, dhh + 2 * hidden);
+        T *x = gx + r * G, *hh = gh + r * G;
+        CLSTM_FN(gru_backward_row)(hidden, x, x + hidden, x + 2 * hidden, hh,
+            hh + hidden, hh + 2 * hidden, h_prev + r * ld_h_prev,
+            grad_h_out + r * ld_grad_h_out, grad_h_rec + r * hidden);
     }
 }
 

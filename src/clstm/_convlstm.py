@@ -232,7 +232,7 @@ class ConvLSTM(RecurrentNetwork):
 
     __call__ = forward
 
-    def backward(self, grad_out, grad_h_n=None, grad_c_n=None):
+    def backward(self, grad_out, grad_h_n=None, grad_c_n=None, *, retain_cache=False):
         """Backpropagate through time from the last :meth:`forward`.
 
         Parameters
@@ -245,8 +245,10 @@ class ConvLSTM(RecurrentNetwork):
         grad_X : ndarray of shape (batch, T, *spatial, in_channels)
             Zero past each sequence's length. Parameter gradients (and
             ``"h0"``, ``"c0"``) are stored in :attr:`grads`.
+
+        Once per forward unless ``retain_cache=True`` (see :meth:`clstm.LSTM.backward`).
         """
-        return self.backward_state(grad_out, (grad_h_n, grad_c_n))
+        return self.backward_state(grad_out, (grad_h_n, grad_c_n), retain_cache=retain_cache)
 
     def step(self, x_t, state=None):
         """Advance by one timestep: x_t (batch, *spatial, in_channels), state
@@ -443,13 +445,13 @@ class ConvLSTM(RecurrentNetwork):
             shapes = {"gates": (T, rows, G), "c_seq": (T, rows, F), "h_cols": (rows, R)}
             key = ("fwd", layer)
         else:
-            shapes = {"grad_gates": (T, rows, G), "cell_work": (2 * F,), "work": (rows, F),
-                      "h_cols": (rows, R)}
+            # (the gate gradients overwrite the saved gates: no buffer of their own)
+            shapes = {"cell_work": (2 * F,), "work": (rows, F), "h_cols": (rows, R)}
             key = ("bwd", layer > 0)
         return {name: ws.get(key + (name,), shape, dt) for name, shape in shapes.items()}
 
     # -- backward -------------------------------------------------------------------
-    def _backward(self, grad_out, grad_state):
+    def _backward(self, grad_out, grad_state, retain_cache=False):
         cache = self._checked_cache()
         (B, T), spatial = cache["shape"], cache["spatial"]
         S, F, L = int(np.prod(spatial)), self.filters, self.num_layers
@@ -483,8 +485,9 @@ class ConvLSTM(RecurrentNetwork):
             results[k] = self._backward_batch(
                 parts[k], g.reshape(n_steps, -1, F),
                 [np.ascontiguousarray(s[:, b0:b1]).reshape(L, -1, F) for s in grad_state],
-                weights, ws.chunk(k), cache["geometry"])
+                weights, ws.chunk(k), cache["geometry"], retain_cache)
 
+        cache["consumed"] = not retain_cache      # the kernels overwrite the saved gates
         with blas_single_threaded:
             run_parts(resolve_n_threads(self.n_jobs, B),
                       [partial(run, k) for k in range(len(chunks))])
@@ -510,9 +513,10 @@ class ConvLSTM(RecurrentNetwork):
         self.grads = grads
         return grad_X.reshape((B, T) + spatial + (C,))
 
-    def _backward_batch(self, part, g, grad_state, weights, ws, geometry):
+    def _backward_batch(self, part, g, grad_state, weights, ws, geometry, retain_cache=False):
         """BPTT over one sub-batch: g (T, rows, F); grad_state (per state,
-        (L, rows, F)) becomes the gradients of the initial states in place.
+        (L, rows, F)) becomes the gradients of the initial states in place;
+        retain_cache: the kernels overwrite a copy of the saved gates.
         Returns (grad_x (T, rows, C), grads, grad_state)."""
         T, rows, F = g.shape
         G = 4 * F
@@ -532,6 +536,8 @@ class ConvLSTM(RecurrentNetwork):
                       "grad_c": grad_state[1][layer], "grad_x": grad_cols,
                       "grad_bias": grads[f"bias_l{layer}"], "grad_weight_ih": grad_w_ih,
                       "grad_weight_hh": grad_w_hh}
+            if retain_cache:
+                arrays["gates"] = arrays["gates"].copy()
             _kernels().backward(arrays, cfg)
             grads[f"kernel_l{layer}"] += grad_w_ih.T.reshape(self.params[f"kernel_l{layer}"].shape)
             grads[f"recurrent_kernel_l{layer}"] += grad_w_hh.T.reshape(

@@ -89,7 +89,8 @@ class GRU(RecurrentNetwork):
 
     __call__ = forward
 
-    def backward(self, grad_out, grad_h_n=None):
+    def backward(self, grad_out, grad_h_n=None, *, retain_cache=False):
         """Backpropagate through time from the last :meth:`forward`; returns
-        grad_X, parameter gradients (and ``"h0"``) in :attr:`grads`."""
-        return self.backward_state(grad_out, (grad_h_n,))
+        grad_X, parameter gradients (and ``"h0"``) in :attr:`grads`. Once per
+        forward unless ``retain_cache=True`` (see :meth:`clstm.LSTM.backward`)."""
+        return self.backward_state(grad_out, (grad_h_n,), retain_cache=retain_cache)

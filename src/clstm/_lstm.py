@@ -163,7 +163,7 @@ class LSTM(RecurrentNetwork):
 
     __call__ = forward
 
-    def backward(self, grad_out, grad_h_n=None, grad_c_n=None):
+    def backward(self, grad_out, grad_h_n=None, grad_c_n=None, *, retain_cache=False):
         """Backpropagate through time from the last :meth:`forward`.
 
         Parameters
@@ -172,6 +172,11 @@ class LSTM(RecurrentNetwork):
             Gradient of the loss with respect to ``out``.
         grad_h_n, grad_c_n : array-like, shapes of ``h_n``, ``c_n``, optional
             Gradients with respect to ``h_n`` and ``c_n`` (zero when omitted).
+        retain_cache : bool, default=False
+            The backward overwrites the gate activations saved by the forward
+            with their gradients (it needs no second buffer of that size), so
+            a second ``backward`` for the same forward raises. With True it
+            works on a copy and keeps them (as torch's ``retain_graph``).
 
         Returns
         -------
@@ -179,7 +184,7 @@ class LSTM(RecurrentNetwork):
             Gradient with respect to ``X`` (zero past each sequence's length).
             Parameter gradients are stored in :attr:`grads`.
         """
-        return self.backward_state(grad_out, (grad_h_n, grad_c_n))
+        return self.backward_state(grad_out, (grad_h_n, grad_c_n), retain_cache=retain_cache)
 
     def get_config(self):
         config = super().get_config()

@@ -384,12 +384,18 @@ class RecurrentNetwork:
         except (TypeError, ValueError):
             return None
 
-    def backward_state(self, grad_out, grad_state=None, grads_into=None):
+    def backward_state(self, grad_out, grad_state=None, grads_into=None, *,
+                       retain_cache=False):
         """Backward from the last cached run, the state gradients as one tuple
         (or None). Returns grad_X; parameter gradients go to :attr:`grads`.
         ``grads_into`` (name -> array of the parameter's shape and dtype): the
         parameter gradients are added to these arrays (the caller zeroes
         them) instead of new ones, and :attr:`grads` holds them.
+
+        A backward overwrites the gate activations the forward saved with their
+        gradients (no second buffer of that size), so it may run once per
+        forward; ``retain_cache=True`` works on a copy instead and leaves the
+        cache for another backward (as torch's ``retain_graph``).
 
         >>> import numpy as np, clstm
         >>> net = clstm.LSTM(2, 3, random_state=0)
@@ -400,8 +406,8 @@ class RecurrentNetwork:
         True
         """
         if grads_into is None:      # (a subclass's _backward may not take it: ConvLSTM)
-            return self._backward(grad_out, grad_state)
-        return self._backward(grad_out, grad_state, grads_into)
+            return self._backward(grad_out, grad_state, retain_cache=retain_cache)
+        return self._backward(grad_out, grad_state, grads_into, retain_cache=retain_cache)
 
     def clear_cache(self):
         """Drop the activations kept for backward (frees their memory)."""
@@ -714,16 +720,12 @@ class RecurrentNetwork:
                       "chat": (T, B, H) if ln_cell else None,
                       "c_stats": (T, B) if ln_cell else None}
         else:
+            # (the gate gradients overwrite the saved gates: no buffer of their own)
             key = ("bwd", layer > 0, d)     # layers after the first share widths
-            n_in = self._layer_input_size(layer)
-            separate = ln_gates or not lstm
-            shapes = {"grad_gates": (T, B, G),
-                      "grad_hgates": (T, B, G) if separate else None,
-                      "xh": (T, B, n_in + P),
+            shapes = {"grad_hgates": (T, B, G) if ln_gates else None,
                       "grad_hp": (T, B, P) if proj else None,
                       "grad_m": (B, H) if proj else None,
                       "cell_work": (2 * H,),
-                      "grad_w": None if separate else (G, n_in + P),
                       "work": (B, P)}
         return {name: None if shape is None else ws.get(key + (name,), shape, dt)
                 for name, shape in shapes.items()}
@@ -787,6 +789,10 @@ class RecurrentNetwork:
         if cache is None:
             raise RuntimeError("backward() needs a preceding forward() (the parameters "
                                "changed or no forward was run)")
+        if cache.get("consumed"):
+            raise RuntimeError("backward() was already run for this forward(): the gate "
+                               "activations it saved were overwritten by their gradients "
+                               "(to save memory); run forward() again before another backward()")
         if any(cache["params"].get(k) is not v for k, v in self.params.items()):
             raise RuntimeError("the parameters were replaced since forward(); run forward() again")
         if not all(_scan.same_values(cache["values"][k], v) for k, v in self.params.items()):
@@ -794,7 +800,7 @@ class RecurrentNetwork:
                                "the saved activations no longer match them: run forward() again")
         return cache
 
-    def _backward(self, grad_out, grad_state, grads_into=None):
+    def _backward(self, grad_out, grad_state, grads_into=None, retain_cache=False):
         cache = self._checked_cache()
         B, T = cache["shape"]
         P, D, L = self.output_size, self.num_directions, self.num_layers
@@ -814,6 +820,7 @@ class RecurrentNetwork:
                       for g, name in zip(grad_state, self.state_names)]
         if cache["inverse"] is not order:          # sorted by length: reorder
             grad_out = grad_out[order]
+        grad_out = np.ascontiguousarray(grad_out)  # the top layer reads it batch-first
         weights = [self._scan_arrays(self._direction_params(k), backward=True)
                    for k in range(L * D)]
         chunks, parts = cache["chunks"], cache["parts"]
@@ -822,12 +829,14 @@ class RecurrentNetwork:
 
         def run(k):
             b0, b1 = chunks[k]
-            n_steps = parts[k]["layers"][0]["input"].shape[0]
-            g = np.ascontiguousarray(grad_out[b0:b1, :n_steps].transpose(1, 0, 2))
             results[k] = self._backward_batch(
-                parts[k], g, [np.ascontiguousarray(s[:, b0:b1]) for s in grad_state],
-                weights, ws.chunk(k), grads_into if k == 0 else None)
+                parts[k], grad_out[b0:b1],
+                [np.ascontiguousarray(s[:, b0:b1]) for s in grad_state],
+                weights, ws.chunk(k), grads_into if k == 0 else None, retain_cache)
 
+        # the kernels overwrite the saved gates with their gradients: from here
+        # on this forward's activations serve no other backward
+        cache["consumed"] = not retain_cache
         with blas_single_threaded:
             run_parts(resolve_n_threads(self.n_jobs, B),
                       [partial(run, k) for k in range(len(chunks))])
@@ -852,18 +861,23 @@ class RecurrentNetwork:
         self.grads = grads
         return grad_X
 
-    def _backward_batch(self, part, g, grad_state, weights, ws, grads=None):
-        """BPTT over one sub-batch, single-threaded: g (T, b, D*P) time-major;
-        grad_state (per state, (L*D, b, units)) is updated in place to the
-        gradients of the initial states; parameter gradients are added to
-        ``grads`` (new zeros if None). Returns (grad_x, grads, grad_state)."""
+    def _backward_batch(self, part, grad_out, grad_state, weights, ws, grads=None,
+                        retain_cache=False):
+        """BPTT over one sub-batch, single-threaded: grad_out (b, T_all, D*P) its
+        rows of the batch-first output gradient (read in place by the top
+        layer); grad_state (per state, (L*D, b, units)) is updated in place to
+        the gradients of the initial states; parameter gradients are added to
+        ``grads`` (new zeros if None); ``retain_cache``: the kernels overwrite
+        copies of the saved gates. Returns (grad_x, grads, grad_state), grad_x
+        time-major (T, b, I)."""
         D = self.num_directions
-        T, B = g.shape[:2]
+        T, B = part["layers"][0]["input"].shape[:2]
         plan = self._plan()
         cfg = plan["cfg"]
         G = cfg["n_gates"]
         if grads is None:
             grads = {name: np.zeros_like(value) for name, value in self.params.items()}
+        g = {"grad_out": grad_out}           # what reaches the layer's output
         for layer in reversed(range(self.num_layers)):
             lc = part["layers"][layer]
             inp = lc["input"]
@@ -872,12 +886,18 @@ class RecurrentNetwork:
                 k = layer * D + d
                 names = plan["names"][k]
                 grad_bias = np.zeros(G, dtype=self.dtype)
-                arrays = {**lc["directions"][d], **weights[k],
-                          **self._buffers(ws, layer, d, T, B, backward=True),
-                          "grad_h_seq": g, "grad_h": grad_state[0][k],
+                forward = lc["directions"][d]
+                arrays = {**forward, **weights[k],
+                          **self._buffers(ws, layer, d, T, B, backward=True), **g,
+                          "grad_h": grad_state[0][k],
                           "grad_c": grad_state[1][k] if len(grad_state) > 1 else None,
                           "grad_x": grad_in, "grad_bias": grad_bias}
-                arrays["xh"][:, :, :inp.shape[2]] = inp
+                if retain_cache:       # (GRU: its recurrent gates become gradients too)
+                    overwritten = ("gates",) if "c" in self.state_names else ("gates", "hgates")
+                    arrays.update({name: forward[name].copy() for name in overwritten})
+                if forward["mask"] is not None:     # the masked h_prev, kept for grad_weight_hh
+                    arrays["h_prev_seq"] = ws.get(("h_prev_seq", layer, d),
+                                                  (T, B, self.output_size), self.dtype)
                 for scan_name, name in plan["grad_names"][k]:
                     arrays[scan_name] = grads[name]
                 if "c" not in self.state_names:          # GRU: the biases apart
@@ -889,8 +909,8 @@ class RecurrentNetwork:
                     grads[names["bias_hh"]] += grad_bias
             if lc["input_mask"] is not None:
                 grad_in *= lc["input_mask"]
-            g = grad_in
-        return g, grads, grad_state
+            g = {"grad_h_seq": grad_in}
+        return g["grad_h_seq"], grads, grad_state
 
     def __getstate__(self):
         # Workspaces and the forward cache are scratch: never pickled.

@@ -72,17 +72,17 @@ cdef struct Layer:
     void* c_stats             # (T, B) its inverse deviation
     void* work                # (B, P) scratch
     # backward only
-    void* grad_h_seq          # (T, B, ld_grad_h) gradient reaching h_seq
-    Py_ssize_t ld_grad_h
+    void* grad_h_seq          # gradient reaching h_seq: row r of step t at
+    Py_ssize_t ld_grad_h      #   t * step_grad_h + r * ld_grad_h (time-major, or the
+    Py_ssize_t step_grad_h    #   top layer's batch-first grad_out read in place)
     void* grad_h              # (B, P) in: reaching h_n; out: reaching h0
     void* grad_c              # (B, H) in: reaching c_n; out: reaching c0
-    void* grad_gates          # (T, B, G)
-    void* grad_hgates         # (T, B, G) separate recurrent product
-    void* xh                  # (T, B, I + rec_size) [x_t | masked h_{t-1}] (conv: unused)
+    void* grad_gates          # (T, B, G) = gates: the backward overwrites them
+    void* grad_hgates         # (T, B, G) separate recurrent product (GRU: = hgates)
+    void* h_prev_seq          # (T, B, P) masked h_{t-1} (recurrent dropout only)
     void* grad_hp             # (T, B, P) projection: gradient reaching h_t
     void* grad_m              # (B, H) projection: gradient reaching m_t
     void* cell_work           # (2H,) cell scratch
-    void* grad_w              # (G, I + rec_size) scratch of the fused weight gradient
     void* grad_x              # (T, B, I)
     bint accumulate_grad_x
     void* grad_weight_ih

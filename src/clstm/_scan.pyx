@@ -266,18 +266,15 @@ cdef inline void _cell_backward(Layer* L, Py_ssize_t t, Py_ssize_t n, Py_ssize_t
     cdef Py_ssize_t row = t * B + row0
     if n <= 0:
         return
-    if L.kind == CELL_GRU:
+    if L.kind == CELL_GRU:         # (in place: gates, hgates become their gradients)
         gru_cell_backward(n, H, <floating*> L.gates + row * G, <floating*> L.hgates + row * G,
-                          h_prev, ld_prev, grad_h_out, ld_grad_h_out, grad_h_rec + row0 * H,
-                          <floating*> L.grad_gates + row * G,
-                          <floating*> L.grad_hgates + row * G)
+                          h_prev, ld_prev, grad_h_out, ld_grad_h_out, grad_h_rec + row0 * H)
         return
     lstm_cell_backward(L.variant, n, H, <floating*> L.gates + row * G, G,
                        <floating*> L.peephole, c_prev, H, <floating*> L.c_seq + row * H, H,
                        grad_h_out, ld_grad_h_out,
                        NULL if grad_h_rec == NULL else grad_h_rec + row0 * L.out_size,
-                       <floating*> L.grad_c + row0 * H, <floating*> L.grad_gates + row * G, G,
-                       <floating*> L.grad_peephole, <floating*> L.ln_c_w,
+                       <floating*> L.grad_c + row0 * H, <floating*> L.grad_peephole, <floating*> L.ln_c_w,
                        <floating*> L.ln_c_b,
                        NULL if L.chat == NULL else <floating*> L.chat + row * H,
                        NULL if L.c_stats == NULL else <floating*> L.c_stats + row,
@@ -296,7 +293,7 @@ cdef void scan_forward(Layer* L, floating* tag) noexcept nogil:
     """
     cdef Py_ssize_t T = L.n_steps, B = L.batch, I = L.input_size
     cdef Py_ssize_t H = L.hidden, P = L.out_size, G = L.n_gates
-    cdef Py_ssize_t s, t, p, n, n_cont, ld_h = L.ld_h
+    cdef Py_ssize_t s, t, p, n, n_cont, r, ld_h = L.ld_h
     cdef floating* h_seq = <floating*> L.h_seq
     cdef floating* c_seq = <floating*> L.c_seq
     cdef floating* h0 = <floating*> L.h0
@@ -318,6 +315,11 @@ cdef void scan_forward(Layer* L, floating* tag) noexcept nogil:
         t = T - 1 - s if L.reverse else s
         p = t + 1 if L.reverse else t - 1          # the step h_prev comes from
         n = L.batch_sizes[t]
+        # inactive rows of h_seq are zero: the backward's weight-gradient GEMM
+        # reads a whole step block (their gate gradients are zero, or, for rows
+        # that start at the next step of a reverse scan, they stand for h0)
+        for r in range(n, B):
+            memset(h_seq + (t * B + r) * ld_h, 0, P * sizeof(floating))
         if n == 0:
             continue
         # rows [0, n_cont) continue from step p; rows [n_cont, n) start here
@@ -365,19 +367,21 @@ cdef void scan_backward(Layer* L, floating* tag) noexcept nogil:
     """BPTT in the reverse of the forward order, then the parameter gradients.
 
     grad_h, grad_c: on entry the gradients reaching h_n, c_n; on exit those
-    reaching h0, c0. Fills grad_gates (zero on inactive rows), adds to the
-    parameter gradients, and writes (or adds to) grad_x.
+    reaching h0, c0. Overwrites the saved gates with their gradients (zero on
+    inactive rows; GRU: hgates too), so a forward's activations serve one
+    backward; adds to the parameter gradients, and writes (or adds to) grad_x.
     """
     cdef Py_ssize_t T = L.n_steps, B = L.batch, I = L.input_size
-    cdef Py_ssize_t H = L.hidden, P = L.out_size, G = L.n_gates, R = L.rec_size, K = I + R
+    cdef Py_ssize_t H = L.hidden, P = L.out_size, G = L.n_gates, R = L.rec_size
     cdef Py_ssize_t s, t, p, n, n_cont, r, j, ld_h = L.ld_h
+    cdef Py_ssize_t ld_gh = L.ld_grad_h, step_gh = L.step_grad_h
     cdef floating* h_seq = <floating*> L.h_seq
     cdef floating* c_seq = <floating*> L.c_seq
     cdef floating* h0 = <floating*> L.h0
     cdef floating* c0 = <floating*> L.c0
     cdef floating* mask = <floating*> L.mask
     cdef floating* dh = <floating*> L.grad_h
-    cdef floating* xh = <floating*> L.xh
+    cdef floating* h_prev_seq = <floating*> L.h_prev_seq
     cdef floating* grad_gates = <floating*> L.grad_gates
     cdef floating* grad_hgates = <floating*> L.grad_hgates
     cdef floating* work = <floating*> L.work
@@ -398,25 +402,24 @@ cdef void scan_backward(Layer* L, floating* tag) noexcept nogil:
             memset(grad_gates + (t * B + n) * G, 0, (B - n) * G * sizeof(floating))
             if L.separate:
                 memset(grad_hgates + (t * B + n) * G, 0, (B - n) * G * sizeof(floating))
-            if not L.conv:
-                for r in range(n, B):
-                    memset(xh + (t * B + r) * K + I, 0, R * sizeof(floating))
+            if h_prev_seq != NULL:
+                memset(h_prev_seq + (t * B + n) * P, 0, (B - n) * P * sizeof(floating))
             if L.weight_hr != NULL:
                 memset(<floating*> L.grad_hp + (t * B + n) * P, 0,
                        (B - n) * P * sizeof(floating))
         if n == 0:
             continue
 
-        # h_prev of this step (masked), kept for grad_weight_hh = grad_gates^T @ h_prev
-        # (conv: its im2col columns, used at this step: T of them would be large)
+        # h_prev of this step for grad_weight_hh = grad_gates^T @ h_prev: read in
+        # place from h_seq / h0 by _parameter_gradients, except when masked (a copy)
+        # or for conv (its im2col columns, used at this step: T of them would be large)
         if L.conv:
             _conv_columns_of_h(L, n_cont, h_seq + p * B * ld_h, ld_h, h_cols, R)
             _conv_columns_of_h(L, n - n_cont, h0 + n_cont * P, P, h_cols + n_cont * R, R)
-        else:
-            _masked_copy(n_cont, P, h_seq + p * B * ld_h, ld_h, mask, xh + t * B * K + I, K)
-            _masked_copy(n - n_cont, P, h0 + n_cont * P, P,
-                         NULL if mask == NULL else mask + n_cont * P,
-                         xh + (t * B + n_cont) * K + I, K)
+        elif h_prev_seq != NULL:
+            _masked_copy(n_cont, P, h_seq + p * B * ld_h, ld_h, mask, h_prev_seq + t * B * P, P)
+            _masked_copy(n - n_cont, P, h0 + n_cont * P, P, mask + n_cont * P,
+                         h_prev_seq + (t * B + n_cont) * P, P)
 
         # the gradient reaching this step's output
         if L.weight_hr != NULL:
@@ -424,7 +427,7 @@ cdef void scan_backward(Layer* L, floating* tag) noexcept nogil:
             dhp = <floating*> L.grad_hp + t * B * P
             for r in range(n):
                 for j in range(P):
-                    dhp[r * P + j] = ((<floating*> L.grad_h_seq)[(t * B + r) * L.ld_grad_h + j]
+                    dhp[r * P + j] = ((<floating*> L.grad_h_seq)[t * step_gh + r * ld_gh + j]
                                       + dh[r * P + j])
             _matmul_nn(n, P, H, dhp, P, <floating*> L.weight_hr, L.packed_hr,
                        <floating*> L.grad_m, H, False)
@@ -435,8 +438,8 @@ cdef void scan_backward(Layer* L, floating* tag) noexcept nogil:
                            NULL if c0 == NULL else c0 + n_cont * H,
                            g_out + n_cont * H, ld_out, NULL)
         else:
-            g_out = <floating*> L.grad_h_seq + t * B * L.ld_grad_h
-            ld_out = L.ld_grad_h
+            g_out = <floating*> L.grad_h_seq + t * step_gh
+            ld_out = ld_gh
             _cell_backward(L, t, n_cont, 0, h_seq + p * B * ld_h, ld_h, c_seq + p * B * H,
                            g_out, ld_out, dh)
             _cell_backward(L, t, n - n_cont, n_cont, h0 + n_cont * P, P,
@@ -453,6 +456,12 @@ cdef void scan_backward(Layer* L, floating* tag) noexcept nogil:
         # grad_h[:n] = grad_gates_h[t, :n] @ weight_hh  (masked; the GRU adds its
         # direct path grad_h * z, which the cell left in grad_h)
         dg_h = (grad_hgates if L.separate else grad_gates) + t * B * G
+        if n_cont < n and h_prev_seq == NULL and not L.conv:
+            # rows that started from h0: grad_weight_hh += grad_gates_h^T @ h0
+            # (the continuing rows: one GEMM over all steps in _parameter_gradients)
+            _gemm(RowMajor, Trans, NoTrans, <int> G, <int> P, <int> (n - n_cont), 1.0,
+                  dg_h + n_cont * G, <int> G, h0 + n_cont * P, <int> P, 1.0,
+                  <floating*> L.grad_weight_hh, <int> P)
         if L.conv:
             # grad_weight_hh += grad_gates[t, :n].T @ im2col(h_prev)
             _gemm(RowMajor, Trans, NoTrans, <int> G, <int> R, <int> n, 1.0, dg_h, <int> G,
@@ -480,42 +489,37 @@ cdef void scan_backward(Layer* L, floating* tag) noexcept nogil:
 
 cdef void _parameter_gradients(Layer* L, floating* tag) noexcept nogil:
     """After BPTT: the weight and bias gradients (added to) and grad_x, each
-    one GEMM or one pass over all T*B rows."""
-    cdef Py_ssize_t M = L.n_steps * L.batch, I = L.input_size, P = L.out_size
-    cdef Py_ssize_t H = L.hidden, G = L.n_gates, R = L.rec_size, K = I + R, r, j
-    cdef floating* xh = <floating*> L.xh
+    one GEMM or one pass over all T*B rows, reading x, h_seq and h0 in place."""
+    cdef Py_ssize_t T = L.n_steps, B = L.batch, M = L.n_steps * L.batch
+    cdef Py_ssize_t I = L.input_size, P = L.out_size, ld_h = L.ld_h
+    cdef Py_ssize_t H = L.hidden, G = L.n_gates, R = L.rec_size, r, j
     cdef floating* grad_gates = <floating*> L.grad_gates
     cdef floating* grad_hgates = <floating*> L.grad_hgates
-    cdef floating* grad_w = <floating*> L.grad_w
-    cdef floating* gw_ih = <floating*> L.grad_weight_ih
+    cdef floating* dg_h = grad_hgates if L.separate else grad_gates
+    cdef floating* h_seq = <floating*> L.h_seq
     cdef floating* gw_hh = <floating*> L.grad_weight_hh
     cdef floating* gb = <floating*> L.grad_bias
     cdef floating* gb_hh = <floating*> L.grad_bias_hh
     if M == 0:
         return
-    if L.conv:
-        # grad_weight_ih += grad_gates.T @ x (x: the input's im2col columns; the
-        # recurrent weight's gradient was added step by step)
+    # grad_weight_ih += grad_gates.T @ x  (conv: x holds the input's im2col columns)
+    if I > 0:
         _gemm(RowMajor, Trans, NoTrans, <int> G, <int> I, <int> M, 1.0, grad_gates, <int> G,
-              <floating*> L.x, <int> I, 1.0, gw_ih, <int> I)
-    elif not L.separate:
-        # both products saw the same gate gradient: one GEMM over [x_t | h_{t-1}]
-        # grad_w = grad_gates.T @ xh
-        _gemm(RowMajor, Trans, NoTrans, <int> G, <int> K, <int> M, 1.0, grad_gates, <int> G,
-              xh, <int> K, 0.0, grad_w, <int> K)
-        # grad_weight_ih += grad_w[:, :I];  grad_weight_hh += grad_w[:, I:]
-        for r in range(G):
-            for j in range(I):
-                gw_ih[r * I + j] += grad_w[r * K + j]
-            for j in range(R):
-                gw_hh[r * R + j] += grad_w[r * K + I + j]
-    else:
-        # grad_weight_ih += grad_gates.T @ x;  grad_weight_hh += grad_hgates.T @ h_prev
-        if I > 0:
-            _gemm(RowMajor, Trans, NoTrans, <int> G, <int> I, <int> M, 1.0, grad_gates,
-                  <int> G, xh, <int> K, 1.0, gw_ih, <int> I)
-        _gemm(RowMajor, Trans, NoTrans, <int> G, <int> R, <int> M, 1.0, grad_hgates,
-              <int> G, xh + I, <int> K, 1.0, gw_hh, <int> R)
+              <floating*> L.x, <int> I, 1.0, <floating*> L.grad_weight_ih, <int> I)
+    # grad_weight_hh += grad_gates_h.T @ h_prev (conv: added step by step)
+    if L.h_prev_seq != NULL:         # masked h_prev: the copy the BPTT loop made
+        _gemm(RowMajor, Trans, NoTrans, <int> G, <int> R, <int> M, 1.0, dg_h, <int> G,
+              <floating*> L.h_prev_seq, <int> P, 1.0, gw_hh, <int> R)
+    elif not L.conv and T > 1:
+        # every row of steps 1..T-1 (reverse: 0..T-2) against the step it came
+        # from, in one GEMM; rows that started from h0 there met zero rows of
+        # h_seq (the forward zeroes inactive rows) and were added by the loop
+        if L.reverse:
+            _gemm(RowMajor, Trans, NoTrans, <int> G, <int> P, <int> ((T - 1) * B), 1.0,
+                  dg_h, <int> G, h_seq + B * ld_h, <int> ld_h, 1.0, gw_hh, <int> P)
+        else:
+            _gemm(RowMajor, Trans, NoTrans, <int> G, <int> P, <int> ((T - 1) * B), 1.0,
+                  dg_h + B * G, <int> G, h_seq, <int> ld_h, 1.0, gw_hh, <int> P)
     if L.kind == CELL_GRU:
         # grad_bias_ih += grad_gates.sum(0);  grad_bias_hh += grad_hgates.sum(0)
         for r in range(M):
@@ -668,18 +672,30 @@ cdef void _fill_layer(Layer* L, dict a, dict cfg, bint backward) except *:
         L.packed_hr = _packed(a, "packed_hr", P, H)
     if not backward:
         return
-    L.grad_h_seq = _array(a, "grad_h_seq", typenum, 3, T, B, -(column + P), True)
-    L.ld_grad_h = a["grad_h_seq"].shape[2]
+    if a.get("grad_out") is not None:
+        # the gradient reaching the top layer, read batch-first in place: (B, >= T, width)
+        L.grad_h_seq = _array(a, "grad_out", typenum, 3, B, -T, -(column + P), True)
+        L.step_grad_h = a["grad_out"].shape[2]
+        L.ld_grad_h = a["grad_out"].shape[1] * L.step_grad_h
+    else:              # time-major (T, B, width): the layer above's grad_x
+        L.grad_h_seq = _array(a, "grad_h_seq", typenum, 3, T, B, -(column + P), True)
+        L.ld_grad_h = a["grad_h_seq"].shape[2]
+        L.step_grad_h = B * L.ld_grad_h
     L.grad_h_seq = <char*> L.grad_h_seq + column * cnp.PyArray_ITEMSIZE(<cnp.ndarray> x)
     L.grad_h = _array(a, "grad_h", typenum, 2, B, P, 0, True)
     L.grad_c = _array(a, "grad_c", typenum, 2, B, H, 0, L.kind == CELL_LSTM)
-    L.grad_gates = _array(a, "grad_gates", typenum, 3, T, B, G, True)
-    L.grad_hgates = _array(a, "grad_hgates", typenum, 3, T, B, G, L.separate)
-    L.xh = _array(a, "xh", typenum, 3, T, B, I + R, not L.conv)
+    # the gate gradients overwrite the saved gates (GRU: hgates too; the layer
+    # norm's recurrent gradient needs a buffer: its backward still reads hgates)
+    L.grad_gates = L.gates
+    if L.kind == CELL_GRU:
+        L.grad_hgates = L.hgates
+    else:
+        L.grad_hgates = _array(a, "grad_hgates", typenum, 3, T, B, G, L.separate)
+    L.h_prev_seq = _array(a, "h_prev_seq", typenum, 3, T, B, P, False)
+    _check((L.h_prev_seq != NULL) == (L.mask != NULL and not L.conv), "h_prev_seq")
     L.grad_hp = _array(a, "grad_hp", typenum, 3, T, B, P, proj)
     L.grad_m = _array(a, "grad_m", typenum, 2, B, H, 0, proj)
     L.cell_work = _array(a, "cell_work", typenum, 1, 2 * H, 0, 0, True)
-    L.grad_w = _array(a, "grad_w", typenum, 2, G, I + R, 0, not (L.separate or L.conv))
     L.grad_x = _array(a, "grad_x", typenum, 3, T, B, I, True)
     L.accumulate_grad_x = cfg["accumulate_grad_x"]
     L.grad_weight_ih = _array(a, "grad_weight_ih", typenum, 2, G, I, 0, True)
