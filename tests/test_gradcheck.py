@@ -117,3 +117,51 @@ def test_dropout_is_off_in_eval_mode():
     np.testing.assert_array_equal(out, out_p)
     np.testing.assert_array_equal(h_n, h_p)
     np.testing.assert_array_equal(c_n, c_p)
+
+
+# The weight gradients take one of two routes by input width (clstm._rnn.
+# MAX_FUSED_GRADIENT_INPUT): thin inputs gather [x | h_prev] into one GEMM,
+# wider ones read x and h_seq in place (rows that start from h0 added step
+# by step, masked h_prev copied). The tests above use thin inputs; these
+# force the in-place route on the same cases.
+@pytest.mark.parametrize("num_layers,bidirectional,lengths,dropout,recurrent_dropout", [
+    pytest.param(1, False, None, 0.0, 0.0, id="L1-uni"),
+    pytest.param(2, True, [3, 1, 4], 0.0, 0.0, id="L2-bi-lengths"),
+    pytest.param(2, True, [4, 2, 3], 0.3, 0.3, id="L2-bi-lengths-dropout"),
+])
+def test_gradcheck_in_place_weight_gradients(monkeypatch, num_layers, bidirectional, lengths,
+                                             dropout, recurrent_dropout):
+    monkeypatch.setattr("clstm._rnn.MAX_FUSED_GRADIENT_INPUT", 0)
+    net, inputs, R = _setup(num_layers, bidirectional, lengths, seed=21, dropout=dropout,
+                            recurrent_dropout=recurrent_dropout)
+    _gradcheck(net, inputs, R, lengths, reseed=0 if dropout else None)
+    assert all(arrays.get("xh") is None for arrays in _backward_buffer_sets(net))
+
+
+def _backward_buffer_sets(net):
+    """The backward buffer dicts the network built (to see which route ran)."""
+    chunks = net._workspace._local.__dict__["chunks"]
+    return [found[1] for buffers in chunks.values()
+            for key, found in buffers.sets.items() if key[:2] == ("buffers", True)]
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"proj_size": 2}, {"peephole": True},
+                                    {"coupled_gates": True}, {"peephole": True, "proj_size": 2}],
+                         ids=["lstm", "proj", "peephole", "cifg", "peephole-proj"])
+def test_both_weight_gradient_routes_agree(monkeypatch, kwargs):
+    lengths = [3, 1, 4]
+    results = []
+    for limit in (0, 10 ** 6):          # in place / one GEMM over [x | h_prev]
+        monkeypatch.setattr("clstm._rnn.MAX_FUSED_GRADIENT_INPUT", limit)
+        net, inputs, (R_out, R_h, R_c) = _setup(2, True, lengths, seed=5, **kwargs)
+        P = net.output_size
+        R_out = R_out[..., :2 * P]
+        R_h = R_h[..., :P]
+        net.forward(inputs["X"], inputs["h0"][..., :P], inputs["c0"], lengths)
+        grad_X = net.backward(R_out, R_h, R_c)
+        routes = {arrays.get("xh") is None for arrays in _backward_buffer_sets(net)}
+        assert routes == {limit == 0}
+        results.append({"X": grad_X, **net.grads})
+    for name, value in results[0].items():
+        np.testing.assert_allclose(results[1][name], value, rtol=1e-12, atol=1e-14,
+                                   err_msg=name)

@@ -57,6 +57,13 @@ MIN_WORK_PER_C_THREAD = 1_000_000
 # (cells whose products are kept apart keep the whole-sequence projection).
 MIN_PACKED_INPUT_SIZE = 32
 
+# Weight gradients of the LSTM family: below this input width, [x_t | h_{t-1}]
+# is gathered into one buffer (about the size of h_seq) for one GEMM; a GEMM
+# of its own for so few input columns would cost a second packing of the gate
+# gradients for almost no arithmetic (ts-medium, I=8: +40 % on the weight
+# gradients). From it on, two GEMMs read x and h_seq in place (no buffer).
+MAX_FUSED_GRADIENT_INPUT = 32
+
 # The forward runs as one call of the compiled scan over every sub-batch,
 # layer and direction (C threads); False: the per-layer path with Python
 # threads it replaced, kept as the tests' reference.
@@ -722,7 +729,11 @@ class RecurrentNetwork:
         else:
             # (the gate gradients overwrite the saved gates: no buffer of their own)
             key = ("bwd", layer > 0, d)     # layers after the first share widths
+            n_in = self._layer_input_size(layer)
+            fused = lstm and not ln_gates and n_in < MAX_FUSED_GRADIENT_INPUT
             shapes = {"grad_hgates": (T, B, G) if ln_gates else None,
+                      "xh": (T, B, n_in + P) if fused else None,
+                      "grad_w": (G, n_in + P) if fused else None,
                       "grad_hp": (T, B, P) if proj else None,
                       "grad_m": (B, H) if proj else None,
                       "cell_work": (2 * H,),
@@ -895,7 +906,7 @@ class RecurrentNetwork:
                 if retain_cache:       # (GRU: its recurrent gates become gradients too)
                     overwritten = ("gates",) if "c" in self.state_names else ("gates", "hgates")
                     arrays.update({name: forward[name].copy() for name in overwritten})
-                if forward["mask"] is not None:     # the masked h_prev, kept for grad_weight_hh
+                if forward["mask"] is not None and arrays["xh"] is None:   # masked h_prev
                     arrays["h_prev_seq"] = ws.get(("h_prev_seq", layer, d),
                                                   (T, B, self.output_size), self.dtype)
                 for scan_name, name in plan["grad_names"][k]:

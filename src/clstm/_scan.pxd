@@ -79,7 +79,9 @@ cdef struct Layer:
     void* grad_c              # (B, H) in: reaching c_n; out: reaching c0
     void* grad_gates          # (T, B, G) = gates: the backward overwrites them
     void* grad_hgates         # (T, B, G) separate recurrent product (GRU: = hgates)
-    void* h_prev_seq          # (T, B, P) masked h_{t-1} (recurrent dropout only)
+    void* h_prev_seq          # (T, B, P) masked h_{t-1} (recurrent dropout, unless xh)
+    void* xh                  # (T, B, I + P) [x_t | masked h_{t-1}], or NULL: thin inputs
+    void* grad_w              # (G, I + P) its weight gradient (the two weights' side by side)
     void* grad_hp             # (T, B, P) projection: gradient reaching h_t
     void* grad_m              # (B, H) projection: gradient reaching m_t
     void* cell_work           # (2H,) cell scratch

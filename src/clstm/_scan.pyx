@@ -382,6 +382,8 @@ cdef void scan_backward(Layer* L, floating* tag) noexcept nogil:
     cdef floating* mask = <floating*> L.mask
     cdef floating* dh = <floating*> L.grad_h
     cdef floating* h_prev_seq = <floating*> L.h_prev_seq
+    cdef floating* xh = <floating*> L.xh
+    cdef Py_ssize_t K = I + P
     cdef floating* grad_gates = <floating*> L.grad_gates
     cdef floating* grad_hgates = <floating*> L.grad_hgates
     cdef floating* work = <floating*> L.work
@@ -404,6 +406,9 @@ cdef void scan_backward(Layer* L, floating* tag) noexcept nogil:
                 memset(grad_hgates + (t * B + n) * G, 0, (B - n) * G * sizeof(floating))
             if h_prev_seq != NULL:
                 memset(h_prev_seq + (t * B + n) * P, 0, (B - n) * P * sizeof(floating))
+            if xh != NULL:
+                for r in range(n, B):
+                    memset(xh + (t * B + r) * K + I, 0, P * sizeof(floating))
             if L.weight_hr != NULL:
                 memset(<floating*> L.grad_hp + (t * B + n) * P, 0,
                        (B - n) * P * sizeof(floating))
@@ -416,6 +421,11 @@ cdef void scan_backward(Layer* L, floating* tag) noexcept nogil:
         if L.conv:
             _conv_columns_of_h(L, n_cont, h_seq + p * B * ld_h, ld_h, h_cols, R)
             _conv_columns_of_h(L, n - n_cont, h0 + n_cont * P, P, h_cols + n_cont * R, R)
+        elif xh != NULL:
+            _masked_copy(n_cont, P, h_seq + p * B * ld_h, ld_h, mask, xh + t * B * K + I, K)
+            _masked_copy(n - n_cont, P, h0 + n_cont * P, P,
+                         NULL if mask == NULL else mask + n_cont * P,
+                         xh + (t * B + n_cont) * K + I, K)
         elif h_prev_seq != NULL:
             _masked_copy(n_cont, P, h_seq + p * B * ld_h, ld_h, mask, h_prev_seq + t * B * P, P)
             _masked_copy(n - n_cont, P, h0 + n_cont * P, P, mask + n_cont * P,
@@ -456,7 +466,7 @@ cdef void scan_backward(Layer* L, floating* tag) noexcept nogil:
         # grad_h[:n] = grad_gates_h[t, :n] @ weight_hh  (masked; the GRU adds its
         # direct path grad_h * z, which the cell left in grad_h)
         dg_h = (grad_hgates if L.separate else grad_gates) + t * B * G
-        if n_cont < n and h_prev_seq == NULL and not L.conv:
+        if n_cont < n and h_prev_seq == NULL and xh == NULL and not L.conv:
             # rows that started from h0: grad_weight_hh += grad_gates_h^T @ h0
             # (the continuing rows: one GEMM over all steps in _parameter_gradients)
             _gemm(RowMajor, Trans, NoTrans, <int> G, <int> P, <int> (n - n_cont), 1.0,
@@ -502,12 +512,16 @@ cdef void _parameter_gradients(Layer* L, floating* tag) noexcept nogil:
     cdef floating* gb_hh = <floating*> L.grad_bias_hh
     if M == 0:
         return
-    # grad_weight_ih += grad_gates.T @ x  (conv: x holds the input's im2col columns)
-    if I > 0:
+    if L.xh != NULL:
+        _fused_weight_gradients(L, tag)
+    elif I > 0:
+        # grad_weight_ih += grad_gates.T @ x  (conv: x holds the input's im2col columns)
         _gemm(RowMajor, Trans, NoTrans, <int> G, <int> I, <int> M, 1.0, grad_gates, <int> G,
               <floating*> L.x, <int> I, 1.0, <floating*> L.grad_weight_ih, <int> I)
     # grad_weight_hh += grad_gates_h.T @ h_prev (conv: added step by step)
-    if L.h_prev_seq != NULL:         # masked h_prev: the copy the BPTT loop made
+    if L.xh != NULL:
+        pass
+    elif L.h_prev_seq != NULL:         # masked h_prev: the copy the BPTT loop made
         _gemm(RowMajor, Trans, NoTrans, <int> G, <int> R, <int> M, 1.0, dg_h, <int> G,
               <floating*> L.h_prev_seq, <int> P, 1.0, gw_hh, <int> R)
     elif not L.conv and T > 1:
@@ -540,6 +554,29 @@ cdef void _parameter_gradients(Layer* L, floating* tag) noexcept nogil:
     if I > 0:
         _matmul_nn(M, G, I, grad_gates, G, <floating*> L.weight_ih, L.packed_ih,
                    <floating*> L.grad_x, I, L.accumulate_grad_x)
+
+
+cdef void _fused_weight_gradients(Layer* L, floating* tag) noexcept nogil:
+    """Thin inputs: [grad_weight_ih | grad_weight_hh] += grad_gates.T @ [x | h_prev]
+    as one GEMM over the xh buffer (the BPTT loop filled its h_prev columns): a
+    GEMM of its own for the few input columns would pack the gate gradients
+    a second time for almost no arithmetic."""
+    cdef Py_ssize_t M = L.n_steps * L.batch, I = L.input_size, P = L.out_size
+    cdef Py_ssize_t G = L.n_gates, K = I + P, r, j
+    cdef floating* xh = <floating*> L.xh
+    cdef floating* x = <floating*> L.x
+    cdef floating* grad_w = <floating*> L.grad_w
+    cdef floating* gw_ih = <floating*> L.grad_weight_ih
+    cdef floating* gw_hh = <floating*> L.grad_weight_hh
+    for r in range(M):
+        memcpy(xh + r * K, x + r * I, I * sizeof(floating))
+    _gemm(RowMajor, Trans, NoTrans, <int> G, <int> K, <int> M, 1.0,
+          <floating*> L.grad_gates, <int> G, xh, <int> K, 0.0, grad_w, <int> K)
+    for r in range(G):
+        for j in range(I):
+            gw_ih[r * I + j] += grad_w[r * K + j]
+        for j in range(P):
+            gw_hh[r * P + j] += grad_w[r * K + I + j]
 
 
 # --- Python-facing entry points (called by clstm._rnn) ------------------------------
@@ -691,8 +728,12 @@ cdef void _fill_layer(Layer* L, dict a, dict cfg, bint backward) except *:
         L.grad_hgates = L.hgates
     else:
         L.grad_hgates = _array(a, "grad_hgates", typenum, 3, T, B, G, L.separate)
+    L.xh = _array(a, "xh", typenum, 3, T, B, I + P, False)
+    L.grad_w = _array(a, "grad_w", typenum, 2, G, I + P, 0, L.xh != NULL)
+    _check(L.xh == NULL or not (L.separate or L.conv), "xh")
     L.h_prev_seq = _array(a, "h_prev_seq", typenum, 3, T, B, P, False)
-    _check((L.h_prev_seq != NULL) == (L.mask != NULL and not L.conv), "h_prev_seq")
+    _check((L.h_prev_seq != NULL) == (L.mask != NULL and not L.conv and L.xh == NULL),
+           "h_prev_seq")
     L.grad_hp = _array(a, "grad_hp", typenum, 3, T, B, P, proj)
     L.grad_m = _array(a, "grad_m", typenum, 2, B, H, 0, proj)
     L.cell_work = _array(a, "cell_work", typenum, 1, 2 * H, 0, 0, True)
