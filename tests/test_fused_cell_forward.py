@@ -117,6 +117,18 @@ def test_default_threshold_switches_per_step():
         _scan.set_fused_cell_max_rows(-1)
 
 
+def test_large_batches_pack_nothing_extra():
+    """Sub-batches of more rows than fused_cell_max_rows, all full length,
+    never fuse a step: no fused weights are packed for them."""
+    _scan.set_fused_cell_max_rows(8)
+    net = clstm.LSTM(THIN, 9, random_state=0).eval()
+    X, lengths = _data(12, THIN)
+    _inference(net, X, None, True)
+    assert "_fused_memo" not in net.__dict__
+    _inference(net, X, lengths, True)        # ragged: the tail steps have few rows
+    assert "_fused_memo" in net.__dict__
+
+
 def test_fused_matches_the_numpy_reference():
     """An independent oracle: the LSTM written out in NumPy (float64)."""
     net = clstm.LSTM(2, 9, peephole=True, random_state=0).eval()

@@ -76,13 +76,16 @@ static void clstm_pack_fused_v(ptrdiff_t K1, const float *w1, ptrdiff_t K2, cons
 }
 
 /* Steps with more rows than this run the two passes (the same values, bit
- * for bit, so the scan may choose per step). Measured on an AVX2 Zen core,
- * float32, fused / two-pass time per step: rows 1-4 0.5-0.8, 8-16 0.85-0.97,
- * 24-32 1.1-1.35 (the small GEMM's 6-row tiles beat the fused 3-row x 4-gate
- * tiles once there are enough rows; its single-row edge tiles do not).
- * Not measured on AVX-512. The scan's threshold starts here and can be set
- * (clstm._scan.set_fused_cell_max_rows). */
-#define CLSTM_FUSED_MAX_ROWS 16
+ * for bit, so the scan may choose per step). Measured on an AVX2 Zen core
+ * (one thread, T = 50, I = 1, H = 50 / 128, interleaved, noisy), two-pass /
+ * fused time: 1-4 rows 1.1-2.1x, 8 rows 1.03-1.09x, 16 rows 0.93-1.3x,
+ * 24-32 rows 0.72-0.96x: the small GEMM's 6-row x 16-column tiles beat the
+ * fused 3-row x 4-gate ones once there are enough rows (tried and dropped:
+ * a fused 6-row x 2-gate tile in two passes over K, and single rows through
+ * two unit groups at once, neither faster); its single-row edge tiles do
+ * not. Not measured on AVX-512. The scan's threshold starts here and can be
+ * set (clstm._scan.set_fused_cell_max_rows). */
+#define CLSTM_FUSED_MAX_ROWS 8
 
 #if CLSTM_HAVE_PACKED_GEMM
 #define CLSTM_HAVE_FUSED_CELL 1

@@ -480,7 +480,11 @@ class RecurrentNetwork:
         n_parts = (_fixed_parts(B, T, self.hidden_size) if keep_cache
                    else _useful_threads(n_threads, B, T, self.hidden_size, n_scans))
         chunks = split_rows(B, n_parts, weights=sorted_lengths)
-        weights, values = self._forward_weights(fused_cell=not keep_cache)
+        # the fused cell runs steps of few rows (_scan.fused_cell_max_rows):
+        # pack its weights only where some sub-batch has such steps
+        fused_cell = not keep_cache and (lengths is not None or min(
+            b1 - b0 for b0, b1 in chunks) <= _scan.fused_cell_max_rows())
+        weights, values = self._forward_weights(fused_cell=fused_cell)
         # Training forwards reuse the buffers their cache points to (replaced
         # anyway); inference forwards have their own, so they never disturb a
         # pending backward. Both are per calling thread: concurrent calls never share.
