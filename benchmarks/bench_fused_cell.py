@@ -13,6 +13,12 @@ fused (--max-rows overrides it, e.g. a large number: every step).
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_fused_cell.py
 
+Re-tune the row threshold (e.g. on an AVX-512 machine): every step fused
+against the two passes, over batch sizes of one sub-batch,
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_fused_cell.py \\
+        --runs ts-small:1 stream:1 --batch 1 2 4 8 12 16 24 32 --max-rows 1000000
+
 Profile one side with ``--loop SECONDS [--two-pass]``, e.g.
 
     perf record -g -D 3000 -- python benchmarks/bench_fused_cell.py \\
@@ -51,6 +57,8 @@ def main(argv=None):
     parser.add_argument("--loop", type=float, default=None, metavar="SECONDS",
                         help="only call the forward of the first run for this long "
                              "after a warm-up: a target for perf record")
+    parser.add_argument("--batch", type=int, nargs="+", default=None,
+                        help="batch sizes to time each run at (default: the config's)")
     parser.add_argument("--max-rows", type=int, default=None,
                         help="fuse steps of at most this many rows (default: the "
                              "library's fused_cell_max_rows)")
@@ -75,8 +83,9 @@ def main(argv=None):
           f"fused cell width {_scan.fused_cell_width()}, "
           f"max rows {_scan.fused_cell_max_rows()}")
 
-    def network(name, n_threads):
+    def network(name, n_threads, batch=None):
         B, T, I, H, L = CONFIGS[name]
+        B = batch or B
         X = np.random.default_rng(0).standard_normal((B, T, I)).astype(np.float32)
         return clstm.LSTM(I, H, num_layers=L, random_state=0, n_jobs=n_threads), X
 
@@ -101,8 +110,8 @@ def main(argv=None):
         return
 
     rows = []
-    for name, n_threads in runs:
-        net, X = network(name, n_threads)
+    for (name, n_threads), batch in [(run, b) for run in runs for b in args.batch or [None]]:
+        net, X = network(name, n_threads, batch)
         assert np.array_equal(call(net, X, True), call(net, X, False)), "paths differ"
         times = {True: [], False: []}
         for _ in range(args.rounds):
@@ -115,13 +124,13 @@ def main(argv=None):
                     if elapsed >= args.round_time:
                         break
                 times[fused].append(elapsed / n * 1e6)
-        row = {"config": name, "threads": n_threads}
+        row = {"config": name, "threads": n_threads, "batch": X.shape[0]}
         for fused, label in ((True, "fused"), (False, "two_pass")):
             row[label + "_median_us"] = statistics.median(times[fused])
             row[label + "_min_us"] = min(times[fused])
         row["ratio"] = row["two_pass_median_us"] / row["fused_median_us"]
         rows.append(row)
-        print(f"{name:10s} {n_threads}t  fused median {row['fused_median_us']:9.1f} us "
+        print(f"{name:10s} B={X.shape[0]:<3d} {n_threads}t  fused median {row['fused_median_us']:9.1f} us "
               f"min {row['fused_min_us']:9.1f} | two-pass median "
               f"{row['two_pass_median_us']:9.1f} us min {row['two_pass_min_us']:9.1f} | "
               f"two-pass / fused {row['ratio']:.2f}x", flush=True)
