@@ -59,8 +59,11 @@
 
 CLSTM_INLINE float clstm_tanhf(float x)
 {
-    /* Beyond +-7.9053 the approximation equals +-1 to float precision. The
-     * comparisons (not fminf/fmaxf) let NaN through unchanged. */
+    /* Beyond +-7.9053 tanh is +-1 to float precision: returned as such (the
+     * clamped argument only keeps the polynomial finite there; gcc used to
+     * fold that branch to +-1 by itself, now every build and the vector copy
+     * in _fused_cell.h agree). The comparisons (not fminf/fmaxf) let NaN
+     * through unchanged. */
     const float clamp = 7.90531110763549805f;
     float xc = x > clamp ? clamp : x;
     xc = xc < -clamp ? -clamp : xc;
@@ -77,7 +80,9 @@ CLSTM_INLINE float clstm_tanhf(float x)
     q = q * x2 + 1.18534705686654e-04f;
     q = q * x2 + 2.26843463243900e-03f;
     q = q * x2 + 4.89352518554385e-03f;
-    return p / q;
+    float r = p / q;
+    r = x > clamp ? 1.0f : r;
+    return x < -clamp ? -1.0f : r;
 }
 
 CLSTM_INLINE float clstm_sigmoidf(float x)

@@ -69,6 +69,12 @@ MAX_FUSED_GRADIENT_INPUT = 32
 # threads it replaced, kept as the tests' reference.
 ONE_CALL_FORWARD = True
 
+# Inference forwards (no cache for a backward) of float32 LSTMs without layer
+# norm or projection run the cell as the epilogue of each step's product
+# (_fused_cell.h: the gates never reach memory); False: the two passes that
+# training forwards always run, kept as the tests' reference.
+FUSED_CELL_FORWARD = True
+
 _scan = None
 
 
@@ -487,7 +493,11 @@ class RecurrentNetwork:
         n_parts = (_fixed_parts(B, T, self.hidden_size) if keep_cache
                    else _useful_threads(n_threads, B, T, self.hidden_size, n_scans))
         chunks = split_rows(B, n_parts, weights=sorted_lengths)
-        weights, values = self._forward_weights()
+        # the fused cell runs steps of few rows (_scan.fused_cell_max_rows):
+        # pack its weights only where some sub-batch has such steps
+        fused_cell = not keep_cache and (lengths is not None or min(
+            b1 - b0 for b0, b1 in chunks) <= _scan.fused_cell_max_rows())
+        weights, values = self._forward_weights(fused_cell=fused_cell)
         # Training forwards reuse the buffers their cache points to (replaced
         # anyway); inference forwards have their own, so they never disturb a
         # pending backward. Both are per calling thread: concurrent calls never share.
@@ -665,10 +675,12 @@ class RecurrentNetwork:
             finals = [f[:, inverse] for f in finals]
         return parts, out, finals
 
-    def _forward_weights(self):
+    def _forward_weights(self, fused_cell=False):
         """Per (layer, direction): the scan's weight arrays, including the
         packed forms the small-GEMM kernel reads (packed once per call, not
         per chunk), and a copy of the parameter values they were made from.
+        ``fused_cell`` (inference forwards only): with the fused cell's
+        weights where it applies (fused_cell_weights), a list of its own.
 
         Kept while the parameters hold the same values (compared bytewise),
         so repeated inference calls pack nothing.
@@ -676,12 +688,18 @@ class RecurrentNetwork:
         params, memo = self.params, self._weights_memo
         if (memo is not None and memo[0].keys() == params.keys()
                 and all(_scan.same_values(memo[0][k], v) for k, v in params.items())):
-            return memo[1], memo[0]
-        values = {k: v.copy() for k, v in params.items()}
-        weights = [self._scan_arrays(self._direction_params(k), backward=False)
-                   for k in range(self.num_layers * self.num_directions)]
-        self._weights_memo = (values, weights)
-        return weights, values
+            values, weights = memo
+        else:
+            values = {k: v.copy() for k, v in params.items()}
+            weights = [self._scan_arrays(self._direction_params(k), backward=False)
+                       for k in range(self.num_layers * self.num_directions)]
+            self._weights_memo = (values, weights)
+        if not (fused_cell and FUSED_CELL_FORWARD):
+            return weights, values
+        fused = self.__dict__.get("_fused_memo")
+        if fused is None or fused[0] is not weights:
+            fused = self._fused_memo = (weights, fused_cell_weights(weights, self._plan()["cfg"]))
+        return fused[1], values
 
     def _draw_masks(self, T, B):
         """Dropout masks in a fixed order: per layer, the input mask (layers
@@ -930,6 +948,7 @@ class RecurrentNetwork:
         state["_cache"] = None
         state["_plan_cache"] = None
         state["_weights_memo"] = None
+        state.pop("_fused_memo", None)
         state.pop("_inference_ws", None)
         state["_step_plan"] = None
         state["grads"] = {}
@@ -984,6 +1003,28 @@ def scan_weight_arrays(p, fused_bias, backward, separate):
         arrays["packed_xh_t"] = _packed(np.concatenate([w_ih, w_hh], axis=1), True)
     arrays["packed_hr_t"] = _packed(w_hr, True)
     return arrays
+
+
+def fused_cell_weights(weights, cfg):
+    """The forward weight arrays of every layer direction with the fused
+    cell's packed weight added (``fused_xh_t`` for thin inputs, else
+    ``fused_hh_t``; _fused_cell.h), for forwards that no backward follows; or
+    `weights` itself where the fused cell does not apply (float64, GRU, layer
+    norm, projection, BLAS products, a build without vector extensions)."""
+    scan = _kernels()
+    if not (scan.HAVE_FUSED_CELL and cfg["kind"] == scan.KIND_LSTM and not cfg["ln_gates"]
+            and not cfg["variant"] & scan.LN_CELL):
+        return weights
+    fused = []
+    for arrays in weights:
+        thin = arrays.get("packed_xh_t") is not None
+        if (arrays.get("weight_hr") is not None or arrays["weight_hh"].dtype != np.float32
+                or not (thin or arrays.get("packed_hh_t") is not None)):
+            return weights       # (the small-GEMM kernel switched off: USE_PACKED_GEMM)
+        packed = scan.pack_fused_cell(arrays["weight_ih"], arrays["weight_hh"], arrays["bias"],
+                                      arrays.get("peephole"), cfg["hidden"], thin)
+        fused.append({**arrays, "fused_xh_t" if thin else "fused_hh_t": packed})
+    return fused
 
 
 class _Workspace:

@@ -53,6 +53,10 @@ cdef struct Layer:
     const float* packed_ih    # W_ih      (grad_x)
     const float* packed_hh    # W_hh      (grad_h)
     const float* packed_hr    # W_hr      (grad_m)
+    # inference only (no backward reads gates): the cell as the epilogue of the
+    # step's product, weights packed gate-interleaved (_fused_cell.h); at most one
+    const float* fused_xh_t   # [W_ih | W_hh]^T + bias (+ peepholes): thin inputs
+    const float* fused_hh_t   # W_hh^T + bias (+ peepholes): on top of the projection
     # inputs and initial states
     void* x                   # (T, B, I)
     void* h0                  # (B, P)

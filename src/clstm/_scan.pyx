@@ -55,6 +55,21 @@ cdef extern from "_packed_gemm.h" nogil:
                             Py_ssize_t K2, const float* a2, Py_ssize_t lda2, Py_ssize_t N,
                             const float* packed, float* c, Py_ssize_t ldc, int accumulate)
 
+cdef extern from "_fused_cell.h" nogil:
+    int CLSTM_HAVE_FUSED_CELL
+    int CLSTM_FUSED_MAX_ROWS
+    Py_ssize_t clstm_fused_width()
+    Py_ssize_t clstm_fused_size(Py_ssize_t K, Py_ssize_t H, int ng, int peephole)
+    void clstm_pack_fused(Py_ssize_t K1, const float* w1, Py_ssize_t K2, const float* w2,
+                          Py_ssize_t H, int ng, const float* bias, const float* peep,
+                          float* out)
+    void clstm_fused_lstm_step(int variant, Py_ssize_t n, Py_ssize_t K1, const float* a1,
+                               Py_ssize_t lda1, Py_ssize_t K2, const float* a2,
+                               Py_ssize_t lda2, Py_ssize_t H, const float* packed,
+                               const float* pre, Py_ssize_t ld_pre,
+                               const float* c_prev, Py_ssize_t ld_cp,
+                               float* c, Py_ssize_t ld_c, float* h, Py_ssize_t ld_h)
+
 cdef extern from "_threads.h" nogil:
     int CLSTM_HAVE_THREADS
     ctypedef void (*clstm_task_fn)(void* ctx, Py_ssize_t k) noexcept nogil
@@ -66,6 +81,11 @@ cnp.import_array()
 
 HAVE_PACKED_GEMM = bool(CLSTM_HAVE_PACKED_GEMM)
 HAVE_THREADS = bool(CLSTM_HAVE_THREADS)
+HAVE_FUSED_CELL = bool(CLSTM_HAVE_FUSED_CELL)
+
+# Steps of at most this many rows run the fused cell where a layer has its
+# weights (set_fused_cell_max_rows; read by every scan when it starts).
+cdef Py_ssize_t _fused_max_rows = CLSTM_FUSED_MAX_ROWS
 KIND_LSTM = CELL_LSTM
 KIND_GRU = CELL_GRU
 PEEPHOLE = CLSTM_PEEPHOLE
@@ -282,6 +302,29 @@ cdef inline void _cell_backward(Layer* L, Py_ssize_t t, Py_ssize_t n, Py_ssize_t
                        <floating*> L.cell_work)
 
 
+cdef inline void _fused_cell_step(Layer* L, Py_ssize_t t, Py_ssize_t n, Py_ssize_t row0,
+                                  const float* h_prev, Py_ssize_t ld_prev,
+                                  const float* c_prev) noexcept nogil:
+    """Products and cell of rows [row0, row0 + n) of step t in one pass
+    (inference: the gates are never stored; _fused_cell.h)."""
+    cdef Py_ssize_t B = L.batch, G = L.n_gates, H = L.hidden, P = L.out_size
+    cdef Py_ssize_t I = L.input_size, row = t * B + row0
+    if n <= 0:
+        return
+    if L.fused_xh_t != NULL:
+        # c, h = cell([x_t | h_prev] @ [W_ih | W_hh].T + bias, c_prev)
+        clstm_fused_lstm_step(L.variant, n, I, <float*> L.x + row * I, I, P, h_prev, ld_prev,
+                              H, L.fused_xh_t, NULL, 0, c_prev, H,
+                              <float*> L.c_seq + row * H, H,
+                              <float*> L.h_seq + row * L.ld_h, L.ld_h)
+    else:
+        # c, h = cell(gates[t] + h_prev @ W_hh.T + bias, c_prev); gates[t] only read
+        clstm_fused_lstm_step(L.variant, n, 0, h_prev, ld_prev, P, h_prev, ld_prev,
+                              H, L.fused_hh_t, <float*> L.gates + row * G, G, c_prev, H,
+                              <float*> L.c_seq + row * H, H,
+                              <float*> L.h_seq + row * L.ld_h, L.ld_h)
+
+
 # --- Scan forward ----------------------------------------------------------------
 cdef void scan_forward(Layer* L, floating* tag) noexcept nogil:
     """Run the layer over all steps: fills gates (activated), the states and h_seq.
@@ -302,8 +345,10 @@ cdef void scan_forward(Layer* L, floating* tag) noexcept nogil:
     cdef floating* work = <floating*> L.work
     cdef floating* h_cols = <floating*> L.h_cols
     cdef Py_ssize_t R = L.rec_size
-    cdef bint fused_input = False
+    cdef bint fused_input = False, fused_cell = False, fused_step = False
+    cdef Py_ssize_t fused_max_rows = _fused_max_rows
     if floating is float:
+        fused_cell = L.fused_xh_t != NULL or L.fused_hh_t != NULL
         fused_input = L.packed_xh_t != NULL and not L.separate
 
     # gates = x @ weight_ih.T for all T*B rows (the cell adds the bias)
@@ -326,6 +371,8 @@ cdef void scan_forward(Layer* L, floating* tag) noexcept nogil:
         n_cont = 0
         if 0 <= p < T:
             n_cont = min(L.batch_sizes[p], n)
+        # few rows: products and cell in one pass (inference; the same values)
+        fused_step = fused_cell and n <= fused_max_rows
 
         # the products: gates[t] += h_prev @ weight_hh.T (or kept apart)
         if L.conv:
@@ -338,8 +385,21 @@ cdef void scan_forward(Layer* L, floating* tag) noexcept nogil:
             _masked_copy(n_cont, P, h_seq + p * B * ld_h, ld_h, mask, work, P)
             _masked_copy(n - n_cont, P, h0 + n_cont * P, P, mask + n_cont * P,
                          work + n_cont * P, P)
+            if floating is float:
+                if fused_step:
+                    _fused_cell_step(L, t, n_cont, 0, work, P, c_seq + p * B * H)
+                    _fused_cell_step(L, t, n - n_cont, n_cont, work + n_cont * P, P,
+                                     c0 + n_cont * H)
+                    continue
             _step_products(L, t, n, 0, work, P)
         else:
+            if floating is float:
+                if fused_step:
+                    _fused_cell_step(L, t, n_cont, 0, h_seq + p * B * ld_h, ld_h,
+                                     c_seq + p * B * H)
+                    _fused_cell_step(L, t, n - n_cont, n_cont, h0 + n_cont * P, P,
+                                     c0 + n_cont * H)
+                    continue
             _step_products(L, t, n_cont, 0, h_seq + p * B * ld_h, ld_h)
             _step_products(L, t, n - n_cont, n_cont, h0 + n_cont * P, P)
         if L.ln_gates:
@@ -628,6 +688,17 @@ cdef const float* _packed(dict arrays, str name, Py_ssize_t K, Py_ssize_t N) exc
                                  clstm_packed_size(K, N), 0, 0, True)
 
 
+cdef const float* _fused(dict arrays, str name, Py_ssize_t K, Py_ssize_t H,
+                         int variant) except? NULL:
+    """A fused-cell weight from pack_fused_cell (absent: NULL, two passes)."""
+    if arrays.get(name) is None:
+        return NULL
+    _check(K > 0 and H > 0, f"{name} size")
+    return <const float*> _array(arrays, name, cnp.NPY_FLOAT32, 1,
+                                 clstm_fused_size(K, H, 3 if variant & CLSTM_COUPLED else 4,
+                                                  variant & CLSTM_PEEPHOLE), 0, 0, True)
+
+
 cdef void _fill_layer(Layer* L, dict a, dict cfg, bint backward) except *:
     """Describe one layer from the network's arrays and configuration."""
     x = a["x"]
@@ -707,6 +778,14 @@ cdef void _fill_layer(Layer* L, dict a, dict cfg, bint backward) except *:
         L.packed_ih = _packed(a, "packed_ih", G, I)
         L.packed_hh = _packed(a, "packed_hh", G, R)
         L.packed_hr = _packed(a, "packed_hr", P, H)
+        L.fused_xh_t = _fused(a, "fused_xh_t", I + P, H, L.variant)
+        L.fused_hh_t = _fused(a, "fused_hh_t", P, H, L.variant)
+    if L.fused_xh_t != NULL or L.fused_hh_t != NULL:
+        _check(not backward and L.kind == CELL_LSTM and not L.ln_gates and not L.conv
+               and not (L.variant & CLSTM_LN_CELL) and not proj and P == H
+               and (L.fused_xh_t == NULL or L.packed_xh_t != NULL)
+               and (L.fused_hh_t == NULL or (L.packed_xh_t == NULL and L.fused_xh_t == NULL)),
+               "fused cell")
     if not backward:
         return
     if a.get("grad_out") is not None:
@@ -1130,3 +1209,57 @@ def packed_matmul(const float[:, ::1] a, const float[:, ::1] weight, bint transp
         return
     with nogil:
         clstm_packed_gemm(a.shape[0], K, N, &a[0, 0], K, &view[0], &c[0, 0], N, accumulate)
+
+
+def fused_cell_max_rows():
+    """Steps of at most this many rows (of a sub-batch) run the fused cell
+    in inference forwards; larger ones the two passes (same values)."""
+    return _fused_max_rows
+
+
+def set_fused_cell_max_rows(Py_ssize_t n):
+    """Set fused_cell_max_rows (0: never fused; for tests and benchmarks:
+    process-wide, read when each scan starts). Returns the previous value."""
+    global _fused_max_rows
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    previous, _fused_max_rows = _fused_max_rows, n
+    return previous
+
+
+def fused_cell_width():
+    """Units per group of the fused cell on this CPU (16 AVX-512, 8 AVX2,
+    4 baseline SSE2): the width pack_fused_cell lays the weights out for."""
+    return clstm_fused_width()
+
+
+def pack_fused_cell(const float[:, ::1] weight_ih, const float[:, ::1] weight_hh,
+                    const float[::1] bias, peephole, Py_ssize_t hidden, bint thin):
+    """Pack one LSTM direction's weights for the fused cell (_fused_cell.h):
+    thin: [W_ih | W_hh]^T (the scan's fused_xh_t), else W_hh^T (fused_hh_t),
+    gate-interleaved, with the bias and the peepholes (None: none). Gate
+    count from the weights: 4H (i, f, g, o) or 3H (coupled: i, g, o).
+    Returns a 1-D float32 array."""
+    cdef Py_ssize_t G = weight_hh.shape[0], H = hidden, P = weight_hh.shape[1]
+    cdef Py_ssize_t I = weight_ih.shape[1] if thin else 0
+    cdef int ng = <int> (G // H) if H > 0 else 0
+    _check(H > 0 and (ng == 3 or ng == 4) and G == ng * H and weight_ih.shape[0] == G
+           and bias.shape[0] == G and P > 0, "fused cell shapes")
+    cdef const float[::1] peep
+    cdef const float* peep_ptr = NULL
+    if peephole is not None:
+        peep = peephole
+        _check(peep.shape[0] == (ng - 1) * H, "peephole shape")
+        peep_ptr = &peep[0]
+    # 64-byte aligned: a row of a unit group is whole cache lines (a vector
+    # load split across two lines costs the kernel ~10 %, measured on AVX2)
+    cdef Py_ssize_t size = clstm_fused_size(I + P, H, ng, peep_ptr != NULL)
+    buffer = np.empty(size + 16, dtype=np.float32)
+    cdef Py_ssize_t skip = (-(buffer.ctypes.data // 4)) % 16
+    out = buffer[skip:skip + size]
+    cdef float[::1] packed = out
+    cdef const float* w_ih = &weight_ih[0, 0] if I > 0 else NULL
+    with nogil:
+        clstm_pack_fused(I, w_ih, P, &weight_hh[0, 0], H, ng, &bias[0], peep_ptr,
+                         &packed[0])
+    return out
