@@ -12,7 +12,7 @@
 #      no AVX (Nehalem): any instruction beyond the baseline is a SIGILL, and
 #      the runtime dispatch must pick "baseline" there; plus a static scan that
 #      AVX/AVX-512 code lives only in the x86-64-v3/v4 clones and the
-#      manually dispatched small-GEMM variants;
+#      manually dispatched small-GEMM and fused-cell variants;
 #   6. a source build without a compiler, and one without numpy/scipy/Cython,
 #      fail with a one-line "clstm build error: ..." rather than a traceback.
 #
@@ -213,7 +213,8 @@ if [ "$HOST_ARCH" != x86_64 ]; then
 else
     # (a) Static: VEX/EVEX code (ymm/zmm/k registers, v* mnemonics) appears
     #     only inside the gcc target_clones bodies *.arch_x86_64_v3 / _v4 and
-    #     the manually dispatched small-GEMM variants clstm_packed_gemm_v3 / _v4.
+    #     the manually dispatched variants of the small GEMM (clstm_packed_gemm_v3 /
+    #     _v4) and of the fused cell (clstm_fused_lstm_v3 / _v4).
     "$TOOLS/python" - "$WORK"/venv/lib/python*/site-packages/clstm/*.so <<'EOF'
 import re, subprocess, sys
 for so in sys.argv[1:]:
@@ -233,7 +234,7 @@ for so in sys.argv[1:]:
         if not vex:
             continue
         n_vex += 1
-        if re.search(r"\.arch_x86_64_v[34]$|^clstm_packed_gemm_v[34]$", func):
+        if re.search(r"\.arch_x86_64_v[34]$|^clstm_(packed_gemm|fused_lstm)_v[34]$", func):
             clones.add(func)
         else:
             leaks.setdefault(func, mnem + " " + ops)
