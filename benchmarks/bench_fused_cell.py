@@ -32,13 +32,7 @@ import platform
 import statistics
 import time
 
-CONFIGS = {          # name: (B, T, I, H, L)
-    "ts-small": (32, 50, 1, 50, 1),
-    "ts-medium": (64, 100, 8, 128, 1),
-    "nlp-large": (64, 100, 256, 512, 1),
-    "stream": (1, 200, 16, 64, 1),
-    "stacked": (32, 100, 16, 128, 2),
-}
+from bench_forward_call import CONFIGS   # name: (B, T, I, H, L)
 # (config, threads) measured by default
 DEFAULT_RUNS = ["ts-small:1", "ts-small:2", "ts-medium:1", "stream:1", "stacked:1"]
 
