@@ -1,8 +1,8 @@
 """Before/after timing of clstm's plain LSTM between two builds of the source.
 
 Each build runs in its own process (PYTHONPATH=<tree>/src), alternating
-before/after for several rounds, 1 thread (n_jobs=1 and single-threaded
-BLAS); the table reports the median over rounds of each round's median call
+before/after for several rounds, at one thread count (``--threads``, default
+1: n_jobs and the BLAS threads); the table reports the median over rounds of each round's median call
 time. Used to show that a refactor kept the kernels' speed, e.g.:
 
     git worktree add /tmp/before <old commit> && (cd /tmp/before &&
@@ -25,7 +25,7 @@ CONFIGS = {"ts-small": (32, 50, 1, 50, 1), "ts-medium": (64, 100, 8, 128, 1),
            "stacked": (32, 100, 16, 128, 2)}
 
 
-def measure(configs, seconds):
+def measure(configs, seconds, threads=1):
     """Median ms of inference and training per config, in this process."""
     import numpy as np
 
@@ -33,7 +33,7 @@ def measure(configs, seconds):
     results = {}
     for name in configs:
         B, T, I, H, L = CONFIGS[name]
-        net = clstm.LSTM(I, H, num_layers=L, dtype="float32", random_state=0, n_jobs=1)
+        net = clstm.LSTM(I, H, num_layers=L, dtype="float32", random_state=0, n_jobs=threads)
         X = np.random.default_rng(0).standard_normal((B, T, I)).astype(np.float32)
         if hasattr(net, "run"):
             def infer():
@@ -66,19 +66,22 @@ def main():
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--seconds", type=float, default=1.0, help="per case per round")
     p.add_argument("--configs", nargs="*", default=list(CONFIGS))
+    p.add_argument("--threads", type=int, default=1, help="n_jobs and BLAS threads")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        print(json.dumps(measure(args.configs, args.seconds)))
+        print(json.dumps(measure(args.configs, args.seconds, args.threads)))
         return
-    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
+               OPENBLAS_NUM_THREADS=str(args.threads))
     runs = {"before": [], "after": []}
     for r in range(args.rounds):
         for label in ("before", "after"):
             tree = os.path.abspath(getattr(args, label))
             env["PYTHONPATH"] = os.path.join(tree, "src")
             out = subprocess.run([sys.executable, __file__, "--before", "-", "--worker", "1",
-                                  "--seconds", str(args.seconds), "--configs", *args.configs],
+                                  "--seconds", str(args.seconds), "--threads", str(args.threads),
+                                  "--configs", *args.configs],
                                  env=env, check=True, capture_output=True, text=True).stdout
             runs[label].append(json.loads(out.splitlines()[-1]))
             print(f"round {r + 1} {label}: done", file=sys.stderr)

@@ -13,9 +13,11 @@ pytestmark = [
     pytest.mark.skipif(not _scan.HAVE_PACKED_GEMM, reason="build without the small-GEMM kernel"),
 ]
 
-# rows around the tile heights (2, 4, 6) and columns around the panel widths (16, 64)
+# rows around the tile heights (2, 4, 6) and every leftover block height (1-5),
+# columns around the panel widths (16, 64)
 SHAPES = [(1, 1, 1), (1, 64, 256), (2, 3, 16), (5, 7, 17), (7, 50, 200), (13, 33, 64),
-          (33, 17, 70), (64, 128, 512), (3, 200, 50)]
+          (33, 17, 70), (64, 128, 512), (3, 200, 50), (4, 9, 80), (10, 20, 48),
+          (16, 51, 200), (11, 5, 130)]
 
 
 @pytest.mark.parametrize("n, K, N", SHAPES)
@@ -32,6 +34,23 @@ def test_packed_matmul_matches_numpy(n, K, N, transposed, accumulate):
     expected = a.astype(np.float64) @ B.astype(np.float64) + (c0 if accumulate else 0)
     scale = np.abs(a).max() * np.abs(B).max() * K + 1
     np.testing.assert_allclose(c, expected, rtol=0, atol=4e-7 * scale)
+
+
+@pytest.mark.parametrize("n, K, N", [(16, 51, 200), (32, 144, 512), (23, 9, 70)])
+def test_rows_do_not_depend_on_their_block(n, K, N):
+    # the rows left over after the full tiles run on shorter tiles; each row's
+    # sums must be bit for bit those of the same row in any other block, as
+    # thread splits of the batch rely on
+    rng = np.random.default_rng(n + K + N)
+    a = rng.standard_normal((n, K)).astype(np.float32)
+    w = rng.standard_normal((N, K)).astype(np.float32)
+    whole = np.zeros((n, N), np.float32)
+    _scan.packed_matmul(a, w, True, whole, False)
+    for start in range(n):
+        for stop in (start + 1, min(n, start + 4), n):
+            part = np.zeros((stop - start, N), np.float32)
+            _scan.packed_matmul(np.ascontiguousarray(a[start:stop]), w, True, part, False)
+            np.testing.assert_array_equal(part, whole[start:stop])
 
 
 def test_pack_weight_layout():

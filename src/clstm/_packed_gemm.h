@@ -122,12 +122,40 @@ static inline __attribute__((always_inline)) void NAME(                         
     }                                                                           \
 }
 
-/* The whole product with tiles of MR rows x NP panels, then the edges. */
-#define CLSTM_DEFINE_GEMM(SFX, ATTR, VT, VW, MR, NP)                            \
-CLSTM_DEFINE_TILE(clstm_tile_##SFX##_body, VT, VW, MR, NP)                      \
-CLSTM_DEFINE_TILE(clstm_tile_##SFX##_cols, VT, VW, MR, 1)                       \
-CLSTM_DEFINE_TILE(clstm_tile_##SFX##_rows, VT, VW, 1, NP)                       \
-CLSTM_DEFINE_TILE(clstm_tile_##SFX##_corner, VT, VW, 1, 1)                      \
+/* The tiles of R rows: R x NP panels for the body, R x 1 panel for the right
+ * edge (for NP = 1 the second is never called). */
+#define CLSTM_DEFINE_TILES(SFX, VT, VW, R, NP)                                  \
+CLSTM_DEFINE_TILE(clstm_tile_##SFX##_##R##_wide, VT, VW, R, NP)                 \
+CLSTM_DEFINE_TILE(clstm_tile_##SFX##_##R##_one, VT, VW, R, 1)
+
+/* One block of R rows of A against every panel (a case of the driver's
+ * switch on the rows left). */
+#define CLSTM_ROW_BLOCK(SFX, R, NP)                                             \
+    case R:                                                                     \
+        for (p = 0; p + NP <= n_panels; p += NP) {                              \
+            ptrdiff_t nc = N - p * CLSTM_PANEL;                                 \
+            if (nc > NP * CLSTM_PANEL) nc = NP * CLSTM_PANEL;                   \
+            clstm_tile_##SFX##_##R##_wide(K1, r1, lda1, K2, r2, lda2,           \
+                packed + p * ps, ps, cr + p * CLSTM_PANEL, ldc, nc, accumulate); \
+        }                                                                       \
+        for (; p < n_panels; ++p) {                                             \
+            ptrdiff_t nc = N - p * CLSTM_PANEL;                                 \
+            if (nc > CLSTM_PANEL) nc = CLSTM_PANEL;                             \
+            clstm_tile_##SFX##_##R##_one(K1, r1, lda1, K2, r2, lda2,            \
+                packed + p * ps, ps, cr + p * CLSTM_PANEL, ldc, nc, accumulate); \
+        }                                                                       \
+        break;
+
+/* The whole product in blocks of MR rows, the last block with the rows left
+ * over. Those get a tile of their own height rather than one row at a time:
+ * a one-row AVX2 tile holds 2 accumulator chains, so it waits on the FMA
+ * latency (4 cycles per k for 2 FMAs) and costs 2/3 of a full 6-row tile;
+ * the 4 rows left of a 16-row share (a 32-row batch on 2 threads) took 8/3
+ * full tiles that way, against 2/3 as one 4-row tile. Every tile sums over k
+ * in the same order, so the result of a row does not depend on the block it
+ * falls in (thread splits stay bit-identical). CASES: one CLSTM_ROW_BLOCK per
+ * height 1..MR. */
+#define CLSTM_DEFINE_GEMM(SFX, ATTR, MR, CASES)                                 \
 ATTR static void clstm_packed_gemm_##SFX(                                       \
     ptrdiff_t n, ptrdiff_t K1, const float *a1, ptrdiff_t lda1,                 \
     ptrdiff_t K2, const float *a2, ptrdiff_t lda2, ptrdiff_t N,                 \
@@ -135,39 +163,40 @@ ATTR static void clstm_packed_gemm_##SFX(                                       
 {                                                                               \
     const ptrdiff_t n_panels = (N + CLSTM_PANEL - 1) / CLSTM_PANEL;             \
     const ptrdiff_t ps = (K1 + K2) * CLSTM_PANEL;                               \
-    ptrdiff_t r = 0, p;                                                         \
-    for (; r < n; r += (n - r >= MR ? MR : 1)) {                                \
-        const int full = n - r >= MR;                                           \
+    ptrdiff_t r, rows, p;                                                       \
+    for (r = 0; r < n; r += rows) {                                             \
+        rows = n - r < MR ? n - r : MR;                                         \
         const float *r1 = a1 + r * lda1, *r2 = a2 + r * lda2;                   \
         float *cr = c + r * ldc;                                                \
-        for (p = 0; p + NP <= n_panels; p += NP) {                              \
-            ptrdiff_t nc = N - p * CLSTM_PANEL;                                 \
-            if (nc > NP * CLSTM_PANEL) nc = NP * CLSTM_PANEL;                   \
-            if (full)                                                           \
-                clstm_tile_##SFX##_body(K1, r1, lda1, K2, r2, lda2,             \
-                    packed + p * ps, ps, cr + p * CLSTM_PANEL, ldc, nc, accumulate); \
-            else                                                                \
-                clstm_tile_##SFX##_rows(K1, r1, lda1, K2, r2, lda2,             \
-                    packed + p * ps, ps, cr + p * CLSTM_PANEL, ldc, nc, accumulate); \
-        }                                                                       \
-        for (; p < n_panels; ++p) {                                             \
-            ptrdiff_t nc = N - p * CLSTM_PANEL;                                 \
-            if (nc > CLSTM_PANEL) nc = CLSTM_PANEL;                             \
-            if (full)                                                           \
-                clstm_tile_##SFX##_cols(K1, r1, lda1, K2, r2, lda2,             \
-                    packed + p * ps, ps, cr + p * CLSTM_PANEL, ldc, nc, accumulate); \
-            else                                                                \
-                clstm_tile_##SFX##_corner(K1, r1, lda1, K2, r2, lda2,           \
-                    packed + p * ps, ps, cr + p * CLSTM_PANEL, ldc, nc, accumulate); \
-        }                                                                       \
+        switch (rows) { CASES }                                                 \
     }                                                                           \
 }
 
+#define CLSTM_BASE_GEMM                                                         \
+CLSTM_DEFINE_TILES(base, clstm_v4, 4, 2, 1)                                     \
+CLSTM_DEFINE_TILES(base, clstm_v4, 4, 1, 1)                                     \
+CLSTM_DEFINE_GEMM(base, , 2, CLSTM_ROW_BLOCK(base, 2, 1) CLSTM_ROW_BLOCK(base, 1, 1))
+
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
     defined(__linux__) && defined(__GLIBC__) && !defined(CLSTM_NO_DISPATCH)
-CLSTM_DEFINE_GEMM(v4, __attribute__((target("arch=x86-64-v4"))), clstm_v16, 16, 4, 4)
-CLSTM_DEFINE_GEMM(v3, __attribute__((target("arch=x86-64-v3"))), clstm_v8, 8, 6, 1)
-CLSTM_DEFINE_GEMM(base, , clstm_v4, 4, 2, 1)
+/* AVX-512: 4 x 64 (4 panels); AVX2: 6 x 16; SSE2: 2 x 16. */
+CLSTM_DEFINE_TILES(v4, clstm_v16, 16, 4, 4)
+CLSTM_DEFINE_TILES(v4, clstm_v16, 16, 3, 4)
+CLSTM_DEFINE_TILES(v4, clstm_v16, 16, 2, 4)
+CLSTM_DEFINE_TILES(v4, clstm_v16, 16, 1, 4)
+CLSTM_DEFINE_GEMM(v4, __attribute__((target("arch=x86-64-v4"))), 4,
+    CLSTM_ROW_BLOCK(v4, 4, 4) CLSTM_ROW_BLOCK(v4, 3, 4)
+    CLSTM_ROW_BLOCK(v4, 2, 4) CLSTM_ROW_BLOCK(v4, 1, 4))
+CLSTM_DEFINE_TILES(v3, clstm_v8, 8, 6, 1)
+CLSTM_DEFINE_TILES(v3, clstm_v8, 8, 5, 1)
+CLSTM_DEFINE_TILES(v3, clstm_v8, 8, 4, 1)
+CLSTM_DEFINE_TILES(v3, clstm_v8, 8, 3, 1)
+CLSTM_DEFINE_TILES(v3, clstm_v8, 8, 2, 1)
+CLSTM_DEFINE_TILES(v3, clstm_v8, 8, 1, 1)
+CLSTM_DEFINE_GEMM(v3, __attribute__((target("arch=x86-64-v3"))), 6,
+    CLSTM_ROW_BLOCK(v3, 6, 1) CLSTM_ROW_BLOCK(v3, 5, 1) CLSTM_ROW_BLOCK(v3, 4, 1)
+    CLSTM_ROW_BLOCK(v3, 3, 1) CLSTM_ROW_BLOCK(v3, 2, 1) CLSTM_ROW_BLOCK(v3, 1, 1))
+CLSTM_BASE_GEMM
 
 typedef void (*clstm_packed_gemm_fn)(ptrdiff_t, ptrdiff_t, const float *, ptrdiff_t,
                                      ptrdiff_t, const float *, ptrdiff_t, ptrdiff_t,
@@ -181,7 +210,7 @@ static clstm_packed_gemm_fn clstm_select_packed_gemm(void)
     return clstm_packed_gemm_base;
 }
 #else
-CLSTM_DEFINE_GEMM(base, , clstm_v4, 4, 2, 1)
+CLSTM_BASE_GEMM
 
 typedef void (*clstm_packed_gemm_fn)(ptrdiff_t, ptrdiff_t, const float *, ptrdiff_t,
                                      ptrdiff_t, const float *, ptrdiff_t, ptrdiff_t,
