@@ -6,6 +6,7 @@ initialised-memoryview checks on, for the debug test run in ``.ci/run``.
 
 Everything else (name, version, dependencies, wheels) is in pyproject.toml.
 """
+import glob
 import os
 import re
 import sys
@@ -77,11 +78,18 @@ macros = [("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")]
 thread_args = [] if sys.platform == "win32" else ["-pthread"]
 
 
+# The kernel headers include each other (_cell_kernels.h includes _cell_rows.h),
+# which Cython's own dependency tracking does not follow: every extension is
+# rebuilt when any of them changes.
+KERNEL_HEADERS = sorted(glob.glob("src/clstm/*.h"))
+
+
 def extension(name):
     threads = thread_args if name == "_scan" else []
     return Extension(
         f"clstm.{name}",
         [f"src/clstm/{name}.pyx"],
+        depends=KERNEL_HEADERS,
         include_dirs=[numpy.get_include(), "src/clstm"],
         define_macros=macros,
         extra_compile_args=compile_args + threads,
