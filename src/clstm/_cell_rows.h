@@ -385,13 +385,19 @@ CLSTM_INLINE void CLSTM_FN(gru_forward_row)(
     const T *CLSTM_RESTRICT bn, const T *CLSTM_RESTRICT bhn,
     const T *CLSTM_RESTRICT h_prev, T *CLSTM_RESTRICT h)
 {
+    /* Two passes, as the LSTM's forward row (r and z do not depend on each
+     * other; n waits on r): a chain of two activations per vector in one
+     * loop runs at the latency of the chain, not at the units' throughput. */
     for (ptrdiff_t j = 0; j < n; ++j) {
-        const T r_ = SIGMOID(xr[j] + hr[j] + br[j]);
-        const T z_ = SIGMOID(xz[j] + hz[j] + bz[j]);
+        xr[j] = SIGMOID(xr[j] + hr[j] + br[j]);
+        xz[j] = SIGMOID(xz[j] + hz[j] + bz[j]);
+    }
+    for (ptrdiff_t j = 0; j < n; ++j) {
+        const T r_ = xr[j], z_ = xz[j];
         const T hn_ = hn[j] + bhn[j];
         const T n_ = TANH(xn[j] + bn[j] + r_ * hn_);
         h[j] = ((T)1 - z_) * n_ + z_ * h_prev[j];
-        xr[j] = r_; xz[j] = z_; xn[j] = n_; hn[j] = hn_;
+        xn[j] = n_; hn[j] = hn_;
     }
 }
 
