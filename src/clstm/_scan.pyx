@@ -1067,11 +1067,12 @@ cdef class NetworkPlan:
         (``out[rows[r], t] = top[t, r]`` for t < T), ``finals`` the final
         states, one (n_stages, N, units) array per state (h; LSTM: h, c).
 
-        The parts go to ``n_threads`` threads (default: one per part), each
-        taking a contiguous run of parts in order: the first run on the
-        calling thread, the others on POSIX threads started and joined here
-        (serially where the build has none), all with the GIL released.
-        Returns the number of threads started."""
+        The parts go to ``n_threads`` groups (default: one per part), each a
+        contiguous run of parts in order, claimed one at a time by the
+        calling thread and the POSIX threads started here (_threads.h: a
+        helper that is not scheduled promptly leaves its group to the calling
+        thread; serially where the build has no threads), all with the GIL
+        released. Returns the number of groups that ran on helper threads."""
         cdef Py_ssize_t k, s, n_out, started
         cdef Groups groups
         cdef Part* part
