@@ -67,18 +67,17 @@ typedef float clstm_v8u __attribute__((vector_size(32), aligned(4)));
 typedef float clstm_v4 __attribute__((vector_size(16)));
 typedef float clstm_v4u __attribute__((vector_size(16), aligned(4)));
 
-/* One MR x (NV*VW) tile: c[0:MR, 0:ncols] (+)= a[0:MR, :] @ the packed
- * columns [0, NV*VW), in NV vectors of type VT holding VW floats (NV*VW a
- * multiple of 16: whole panels, or 8: the first half of one). ncols < NV*VW
- * only at the right edge of C. */
-#define CLSTM_DEFINE_TILE(NAME, VT, VW, MR, NV_)                                \
+/* One MR x (NP*16) tile: c[0:MR, 0:ncols] (+)= a[0:MR, :] @ panels[0:NP],
+ * in vectors of type VT holding VW floats. ncols < NP*16 only at the right
+ * edge of C. */
+#define CLSTM_DEFINE_TILE(NAME, VT, VW, MR, NP)                                 \
 static inline __attribute__((always_inline)) void NAME(                         \
     ptrdiff_t K1, const float *a1, ptrdiff_t lda1,                              \
     ptrdiff_t K2, const float *a2, ptrdiff_t lda2, const float *pk,             \
     ptrdiff_t panel_stride, float *c, ptrdiff_t ldc, ptrdiff_t ncols,           \
     int accumulate)                                                             \
 {                                                                               \
-    enum { PER = CLSTM_PANEL / VW, NV = NV_ };                                  \
+    enum { PER = CLSTM_PANEL / VW, NV = NP * PER };                             \
     VT acc[MR][NV];                                                             \
     for (int r = 0; r < MR; ++r)                                                \
         for (int v = 0; v < NV; ++v) acc[r][v] = (VT){0};                       \
@@ -108,14 +107,14 @@ static inline __attribute__((always_inline)) void NAME(                         
     }                                                                           \
     for (int r = 0; r < MR; ++r) {                                              \
         float *crow = c + r * ldc;                                              \
-        if (ncols == NV * VW) {                                                 \
+        if (ncols == NP * CLSTM_PANEL) {                                        \
             for (int v = 0; v < NV; ++v) {                                      \
                 VT x = acc[r][v];                                               \
                 if (accumulate) x += *(const VT##u *)(crow + v * VW);           \
                 *(VT##u *)(crow + v * VW) = x;                                  \
             }                                                                   \
         } else {                                                                \
-            float tmp[NV * VW];                                                 \
+            float tmp[NP * CLSTM_PANEL];                                        \
             memcpy(tmp, acc[r], sizeof tmp);                                    \
             for (ptrdiff_t j = 0; j < ncols; ++j)                               \
                 crow[j] = accumulate ? crow[j] + tmp[j] : tmp[j];               \
@@ -124,15 +123,10 @@ static inline __attribute__((always_inline)) void NAME(                         
 }
 
 /* The tiles of R rows: R x NP panels for the body, R x 1 panel for the right
- * edge (for NP = 1 never called), and R x half a panel for an edge of at
- * most 8 columns (H = 50: the backward's dh product has N = 50 = 3 x 16 + 2,
- * the forward's 4H = 200 = 12 x 16 + 8), where vectors of 8 or fewer floats
- * allow it (AVX-512's 16-float vector: the whole panel). */
+ * edge (for NP = 1 the second is never called). */
 #define CLSTM_DEFINE_TILES(SFX, VT, VW, R, NP)                                  \
-CLSTM_DEFINE_TILE(clstm_tile_##SFX##_##R##_wide, VT, VW, R, NP * (CLSTM_PANEL / VW)) \
-CLSTM_DEFINE_TILE(clstm_tile_##SFX##_##R##_one, VT, VW, R, CLSTM_PANEL / VW)    \
-CLSTM_DEFINE_TILE(clstm_tile_##SFX##_##R##_half, VT, VW, R,                     \
-                  VW >= CLSTM_PANEL ? 1 : (CLSTM_PANEL / 2) / VW)
+CLSTM_DEFINE_TILE(clstm_tile_##SFX##_##R##_wide, VT, VW, R, NP)                 \
+CLSTM_DEFINE_TILE(clstm_tile_##SFX##_##R##_one, VT, VW, R, 1)
 
 /* One block of R rows of A against every panel (a case of the driver's
  * switch on the rows left). */
@@ -147,12 +141,8 @@ CLSTM_DEFINE_TILE(clstm_tile_##SFX##_##R##_half, VT, VW, R,                     
         for (; p < n_panels; ++p) {                                             \
             ptrdiff_t nc = N - p * CLSTM_PANEL;                                 \
             if (nc > CLSTM_PANEL) nc = CLSTM_PANEL;                             \
-            if (nc <= CLSTM_PANEL / 2)                                          \
-                clstm_tile_##SFX##_##R##_half(K1, r1, lda1, K2, r2, lda2,       \
-                    packed + p * ps, ps, cr + p * CLSTM_PANEL, ldc, nc, accumulate); \
-            else                                                                \
-                clstm_tile_##SFX##_##R##_one(K1, r1, lda1, K2, r2, lda2,        \
-                    packed + p * ps, ps, cr + p * CLSTM_PANEL, ldc, nc, accumulate); \
+            clstm_tile_##SFX##_##R##_one(K1, r1, lda1, K2, r2, lda2,            \
+                packed + p * ps, ps, cr + p * CLSTM_PANEL, ldc, nc, accumulate); \
         }                                                                       \
         break;
 
