@@ -177,3 +177,50 @@ def test_concurrent_estimator_predict_is_bit_identical_to_serial():
         concurrent = list(pool.map(reg.predict, batches * 3))
     for k, pred in enumerate(concurrent):
         assert np.array_equal(pred, serial[k % len(batches)])
+
+
+def test_run_tasks_does_not_wait_for_a_pool_thread_that_never_starts(monkeypatch):
+    # a pool whose threads are all busy: the caller must run every task itself
+    from clstm import _parallel
+
+    class StuckPool:
+        def __init__(self):
+            self.submitted = []
+
+        def submit(self, fn):
+            self.submitted.append(fn)       # never run until the test says so
+
+    pool = StuckPool()
+    monkeypatch.setattr(_parallel, "_get_pool", lambda n: pool)
+    ran = []
+    _parallel.run_tasks([lambda k=k: ran.append(k) for k in range(3)])
+    assert ran == [0, 1, 2] and len(pool.submitted) == 2
+    for fn in pool.submitted:               # late starters find nothing left
+        fn()
+    assert ran == [0, 1, 2]
+
+
+def test_run_tasks_raises_the_first_failing_task_in_order():
+    from clstm._parallel import run_tasks
+
+    def fail(k):
+        raise ValueError(f"task {k}")
+
+    ran = []
+    with pytest.raises(ValueError, match="task 1"):
+        run_tasks([lambda: ran.append(0), lambda: fail(1), lambda: fail(2),
+                   lambda: ran.append(3)])
+    assert sorted(ran) == [0, 3]            # the others still ran
+
+
+def test_run_tasks_runs_each_task_once_on_several_threads():
+    from clstm._parallel import run_tasks
+    lock, counts = threading.Lock(), [0] * 16
+
+    def task(k):
+        with lock:
+            counts[k] += 1
+
+    for _ in range(20):
+        run_tasks([lambda k=k: task(k) for k in range(16)])
+    assert counts == [20] * 16

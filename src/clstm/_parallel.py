@@ -201,25 +201,57 @@ def _get_pool(n_workers):
 
 
 def run_tasks(tasks):
-    """Run zero-argument callables concurrently (the first in this thread);
-    return when all are done, re-raising the first error."""
+    """Run zero-argument callables concurrently; return when all are done,
+    re-raising the error of the first task (in list order) that failed.
+
+    This thread and len(tasks) - 1 pool threads claim the tasks in order, one
+    at a time (as the compiled forward's threads, _threads.h): a pool thread
+    that is not scheduled promptly leaves its task to the threads that run,
+    and finds nothing left when it starts, instead of holding the call up.
+    """
     if len(tasks) == 1:
         tasks[0]()
         return
+    claims = _Claims(tasks)
     pool = _get_pool(len(tasks) - 1)
-    futures = [pool.submit(task) for task in tasks[1:]]
-    error = None
-    try:
-        tasks[0]()
-    except BaseException as exc:  # still wait for the others: they use our buffers
-        error = exc
-    for future in futures:
-        try:
-            future.result()
-        except BaseException as exc:
-            error = error or exc
-    if error is not None:
-        raise error
+    for _ in range(len(tasks) - 1):
+        pool.submit(claims.work)
+    claims.work()
+    claims.wait()
+    if claims.errors:
+        raise claims.errors[min(claims.errors)]
+
+
+class _Claims:
+    """Tasks handed out one at a time to whichever thread asks first."""
+
+    def __init__(self, tasks):
+        self.tasks = tasks
+        self.next = 0
+        self.done = 0
+        self.errors = {}
+        self.cond = threading.Condition()
+
+    def work(self):
+        while True:
+            with self.cond:
+                k = self.next
+                if k >= len(self.tasks):
+                    return
+                self.next += 1
+            try:
+                self.tasks[k]()
+            except BaseException as exc:  # the others still run: they use our buffers
+                self.errors[k] = exc
+            with self.cond:
+                self.done += 1
+                if self.done == len(self.tasks):
+                    self.cond.notify_all()
+
+    def wait(self):
+        with self.cond:
+            while self.done < len(self.tasks):
+                self.cond.wait()
 
 
 class _BlasSingleThreaded:
