@@ -187,15 +187,17 @@ CLSTM_DEFINE_TILES(v4, clstm_v16, 16, 1, 4)
 CLSTM_DEFINE_GEMM(v4, __attribute__((target("arch=x86-64-v4"))), 4,
     CLSTM_ROW_BLOCK(v4, 4, 4) CLSTM_ROW_BLOCK(v4, 3, 4)
     CLSTM_ROW_BLOCK(v4, 2, 4) CLSTM_ROW_BLOCK(v4, 1, 4))
+/* AVX2 blocks of 1 or 2 rows span 4 or 2 panels, so that they too keep 8
+ * FMA chains in flight (Zen 3 / Haswell: 2 pipes x 4 cycles of latency) */
 CLSTM_DEFINE_TILES(v3, clstm_v8, 8, 6, 1)
 CLSTM_DEFINE_TILES(v3, clstm_v8, 8, 5, 1)
 CLSTM_DEFINE_TILES(v3, clstm_v8, 8, 4, 1)
 CLSTM_DEFINE_TILES(v3, clstm_v8, 8, 3, 1)
-CLSTM_DEFINE_TILES(v3, clstm_v8, 8, 2, 1)
-CLSTM_DEFINE_TILES(v3, clstm_v8, 8, 1, 1)
+CLSTM_DEFINE_TILES(v3, clstm_v8, 8, 2, 2)
+CLSTM_DEFINE_TILES(v3, clstm_v8, 8, 1, 4)
 CLSTM_DEFINE_GEMM(v3, __attribute__((target("arch=x86-64-v3"))), 6,
     CLSTM_ROW_BLOCK(v3, 6, 1) CLSTM_ROW_BLOCK(v3, 5, 1) CLSTM_ROW_BLOCK(v3, 4, 1)
-    CLSTM_ROW_BLOCK(v3, 3, 1) CLSTM_ROW_BLOCK(v3, 2, 1) CLSTM_ROW_BLOCK(v3, 1, 1))
+    CLSTM_ROW_BLOCK(v3, 3, 1) CLSTM_ROW_BLOCK(v3, 2, 2) CLSTM_ROW_BLOCK(v3, 1, 4))
 CLSTM_BASE_GEMM
 
 typedef void (*clstm_packed_gemm_fn)(ptrdiff_t, ptrdiff_t, const float *, ptrdiff_t,
