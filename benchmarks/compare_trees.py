@@ -1,9 +1,10 @@
 """Before/after timing of clstm's plain LSTM between two builds of the source.
 
 Each build runs in its own process (PYTHONPATH=<tree>/src), alternating
-before/after for several rounds, at one thread count (``--threads``, default
-1: n_jobs and the BLAS threads); the table reports the median over rounds of each round's median call
-time. Used to show that a refactor kept the kernels' speed, e.g.:
+before/after for several rounds, at one thread count (``--threads``,
+default 1: n_jobs and the BLAS threads); the table reports the median over
+rounds of each round's median call time. Used to show that a refactor kept
+the kernels' speed, or what a kernel change gained, e.g.:
 
     git worktree add /tmp/before <old commit> && (cd /tmp/before &&
         python setup.py build_ext --inplace)
