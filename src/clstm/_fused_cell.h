@@ -209,7 +209,7 @@ ATTR static inline __attribute__((always_inline)) void NAME(                    
  * while every row tile reads them (the rows of a1, a2 are the smaller
  * operand); then the rows in tiles of MR, the last ones singly. */
 #define CLSTM_FUSED_ROWS(BODY, EDGE, MR, NG, VW)                                \
-    for (ptrdiff_t u = 0; u * VW < H; ++u) {                                    \
+    for (ptrdiff_t u = u0; u < u1 && u * VW < H; ++u) {                         \
         const ptrdiff_t j = u * VW, nu = H - j < VW ? H - j : VW;               \
         const float *pk = packed + u * stride;                                  \
         for (ptrdiff_t r = 0; r < n; r += (n - r >= MR ? MR : 1)) {             \
@@ -255,7 +255,7 @@ ATTR static void clstm_fused_lstm_##SFX(                                        
     ptrdiff_t K2, const float *a2, ptrdiff_t lda2, ptrdiff_t H,                 \
     const float *packed, const float *pre, ptrdiff_t ld_pre,                    \
     const float *c_prev, ptrdiff_t ld_cp, float *c, ptrdiff_t ld_c,             \
-    float *h, ptrdiff_t ld_h)                                                   \
+    float *h, ptrdiff_t ld_h, ptrdiff_t u0, ptrdiff_t u1)                       \
 {                                                                               \
     const int peep = variant & CLSTM_PEEPHOLE, coupled = variant & CLSTM_COUPLED; \
     const ptrdiff_t stride = (K1 + K2 + 1 + (peep ? 1 : 0)) * (coupled ? 3 : 4) * VW; \
@@ -275,7 +275,7 @@ typedef void (*clstm_fused_lstm_fn)(int, ptrdiff_t, ptrdiff_t, const float *, pt
                                     ptrdiff_t, const float *, ptrdiff_t, ptrdiff_t,
                                     const float *, const float *, ptrdiff_t,
                                     const float *, ptrdiff_t, float *, ptrdiff_t,
-                                    float *, ptrdiff_t);
+                                    float *, ptrdiff_t, ptrdiff_t, ptrdiff_t);
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
     defined(__linux__) && defined(__GLIBC__) && !defined(CLSTM_NO_DISPATCH)
@@ -313,18 +313,22 @@ static ptrdiff_t clstm_fused_width(void)
 /* One step of the fused cell on n rows: c[:n], h[:n] from
  * a = [a1 | a2] @ packed (+ pre) and c_prev (see the top of this file).
  * a1 (n x K1, K1 may be 0), a2 (n x K2); pre NULL (thin inputs) or the
- * rows of the step's input projection (n x NG*H, gate blocks of H). */
+ * rows of the step's input projection (n x NG*H, gate blocks of H).
+ * Only unit groups [u0, u1) (units [u0 V, u1 V) of c and h): a step can be
+ * split across threads by its units, each unit's values the same in any
+ * split (clstm_team in _threads.h). */
 static void clstm_fused_lstm_step(int variant, ptrdiff_t n, ptrdiff_t K1, const float *a1,
                                   ptrdiff_t lda1, ptrdiff_t K2, const float *a2,
                                   ptrdiff_t lda2, ptrdiff_t H, const float *packed,
                                   const float *pre, ptrdiff_t ld_pre,
                                   const float *c_prev, ptrdiff_t ld_cp,
-                                  float *c, ptrdiff_t ld_c, float *h, ptrdiff_t ld_h)
+                                  float *c, ptrdiff_t ld_c, float *h, ptrdiff_t ld_h,
+                                  ptrdiff_t u0, ptrdiff_t u1)
 {
     static clstm_fused_lstm_fn fn = NULL;
     if (fn == NULL) fn = clstm_fused_fns[clstm_fused_level()];
     fn(variant, n, K1, a1, lda1, K2, a2, lda2, H, packed, pre, ld_pre, c_prev, ld_cp,
-       c, ld_c, h, ld_h);
+       c, ld_c, h, ld_h, u0, u1);
 }
 
 #else  /* no vector extensions: the scan runs the two passes */
@@ -335,8 +339,10 @@ static void clstm_fused_lstm_step(int variant, ptrdiff_t n, ptrdiff_t K1, const 
                                   ptrdiff_t lda2, ptrdiff_t H, const float *packed,
                                   const float *pre, ptrdiff_t ld_pre,
                                   const float *c_prev, ptrdiff_t ld_cp,
-                                  float *c, ptrdiff_t ld_c, float *h, ptrdiff_t ld_h)
+                                  float *c, ptrdiff_t ld_c, float *h, ptrdiff_t ld_h,
+                                  ptrdiff_t u0, ptrdiff_t u1)
 {
+    (void)u0; (void)u1;
     (void)variant; (void)n; (void)K1; (void)a1; (void)lda1; (void)K2; (void)a2;
     (void)lda2; (void)H; (void)packed; (void)pre; (void)ld_pre; (void)c_prev;
     (void)ld_cp; (void)c; (void)ld_c; (void)h; (void)ld_h;

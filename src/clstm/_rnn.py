@@ -493,6 +493,9 @@ class RecurrentNetwork:
         n_parts = (_fixed_parts(B, T, self.hidden_size) if keep_cache
                    else _useful_threads(n_threads, B, T, self.hidden_size, n_scans))
         chunks = split_rows(B, n_parts, weights=sorted_lengths)
+        # one sub-batch of few rows (batch 1): the threads split each step's
+        # units instead (NetworkPlan.run's team, where the step is worth it)
+        team = resolve_n_threads(self.n_jobs) if n_parts == 1 and not keep_cache else 1
         # the fused cell runs steps of few rows (_scan.fused_cell_max_rows):
         # pack its weights only where some sub-batch has such steps
         fused_cell = not keep_cache and (lengths is not None or min(
@@ -504,7 +507,7 @@ class RecurrentNetwork:
         ws = self._workspace if keep_cache else self._inference_workspace()
         run = self._run_one_call if ONE_CALL_FORWARD else self._run_per_layer
         parts, out, finals = run(X, state, lengths, order, sorted_lengths, masks, chunks,
-                                 n_threads, weights, ws)
+                                 n_threads, weights, ws, team=team)
         if lengths is None:
             inverse = order
         else:
@@ -522,11 +525,12 @@ class RecurrentNetwork:
         return ws
 
     def _run_one_call(self, X, state, lengths, order, sorted_lengths, masks, chunks,
-                      n_threads, weights, ws):
+                      n_threads, weights, ws, team=1):
         """Every sub-batch through every layer direction in one call of the
         compiled scan (_scan.NetworkPlan: C threads, no GIL in between), which
         also writes ``out`` and the final states in the caller's row order;
-        n_threads threads take the sub-batches in turn.
+        n_threads threads take the sub-batches in turn; a single sub-batch
+        may split its steps across ``team`` threads instead.
 
         The plan (parsed buffers and weights) is kept per shape and reused
         while the weights stay the same: a call then only copies its inputs
@@ -572,9 +576,9 @@ class RecurrentNetwork:
                   for name in self.state_names]
         if any(map(_calls_blas, weights)):
             with blas_single_threaded:
-                plan.run(out, finals, n_threads)
+                plan.run(out, finals, n_threads, team)
         else:          # every product on the small-GEMM kernel: no BLAS limit to set
-            plan.run(out, finals, n_threads)
+            plan.run(out, finals, n_threads, team)
         return parts, out, finals
 
     def _network_plan(self, X, chunks, n_steps, ragged, masks, weights, ws):
@@ -632,9 +636,10 @@ class RecurrentNetwork:
         return {"layers": layers, "state": state, "batch_sizes": batch_sizes}, stages
 
     def _run_per_layer(self, X, state, lengths, order, sorted_lengths, masks, chunks,
-                       n_threads, weights, ws):
+                       n_threads, weights, ws, team=1):
         """The reference path: one compiled call per layer direction, Python
-        threads per sub-batch (what _run_one_call replaces; tests compare the two)."""
+        threads per sub-batch (what _run_one_call replaces; tests compare the
+        two). `team` is unused: each step runs on one thread."""
         B, T, _ = X.shape
         P, D, L = self.output_size, self.num_directions, self.num_layers
         if lengths is None:

@@ -57,6 +57,9 @@ cdef struct Layer:
     # step's product, weights packed gate-interleaved (_fused_cell.h); at most one
     const float* fused_xh_t   # [W_ih | W_hh]^T + bias (+ peepholes): thin inputs
     const float* fused_hh_t   # W_hh^T + bias (+ peepholes): on top of the projection
+    # a team that splits each fused step's units across threads (_threads.h's
+    # clstm_team), or NULL
+    void* team
     # inputs and initial states
     void* x                   # (T, B, I)
     void* h0                  # (B, P)

@@ -68,12 +68,23 @@ cdef extern from "_fused_cell.h" nogil:
                                Py_ssize_t lda2, Py_ssize_t H, const float* packed,
                                const float* pre, Py_ssize_t ld_pre,
                                const float* c_prev, Py_ssize_t ld_cp,
-                               float* c, Py_ssize_t ld_c, float* h, Py_ssize_t ld_h)
+                               float* c, Py_ssize_t ld_c, float* h, Py_ssize_t ld_h,
+                               Py_ssize_t u0, Py_ssize_t u1)
 
 cdef extern from "_threads.h" nogil:
     int CLSTM_HAVE_THREADS
+    int CLSTM_TEAM_MAX
     ctypedef void (*clstm_task_fn)(void* ctx, Py_ssize_t k) noexcept nogil
     Py_ssize_t clstm_run_tasks(Py_ssize_t n, clstm_task_fn task, void* ctx)
+    ctypedef void (*clstm_slice_fn)(const void* ctx, Py_ssize_t k, Py_ssize_t n) noexcept nogil
+    ctypedef struct clstm_team:
+        pass
+    void clstm_prefetch_rows(const float* p, Py_ssize_t n, Py_ssize_t width, Py_ssize_t ld)
+    void clstm_team_init(clstm_team* team, Py_ssize_t size)
+    void clstm_team_sync(clstm_team* team)
+    void clstm_team_step(clstm_team* team, clstm_slice_fn fn, const void* ctx, size_t size)
+    void clstm_team_leave(clstm_team* team)
+    void clstm_team_serve(clstm_team* team)
 
 import numpy as np
 
@@ -304,9 +315,10 @@ cdef inline void _cell_backward(Layer* L, Py_ssize_t t, Py_ssize_t n, Py_ssize_t
 
 cdef inline void _fused_cell_step(Layer* L, Py_ssize_t t, Py_ssize_t n, Py_ssize_t row0,
                                   const float* h_prev, Py_ssize_t ld_prev,
-                                  const float* c_prev) noexcept nogil:
-    """Products and cell of rows [row0, row0 + n) of step t in one pass
-    (inference: the gates are never stored; _fused_cell.h)."""
+                                  const float* c_prev, Py_ssize_t u0,
+                                  Py_ssize_t u1) noexcept nogil:
+    """Products and cell of rows [row0, row0 + n) of step t in one pass, unit
+    groups [u0, u1) (inference: the gates are never stored; _fused_cell.h)."""
     cdef Py_ssize_t B = L.batch, G = L.n_gates, H = L.hidden, P = L.out_size
     cdef Py_ssize_t I = L.input_size, row = t * B + row0
     if n <= 0:
@@ -316,13 +328,52 @@ cdef inline void _fused_cell_step(Layer* L, Py_ssize_t t, Py_ssize_t n, Py_ssize
         clstm_fused_lstm_step(L.variant, n, I, <float*> L.x + row * I, I, P, h_prev, ld_prev,
                               H, L.fused_xh_t, NULL, 0, c_prev, H,
                               <float*> L.c_seq + row * H, H,
-                              <float*> L.h_seq + row * L.ld_h, L.ld_h)
+                              <float*> L.h_seq + row * L.ld_h, L.ld_h, u0, u1)
     else:
         # c, h = cell(gates[t] + h_prev @ W_hh.T + bias, c_prev); gates[t] only read
         clstm_fused_lstm_step(L.variant, n, 0, h_prev, ld_prev, P, h_prev, ld_prev,
                               H, L.fused_hh_t, <float*> L.gates + row * G, G, c_prev, H,
                               <float*> L.c_seq + row * H, H,
-                              <float*> L.h_seq + row * L.ld_h, L.ld_h)
+                              <float*> L.h_seq + row * L.ld_h, L.ld_h, u0, u1)
+
+
+cdef struct FusedStep:
+    # step t's rows [0, n_cont) continue from (h_prev, c_prev), rows
+    # [n_cont, n) start from (h_start, c_start)
+    Layer* L
+    Py_ssize_t t, n, n_cont
+    const float* h_prev
+    Py_ssize_t ld_prev
+    const float* c_prev
+    const float* h_start
+    Py_ssize_t ld_start
+    const float* c_start
+
+
+cdef void _fused_step_slice(const void* ctx, Py_ssize_t k, Py_ssize_t n) noexcept nogil:
+    """Slice k of n of a fused step: a contiguous run of unit groups."""
+    cdef const FusedStep* s = <const FusedStep*> ctx
+    cdef Py_ssize_t groups = (s.L.hidden + clstm_fused_width() - 1) // clstm_fused_width()
+    cdef Py_ssize_t u0 = groups * k // n, u1 = groups * (k + 1) // n
+    if n > 1:       # h_prev is partly in the other members' caches
+        clstm_prefetch_rows(s.h_prev, s.n_cont, s.L.out_size, s.ld_prev)
+    _fused_cell_step(s.L, s.t, s.n_cont, 0, s.h_prev, s.ld_prev, s.c_prev, u0, u1)
+    _fused_cell_step(s.L, s.t, s.n - s.n_cont, s.n_cont, s.h_start, s.ld_start, s.c_start,
+                     u0, u1)
+
+
+cdef inline void _fused_step(Layer* L, Py_ssize_t t, Py_ssize_t n, Py_ssize_t n_cont,
+                             const float* h_prev, Py_ssize_t ld_prev, const float* c_prev,
+                             const float* h_start, Py_ssize_t ld_start,
+                             const float* c_start) noexcept nogil:
+    """One fused step, split by units across L.team where the layer has one
+    (the leader returns after its own slice: clstm_team_sync before reading
+    the step's h or c)."""
+    cdef FusedStep s
+    s.L, s.t, s.n, s.n_cont = L, t, n, n_cont
+    s.h_prev, s.ld_prev, s.c_prev = h_prev, ld_prev, c_prev
+    s.h_start, s.ld_start, s.c_start = h_start, ld_start, c_start
+    clstm_team_step(<clstm_team*> L.team, _fused_step_slice, &s, sizeof(FusedStep))
 
 
 # --- Scan forward ----------------------------------------------------------------
@@ -373,6 +424,8 @@ cdef void scan_forward(Layer* L, floating* tag) noexcept nogil:
             n_cont = min(L.batch_sizes[p], n)
         # few rows: products and cell in one pass (inference; the same values)
         fused_step = fused_cell and n <= fused_max_rows
+        if not fused_step:
+            clstm_team_sync(<clstm_team*> L.team)     # (a team runs fused steps only)
 
         # the products: gates[t] += h_prev @ weight_hh.T (or kept apart)
         if L.conv:
@@ -382,23 +435,21 @@ cdef void scan_forward(Layer* L, floating* tag) noexcept nogil:
             _matmul_nt(n, R, G, h_cols, R, <floating*> L.weight_hh, L.packed_hh_t,
                        <floating*> L.gates + t * B * G, G, True)
         elif mask != NULL:
+            clstm_team_sync(<clstm_team*> L.team)     # (reads all of h_prev)
             _masked_copy(n_cont, P, h_seq + p * B * ld_h, ld_h, mask, work, P)
             _masked_copy(n - n_cont, P, h0 + n_cont * P, P, mask + n_cont * P,
                          work + n_cont * P, P)
             if floating is float:
                 if fused_step:
-                    _fused_cell_step(L, t, n_cont, 0, work, P, c_seq + p * B * H)
-                    _fused_cell_step(L, t, n - n_cont, n_cont, work + n_cont * P, P,
-                                     c0 + n_cont * H)
+                    _fused_step(L, t, n, n_cont, work, P, c_seq + p * B * H,
+                                work + n_cont * P, P, c0 + n_cont * H)
                     continue
             _step_products(L, t, n, 0, work, P)
         else:
             if floating is float:
                 if fused_step:
-                    _fused_cell_step(L, t, n_cont, 0, h_seq + p * B * ld_h, ld_h,
-                                     c_seq + p * B * H)
-                    _fused_cell_step(L, t, n - n_cont, n_cont, h0 + n_cont * P, P,
-                                     c0 + n_cont * H)
+                    _fused_step(L, t, n, n_cont, h_seq + p * B * ld_h, ld_h,
+                                c_seq + p * B * H, h0 + n_cont * P, P, c0 + n_cont * H)
                     continue
             _step_products(L, t, n_cont, 0, h_seq + p * B * ld_h, ld_h)
             _step_products(L, t, n - n_cont, n_cont, h0 + n_cont * P, P)
@@ -420,6 +471,8 @@ cdef void scan_forward(Layer* L, floating* tag) noexcept nogil:
             _matmul_nt(n, H, P, <floating*> L.m_seq + t * B * H, H,
                        <floating*> L.weight_hr, L.packed_hr_t, h_seq + t * B * ld_h, ld_h,
                        False)
+    # the team's last step done: what follows reads h_seq and c_seq
+    clstm_team_sync(<clstm_team*> L.team)
 
 
 # --- Scan backward (BPTT) ----------------------------------------------------------
@@ -945,6 +998,34 @@ cdef void _group_task(void* ctx, Py_ssize_t k) noexcept nogil:
         _part_task(g.parts, i)
 
 
+cdef struct TeamRun:
+    Groups* groups
+    clstm_team* team
+
+
+cdef void _team_task(void* ctx, Py_ssize_t k) noexcept nogil:
+    """Task 0 leads: runs the one part, publishing its fused steps to the
+    team; the others serve the team until the leader leaves."""
+    cdef TeamRun* run = <TeamRun*> ctx
+    if k == 0:
+        _group_task(run.groups, 0)
+        clstm_team_leave(run.team)
+    else:
+        clstm_team_serve(run.team)
+
+
+# A thread of a team must have at least this many multiply-adds of each fused
+# step (rows x (inputs + units) x gate columns / threads), and TEAM_MIN_STEPS
+# times as many over the call: below them the hand-over of each step
+# (~0.15 us) or of the call (~25 us to start a thread and hand back) costs
+# more than the split saves. Measured on 2 Zen 3 cores (benchmarks/
+# bench_team.py, batch 1): I = 16, H = 32 (3,072 a thread) 0.96x; H = 48
+# (6,144) 1.05-1.18x; H = 64 (10,240) 1.1-1.3x; H = 128 1.3-1.8x.
+cdef Py_ssize_t _team_min_work = 6144
+cdef enum:
+    TEAM_MIN_STEPS = 64
+
+
 cdef void* _flat(object obj, str name, int typenum, Py_ssize_t* size,
                  Py_ssize_t expected) except? NULL:
     """Data pointer of a C-contiguous array of `typenum` holding `expected`
@@ -1062,7 +1143,37 @@ cdef class NetworkPlan:
             if part.dest_rows[r] > self.max_row:
                 self.max_row = part.dest_rows[r]
 
-    def run(self, out, finals, n_threads=None):
+    cdef Py_ssize_t _team_size(self, Py_ssize_t wanted):
+        """Threads to split each step of the one part by its units: up to
+        `wanted`, where every stage runs fused steps (float32 inference, at
+        most fused_cell_max_rows rows) with _team_min_work per thread."""
+        cdef Part* part = self.parts
+        cdef Layer* L
+        cdef Py_ssize_t s, n, K, work, groups, V = clstm_fused_width()
+        cdef Py_ssize_t least = max(1, _team_min_work)
+        if wanted < 2 or self.n_parts != 1 or not CLSTM_HAVE_THREADS or not part.single \
+                or part.n_rows > _fused_max_rows:
+            return 1
+        n = min(wanted, CLSTM_TEAM_MAX)
+        for s in range(part.n_stages):
+            L = &part.stages[s].layer
+            if L.fused_xh_t != NULL:
+                K = L.input_size + L.out_size
+            elif L.fused_hh_t != NULL:
+                K = L.out_size
+            else:
+                return 1
+            groups = (L.hidden + V - 1) // V
+            work = part.n_rows * K * L.n_gates
+            n = min(n, groups, work // least, part.n_steps * work // (least * TEAM_MIN_STEPS))
+        return max(1, n)
+
+    def team_threads(self, wanted):
+        """The threads run() would split each step across for team_threads
+        = wanted (1: no team)."""
+        return self._team_size(wanted)
+
+    def run(self, out, finals, n_threads=None, team_threads=1):
         """Run the forward: ``out`` (N, T_out >= T, W) batch-first output
         (``out[rows[r], t] = top[t, r]`` for t < T), ``finals`` the final
         states, one (n_stages, N, units) array per state (h; LSTM: h, c).
@@ -1072,9 +1183,14 @@ cdef class NetworkPlan:
         calling thread and the POSIX threads started here (_threads.h: a
         helper that is not scheduled promptly leaves its group to the calling
         thread; serially where the build has no threads), all with the GIL
-        released. Returns the number of groups that ran on helper threads."""
-        cdef Py_ssize_t k, s, n_out, started
+        released. A single part of few rows has no rows to split: up to
+        ``team_threads`` threads then split each of its steps by units
+        (_team_size; the same values). Returns the number of groups (or team
+        threads) that ran on helper threads."""
+        cdef Py_ssize_t k, s, n_out, started, n_team
         cdef Groups groups
+        cdef clstm_team team
+        cdef TeamRun team_run
         cdef Part* part
         cdef Stage* st
         self.max_row = -1
@@ -1105,8 +1221,21 @@ cdef class NetworkPlan:
         groups.parts, groups.n_parts = self.parts, self.n_parts
         groups.n_groups = self.n_parts if n_threads is None else \
             max(1, min(<Py_ssize_t> n_threads, self.n_parts))
-        with nogil:
-            started = clstm_run_tasks(groups.n_groups, _group_task, &groups)
+        n_team = self._team_size(team_threads)
+        if n_team == 1:
+            with nogil:
+                started = clstm_run_tasks(groups.n_groups, _group_task, &groups)
+            return started
+        clstm_team_init(&team, n_team)
+        team_run.groups, team_run.team = &groups, &team
+        for s in range(self.n_stages):
+            self.parts.stages[s].layer.team = &team
+        try:
+            with nogil:
+                started = clstm_run_tasks(n_team, _team_task, &team_run)
+        finally:
+            for s in range(self.n_stages):
+                self.parts.stages[s].layer.team = NULL
         return started
 
 
@@ -1225,6 +1354,23 @@ def set_fused_cell_max_rows(Py_ssize_t n):
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     previous, _fused_max_rows = _fused_max_rows, n
+    return previous
+
+
+def team_min_work():
+    """Multiply-adds of a fused step each thread of a team needs (see
+    NetworkPlan.run)."""
+    return _team_min_work
+
+
+def set_team_min_work(Py_ssize_t n):
+    """Set team_min_work (0: split every fused step of a one-part forward
+    across team_threads; for tests and benchmarks, process-wide). Returns the
+    previous value."""
+    global _team_min_work
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    previous, _team_min_work = _team_min_work, n
     return previous
 
 

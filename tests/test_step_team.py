@@ -1,0 +1,172 @@
+"""A team of threads splitting each step of a batch-1 forward by units
+(_threads.h's clstm_team, NetworkPlan.run's team_threads): bit for bit the
+one-thread forward, whatever the number of threads, the cell variant, the
+layers and directions, ragged lengths or dropout masks, and whether the
+helper threads arrive on time or at all."""
+
+import numpy as np
+import pytest
+
+import clstm
+import clstm._rnn as rnn
+from clstm import _scan
+
+pytestmark = pytest.mark.kernel    # fast: also run against the bounds-checked build
+
+needs_team = pytest.mark.skipif(not (_scan.HAVE_THREADS and _scan.HAVE_FUSED_CELL),
+                                reason="a build without threads or the fused cell has no team")
+
+
+@pytest.fixture
+def team_on_every_step():
+    """A team at any size (the default wants enough work per thread)."""
+    previous = _scan.set_team_min_work(0)
+    yield
+    _scan.set_team_min_work(previous)
+
+
+def _outputs(net, X, lengths=None, state=None):
+    out, states = net.run(X, state=state, lengths=lengths, keep_cache=False)
+    return [out, *states]
+
+
+def _assert_identical(a, b):
+    for x, y in zip(a, b, strict=True):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        assert np.array_equal(x, y), np.abs(x - y).max()
+
+
+def _plan_of(net):
+    """The NetworkPlan of the network's last inference call."""
+    return net._inference_ws.chunk(0).sets["network_plan"][2]
+
+
+VARIANTS = {
+    "lstm": {},
+    "peephole": {"peephole": True},
+    "cifg": {"coupled_gates": True},
+    "peephole-cifg": {"peephole": True, "coupled_gates": True},
+    "stacked-bidirectional": {"num_layers": 2, "bidirectional": True},
+}
+
+
+@needs_team
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("input_size", [3, 40])     # thin: [x | h] per step; wide: projection
+@pytest.mark.parametrize("n_jobs", [2, 3, 7])
+def test_team_equals_one_thread(team_on_every_step, variant, input_size, n_jobs):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((1, 23, input_size)).astype(np.float32)
+    kwargs = dict(dtype="float32", random_state=4, **VARIANTS[variant])
+    one = clstm.LSTM(input_size, 37, n_jobs=1, **kwargs)
+    team = clstm.LSTM(input_size, 37, n_jobs=n_jobs, **kwargs)
+    expected = _outputs(one, X)
+    got = _outputs(team, X)
+    assert _plan_of(team).team_threads(n_jobs) == min(n_jobs, 5)   # 37 units: 5 groups of 8
+    _assert_identical(expected, got)
+    _assert_identical(expected, _outputs(team, X))       # the reused plan, a new team
+
+
+@needs_team
+def test_team_with_ragged_rows_states_and_dropout_masks(team_on_every_step):
+    """Few rows (still one sub-batch), rows that end early, initial states,
+    and training-mode masks (input and recurrent dropout: the leader masks
+    h_prev after the team has finished the previous step)."""
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((5, 19, 6)).astype(np.float32)
+    lengths = np.array([19, 4, 19, 1, 11])
+    h0 = rng.standard_normal((2, 5, 24)).astype(np.float32)
+    c0 = rng.standard_normal((2, 5, 24)).astype(np.float32)
+    kwargs = dict(num_layers=2, dropout=0.3, recurrent_dropout=0.2, dtype="float32")
+    results = []
+    for n_jobs in (1, 2, 4):
+        net = clstm.LSTM(6, 24, random_state=5, n_jobs=n_jobs, **kwargs)
+        net.train()                 # masks drawn from random_state: the same for each
+        results.append(_outputs(net, X, lengths, (h0, c0)))
+        net.eval()
+        results.append(_outputs(net, X, lengths, (h0, c0)))
+    for n in range(2):
+        _assert_identical(results[n], results[n + 2])
+        _assert_identical(results[n], results[n + 4])
+
+
+@needs_team
+def test_more_threads_than_cores_still_identical(team_on_every_step):
+    """More members than cores: helpers arrive late, some after the leader
+    has finished (they must leave without touching anything), and members
+    wait on ones the OS has not scheduled."""
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((1, 150, 8)).astype(np.float32)
+    expected = _outputs(clstm.LSTM(8, 128, random_state=0, n_jobs=1), X)
+    net = clstm.LSTM(8, 128, random_state=0, n_jobs=16)
+    for _ in range(5):
+        _assert_identical(expected, _outputs(net, X))
+    groups = -(-128 // _scan.fused_cell_width())     # 16 of 8 units (AVX2)
+    assert _plan_of(net).team_threads(16) == min(16, groups)
+
+
+@needs_team
+def test_team_equals_numpy_reference(team_on_every_step):
+    from clstm._reference import reference_lstm_forward
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((1, 30, 5))
+    net = clstm.LSTM(5, 40, num_layers=2, bidirectional=True, random_state=0, n_jobs=2)
+    out, (h_n, c_n) = net.run(X.astype(np.float32), keep_cache=False)
+    ref, (rh, rc), _ = reference_lstm_forward(
+        {k: v.astype(np.float64) for k, v in net.params.items()}, X, None, None, None, 2, True)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=2e-5)
+    np.testing.assert_allclose(h_n, rh, rtol=0, atol=2e-5)
+    np.testing.assert_allclose(c_n, rc, rtol=0, atol=2e-5)
+
+
+@needs_team
+def test_when_a_team_is_used():
+    """The default thresholds: enough work per thread and per call, one
+    sub-batch of fused steps (float32 LSTM inference, few rows)."""
+    rng = np.random.default_rng(4)
+
+    def team_size(net, B, T, I, n_jobs=2):
+        net.run(rng.standard_normal((B, T, I)).astype(np.float32), keep_cache=False)
+        return _plan_of(net).team_threads(n_jobs)
+
+    width = _scan.fused_cell_width()
+    stream = clstm.LSTM(16, 64, random_state=0, n_jobs=2)
+    assert team_size(stream, 1, 200, 16) == min(2, 64 // width)     # the stream config
+    assert team_size(stream, 1, 10, 16) == 1                # too few steps for a thread
+    assert team_size(clstm.LSTM(16, 16, n_jobs=2), 1, 200, 16) == 1    # too little a step
+    assert team_size(stream, 64, 200, 16) == 1          # rows to split instead
+    assert team_size(clstm.GRU(16, 64, n_jobs=2), 1, 200, 16) == 1     # no fused GRU step
+    assert team_size(clstm.LSTM(16, 64, dtype="float64", n_jobs=2), 1, 200, 16) == 1
+    assert team_size(clstm.LSTM(16, 64, proj_size=8, n_jobs=2), 1, 200, 16) == 1
+    assert team_size(stream, 1, 200, 16, n_jobs=1) == 1
+
+
+def test_threshold_setter_checks_its_value():
+    with pytest.raises(ValueError, match=">= 0"):
+        _scan.set_team_min_work(-1)
+    previous = _scan.set_team_min_work(123)
+    assert _scan.team_min_work() == 123
+    assert _scan.set_team_min_work(previous) == 123
+
+
+@needs_team
+def test_automatic_threads_use_a_team_for_one_sequence(team_on_every_step, monkeypatch):
+    """n_jobs=None: batch 1 has no rows for a second thread, but its steps
+    can be split; rnn passes the automatic count as team_threads."""
+    X = np.random.default_rng(5).standard_normal((1, 9, 4)).astype(np.float32)
+    expected = _outputs(clstm.LSTM(4, 32, random_state=0, n_jobs=1), X)
+    monkeypatch.setattr(rnn, "resolve_n_threads",
+                        lambda n_jobs, batch_size=None: 1 if batch_size is not None else 3)
+    seen = []
+    original = _scan.NetworkPlan.run
+
+    def spy(self, out, finals, n_threads=None, team_threads=1):
+        seen.append((n_threads, team_threads))
+        return original(self, out, finals, n_threads, team_threads)
+
+    monkeypatch.setattr(_scan, "NetworkPlan", type("Spy", (_scan.NetworkPlan,), {"run": spy}))
+    net = clstm.LSTM(4, 32, random_state=0)
+    _assert_identical(expected, _outputs(net, X))
+    assert seen == [(1, 3)]
+    net.forward(X)                          # a forward that keeps a cache: no team
+    assert len(seen) == 2 and seen[-1][1] == 1
