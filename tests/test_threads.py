@@ -1,5 +1,8 @@
 """Threads: n_jobs, batch splitting, BLAS limits, concurrent callers."""
 
+import os
+import select
+import signal
 import threading
 
 import numpy as np
@@ -224,3 +227,36 @@ def test_run_tasks_runs_each_task_once_on_several_threads():
     for _ in range(20):
         run_tasks([lambda k=k: task(k) for k in range(16)])
     assert counts == [20] * 16
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_threaded_forwards_in_a_forked_child():
+    """The compiled forward's helper threads are kept for the process; a
+    fork's child has none of them (pthread_atfork resets the pool), so its
+    threaded calls must start their own and give the same values, not hang."""
+    rng = np.random.default_rng(7)
+    batch = rng.standard_normal((64, 40, 8)).astype(np.float32)    # split by rows
+    single = rng.standard_normal((1, 200, 8)).astype(np.float32)   # split by units (a team)
+    net = clstm.LSTM(8, 64, random_state=0, n_jobs=2)
+    expected = [net.run(X, keep_cache=False)[0] for X in (batch, single)]   # the pool starts
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                            # the child
+        ok = False
+        try:
+            for _ in range(3):
+                got = [net.run(X, keep_cache=False)[0] for X in (batch, single)]
+                ok = all(np.array_equal(a, b) for a, b in zip(expected, got))
+        finally:
+            os.write(write_end, b"1" if ok else b"0")
+            os._exit(0)
+    os.close(write_end)
+    try:
+        ready, _, _ = select.select([read_end], [], [], 120)
+        answer = os.read(read_end, 1) if ready else b"timeout"
+    finally:
+        os.close(read_end)
+        if answer == b"timeout":
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert answer == b"1", answer

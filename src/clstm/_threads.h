@@ -1,23 +1,25 @@
-/* Run n independent tasks on short-lived POSIX threads (no OpenMP runtime).
+/* Run n independent tasks on POSIX threads (no OpenMP runtime).
  *
  * clstm_run_tasks(n, task, ctx) calls task(ctx, k) for k = 0 .. n-1 and
- * returns when all have finished. It starts n - 1 helper threads; the
- * calling thread and the helpers claim the tasks in order, one at a time, so
- * a helper that the OS does not schedule promptly (its core busy with
- * another process) loses its tasks to the threads that are running instead
- * of holding the call up: the call is never slower than running the tasks
- * serially by more than the cost of starting the threads (measured with a
+ * returns when all have finished. The calling thread and up to n - 1
+ * helpers of a pool claim the tasks in order, one at a time, so a helper
+ * that the OS does not schedule promptly (its core busy with another
+ * process, or parked) loses its tasks to the threads that are running
+ * instead of holding the call up: the call is never slower than running the
+ * tasks serially by more than the cost of posting them (measured with a
  * busy loop on the other core: a 2-thread ts-small forward that joined its
  * helper took 1.13-1.44 ms median, 0.90-0.94 ms claiming, 0.84 ms on one
- * thread). Helpers are detached; one that starts after the call returned
- * finds nothing to claim and exits without touching `ctx`. Which thread runs
- * a task never changes its result. Without pthreads (Windows builds) every
- * task runs serially on the calling thread.
+ * thread). Which thread runs a task never changes its result. Without
+ * pthreads (Windows builds) every task runs serially on the calling thread.
  *
- * Threads are created per call rather than kept in a pool: creating one
- * costs ~10-30 us on Linux, well under the work that makes a split worth it
- * (see MIN_WORK_PER_THREAD in clstm/_rnn.py), and there is then nothing to
- * leak, to wake, or to deadlock at fork or interpreter exit.
+ * The helpers are kept for the process, not started per call: starting a
+ * thread took 24-29 us on the 2-core VM of benchmarks/RESULTS.md, a tenth of
+ * a 2-thread batch-1 forward (0.2-0.3 ms), and a 2-thread call of empty
+ * tasks cost 15-30 us against ~3 us with the pool. A helper spins ~100 us
+ * after its last task, so back-to-back calls find it running, then parks on
+ * a condition variable (no CPU while idle). At fork the child starts with
+ * no helpers (pthread_atfork); at exit the parked helpers simply end with
+ * the process.
  *
  * Returns the number of tasks that ran on helper threads.
  */
@@ -41,16 +43,19 @@ static Py_ssize_t clstm_run_serially(Py_ssize_t n, clstm_task_fn task, void *ctx
 #if !defined(_WIN32) && (defined(__unix__) || defined(__APPLE__))
 #include <pthread.h>
 #include <sched.h>
+#include <time.h>
 #define CLSTM_HAVE_THREADS 1
 
-/* State shared by the caller and its helpers, freed by the last to leave. */
-typedef struct {
+/* State of one call, shared by the caller and the helpers that take part
+ * in it, freed by the last to leave. */
+typedef struct clstm_tasks {
     pthread_mutex_t lock;
     pthread_cond_t all_done;
     clstm_task_fn task;
     void *ctx;
     Py_ssize_t n, next, done, on_helpers;
     int refs;
+    struct clstm_tasks *link;      /* the pool's list of calls */
 } clstm_tasks;
 
 static int clstm_claim(clstm_tasks *ts, Py_ssize_t *k)
@@ -87,23 +92,158 @@ static void clstm_leave(clstm_tasks *ts)
     }
 }
 
-static void *clstm_helper_main(void *arg)
+/* The pool: helper threads started on first need and kept for the process
+ * (a fork's child starts with none). `calls` lists the calls in progress;
+ * `posted` counts the calls ever posted, so that a helper parks only if
+ * nothing was posted since it last looked (no wake-up is lost). */
+#define CLSTM_POOL_MAX 64
+#define CLSTM_POOL_SPIN_US 100.0
+
+static pthread_mutex_t clstm_pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t clstm_pool_wake = PTHREAD_COND_INITIALIZER;
+static clstm_tasks *clstm_pool_calls;
+static unsigned long clstm_pool_posted;
+static int clstm_pool_threads, clstm_pool_parked, clstm_pool_forks_handled;
+
+static void clstm_pool_prepare_fork(void) { pthread_mutex_lock(&clstm_pool_lock); }
+static void clstm_pool_after_fork_parent(void) { pthread_mutex_unlock(&clstm_pool_lock); }
+
+static void clstm_pool_after_fork_child(void)
 {
-    clstm_tasks *ts = (clstm_tasks *)arg;
-    Py_ssize_t k;
-    while (clstm_claim(ts, &k)) {
-        ts->task(ts->ctx, k);
-        clstm_finish(ts, 1);
+    /* the child has only the forking thread: no helpers, parked or busy,
+     * and no other thread's calls */
+    pthread_cond_t fresh = PTHREAD_COND_INITIALIZER;
+    clstm_pool_wake = fresh;
+    clstm_pool_calls = NULL;
+    clstm_pool_threads = clstm_pool_parked = 0;
+    pthread_mutex_unlock(&clstm_pool_lock);
+}
+
+static double clstm_now_us(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e6 + t.tv_nsec * 1e-3;
+}
+
+/* Under the pool lock: a call with tasks left (its reference taken). */
+static clstm_tasks *clstm_pool_take(void)
+{
+    clstm_tasks *ts;
+    for (ts = clstm_pool_calls; ts != NULL; ts = ts->link) {
+        pthread_mutex_lock(&ts->lock);
+        if (ts->next < ts->n) {
+            ts->refs++;
+            pthread_mutex_unlock(&ts->lock);
+            return ts;
+        }
+        pthread_mutex_unlock(&ts->lock);
     }
-    clstm_leave(ts);
     return NULL;
+}
+
+static void *clstm_pool_main(void *arg)
+{
+    clstm_tasks *ts;
+    unsigned long seen;
+    Py_ssize_t k;
+    double until;
+    long spins;
+    (void)arg;
+    for (;;) {
+        pthread_mutex_lock(&clstm_pool_lock);
+        ts = clstm_pool_take();
+        seen = clstm_pool_posted;
+        pthread_mutex_unlock(&clstm_pool_lock);
+        if (ts != NULL) {
+            while (clstm_claim(ts, &k)) {
+                ts->task(ts->ctx, k);
+                clstm_finish(ts, 1);
+            }
+            clstm_leave(ts);
+            continue;
+        }
+        /* idle: watch for a call a while (back-to-back calls find the
+         * helper running), then park */
+        until = clstm_now_us() + CLSTM_POOL_SPIN_US;
+        for (spins = 0; __atomic_load_n(&clstm_pool_posted, __ATOMIC_RELAXED) == seen; spins++) {
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#endif
+            if ((spins & 63) == 63 && clstm_now_us() > until)
+                break;
+        }
+        pthread_mutex_lock(&clstm_pool_lock);
+        while (clstm_pool_posted == seen) {
+            clstm_pool_parked++;
+            pthread_cond_wait(&clstm_pool_wake, &clstm_pool_lock);
+            clstm_pool_parked--;
+        }
+        pthread_mutex_unlock(&clstm_pool_lock);
+    }
+    return NULL;
+}
+
+/* Post a call that wants `helpers` helpers: wake parked ones, start missing
+ * ones (the pool grows to the largest call's need, at most CLSTM_POOL_MAX). */
+static void clstm_pool_post(clstm_tasks *ts, Py_ssize_t helpers)
+{
+    pthread_attr_t attr;
+    pthread_t thread;
+    int start, wake;
+    if (helpers > CLSTM_POOL_MAX)
+        helpers = CLSTM_POOL_MAX;
+    pthread_mutex_lock(&clstm_pool_lock);
+    if (!clstm_pool_forks_handled)
+        clstm_pool_forks_handled = pthread_atfork(clstm_pool_prepare_fork,
+                                                  clstm_pool_after_fork_parent,
+                                                  clstm_pool_after_fork_child) == 0;
+    ts->link = clstm_pool_calls;
+    clstm_pool_calls = ts;
+    __atomic_store_n(&clstm_pool_posted, clstm_pool_posted + 1, __ATOMIC_RELAXED);
+    for (wake = 0; wake < helpers && wake < clstm_pool_parked; wake++)
+        pthread_cond_signal(&clstm_pool_wake);
+    start = (int)helpers - clstm_pool_threads;
+    if (!clstm_pool_forks_handled)
+        start = 0;          /* (without fork handlers, no thread that outlives a call) */
+    if (start > 0)
+        clstm_pool_threads += start;
+    pthread_mutex_unlock(&clstm_pool_lock);
+    if (start <= 0)
+        return;
+    if (pthread_attr_init(&attr) != 0) {
+        pthread_mutex_lock(&clstm_pool_lock);
+        clstm_pool_threads -= start;
+        pthread_mutex_unlock(&clstm_pool_lock);
+        return;
+    }
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    for (; start > 0; start--)
+        if (pthread_create(&thread, &attr, clstm_pool_main, NULL) != 0)
+            break;
+    pthread_attr_destroy(&attr);
+    if (start > 0) {               /* none to be had: their share runs on the others */
+        pthread_mutex_lock(&clstm_pool_lock);
+        clstm_pool_threads -= start;
+        pthread_mutex_unlock(&clstm_pool_lock);
+    }
+}
+
+static void clstm_pool_unlink(clstm_tasks *ts)
+{
+    clstm_tasks **p;
+    pthread_mutex_lock(&clstm_pool_lock);
+    for (p = &clstm_pool_calls; *p != NULL; p = &(*p)->link)
+        if (*p == ts) {
+            *p = ts->link;
+            break;
+        }
+    pthread_mutex_unlock(&clstm_pool_lock);
 }
 
 static Py_ssize_t clstm_run_tasks(Py_ssize_t n, clstm_task_fn task, void *ctx)
 {
     Py_ssize_t k, on_helpers;
-    pthread_attr_t attr;
-    pthread_t thread;
     clstm_tasks *ts;
     if (n <= 1)
         return clstm_run_serially(n, task, ctx);
@@ -122,26 +262,13 @@ static Py_ssize_t clstm_run_tasks(Py_ssize_t n, clstm_task_fn task, void *ctx)
     ts->n = n;
     ts->next = ts->done = ts->on_helpers = 0;
     ts->refs = 1;
-    if (pthread_attr_init(&attr) == 0) {
-        if (pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0) {
-            for (k = 1; k < n; k++) {
-                pthread_mutex_lock(&ts->lock);
-                ts->refs++;
-                pthread_mutex_unlock(&ts->lock);
-                if (pthread_create(&thread, &attr, clstm_helper_main, ts) != 0) {
-                    pthread_mutex_lock(&ts->lock);
-                    ts->refs--;               /* no thread: its tasks run here */
-                    pthread_mutex_unlock(&ts->lock);
-                    break;
-                }
-            }
-        }
-        pthread_attr_destroy(&attr);
-    }
+    ts->link = NULL;
+    clstm_pool_post(ts, n - 1);
     while (clstm_claim(ts, &k)) {
         task(ctx, k);
         clstm_finish(ts, 0);
     }
+    clstm_pool_unlink(ts);         /* every task claimed: helpers need not see it */
     pthread_mutex_lock(&ts->lock);
     while (ts->done < ts->n)
         pthread_cond_wait(&ts->all_done, &ts->lock);
