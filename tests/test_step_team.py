@@ -169,5 +169,5 @@ def test_automatic_threads_use_a_team_for_one_sequence(team_on_every_step, monke
     net = clstm.LSTM(4, 32, random_state=0)
     _assert_identical(expected, _outputs(net, X))
     assert seen == [(1, 3)]
-    net.forward(X)                          # a forward that keeps a cache: no team
-    assert len(seen) == 2 and seen[-1][1] == 1
+    net.forward(X)       # a forward that keeps a cache: offered too (a row team decides:
+    assert len(seen) == 2 and seen[-1][1] == 3      # tests/test_row_team.py), none at batch 1

@@ -493,9 +493,12 @@ class RecurrentNetwork:
         n_parts = (_fixed_parts(B, T, self.hidden_size) if keep_cache
                    else _useful_threads(n_threads, B, T, self.hidden_size, n_scans))
         chunks = split_rows(B, n_parts, weights=sorted_lengths)
-        # one sub-batch of few rows (batch 1): the threads split each step's
-        # units instead (NetworkPlan.run's team, where the step is worth it)
-        team = resolve_n_threads(self.n_jobs) if n_parts == 1 and not keep_cache else 1
+        # one sub-batch: the threads split each step instead (NetworkPlan.run's
+        # team, where the step is worth it): by units for few rows (batch 1,
+        # inference), by rows for a training forward's one fixed part
+        team = 1
+        if n_parts == 1 and (keep_cache or B <= _scan.fused_cell_max_rows()):
+            team = resolve_n_threads(self.n_jobs)
         # the fused cell runs steps of few rows (_scan.fused_cell_max_rows):
         # pack its weights only where some sub-batch has such steps
         fused_cell = not keep_cache and (lengths is not None or min(
@@ -861,12 +864,15 @@ class RecurrentNetwork:
         results = [None] * len(chunks)
         ws = self._workspace
 
+        # one part: the threads split each step's rows instead (_scan.backward)
+        team = resolve_n_threads(self.n_jobs, B) if len(chunks) == 1 else 1
+
         def run(k):
             b0, b1 = chunks[k]
             results[k] = self._backward_batch(
                 parts[k], grad_out[b0:b1],
                 [np.ascontiguousarray(s[:, b0:b1]) for s in grad_state],
-                weights, ws.chunk(k), grads_into if k == 0 else None, retain_cache)
+                weights, ws.chunk(k), grads_into if k == 0 else None, retain_cache, team)
 
         # the kernels overwrite the saved gates with their gradients: from here
         # on this forward's activations serve no other backward
@@ -896,8 +902,10 @@ class RecurrentNetwork:
         return grad_X
 
     def _backward_batch(self, part, grad_out, grad_state, weights, ws, grads=None,
-                        retain_cache=False):
-        """BPTT over one sub-batch, single-threaded: grad_out (b, T_all, D*P) its
+                        retain_cache=False, team=1):
+        """BPTT over one sub-batch (each step split by rows across up to
+        ``team`` threads where the scan allows, else on the calling thread,
+        with the same values either way): grad_out (b, T_all, D*P) its
         rows of the batch-first output gradient (read in place by the top
         layer); grad_state (per state, (L*D, b, units)) is updated in place to
         the gradients of the initial states; parameter gradients are added to
@@ -937,7 +945,7 @@ class RecurrentNetwork:
                 if "c" not in self.state_names:          # GRU: the biases apart
                     arrays["grad_bias"] = grads[names["bias_ih"]]
                     arrays["grad_bias_hh"] = grads[names["bias_hh"]]
-                _scan.backward(arrays, plan["cfg_backward"][d])
+                _scan.backward(arrays, plan["cfg_backward"][d], team)
                 if "c" in self.state_names:            # both biases saw grad_bias
                     grads[names["bias_ih"]] += grad_bias
                     grads[names["bias_hh"]] += grad_bias

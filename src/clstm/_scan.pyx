@@ -376,6 +376,159 @@ cdef inline void _fused_step(Layer* L, Py_ssize_t t, Py_ssize_t n, Py_ssize_t n_
     clstm_team_step(<clstm_team*> L.team, _fused_step_slice, &s, sizeof(FusedStep))
 
 
+# --- A team splitting each step by rows (training; _threads.h's clstm_team) -------
+# One sub-batch of many rows keeps one set of weight-gradient sums (fixed by
+# its shape, so the result does not depend on n_jobs), yet its per-step work
+# splits by rows: a row's products and cell read only that row, and the
+# small-GEMM kernel sums every element the same way whatever block of rows it
+# is in. Only float32 layers whose per-step products all run on that kernel
+# and whose cell accumulates nothing across rows (_row_team_forward_ok,
+# _row_team_backward_ok): no BLAS, peepholes, layer norm, projection or conv.
+cdef enum:
+    ROW_TEAM_MIN_ROWS = 8       # rows of a member's slice at least
+
+
+cdef struct RowStep:
+    # step t of L, rows [0, n) of which [0, n_cont) continue from step p
+    Layer* L
+    Py_ssize_t t, p, n, n_cont
+
+
+cdef inline bint _row_team_cell_ok(Layer* L) noexcept nogil:
+    return (not L.conv and L.weight_hr == NULL and not L.ln_gates
+            and not (L.kind == CELL_LSTM and L.variant & (CLSTM_PEEPHOLE | CLSTM_LN_CELL)))
+
+
+cdef inline bint _row_team_forward_ok(Layer* L) noexcept nogil:
+    return _row_team_cell_ok(L) and (L.packed_hh_t != NULL or (
+        L.packed_xh_t != NULL and not L.separate)) and (
+        L.packed_ih_t != NULL or L.input_size == 0 or (L.packed_xh_t != NULL and not L.separate))
+
+
+cdef inline bint _row_team_backward_ok(Layer* L) noexcept nogil:
+    return _row_team_cell_ok(L) and L.packed_hh != NULL
+
+
+cdef Py_ssize_t _row_team_size(Py_ssize_t wanted, Py_ssize_t rows, Py_ssize_t steps,
+                               Py_ssize_t work) noexcept nogil:
+    """Members for a step of `rows` rows and `work` multiply-adds (over
+    `steps` steps): ROW_TEAM_MIN_ROWS rows and _team_min_work each."""
+    cdef Py_ssize_t least = max(1, _team_min_work)
+    if wanted < 2 or not CLSTM_HAVE_THREADS:
+        return 1
+    return max(1, min(wanted, CLSTM_TEAM_MAX, rows // ROW_TEAM_MIN_ROWS, work // least,
+                      steps * work // (least * TEAM_MIN_STEPS)))
+
+
+cdef void _forward_rows_slice(const void* ctx, Py_ssize_t k, Py_ssize_t m) noexcept nogil:
+    """Slice k of m of a training forward step: its rows' products and cell
+    (scan_forward's serial step restricted to rows [r0, r1))."""
+    cdef const RowStep* s = <const RowStep*> ctx
+    cdef Layer* L = s.L
+    cdef Py_ssize_t B = L.batch, P = L.out_size, H = L.hidden, ld_h = L.ld_h
+    cdef Py_ssize_t t = s.t, p = s.p
+    cdef Py_ssize_t r0 = s.n * k // m, r1 = s.n * (k + 1) // m
+    cdef Py_ssize_t c1 = min(r1, s.n_cont), s0 = max(r0, s.n_cont)
+    cdef float* h_seq = <float*> L.h_seq
+    cdef float* c_seq = <float*> L.c_seq
+    cdef float* h0 = <float*> L.h0
+    cdef float* c0 = <float*> L.c0
+    cdef float* mask = <float*> L.mask
+    cdef float* work = <float*> L.work
+    # rows [r0, c1) continue from step p, rows [s0, r1) start from h0, c0
+    if mask != NULL:
+        _masked_copy(c1 - r0, P, h_seq + (p * B + r0) * ld_h, ld_h, mask + r0 * P,
+                     work + r0 * P, P)
+        _masked_copy(r1 - s0, P, h0 + s0 * P, P, mask + s0 * P, work + s0 * P, P)
+        _step_products(L, t, r1 - r0, r0, work + r0 * P, P)
+    else:
+        _step_products(L, t, c1 - r0, r0, h_seq + (p * B + r0) * ld_h, ld_h)
+        _step_products(L, t, r1 - s0, s0, h0 + s0 * P, P)
+    _cell_forward(L, t, c1 - r0, r0, h_seq + (p * B + r0) * ld_h, ld_h,
+                  c_seq + (p * B + r0) * H)
+    _cell_forward(L, t, r1 - s0, s0, h0 + s0 * P, P, NULL if c0 == NULL else c0 + s0 * H)
+
+
+cdef void _projection_rows_slice(const void* ctx, Py_ssize_t k, Py_ssize_t m) noexcept nogil:
+    """Slice k of m of the input projection gates = x @ W_ih^T (all T*B rows)."""
+    cdef Layer* L = (<const RowStep*> ctx).L
+    cdef Py_ssize_t M = L.n_steps * L.batch, I = L.input_size, G = L.n_gates
+    cdef Py_ssize_t r0 = M * k // m, r1 = M * (k + 1) // m
+    _matmul_nt(r1 - r0, I, G, <float*> L.x + r0 * I, I, <float*> L.weight_ih,
+               L.packed_ih_t, <float*> L.gates + r0 * G, G, False)
+
+
+cdef void _grad_x_rows_slice(const void* ctx, Py_ssize_t k, Py_ssize_t m) noexcept nogil:
+    """Slice k of m of grad_x (+)= grad_gates @ W_ih (all T*B rows)."""
+    cdef Layer* L = (<const RowStep*> ctx).L
+    cdef Py_ssize_t M = L.n_steps * L.batch, I = L.input_size, G = L.n_gates
+    cdef Py_ssize_t r0 = M * k // m, r1 = M * (k + 1) // m
+    _matmul_nn(r1 - r0, G, I, <float*> L.grad_gates + r0 * G, G, <float*> L.weight_ih,
+               L.packed_ih, <float*> L.grad_x + r0 * I, I, L.accumulate_grad_x)
+
+
+cdef void _backward_rows_slice(const void* ctx, Py_ssize_t k, Py_ssize_t m) noexcept nogil:
+    """Slice k of m of a BPTT step: its rows' h_prev copies for the weight
+    gradients, cell backward and grad_h product (scan_backward's serial step
+    restricted to rows [r0, r1))."""
+    cdef const RowStep* s = <const RowStep*> ctx
+    cdef Layer* L = s.L
+    cdef Py_ssize_t B = L.batch, P = L.out_size, H = L.hidden, G = L.n_gates
+    cdef Py_ssize_t I = L.input_size, K = L.input_size + L.out_size, ld_h = L.ld_h
+    cdef Py_ssize_t t = s.t, p = s.p, r, j
+    cdef Py_ssize_t r0 = s.n * k // m, r1 = s.n * (k + 1) // m
+    cdef Py_ssize_t c1 = min(r1, s.n_cont), s0 = max(r0, s.n_cont)
+    cdef float* h_seq = <float*> L.h_seq
+    cdef float* c_seq = <float*> L.c_seq
+    cdef float* h0 = <float*> L.h0
+    cdef float* c0 = <float*> L.c0
+    cdef float* mask = <float*> L.mask
+    cdef float* work = <float*> L.work
+    cdef float* dh = <float*> L.grad_h
+    cdef float* xh = <float*> L.xh
+    cdef float* h_prev_seq = <float*> L.h_prev_seq
+    cdef float* g_out = <float*> L.grad_h_seq + t * L.step_grad_h
+    cdef Py_ssize_t ld_out = L.ld_grad_h
+    cdef float* dg_h = <float*> (L.grad_hgates if L.separate else L.grad_gates) + t * B * G
+    cdef bint gru = L.kind == CELL_GRU
+    if r0 >= r1:
+        return
+    if xh != NULL:
+        _masked_copy(c1 - r0, P, h_seq + (p * B + r0) * ld_h, ld_h,
+                     NULL if mask == NULL else mask + r0 * P, xh + (t * B + r0) * K + I, K)
+        _masked_copy(r1 - s0, P, h0 + s0 * P, P, NULL if mask == NULL else mask + s0 * P,
+                     xh + (t * B + s0) * K + I, K)
+    elif h_prev_seq != NULL:
+        _masked_copy(c1 - r0, P, h_seq + (p * B + r0) * ld_h, ld_h, mask + r0 * P,
+                     h_prev_seq + (t * B + r0) * P, P)
+        _masked_copy(r1 - s0, P, h0 + s0 * P, P, mask + s0 * P,
+                     h_prev_seq + (t * B + s0) * P, P)
+    _cell_backward(L, t, c1 - r0, r0, h_seq + (p * B + r0) * ld_h, ld_h,
+                   c_seq + (p * B + r0) * H, g_out + r0 * ld_out, ld_out, dh)
+    _cell_backward(L, t, r1 - s0, s0, h0 + s0 * P, P, NULL if c0 == NULL else c0 + s0 * H,
+                   g_out + s0 * ld_out, ld_out, dh)
+    if gru and mask != NULL:
+        _matmul_nn(r1 - r0, G, P, dg_h + r0 * G, G, <float*> L.weight_hh, L.packed_hh,
+                   work + r0 * P, P, False)
+        for r in range(r0, r1):
+            for j in range(P):
+                dh[r * P + j] += work[r * P + j] * mask[r * P + j]
+    else:
+        _matmul_nn(r1 - r0, G, P, dg_h + r0 * G, G, <float*> L.weight_hh, L.packed_hh,
+                   dh + r0 * P, P, gru)
+        if mask != NULL:
+            for r in range(r0, r1):
+                for j in range(P):
+                    dh[r * P + j] *= mask[r * P + j]
+
+
+cdef inline void _rows_step(Layer* L, clstm_slice_fn fn, Py_ssize_t t, Py_ssize_t p,
+                            Py_ssize_t n, Py_ssize_t n_cont) noexcept nogil:
+    cdef RowStep s
+    s.L, s.t, s.p, s.n, s.n_cont = L, t, p, n, n_cont
+    clstm_team_step(<clstm_team*> L.team, fn, &s, sizeof(RowStep))
+
+
 # --- Scan forward ----------------------------------------------------------------
 cdef void scan_forward(Layer* L, floating* tag) noexcept nogil:
     """Run the layer over all steps: fills gates (activated), the states and h_seq.
@@ -404,8 +557,12 @@ cdef void scan_forward(Layer* L, floating* tag) noexcept nogil:
 
     # gates = x @ weight_ih.T for all T*B rows (the cell adds the bias)
     if not fused_input:
-        _matmul_nt(T * B, I, G, <floating*> L.x, I, <floating*> L.weight_ih, L.packed_ih_t,
-                   <floating*> L.gates, G, False)
+        if floating is float:
+            if L.team != NULL and L.packed_ih_t != NULL:      # a row team: its share
+                _rows_step(L, _projection_rows_slice, 0, 0, 0, 0)
+        if floating is not float or L.team == NULL or L.packed_ih_t == NULL:
+            _matmul_nt(T * B, I, G, <floating*> L.x, I, <floating*> L.weight_ih,
+                       L.packed_ih_t, <floating*> L.gates, G, False)
 
     for s in range(T):
         t = T - 1 - s if L.reverse else s
@@ -425,7 +582,10 @@ cdef void scan_forward(Layer* L, floating* tag) noexcept nogil:
         # few rows: products and cell in one pass (inference; the same values)
         fused_step = fused_cell and n <= fused_max_rows
         if not fused_step:
-            clstm_team_sync(<clstm_team*> L.team)     # (a team runs fused steps only)
+            if floating is float:
+                if L.team != NULL:      # a row team (_row_team_forward_ok): rows apart
+                    _rows_step(L, _forward_rows_slice, t, p, n, n_cont)
+                    continue
 
         # the products: gates[t] += h_prev @ weight_hh.T (or kept apart)
         if L.conv:
@@ -527,6 +687,13 @@ cdef void scan_backward(Layer* L, floating* tag) noexcept nogil:
                        (B - n) * P * sizeof(floating))
         if n == 0:
             continue
+        if floating is float:
+            if L.team != NULL:       # a row team (_row_team_backward_ok): rows apart
+                _rows_step(L, _backward_rows_slice, t, p, n, n_cont)
+                if n_cont < n and h_prev_seq == NULL and xh == NULL:
+                    clstm_team_sync(<clstm_team*> L.team)
+                    _h0_weight_gradient(L, t, n, n_cont, tag)
+                continue
 
         # h_prev of this step for grad_weight_hh = grad_gates^T @ h_prev: read in
         # place from h_seq / h0 by _parameter_gradients, except when masked (a copy)
@@ -580,11 +747,8 @@ cdef void scan_backward(Layer* L, floating* tag) noexcept nogil:
         # direct path grad_h * z, which the cell left in grad_h)
         dg_h = (grad_hgates if L.separate else grad_gates) + t * B * G
         if n_cont < n and h_prev_seq == NULL and xh == NULL and not L.conv:
-            # rows that started from h0: grad_weight_hh += grad_gates_h^T @ h0
-            # (the continuing rows: one GEMM over all steps in _parameter_gradients)
-            _gemm(RowMajor, Trans, NoTrans, <int> G, <int> P, <int> (n - n_cont), 1.0,
-                  dg_h + n_cont * G, <int> G, h0 + n_cont * P, <int> P, 1.0,
-                  <floating*> L.grad_weight_hh, <int> P)
+            # rows that started from h0 (the continuing rows: in _parameter_gradients)
+            _h0_weight_gradient(L, t, n, n_cont, tag)
         if L.conv:
             # grad_weight_hh += grad_gates[t, :n].T @ im2col(h_prev)
             _gemm(RowMajor, Trans, NoTrans, <int> G, <int> R, <int> n, 1.0, dg_h, <int> G,
@@ -607,7 +771,21 @@ cdef void scan_backward(Layer* L, floating* tag) noexcept nogil:
                     for j in range(P):
                         dh[r * P + j] *= mask[r * P + j]
 
+    clstm_team_sync(<clstm_team*> L.team)     # the team's last step done
     _parameter_gradients(L, tag)
+
+
+cdef inline void _h0_weight_gradient(Layer* L, Py_ssize_t t, Py_ssize_t n, Py_ssize_t n_cont,
+                                     floating* tag) noexcept nogil:
+    """Rows [n_cont, n) of step t started from h0: grad_weight_hh +=
+    grad_gates_h[t, n_cont:n]^T @ h0[n_cont:n] (the continuing rows: one GEMM
+    over all steps in _parameter_gradients)."""
+    cdef Py_ssize_t G = L.n_gates, P = L.out_size
+    cdef floating* dg_h = <floating*> (L.grad_hgates if L.separate else L.grad_gates) \
+        + (t * L.batch + n_cont) * G
+    _gemm(RowMajor, Trans, NoTrans, <int> G, <int> P, <int> (n - n_cont), 1.0,
+          dg_h, <int> G, <floating*> L.h0 + n_cont * P, <int> P, 1.0,
+          <floating*> L.grad_weight_hh, <int> P)
 
 
 cdef void _parameter_gradients(Layer* L, floating* tag) noexcept nogil:
@@ -665,6 +843,11 @@ cdef void _parameter_gradients(Layer* L, floating* tag) noexcept nogil:
               <floating*> L.grad_weight_hr, <int> H)
     # grad_x (+)= grad_gates @ weight_ih
     if I > 0:
+        if floating is float:
+            if L.team != NULL and L.packed_ih != NULL:      # a row team: its share
+                _rows_step(L, _grad_x_rows_slice, 0, 0, 0, 0)
+                clstm_team_sync(<clstm_team*> L.team)
+                return
         _matmul_nn(M, G, I, grad_gates, G, <floating*> L.weight_ih, L.packed_ih,
                    <floating*> L.grad_x, I, L.accumulate_grad_x)
 
@@ -901,17 +1084,49 @@ def forward(dict arrays, dict cfg):
             scan_forward(&L, <double*> NULL)
 
 
-def backward(dict arrays, dict cfg):
+def backward(dict arrays, dict cfg, Py_ssize_t team_threads=1):
     """BPTT of one layer direction over a (sub-)batch (see scan_backward);
-    cfg as forward() plus accumulate_grad_x."""
+    cfg as forward() plus accumulate_grad_x. Up to ``team_threads`` threads
+    split each step by rows where the layer allows (_row_team_backward_ok,
+    ROW_TEAM_MIN_ROWS rows and _team_min_work a thread; the same values).
+    Returns the number of threads the steps were split across."""
     cdef Layer L
+    cdef clstm_team team
+    cdef BackwardRun run
     _fill_layer(&L, arrays, cfg, True)
     cdef bint single = arrays["x"].dtype.itemsize == 4
+    cdef Py_ssize_t n_team = 1
+    if single and _row_team_backward_ok(&L):
+        n_team = _row_team_size(team_threads, L.batch, L.n_steps,
+                                L.batch * L.n_gates * L.out_size)
+    if n_team > 1:
+        clstm_team_init(&team, n_team)
+        L.team, run.L, run.team = &team, &L, &team
+        with nogil:
+            clstm_run_tasks(n_team, _backward_team_task, &run)
+        return n_team
     with nogil:
         if single:
             scan_backward(&L, <float*> NULL)
         else:
             scan_backward(&L, <double*> NULL)
+    return 1
+
+
+cdef struct BackwardRun:
+    Layer* L
+    clstm_team* team
+
+
+cdef void _backward_team_task(void* ctx, Py_ssize_t k) noexcept nogil:
+    """Task 0 leads the BPTT, publishing its steps to the team; the others
+    serve the team until the leader leaves."""
+    cdef BackwardRun* run = <BackwardRun*> ctx
+    if k == 0:
+        scan_backward(run.L, <float*> NULL)
+        clstm_team_leave(run.team)
+    else:
+        clstm_team_serve(run.team)
 
 
 # --- The network: every sub-batch through every layer in one call ---------------
@@ -1144,16 +1359,28 @@ cdef class NetworkPlan:
                 self.max_row = part.dest_rows[r]
 
     cdef Py_ssize_t _team_size(self, Py_ssize_t wanted):
-        """Threads to split each step of the one part by its units: up to
-        `wanted`, where every stage runs fused steps (float32 inference, at
-        most fused_cell_max_rows rows) with _team_min_work per thread."""
+        """Threads to split each step of the one part: up to `wanted`, with
+        _team_min_work per thread; by units where every stage runs fused
+        steps (float32 inference, at most fused_cell_max_rows rows), by rows
+        (ROW_TEAM_MIN_ROWS a thread) where the part has more rows and every
+        stage can (_row_team_forward_ok: float32 training forwards)."""
         cdef Part* part = self.parts
         cdef Layer* L
         cdef Py_ssize_t s, n, K, work, groups, V = clstm_fused_width()
         cdef Py_ssize_t least = max(1, _team_min_work)
-        if wanted < 2 or self.n_parts != 1 or not CLSTM_HAVE_THREADS or not part.single \
-                or part.n_rows > _fused_max_rows:
+        if wanted < 2 or self.n_parts != 1 or not CLSTM_HAVE_THREADS or not part.single:
             return 1
+        if part.n_rows > _fused_max_rows:
+            # a row team: every stage's steps split by rows (_forward_rows_slice)
+            n = wanted
+            for s in range(part.n_stages):
+                L = &part.stages[s].layer
+                if not _row_team_forward_ok(L):
+                    return 1
+                K = L.input_size + L.out_size if L.packed_xh_t != NULL else L.out_size
+                n = min(n, _row_team_size(wanted, part.n_rows, part.n_steps,
+                                          part.n_rows * K * L.n_gates))
+            return n
         n = min(wanted, CLSTM_TEAM_MAX)
         for s in range(part.n_stages):
             L = &part.stages[s].layer
