@@ -12,18 +12,12 @@ import pytest
 import clstm
 from clstm import _scan
 
+from _team import team_at_any_size  # noqa: F401  (a fixture)
+
 pytestmark = pytest.mark.kernel    # fast: also run against the bounds-checked build
 
 needs_team = pytest.mark.skipif(not (_scan.HAVE_THREADS and _scan.HAVE_PACKED_GEMM),
                                 reason="a build without threads or the small GEMM has no team")
-
-
-@pytest.fixture
-def team_at_any_size():
-    """A team whatever the work per step (the default wants enough per thread)."""
-    previous = _scan.set_team_min_work(0)
-    yield
-    _scan.set_team_min_work(previous)
 
 
 @pytest.fixture

@@ -11,18 +11,12 @@ import clstm
 import clstm._rnn as rnn
 from clstm import _scan
 
+from _team import team_at_any_size  # noqa: F401  (a fixture)
+
 pytestmark = pytest.mark.kernel    # fast: also run against the bounds-checked build
 
 needs_team = pytest.mark.skipif(not (_scan.HAVE_THREADS and _scan.HAVE_FUSED_CELL),
                                 reason="a build without threads or the fused cell has no team")
-
-
-@pytest.fixture
-def team_on_every_step():
-    """A team at any size (the default wants enough work per thread)."""
-    previous = _scan.set_team_min_work(0)
-    yield
-    _scan.set_team_min_work(previous)
 
 
 def _outputs(net, X, lengths=None, state=None):
@@ -54,7 +48,7 @@ VARIANTS = {
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("input_size", [3, 40])     # thin: [x | h] per step; wide: projection
 @pytest.mark.parametrize("n_jobs", [2, 3, 7])
-def test_team_equals_one_thread(team_on_every_step, variant, input_size, n_jobs):
+def test_team_equals_one_thread(team_at_any_size, variant, input_size, n_jobs):
     rng = np.random.default_rng(0)
     X = rng.standard_normal((1, 23, input_size)).astype(np.float32)
     kwargs = dict(dtype="float32", random_state=4, **VARIANTS[variant])
@@ -69,7 +63,7 @@ def test_team_equals_one_thread(team_on_every_step, variant, input_size, n_jobs)
 
 
 @needs_team
-def test_team_with_ragged_rows_states_and_dropout_masks(team_on_every_step):
+def test_team_with_ragged_rows_states_and_dropout_masks(team_at_any_size):
     """Few rows (still one sub-batch), rows that end early, initial states,
     and training-mode masks (input and recurrent dropout: the leader masks
     h_prev after the team has finished the previous step)."""
@@ -92,7 +86,7 @@ def test_team_with_ragged_rows_states_and_dropout_masks(team_on_every_step):
 
 
 @needs_team
-def test_more_threads_than_cores_still_identical(team_on_every_step):
+def test_more_threads_than_cores_still_identical(team_at_any_size):
     """More members than cores: helpers arrive late, some after the leader
     has finished (they must leave without touching anything), and members
     wait on ones the OS has not scheduled."""
@@ -107,7 +101,7 @@ def test_more_threads_than_cores_still_identical(team_on_every_step):
 
 
 @needs_team
-def test_team_equals_numpy_reference(team_on_every_step):
+def test_team_equals_numpy_reference(team_at_any_size):
     from clstm._reference import reference_lstm_forward
     rng = np.random.default_rng(3)
     X = rng.standard_normal((1, 30, 5))
@@ -151,7 +145,7 @@ def test_threshold_setter_checks_its_value():
 
 
 @needs_team
-def test_automatic_threads_use_a_team_for_one_sequence(team_on_every_step, monkeypatch):
+def test_automatic_threads_use_a_team_for_one_sequence(team_at_any_size, monkeypatch):
     """n_jobs=None: batch 1 has no rows for a second thread, but its steps
     can be split; rnn passes the automatic count as team_threads."""
     X = np.random.default_rng(5).standard_normal((1, 9, 4)).astype(np.float32)
