@@ -82,7 +82,8 @@ cdef extern from "_threads.h" nogil:
     void clstm_prefetch_rows(const float* p, Py_ssize_t n, Py_ssize_t width, Py_ssize_t ld)
     void clstm_team_init(clstm_team* team, Py_ssize_t size)
     void clstm_team_sync(clstm_team* team)
-    void clstm_team_step(clstm_team* team, clstm_slice_fn fn, const void* ctx, size_t size)
+    void clstm_team_step(clstm_team* team, clstm_slice_fn fn, const void* ctx, size_t size,
+                         bint shared)
     void clstm_team_leave(clstm_team* team)
     void clstm_team_serve(clstm_team* team)
 
@@ -373,7 +374,7 @@ cdef inline void _fused_step(Layer* L, Py_ssize_t t, Py_ssize_t n, Py_ssize_t n_
     s.L, s.t, s.n, s.n_cont = L, t, n, n_cont
     s.h_prev, s.ld_prev, s.c_prev = h_prev, ld_prev, c_prev
     s.h_start, s.ld_start, s.c_start = h_start, ld_start, c_start
-    clstm_team_step(<clstm_team*> L.team, _fused_step_slice, &s, sizeof(FusedStep))
+    clstm_team_step(<clstm_team*> L.team, _fused_step_slice, &s, sizeof(FusedStep), False)
 
 
 # --- A team splitting each step by rows (training; _threads.h's clstm_team) -------
@@ -524,9 +525,11 @@ cdef void _backward_rows_slice(const void* ctx, Py_ssize_t k, Py_ssize_t m) noex
 
 cdef inline void _rows_step(Layer* L, clstm_slice_fn fn, Py_ssize_t t, Py_ssize_t p,
                             Py_ssize_t n, Py_ssize_t n_cont) noexcept nogil:
+    # shared: a helper off its core leaves its rows to the leader (a step of
+    # rows is long enough, ~5-50 us, that a helper on time has claimed them)
     cdef RowStep s
     s.L, s.t, s.p, s.n, s.n_cont = L, t, p, n, n_cont
-    clstm_team_step(<clstm_team*> L.team, fn, &s, sizeof(RowStep))
+    clstm_team_step(<clstm_team*> L.team, fn, &s, sizeof(RowStep), True)
 
 
 # --- Scan forward ----------------------------------------------------------------

@@ -278,19 +278,24 @@ static Py_ssize_t clstm_run_tasks(Py_ssize_t n, clstm_task_fn task, void *ctx)
     return on_helpers;
 }
 
-/* A team splits each step of one scan across threads (batch 1 has no rows
- * to split): the leader, the thread running the scan, publishes each step
- * (a slice function and its context) and runs slice 0; helper k runs slice
- * k. A member starts step s once every other member has finished step s - 1
- * (each member's progress has a cache line of its own, so a step costs about
- * two cross-core transfers, ~0.13 us here, not the ~10 us of waking a
- * thread); helpers spin between steps, then yield the core after ~2,000
- * idle checks. A helper that arrives late is let in at the next step; one
- * that never arrives leaves the slices to those that did (the leader alone,
- * at worst): the slices are recounted at every step, and a slice's values
- * never depend on how many there are. Each step's description goes to one
- * of two slots: slot s % 2 is rewritten for step s + 2 only after every
- * member has finished step s. */
+/* A team splits each step of one scan across threads (batch 1 by units, a
+ * training batch of one fixed part by rows; _scan.pyx): the leader, the
+ * thread running the scan, publishes each step (a slice function and its
+ * context) and runs slice 0; helper k runs slice k. A member starts step s
+ * once every other member has finished step s - 1 (each member's progress
+ * has a cache line of its own, so a step costs about two cross-core
+ * transfers, ~0.13 us here, not the ~10 us of waking a thread); helpers spin
+ * between steps, then yield the core after ~2,000 idle checks. A helper that
+ * arrives late is let in at the next step; one that never arrives leaves the
+ * slices to those that did (the leader alone, at worst): the slices are
+ * recounted at every step, and a slice's values never depend on how many
+ * there are. A helper claims each slice before it runs it; where a step's
+ * slices are shared (long steps: a training step's rows), the leader runs a
+ * slice its helper has not claimed by the time the leader waits for it, so a
+ * helper that lost its core holds the team up only if it lost it in the
+ * middle of a slice. Each step's description goes to one of two slots: slot
+ * s % 2 is rewritten for step s + 2 only after every slice of step s has
+ * finished. */
 typedef void (*clstm_slice_fn)(const void *ctx, Py_ssize_t k, Py_ssize_t n);
 
 /* Start loading n rows of `width` floats (ld apart) into the cache: what
@@ -317,6 +322,7 @@ typedef struct {
 typedef struct {
     clstm_slice_fn fn;
     Py_ssize_t n_slices;
+    int shared;                /* the leader runs the slices no helper has claimed */
     long long ctx[CLSTM_TEAM_CTX / sizeof(long long)];
 } clstm_team_slot;
 
@@ -325,6 +331,9 @@ typedef struct {
     clstm_team_line progress[CLSTM_TEAM_MAX];
     /* start[m]: the first step of helper m, -1 until it is let in */
     clstm_team_line start[CLSTM_TEAM_MAX];
+    /* taken[m]: the last step whose slice m has been claimed, by helper m
+     * or (a step of shared slices) by the leader in its place */
+    clstm_team_line taken[CLSTM_TEAM_MAX];
     clstm_team_line arrived;   /* helpers that came to serve: ids 1, 2, ... */
     clstm_team_line finished;  /* the leader has left: helpers return */
     clstm_team_slot slot[2];
@@ -365,18 +374,53 @@ static void clstm_team_wait(clstm_team *team, Py_ssize_t n, Py_ssize_t self, lon
                 clstm_team_idle(&spins);
 }
 
+/* Spins before the leader runs a shared slice its helper has not claimed
+ * (a few us: a helper on its core claims a step within ~0.1 us of it being
+ * published, so on a quiet machine this never happens). */
+#define CLSTM_TEAM_STEAL_SPINS 256
+
+/* The leader: wait until members [1, n) have finished `steps` steps; a
+ * slice of step steps - 1 that its helper has not claimed by then (a helper
+ * off its core) the leader claims and runs itself, where that step's slices
+ * are shared. Only the leader runs other members' slices, and only here. */
+static void clstm_team_lead(clstm_team *team, Py_ssize_t n, long long steps)
+{
+    Py_ssize_t m;
+    const clstm_team_slot *slot = &team->slot[(steps - 1) & 1];
+    for (m = 1; m < n; m++) {
+        long spins = 0;
+        while (__atomic_load_n(&team->progress[m].v, __ATOMIC_ACQUIRE) < steps) {
+            long long unclaimed = steps - 2;
+            if (steps > 0 && slot->shared && spins >= CLSTM_TEAM_STEAL_SPINS
+                    && __atomic_load_n(&team->taken[m].v, __ATOMIC_RELAXED) == unclaimed
+                    && __atomic_compare_exchange_n(&team->taken[m].v, &unclaimed, steps - 1,
+                                                   0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
+                slot->fn(slot->ctx, m, slot->n_slices);
+                __atomic_store_n(&team->progress[m].v, steps, __ATOMIC_RELEASE);
+                break;
+            }
+            clstm_team_idle(&spins);
+        }
+    }
+}
+
 /* The leader: every member has finished every published step (before it
  * reads what the others wrote). */
 static void clstm_team_sync(clstm_team *team)
 {
     if (team != NULL)
-        clstm_team_wait(team, team->active, 0, team->steps);
+        clstm_team_lead(team, team->active, team->steps);
 }
 
 /* The leader: one step, fn(ctx, k, n) for the n members' slices (ctx:
  * `size` <= CLSTM_TEAM_CTX bytes, copied); returns after its own slice 0.
- * Without a team, the whole step: fn(ctx, 0, 1). */
-static void clstm_team_step(clstm_team *team, clstm_slice_fn fn, const void *ctx, size_t size)
+ * `shared`: a helper that has not claimed its slice when the leader next
+ * waits for it (one that lost its core) has it run by the leader instead,
+ * so it holds the step up only if it loses its core in the middle of its
+ * slice; unshared slices (steps too short to take over) always wait for
+ * their helper. Without a team, the whole step: fn(ctx, 0, 1). */
+static void clstm_team_step(clstm_team *team, clstm_slice_fn fn, const void *ctx, size_t size,
+                            int shared)
 {
     long long s;
     clstm_team_slot *slot;
@@ -392,15 +436,17 @@ static void clstm_team_step(clstm_team *team, clstm_slice_fn fn, const void *ctx
     while (team->active <= arrived) {          /* let the new helpers in */
         m = team->active++;
         __atomic_store_n(&team->progress[m].v, s, __ATOMIC_RELAXED);
+        __atomic_store_n(&team->taken[m].v, s - 1, __ATOMIC_RELAXED);
         __atomic_store_n(&team->start[m].v, s, __ATOMIC_RELEASE);
     }
     slot = &team->slot[s & 1];
     slot->fn = fn;
     slot->n_slices = team->active;
+    slot->shared = shared;
     memcpy(slot->ctx, ctx, size);
     team->steps = s + 1;
     __atomic_store_n(&team->progress[0].v, s + 1, __ATOMIC_RELEASE);
-    clstm_team_wait(team, team->active, 0, s);
+    clstm_team_lead(team, team->active, s);
     fn(slot->ctx, 0, team->active);
 }
 
@@ -433,6 +479,18 @@ static void clstm_team_serve(clstm_team *team)
                 return;
             clstm_team_idle(&spins);
         }
+        /* claim the slice first: one the leader has taken is skipped (its
+         * slot may hold a later step by now); one we claim keeps its slot
+         * until we are done */
+        {
+            long long previous = t - 1;
+            if (!__atomic_compare_exchange_n(&team->taken[id].v, &previous, t, 0,
+                                             __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+                continue;
+        }
+        /* our previous slice, if the leader took it, may still be running */
+        while (__atomic_load_n(&team->progress[id].v, __ATOMIC_ACQUIRE) < t)
+            clstm_team_idle(&spins);
         slot = &team->slot[t & 1];
         clstm_team_wait(team, slot->n_slices, id, t);
         slot->fn(slot->ctx, id, slot->n_slices);
@@ -466,10 +524,12 @@ typedef struct {
 static void clstm_team_init(clstm_team *team, Py_ssize_t size) { (void)size; team->unused = 0; }
 static void clstm_team_sync(clstm_team *team) { (void)team; }
 
-static void clstm_team_step(clstm_team *team, clstm_slice_fn fn, const void *ctx, size_t size)
+static void clstm_team_step(clstm_team *team, clstm_slice_fn fn, const void *ctx, size_t size,
+                            int shared)
 {
     (void)team;
     (void)size;
+    (void)shared;
     fn(ctx, 0, 1);
 }
 
