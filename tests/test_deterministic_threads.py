@@ -243,3 +243,26 @@ def test_estimators_fit_bit_identical(small_parts, monkeypatch, kind):
     for attr in ("head_weight", "head_bias"):
         assert np.array_equal(getattr(two._model, attr), getattr(one._model, attr))
     assert np.array_equal(one.predict(X), two.predict(X))
+
+
+def test_a_worker_thread_gives_the_main_threads_bits():
+    """A training step called from a Python thread other than the main one
+    (joblib's threading backend, a Dask threaded worker) gives the same bits
+    as from the main thread: clstm's BLAS calls run on one thread there too
+    (SciPy's OpenBLAS ignores the process-wide one-thread limit in a thread
+    other than the one that set it, and its threaded SGEMM sums the weight
+    gradients in another order)."""
+    rng = np.random.default_rng(9)
+    X = rng.standard_normal((61, 19, 20)).astype(np.float32)   # long weight-gradient sums
+    results = {}
+
+    def step(key):
+        results[key] = _train_step(clstm.GRU(20, 13, random_state=0, n_jobs=1, dtype="float32"),
+                                   X, None)
+
+    step("main")
+    for k in range(3):
+        worker = threading.Thread(target=step, args=(k,))
+        worker.start()
+        worker.join()
+    _assert_bit_identical([results["main"], results[0], results[1], results[2]])

@@ -26,6 +26,7 @@ part order, so the gradients are bit-identical for every n_jobs. Inference
 calls split by the thread count, as their per-row results do not depend on
 the split."""
 
+import ctypes
 import importlib
 import os
 import sys
@@ -88,6 +89,44 @@ def _blas_controller():
                 blas.lib_controllers = scipy_libs
             _controller = blas
         return _controller
+
+
+_local_setters = None
+
+
+def _thread_local_limiters():
+    """`openblas_set_num_threads_local` of the BLAS the kernels call, where
+    it has one (OpenBLAS >= 0.3.27; [] otherwise).
+
+    The process-wide limit (threadpoolctl's setter) does not reach BLAS calls
+    from a thread other than the one that set it: measured with SciPy's
+    OpenBLAS 0.3.30, a limit entered in a worker thread left that thread's
+    SGEMM threaded, and the threaded SGEMM sums the weight gradients in
+    another order, so the bits depended on the calling thread (and, with
+    concurrent callers, on the call). The thread-local setter limits the
+    calling thread itself, whichever it is.
+    """
+    global _local_setters
+    if _local_setters is None:
+        found = []
+        for lib in _blas_controller().lib_controllers:
+            dynlib = getattr(lib, "dynlib", None)
+            for name in ("openblas_set_num_threads_local",
+                         "scipy_openblas_set_num_threads_local64_",
+                         "scipy_openblas_set_num_threads_local"):
+                setter = getattr(dynlib, name, None) if dynlib is not None else None
+                if setter is not None:
+                    setter.restype, setter.argtypes = ctypes.c_int, [ctypes.c_int]
+                    found.append(setter)
+                    break
+        _local_setters = found
+    return _local_setters
+
+
+def _one_blas_thread_here():
+    """Hold this thread's BLAS calls at one thread (the clstm pool's threads
+    run only clstm's kernels); returns what to restore."""
+    return [(setter, setter(1)) for setter in _thread_local_limiters()]
 
 
 def _blas_thread_limit():
@@ -193,7 +232,8 @@ def _get_pool(n_workers):
     with _pool_lock:
         if _pool is None or _pool_size < n_workers:
             old = _pool
-            _pool = ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="clstm")
+            _pool = ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="clstm",
+                                       initializer=_one_blas_thread_here)
             _pool_size = n_workers
             if old is not None:
                 old.shutdown(wait=False)
@@ -268,6 +308,7 @@ class _BlasSingleThreaded:
         self._depth = 0
         self._saved = []
         self.outer_limit = None   # BLAS thread limit in force before ours
+        self._here = threading.local()    # this thread's own limit (_thread_local_limiters)
 
     def __enter__(self):
         with self._lock:
@@ -279,9 +320,20 @@ class _BlasSingleThreaded:
                 for lib, _ in self._saved:
                     lib.set_num_threads(1)
             self._depth += 1
+        here = self._here
+        depth = getattr(here, "depth", 0)
+        if depth == 0:
+            here.saved = _one_blas_thread_here()
+        here.depth = depth + 1
         return self
 
     def __exit__(self, *exc):
+        here = self._here
+        here.depth -= 1
+        if here.depth == 0:
+            for setter, n in here.saved:
+                setter(n)
+            here.saved = []
         with self._lock:
             self._depth -= 1
             if self._depth == 0:
