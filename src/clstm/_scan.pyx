@@ -421,33 +421,48 @@ cdef Py_ssize_t _row_team_size(Py_ssize_t wanted, Py_ssize_t rows, Py_ssize_t st
                       steps * work // (least * TEAM_MIN_STEPS)))
 
 
+cdef struct RowSlice:
+    # rows [r0, r1) of a RowStep: [r0, c1) continue from step p (h_prev,
+    # c_prev: their rows of h_seq, c_seq), [s0, r1) start from h_start, c_start
+    # (their rows of h0, c0; c_start NULL without c0)
+    Py_ssize_t r0, r1, c1, s0
+    float* h_prev
+    float* c_prev
+    float* h_start
+    float* c_start
+
+
+cdef inline void _row_slice(const RowStep* s, Py_ssize_t k, Py_ssize_t m,
+                            RowSlice* r) noexcept nogil:
+    """Slice k of m of the step's rows: contiguous, ~equal."""
+    cdef Layer* L = s.L
+    r.r0, r.r1 = s.n * k // m, s.n * (k + 1) // m
+    r.c1, r.s0 = min(r.r1, s.n_cont), max(r.r0, s.n_cont)
+    r.h_prev = <float*> L.h_seq + (s.p * L.batch + r.r0) * L.ld_h
+    r.c_prev = <float*> L.c_seq + (s.p * L.batch + r.r0) * L.hidden
+    r.h_start = <float*> L.h0 + r.s0 * L.out_size
+    r.c_start = NULL if L.c0 == NULL else <float*> L.c0 + r.s0 * L.hidden
+
+
 cdef void _forward_rows_slice(const void* ctx, Py_ssize_t k, Py_ssize_t m) noexcept nogil:
     """Slice k of m of a training forward step: its rows' products and cell
     (scan_forward's serial step restricted to rows [r0, r1))."""
     cdef const RowStep* s = <const RowStep*> ctx
     cdef Layer* L = s.L
-    cdef Py_ssize_t B = L.batch, P = L.out_size, H = L.hidden, ld_h = L.ld_h
-    cdef Py_ssize_t t = s.t, p = s.p
-    cdef Py_ssize_t r0 = s.n * k // m, r1 = s.n * (k + 1) // m
-    cdef Py_ssize_t c1 = min(r1, s.n_cont), s0 = max(r0, s.n_cont)
-    cdef float* h_seq = <float*> L.h_seq
-    cdef float* c_seq = <float*> L.c_seq
-    cdef float* h0 = <float*> L.h0
-    cdef float* c0 = <float*> L.c0
+    cdef Py_ssize_t P = L.out_size, ld_h = L.ld_h
     cdef float* mask = <float*> L.mask
     cdef float* work = <float*> L.work
-    # rows [r0, c1) continue from step p, rows [s0, r1) start from h0, c0
+    cdef RowSlice r
+    _row_slice(s, k, m, &r)
     if mask != NULL:
-        _masked_copy(c1 - r0, P, h_seq + (p * B + r0) * ld_h, ld_h, mask + r0 * P,
-                     work + r0 * P, P)
-        _masked_copy(r1 - s0, P, h0 + s0 * P, P, mask + s0 * P, work + s0 * P, P)
-        _step_products(L, t, r1 - r0, r0, work + r0 * P, P)
+        _masked_copy(r.c1 - r.r0, P, r.h_prev, ld_h, mask + r.r0 * P, work + r.r0 * P, P)
+        _masked_copy(r.r1 - r.s0, P, r.h_start, P, mask + r.s0 * P, work + r.s0 * P, P)
+        _step_products(L, s.t, r.r1 - r.r0, r.r0, work + r.r0 * P, P)
     else:
-        _step_products(L, t, c1 - r0, r0, h_seq + (p * B + r0) * ld_h, ld_h)
-        _step_products(L, t, r1 - s0, s0, h0 + s0 * P, P)
-    _cell_forward(L, t, c1 - r0, r0, h_seq + (p * B + r0) * ld_h, ld_h,
-                  c_seq + (p * B + r0) * H)
-    _cell_forward(L, t, r1 - s0, s0, h0 + s0 * P, P, NULL if c0 == NULL else c0 + s0 * H)
+        _step_products(L, s.t, r.c1 - r.r0, r.r0, r.h_prev, ld_h)
+        _step_products(L, s.t, r.r1 - r.s0, r.s0, r.h_start, P)
+    _cell_forward(L, s.t, r.c1 - r.r0, r.r0, r.h_prev, ld_h, r.c_prev)
+    _cell_forward(L, s.t, r.r1 - r.s0, r.s0, r.h_start, P, r.c_start)
 
 
 cdef void _projection_rows_slice(const void* ctx, Py_ssize_t k, Py_ssize_t m) noexcept nogil:
@@ -474,15 +489,8 @@ cdef void _backward_rows_slice(const void* ctx, Py_ssize_t k, Py_ssize_t m) noex
     restricted to rows [r0, r1))."""
     cdef const RowStep* s = <const RowStep*> ctx
     cdef Layer* L = s.L
-    cdef Py_ssize_t B = L.batch, P = L.out_size, H = L.hidden, G = L.n_gates
-    cdef Py_ssize_t I = L.input_size, K = L.input_size + L.out_size, ld_h = L.ld_h
-    cdef Py_ssize_t t = s.t, p = s.p, r, j
-    cdef Py_ssize_t r0 = s.n * k // m, r1 = s.n * (k + 1) // m
-    cdef Py_ssize_t c1 = min(r1, s.n_cont), s0 = max(r0, s.n_cont)
-    cdef float* h_seq = <float*> L.h_seq
-    cdef float* c_seq = <float*> L.c_seq
-    cdef float* h0 = <float*> L.h0
-    cdef float* c0 = <float*> L.c0
+    cdef Py_ssize_t B = L.batch, P = L.out_size, G = L.n_gates, t = s.t
+    cdef Py_ssize_t I = L.input_size, K = L.input_size + L.out_size, ld_h = L.ld_h, i, j
     cdef float* mask = <float*> L.mask
     cdef float* work = <float*> L.work
     cdef float* dh = <float*> L.grad_h
@@ -492,35 +500,37 @@ cdef void _backward_rows_slice(const void* ctx, Py_ssize_t k, Py_ssize_t m) noex
     cdef Py_ssize_t ld_out = L.ld_grad_h
     cdef float* dg_h = <float*> (L.grad_hgates if L.separate else L.grad_gates) + t * B * G
     cdef bint gru = L.kind == CELL_GRU
-    if r0 >= r1:
+    cdef RowSlice r
+    _row_slice(s, k, m, &r)
+    if r.r0 >= r.r1:
         return
     if xh != NULL:
-        _masked_copy(c1 - r0, P, h_seq + (p * B + r0) * ld_h, ld_h,
-                     NULL if mask == NULL else mask + r0 * P, xh + (t * B + r0) * K + I, K)
-        _masked_copy(r1 - s0, P, h0 + s0 * P, P, NULL if mask == NULL else mask + s0 * P,
-                     xh + (t * B + s0) * K + I, K)
+        _masked_copy(r.c1 - r.r0, P, r.h_prev, ld_h, NULL if mask == NULL else mask + r.r0 * P,
+                     xh + (t * B + r.r0) * K + I, K)
+        _masked_copy(r.r1 - r.s0, P, r.h_start, P, NULL if mask == NULL else mask + r.s0 * P,
+                     xh + (t * B + r.s0) * K + I, K)
     elif h_prev_seq != NULL:
-        _masked_copy(c1 - r0, P, h_seq + (p * B + r0) * ld_h, ld_h, mask + r0 * P,
-                     h_prev_seq + (t * B + r0) * P, P)
-        _masked_copy(r1 - s0, P, h0 + s0 * P, P, mask + s0 * P,
-                     h_prev_seq + (t * B + s0) * P, P)
-    _cell_backward(L, t, c1 - r0, r0, h_seq + (p * B + r0) * ld_h, ld_h,
-                   c_seq + (p * B + r0) * H, g_out + r0 * ld_out, ld_out, dh)
-    _cell_backward(L, t, r1 - s0, s0, h0 + s0 * P, P, NULL if c0 == NULL else c0 + s0 * H,
-                   g_out + s0 * ld_out, ld_out, dh)
+        _masked_copy(r.c1 - r.r0, P, r.h_prev, ld_h, mask + r.r0 * P,
+                     h_prev_seq + (t * B + r.r0) * P, P)
+        _masked_copy(r.r1 - r.s0, P, r.h_start, P, mask + r.s0 * P,
+                     h_prev_seq + (t * B + r.s0) * P, P)
+    _cell_backward(L, t, r.c1 - r.r0, r.r0, r.h_prev, ld_h, r.c_prev, g_out + r.r0 * ld_out,
+                   ld_out, dh)
+    _cell_backward(L, t, r.r1 - r.s0, r.s0, r.h_start, P, r.c_start, g_out + r.s0 * ld_out,
+                   ld_out, dh)
     if gru and mask != NULL:
-        _matmul_nn(r1 - r0, G, P, dg_h + r0 * G, G, <float*> L.weight_hh, L.packed_hh,
-                   work + r0 * P, P, False)
-        for r in range(r0, r1):
+        _matmul_nn(r.r1 - r.r0, G, P, dg_h + r.r0 * G, G, <float*> L.weight_hh, L.packed_hh,
+                   work + r.r0 * P, P, False)
+        for i in range(r.r0, r.r1):
             for j in range(P):
-                dh[r * P + j] += work[r * P + j] * mask[r * P + j]
+                dh[i * P + j] += work[i * P + j] * mask[i * P + j]
     else:
-        _matmul_nn(r1 - r0, G, P, dg_h + r0 * G, G, <float*> L.weight_hh, L.packed_hh,
-                   dh + r0 * P, P, gru)
+        _matmul_nn(r.r1 - r.r0, G, P, dg_h + r.r0 * G, G, <float*> L.weight_hh, L.packed_hh,
+                   dh + r.r0 * P, P, gru)
         if mask != NULL:
-            for r in range(r0, r1):
+            for i in range(r.r0, r.r1):
                 for j in range(P):
-                    dh[r * P + j] *= mask[r * P + j]
+                    dh[i * P + j] *= mask[i * P + j]
 
 
 cdef inline void _rows_step(Layer* L, clstm_slice_fn fn, Py_ssize_t t, Py_ssize_t p,
