@@ -536,7 +536,8 @@ cdef void _backward_rows_slice(const void* ctx, Py_ssize_t k, Py_ssize_t m) noex
 cdef inline void _rows_step(Layer* L, clstm_slice_fn fn, Py_ssize_t t, Py_ssize_t p,
                             Py_ssize_t n, Py_ssize_t n_cont) noexcept nogil:
     # shared: a helper off its core leaves its rows to the leader (a step of
-    # rows is long enough, ~5-50 us, that a helper on time has claimed them)
+    # rows is long enough, ~10 us a slice at ts-small, that a helper on time
+    # has claimed its rows before the leader waits for them)
     cdef RowStep s
     s.L, s.t, s.p, s.n, s.n_cont = L, t, p, n, n_cont
     clstm_team_step(<clstm_team*> L.team, fn, &s, sizeof(RowStep), True)
