@@ -63,7 +63,8 @@ def kernel_frames(src):
             stripped = line.strip()
             if stripped.startswith("def "):
                 func = stripped[4:].split("(")[0]
-            if "_scan.forward(" in line or "_scan.backward(" in line:
+            # the per-layer scans and the compiled whole-network forward (NetworkPlan)
+            if any(call in line for call in ("_scan.forward(", "_scan.backward(", "plan.run(")):
                 frames.add(f"RecurrentNetwork.{func} (clstm/_rnn.py:{i})")
     return frames
 

@@ -691,27 +691,40 @@ class RecurrentNetwork:
         weights where it applies (fused_cell_weights), a list of its own.
 
         Kept while the parameters hold the same values (compared bytewise),
-        so repeated inference calls pack nothing.
+        so repeated inference calls pack nothing. When only their values
+        changed (an optimizer step: the same arrays, updated in place), the
+        new packs are copied into the kept arrays, so the lists stay the same
+        objects and the compiled plans built over them (_run_one_call) stay
+        valid: a training loop rebuilds no plan.
         """
         params, memo = self.params, self._weights_memo
         if (memo is not None and memo[0].keys() == params.keys()
                 and all(_scan.same_values(memo[0][k], v) for k, v in params.items())):
-            values, weights = memo
+            values, weights, _ = memo
         else:
             values = {k: v.copy() for k, v in params.items()}
             weights = [self._scan_arrays(self._direction_params(k), backward=False)
                        for k in range(self.num_layers * self.num_directions)]
-            self._weights_memo = (values, weights)
+            if memo is not None and _same_objects(memo[2], params) and _copy_into(memo[1],
+                                                                                  weights):
+                weights = memo[1]
+                self._fused_stale = True       # (its fused packs: refreshed on use)
+            self._weights_memo = (values, weights, dict(params))
         if not (fused_cell and FUSED_CELL_FORWARD):
             return weights, values
         fused = self.__dict__.get("_fused_memo")
-        if fused is None or fused[0] is not weights:
-            fused = self._fused_memo = (weights, fused_cell_weights(weights, self._plan()["cfg"]))
+        if fused is None or fused[0] is not weights or self.__dict__.get("_fused_stale"):
+            new = fused_cell_weights(weights, self._plan()["cfg"])
+            if not (fused is not None and fused[0] is weights and _copy_into(fused[1], new)):
+                fused = self._fused_memo = (weights, new)
+            self._fused_stale = False
         return fused[1], values
 
     def _draw_masks(self, T, B):
         """Dropout masks in a fixed order: per layer, the input mask (layers
-        after the first), then one recurrent mask per direction."""
+        after the first), then one recurrent mask per direction; None where
+        no dropout applies (training then reuses the compiled plan as
+        inference does: a plan holds its call's masks)."""
         P, D = self.output_size, self.num_directions
         masks = []
         for layer in range(self.num_layers):
@@ -721,6 +734,8 @@ class RecurrentNetwork:
             rec = [self._dropout_mask((B, P), self.recurrent_dropout)
                    if self.recurrent_dropout > 0 else None for _ in range(D)]
             masks.append((input_mask, rec))
+        if all(m is None and all(r is None for r in rec) for m, rec in masks):
+            return None
         return masks
 
     def _buffers(self, ws, layer, d, T, B, backward):
@@ -962,6 +977,7 @@ class RecurrentNetwork:
         state["_plan_cache"] = None
         state["_weights_memo"] = None
         state.pop("_fused_memo", None)
+        state.pop("_fused_stale", None)
         state.pop("_inference_ws", None)
         state["_step_plan"] = None
         state["grads"] = {}
@@ -1016,6 +1032,36 @@ def scan_weight_arrays(p, fused_bias, backward, separate):
         arrays["packed_xh_t"] = _packed(np.concatenate([w_ih, w_hh], axis=1), True)
     arrays["packed_hr_t"] = _packed(w_hr, True)
     return arrays
+
+
+def _same_objects(kept, params):
+    """True if `params` (name -> array) holds exactly the array objects of `kept`."""
+    return kept.keys() == params.keys() and all(kept[k] is v for k, v in params.items())
+
+
+def _copy_into(kept, new):
+    """Copy the arrays of `new` into those of `kept` (lists of name -> array
+    dicts built from the same parameter objects): True if every array has its
+    counterpart of the same shape and dtype (arrays that are the same object,
+    the parameters themselves, are left alone), else False and nothing copied."""
+    if len(kept) != len(new):
+        return False
+    pairs = []
+    for old_arrays, new_arrays in zip(kept, new):
+        if old_arrays.keys() != new_arrays.keys():
+            return False
+        for name, old in old_arrays.items():
+            value = new_arrays[name]
+            if old is value:
+                continue
+            if (not isinstance(old, np.ndarray) or not isinstance(value, np.ndarray)
+                    or old.shape != value.shape or old.dtype != value.dtype
+                    or not old.flags.writeable):
+                return False
+            pairs.append((old, value))
+    for old, value in pairs:
+        np.copyto(old, value)
+    return True
 
 
 def fused_cell_weights(weights, cfg):

@@ -1,0 +1,160 @@
+"""Weights edited in place (an optimizer step) refresh the kept packed weights
+in place, so the compiled forward plan built over them is reused: the results
+must still follow every edit, bit for bit as a fresh network with the same
+parameters, and the checks that guard a pending backward must still see the
+edits."""
+
+import numpy as np
+import pytest
+
+import clstm
+import clstm._rnn as rnn
+
+pytestmark = pytest.mark.kernel    # fast: also run against the bounds-checked build
+
+CELLS = {
+    "lstm": (clstm.LSTM, {}),
+    "peephole": (clstm.LSTM, {"peephole": True}),
+    "cifg": (clstm.LSTM, {"coupled_gates": True}),
+    "proj": (clstm.LSTM, {"proj_size": 3}),
+    "layernorm": (clstm.LSTM, {"layer_norm": True}),
+    "gru": (clstm.GRU, {}),
+}
+
+
+def _net(cell, dtype, n_in=3, **extra):
+    cls, kwargs = CELLS[cell]
+    return cls(n_in, 5, dtype=dtype, random_state=0, **kwargs, **extra)
+
+
+def _fresh_twin(net):
+    """A new network of the same configuration holding copies of net's parameters."""
+    twin = type(net)(**net.get_config(), **_cell_options(net))
+    twin.load_state_dict(net.state_dict())
+    return twin
+
+
+def _cell_options(net):
+    options = {}
+    for name in ("peephole", "coupled_gates", "proj_size", "layer_norm"):
+        if name in vars(net) and name not in net.get_config():
+            options[name] = getattr(net, name)
+    return options
+
+
+def _plan_entry(net):
+    entry = net._workspace.chunk(0).sets.get("network_plan")
+    return None if entry is None else entry[2]
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("train", [False, True])
+def test_optimizer_steps_reuse_the_plan_and_follow_the_weights(cell, dtype, train):
+    rng = np.random.default_rng(1)
+    net = _net(cell, dtype, num_layers=2)
+    net.train(train)                    # training mode without dropout: no masks
+    X = rng.standard_normal((6, 5, 3)).astype(dtype)
+    plans = set()
+    for step in range(4):
+        out, state = net.run(X)
+        grad_out = np.cos(out).astype(dtype)
+        grad_X = net.backward_state(grad_out)
+        plans.add(id(_plan_entry(net)))
+        twin = _fresh_twin(net)
+        twin.train(train)
+        t_out, t_state = twin.run(X)
+        t_grad_X = twin.backward_state(grad_out)
+        np.testing.assert_array_equal(out, t_out)
+        for a, b in zip(state, t_state):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(grad_X, t_grad_X)
+        for name, g in twin.grads.items():
+            np.testing.assert_array_equal(net.grads[name], g, err_msg=name)
+        # inference (the fused cell at these few rows) follows the edits too
+        np.testing.assert_array_equal(net.run(X, keep_cache=False)[0],
+                                      twin.run(X, keep_cache=False)[0])
+        for name, value in net.params.items():        # an optimizer step, in place
+            value -= (0.05 * np.sign(net.grads[name] + 1e-30)).astype(dtype)
+    assert len(plans) == 1, "a step that only changed weight values rebuilt the plan"
+
+
+def test_dropout_draws_masks_and_no_dropout_draws_none():
+    net = clstm.LSTM(3, 4, num_layers=2, random_state=0)
+    assert net._draw_masks(5, 2) is None
+    net = clstm.LSTM(3, 4, num_layers=2, dropout=0.5, random_state=0)
+    masks = net._draw_masks(5, 2)
+    assert masks[0][0] is None and masks[1][0].shape == (5, 2, 4)
+    net = clstm.LSTM(3, 4, recurrent_dropout=0.5, random_state=0)
+    assert net._draw_masks(5, 2)[0][1][0].shape == (2, 4)
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_an_inference_call_between_forward_and_backward_keeps_the_edit_check(cell):
+    """The inference call refreshes the kept packs in place; the pending
+    backward must still refuse the edited weights."""
+    net = _net(cell, "float32")
+    X = np.random.default_rng(2).standard_normal((4, 6, 3)).astype(np.float32)
+    out, _ = net.run(X)
+    net.params["weight_hh_l0"][0, 0] += 0.25
+    net.run(X, keep_cache=False)
+    net.run(X[:1], keep_cache=False)           # (batch 1: the fused cell's packs)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        net.backward_state(np.ones_like(out))
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_edit_undone_before_backward_gives_the_forwards_gradients(cell):
+    """Edited, run (packs refreshed in place to the edit), edited back: the
+    backward of the first forward reads none of the refreshed forward packs."""
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((5, 6, 3)).astype(np.float32)
+    net, ref = _net(cell, "float32"), _net(cell, "float32")
+    out, _ = net.run(X)
+    ref_out, _ = ref.run(X)
+    grad_out = np.sin(out)
+    w = net.params["weight_ih_l0"]
+    saved = w.copy()
+    w *= 3.0
+    net.run(X, keep_cache=False)
+    net.run(X[:2], keep_cache=False)
+    w[...] = saved
+    grad_X = net.backward_state(grad_out)
+    np.testing.assert_array_equal(grad_X, ref.backward_state(grad_out))
+    for name, g in ref.grads.items():
+        np.testing.assert_array_equal(net.grads[name], g, err_msg=name)
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_replaced_parameter_arrays_are_never_written(cell):
+    """A parameter replaced by a new array: the kept packs are rebuilt, and
+    the old array (which the caller may still hold) is left as it was."""
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((3, 4, 3)).astype(np.float32)
+    net = _net(cell, "float32")
+    net.run(X)
+    net.run(X, keep_cache=False)
+    old = net.params["weight_hh_l0"]
+    old_copy = old.copy()
+    net.params["weight_hh_l0"] = old * 0.5 + 0.1
+    out = net.run(X, keep_cache=False)[0]
+    np.testing.assert_array_equal(old, old_copy)
+    np.testing.assert_array_equal(out, _fresh_twin(net).run(X, keep_cache=False)[0])
+    # edited in place afterwards: the new array is followed
+    net.params["weight_hh_l0"] += 0.25
+    np.testing.assert_array_equal(net.run(X)[0], _fresh_twin(net).run(X)[0])
+    np.testing.assert_array_equal(old, old_copy)
+
+
+def test_copy_into_copies_all_or_nothing():
+    a = {"w": np.zeros(3), "p": np.ones(2)}
+    p = a["p"]
+    assert rnn._copy_into([a], [{"w": np.arange(3.0), "p": p}])
+    np.testing.assert_array_equal(a["w"], [0, 1, 2])
+    before = a["w"].copy()
+    # a shape mismatch anywhere: nothing is copied
+    assert not rnn._copy_into([a, {"v": np.zeros(2)}],
+                              [{"w": np.full(3, 7.0), "p": p}, {"v": np.zeros(3)}])
+    np.testing.assert_array_equal(a["w"], before)
+    assert not rnn._copy_into([a], [{"w": np.zeros(3)}])               # other keys
+    assert not rnn._copy_into([a], [{"w": np.zeros(3, np.float32), "p": p}])   # dtype
