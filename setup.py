@@ -84,6 +84,13 @@ thread_args = [] if sys.platform == "win32" else ["-pthread"]
 KERNEL_HEADERS = sorted(glob.glob("src/clstm/*.h"))
 
 
+# The optimizer steps must round each operation as NumPy does (bit-identical
+# results): no contraction into fused multiply-adds (baseline on aarch64).
+# No errno from sqrt lets its loop vectorise.
+EXACT_ARITHMETIC = {"_optimizer_steps": [] if sys.platform == "win32"
+                    else ["-ffp-contract=off", "-fno-math-errno"]}
+
+
 def extension(name):
     threads = thread_args if name == "_scan" else []
     return Extension(
@@ -92,7 +99,7 @@ def extension(name):
         depends=KERNEL_HEADERS,
         include_dirs=[numpy.get_include(), "src/clstm"],
         define_macros=macros,
-        extra_compile_args=compile_args + threads,
+        extra_compile_args=compile_args + threads + EXACT_ARITHMETIC.get(name, []),
         extra_link_args=threads,
     )
 
@@ -137,7 +144,7 @@ setup(
     ext_modules=cythonize(
         [extension("_blas"), extension("_cell"), extension("_scan"), extension("_stream"),
          extension("_embedding"),
-         extension("_softmax")],
+         extension("_softmax"), extension("_optimizer_steps")],
         compiler_directives=directives,
         include_path=["src"],
     ),

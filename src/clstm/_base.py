@@ -82,6 +82,7 @@ from clstm._model import (
     SequenceModel,
     network_params,
 )
+from clstm._optimizer_steps import sum_of_squares
 from clstm._optimizers import SCHEDULES, make_optimizer, optimizer_from_state
 from clstm._parallel import blas_single_threaded
 from clstm._progress import EpochProgress
@@ -1906,8 +1907,7 @@ def _global_norm(grads, flat=None):
         total = float(flat.grad_norm()) ** 2
         grads = {k: g for k, g in grads.items() if k not in flat.grads}
     for g in grads.values():
-        total += float(np.dot(g.ravel().astype(np.float64, copy=False),
-                              g.ravel().astype(np.float64, copy=False)))
+        total += sum_of_squares(np.ascontiguousarray(g.ravel()))   # (a RowGradient: its rows)
     return np.sqrt(total)
 
 

@@ -13,9 +13,11 @@ table's) get lazy updates: only the rows in the gradient move, and only
 their slots (moments, velocity) decay and accumulate, as in torch's
 ``SparseAdam`` (and TensorFlow's lazy Adam); the step count ``t`` (Adam's
 bias correction) is the optimizer's. Rows that no batch touches keep their
-values and slots exactly. Each ``_update`` is written once for both: it
-reads and updates the slot arrays it is handed (whole slots, or the rows'
-gathered copies that are then written back).
+values and slots exactly. Each ``_step`` is written once for all: it updates
+the 1-D contiguous parameter and slot arrays it is handed in place (a flat
+buffer, one parameter, or the rows' gathered copies that are then written
+back), with the compiled loops of :mod:`clstm._optimizer_steps` (one pass,
+NumPy's rounding).
 
 Every optimizer carries a learning-rate schedule (:class:`LearningRateSchedule`):
 per-epoch step sizes named as scikit-learn's MLP ``learning_rate``. The
@@ -30,6 +32,7 @@ import numbers
 import numpy as np
 
 from clstm._flat import flat_views
+from clstm._optimizer_steps import adam_step, rmsprop_step, sgd_step
 
 __all__ = ["SGDOptimizer", "AdamOptimizer", "RMSpropOptimizer", "LearningRateSchedule",
            "make_optimizer", "optimizer_from_state", "SCHEDULES"]
@@ -99,7 +102,9 @@ class LearningRateSchedule:
 
 
 class BaseOptimizer:
-    """Holds the learning rate and the step counter ``t``."""
+    """Holds the learning rate and the step counter ``t``. A subclass names its
+    slots (``_slots``) and defines ``_step(param, grad, *slots)``: one step
+    over 1-D contiguous arrays of one dtype, in place."""
 
     _slots = ()
 
@@ -152,8 +157,7 @@ class BaseOptimizer:
         names = params.keys()
         if flat is not None:
             grads = flat.gather_grads(grads)
-            slots = self._flat_slots(flat)
-            flat.values += self._update(flat.values.dtype.type, flat.grad, *slots)
+            self._step(flat.values, flat.grad, *self._flat_slots(flat))
             names = [name for name in params if name not in flat.params]
         for name in names:
             param = params[name]
@@ -161,12 +165,12 @@ class BaseOptimizer:
             slots = [self._slot(slot, name, param) for slot in self._slots_in_use()]
             rows = getattr(grad, "rows", None)
             if rows is None:
-                param += self._update(param.dtype.type, grad, *slots)
+                _step_in_place(self._step, param, grad, slots)
                 continue
-            gathered = [s[rows] for s in slots]
-            param[rows] += self._update(param.dtype.type, grad.values, *gathered)
-            for s, g in zip(slots, gathered):
-                s[rows] = g
+            gathered = [param[rows]] + [s[rows] for s in slots]
+            _step_in_place(self._step, gathered[0], grad.values, gathered[1:])
+            for whole, part in zip([param] + slots, gathered):
+                whole[rows] = part
 
     def _flat_slots(self, flat):
         """One flat array per slot in use, laid out like ``flat.values``; the
@@ -278,16 +282,10 @@ class SGDOptimizer(BaseOptimizer):
     def _slots_in_use(self):
         return () if self.momentum == 0 else self._slots
 
-    def _update(self, f, grad, v=None):
-        lr = f(self.learning_rate)
-        if self.momentum == 0:
-            return -lr * grad
-        mu = f(self.momentum)
-        v *= mu
-        v -= lr * grad
-        if self.nesterov:
-            return mu * v - lr * grad
-        return v.copy()
+    def _step(self, param, grad, velocity=None):
+        f = param.dtype.type
+        sgd_step(param, grad, None if self.momentum == 0 else velocity,
+                 f(self.learning_rate), f(self.momentum), self.nesterov)
 
 
 class AdamOptimizer(BaseOptimizer):
@@ -315,12 +313,10 @@ class AdamOptimizer(BaseOptimizer):
                            / (1 - self.beta_1 ** (self.t + 1)))
         super().update_params(params, grads, flat)
 
-    def _update(self, f, grad, m, v):
-        m *= f(self.beta_1)
-        m += f(1 - self.beta_1) * grad
-        v *= f(self.beta_2)
-        v += f(1 - self.beta_2) * np.square(grad)
-        return f(-self._step_size) * m / (np.sqrt(v) + f(self.epsilon))
+    def _step(self, param, grad, m, v):
+        f = param.dtype.type
+        adam_step(param, grad, m, v, f(self.beta_1), f(1 - self.beta_1), f(self.beta_2),
+                  f(1 - self.beta_2), f(-self._step_size), f(self.epsilon))
 
 
 class RMSpropOptimizer(BaseOptimizer):
@@ -339,10 +335,10 @@ class RMSpropOptimizer(BaseOptimizer):
     def get_config(self):
         return {**super().get_config(), "rho": self.rho, "epsilon": self.epsilon}
 
-    def _update(self, f, grad, s):
-        s *= f(self.rho)
-        s += f(1 - self.rho) * np.square(grad)
-        return f(-self.learning_rate) * grad / (np.sqrt(s) + f(self.epsilon))
+    def _step(self, param, grad, s):
+        f = param.dtype.type
+        rmsprop_step(param, grad, s, f(self.rho), f(1 - self.rho), f(-self.learning_rate),
+                     f(self.epsilon))
 
 
 def make_optimizer(est):
@@ -358,6 +354,19 @@ def make_optimizer(est):
     if est.solver == "rmsprop":
         return RMSpropOptimizer(est.learning_rate_init, est.rho, est.epsilon, schedule=schedule)
     raise ValueError(f"solver must be 'adam', 'sgd' or 'rmsprop', got {est.solver!r}")
+
+
+def _step_in_place(step, param, grad, slots):
+    """``step`` over ``param`` and its ``slots`` as 1-D contiguous arrays, the
+    gradient cast to their dtype; arrays that are not C-contiguous are
+    stepped as contiguous copies and written back."""
+    arrays = [param, *slots]
+    work = [a if a.flags.c_contiguous else np.ascontiguousarray(a) for a in arrays]
+    step(work[0].reshape(-1), np.ascontiguousarray(grad, dtype=param.dtype).reshape(-1),
+         *[w.reshape(-1) for w in work[1:]])
+    for a, w in zip(arrays, work):
+        if w is not a:
+            a[...] = w
 
 
 _OPTIMIZERS = {cls.__name__: cls for cls in (SGDOptimizer, AdamOptimizer, RMSpropOptimizer)}
