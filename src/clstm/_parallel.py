@@ -91,6 +91,27 @@ def _blas_controller():
         return _controller
 
 
+# OpenBLAS core types whose SGEMM has a kernel for small products (at most
+# 10^6 multiply-adds, no packing), faster than its packing GEMM at the
+# weight gradients' shapes: measured with SciPy's OpenBLAS 0.3.30 (SkylakeX
+# kernels on a Zen 4). Under the Haswell kernels the same blocks were
+# 1.02-1.09x slower than one call, so other core types get one call.
+SMALL_GEMM_CORETYPES = {"skylakex": 1_000_000}
+
+
+def blas_small_gemm_volume():
+    """The multiply-adds per call up to which the BLAS that clstm's kernels
+    call has its small-product kernel (0 where it has none or is not known):
+    _scan sums float32 weight gradients in row blocks of that size."""
+    try:
+        libs = _blas_controller().lib_controllers
+    except Exception:          # no threadpoolctl view of the BLAS: one call
+        return 0
+    volumes = [SMALL_GEMM_CORETYPES.get(str(getattr(lib, "architecture", "")).lower(), 0)
+               for lib in libs if getattr(lib, "internal_api", None) == "openblas"]
+    return volumes[0] if len(volumes) == 1 else 0
+
+
 _local_setters = None
 
 

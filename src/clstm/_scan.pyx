@@ -98,6 +98,13 @@ HAVE_FUSED_CELL = bool(CLSTM_HAVE_FUSED_CELL)
 # Steps of at most this many rows run the fused cell where a layer has its
 # weights (set_fused_cell_max_rows; read by every scan when it starts).
 cdef Py_ssize_t _fused_max_rows = CLSTM_FUSED_MAX_ROWS
+# float32 weight gradients are summed over row blocks of at most this many
+# multiply-adds per BLAS call (0: one call), so that they run on the BLAS's
+# kernel for small products (set_small_gemm_volume; see _weight_gradient).
+cdef Py_ssize_t _small_gemm_volume = 0
+# ... but never blocks of fewer rows than this (measured slower below: a
+# 7-row block of stacked's 512 x 256 gradient cost 1.12x one call).
+cdef Py_ssize_t SMALL_GEMM_MIN_ROWS = 12
 KIND_LSTM = CELL_LSTM
 KIND_GRU = CELL_GRU
 PEEPHOLE = CLSTM_PEEPHOLE
@@ -789,6 +796,41 @@ cdef void scan_backward(Layer* L, floating* tag) noexcept nogil:
     _parameter_gradients(L, tag)
 
 
+cdef void _weight_gradient(Py_ssize_t G, Py_ssize_t N, Py_ssize_t rows,
+                           const floating* A, Py_ssize_t lda, const floating* B,
+                           Py_ssize_t ldb, floating beta, floating* C,
+                           Py_ssize_t ldc) noexcept nogil:
+    """C (G x N) = beta * C + A^T @ B over `rows` rows of A (rows x G) and B
+    (rows x N), row-major: a weight gradient, a sum over all steps' rows.
+
+    SciPy's OpenBLAS (0.3.30, SkylakeX kernels) runs a product of at most
+    10^6 multiply-adds on a kernel that packs nothing, and larger ones on its
+    packing GEMM, which is slower at these shapes (one thread, Zen 4: the
+    forecast fit's 640 x 128 x 33 gradient 87 us in one call, 54 us in blocks
+    of 236 rows; ts-small's 1600 x 200 x 51 468 -> 338 us; ts-medium's
+    6400 x 512 x 136 1.07x; stacked's 3200 x 512 x 144 1.18x). Where
+    set_small_gemm_volume gave that bound, float32 sums run in blocks of rows
+    that fit it; the blocks depend only on the shape, so the result is the
+    same for every thread count and every call."""
+    cdef Py_ssize_t chunk = rows, start, n
+    if floating is float:
+        if _small_gemm_volume > 0 and G * N > 0:
+            chunk = _small_gemm_volume // (G * N)
+            if chunk < SMALL_GEMM_MIN_ROWS:
+                chunk = rows
+    if chunk <= 0 or chunk > rows:
+        chunk = rows
+    start = 0
+    while True:
+        n = min(chunk, rows - start)
+        _gemm(RowMajor, Trans, NoTrans, <int> G, <int> N, <int> n, 1.0, A + start * lda,
+              <int> lda, B + start * ldb, <int> ldb, beta if start == 0 else 1.0, C,
+              <int> ldc)
+        start += n
+        if start >= rows:
+            break
+
+
 cdef inline void _h0_weight_gradient(Layer* L, Py_ssize_t t, Py_ssize_t n, Py_ssize_t n_cont,
                                      floating* tag) noexcept nogil:
     """Rows [n_cont, n) of step t started from h0: grad_weight_hh +=
@@ -821,24 +863,22 @@ cdef void _parameter_gradients(Layer* L, floating* tag) noexcept nogil:
         _fused_weight_gradients(L, tag)
     elif I > 0:
         # grad_weight_ih += grad_gates.T @ x  (conv: x holds the input's im2col columns)
-        _gemm(RowMajor, Trans, NoTrans, <int> G, <int> I, <int> M, 1.0, grad_gates, <int> G,
-              <floating*> L.x, <int> I, 1.0, <floating*> L.grad_weight_ih, <int> I)
+        _weight_gradient(G, I, M, grad_gates, G, <floating*> L.x, I, 1.0,
+                         <floating*> L.grad_weight_ih, I)
     # grad_weight_hh += grad_gates_h.T @ h_prev (conv: added step by step)
     if L.xh != NULL:
         pass
     elif L.h_prev_seq != NULL:         # masked h_prev: the copy the BPTT loop made
-        _gemm(RowMajor, Trans, NoTrans, <int> G, <int> R, <int> M, 1.0, dg_h, <int> G,
-              <floating*> L.h_prev_seq, <int> P, 1.0, gw_hh, <int> R)
+        _weight_gradient(G, R, M, dg_h, G, <floating*> L.h_prev_seq, P, 1.0, gw_hh, R)
     elif not L.conv and T > 1:
         # every row of steps 1..T-1 (reverse: 0..T-2) against the step it came
         # from, in one GEMM; rows that started from h0 there met zero rows of
         # h_seq (the forward zeroes inactive rows) and were added by the loop
         if L.reverse:
-            _gemm(RowMajor, Trans, NoTrans, <int> G, <int> P, <int> ((T - 1) * B), 1.0,
-                  dg_h, <int> G, h_seq + B * ld_h, <int> ld_h, 1.0, gw_hh, <int> P)
+            _weight_gradient(G, P, (T - 1) * B, dg_h, G, h_seq + B * ld_h, ld_h, 1.0,
+                             gw_hh, P)
         else:
-            _gemm(RowMajor, Trans, NoTrans, <int> G, <int> P, <int> ((T - 1) * B), 1.0,
-                  dg_h + B * G, <int> G, h_seq, <int> ld_h, 1.0, gw_hh, <int> P)
+            _weight_gradient(G, P, (T - 1) * B, dg_h + B * G, G, h_seq, ld_h, 1.0, gw_hh, P)
     if L.kind == CELL_GRU:
         # grad_bias_ih += grad_gates.sum(0);  grad_bias_hh += grad_hgates.sum(0)
         for r in range(M):
@@ -852,9 +892,8 @@ cdef void _parameter_gradients(Layer* L, floating* tag) noexcept nogil:
                 gb[j] += grad_gates[r * G + j]
     if L.weight_hr != NULL:
         # grad_weight_hr += grad_hp.T @ m
-        _gemm(RowMajor, Trans, NoTrans, <int> P, <int> H, <int> M, 1.0,
-              <floating*> L.grad_hp, <int> P, <floating*> L.m_seq, <int> H, 1.0,
-              <floating*> L.grad_weight_hr, <int> H)
+        _weight_gradient(P, H, M, <floating*> L.grad_hp, P, <floating*> L.m_seq, H, 1.0,
+                         <floating*> L.grad_weight_hr, H)
     # grad_x (+)= grad_gates @ weight_ih
     if I > 0:
         if floating is float:
@@ -880,8 +919,7 @@ cdef void _fused_weight_gradients(Layer* L, floating* tag) noexcept nogil:
     cdef floating* gw_hh = <floating*> L.grad_weight_hh
     for r in range(M):
         memcpy(xh + r * K, x + r * I, I * sizeof(floating))
-    _gemm(RowMajor, Trans, NoTrans, <int> G, <int> K, <int> M, 1.0,
-          <floating*> L.grad_gates, <int> G, xh, <int> K, 0.0, grad_w, <int> K)
+    _weight_gradient(G, K, M, <floating*> L.grad_gates, G, xh, K, 0.0, grad_w, K)
     for r in range(G):
         for j in range(I):
             gw_ih[r * I + j] += grad_w[r * K + j]
@@ -1588,6 +1626,23 @@ def fused_cell_max_rows():
     return _fused_max_rows
 
 
+def small_gemm_volume():
+    """The multiply-adds per BLAS call below which float32 weight gradients
+    are summed in row blocks (0: one call each; see _weight_gradient)."""
+    return _small_gemm_volume
+
+
+def set_small_gemm_volume(Py_ssize_t volume):
+    """Set small_gemm_volume (process-wide; set when this module loads, from
+    the BLAS in use: clstm._parallel.blas_small_gemm_volume). Returns the
+    previous value."""
+    global _small_gemm_volume
+    if volume < 0:
+        raise ValueError(f"volume must be >= 0, got {volume}")
+    previous, _small_gemm_volume = _small_gemm_volume, volume
+    return previous
+
+
 def set_fused_cell_max_rows(Py_ssize_t n):
     """Set fused_cell_max_rows (0: never fused; for tests and benchmarks:
     process-wide, read when each scan starts). Returns the previous value."""
@@ -1651,3 +1706,9 @@ def pack_fused_cell(const float[:, ::1] weight_ih, const float[:, ::1] weight_hh
         clstm_pack_fused(I, w_ih, P, &weight_hh[0, 0], H, ng, &bias[0], peep_ptr,
                          &packed[0])
     return out
+
+
+# The BLAS in use decides whether weight gradients are summed in blocks.
+from clstm._parallel import blas_small_gemm_volume  # noqa: E402
+
+set_small_gemm_volume(blas_small_gemm_volume())
