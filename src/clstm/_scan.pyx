@@ -1626,6 +1626,16 @@ def fused_cell_max_rows():
     return _fused_max_rows
 
 
+cdef Py_ssize_t _replace_setting(Py_ssize_t* setting, Py_ssize_t value,
+                                 str name) except -1:
+    """Set one of the process-wide settings below (>= 0); returns the previous value."""
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    previous = setting[0]
+    setting[0] = value
+    return previous
+
+
 def small_gemm_volume():
     """The multiply-adds per BLAS call below which float32 weight gradients
     are summed in row blocks (0: one call each; see _weight_gradient)."""
@@ -1636,21 +1646,13 @@ def set_small_gemm_volume(Py_ssize_t volume):
     """Set small_gemm_volume (process-wide; set when this module loads, from
     the BLAS in use: clstm._parallel.blas_small_gemm_volume). Returns the
     previous value."""
-    global _small_gemm_volume
-    if volume < 0:
-        raise ValueError(f"volume must be >= 0, got {volume}")
-    previous, _small_gemm_volume = _small_gemm_volume, volume
-    return previous
+    return _replace_setting(&_small_gemm_volume, volume, "volume")
 
 
 def set_fused_cell_max_rows(Py_ssize_t n):
     """Set fused_cell_max_rows (0: never fused; for tests and benchmarks:
     process-wide, read when each scan starts). Returns the previous value."""
-    global _fused_max_rows
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    previous, _fused_max_rows = _fused_max_rows, n
-    return previous
+    return _replace_setting(&_fused_max_rows, n, "n")
 
 
 def team_min_work():
@@ -1663,11 +1665,7 @@ def set_team_min_work(Py_ssize_t n):
     """Set team_min_work (0: split every fused step of a one-part forward
     across team_threads; for tests and benchmarks, process-wide). Returns the
     previous value."""
-    global _team_min_work
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    previous, _team_min_work = _team_min_work, n
-    return previous
+    return _replace_setting(&_team_min_work, n, "n")
 
 
 def fused_cell_width():
