@@ -10,6 +10,8 @@ from clstm._optimizer_steps import adam_step, rmsprop_step, sgd_step, sum_of_squ
 from clstm._optimizers import AdamOptimizer, RMSpropOptimizer, SGDOptimizer
 from clstm._tokens import RowGradient
 
+pytestmark = pytest.mark.kernel    # fast: also run against the bounds-checked build
+
 DTYPES = [np.float32, np.float64]
 
 

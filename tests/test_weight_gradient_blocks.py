@@ -13,6 +13,8 @@ import clstm._parallel as parallel
 import clstm._rnn as rnn
 from clstm import _scan
 
+pytestmark = pytest.mark.kernel    # fast: also run against the bounds-checked build
+
 CELLS = {
     "lstm-thin": (clstm.LSTM, {}, 3),             # [x | h] in one gradient GEMM
     "lstm-wide": (clstm.LSTM, {}, 40),            # x and h GEMMs of their own
