@@ -111,6 +111,29 @@ def test_steps_refuse_arrays_of_other_sizes():
         sgd_step(a, a.copy(), b, f(1), f(0.9), True)
 
 
+def test_steps_refuse_what_they_cannot_update():
+    a = np.zeros(4, np.float32)
+    f = np.float32
+    bad = {
+        "float16": (ValueError, "float32 arrays expected", np.zeros(4, np.float16)),
+        "not an array": (TypeError, "arrays expected", [0.0] * 4),
+        "2-D": (ValueError, "1-D C-contiguous", np.zeros((2, 2), np.float32)),
+        "strided": (ValueError, "1-D C-contiguous", np.zeros(8, np.float32)[::2]),
+        "other dtype": (ValueError, "1-D C-contiguous", np.zeros(4, np.float64)),
+    }
+    for what, (error, match, arr) in bad.items():
+        with pytest.raises(error, match=match):
+            rmsprop_step(a.copy(), a, arr, f(0.9), f(0.1), f(-1), f(1e-8))
+    read_only = np.zeros(4, np.float32)
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="writable"):
+        sgd_step(read_only, a, None, f(1), f(0), True)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        sgd_step(np.zeros(4, np.float16), np.zeros(4, np.float16), None, f(1), f(0), True)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        sum_of_squares(np.zeros(3, np.int64))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", [0, 1, 3, 4, 9, 100_001])
 def test_sum_of_squares_is_the_float64_sum(dtype, n):
