@@ -5,6 +5,10 @@ float64 network's, to float32 rounding), every block must count once (a
 dropped or doubled block is far outside the tolerance), the blocks must not
 depend on the thread count, and the block size on the BLAS in use only."""
 
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 
@@ -60,6 +64,9 @@ def test_blocked_sums_are_the_gradient(volume, name, ragged):
     # the smallest blocks allowed (12 rows): 54 rows -> 5 blocks, the last of 6
     _scan.set_small_gemm_volume(12 * 4 * H * (I + H))
     blocked = _gradients(net32, X, lengths)
+    # the blocks were used: another summation order, other last bits somewhere
+    assert any(not np.array_equal(blocked[k], one_call[k]) for k in one_call
+               if k.startswith("weight"))
     # every parameter gradient has entries far from zero: a dropped or doubled
     # block of 12 of the 54 rows moves them by ~20 %, far outside the tolerance
     for k, w in want.items():
@@ -104,6 +111,27 @@ def test_float64_gradients_are_never_blocked(volume):
     again = _gradients(net, X, None)
     for k, v in one_call.items():
         assert np.array_equal(again[k], v), k
+
+
+def test_volume_is_read_from_the_blas_at_the_first_backward_not_at_import():
+    """Loading the kernels does not ask threadpoolctl (an inference with an
+    explicit n_jobs never does); the first backward does, and takes the
+    BLAS's value."""
+    code = textwrap.dedent("""
+        import numpy as np
+        import clstm, clstm._parallel as parallel
+        from clstm import _scan
+        net = clstm.LSTM(2, 3, random_state=0, n_jobs=1)
+        X = np.ones((2, 4, 2), np.float32)
+        net.run(X, keep_cache=False)
+        assert parallel._controller is None, "threadpoolctl asked at load"
+        out, _ = net.forward(X)
+        net.backward(np.ones_like(out))
+        assert _scan.small_gemm_volume() == parallel.blas_small_gemm_volume()
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
 
 def test_volume_is_checked_and_returned(volume):

@@ -95,7 +95,7 @@ def _blas_controller():
 # 10^6 multiply-adds, no packing), faster than its packing GEMM at the
 # weight gradients' shapes: measured with SciPy's OpenBLAS 0.3.30 (SkylakeX
 # kernels on a Zen 4). Under the Haswell kernels the same blocks were
-# 1.02-1.09x slower than one call, so other core types get one call.
+# 1.02-1.06x slower than one call, so other core types get one call.
 SMALL_GEMM_CORETYPES = {"skylakex": 1_000_000}
 
 

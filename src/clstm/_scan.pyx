@@ -101,7 +101,10 @@ cdef Py_ssize_t _fused_max_rows = CLSTM_FUSED_MAX_ROWS
 # float32 weight gradients are summed over row blocks of at most this many
 # multiply-adds per BLAS call (0: one call), so that they run on the BLAS's
 # kernel for small products (set_small_gemm_volume; see _weight_gradient).
-cdef Py_ssize_t _small_gemm_volume = 0
+# -1 until the first backward reads it from the BLAS in use (not when this
+# module loads: inference does not need it, and asking threadpoolctl costs
+# ~5 ms).
+cdef Py_ssize_t _small_gemm_volume = -1
 # ... but never blocks of fewer rows than this (measured slower below: a
 # 7-row block of stacked's 512 x 256 gradient cost 1.12x one call).
 cdef Py_ssize_t SMALL_GEMM_MIN_ROWS = 12
@@ -1148,6 +1151,7 @@ def backward(dict arrays, dict cfg, Py_ssize_t team_threads=1):
     _fill_layer(&L, arrays, cfg, True)
     cdef bint single = arrays["x"].dtype.itemsize == 4
     cdef Py_ssize_t n_team = 1
+    small_gemm_volume()              # (read from the BLAS on the first backward)
     if single and _row_team_backward_ok(&L):
         n_team = _row_team_size(team_threads, L.batch, L.n_steps,
                                 L.batch * L.n_gates * L.out_size)
@@ -1638,14 +1642,19 @@ cdef Py_ssize_t _replace_setting(Py_ssize_t* setting, Py_ssize_t value,
 
 def small_gemm_volume():
     """The multiply-adds per BLAS call below which float32 weight gradients
-    are summed in row blocks (0: one call each; see _weight_gradient)."""
+    are summed in row blocks (0: one call each; see _weight_gradient); read
+    from the BLAS in use (clstm._parallel.blas_small_gemm_volume) on first need."""
+    global _small_gemm_volume
+    if _small_gemm_volume < 0:
+        from clstm._parallel import blas_small_gemm_volume
+        _small_gemm_volume = blas_small_gemm_volume()
     return _small_gemm_volume
 
 
 def set_small_gemm_volume(Py_ssize_t volume):
-    """Set small_gemm_volume (process-wide; set when this module loads, from
-    the BLAS in use: clstm._parallel.blas_small_gemm_volume). Returns the
-    previous value."""
+    """Set small_gemm_volume (process-wide; for tests and benchmarks).
+    Returns the previous value."""
+    small_gemm_volume()
     return _replace_setting(&_small_gemm_volume, volume, "volume")
 
 
@@ -1704,9 +1713,3 @@ def pack_fused_cell(const float[:, ::1] weight_ih, const float[:, ::1] weight_hh
         clstm_pack_fused(I, w_ih, P, &weight_hh[0, 0], H, ng, &bias[0], peep_ptr,
                          &packed[0])
     return out
-
-
-# The BLAS in use decides whether weight gradients are summed in blocks.
-from clstm._parallel import blas_small_gemm_volume  # noqa: E402
-
-set_small_gemm_volume(blas_small_gemm_volume())
