@@ -1,4 +1,9 @@
-"""clstm worker: clstm.LSTM kernels plus a plain-NumPy Dense(1) head, MSE and Adam.
+"""clstm worker: clstm.LSTM kernels plus a plain-NumPy Dense(1) head and MSE, and Adam.
+
+The Adam step is clstm's own (``clstm.optimizers.Adam``, one compiled pass per parameter),
+as every framework's worker runs its own optimizer (torch.optim.Adam, Keras's Adam); builds
+of clstm before that module (compare_trees.py against an older tree) use the NumPy Adam
+that the numpy worker runs.
 
 The cells: ``clstm.GRU`` and ``clstm.LSTM(peephole=..., coupled_gates=..., proj_size=...,
 layer_norm=...)`` (README, "The cell family"); the same head, loss and Adam.
@@ -10,8 +15,8 @@ import numpy as np
 
 import clstm
 
-from adam import Adam
-from common import CELLS
+from adam import Adam as NumpyAdam
+from common import BETA1, BETA2, CELLS, EPS, LR
 
 
 def setup(n_threads):
@@ -88,6 +93,25 @@ class Runner:
     def train_step(self):
         loss, grads = self.loss_and_grads()
         if self._adam is None:
-            self._adam = Adam(self.params())
+            self._adam = _make_adam(self.params())
         self._adam.step(grads)
         return loss
+
+
+class _ClstmAdam:
+    """clstm.optimizers.Adam over the worker's parameters (network and head)."""
+
+    def __init__(self, params):
+        self.params = params
+        self.opt = clstm.optimizers.Adam(LR, BETA1, BETA2, EPS)
+
+    def step(self, grads):
+        self.opt.step(self.params, grads)
+
+
+def _make_adam(params):
+    try:
+        clstm.optimizers
+    except AttributeError:
+        return NumpyAdam(params)
+    return _ClstmAdam(params)

@@ -31,12 +31,13 @@ _LAZY = {
     "export_onnx": "clstm.interop._onnx",
     "import_onnx": "clstm.interop._onnx",
     "interop": "clstm.interop",
+    "optimizers": "clstm.optimizers",
 }
 
 __all__ = ["LSTM", "GRU", "ConvLSTM", "LSTMRegressor", "LSTMClassifier", "LSTMSeq2SeqRegressor",
            "LSTMLanguageModel", "CharTokenizer", "ConvLSTMRegressor", "EpochRecord", "load",
            "make_windows", "LookbackWindows",
-           "datasets", "export_onnx", "import_onnx", "interop", "__version__"]
+           "datasets", "export_onnx", "import_onnx", "interop", "optimizers", "__version__"]
 
 
 def __getattr__(name):
