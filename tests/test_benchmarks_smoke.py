@@ -158,3 +158,36 @@ def test_text_benchmark_workers_run(framework):
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(res["times"]) == 2 and all(t > 0 for t in res["times"])
+
+
+def test_batch1_floor_measures_and_combines(tmp_path):
+    """benchmarks/batch1_floor.py: its C timing program builds against the kernel
+    headers and runs; the floors are the documented sums of what it measured."""
+    import shutil
+    if shutil.which(os.environ.get("CC", "gcc")) is None:
+        pytest.skip("no C compiler")
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import batch1_floor
+    finally:
+        sys.path.pop(0)
+    out = tmp_path / "floor.json"
+    batch1_floor.main(["--I", "4", "--H", "32", "--T", "10", "--reps", "200",
+                       "--results", str(tmp_path / "missing.json"), "--json", str(out)])
+    res = json.loads(out.read_text())
+    k, w = res["kernels_us"], res["weight_gradient_us"]
+    for name in ("forward_us", "forward_half_us", "backward_us", "backward_half_us",
+                 "team_step_us"):
+        assert 0 < k[name] < 1e4, (name, k[name])
+    assert 0 < w < 1e5
+    (cell_inf, cell_train), opt = res["cell_ms"], res["adam_us"]
+    assert 0 < cell_inf < cell_train and 0 < opt < 1e4
+    floors = {(r["task"], r["threads"]): r["floor_ms"] for r in res["floors"]}
+    fwd2 = min(k["forward_us"], k["forward_half_us"] + k["team_step_us"])
+    bwd2 = min(k["backward_us"], k["backward_half_us"] + k["team_step_us"])
+    assert floors[("inference", 1)] == pytest.approx(10 * k["forward_us"] / 1e3 + cell_inf)
+    assert floors[("inference", 2)] == pytest.approx(10 * fwd2 / 1e3 + cell_inf / 2)
+    assert floors[("training", 1)] == pytest.approx(
+        (10 * (k["forward_us"] + k["backward_us"]) + w + opt) / 1e3 + cell_train)
+    assert floors[("training", 2)] == pytest.approx(
+        (10 * (fwd2 + bwd2) + (w + opt) / 2) / 1e3 + cell_train / 2)
