@@ -14,6 +14,8 @@ import pytest
 import clstm
 from clstm.optimizers import SGD, Adam, RMSprop
 
+pytestmark = pytest.mark.kernel    # fast: also run against the bounds-checked build
+
 
 def _net(dtype="float64", seed=0):
     return clstm.LSTM(3, 5, dtype=dtype, random_state=seed)
