@@ -287,3 +287,28 @@ def test_row_sparse_gradients_move_only_their_rows():
     with pytest.raises(ValueError, match="rows outside"):
         SGD(0.5).step({"emb": table}, {"emb": RowGradient(np.array([4]), np.ones((1, 3)),
                                                           (4, 3))})
+
+
+@pytest.mark.parametrize("make", [lambda: Adam(0.01), lambda: SGD(0.1, momentum=0.9),
+                                  lambda: RMSprop(0.01)])
+def test_loading_a_state_into_a_used_optimizer_replaces_its_slots(make):
+    """A step keeps 1-D views of each parameter's slots; a loaded state (new slot
+    arrays) must be what the next steps read and write, not the kept views."""
+    rng = np.random.default_rng(6)
+    grads = [{"w": rng.standard_normal((3, 4)).astype(np.float32),
+              "b": rng.standard_normal(4).astype(np.float32)} for _ in range(4)]
+    params = {"w": np.ones((3, 4), np.float32), "b": np.zeros(4, np.float32)}
+    opt = make()
+    for g in grads[:2]:
+        opt.step(params, g)
+    state, at_two = opt.state_dict(), {k: v.copy() for k, v in params.items()}
+    for g in grads[2:]:
+        opt.step(params, g)
+    expected = {k: v.copy() for k, v in params.items()}
+    opt.load_state_dict(state, params=params)      # back to step two, same optimizer
+    for k in params:
+        params[k][...] = at_two[k]
+    for g in grads[2:]:
+        opt.step(params, g)
+    for k in params:
+        np.testing.assert_array_equal(params[k], expected[k])
