@@ -239,9 +239,18 @@ def _machine_limit_section(res):
             out.append(f"| {n} | {p['fma_units']} x {p['vector_floats']} x 2 x {p['ghz']:.2f}"
                        f"{f' x {n} cores' if int(n) > 1 else ''} | {p['peak_gflops']:.0f} "
                        f"| {p['best_gemm']} {p['best_gemm_gflops']:.1f} | {100 * p['best_gemm_share']:.0f}% |")
+        m = meta.get("machine", {})
+        if m.get("clock_source") == "measured":
+            clock = (f"clock measured by a chain of dependent adds, one a cycle; lscpu says "
+                     f"{m['mhz_lscpu']:.0f} MHz" if m.get("mhz_lscpu") else
+                     "clock measured by a chain of dependent adds, one a cycle")
+        else:
+            clock = "clock from lscpu"
         out += ["", "FMA units: the fewest that make the best measured GEMM possible at this clock "
-                "(vector width from the CPU flags, clock from lscpu). Ceilings and \"% of machine peak\" "
-                "use the best GEMM measured (its best repetition), not only SciPy's sgemm."]
+                f"(vector width from the CPU flags, {clock}; a unit is one vector FMA a cycle, so a "
+                "core that splits 512-bit FMAs over two 256-bit pipes counts one). Ceilings and "
+                "\"% of machine peak\" use the best GEMM measured (its best repetition), not only "
+                "SciPy's sgemm."]
     out.append("")
     return out
 

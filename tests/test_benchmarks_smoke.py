@@ -191,3 +191,25 @@ def test_batch1_floor_measures_and_combines(tmp_path):
         (10 * (k["forward_us"] + k["backward_us"]) + w + opt) / 1e3 + cell_train)
     assert floors[("training", 2)] == pytest.approx(
         (10 * (fwd2 + bwd2) + (w + opt) / 2) / 1e3 + cell_train / 2)
+
+
+def test_core_peak_uses_the_measured_clock():
+    """run.py's clock: measured by a chain of dependent adds where a compiler is at
+    hand (a plausible clock, or None), recorded with its source; the core's peak is
+    FMA units x floats a vector x 2 x that clock, with the fewest units that make the
+    best GEMM possible."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import run
+    finally:
+        sys.path.pop(0)
+    mhz = run.measured_clock_mhz()
+    assert mhz is None or 100 < mhz < 10_000, mhz
+    clock = run._clock({"CPU MHz": "2596.1"})
+    assert clock["mhz_lscpu"] == 2596.1
+    assert clock["clock_source"] == ("lscpu" if mhz is None else "measured")
+    machine = {"flags_avx512f": True, "mhz": 3600.0}
+    peak = run.core_peak(machine, {"scipy": {"gflops_best": 104.6}}, 1)
+    assert peak["fma_units"] == 1 and peak["peak_gflops"] == pytest.approx(16 * 2 * 3.6)
+    peak2 = run.core_peak(machine, {"scipy": {"gflops_best": 150.0}}, 1)      # needs two
+    assert peak2["fma_units"] == 2 and peak2["best_gemm_share"] == pytest.approx(150 / 230.4)
