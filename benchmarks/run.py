@@ -27,7 +27,7 @@ sys.path.insert(0, HERE)
 
 import numpy as np  # noqa: E402
 
-from common import (BASELINE, CELLS, CONFIGS, FRAMEWORK_TASKS, FRAMEWORKS, LR, PEERS,  # noqa: E402
+from common import (BASELINE, CELLS, CONFIGS, EPS, FRAMEWORK_TASKS, FRAMEWORKS, LR, PEERS,  # noqa: E402
                     TASKS, parse_shape, thread_env)
 
 WORKER = os.path.join(HERE, "workers", "worker.py")
@@ -45,6 +45,7 @@ TARGETS = {
 TOL_OUT = 1e-4          # max |out - out_clstm| (outputs lie in (-1, 1))
 TOL_LOSS = 1e-4         # relative
 TOL_GRAD = 1e-3         # max |g - g_clstm| / max |g_clstm|, per tensor
+CLEAR_OF_EPS = 1e3      # a clear gradient: above this many Adam epsilons (and 1e-3 of the max)
 TOL_POST_FRAC = 0.01    # after one Adam step: at most 1% of the entries with a clear
 #                         gradient may differ by > LR/2 (the first step is ~LR*sign(g))
 
@@ -223,12 +224,14 @@ def compare(ref, got, framework, tasks):
                 continue      # e.g. Keras' fused bias
             n_post += 1
             diff = np.abs(got[key] - ref[key])
-            # Adam variants put epsilon before or after the bias correction (Keras:
-            # eps/sqrt(1-beta2^t)), which changes the first step of entries whose
-            # gradient is within ~1e3 eps: compare entries with a clear gradient.
+            # Adam variants put epsilon before or after the bias correction (Keras and
+            # clstm: eps/sqrt(1-beta2^t) in torch's terms, ~32 eps at the first step),
+            # which changes the first step of entries whose gradient is within ~1e3 eps:
+            # compare entries with a clear gradient, clear of the tensor's largest and of
+            # epsilon (a tensor of small gradients, e.g. peepholes, has many near eps).
             g = np.abs(ref["grad/" + key[len("post/"):]]) if "grad/" + key[len("post/"):] in ref else None
             if g is not None:
-                diff = diff[g > 1e-3 * g.max()]
+                diff = diff[g > max(1e-3 * g.max(), CLEAR_OF_EPS * EPS)]
             frac = float(np.mean(diff > 0.5 * LR)) if diff.size else 0.0
             worst_frac = max(worst_frac, frac)
             dmax = float(np.max(np.abs(got[key] - ref[key])))

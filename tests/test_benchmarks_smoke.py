@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -213,3 +214,34 @@ def test_core_peak_uses_the_measured_clock():
     assert peak["fma_units"] == 1 and peak["peak_gflops"] == pytest.approx(16 * 2 * 3.6)
     peak2 = run.core_peak(machine, {"scipy": {"gflops_best": 150.0}}, 1)      # needs two
     assert peak2["fma_units"] == 2 and peak2["best_gemm_share"] == pytest.approx(150 / 230.4)
+
+
+def test_post_step_check_allows_adam_epsilon_placement_only():
+    """run.compare after one Adam step: torch's formula (eps after sqrt(v_hat)) and
+    Keras's / clstm's (eps after sqrt(v), bias correction in the step size) differ
+    only where |g| is within ~1e3 eps, also in a tensor of small gradients (a
+    peephole's); a wrong step (here: the sign of one entry in ten flipped) fails."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import run
+        from common import BETA1, BETA2, EPS, LR
+    finally:
+        sys.path.pop(0)
+    rng = np.random.default_rng(0)
+    g = (rng.standard_normal(400) * 3e-5).astype(np.float32)   # small, as a peephole's,
+    g[:40] = rng.choice([-1, 1], 40) * rng.uniform(1.2e-7, 2.5e-7, 40)    # some near eps
+    p0 = rng.standard_normal(400).astype(np.float32)
+    m, v = (1 - BETA1) * g, (1 - BETA2) * g * g
+    torch_step = p0 - LR * (m / (1 - BETA1)) / (np.sqrt(v / (1 - BETA2)) + EPS)
+    keras_step = p0 - LR * np.sqrt(1 - BETA2) / (1 - BETA1) * m / (np.sqrt(v) + EPS)
+    ref = {"loss": np.float64(1.0), "grad/w": g, "post/w": keras_step.astype(np.float32)}
+    ok = run.compare(ref, {"loss": np.float64(1.0), "grad/w": g,
+                           "post/w": torch_step.astype(np.float32)}, "peer", ["training"])
+    assert ok["passed"], ok["failures"]
+    off = np.abs(torch_step - keras_step) > LR / 2                   # the formulas do differ,
+    assert np.mean(off[np.abs(g) > 1e-3 * np.abs(g).max()]) > 0.01     # also past 1e-3 of the max
+    wrong = keras_step.copy()
+    wrong[::10] = p0[::10] + (p0[::10] - keras_step[::10])           # a step the wrong way
+    bad = run.compare(ref, {"loss": np.float64(1.0), "grad/w": g, "post/w": wrong}, "peer",
+                      ["training"])
+    assert not bad["passed"] and "after one Adam step" in bad["failures"][0]
