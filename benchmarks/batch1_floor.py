@@ -31,16 +31,15 @@ against the time each target asks for, from a results.json of ``run.py``:
 import argparse
 import json
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.join(HERE, os.pardir, "src", "clstm")
+sys.path.insert(0, HERE)
+from common import Config, run_c_program  # noqa: E402
 
 C_PROGRAM = r"""
 #include <stddef.h>
@@ -138,17 +137,11 @@ int main(int argc, char **argv)
 def measure_kernels(I, H, reps):
     """The C program's timings (microseconds), compiled as setup.py compiles the
     kernels (-O3 -fno-trapping-math; the header picks the ISA at run time)."""
-    cc = shutil.which(os.environ.get("CC", "gcc"))
-    if cc is None:
-        sys.exit("batch1_floor.py needs a C compiler (gcc) to build its timing program")
-    with tempfile.TemporaryDirectory() as tmp:
-        src, exe = os.path.join(tmp, "floor.c"), os.path.join(tmp, "floor")
-        with open(src, "w") as f:
-            f.write(C_PROGRAM)
-        subprocess.run([cc, "-O3", "-fno-trapping-math", "-pthread", "-I", SRC, src, "-o", exe,
-                        "-lm"], check=True)
-        out = subprocess.run([exe, str(I), str(H), str(reps)], check=True,
-                             capture_output=True, text=True).stdout
+    try:
+        out = run_c_program(C_PROGRAM, (I, H, reps),
+                            ("-O3", "-fno-trapping-math", "-pthread", "-I", SRC, "-lm"))
+    except OSError as exc:
+        sys.exit(f"batch1_floor.py needs a C compiler to build its timing program: {exc}")
     return json.loads(out)
 
 
@@ -205,22 +198,12 @@ def floors(k, T, wgrad_us, cell_ms=(0.0, 0.0), optimizer_us=0.0):
 
 
 def needs(results_path, config):
-    """(task, threads) -> the clstm time each target asks for (ms): the best peer's
-    median / target and its minimum / target (as bounds.py), with the target."""
+    """(task, threads) -> what each target of `config` asks of clstm (bounds.py's
+    target_needs: the best peer's median / target and minimum / target, ms)."""
+    from bounds import target_needs
     with open(results_path) as f:
         res = json.load(f)
-    mins = {(t["config"], t["task"], t["threads"], t["framework"]): t["min_ms"]
-            for t in res["timings"]}
-    out = {}
-    for e in res["ratios"]:
-        if e.get("config") != config or "target" not in e:
-            continue
-        key = (e["task"], int(e["threads"]))
-        peer_min = mins[(config, e["task"], e["threads"], e["best_peer"])]
-        out[key] = {"target": e["target"], "need_median_ms": e["best_peer_ms"] / e["target"],
-                    "need_min_ms": peer_min / e["target"],
-                    "clstm_min_ms": mins[(config, e["task"], e["threads"], "clstm")]}
-    return out
+    return {(task, n): need for (c, task, n), need in target_needs(res).items() if c == config}
 
 
 def main(argv=None):
@@ -235,9 +218,7 @@ def main(argv=None):
     k = measure_kernels(args.I, args.H, args.reps)
     G, K = 4 * args.H, args.I + args.H
     wgrad = weight_gradient_us(G, args.T, K)
-    sys.path.insert(0, HERE)
     from bounds import cell_ms
-    from common import Config
     cfg = Config("stream", 1, args.T, args.I, args.H)
     cells = (cell_ms(cfg, backward=False), cell_ms(cfg, backward=True))
     n_params = G * (K + 2) + args.H + 1            # the LSTM and the Dense(1) head
@@ -263,7 +244,8 @@ def main(argv=None):
           "floor / need (min) | clstm min ms |")
     print("|---|---|---|---|---|---|")
     for (task, n), floor in fl.items():
-        row = dict(peers.get((task, n), {}), task=task, threads=n, floor_ms=floor)
+        row = {k: v for k, v in peers.get((task, n), {}).items() if k != "ratio_row"}
+        row.update(task=task, threads=n, floor_ms=floor)
         rows.append(row)
         if "need_min_ms" in row:
             print(f"| {task} | {n} | {floor:.3f} | {row['need_median_ms']:.3f} / "

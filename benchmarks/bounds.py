@@ -94,6 +94,24 @@ def cell_ms(cfg, backward):
     return row * cfg.T * cfg.B * cfg.L * 1e3
 
 
+def target_needs(res):
+    """(config, task, threads) -> what each target of ``results.json`` asks of
+    clstm: the target, the best peer's median / target and its minimum /
+    target (ms), with clstm's own minimum; the ratio row under "ratio_row"."""
+    mins = {(t["config"], t["task"], t["threads"], t["framework"]): t["min_ms"]
+            for t in res["timings"]}
+    out = {}
+    for e in res["ratios"]:
+        if "target" not in e:
+            continue
+        cfg, task, n = e["config"], e["task"], e["threads"]
+        out[(cfg, task, n)] = {
+            "target": e["target"], "need_median_ms": e["best_peer_ms"] / e["target"],
+            "need_min_ms": mins[(cfg, task, n, e["best_peer"])] / e["target"],
+            "clstm_min_ms": mins[(cfg, task, n, "clstm")], "ratio_row": e}
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--results", default=os.path.join(os.path.dirname(__file__), "results.json"))
@@ -101,25 +119,22 @@ def main(argv=None):
     args = p.parse_args(argv)
     with open(args.results) as f:
         res = json.load(f)
-    mins = {(t["config"], t["task"], t["threads"], t["framework"]): t["min_ms"]
-            for t in res["timings"]}
     cells = {}
     rows = []
-    for e in res["ratios"]:
-        if "target" not in e or e.get("target_met") or "flop_bound_ms" not in e:
+    for (name, task, n), need in target_needs(res).items():
+        e = need["ratio_row"]
+        if e.get("target_met") or "flop_bound_ms" not in e:
             continue
-        cfg, task, n = CONFIGS[e["config"]], e["task"], e["threads"]
+        cfg = CONFIGS[name]
         key = (cfg.name, task == "training")
         if key not in cells:
             cells[key] = cell_ms(cfg, backward=task == "training")
         floor = e["flop_bound_ms"] + cells[key] / n
-        peer_min = mins[(cfg.name, task, n, e["best_peer"])]
-        need_med, need_min = e["best_peer_ms"] / e["target"], peer_min / e["target"]
         rows.append({"config": cfg.name, "task": task, "threads": n, "target": e["target"],
                      "ratio": e["ratio"], "best_peer": e["best_peer"],
-                     "need_median_ms": need_med, "need_min_ms": need_min,
+                     "need_median_ms": need["need_median_ms"], "need_min_ms": need["need_min_ms"],
                      "gemm_floor_ms": e["flop_bound_ms"], "cell_floor_ms": cells[key] / n,
-                     "floor_ms": floor, "clstm_min_ms": mins[(cfg.name, task, n, "clstm")]})
+                     "floor_ms": floor, "clstm_min_ms": need["clstm_min_ms"]})
     lines = ["| config | task | threads | ratio [target] | needs (peer median / min) ms "
              "| floor: GEMM + cell ms | floor / need (min) | clstm min ms |",
              "|---|---|---|---|---|---|---|---|"]

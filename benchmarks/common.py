@@ -5,6 +5,9 @@ numpy only, so it never drags a framework into the driver.
 """
 
 import os
+import shutil
+import subprocess
+import tempfile
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -276,3 +279,29 @@ def write_side_section(name, text, results_md=None):
     os.replace(tmp, path)
     import report
     report.refresh_side_sections(results_md or os.path.join(os.path.dirname(SECTIONS_DIR), "RESULTS.md"))
+
+
+def c_compiler():
+    """The C compiler at hand ($CC, else gcc, else cc), or None."""
+    return (shutil.which(os.environ.get("CC", "gcc")) or shutil.which("gcc")
+            or shutil.which("cc"))
+
+
+def run_c_program(source, args=(), flags=(), timeout=600):
+    """Compile the C program `source` (with `flags`, e.g. -O3, -I dirs, -lm) and run
+    it with `args`; its stdout. Raises OSError without a C compiler and
+    subprocess.CalledProcessError / TimeoutExpired if the build or the run fails.
+    For the measurements a Python loop cannot make (batch1_floor.py's kernels,
+    run.py's clock)."""
+    cc = c_compiler()
+    if cc is None:
+        raise OSError("no C compiler (set CC, or install gcc)")
+    with tempfile.TemporaryDirectory() as tmp:
+        src, exe = os.path.join(tmp, "program.c"), os.path.join(tmp, "program")
+        with open(src, "w") as f:
+            f.write(source)
+        # (flags after the source: libraries such as -lm must follow it)
+        subprocess.run([cc, src, "-o", exe, *flags], check=True, capture_output=True,
+                       timeout=timeout)
+        return subprocess.run([exe, *map(str, args)], check=True, capture_output=True,
+                              text=True, timeout=timeout).stdout

@@ -28,7 +28,7 @@ sys.path.insert(0, HERE)
 import numpy as np  # noqa: E402
 
 from common import (BASELINE, CELLS, CONFIGS, EPS, FRAMEWORK_TASKS, FRAMEWORKS, LR, PEERS,  # noqa: E402
-                    TASKS, parse_shape, thread_env)
+                    TASKS, parse_shape, run_c_program, thread_env)
 
 WORKER = os.path.join(HERE, "workers", "worker.py")
 
@@ -329,23 +329,10 @@ def measured_clock_mhz():
     """The core clock in MHz from a chain of dependent integer adds (one a cycle on
     every x86-64 and AArch64 core), best of 5 rounds of ~60 ms; None without a C
     compiler or on another architecture."""
-    import shutil
-    import tempfile
-    cc = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
-    if cc is None:
+    try:
+        mhz = float(run_c_program(CLOCK_PROGRAM, flags=("-O2",), timeout=60).strip())
+    except (OSError, subprocess.SubprocessError, ValueError):
         return None
-    with tempfile.TemporaryDirectory() as tmp:
-        src, exe = os.path.join(tmp, "clock.c"), os.path.join(tmp, "clock")
-        with open(src, "w") as f:
-            f.write(CLOCK_PROGRAM)
-        try:
-            subprocess.run([cc, "-O2", src, "-o", exe], check=True, capture_output=True,
-                           timeout=60)
-            out = subprocess.run([exe], check=True, capture_output=True, text=True,
-                                 timeout=60).stdout
-            mhz = float(out.strip())
-        except (OSError, subprocess.SubprocessError, ValueError):
-            return None
     return mhz if mhz > 0 else None
 
 

@@ -61,12 +61,12 @@ def _fraction(name, value):
 class Optimizer:
     """Base of the public optimizers: the step, the checks, the state.
 
-    A subclass sets ``_impl`` (the internal optimizer class) and passes its
-    hyperparameters to :meth:`_make`.
+    A subclass builds ``self._opt`` (the estimators' optimizer of its kind,
+    :mod:`clstm._optimizers`, which holds the learning rate, the step count and
+    the slots) and names its other hyperparameters in ``_hyper``.
     """
 
-    def __init__(self, learning_rate, global_clipnorm):
-        self._rate = _positive("learning_rate", learning_rate)
+    def __init__(self, global_clipnorm):
         self.global_clipnorm = (None if global_clipnorm is None
                                 else _positive("global_clipnorm", global_clipnorm))
 
@@ -140,7 +140,8 @@ class Optimizer:
                                  "was updated. Lower the learning rate, clip the gradients "
                                  "(global_clipnorm) or check the loss and the inputs")
             total += squares
-            chosen[name] = grad
+            # (dense: the gradient as the step reads it, in the parameter's dtype)
+            chosen[name] = grad if sparse else flat.reshape(param.shape)
         if self.global_clipnorm is not None:
             norm = math.sqrt(total)
             if norm > self.global_clipnorm:
@@ -181,8 +182,9 @@ class Adam(Optimizer):
 
     def __init__(self, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
                  global_clipnorm=None):
-        super().__init__(learning_rate, global_clipnorm)
-        self._opt = AdamOptimizer(self._rate, _fraction("beta_1", beta_1),
+        super().__init__(global_clipnorm)
+        self._opt = AdamOptimizer(_positive("learning_rate", learning_rate),
+                                  _fraction("beta_1", beta_1),
                                   _fraction("beta_2", beta_2), _positive("epsilon", epsilon))
 
     def _hyper(self):
@@ -198,8 +200,9 @@ class SGD(Optimizer):
     """
 
     def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, global_clipnorm=None):
-        super().__init__(learning_rate, global_clipnorm)
-        self._opt = SGDOptimizer(self._rate, _fraction("momentum", momentum), bool(nesterov))
+        super().__init__(global_clipnorm)
+        self._opt = SGDOptimizer(_positive("learning_rate", learning_rate),
+                                 _fraction("momentum", momentum), bool(nesterov))
 
     def _hyper(self):
         return {"momentum": self._opt.momentum, "nesterov": self._opt.nesterov}
@@ -212,8 +215,9 @@ class RMSprop(Optimizer):
     """
 
     def __init__(self, learning_rate=1e-3, rho=0.9, epsilon=1e-7, global_clipnorm=None):
-        super().__init__(learning_rate, global_clipnorm)
-        self._opt = RMSpropOptimizer(self._rate, _fraction("rho", rho),
+        super().__init__(global_clipnorm)
+        self._opt = RMSpropOptimizer(_positive("learning_rate", learning_rate),
+                                     _fraction("rho", rho),
                                      _positive("epsilon", epsilon))
 
     def _hyper(self):
