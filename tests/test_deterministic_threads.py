@@ -15,6 +15,7 @@ import pytest
 import clstm
 import clstm._parallel as parallel
 import clstm._rnn as rnn
+from clstm import _scan
 from clstm._parallel import fixed_part_count, run_parts
 
 CELLS = {
@@ -221,10 +222,14 @@ def _fit(cls, n_jobs, X, y, **params):
 @pytest.mark.parametrize("kind", ["regressor", "classifier"])
 def test_estimators_fit_bit_identical(small_parts, monkeypatch, kind):
     """n_jobs=1 and n_jobs=2 fits: the same loss curve, parameters and predictions."""
-    calls = []
-    original = rnn.run_parts
-    monkeypatch.setattr(rnn, "run_parts",
-                        lambda n, tasks: (calls.append((n, len(tasks))), original(n, tasks)))
+    calls = []      # (threads, sub-batches) of each backward
+
+    class Recording(_scan.BackwardPlan):
+        def run(self, grad_out, targets, n_threads=None, team_threads=1):
+            calls.append((n_threads, self.n_parts))
+            return super().run(grad_out, targets, n_threads, team_threads)
+
+    monkeypatch.setattr(_scan, "BackwardPlan", Recording)
     rng = np.random.default_rng(8)
     X = rng.standard_normal((100, 8, 3))
     y = X[:, :, 0].sum(axis=1)

@@ -69,6 +69,11 @@ MAX_FUSED_GRADIENT_INPUT = 32
 # threads it replaced, kept as the tests' reference.
 ONE_CALL_FORWARD = True
 
+# The backward runs as one call too (_scan.BackwardPlan, kept beside the
+# forward's plan: every sub-batch, layer and direction, C threads); False:
+# one compiled call per layer direction on Python threads, the tests' reference.
+ONE_CALL_BACKWARD = True
+
 # Inference forwards (no cache for a backward) of float32 LSTMs without layer
 # norm or projection run the cell as the epilogue of each step's product
 # (_fused_cell.h: the gates never reach memory); False: the two passes that
@@ -873,33 +878,22 @@ class RecurrentNetwork:
         if cache["inverse"] is not order:          # sorted by length: reorder
             grad_out = grad_out[order]
         grad_out = np.ascontiguousarray(grad_out)  # the top layer reads it batch-first
-        weights = [self._scan_arrays(self._direction_params(k), backward=True)
-                   for k in range(L * D)]
-        chunks, parts = cache["chunks"], cache["parts"]
-        results = [None] * len(chunks)
-        ws = self._workspace
-
+        weights = self._backward_weights(cache["values"])
+        chunks = cache["chunks"]
+        n_threads = resolve_n_threads(self.n_jobs, B)
         # one part: the threads split each step's rows instead (_scan.backward)
-        team = resolve_n_threads(self.n_jobs, B) if len(chunks) == 1 else 1
-
-        def run(k):
-            b0, b1 = chunks[k]
-            results[k] = self._backward_batch(
-                parts[k], grad_out[b0:b1],
-                [np.ascontiguousarray(s[:, b0:b1]) for s in grad_state],
-                weights, ws.chunk(k), grads_into if k == 0 else None, retain_cache, team)
-
+        team = n_threads if len(chunks) == 1 else 1
         # the kernels overwrite the saved gates with their gradients: from here
         # on this forward's activations serve no other backward
         cache["consumed"] = not retain_cache
         with blas_single_threaded:
-            run_parts(resolve_n_threads(self.n_jobs, B),
-                      [partial(run, k) for k in range(len(chunks))])
-
+            if ONE_CALL_BACKWARD and not retain_cache:
+                results = self._backward_one_call(cache, grad_out, grad_state, weights,
+                                                  grads_into, n_threads, team)
+            else:
+                results = self._backward_per_layer(cache, grad_out, grad_state, weights,
+                                                   grads_into, retain_cache, n_threads, team)
         grads = dict(results[0][1])
-        for _, more, _ in results[1:]:    # the sub-batches' gradients, in part order
-            for name, value in more.items():
-                grads[name] += value
         grad_X = np.zeros((B, T, self.input_size), dtype=self.dtype)
         grad_init = [np.empty((L * D, B, sizes[name]), dtype=self.dtype)
                      for name in self.state_names]
@@ -915,6 +909,135 @@ class RecurrentNetwork:
             grads[f"{name}0"] = g
         self.grads = grads
         return grad_X
+
+    def _backward_weights(self, values):
+        """Per (layer, direction): the backward's weight arrays (packed as
+        grad @ W reads them), kept while the parameters hold `values` (the
+        forward memo's snapshot, so one object while they are unchanged);
+        after an optimizer step they are refreshed in place, so the lists stay
+        the same objects and the kept BackwardPlan stays valid."""
+        memo = self.__dict__.get("_backward_memo")
+        if memo is not None and memo[0] is values:
+            return memo[1]
+        params = self.params
+        weights = [self._scan_arrays(self._direction_params(k), backward=True)
+                   for k in range(self.num_layers * self.num_directions)]
+        if memo is not None and _same_objects(memo[2], params) and _copy_into(memo[1], weights):
+            weights = memo[1]
+        self._backward_memo = (values, weights, dict(params))
+        return weights
+
+    def _backward_per_layer(self, cache, grad_out, grad_state, weights, grads_into,
+                            retain_cache, n_threads, team):
+        """The reference path: one compiled call per layer direction, Python
+        threads per sub-batch (what _backward_one_call replaces; tests compare
+        the two). Returns per sub-batch (grad_x, grads, grad_state): grad_x
+        time-major (T, b, I), grads (the first's: all of them, summed in
+        sub-batch order), grad_state the initial states' gradients."""
+        chunks, parts = cache["chunks"], cache["parts"]
+        results = [None] * len(chunks)
+        ws = self._workspace
+
+        def run(k):
+            b0, b1 = chunks[k]
+            results[k] = self._backward_batch(
+                parts[k], grad_out[b0:b1],
+                [np.ascontiguousarray(s[:, b0:b1]) for s in grad_state],
+                weights, ws.chunk(k), grads_into if k == 0 else None, retain_cache, team)
+
+        run_parts(n_threads, [partial(run, k) for k in range(len(chunks))])
+        grads = results[0][1]
+        for _, more, _ in results[1:]:    # the sub-batches' gradients, in part order
+            for name, value in more.items():
+                grads[name] += value
+        return results
+
+    def _backward_one_call(self, cache, grad_out, grad_state, weights, grads_into,
+                           n_threads, team):
+        """The whole backward in one call of a _scan.BackwardPlan, kept with
+        the forward's sub-batch caches while the weight arrays stay the same
+        objects; returns what _backward_per_layer does (the same values)."""
+        chunks, parts = cache["chunks"], cache["parts"]
+        if grads_into is None:
+            grads = {name: np.zeros_like(value) for name, value in self.params.items()}
+        else:
+            grads = dict(grads_into)
+        kept = parts[0].get("backward_plan")
+        if kept is None or kept[0] is not weights:
+            kept = parts[0]["backward_plan"] = self._new_backward_plan(
+                parts, chunks, grad_out, grads, weights)
+        _, bplan, states, grad_xs = kept
+        for (b0, b1), bufs in zip(chunks, states):
+            for buf, s in zip(bufs, grad_state):
+                np.copyto(buf, s[:, b0:b1])
+        bplan.run(grad_out, [self._gradient_targets(k, grads) for k in self._backward_order()],
+                  n_threads, team)
+        return [(grad_x, grads, bufs) for grad_x, bufs in zip(grad_xs, states)]
+
+    def _backward_order(self):
+        """Layer directions in the order the backward runs them (top layer first)."""
+        D = self.num_directions
+        return [layer * D + d for layer in reversed(range(self.num_layers)) for d in range(D)]
+
+    def _gradient_targets(self, k, grads):
+        """Layer direction k's gradient arrays by _scan's target names."""
+        plan = self._plan()
+        names = plan["names"][k]
+        targets = {scan_name: grads[name] for scan_name, name in plan["grad_names"][k]}
+        targets["grad_bias_ih"] = grads[names["bias_ih"]]
+        targets["grad_bias_hh"] = grads[names["bias_hh"]]
+        return targets
+
+    def _new_backward_plan(self, parts, chunks, grad_out, grads, weights):
+        """A BackwardPlan over the forward's sub-batch caches and buffers of
+        the workspace: (weights, plan, per sub-batch its state-gradient
+        buffers, per sub-batch its grad_x (T, b, I))."""
+        plan = self._plan()
+        D, cfg = self.num_directions, plan["cfg"]
+        G, lstm = cfg["n_gates"], "c" in self.state_names
+        sizes = self._state_sizes()
+        specs, states, grad_xs = [], [], []
+        for k, ((b0, b1), part) in enumerate(zip(chunks, parts)):
+            ws = self._workspace.chunk(k)
+            T, b = part["layers"][0]["input"].shape[:2]
+            bufs = [ws.get(("grad_state", name), (self.num_layers * D, b1 - b0, sizes[name]),
+                           self.dtype) for name in self.state_names]
+            own = None if k == 0 else {
+                name: ws.get(("grad", name), value.shape, self.dtype)
+                for name, value in self.params.items()}
+            stages, targets = [], []
+            g = {"grad_out": grad_out[b0:b1]}
+            for layer in reversed(range(self.num_layers)):
+                lc = part["layers"][layer]
+                grad_in = ws.get(("grad_in", layer), lc["input"].shape, self.dtype)
+                for d in range(D):
+                    k_dir = layer * D + d
+                    stage_targets = self._gradient_targets(k_dir, grads if own is None else own)
+                    arrays = {**lc["directions"][d], **weights[k_dir],
+                              **self._buffers(ws, layer, d, T, b, backward=True), **g,
+                              "grad_h": bufs[0][k_dir],
+                              "grad_c": bufs[1][k_dir] if len(bufs) > 1 else None,
+                              "grad_x": grad_in}
+                    arrays.update({name: stage_targets[name] for name in stage_targets
+                                   if name not in ("grad_bias_ih", "grad_bias_hh")})
+                    if lstm:       # the stage's bias sum, added to both biases
+                        arrays["grad_bias"] = ws.get(("grad_bias", k_dir), (G,), self.dtype)
+                    else:
+                        arrays["grad_bias"] = stage_targets["grad_bias_ih"]
+                        arrays["grad_bias_hh"] = stage_targets["grad_bias_hh"]
+                    if lc["directions"][d]["mask"] is not None and arrays["xh"] is None:
+                        arrays["h_prev_seq"] = ws.get(("h_prev_seq", layer, d),
+                                                      (T, b, self.output_size), self.dtype)
+                    unmask = None
+                    if d == D - 1 and lc["input_mask"] is not None:
+                        unmask = (grad_in, lc["input_mask"])
+                    stages.append((arrays, plan["cfg_backward"][d], unmask))
+                    targets.append(stage_targets)
+                g = {"grad_h_seq": grad_in}
+            specs.append({"stages": stages, "row0": b0, "targets": targets})
+            states.append(bufs)
+            grad_xs.append(g["grad_h_seq"])
+        return weights, _kernels().BackwardPlan(specs), states, grad_xs
 
     def _backward_batch(self, part, grad_out, grad_state, weights, ws, grads=None,
                         retain_cache=False, team=1):

@@ -1528,6 +1528,316 @@ def forward_network(list parts, out, finals, n_threads=None):
     return NetworkPlan(parts).run(out, finals, n_threads)
 
 
+# --- The network's backward: every sub-batch through every layer direction -------
+# The mirror of NetworkPlan for BPTT: a BackwardPart is one sub-batch, its
+# BackwardStages its layer directions from the top layer down. Each stage's
+# parameter gradients go to its targets: sub-batch 0's are the caller's
+# (given to each run), the others' the plan's own, zeroed at each run and
+# added to sub-batch 0's after every sub-batch is done, in sub-batch order.
+
+cdef enum:
+    # a stage's gradient targets, in this order (absent ones NULL)
+    N_TARGETS = 10
+    TARGET_BIAS_IH = 8
+    TARGET_BIAS_HH = 9
+
+_TARGET_NAMES = ("grad_weight_ih", "grad_weight_hh", "grad_weight_hr", "grad_peephole",
+                 "grad_ln_ih", "grad_ln_hh", "grad_ln_c_w", "grad_ln_c_b", "grad_bias_ih",
+                 "grad_bias_hh")
+
+
+cdef struct BackwardStage:
+    Layer layer
+    # LSTM family: the bias gradient the scan adds up ((G,), zeroed at each
+    # run), then added to both bias targets (b_ih and b_hh see the same sum)
+    void* bias_sum
+    # the input dropout of the layer below's output, undone after the layer's
+    # last direction: unmask_x[:unmask_n] *= unmask_mask
+    void* unmask_x
+    const void* unmask_mask
+    Py_ssize_t unmask_n
+    void* targets[N_TARGETS]
+    Py_ssize_t sizes[N_TARGETS]
+    # the top layer reads grad_out rows [grad_out_row0, + batch) in place
+    bint top
+    Py_ssize_t grad_out_row0, column
+
+
+cdef struct BackwardPart:
+    BackwardStage* stages
+    Py_ssize_t n_stages
+    bint single, own_targets
+
+
+cdef inline void _add_into(floating* dst, const floating* src, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        dst[i] += src[i]
+
+
+cdef void _backward_stage_done(BackwardStage* st, floating* tag) noexcept nogil:
+    """After a stage's BPTT: its bias gradient to both targets; the input
+    dropout of the layer below undone on its output's gradient."""
+    cdef Py_ssize_t i, G = st.layer.n_gates
+    cdef floating* x = <floating*> st.unmask_x
+    cdef const floating* mask = <const floating*> st.unmask_mask
+    if st.bias_sum != NULL:
+        _add_into(<floating*> st.targets[TARGET_BIAS_IH], <floating*> st.bias_sum, G)
+        _add_into(<floating*> st.targets[TARGET_BIAS_HH], <floating*> st.bias_sum, G)
+    for i in range(st.unmask_n):
+        x[i] *= mask[i]
+
+
+cdef void _backward_part_begin(BackwardPart* part, BackwardStage* st) noexcept nogil:
+    """Zero what a stage adds to that is not the caller's."""
+    cdef Py_ssize_t j, item = 4 if part.single else 8
+    if st.bias_sum != NULL:
+        memset(st.bias_sum, 0, st.layer.n_gates * item)
+    if part.own_targets:
+        for j in range(N_TARGETS):
+            if st.targets[j] != NULL:
+                memset(st.targets[j], 0, st.sizes[j] * item)
+
+
+cdef void _run_backward_part(BackwardPart* part) noexcept nogil:
+    cdef Py_ssize_t s
+    cdef BackwardStage* st
+    for s in range(part.n_stages):
+        st = part.stages + s
+        _backward_part_begin(part, st)
+        if part.single:
+            scan_backward(&st.layer, <float*> NULL)
+            _backward_stage_done(st, <float*> NULL)
+        else:
+            scan_backward(&st.layer, <double*> NULL)
+            _backward_stage_done(st, <double*> NULL)
+
+
+cdef struct BackwardGroups:
+    BackwardPart* parts
+    Py_ssize_t n_parts, n_groups
+
+
+cdef void _backward_group_task(void* ctx, Py_ssize_t k) noexcept nogil:
+    """Thread k's contiguous run of sub-batches, in order."""
+    cdef BackwardGroups* g = <BackwardGroups*> ctx
+    cdef Py_ssize_t i
+    for i in range(g.n_parts * k // g.n_groups, g.n_parts * (k + 1) // g.n_groups):
+        _run_backward_part(g.parts + i)
+
+
+cdef class BackwardPlan:
+    """A whole backward, parsed once, run many times (clstm._rnn keeps one
+    beside the forward's NetworkPlan and reuses it while the buffers and
+    weights stay the same).
+
+    ``parts``: one dict per sub-batch, in sub-batch order:
+
+    - ``stages``: per layer direction from the top layer down (layer L-1's
+      directions first), ``(arrays, cfg, unmask)``: backward()'s arrays and
+      cfg, the arrays without the gradient targets (``grad_weight_ih``, ...,
+      ``grad_bias_ih``, ``grad_bias_hh``: _TARGET_NAMES), and for LSTM-family
+      cells with ``grad_bias`` the stage's (G,) bias sum; the top layer's
+      with ``grad_out`` (b, T, W) of the first run (its layout; each run
+      gives its own grad_out); ``unmask`` None or ``(grad_x, mask)``: the
+      input dropout undone on the stage's grad_x after it.
+    - ``row0``: the sub-batch's first row of grad_out;
+    - ``targets`` (sub-batches after the first): per stage, a dict of the
+      plan's own gradient arrays by _TARGET_NAMES.
+
+    Everything is checked here and in run() with the GIL held: nothing can
+    fail once the threads start.
+    """
+    cdef BackwardPart* parts
+    cdef BackwardStage* stages
+    cdef readonly Py_ssize_t n_parts, n_stages
+    cdef Py_ssize_t grad_out_shape[3]
+    cdef int typenum
+    cdef list specs
+
+    def __cinit__(self, list parts):
+        cdef Py_ssize_t total = 0, k, s, offset = 0
+        cdef BackwardPart* part
+        _check(len(parts) > 0, "no parts")
+        for spec in parts:
+            total += len(spec["stages"])
+        self.n_parts = len(parts)
+        self.parts = <BackwardPart*> PyMem_Malloc(self.n_parts * sizeof(BackwardPart))
+        self.stages = <BackwardStage*> PyMem_Malloc(total * sizeof(BackwardStage))
+        if self.parts == NULL or self.stages == NULL:
+            raise MemoryError()
+        memset(self.parts, 0, self.n_parts * sizeof(BackwardPart))
+        memset(self.stages, 0, total * sizeof(BackwardStage))
+        self.grad_out_shape[0] = -1
+        first = parts[0]["stages"][0][0]["x"]
+        _check(cnp.PyArray_Check(first), "x")
+        self.typenum = cnp.PyArray_TYPE(<cnp.ndarray> first)
+        self.specs = []
+        for k in range(self.n_parts):
+            part = self.parts + k
+            part.stages = self.stages + offset
+            part.n_stages = len(parts[k]["stages"])
+            part.single = self.typenum == cnp.NPY_FLOAT32
+            part.own_targets = k > 0
+            _check(part.n_stages == len(parts[0]["stages"]) and part.n_stages > 0, "stages")
+            for s in range(part.n_stages):
+                self._fill_stage(part.stages + s, parts[k], s, k > 0)
+            offset += part.n_stages
+        self.n_stages = self.parts[0].n_stages
+
+    def __dealloc__(self):
+        PyMem_Free(self.parts)
+        PyMem_Free(self.stages)
+
+    cdef void _fill_stage(self, BackwardStage* st, dict spec, Py_ssize_t s,
+                          bint own) except *:
+        arrays, cfg, unmask = spec["stages"][s]
+        cdef Layer* L = &st.layer
+        cdef Py_ssize_t j, G, I, H, P, R, n_peep
+        cdef cnp.ndarray g
+        _fill_layer(L, arrays, cfg, True)
+        _check(cnp.PyArray_TYPE(<cnp.ndarray> arrays["x"]) == self.typenum, "mixed dtypes")
+        _check(not L.conv and L.team == NULL, "stage")
+        G, I, H, P, R = L.n_gates, L.input_size, L.hidden, L.out_size, L.rec_size
+        n_peep = (2 if L.variant & CLSTM_COUPLED else 3) * H
+        st.sizes[0], st.sizes[1], st.sizes[2], st.sizes[3] = G * I, G * R, P * H, n_peep
+        st.sizes[4], st.sizes[5], st.sizes[6], st.sizes[7] = G, G, H, H
+        st.sizes[8], st.sizes[9] = G, G
+        if L.kind == CELL_LSTM:
+            st.bias_sum = L.grad_bias       # the spec's grad_bias: the stage's sum
+        st.top = arrays.get("grad_out") is not None
+        if st.top:
+            g = <cnp.ndarray> arrays["grad_out"]
+            if self.grad_out_shape[0] < 0:
+                self.grad_out_shape[0] = spec["row0"] + g.shape[0]
+                self.grad_out_shape[1], self.grad_out_shape[2] = g.shape[1], g.shape[2]
+            _check(g.shape[1] == self.grad_out_shape[1] and g.shape[2] == self.grad_out_shape[2],
+                   "grad_out widths")
+            st.grad_out_row0, st.column = spec["row0"], cfg["column"]
+            self.grad_out_shape[0] = max(self.grad_out_shape[0], st.grad_out_row0 + L.batch)
+            L.grad_h_seq = NULL            # set by each run from its grad_out
+        if unmask is not None:
+            grad_x, mask = unmask
+            st.unmask_x = _flat(grad_x, "unmask grad_x", self.typenum, &st.unmask_n, -1)
+            st.unmask_mask = _flat(mask, "unmask mask", self.typenum, NULL, st.unmask_n)
+            _check(st.unmask_x == L.grad_x, "the input dropout must be undone on grad_x")
+        if own:
+            self._set_targets(st, spec["targets"][s])
+        # kept alive for the plan's life; not the first run's grad_out
+        self.specs.append(({k: v for k, v in arrays.items() if k != "grad_out"}, unmask,
+                           spec["targets"][s] if own else None))
+
+    cdef void _set_targets(self, BackwardStage* st, dict targets) except *:
+        """A stage's gradient targets by _TARGET_NAMES: present exactly where
+        its layer has the parameter, of its size."""
+        cdef Layer* L = &st.layer
+        cdef bint want[N_TARGETS]
+        cdef Py_ssize_t j
+        cdef bint ln_cell = bool(L.variant & CLSTM_LN_CELL)
+        want[0], want[1], want[2] = True, True, L.weight_hr != NULL
+        want[3] = bool(L.variant & CLSTM_PEEPHOLE)
+        want[4], want[5], want[6], want[7] = L.ln_gates, L.ln_gates, ln_cell, ln_cell
+        want[8], want[9] = True, True
+        for j in range(N_TARGETS):
+            name = _TARGET_NAMES[j]
+            obj = targets.get(name)
+            _check((obj is not None) == want[j], name + " presence")
+            st.targets[j] = NULL if obj is None else \
+                _flat(obj, name, self.typenum, NULL, st.sizes[j])
+        L.grad_weight_ih, L.grad_weight_hh = st.targets[0], st.targets[1]
+        L.grad_weight_hr, L.grad_peephole = st.targets[2], st.targets[3]
+        L.grad_ln_ih, L.grad_ln_hh = st.targets[4], st.targets[5]
+        L.grad_ln_c_w, L.grad_ln_c_b = st.targets[6], st.targets[7]
+        if st.bias_sum == NULL:              # GRU: the scan adds to the targets
+            L.grad_bias, L.grad_bias_hh = st.targets[8], st.targets[9]
+
+    def run(self, grad_out, list targets, n_threads=None, team_threads=1):
+        """Run the backward: ``grad_out`` (N, T, W) the gradient reaching the
+        top layer's batch-first output (read in place), ``targets`` one dict
+        per stage (by _TARGET_NAMES) of the arrays sub-batch 0's gradients
+        are added to (the caller zeroes them); the other sub-batches' are
+        added after, in order. The sub-batches go to ``n_threads`` threads
+        (default: one each), each a contiguous run; a single sub-batch may
+        split each step's rows across ``team_threads`` threads instead
+        (backward(); the same values). Returns the largest team a stage ran
+        with (1: none), as backward() does."""
+        cdef Py_ssize_t k, s, j, item = 4 if self.typenum == cnp.NPY_FLOAT32 else 8
+        cdef BackwardStage* st
+        cdef BackwardStage* st0
+        cdef BackwardPart* part
+        cdef BackwardGroups groups
+        cdef BackwardRun team_run
+        cdef clstm_team team
+        cdef Py_ssize_t n_team, started = 1
+        cdef char* g = <char*> _data(grad_out, "grad_out", self.typenum, 3,
+                                     self.grad_out_shape[0], self.grad_out_shape[1],
+                                     self.grad_out_shape[2])
+        _check(len(targets) == self.n_stages, "targets")
+        for s in range(self.n_stages):
+            self._set_targets(self.parts[0].stages + s, targets[s])
+        for k in range(self.n_parts):
+            part = self.parts + k
+            for s in range(part.n_stages):
+                st = part.stages + s
+                if st.top:
+                    st.layer.grad_h_seq = g + (st.grad_out_row0 * self.grad_out_shape[1]
+                                               * self.grad_out_shape[2] + st.column) * item
+        small_gemm_volume()              # (read from the BLAS on the first backward)
+        part = self.parts
+        n_team = 1
+        if self.n_parts == 1 and part.single:
+            for s in range(part.n_stages):
+                st = part.stages + s
+                if _row_team_backward_ok(&st.layer):
+                    n_team = max(n_team, _row_team_size(
+                        team_threads, st.layer.batch, st.layer.n_steps,
+                        st.layer.batch * st.layer.n_gates * st.layer.out_size))
+        if n_team > 1:
+            # as backward(): each stage that can splits its steps' rows
+            for s in range(part.n_stages):
+                st = part.stages + s
+                _backward_part_begin(part, st)
+                n_team = 1
+                if _row_team_backward_ok(&st.layer):
+                    n_team = _row_team_size(team_threads, st.layer.batch, st.layer.n_steps,
+                                            st.layer.batch * st.layer.n_gates
+                                            * st.layer.out_size)
+                if n_team > 1:
+                    clstm_team_init(&team, n_team)
+                    st.layer.team, team_run.L, team_run.team = &team, &st.layer, &team
+                    try:
+                        with nogil:
+                            clstm_run_tasks(n_team, _backward_team_task, &team_run)
+                    finally:
+                        st.layer.team = NULL
+                    started = max(started, n_team)
+                else:
+                    with nogil:
+                        scan_backward(&st.layer, <float*> NULL)
+                with nogil:
+                    _backward_stage_done(st, <float*> NULL)
+            return started
+        groups.parts, groups.n_parts = self.parts, self.n_parts
+        groups.n_groups = self.n_parts if n_threads is None else \
+            max(1, min(<Py_ssize_t> n_threads, self.n_parts))
+        with nogil:
+            clstm_run_tasks(groups.n_groups, _backward_group_task, &groups)
+            # the other sub-batches' gradients, in sub-batch order
+            for k in range(1, self.n_parts):
+                for s in range(self.n_stages):
+                    st0, st = self.parts[0].stages + s, self.parts[k].stages + s
+                    for j in range(N_TARGETS):
+                        if st.targets[j] == NULL:
+                            continue
+                        if self.parts[0].single:
+                            _add_into(<float*> st0.targets[j], <float*> st.targets[j],
+                                      st.sizes[j])
+                        else:
+                            _add_into(<double*> st0.targets[j], <double*> st.targets[j],
+                                      st.sizes[j])
+        return 1
+
+
 def conv_columns(x, shape, kernel, out=None):
     """im2col of maps, one pixel a row: x (M, C) with M = n_maps * prod(shape),
     shape = (map_h, map_w), kernel = (ker_h, ker_w) odd -> (M, ker_h*ker_w*C)

@@ -1,0 +1,241 @@
+"""The one-call backward (_scan.BackwardPlan: every sub-batch through every
+layer direction in one compiled call, kept beside the forward's plan) against
+the per-layer path it replaced (one compiled call per layer direction, Python
+threads), which stays as the oracle: bit for bit, for every cell kind, and
+across a training loop that reuses the kept plan while the weights change."""
+
+import numpy as np
+import pytest
+
+import clstm
+import clstm._rnn as rnn
+from clstm import _scan
+
+pytestmark = pytest.mark.kernel    # fast: also run against the bounds-checked build
+
+CELLS = {
+    "lstm": (clstm.LSTM, {}),
+    "peephole": (clstm.LSTM, {"peephole": True}),
+    "cifg": (clstm.LSTM, {"coupled_gates": True}),
+    "cifg-peephole": (clstm.LSTM, {"coupled_gates": True, "peephole": True}),
+    "proj": (clstm.LSTM, {"proj_size": 3}),
+    "layernorm": (clstm.LSTM, {"layer_norm": True}),
+    "gru": (clstm.GRU, {}),
+}
+
+
+@pytest.fixture
+def split_small_batches(monkeypatch):
+    """Tiny test batches split into sub-batches as large ones are."""
+    monkeypatch.setattr(rnn, "MIN_WORK_PER_C_THREAD", 0)
+    monkeypatch.setattr(rnn, "MIN_ROWS_PER_THREAD", 1)
+
+
+@pytest.fixture
+def one_call(monkeypatch):
+    """Set which backward runs: one_call(True) the plan, one_call(False) the oracle."""
+    def choose(flag):
+        monkeypatch.setattr(rnn, "ONE_CALL_BACKWARD", flag)
+    return choose
+
+
+def _network(cls, kwargs, n_jobs, input_size, dtype, seed=3):
+    return cls(input_size, 5, random_state=seed, dtype=dtype, n_jobs=n_jobs, **kwargs)
+
+
+def _step(net, X, lengths, rng, into=False, train=False):
+    """One forward and backward with every output and final-state gradient
+    non-zero; everything the backward returns (copies)."""
+    net.train(train)
+    out, final = net.run(X, lengths=lengths)
+    grad_state = tuple(rng.standard_normal(s.shape).astype(s.dtype) for s in final)
+    sink = {}
+    if into:
+        sink["grads_into"] = {k: np.zeros_like(v) for k, v in net.params.items()}
+    grad_X = net.backward_state(np.cos(3.0 * out), grad_state, **sink)
+    if into:
+        for name, g in sink["grads_into"].items():
+            assert net.grads[name] is g          # added where the caller asked
+    return [out.copy(), *[s.copy() for s in final], grad_X.copy(),
+            *[net.grads[k].copy() for k in sorted(net.grads)]]
+
+
+def _assert_identical(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        assert np.array_equal(x, y), np.abs(x - y).max()
+
+
+def _both(cls, kwargs, n_parts, n_jobs, X, lengths, dtype, one_call, monkeypatch, **step):
+    monkeypatch.setattr(rnn, "_fixed_parts", lambda *shape: n_parts)
+    results = []
+    for flag in (True, False):
+        one_call(flag)
+        net = _network(cls, kwargs, n_jobs, X.shape[2], dtype)
+        results.append(_step(net, X, lengths, np.random.default_rng(7), **step))
+        assert len(net._cache["chunks"]) == min(n_parts, X.shape[0])
+    return results
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("n_jobs, n_parts", [(1, 1), (2, 2), (1, 3), (2, 3)])
+def test_equals_per_layer_path_bit_for_bit(split_small_batches, one_call, monkeypatch, cell,
+                                           dtype, n_jobs, n_parts):
+    cls, kwargs = CELLS[cell]
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((7, 6, 4)).astype(dtype)
+    lengths = np.array([6, 2, 5, 1, 6, 3, 4])
+    for extra in ({}, {"num_layers": 3, "bidirectional": True}):
+        for lens in (None, lengths):
+            new, old = _both(cls, {**kwargs, **extra}, n_parts, n_jobs, X, lens, dtype,
+                             one_call, monkeypatch)
+            _assert_identical(new, old)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("input_size", [3, 40])     # thin: [x | h] gradient buffer; wide
+def test_gradients_into_the_callers_arrays(split_small_batches, one_call, monkeypatch, dtype,
+                                           input_size):
+    """grads_into (the training loop's flat buffer): sub-batch 0 adds to the
+    caller's arrays, the others' sums follow in order, as on the oracle path."""
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((9, 5, input_size)).astype(dtype)
+    for cls, kwargs in (CELLS["lstm"], CELLS["gru"], CELLS["layernorm"]):
+        kwargs = {**kwargs, "num_layers": 2, "bidirectional": True}
+        new, old = _both(cls, kwargs, 3, 2, X, None, dtype, one_call, monkeypatch, into=True)
+        _assert_identical(new, old)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_dropout_equals_per_layer_path(split_small_batches, one_call, monkeypatch, dtype):
+    """Input dropout between layers is undone on grad_x in C, recurrent
+    dropout's masked h_{t-1} copies reach the weight gradients."""
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((9, 5, 3)).astype(dtype)
+    lengths = rng.integers(1, 6, size=9)
+    kwargs = {"num_layers": 3, "bidirectional": True, "dropout": 0.4, "recurrent_dropout": 0.3}
+    for cls in (clstm.LSTM, clstm.GRU):
+        for n_parts, n_jobs in ((1, 1), (3, 2)):
+            new, old = _both(cls, kwargs, n_parts, n_jobs, X, lengths, dtype, one_call,
+                             monkeypatch, train=True)
+            _assert_identical(new, old)
+
+
+def test_training_loop_reuses_the_plan_and_follows_the_weights(split_small_batches, one_call,
+                                                              monkeypatch):
+    """Five SGD steps on a kept plan (the weights updated in place, as the
+    optimizers do): every step's gradients are the oracle's, the plan is
+    built once, and replacing a parameter array builds a new one."""
+    monkeypatch.setattr(rnn, "_fixed_parts", lambda *shape: 2)
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((8, 6, 3)).astype(np.float32)
+    kwargs = {"num_layers": 2, "bidirectional": True}
+    nets = {flag: _network(clstm.LSTM, kwargs, 2, 3, "float32") for flag in (True, False)}
+    built = []
+    original = _scan.BackwardPlan
+
+    def counting(parts):
+        built.append(len(parts))
+        return original(parts)
+
+    monkeypatch.setattr(_scan, "BackwardPlan", counting)
+    for step in range(6):
+        if step == 4:               # a parameter replaced: a new plan
+            for net in nets.values():
+                net.params["weight_hh_l1"] = net.params["weight_hh_l1"] * 0.5
+        results = {}
+        for flag, net in nets.items():
+            one_call(flag)
+            results[flag] = _step(net, X, None, np.random.default_rng(step), into=True)
+            for name, value in net.params.items():      # SGD, in place
+                value -= np.float32(0.1) * net.grads[name]
+        _assert_identical(results[True], results[False])
+    assert built == [2, 2]
+
+
+def test_a_new_shape_builds_a_new_plan(one_call, monkeypatch):
+    """Another batch shape between two calls: each call's own buffers."""
+    rng = np.random.default_rng(4)
+    net = clstm.LSTM(3, 4, num_layers=2, random_state=0)
+    ref = clstm.LSTM(3, 4, num_layers=2, random_state=0)
+    for B, T in ((5, 4), (3, 7), (5, 4), (5, 4)):
+        X = rng.standard_normal((B, T, 3)).astype(np.float32)
+        one_call(True)
+        new = _step(net, X, None, np.random.default_rng(B * T))
+        one_call(False)
+        _assert_identical(new, _step(ref, X, None, np.random.default_rng(B * T)))
+
+
+def test_retain_cache_runs_twice(one_call):
+    """retain_cache=True (the oracle path on copies) then a plain backward:
+    the same gradients both times."""
+    one_call(True)
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((4, 5, 2)).astype(np.float32)
+    net = clstm.LSTM(2, 3, random_state=0)
+    out, _ = net.run(X)
+    g = np.cos(out)
+    first = net.backward_state(g, retain_cache=True)
+    first_grads = {k: v.copy() for k, v in net.grads.items()}
+    second = net.backward_state(g)
+    np.testing.assert_array_equal(first, second)
+    for name, value in first_grads.items():
+        np.testing.assert_array_equal(value, net.grads[name])
+
+
+def test_gradients_match_finite_differences():
+    """An independent oracle: central differences in float64 on a stacked,
+    bidirectional, ragged batch through the one-call backward."""
+    rng = np.random.default_rng(6)
+    X = rng.standard_normal((3, 4, 2))
+    lengths = np.array([4, 2, 3])
+    net = clstm.LSTM(2, 3, num_layers=2, bidirectional=True, dtype="float64", random_state=0)
+    w_out = rng.standard_normal((3, 4, 6))
+
+    def loss():
+        out, _ = net.run(X, lengths=lengths, keep_cache=False)
+        return float((out * w_out).sum())
+
+    net.run(X, lengths=lengths)
+    grad_X = net.backward_state(w_out)
+    eps = 1e-6
+    for name in ("weight_ih_l0", "weight_hh_l1_reverse", "bias_hh_l0"):
+        p = net.params[name]
+        for idx in [(0,) * p.ndim, tuple(s - 1 for s in p.shape)]:
+            keep = p[idx]
+            p[idx] = keep + eps
+            up = loss()
+            p[idx] = keep - eps
+            down = loss()
+            p[idx] = keep
+            assert abs((up - down) / (2 * eps) - net.grads[name][idx]) < 1e-7
+    for idx in [(0, 0, 0), (1, 1, 1), (2, 2, 0)]:
+        keep = X[idx]
+        X[idx] = keep + eps
+        up = loss()
+        X[idx] = keep - eps
+        down = loss()
+        X[idx] = keep
+        assert abs((up - down) / (2 * eps) - grad_X[idx]) < 1e-7
+
+
+def test_plan_rejects_a_grad_out_of_another_shape():
+    """The plan reads grad_out in place: a run with another shape is refused
+    (ValueError), never read out of bounds."""
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((4, 5, 2)).astype(np.float32)
+    net = clstm.LSTM(2, 3, random_state=0)
+    out, _ = net.run(X)
+    net.backward_state(np.cos(out))
+    bplan = net._cache["parts"][0]["backward_plan"][1]
+    targets = [net._gradient_targets(k, {n: np.zeros_like(v) for n, v in net.params.items()})
+               for k in net._backward_order()]
+    with pytest.raises(ValueError, match="grad_out"):
+        bplan.run(np.zeros((4, 4, 3), np.float32), targets)
+    with pytest.raises(ValueError, match="targets"):
+        bplan.run(np.zeros((4, 5, 3), np.float32), [])
+    bad = [dict(t, grad_weight_hh=np.zeros(3, np.float32)) for t in targets]
+    with pytest.raises(ValueError, match="grad_weight_hh"):
+        bplan.run(np.zeros((4, 5, 3), np.float32), bad)
