@@ -239,3 +239,20 @@ def test_plan_rejects_a_grad_out_of_another_shape():
     bad = [dict(t, grad_weight_hh=np.zeros(3, np.float32)) for t in targets]
     with pytest.raises(ValueError, match="grad_weight_hh"):
         bplan.run(np.zeros((4, 5, 3), np.float32), bad)
+
+
+def test_pickle_leaves_the_kept_weights_and_plan_behind():
+    """The backward's packed weights and plan are scratch: a pickled network
+    holds its parameters only, and the copy trains to the same bits."""
+    import pickle
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((6, 5, 3)).astype(np.float32)
+    net = clstm.LSTM(3, 8, num_layers=2, random_state=0)
+    _step(net, X, None, np.random.default_rng(0))
+    assert "_backward_memo" in net.__dict__
+    copy = pickle.loads(pickle.dumps(net))
+    assert "_backward_memo" not in copy.__dict__
+    fresh = pickle.loads(pickle.dumps(clstm.LSTM(3, 8, num_layers=2, random_state=0)))
+    assert len(pickle.dumps(net)) <= len(pickle.dumps(fresh)) + 2048
+    _assert_identical(_step(net, X, None, np.random.default_rng(1)),
+                      _step(copy, X, None, np.random.default_rng(1)))

@@ -1099,6 +1099,7 @@ class RecurrentNetwork:
         state["_cache"] = None
         state["_plan_cache"] = None
         state["_weights_memo"] = None
+        state.pop("_backward_memo", None)
         state.pop("_fused_memo", None)
         state.pop("_fused_stale", None)
         state.pop("_inference_ws", None)
