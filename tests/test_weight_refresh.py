@@ -50,11 +50,12 @@ def _plan_entry(net):
 @pytest.mark.parametrize("cell", list(CELLS))
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("train", [False, True])
-def test_optimizer_steps_reuse_the_plan_and_follow_the_weights(cell, dtype, train):
+@pytest.mark.parametrize("n_in", [3, 40])     # thin: [W_ih | W_hh] packed as one; wide
+def test_optimizer_steps_reuse_the_plan_and_follow_the_weights(cell, dtype, train, n_in):
     rng = np.random.default_rng(1)
-    net = _net(cell, dtype, num_layers=2)
+    net = _net(cell, dtype, n_in, num_layers=2)
     net.train(train)                    # training mode without dropout: no masks
-    X = rng.standard_normal((6, 5, 3)).astype(dtype)
+    X = rng.standard_normal((6, 5, n_in)).astype(dtype)
     plans = set()
     for step in range(4):
         out, state = net.run(X)
@@ -158,3 +159,75 @@ def test_copy_into_copies_all_or_nothing():
     np.testing.assert_array_equal(a["w"], before)
     assert not rnn._copy_into([a], [{"w": np.zeros(3)}])               # other keys
     assert not rnn._copy_into([a], [{"w": np.zeros(3, np.float32), "p": p}])   # dtype
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_steps_refresh_the_kept_arrays_without_making_new_ones(cell, monkeypatch):
+    """After the first step, an in-place edit updates the kept weight arrays
+    (the cell's derived ones, then one compiled repack): _scan_arrays is not
+    called again and the forward's and backward's lists stay the same."""
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((4, 5, 3)).astype(np.float32)
+    net = _net(cell, "float32", num_layers=2, bidirectional=True)
+    net.train()
+    out, _ = net.run(X)
+    net.backward_state(np.cos(out))
+    kept = net._weights_memo[1], net._backward_memo[1]
+    calls = []
+    original = type(net)._scan_arrays
+    monkeypatch.setattr(type(net), "_scan_arrays",
+                        lambda self, p, backward: (self is net and calls.append(backward))
+                        or original(self, p, backward))
+    for step in range(3):
+        for value in net.params.values():
+            value += np.float32(0.01 * (step + 1))
+        out, _ = net.run(X)
+        grad_X = net.backward_state(np.cos(out))
+        assert (net._weights_memo[1], net._backward_memo[1]) == kept
+        assert all(a is b for a, b in zip(net._weights_memo[1], kept[0]))
+        twin = _fresh_twin(net)
+        twin.train()
+        t_out, _ = twin.run(X)
+        np.testing.assert_array_equal(out, t_out)
+        np.testing.assert_array_equal(grad_X, twin.backward_state(np.cos(t_out)))
+    assert calls == []
+
+
+def test_repack_weights_equals_pack_weight():
+    """The compiled repack: each kept packed weight equals pack_weight of
+    its weight (transposed or not; two weights side by side), and a size
+    that does not fit is refused."""
+    from clstm import _scan
+    if not _scan.HAVE_PACKED_GEMM:
+        pytest.skip("a build without the small-GEMM kernel packs nothing")
+    rng = np.random.default_rng(6)
+    a = rng.standard_normal((20, 7)).astype(np.float32)
+    b = rng.standard_normal((20, 5)).astype(np.float32)
+    both = np.concatenate([a, b], axis=1)
+    ops = [(np.zeros_like(_scan.pack_weight(a, True)), True, a),
+           (np.zeros_like(_scan.pack_weight(a, False)), False, a),
+           (np.zeros_like(_scan.pack_weight(both, True)), True, a, b,
+            np.empty((20, 12), np.float32))]
+    _scan.repack_weights(ops)
+    np.testing.assert_array_equal(ops[0][0], _scan.pack_weight(a, True))
+    np.testing.assert_array_equal(ops[1][0], _scan.pack_weight(a, False))
+    np.testing.assert_array_equal(ops[2][0], _scan.pack_weight(both, True))
+    with pytest.raises(ValueError, match="repack size"):
+        _scan.repack_weights([(np.zeros(3, np.float32), True, a)])
+    with pytest.raises(ValueError, match="repack shapes"):
+        _scan.repack_weights([(ops[2][0], True, a, b, np.empty((20, 11), np.float32))])
+
+
+def test_convlstm_steps_follow_the_weights():
+    """ConvLSTM's scan weights are transposed copies of its kernels: refreshed
+    in place, they follow each edit bit for bit."""
+    rng = np.random.default_rng(7)
+    net = clstm.ConvLSTM(2, 3, kernel_size=3, random_state=0)
+    X = rng.standard_normal((2, 4, 5, 5, 2)).astype(np.float32)
+    for step in range(3):
+        out = net.run(X, keep_cache=False)[0]
+        twin = clstm.ConvLSTM(2, 3, kernel_size=3, random_state=1)
+        twin.load_state_dict(net.state_dict())
+        np.testing.assert_array_equal(out, twin.run(X, keep_cache=False)[0])
+        for value in net.params.values():
+            value *= np.float32(0.9)

@@ -204,6 +204,12 @@ class ConvLSTM(RecurrentNetwork):
             arrays.update(packed_ih_t=_packed(w_ih, True), packed_hh_t=_packed(w_hh, True))
         return arrays
 
+    def _refresh_scan_arrays(self, arrays, p):
+        G = self._gate_count()
+        np.copyto(arrays["weight_ih"], p["kernel"].reshape(-1, G).T)
+        np.copyto(arrays["weight_hh"], p["recurrent_kernel"].reshape(-1, G).T)
+        return arrays["bias"] is p["bias"]
+
     # -- public API -----------------------------------------------------------------
     def forward(self, X, h0=None, c0=None, lengths=None):
         """Run the network over whole sequences of maps.

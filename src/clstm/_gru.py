@@ -67,6 +67,14 @@ class GRU(RecurrentNetwork):
         arrays["bias_hn"] = np.ascontiguousarray(b_hh[H2:])
         return arrays
 
+    def _refresh_scan_arrays(self, arrays, p):
+        H2 = 2 * self.hidden_size
+        b_ih, b_hh, bias = p["bias_ih"], p["bias_hh"], arrays["bias"]
+        np.add(b_ih[:H2], b_hh[:H2], out=bias[:H2])
+        bias[H2:] = b_ih[H2:]
+        np.copyto(arrays["bias_hn"], b_hh[H2:])
+        return True
+
     # -- public API -----------------------------------------------------------------
     def forward(self, X, h0=None, lengths=None):
         """Run the network over whole sequences.

@@ -138,6 +138,10 @@ class LSTM(RecurrentNetwork):
         return scan_weight_arrays(p, p["bias_ih"] + p["bias_hh"], backward,
                                   separate=self.layer_norm)
 
+    def _refresh_scan_arrays(self, arrays, p):
+        np.add(p["bias_ih"], p["bias_hh"], out=arrays["bias"])
+        return True
+
     # -- public API -----------------------------------------------------------------
     def forward(self, X, h0=None, c0=None, lengths=None):
         """Run the network over whole sequences.

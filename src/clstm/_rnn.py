@@ -705,16 +705,14 @@ class RecurrentNetwork:
         params, memo = self.params, self._weights_memo
         if (memo is not None and memo[0].keys() == params.keys()
                 and all(_scan.same_values(memo[0][k], v) for k, v in params.items())):
-            values, weights, _ = memo
+            values, weights = memo[0], memo[1]
         else:
             values = {k: v.copy() for k, v in params.items()}
-            weights = [self._scan_arrays(self._direction_params(k), backward=False)
-                       for k in range(self.num_layers * self.num_directions)]
-            if memo is not None and _same_objects(memo[2], params) and _copy_into(memo[1],
-                                                                                  weights):
-                weights = memo[1]
+            kept = self._kept_weights(memo, backward=False)
+            if memo is not None and kept[0] is memo[1]:
                 self._fused_stale = True       # (its fused packs: refreshed on use)
-            self._weights_memo = (values, weights, dict(params))
+            weights = kept[0]
+            self._weights_memo = (values, *kept)
         if not (fused_cell and FUSED_CELL_FORWARD):
             return weights, values
         fused = self.__dict__.get("_fused_memo")
@@ -919,13 +917,38 @@ class RecurrentNetwork:
         memo = self.__dict__.get("_backward_memo")
         if memo is not None and memo[0] is values:
             return memo[1]
+        kept = self._kept_weights(memo, backward=True)
+        self._backward_memo = (values, *kept)
+        return kept[0]
+
+    def _kept_weights(self, memo, backward):
+        """The scan's weight arrays for the parameters' current values, as
+        ``(weights, params, repack)``: those of ``memo`` (a forward or
+        backward memo, or None) updated in place where the parameters are
+        the same objects (the cell's derived arrays, then every packed weight
+        in one compiled call: repack_weights), else new ones."""
         params = self.params
-        weights = [self._scan_arrays(self._direction_params(k), backward=True)
-                   for k in range(self.num_layers * self.num_directions)]
-        if memo is not None and _same_objects(memo[2], params) and _copy_into(memo[1], weights):
-            weights = memo[1]
-        self._backward_memo = (values, weights, dict(params))
-        return weights
+        if memo is not None and _same_objects(memo[2], params):
+            weights, repack = memo[1], memo[3]
+            if repack is None:
+                repack = _repack_ops(weights)
+            if repack is not False and all(
+                    self._refresh_scan_arrays(arrays, self._direction_params(k))
+                    for k, arrays in enumerate(weights)):
+                _kernels().repack_weights(repack)
+                return weights, memo[2], repack
+        new = [self._scan_arrays(self._direction_params(k), backward=backward)
+               for k in range(self.num_layers * self.num_directions)]
+        if memo is not None and _same_objects(memo[2], params) and _copy_into(memo[1], new):
+            return memo[1], memo[2], memo[3]
+        return new, dict(params), None
+
+    def _refresh_scan_arrays(self, arrays, p):
+        """Update, in place, what _scan_arrays derived from the parameters
+        `p` (the same objects, new values) in `arrays`, except the packed
+        weights (repack_weights); True if done, False where the cell cannot
+        (its arrays are then made again)."""
+        return False
 
     def _backward_per_layer(self, cache, grad_out, grad_state, weights, grads_into,
                             retain_cache, n_threads, team):
@@ -1156,6 +1179,37 @@ def scan_weight_arrays(p, fused_bias, backward, separate):
         arrays["packed_xh_t"] = _packed(np.concatenate([w_ih, w_hh], axis=1), True)
     arrays["packed_hr_t"] = _packed(w_hr, True)
     return arrays
+
+
+# The packed forms scan_weight_arrays makes: name -> (the weights packed, side
+# by side; transposed)
+_PACKS = {"packed_ih_t": (("weight_ih",), True), "packed_hh_t": (("weight_hh",), True),
+          "packed_xh_t": (("weight_ih", "weight_hh"), True),
+          "packed_hr_t": (("weight_hr",), True), "packed_ih": (("weight_ih",), False),
+          "packed_hh": (("weight_hh",), False), "packed_hr": (("weight_hr",), False)}
+
+
+def _repack_ops(weights):
+    """_scan.repack_weights' ops for every packed weight of `weights` (a list
+    of scan weight dicts), reading the dicts' own weight arrays; False where
+    a packed weight's sources are not all C-contiguous float32 matrices."""
+    ops = []
+    for arrays in weights:
+        for name, (sources, transposed) in _PACKS.items():
+            packed = arrays.get(name)
+            if packed is None:
+                continue
+            mats = [arrays.get(source) for source in sources]
+            if not all(isinstance(m, np.ndarray) and m.ndim == 2 and m.dtype == np.float32
+                       and m.flags.c_contiguous for m in mats):
+                return False
+            if len(mats) == 2:
+                scratch = np.empty((mats[0].shape[0], mats[0].shape[1] + mats[1].shape[1]),
+                                   np.float32)
+                ops.append((packed, transposed, *mats, scratch))
+            else:
+                ops.append((packed, transposed, mats[0]))
+    return ops
 
 
 def _same_objects(kept, params):

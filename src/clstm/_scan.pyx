@@ -1917,6 +1917,43 @@ def pack_weight(const float[:, ::1] weight, bint transposed):
     return out
 
 
+def repack_weights(list ops):
+    """Pack float32 weights again into their kept packed arrays (after an
+    optimizer step changed the weights in place), each as pack_weight packs
+    it: ``ops`` holds ``(packed, transposed, weight)``, or ``(packed,
+    transposed, left, right, scratch)`` for the weight ``[left | right]``
+    (side by side, gathered in ``scratch`` of its shape first)."""
+    cdef const float[:, ::1] w
+    cdef const float[:, ::1] left
+    cdef const float[:, ::1] right
+    cdef float[:, ::1] both
+    cdef float[::1] packed
+    cdef Py_ssize_t K, N, r, n_left, n_right
+    cdef bint transposed
+    for op in ops:
+        packed, transposed = op[0], op[1]
+        if len(op) == 5:
+            left, right, both = op[2], op[3], op[4]
+            n_left, n_right = left.shape[1], right.shape[1]
+            _check(left.shape[0] == right.shape[0] == both.shape[0]
+                   and both.shape[1] == n_left + n_right, "repack shapes")
+            with nogil:
+                for r in range(both.shape[0]):
+                    if n_left:
+                        memcpy(&both[r, 0], &left[r, 0], n_left * sizeof(float))
+                    if n_right:
+                        memcpy(&both[r, n_left], &right[r, 0], n_right * sizeof(float))
+            w = both
+        else:
+            w = op[2]
+        K = w.shape[1] if transposed else w.shape[0]
+        N = w.shape[0] if transposed else w.shape[1]
+        _check(packed.shape[0] == clstm_packed_size(K, N), "repack size")
+        if packed.shape[0]:
+            with nogil:
+                clstm_pack_b(K, N, &w[0, 0], w.shape[1], transposed, &packed[0])
+
+
 def packed_matmul(const float[:, ::1] a, const float[:, ::1] weight, bint transposed,
                   float[:, ::1] c, bint accumulate):
     """Test twin of the small-GEMM kernel: c (+)= a @ B, with B = weight.T
