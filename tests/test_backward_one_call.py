@@ -256,3 +256,39 @@ def test_pickle_leaves_the_kept_weights_and_plan_behind():
     assert len(pickle.dumps(net)) <= len(pickle.dumps(fresh)) + 2048
     _assert_identical(_step(net, X, None, np.random.default_rng(1)),
                       _step(copy, X, None, np.random.default_rng(1)))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: clstm.LSTM(3, 4, num_layers=2, bidirectional=True, random_state=0),
+    lambda: clstm.GRU(3, 4, random_state=0),
+    lambda: clstm.LSTM(3, 4, proj_size=2, random_state=0)])
+def test_no_output_gradient_equals_zeros(make):
+    """grad_out None (a loss on the final states): the same bits as an array
+    of zeros, on sorted (ragged) rows too, call after call."""
+    rng = np.random.default_rng(9)
+    X = rng.standard_normal((5, 6, 3)).astype(np.float32)
+    lengths = np.array([6, 2, 5, 1, 6])
+    net, ref = make(), make()
+    for lens in (None, lengths, lengths):
+        out, final = net.run(X, lengths=lens)
+        ref_out, _ = ref.run(X, lengths=lens)
+        grad_state = tuple(rng.standard_normal(s.shape).astype(np.float32) for s in final)
+        got = net.backward_state(None, grad_state)
+        expected = ref.backward_state(np.zeros_like(ref_out), grad_state)
+        np.testing.assert_array_equal(got, expected)
+        for name, g in ref.grads.items():
+            np.testing.assert_array_equal(net.grads[name], g, err_msg=name)
+
+
+def test_convlstm_no_output_gradient_equals_zeros():
+    rng = np.random.default_rng(10)
+    X = rng.standard_normal((2, 3, 4, 4, 2)).astype(np.float32)
+    net = clstm.ConvLSTM(2, 3, kernel_size=3, random_state=0)
+    ref = clstm.ConvLSTM(2, 3, kernel_size=3, random_state=0)
+    out, (h, c) = net.run(X)
+    ref_out, _ = ref.run(X)
+    g_h = rng.standard_normal(h.shape).astype(np.float32)
+    got = net.backward(None, g_h)
+    np.testing.assert_array_equal(got, ref.backward(np.zeros_like(ref_out), g_h))
+    for name, g in ref.grads.items():
+        np.testing.assert_array_equal(net.grads[name], g, err_msg=name)

@@ -1407,12 +1407,13 @@ class _TrainingData:
         flat = model.__dict__.get("_flat")
         flat = {} if flat is None else {"flat": flat}
         per_step = self.W_loss.ndim == 2
-        T_b = int(self.lengths[rows].max())
+        lengths = self.lengths[rows]
+        T_b = int(lengths.max())
         Wb = _take(self.W_loss, rows, T_b, per_step)
         w_sum = float(Wb.sum())
         if w_sum == 0.0:
             return None
-        loss, grads = model.loss_and_grad(self.X[rows, :T_b], self.lengths[rows],
+        loss, grads = model.loss_and_grad(self.X[rows, :T_b], lengths,
                                           _take(self.Y, rows, T_b, per_step), Wb,
                                           alpha=alpha, tbptt_steps=tbptt_steps, **flat)
         return loss, grads, w_sum

@@ -243,7 +243,8 @@ class ConvLSTM(RecurrentNetwork):
 
         Parameters
         ----------
-        grad_out : array-like of shape (batch, T, *spatial, filters)
+        grad_out : array-like of shape (batch, T, *spatial, filters), or None
+            (None: zero, for a loss on the final states only)
         grad_h_n, grad_c_n : array-like of shape (num_layers, batch, *spatial, filters), optional
 
         Returns
@@ -462,11 +463,14 @@ class ConvLSTM(RecurrentNetwork):
         (B, T), spatial = cache["shape"], cache["spatial"]
         S, F, L = int(np.prod(spatial)), self.filters, self.num_layers
         order = cache["order"]
-        grad_out = as_float_array(as_numpy(grad_out), self.dtype, "grad_out")
         expected = (B, T) + spatial + (F,)
-        if grad_out.shape != expected:
-            raise ValueError(f"grad_out has shape {grad_out.shape}, expected {expected}")
-        check_finite(grad_out, "grad_out")
+        if grad_out is None:          # no gradient reaches the outputs
+            grad_out = np.zeros(expected, dtype=self.dtype)
+        else:
+            grad_out = as_float_array(as_numpy(grad_out), self.dtype, "grad_out")
+            if grad_out.shape != expected:
+                raise ValueError(f"grad_out has shape {grad_out.shape}, expected {expected}")
+            check_finite(grad_out, "grad_out")
         if grad_state is None:
             grad_state = (None, None)
         if len(grad_state) != 2:

@@ -172,8 +172,9 @@ class LSTM(RecurrentNetwork):
 
         Parameters
         ----------
-        grad_out : array-like of shape (batch, T, D * output_size)
-            Gradient of the loss with respect to ``out``.
+        grad_out : array-like of shape (batch, T, D * output_size), or None
+            Gradient of the loss with respect to ``out`` (None: zero, for a
+            loss on the final states only).
         grad_h_n, grad_c_n : array-like, shapes of ``h_n``, ``c_n``, optional
             Gradients with respect to ``h_n`` and ``c_n`` (zero when omitted).
         retain_cache : bool, default=False

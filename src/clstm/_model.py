@@ -16,6 +16,8 @@ has: ``run`` / ``backward_state`` / ``clear_cache``, ``state_names``,
 ``eval``, and ``get_config`` / ``state_dict`` / ``load_state_dict`` /
 ``rng_state`` to copy and save itself. States are tuples in the order of
 ``state_names``, so a network whose state is ``("h",)`` needs no change here.
+``backward_state(None, grad_state)`` means no gradient reaches the outputs
+(a loss on the last state only).
 """
 
 import numpy as np
@@ -566,7 +568,7 @@ class SequenceModel(TrainableModel):
                     D = net.num_directions
                     for d in range(D):
                         grad_h[-D + d, ends] = grad_feats[:, d * H:(d + 1) * H]
-                    grad_Xc = net.backward_state(np.zeros_like(out),
+                    grad_Xc = net.backward_state(None,      # (the loss sees h_n only)
                                                  tuple(grad_h if i == h_index else None
                                                        for i in range(len(state_out))),
                                                  **sink)

@@ -12,6 +12,7 @@ arrays, and the signature of its public forward/backward.
 """
 
 import numbers
+import operator
 import threading
 from functools import partial
 
@@ -130,7 +131,9 @@ class RecurrentNetwork:
     parameter kinds of one layer and direction and their shapes),
     ``_scan_arrays(p, backward)`` (the scan's weights from one direction's
     parameters), ``_scan_config()`` (the scan's cell description: kind,
-    variant, sizes), ``_gate_count()``, and ``output_size`` when h is not H wide.
+    variant, sizes), ``_gate_count()``, and ``output_size`` when h is not H wide;
+    optionally ``_refresh_scan_arrays(arrays, p)`` (update what _scan_arrays
+    derived, in place, after the parameters' values changed).
     """
 
     state_names = ("h",)
@@ -406,6 +409,8 @@ class RecurrentNetwork:
                        retain_cache=False):
         """Backward from the last cached run, the state gradients as one tuple
         (or None). Returns grad_X; parameter gradients go to :attr:`grads`.
+        ``grad_out`` None: no gradient reaches the outputs (a loss on the
+        final states only), without an array of zeros to build and check.
         ``grads_into`` (name -> array of the parameter's shape and dtype): the
         parameter gradients are added to these arrays (the caller zeroes
         them) instead of new ones, and :attr:`grads` holds them.
@@ -860,10 +865,15 @@ class RecurrentNetwork:
         B, T = cache["shape"]
         P, D, L = self.output_size, self.num_directions, self.num_layers
         order = cache["order"]
-        grad_out = as_float_array(grad_out, self.dtype, "grad_out")
-        if grad_out.shape != (B, T, D * P):
-            raise ValueError(f"grad_out has shape {grad_out.shape}, expected {(B, T, D * P)}")
-        check_finite(grad_out, "grad_out")
+        if grad_out is None:
+            # (calloc'd: untouched pages cost nothing, and the kernels only read it)
+            grad_out = np.zeros((B, T, D * P), dtype=self.dtype)
+        else:
+            grad_out = as_float_array(grad_out, self.dtype, "grad_out")
+            if grad_out.shape != (B, T, D * P):
+                raise ValueError(f"grad_out has shape {grad_out.shape}, "
+                                 f"expected {(B, T, D * P)}")
+            check_finite(grad_out, "grad_out")
         if grad_state is None:
             grad_state = (None,) * len(self.state_names)
         if len(grad_state) != len(self.state_names):
@@ -989,12 +999,17 @@ class RecurrentNetwork:
         if kept is None or kept[0] is not weights:
             kept = parts[0]["backward_plan"] = self._new_backward_plan(
                 parts, chunks, grad_out, grads, weights)
-        _, bplan, states, grad_xs = kept
+        _, bplan, states, grad_xs, last = kept
         for (b0, b1), bufs in zip(chunks, states):
             for buf, s in zip(bufs, grad_state):
                 np.copyto(buf, s[:, b0:b1])
-        bplan.run(grad_out, [self._gradient_targets(k, grads) for k in self._backward_order()],
-                  n_threads, team)
+        # the stages' targets, as the last call's while the arrays are the same
+        # (a training loop's flat gradient buffer)
+        arrays = list(grads.values())
+        if not (len(arrays) == len(last[0]) and all(map(operator.is_, arrays, last[0]))):
+            last[:] = arrays, [self._gradient_targets(k, grads)
+                               for k in self._backward_order()]
+        bplan.run(grad_out, last[1], n_threads, team)
         return [(grad_x, grads, bufs) for grad_x, bufs in zip(grad_xs, states)]
 
     def _backward_order(self):
@@ -1014,7 +1029,8 @@ class RecurrentNetwork:
     def _new_backward_plan(self, parts, chunks, grad_out, grads, weights):
         """A BackwardPlan over the forward's sub-batch caches and buffers of
         the workspace: (weights, plan, per sub-batch its state-gradient
-        buffers, per sub-batch its grad_x (T, b, I))."""
+        buffers, per sub-batch its grad_x (T, b, I), [the gradient arrays of
+        the last run, its stages' targets])."""
         plan = self._plan()
         D, cfg = self.num_directions, plan["cfg"]
         G, lstm = cfg["n_gates"], "c" in self.state_names
@@ -1060,7 +1076,7 @@ class RecurrentNetwork:
             specs.append({"stages": stages, "row0": b0, "targets": targets})
             states.append(bufs)
             grad_xs.append(g["grad_h_seq"])
-        return weights, _kernels().BackwardPlan(specs), states, grad_xs
+        return weights, _kernels().BackwardPlan(specs), states, grad_xs, [[], None]
 
     def _backward_batch(self, part, grad_out, grad_state, weights, ws, grads=None,
                         retain_cache=False, team=1):
