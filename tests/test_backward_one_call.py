@@ -292,3 +292,33 @@ def test_convlstm_no_output_gradient_equals_zeros():
     np.testing.assert_array_equal(got, ref.backward(np.zeros_like(ref_out), g_h))
     for name, g in ref.grads.items():
         np.testing.assert_array_equal(net.grads[name], g, err_msg=name)
+
+
+def test_bad_gradient_targets_get_a_clear_error():
+    """grads_into missing a parameter, of another shape or dtype, or not
+    writable: a ValueError naming the parameter, before any kernel runs."""
+    X = np.ones((4, 5, 2), np.float32)
+    net = clstm.LSTM(2, 3, random_state=0)
+
+    def into(**changes):
+        arrays = {k: np.zeros_like(v) for k, v in net.params.items()}
+        for name, value in changes.items():
+            if value is None:
+                del arrays[name]
+            else:
+                arrays[name] = value
+        return arrays
+
+    read_only = np.zeros((12, 3), np.float32)
+    read_only.flags.writeable = False
+    for bad, match in ((into(weight_hh_l0=None), "no array for the parameter 'weight_hh_l0'"),
+                       (into(weight_hh_l0=np.zeros((3, 3), np.float32)), "shape \\(12, 3\\)"),
+                       (into(bias_ih_l0=np.zeros(12)), "dtype float32"),
+                       (into(weight_hh_l0=read_only), "writable")):
+        out, _ = net.run(X)
+        with pytest.raises(ValueError, match=match):
+            net.backward_state(np.ones_like(out), grads_into=bad)
+    out, _ = net.run(X)                     # a good set after the bad ones
+    good = into()
+    net.backward_state(np.ones_like(out), grads_into=good)
+    assert np.abs(good["weight_hh_l0"]).sum() > 0

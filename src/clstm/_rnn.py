@@ -886,6 +886,8 @@ class RecurrentNetwork:
         if cache["inverse"] is not order:          # sorted by length: reorder
             grad_out = grad_out[order]
         grad_out = np.ascontiguousarray(grad_out)  # the top layer reads it batch-first
+        if grads_into is not None:
+            self._check_grads_into(grads_into)
         weights = self._backward_weights(cache["values"])
         chunks = cache["chunks"]
         n_threads = resolve_n_threads(self.n_jobs, B)
@@ -917,6 +919,28 @@ class RecurrentNetwork:
             grads[f"{name}0"] = g
         self.grads = grads
         return grad_X
+
+    def _check_grads_into(self, grads_into):
+        """``grads_into`` holds a writable C-contiguous array of each parameter's
+        shape and dtype (checked once per set of arrays: a training loop passes
+        the same ones every step)."""
+        params = self.params
+        arrays = [grads_into.get(name) for name in params]
+        last = self.__dict__.get("_checked_into")
+        if last is not None and len(last) == len(arrays) and all(map(operator.is_, arrays,
+                                                                       last)):
+            return
+        for (name, value), g in zip(params.items(), arrays):
+            if g is None:
+                raise ValueError(f"grads_into has no array for the parameter {name!r}")
+            if not isinstance(g, np.ndarray) or g.shape != value.shape or g.dtype != value.dtype:
+                raise ValueError(f"grads_into[{name!r}] must be an array of shape {value.shape} "
+                                 f"and dtype {value.dtype}, got "
+                                 f"{getattr(g, 'shape', type(g).__name__)} "
+                                 f"{getattr(g, 'dtype', '')}".rstrip())
+            if not (g.flags.c_contiguous and g.flags.writeable):
+                raise ValueError(f"grads_into[{name!r}] must be a writable C-contiguous array")
+        self._checked_into = arrays
 
     def _backward_weights(self, values):
         """Per (layer, direction): the backward's weight arrays (packed as
@@ -1139,6 +1163,7 @@ class RecurrentNetwork:
         state["_plan_cache"] = None
         state["_weights_memo"] = None
         state.pop("_backward_memo", None)
+        state.pop("_checked_into", None)
         state.pop("_fused_memo", None)
         state.pop("_fused_stale", None)
         state.pop("_inference_ws", None)
