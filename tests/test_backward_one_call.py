@@ -11,24 +11,9 @@ import clstm
 import clstm._rnn as rnn
 from clstm import _scan
 
+from _one_call import CELLS, split_small_batches  # noqa: F401  (a fixture)
+
 pytestmark = pytest.mark.kernel    # fast: also run against the bounds-checked build
-
-CELLS = {
-    "lstm": (clstm.LSTM, {}),
-    "peephole": (clstm.LSTM, {"peephole": True}),
-    "cifg": (clstm.LSTM, {"coupled_gates": True}),
-    "cifg-peephole": (clstm.LSTM, {"coupled_gates": True, "peephole": True}),
-    "proj": (clstm.LSTM, {"proj_size": 3}),
-    "layernorm": (clstm.LSTM, {"layer_norm": True}),
-    "gru": (clstm.GRU, {}),
-}
-
-
-@pytest.fixture
-def split_small_batches(monkeypatch):
-    """Tiny test batches split into sub-batches as large ones are."""
-    monkeypatch.setattr(rnn, "MIN_WORK_PER_C_THREAD", 0)
-    monkeypatch.setattr(rnn, "MIN_ROWS_PER_THREAD", 1)
 
 
 @pytest.fixture

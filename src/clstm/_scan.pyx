@@ -1257,7 +1257,8 @@ cdef void _part_task(void* ctx, Py_ssize_t k) noexcept nogil:
 
 
 cdef struct Groups:
-    Part* parts
+    void* parts               # the forward's Parts or the backward's BackwardParts
+    clstm_task_fn run_part    # runs part i of them
     Py_ssize_t n_parts, n_groups
 
 
@@ -1266,7 +1267,7 @@ cdef void _group_task(void* ctx, Py_ssize_t k) noexcept nogil:
     cdef Groups* g = <Groups*> ctx
     cdef Py_ssize_t i
     for i in range(g.n_parts * k // g.n_groups, g.n_parts * (k + 1) // g.n_groups):
-        _part_task(g.parts, i)
+        g.run_part(g.parts, i)
 
 
 cdef struct TeamRun:
@@ -1501,7 +1502,7 @@ cdef class NetworkPlan:
                 st.final_h = final_h + s * n_out * first.out_size * item
                 st.final_c = NULL if final_c == NULL else \
                     final_c + s * n_out * first.hidden * item
-        groups.parts, groups.n_parts = self.parts, self.n_parts
+        groups.parts, groups.run_part, groups.n_parts = self.parts, _part_task, self.n_parts
         groups.n_groups = self.n_parts if n_threads is None else \
             max(1, min(<Py_ssize_t> n_threads, self.n_parts))
         n_team = self._team_size(team_threads)
@@ -1613,17 +1614,8 @@ cdef void _run_backward_part(BackwardPart* part) noexcept nogil:
             _backward_stage_done(st, <double*> NULL)
 
 
-cdef struct BackwardGroups:
-    BackwardPart* parts
-    Py_ssize_t n_parts, n_groups
-
-
-cdef void _backward_group_task(void* ctx, Py_ssize_t k) noexcept nogil:
-    """Thread k's contiguous run of sub-batches, in order."""
-    cdef BackwardGroups* g = <BackwardGroups*> ctx
-    cdef Py_ssize_t i
-    for i in range(g.n_parts * k // g.n_groups, g.n_parts * (k + 1) // g.n_groups):
-        _run_backward_part(g.parts + i)
+cdef void _backward_part_task(void* ctx, Py_ssize_t k) noexcept nogil:
+    _run_backward_part((<BackwardPart*> ctx) + k)
 
 
 cdef class BackwardPlan:
@@ -1765,7 +1757,7 @@ cdef class BackwardPlan:
         cdef BackwardStage* st
         cdef BackwardStage* st0
         cdef BackwardPart* part
-        cdef BackwardGroups groups
+        cdef Groups groups
         cdef BackwardRun team_run
         cdef clstm_team team
         cdef Py_ssize_t n_team, started = 1
@@ -1817,11 +1809,12 @@ cdef class BackwardPlan:
                 with nogil:
                     _backward_stage_done(st, <float*> NULL)
             return started
-        groups.parts, groups.n_parts = self.parts, self.n_parts
+        groups.parts, groups.run_part = self.parts, _backward_part_task
+        groups.n_parts = self.n_parts
         groups.n_groups = self.n_parts if n_threads is None else \
             max(1, min(<Py_ssize_t> n_threads, self.n_parts))
         with nogil:
-            clstm_run_tasks(groups.n_groups, _backward_group_task, &groups)
+            clstm_run_tasks(groups.n_groups, _group_task, &groups)
             # the other sub-batches' gradients, in sub-batch order
             for k in range(1, self.n_parts):
                 for s in range(self.n_stages):
