@@ -307,3 +307,23 @@ def test_bad_gradient_targets_get_a_clear_error():
     good = into()
     net.backward_state(np.ones_like(out), grads_into=good)
     assert np.abs(good["weight_hh_l0"]).sum() > 0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_sub_batches_on_helper_threads_keep_the_bits(dtype):
+    """Two fixed sub-batches at a shape whose weight-gradient GEMMs are large
+    enough for a threaded BLAS (float64: one GEMM over all rows): run on the
+    C pool's helper thread at n_jobs=2 or on the calling thread at n_jobs=1,
+    every gradient is the same bits (the helper's BLAS calls stay on one
+    thread, as the calling thread's do)."""
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((64, 20, 64)).astype(dtype)
+    grads = []
+    for n_jobs in (1, 2):
+        net = clstm.LSTM(64, 128, random_state=0, n_jobs=n_jobs, dtype=dtype)
+        out, _ = net.run(X)
+        assert len(net._cache["chunks"]) == 2
+        net.backward_state(np.cos(out))
+        grads.append({k: v.copy() for k, v in net.grads.items()})
+    for name, g in grads[0].items():
+        assert np.array_equal(g, grads[1][name]), name
