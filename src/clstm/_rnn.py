@@ -560,11 +560,13 @@ class RecurrentNetwork:
         store = ws.chunk(0).sets
         entry = store.get("network_plan")
         if masks is not None or entry is None or entry[0] != key or entry[1] is not weights:
+            # (whether a product calls BLAS: fixed while the weight arrays are the same)
             entry = (key, weights) + self._network_plan(X, chunks, n_steps, ragged, masks,
-                                                        weights, ws)
+                                                        weights, ws) + (
+                any(map(_calls_blas, weights)),)
             # a plan holds this call's masks: reuse only those without
             store["network_plan"] = entry if masks is None else None
-        plan, parts, inputs = entry[2:]
+        plan, parts, inputs, calls_blas = entry[2:]
 
         for (b0, b1), n, (x, states, lens, rows, batch_sizes, outs) in zip(
                 chunks, n_steps, inputs):
@@ -587,7 +589,7 @@ class RecurrentNetwork:
         out = (np.zeros if ragged else np.empty)((B, T, D * self.output_size), dtype=self.dtype)
         finals = [np.empty((L * D, B, sizes[name]), dtype=self.dtype)
                   for name in self.state_names]
-        if any(map(_calls_blas, weights)):
+        if calls_blas:
             with blas_single_threaded:
                 plan.run(out, finals, n_threads, team)
         else:          # every product on the small-GEMM kernel: no BLAS limit to set
@@ -733,6 +735,8 @@ class RecurrentNetwork:
         after the first), then one recurrent mask per direction; None where
         no dropout applies (training then reuses the compiled plan as
         inference does: a plan holds its call's masks)."""
+        if self.recurrent_dropout == 0 and (self.dropout == 0 or self.num_layers == 1):
+            return None
         P, D = self.output_size, self.num_directions
         masks = []
         for layer in range(self.num_layers):
