@@ -191,12 +191,15 @@ class ConvLSTM(RecurrentNetwork):
                 "hidden": self.hidden_size, "out_size": self.hidden_size,
                 "n_gates": self._gate_count()}
 
-    def _scan_arrays(self, p, backward):
-        """The scan's weights: W_ih (4F, k*C) and W_hh (4F, k*F), the kernels
-        as matrices on im2col columns (column (tap, channel)), transposed."""
+    def _kernel_matrices(self, p):
+        """W_ih (4F, k*C) and W_hh (4F, k*F): the kernels as matrices on im2col
+        columns (column (tap, channel)), transposed (views of the kernels)."""
         G = self._gate_count()
-        w_ih = np.ascontiguousarray(p["kernel"].reshape(-1, G).T)
-        w_hh = np.ascontiguousarray(p["recurrent_kernel"].reshape(-1, G).T)
+        return p["kernel"].reshape(-1, G).T, p["recurrent_kernel"].reshape(-1, G).T
+
+    def _scan_arrays(self, p, backward):
+        """The scan's weights: the kernel matrices (C-contiguous copies) and the bias."""
+        w_ih, w_hh = (np.ascontiguousarray(w) for w in self._kernel_matrices(p))
         arrays = {"weight_ih": w_ih, "weight_hh": w_hh, "bias": p["bias"]}
         if backward:
             arrays.update(packed_ih=_packed(w_ih, False), packed_hh=_packed(w_hh, False))
@@ -205,10 +208,11 @@ class ConvLSTM(RecurrentNetwork):
         return arrays
 
     def _refresh_scan_arrays(self, arrays, p):
-        G = self._gate_count()
-        np.copyto(arrays["weight_ih"], p["kernel"].reshape(-1, G).T)
-        np.copyto(arrays["weight_hh"], p["recurrent_kernel"].reshape(-1, G).T)
-        return arrays["bias"] is p["bias"]
+        if arrays["bias"] is not p["bias"]:
+            return False
+        for name, w in zip(("weight_ih", "weight_hh"), self._kernel_matrices(p)):
+            np.copyto(arrays[name], w)
+        return True
 
     # -- public API -----------------------------------------------------------------
     def forward(self, X, h0=None, c0=None, lengths=None):

@@ -59,15 +59,13 @@ class GRU(RecurrentNetwork):
                 "n_gates": self._gate_count()}
 
     def _scan_arrays(self, p, backward):
-        # r and z see b_ih + b_hh; n sees b_in, and b_hn inside r * (W_hn h + b_hn)
-        H2 = 2 * self.hidden_size
-        b_ih, b_hh = p["bias_ih"], p["bias_hh"]
-        bias = np.concatenate([b_ih[:H2] + b_hh[:H2], b_ih[H2:]])
-        arrays = scan_weight_arrays(p, bias, backward, separate=True)
-        arrays["bias_hn"] = np.ascontiguousarray(b_hh[H2:])
+        arrays = scan_weight_arrays(p, np.empty_like(p["bias_ih"]), backward, separate=True)
+        arrays["bias_hn"] = np.empty_like(p["bias_hh"][2 * self.hidden_size:])
+        self._refresh_scan_arrays(arrays, p)
         return arrays
 
     def _refresh_scan_arrays(self, arrays, p):
+        # r and z see b_ih + b_hh; n sees b_in, and b_hn inside r * (W_hn h + b_hn)
         H2 = 2 * self.hidden_size
         b_ih, b_hh, bias = p["bias_ih"], p["bias_hh"], arrays["bias"]
         np.add(b_ih[:H2], b_hh[:H2], out=bias[:H2])

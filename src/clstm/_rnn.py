@@ -12,7 +12,6 @@ arrays, and the signature of its public forward/backward.
 """
 
 import numbers
-import operator
 import threading
 from functools import partial
 
@@ -878,6 +877,8 @@ class RecurrentNetwork:
                 raise ValueError(f"grad_out has shape {grad_out.shape}, "
                                  f"expected {(B, T, D * P)}")
             check_finite(grad_out, "grad_out")
+            if cache["inverse"] is not order:      # sorted by length: reorder
+                grad_out = grad_out[order]
         if grad_state is None:
             grad_state = (None,) * len(self.state_names)
         if len(grad_state) != len(self.state_names):
@@ -887,8 +888,6 @@ class RecurrentNetwork:
         grad_state = [check_state(g, (L * D, B, sizes[name]), self.dtype,
                                   f"grad_{name}_n")[:, order]
                       for g, name in zip(grad_state, self.state_names)]
-        if cache["inverse"] is not order:          # sorted by length: reorder
-            grad_out = grad_out[order]
         grad_out = np.ascontiguousarray(grad_out)  # the top layer reads it batch-first
         if grads_into is not None:
             self._check_grads_into(grads_into)
@@ -928,13 +927,11 @@ class RecurrentNetwork:
         """``grads_into`` holds a writable C-contiguous array of each parameter's
         shape and dtype (checked once per set of arrays: a training loop passes
         the same ones every step)."""
-        params = self.params
-        arrays = [grads_into.get(name) for name in params]
         last = self.__dict__.get("_checked_into")
-        if last is not None and len(last) == len(arrays) and all(map(operator.is_, arrays,
-                                                                       last)):
+        if last is not None and _same_objects(last, grads_into):
             return
-        for (name, value), g in zip(params.items(), arrays):
+        for name, value in self.params.items():
+            g = grads_into.get(name)
             if g is None:
                 raise ValueError(f"grads_into has no array for the parameter {name!r}")
             if not isinstance(g, np.ndarray) or g.shape != value.shape or g.dtype != value.dtype:
@@ -944,7 +941,7 @@ class RecurrentNetwork:
                                  f"{getattr(g, 'dtype', '')}".rstrip())
             if not (g.flags.c_contiguous and g.flags.writeable):
                 raise ValueError(f"grads_into[{name!r}] must be a writable C-contiguous array")
-        self._checked_into = arrays
+        self._checked_into = dict(grads_into)
 
     def _backward_weights(self, values):
         """Per (layer, direction): the backward's weight arrays (packed as
@@ -1033,10 +1030,9 @@ class RecurrentNetwork:
                 np.copyto(buf, s[:, b0:b1])
         # the stages' targets, as the last call's while the arrays are the same
         # (a training loop's flat gradient buffer)
-        arrays = list(grads.values())
-        if not (len(arrays) == len(last[0]) and all(map(operator.is_, arrays, last[0]))):
-            last[:] = arrays, [self._gradient_targets(k, grads)
-                               for k in self._backward_order()]
+        if not _same_objects(last[0], grads):
+            last[:] = dict(grads), [self._gradient_targets(k, grads)
+                                    for k in self._backward_order()]
         bplan.run(grad_out, last[1], n_threads, team)
         return [(grad_x, grads, bufs) for grad_x, bufs in zip(grad_xs, states)]
 
@@ -1060,8 +1056,8 @@ class RecurrentNetwork:
         buffers, per sub-batch its grad_x (T, b, I), [the gradient arrays of
         the last run, its stages' targets])."""
         plan = self._plan()
-        D, cfg = self.num_directions, plan["cfg"]
-        G, lstm = cfg["n_gates"], "c" in self.state_names
+        D, G = self.num_directions, plan["cfg"]["n_gates"]
+        lstm = "c" in self.state_names
         sizes = self._state_sizes()
         specs, states, grad_xs = [], [], []
         for k, ((b0, b1), part) in enumerate(zip(chunks, parts)):
@@ -1079,32 +1075,48 @@ class RecurrentNetwork:
                 grad_in = ws.get(("grad_in", layer), lc["input"].shape, self.dtype)
                 for d in range(D):
                     k_dir = layer * D + d
-                    stage_targets = self._gradient_targets(k_dir, grads if own is None else own)
-                    arrays = {**lc["directions"][d], **weights[k_dir],
-                              **self._buffers(ws, layer, d, T, b, backward=True), **g,
-                              "grad_h": bufs[0][k_dir],
-                              "grad_c": bufs[1][k_dir] if len(bufs) > 1 else None,
-                              "grad_x": grad_in}
-                    arrays.update({name: stage_targets[name] for name in stage_targets
-                                   if name not in ("grad_bias_ih", "grad_bias_hh")})
-                    if lstm:       # the stage's bias sum, added to both biases
-                        arrays["grad_bias"] = ws.get(("grad_bias", k_dir), (G,), self.dtype)
-                    else:
-                        arrays["grad_bias"] = stage_targets["grad_bias_ih"]
-                        arrays["grad_bias_hh"] = stage_targets["grad_bias_hh"]
-                    if lc["directions"][d]["mask"] is not None and arrays["xh"] is None:
-                        arrays["h_prev_seq"] = ws.get(("h_prev_seq", layer, d),
-                                                      (T, b, self.output_size), self.dtype)
+                    # (LSTM family: the stage's bias sum, added to both biases)
+                    grad_bias = ws.get(("grad_bias", k_dir), (G,), self.dtype) if lstm else None
+                    arrays = self._backward_arrays(ws, lc, layer, d, weights, g, bufs, grad_in,
+                                                   grads if own is None else own, grad_bias)
                     unmask = None
                     if d == D - 1 and lc["input_mask"] is not None:
                         unmask = (grad_in, lc["input_mask"])
                     stages.append((arrays, plan["cfg_backward"][d], unmask))
-                    targets.append(stage_targets)
+                    targets.append(self._gradient_targets(k_dir, grads if own is None else own))
                 g = {"grad_h_seq": grad_in}
             specs.append({"stages": stages, "row0": b0, "targets": targets})
             states.append(bufs)
             grad_xs.append(g["grad_h_seq"])
-        return weights, _kernels().BackwardPlan(specs), states, grad_xs, [[], None]
+        return weights, _kernels().BackwardPlan(specs), states, grad_xs, [{}, None]
+
+    def _backward_arrays(self, ws, lc, layer, d, weights, above, grad_state, grad_in, grads,
+                         grad_bias):
+        """The scan's arrays of one layer direction's backward over a
+        sub-batch: its forward's (``lc``: the layer's cache), the backward's
+        weights and buffers, ``above`` (what reaches its output: ``grad_out``
+        or ``grad_h_seq``), the state gradients (per state, (L*D, b, units)),
+        ``grad_in`` its grad_x, and its gradient targets: the parameters'
+        arrays in ``grads``; the LSTM family's biases through ``grad_bias``
+        (the caller adds it to both), the GRU's its own."""
+        k = layer * self.num_directions + d
+        T, B = lc["input"].shape[:2]
+        plan = self._plan()
+        forward = lc["directions"][d]
+        arrays = {**forward, **weights[k], **self._buffers(ws, layer, d, T, B, backward=True),
+                  **above, "grad_h": grad_state[0][k],
+                  "grad_c": grad_state[1][k] if len(grad_state) > 1 else None,
+                  "grad_x": grad_in, "grad_bias": grad_bias}
+        if forward["mask"] is not None and arrays["xh"] is None:   # masked h_prev
+            arrays["h_prev_seq"] = ws.get(("h_prev_seq", layer, d), (T, B, self.output_size),
+                                          self.dtype)
+        for scan_name, name in plan["grad_names"][k]:
+            arrays[scan_name] = grads[name]
+        if "c" not in self.state_names:          # GRU: the biases apart
+            names = plan["names"][k]
+            arrays["grad_bias"] = grads[names["bias_ih"]]
+            arrays["grad_bias_hh"] = grads[names["bias_hh"]]
+        return arrays
 
     def _backward_batch(self, part, grad_out, grad_state, weights, ws, grads=None,
                         retain_cache=False, team=1):
@@ -1118,38 +1130,24 @@ class RecurrentNetwork:
         copies of the saved gates. Returns (grad_x, grads, grad_state), grad_x
         time-major (T, b, I)."""
         D = self.num_directions
-        T, B = part["layers"][0]["input"].shape[:2]
         plan = self._plan()
-        cfg = plan["cfg"]
-        G = cfg["n_gates"]
+        G = plan["cfg"]["n_gates"]
         if grads is None:
             grads = {name: np.zeros_like(value) for name, value in self.params.items()}
         g = {"grad_out": grad_out}           # what reaches the layer's output
         for layer in reversed(range(self.num_layers)):
             lc = part["layers"][layer]
-            inp = lc["input"]
-            grad_in = np.empty_like(inp)
+            grad_in = np.empty_like(lc["input"])
             for d in range(D):
                 k = layer * D + d
                 names = plan["names"][k]
                 grad_bias = np.zeros(G, dtype=self.dtype)
-                forward = lc["directions"][d]
-                arrays = {**forward, **weights[k],
-                          **self._buffers(ws, layer, d, T, B, backward=True), **g,
-                          "grad_h": grad_state[0][k],
-                          "grad_c": grad_state[1][k] if len(grad_state) > 1 else None,
-                          "grad_x": grad_in, "grad_bias": grad_bias}
+                arrays = self._backward_arrays(ws, lc, layer, d, weights, g, grad_state,
+                                               grad_in, grads, grad_bias)
                 if retain_cache:       # (GRU: its recurrent gates become gradients too)
                     overwritten = ("gates",) if "c" in self.state_names else ("gates", "hgates")
-                    arrays.update({name: forward[name].copy() for name in overwritten})
-                if forward["mask"] is not None and arrays["xh"] is None:   # masked h_prev
-                    arrays["h_prev_seq"] = ws.get(("h_prev_seq", layer, d),
-                                                  (T, B, self.output_size), self.dtype)
-                for scan_name, name in plan["grad_names"][k]:
-                    arrays[scan_name] = grads[name]
-                if "c" not in self.state_names:          # GRU: the biases apart
-                    arrays["grad_bias"] = grads[names["bias_ih"]]
-                    arrays["grad_bias_hh"] = grads[names["bias_hh"]]
+                    arrays.update({name: lc["directions"][d][name].copy()
+                                   for name in overwritten})
                 _scan.backward(arrays, plan["cfg_backward"][d], team)
                 if "c" in self.state_names:            # both biases saw grad_bias
                     grads[names["bias_ih"]] += grad_bias

@@ -1146,27 +1146,9 @@ def backward(dict arrays, dict cfg, Py_ssize_t team_threads=1):
     ROW_TEAM_MIN_ROWS rows and _team_min_work a thread; the same values).
     Returns the number of threads the steps were split across."""
     cdef Layer L
-    cdef clstm_team team
-    cdef BackwardRun run
     _fill_layer(&L, arrays, cfg, True)
-    cdef bint single = arrays["x"].dtype.itemsize == 4
-    cdef Py_ssize_t n_team = 1
     small_gemm_volume()              # (read from the BLAS on the first backward)
-    if single and _row_team_backward_ok(&L):
-        n_team = _row_team_size(team_threads, L.batch, L.n_steps,
-                                L.batch * L.n_gates * L.out_size)
-    if n_team > 1:
-        clstm_team_init(&team, n_team)
-        L.team, run.L, run.team = &team, &L, &team
-        with nogil:
-            clstm_run_tasks(n_team, _backward_team_task, &run)
-        return n_team
-    with nogil:
-        if single:
-            scan_backward(&L, <float*> NULL)
-        else:
-            scan_backward(&L, <double*> NULL)
-    return 1
+    return _scan_backward_team(&L, team_threads, arrays["x"].dtype.itemsize == 4)
 
 
 cdef struct BackwardRun:
@@ -1183,6 +1165,35 @@ cdef void _backward_team_task(void* ctx, Py_ssize_t k) noexcept nogil:
         clstm_team_leave(run.team)
     else:
         clstm_team_serve(run.team)
+
+
+cdef Py_ssize_t _scan_backward_team(Layer* L, Py_ssize_t team_threads,
+                                    bint single) except -1:
+    """scan_backward, each step split by rows across up to ``team_threads``
+    threads where the layer allows (_row_team_backward_ok, ROW_TEAM_MIN_ROWS
+    rows and _team_min_work a thread; the same values); returns the team's
+    size (1: none)."""
+    cdef clstm_team team
+    cdef BackwardRun run
+    cdef Py_ssize_t n_team = 1
+    if single and _row_team_backward_ok(L):
+        n_team = _row_team_size(team_threads, L.batch, L.n_steps,
+                                L.batch * L.n_gates * L.out_size)
+    if n_team > 1:
+        clstm_team_init(&team, n_team)
+        L.team, run.L, run.team = &team, L, &team
+        try:
+            with nogil:
+                clstm_run_tasks(n_team, _backward_team_task, &run)
+        finally:
+            L.team = NULL
+        return n_team
+    with nogil:
+        if single:
+            scan_backward(L, <float*> NULL)
+        else:
+            scan_backward(L, <double*> NULL)
+    return 1
 
 
 # --- The network: every sub-batch through every layer in one call ---------------
@@ -1627,12 +1638,12 @@ cdef class BackwardPlan:
 
     - ``stages``: per layer direction from the top layer down (layer L-1's
       directions first), ``(arrays, cfg, unmask)``: backward()'s arrays and
-      cfg, the arrays without the gradient targets (``grad_weight_ih``, ...,
-      ``grad_bias_ih``, ``grad_bias_hh``: _TARGET_NAMES), and for LSTM-family
-      cells with ``grad_bias`` the stage's (G,) bias sum; the top layer's
-      with ``grad_out`` (b, T, W) of the first run (its layout; each run
-      gives its own grad_out); ``unmask`` None or ``(grad_x, mask)``: the
-      input dropout undone on the stage's grad_x after it.
+      cfg, with sub-batch 0's gradient targets those of the first run
+      (replaced by each run's), and for LSTM-family cells ``grad_bias`` the
+      stage's (G,) bias sum; the top layer's with ``grad_out`` (b, T, W) of
+      the first run (its layout; each run gives its own grad_out);
+      ``unmask`` None or ``(grad_x, mask)``: the input dropout undone on the
+      stage's grad_x after it.
     - ``row0``: the sub-batch's first row of grad_out;
     - ``targets`` (sub-batches after the first): per stage, a dict of the
       plan's own gradient arrays by _TARGET_NAMES.
@@ -1685,7 +1696,7 @@ cdef class BackwardPlan:
                           bint own) except *:
         arrays, cfg, unmask = spec["stages"][s]
         cdef Layer* L = &st.layer
-        cdef Py_ssize_t j, G, I, H, P, R, n_peep
+        cdef Py_ssize_t G, I, H, P, R, n_peep
         cdef cnp.ndarray g
         _fill_layer(L, arrays, cfg, True)
         _check(cnp.PyArray_TYPE(<cnp.ndarray> arrays["x"]) == self.typenum, "mixed dtypes")
@@ -1758,9 +1769,7 @@ cdef class BackwardPlan:
         cdef BackwardStage* st0
         cdef BackwardPart* part
         cdef Groups groups
-        cdef BackwardRun team_run
-        cdef clstm_team team
-        cdef Py_ssize_t n_team, started = 1
+        cdef Py_ssize_t started = 1
         cdef char* g = <char*> _data(grad_out, "grad_out", self.typenum, 3,
                                      self.grad_out_shape[0], self.grad_out_shape[1],
                                      self.grad_out_shape[2])
@@ -1776,38 +1785,18 @@ cdef class BackwardPlan:
                                                * self.grad_out_shape[2] + st.column) * item
         small_gemm_volume()              # (read from the BLAS on the first backward)
         part = self.parts
-        n_team = 1
-        if self.n_parts == 1 and part.single:
-            for s in range(part.n_stages):
-                st = part.stages + s
-                if _row_team_backward_ok(&st.layer):
-                    n_team = max(n_team, _row_team_size(
-                        team_threads, st.layer.batch, st.layer.n_steps,
-                        st.layer.batch * st.layer.n_gates * st.layer.out_size))
-        if n_team > 1:
+        if self.n_parts == 1 and team_threads > 1:
             # as backward(): each stage that can splits its steps' rows
             for s in range(part.n_stages):
                 st = part.stages + s
                 _backward_part_begin(part, st)
-                n_team = 1
-                if _row_team_backward_ok(&st.layer):
-                    n_team = _row_team_size(team_threads, st.layer.batch, st.layer.n_steps,
-                                            st.layer.batch * st.layer.n_gates
-                                            * st.layer.out_size)
-                if n_team > 1:
-                    clstm_team_init(&team, n_team)
-                    st.layer.team, team_run.L, team_run.team = &team, &st.layer, &team
-                    try:
-                        with nogil:
-                            clstm_run_tasks(n_team, _backward_team_task, &team_run)
-                    finally:
-                        st.layer.team = NULL
-                    started = max(started, n_team)
-                else:
-                    with nogil:
-                        scan_backward(&st.layer, <float*> NULL)
+                started = max(started, _scan_backward_team(&st.layer, team_threads,
+                                                           part.single))
                 with nogil:
-                    _backward_stage_done(st, <float*> NULL)
+                    if part.single:
+                        _backward_stage_done(st, <float*> NULL)
+                    else:
+                        _backward_stage_done(st, <double*> NULL)
             return started
         groups.parts, groups.run_part = self.parts, _backward_part_task
         groups.n_parts = self.n_parts
