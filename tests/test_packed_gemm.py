@@ -17,7 +17,10 @@ pytestmark = [
 # columns around the panel widths (16, 64)
 SHAPES = [(1, 1, 1), (1, 64, 256), (2, 3, 16), (5, 7, 17), (7, 50, 200), (13, 33, 64),
           (33, 17, 70), (64, 128, 512), (3, 200, 50), (4, 9, 80), (10, 20, 48),
-          (16, 51, 200), (11, 5, 130)]
+          (16, 51, 200), (11, 5, 130),
+          # B past one panel group (_packed_gemm.h: CLSTM_GROUP_BYTES): groups of
+          # 4 panels at K = 600, of 12 at K = 160, a partial last panel
+          (9, 600, 200), (6, 160, 1000)]
 
 
 @pytest.mark.parametrize("n, K, N", SHAPES)
@@ -51,6 +54,22 @@ def test_rows_do_not_depend_on_their_block(n, K, N):
             part = np.zeros((stop - start, N), np.float32)
             _scan.packed_matmul(np.ascontiguousarray(a[start:stop]), w, True, part, False)
             np.testing.assert_array_equal(part, whole[start:stop])
+
+
+@pytest.mark.parametrize("n, K, N", [(9, 600, 200), (6, 160, 1000), (1, 2100, 70)])
+def test_columns_do_not_depend_on_their_panel_group(n, K, N):
+    # a B larger than a panel group runs group by group over all rows; each
+    # column's sums are bit for bit those of a product with that column's
+    # panel alone (one group)
+    rng = np.random.default_rng(n + K + N)
+    a = rng.standard_normal((n, K)).astype(np.float32)
+    w = rng.standard_normal((N, K)).astype(np.float32)
+    whole = np.zeros((n, N), np.float32)
+    _scan.packed_matmul(a, w, True, whole, False)
+    for j0 in range(0, N, 16):
+        part = np.zeros((n, min(16, N - j0)), np.float32)
+        _scan.packed_matmul(a, np.ascontiguousarray(w[j0:j0 + 16]), True, part, False)
+        np.testing.assert_array_equal(part, whole[:, j0:j0 + 16])
 
 
 def test_pack_weight_layout():
