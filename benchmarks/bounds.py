@@ -6,7 +6,8 @@ cannot go below on this machine with its present cell kernels:
 
 * the GEMM FLOPs of the task (``common.Config.flops``) at the best GEMM rate
   measured in the same run (``flop_bound_ms``: the best repetition of the best
-  sgemm among SciPy's, NumPy's and PyTorch's, at that thread count), plus
+  GEMM among SciPy's, NumPy's, PyTorch's and clstm's own kernel, at that thread
+  count), plus
 * the cell's elementwise work (activations and state updates; forward, and
   for training also backward) at the rate clstm's cell kernels reach on data
   in cache, measured here on one thread (``cell_ms``), split ideally across

@@ -208,7 +208,8 @@ def refresh_side_sections(path):
 
 _LIBRARY_NAMES = {"scipy": "SciPy (`scipy.linalg.blas.sgemm`: the BLAS clstm calls)",
                   "numpy": "NumPy (`np.matmul`: NumPy's own BLAS)",
-                  "torch": "PyTorch (`torch.mm`)"}
+                  "torch": "PyTorch (`torch.mm`)",
+                  "clstm": "clstm (`_scan.packed_matmul`: its own small-GEMM kernel, on a weight packed once)"}
 
 
 def _machine_limit_section(res):

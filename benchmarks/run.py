@@ -758,7 +758,7 @@ def core_peak(machine, libraries, threads):
     The vector width comes from the CPU flags (AVX-512: 16 floats, AVX2: 8), the
     clock from ``machine["mhz"]`` (measured where it could be, see _clock); the
     number of FMA units is the one that the best GEMM measured
-    on the machine (SciPy's, NumPy's or PyTorch's) needs to be possible: the smallest
+    on the machine (SciPy's, NumPy's, PyTorch's or clstm's own) needs to be possible: the smallest
     count whose peak is at least that GEMM's rate per core. Returns the peak, its
     parts and which GEMM came closest."""
     best_name, best = max(((k, v["gflops_best"]) for k, v in libraries.items()),
@@ -803,7 +803,7 @@ def compute_ratios(res, configs, args, cell=CELLS["lstm"]):
                         entry.update(overhead_goal=cell.overhead_goal,
                                      overhead_met=c / base <= cell.overhead_goal)
                 # the machine limit: the best repetition (robust to other load) of the best
-                # GEMM on the machine (SciPy's, NumPy's or PyTorch's sgemm)
+                # GEMM on the machine (SciPy's, NumPy's, PyTorch's or clstm's own)
                 peak = machine_limit(res["sgemm"].get(str(n), {}))
                 if peak:
                     flop_ms = cfg.flops(task, cell) / (peak * 1e6)

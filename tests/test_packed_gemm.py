@@ -72,6 +72,21 @@ def test_columns_do_not_depend_on_their_panel_group(n, K, N):
         np.testing.assert_array_equal(part, whole[:, j0:j0 + 16])
 
 
+def test_packed_matmul_on_a_weight_packed_once():
+    # the benchmarks time the kernel on a weight packed once (as the scan runs
+    # it T times): the same bits as packing on the call; a packing of another
+    # shape is refused, not read past its end
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((7, 40)).astype(np.float32)
+    w = rng.standard_normal((40, 70)).astype(np.float32)
+    fresh, kept = np.zeros((7, 70), np.float32), np.zeros((7, 70), np.float32)
+    _scan.packed_matmul(a, w, False, fresh, False)
+    _scan.packed_matmul(a, w, False, kept, False, _scan.pack_weight(w, False))
+    np.testing.assert_array_equal(kept, fresh)
+    with pytest.raises(ValueError, match="packed size"):
+        _scan.packed_matmul(a, w, False, kept, False, _scan.pack_weight(w[:, :50].copy(), False))
+
+
 def test_pack_weight_layout():
     w = np.arange(3 * 20, dtype=np.float32).reshape(3, 20)     # K=3, N=20
     packed = _scan.pack_weight(w, False)

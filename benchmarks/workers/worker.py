@@ -315,6 +315,9 @@ def _other_gemms(a, b, reps):
     ac, bc = np.ascontiguousarray(a), np.ascontiguousarray(b)
     c = np.empty_like(ac)
     out["numpy"] = _gemm_rate(lambda: np.matmul(ac, bc, out=c), n, reps)
+    clstm_rate = _clstm_gemm(ac, bc, reps)
+    if clstm_rate is not None:
+        out["clstm"] = clstm_rate
     try:
         import torch
     except ImportError:
@@ -325,6 +328,30 @@ def _other_gemms(a, b, reps):
     out["torch"] = _gemm_rate(lambda: torch.mm(ta, tb, out=tc), n, reps)
     out["torch"]["version"] = torch.__version__
     return out
+
+
+def _clstm_gemm(a, b, reps):
+    """The same product on clstm's own small-GEMM kernel (``_scan.packed_matmul``
+    on b packed once, as a forward packs a weight once for its T products): the
+    rows split into one contiguous share per thread, each on a Python thread
+    (the kernel runs without the GIL). None where the build has no such kernel."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from clstm import _scan
+    if not _scan.HAVE_PACKED_GEMM:
+        return None
+    n, k = a.shape[0], ARGS.threads
+    c = np.empty((n, b.shape[1]), np.float32)
+    bounds = [(i * n // k, (i + 1) * n // k) for i in range(k)]
+    shares = [(np.ascontiguousarray(a[r0:r1]), c[r0:r1]) for r0, r1 in bounds]
+    packed = _scan.pack_weight(b, False)
+
+    def share(s):
+        _scan.packed_matmul(s[0], b, False, s[1], False, packed)
+    if k == 1:
+        return _gemm_rate(lambda: share(shares[0]), n, reps)
+    with ThreadPoolExecutor(k) as pool:
+        return _gemm_rate(lambda: list(pool.map(share, shares)), n, reps)
 
 
 def _blas_in_use():

@@ -1937,16 +1937,20 @@ def repack_weights(list ops):
 
 
 def packed_matmul(const float[:, ::1] a, const float[:, ::1] weight, bint transposed,
-                  float[:, ::1] c, bint accumulate):
+                  float[:, ::1] c, bint accumulate, packed=None):
     """Test twin of the small-GEMM kernel: c (+)= a @ B, with B = weight.T
-    if transposed else weight, packed by pack_weight."""
+    if transposed else weight, packed by pack_weight (or ``packed``, what
+    pack_weight(weight, transposed) returned: the kernel alone, as the scan
+    runs it T times after one packing)."""
     cdef Py_ssize_t K = weight.shape[1] if transposed else weight.shape[0]
     cdef Py_ssize_t N = weight.shape[0] if transposed else weight.shape[1]
     _check(a.shape[1] == K and c.shape[0] == a.shape[0] and c.shape[1] == N, "shapes")
     if not CLSTM_HAVE_PACKED_GEMM:
         raise RuntimeError("this build has no small-GEMM kernel (uses BLAS)")
-    packed = pack_weight(weight, transposed)
+    if packed is None:
+        packed = pack_weight(weight, transposed)
     cdef const float[::1] view = packed
+    _check(view.shape[0] == clstm_packed_size(K, N), "packed size")
     if a.shape[0] == 0 or K == 0 or N == 0:
         return
     with nogil:
