@@ -20,7 +20,9 @@ SHAPES = [(1, 1, 1), (1, 64, 256), (2, 3, 16), (5, 7, 17), (7, 50, 200), (13, 33
           (16, 51, 200), (11, 5, 130),
           # B past one panel group (_packed_gemm.h: CLSTM_GROUP_BYTES): groups of
           # 4 panels at K = 600, of 12 at K = 160, a partial last panel
-          (9, 600, 200), (6, 160, 1000)]
+          (9, 600, 200), (6, 160, 1000),
+          # right edges of 2 panels, and of 2 + 1 (the 2-panel edge tile)
+          (6, 40, 32), (5, 64, 40), (3, 17, 100)]
 
 
 @pytest.mark.parametrize("n, K, N", SHAPES)
@@ -39,7 +41,7 @@ def test_packed_matmul_matches_numpy(n, K, N, transposed, accumulate):
     np.testing.assert_allclose(c, expected, rtol=0, atol=4e-7 * scale)
 
 
-@pytest.mark.parametrize("n, K, N", [(16, 51, 200), (32, 144, 512), (23, 9, 70)])
+@pytest.mark.parametrize("n, K, N", [(16, 51, 200), (32, 144, 512), (23, 9, 70), (9, 128, 40)])
 def test_rows_do_not_depend_on_their_block(n, K, N):
     # the rows left over after the full tiles run on shorter tiles; each row's
     # sums must be bit for bit those of the same row in any other block, as

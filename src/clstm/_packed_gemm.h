@@ -122,10 +122,15 @@ static inline __attribute__((always_inline)) void NAME(                         
     }                                                                           \
 }
 
-/* The tiles of R rows: R x NP panels for the body, R x 1 panel for the right
- * edge (for NP = 1 the second is never called). */
+/* The tiles of R rows: R x NP panels for the body; at the right edge, where
+ * NP > 2, R x 2 panels while two are left, then R x 1 (for NP = 1 only the
+ * first is called). A 4 x 1 AVX-512 tile holds 4 accumulator chains, half
+ * of what two FMA pipes with 4 cycles of latency need (Zen 5): at N = 32
+ * (grad_h = grad_gates @ W_hh of a 32-unit LSTM, 2 panels) the product
+ * took 2x the time of 4 x 2 tiles. */
 #define CLSTM_DEFINE_TILES(SFX, VT, VW, R, NP)                                  \
 CLSTM_DEFINE_TILE(clstm_tile_##SFX##_##R##_wide, VT, VW, R, NP)                 \
+CLSTM_DEFINE_TILE(clstm_tile_##SFX##_##R##_two, VT, VW, R, 2)                   \
 CLSTM_DEFINE_TILE(clstm_tile_##SFX##_##R##_one, VT, VW, R, 1)
 
 /* One block of R rows of A against every panel (a case of the driver's
@@ -136,6 +141,12 @@ CLSTM_DEFINE_TILE(clstm_tile_##SFX##_##R##_one, VT, VW, R, 1)
             ptrdiff_t nc = N - p * CLSTM_PANEL;                                 \
             if (nc > NP * CLSTM_PANEL) nc = NP * CLSTM_PANEL;                   \
             clstm_tile_##SFX##_##R##_wide(K1, r1, lda1, K2, r2, lda2,           \
+                packed + p * ps, ps, cr + p * CLSTM_PANEL, ldc, nc, accumulate); \
+        }                                                                       \
+        for (; NP > 2 && p + 2 <= g1; p += 2) {                                 \
+            ptrdiff_t nc = N - p * CLSTM_PANEL;                                 \
+            if (nc > 2 * CLSTM_PANEL) nc = 2 * CLSTM_PANEL;                     \
+            clstm_tile_##SFX##_##R##_two(K1, r1, lda1, K2, r2, lda2,            \
                 packed + p * ps, ps, cr + p * CLSTM_PANEL, ldc, nc, accumulate); \
         }                                                                       \
         for (; p < g1; ++p) {                                                   \
