@@ -105,6 +105,11 @@ def test_pack_weight_layout():
     (1, 30, 16, 64, 1, False, False),
     (9, 7, 40, 33, 2, True, True),       # I >= 32: packed input projection too
     (17, 5, 3, 16, 1, True, True),
+    # grad_x of 4 and 5 inputs (dot products up to _narrow_gemm.h's CLSTM_NARROW_MAX,
+    # the packed kernel past it); 3 units: grad_h as dot products too
+    (25, 9, 4, 20, 1, False, False),
+    (6, 4, 5, 8, 2, False, True),
+    (8, 6, 2, 3, 1, True, False),
 ])
 def test_network_packed_equals_blas_path(monkeypatch, B, T, I, H, layers, bidirectional, ragged):
     rng = np.random.default_rng(0)

@@ -55,6 +55,12 @@ cdef extern from "_packed_gemm.h" nogil:
                             Py_ssize_t K2, const float* a2, Py_ssize_t lda2, Py_ssize_t N,
                             const float* packed, float* c, Py_ssize_t ldc, int accumulate)
 
+cdef extern from "_narrow_gemm.h" nogil:
+    int CLSTM_NARROW_MAX
+    int clstm_narrow_gemm(Py_ssize_t n, Py_ssize_t K, Py_ssize_t N, const float* a,
+                          Py_ssize_t lda, const float* b, float* c, Py_ssize_t ldc,
+                          int accumulate)
+
 cdef extern from "_fused_cell.h" nogil:
     int CLSTM_HAVE_FUSED_CELL
     int CLSTM_FUSED_MAX_ROWS
@@ -217,11 +223,15 @@ cdef inline void _matmul_nn(Py_ssize_t n, Py_ssize_t K, Py_ssize_t N,
                             const floating* a, Py_ssize_t lda, const floating* w,
                             const float* packed, floating* c, Py_ssize_t ldc,
                             bint accumulate) noexcept nogil:
-    """c[:n] (+)= a[:n] @ w, w (K, N) row-major (packed: w in panels)"""
+    """c[:n] (+)= a[:n] @ w, w (K, N) row-major (packed: w in panels; a
+    narrow w, N <= CLSTM_NARROW_MAX, as dot products: _narrow_gemm.h)"""
     if n <= 0:
         return
     if floating is float:
         if packed != NULL:
+            if N <= CLSTM_NARROW_MAX and clstm_narrow_gemm(n, K, N, a, lda, w, c, ldc,
+                                                          accumulate):
+                return
             clstm_packed_gemm(n, K, N, a, lda, packed, c, ldc, accumulate)
             return
     cdef floating beta = 1.0 if accumulate else 0.0
