@@ -28,6 +28,7 @@ from clstm._flat import FlatParameters
 from clstm._gru import GRU
 from clstm._losses import LOSSES
 from clstm._lstm import LSTM
+from clstm._optimizer_steps import sum_of_squares
 from clstm._tokens import Embedding
 
 __all__ = ["SequenceModel", "NonFiniteError", "NETWORK_PARAMS", "RESUMABLE_NETWORK_PARAMS",
@@ -147,7 +148,8 @@ class TrainableModel:
         params = self.params
         for name in self.weight_names():
             w = params[name]
-            loss += 0.5 * alpha * float(np.sum(np.square(w, dtype=np.float64)))
+            # (one compiled pass, squares summed in float64: no float64 copy of w)
+            loss += 0.5 * alpha * sum_of_squares(np.ascontiguousarray(w).reshape(-1))
             if grads is not None:
                 grads[name] += w.dtype.type(alpha) * w
         return loss

@@ -885,8 +885,11 @@ class RecurrentNetwork:
             raise ValueError(f"the state gradient must be a tuple of {len(self.state_names)} "
                              f"arrays {self.state_names}, got {len(grad_state)}")
         sizes = self._state_sizes()
-        grad_state = [check_state(g, (L * D, B, sizes[name]), self.dtype,
-                                  f"grad_{name}_n")[:, order]
+        # (None: zeros, written straight into the backward's buffers; rows
+        # reordered only where the forward sorted them by length)
+        grad_state = [None if g is None else
+                      _sorted_rows(check_state(g, (L * D, B, sizes[name]), self.dtype,
+                                               f"grad_{name}_n"), order, cache)
                       for g, name in zip(grad_state, self.state_names)]
         grad_out = np.ascontiguousarray(grad_out)  # the top layer reads it batch-first
         if grads_into is not None:
@@ -996,11 +999,16 @@ class RecurrentNetwork:
         results = [None] * len(chunks)
         ws = self._workspace
 
+        L, D = self.num_layers, self.num_directions
+        sizes = self._state_sizes()
+
         def run(k):
             b0, b1 = chunks[k]
             results[k] = self._backward_batch(
                 parts[k], grad_out[b0:b1],
-                [np.ascontiguousarray(s[:, b0:b1]) for s in grad_state],
+                [np.zeros((L * D, b1 - b0, sizes[name]), self.dtype) if s is None
+                 else np.ascontiguousarray(s[:, b0:b1])
+                 for s, name in zip(grad_state, self.state_names)],
                 weights, ws.chunk(k), grads_into if k == 0 else None, retain_cache, team)
 
         run_parts(n_threads, [partial(run, k) for k in range(len(chunks))])
@@ -1027,7 +1035,10 @@ class RecurrentNetwork:
         _, bplan, states, grad_xs, last = kept
         for (b0, b1), bufs in zip(chunks, states):
             for buf, s in zip(bufs, grad_state):
-                np.copyto(buf, s[:, b0:b1])
+                if s is None:
+                    buf.fill(0.0)
+                else:
+                    np.copyto(buf, s[:, b0:b1])
         # the stages' targets, as the last call's while the arrays are the same
         # (a training loop's flat gradient buffer)
         if not _same_objects(last[0], grads):
@@ -1253,6 +1264,12 @@ def _repack_ops(weights):
             else:
                 ops.append((packed, transposed, mats[0]))
     return ops
+
+
+def _sorted_rows(state, order, cache):
+    """A (L*D, B, units) state gradient with its rows in the order of the
+    cached forward's (sorted by length), the array itself where it kept them."""
+    return state if cache["inverse"] is order else state[:, order]
 
 
 def _same_objects(kept, params):
