@@ -41,16 +41,22 @@ def test_packed_matmul_matches_numpy(n, K, N, transposed, accumulate):
     np.testing.assert_allclose(c, expected, rtol=0, atol=4e-7 * scale)
 
 
-@pytest.mark.parametrize("n, K, N", [(16, 51, 200), (32, 144, 512), (23, 9, 70), (9, 128, 40)])
-def test_rows_do_not_depend_on_their_block(n, K, N):
-    # the rows left over after the full tiles run on shorter tiles; each row's
-    # sums must be bit for bit those of the same row in any other block, as
-    # thread splits of the batch rely on
+def _whole_product(n, K, N):
+    """a (n, K), w (N, K) and a @ w.T on the small-GEMM kernel, seeded by the shape."""
     rng = np.random.default_rng(n + K + N)
     a = rng.standard_normal((n, K)).astype(np.float32)
     w = rng.standard_normal((N, K)).astype(np.float32)
     whole = np.zeros((n, N), np.float32)
     _scan.packed_matmul(a, w, True, whole, False)
+    return a, w, whole
+
+
+@pytest.mark.parametrize("n, K, N", [(16, 51, 200), (32, 144, 512), (23, 9, 70), (9, 128, 40)])
+def test_rows_do_not_depend_on_their_block(n, K, N):
+    # the rows left over after the full tiles run on shorter tiles; each row's
+    # sums must be bit for bit those of the same row in any other block, as
+    # thread splits of the batch rely on
+    a, w, whole = _whole_product(n, K, N)
     for start in range(n):
         for stop in (start + 1, min(n, start + 4), n):
             part = np.zeros((stop - start, N), np.float32)
@@ -63,11 +69,7 @@ def test_columns_do_not_depend_on_their_panel_group(n, K, N):
     # a B larger than a panel group runs group by group over all rows; each
     # column's sums are bit for bit those of a product with that column's
     # panel alone (one group)
-    rng = np.random.default_rng(n + K + N)
-    a = rng.standard_normal((n, K)).astype(np.float32)
-    w = rng.standard_normal((N, K)).astype(np.float32)
-    whole = np.zeros((n, N), np.float32)
-    _scan.packed_matmul(a, w, True, whole, False)
+    a, w, whole = _whole_product(n, K, N)
     for j0 in range(0, N, 16):
         part = np.zeros((n, min(16, N - j0)), np.float32)
         _scan.packed_matmul(a, np.ascontiguousarray(w[j0:j0 + 16]), True, part, False)

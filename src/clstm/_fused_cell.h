@@ -285,21 +285,12 @@ CLSTM_DEFINE_FUSED(v4, __attribute__((target("arch=x86-64-v4"))), clstm_v16, cls
 CLSTM_DEFINE_FUSED(v3, __attribute__((target("arch=x86-64-v3"))), clstm_v8, clstm_vi8, 8, 3)
 CLSTM_DEFINE_FUSED(base, , clstm_v4, clstm_vi4, 4, 2)
 
-/* The level the small GEMM runs at (clstm_select_packed_gemm): 2 = AVX-512,
- * 1 = AVX2, 0 = baseline. */
-static int clstm_fused_level(void)
-{
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("x86-64-v4")) return 2;
-    if (__builtin_cpu_supports("x86-64-v3")) return 1;
-    return 0;
-}
+/* (indexed by clstm_isa_level: the small GEMM's level) */
 static const clstm_fused_lstm_fn clstm_fused_fns[3] = {
     clstm_fused_lstm_base, clstm_fused_lstm_v3, clstm_fused_lstm_v4};
 static const ptrdiff_t clstm_fused_widths[3] = {4, 8, 16};
 #else
 CLSTM_DEFINE_FUSED(base, , clstm_v4, clstm_vi4, 4, 2)
-static int clstm_fused_level(void) { return 0; }
 static const clstm_fused_lstm_fn clstm_fused_fns[1] = {clstm_fused_lstm_base};
 static const ptrdiff_t clstm_fused_widths[1] = {4};
 #endif
@@ -307,7 +298,7 @@ static const ptrdiff_t clstm_fused_widths[1] = {4};
 /* The unit-group width V of this CPU's variant (the packing must match it). */
 static ptrdiff_t clstm_fused_width(void)
 {
-    return clstm_fused_widths[clstm_fused_level()];
+    return clstm_fused_widths[clstm_isa_level()];
 }
 
 /* One step of the fused cell on n rows: c[:n], h[:n] from
@@ -326,7 +317,7 @@ static void clstm_fused_lstm_step(int variant, ptrdiff_t n, ptrdiff_t K1, const 
                                   ptrdiff_t u0, ptrdiff_t u1)
 {
     static clstm_fused_lstm_fn fn = NULL;
-    if (fn == NULL) fn = clstm_fused_fns[clstm_fused_level()];
+    if (fn == NULL) fn = clstm_fused_fns[clstm_isa_level()];
     fn(variant, n, K1, a1, lda1, K2, a2, lda2, H, packed, pre, ld_pre, c_prev, ld_cp,
        c, ld_c, h, ld_h, u0, u1);
 }

@@ -68,10 +68,9 @@ typedef void (*clstm_narrow_dots_fn)(ptrdiff_t, ptrdiff_t, ptrdiff_t, const floa
 
 static clstm_narrow_dots_fn clstm_select_narrow_dots(void)
 {
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("x86-64-v4")) return clstm_narrow_dots_v4;
-    if (__builtin_cpu_supports("x86-64-v3")) return clstm_narrow_dots_v3;
-    return clstm_narrow_dots_base;
+    static const clstm_narrow_dots_fn fns[3] = {
+        clstm_narrow_dots_base, clstm_narrow_dots_v3, clstm_narrow_dots_v4};
+    return fns[clstm_isa_level()];
 }
 #else
 CLSTM_DEFINE_NARROW(base, , clstm_v4, 4)

@@ -236,12 +236,22 @@ typedef void (*clstm_packed_gemm_fn)(ptrdiff_t, ptrdiff_t, const float *, ptrdif
                                      ptrdiff_t, const float *, ptrdiff_t, ptrdiff_t,
                                      const float *, float *, ptrdiff_t, int);
 
-static clstm_packed_gemm_fn clstm_select_packed_gemm(void)
+/* The ISA level every manually dispatched kernel (this small GEMM, the
+ * narrow products, the fused cell) runs at: 2 = x86-64-v4 (AVX-512),
+ * 1 = x86-64-v3 (AVX2 + FMA), 0 = the baseline. */
+static int clstm_isa_level(void)
 {
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("x86-64-v4")) return clstm_packed_gemm_v4;
-    if (__builtin_cpu_supports("x86-64-v3")) return clstm_packed_gemm_v3;
-    return clstm_packed_gemm_base;
+    if (__builtin_cpu_supports("x86-64-v4")) return 2;
+    if (__builtin_cpu_supports("x86-64-v3")) return 1;
+    return 0;
+}
+
+static clstm_packed_gemm_fn clstm_select_packed_gemm(void)
+{
+    static const clstm_packed_gemm_fn fns[3] = {
+        clstm_packed_gemm_base, clstm_packed_gemm_v3, clstm_packed_gemm_v4};
+    return fns[clstm_isa_level()];
 }
 #else
 CLSTM_BASE_GEMM
@@ -250,6 +260,7 @@ typedef void (*clstm_packed_gemm_fn)(ptrdiff_t, ptrdiff_t, const float *, ptrdif
                                      ptrdiff_t, const float *, ptrdiff_t, ptrdiff_t,
                                      const float *, float *, ptrdiff_t, int);
 
+static int clstm_isa_level(void) { return 0; }
 static clstm_packed_gemm_fn clstm_select_packed_gemm(void) { return clstm_packed_gemm_base; }
 #endif
 
