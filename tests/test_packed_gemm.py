@@ -22,7 +22,9 @@ SHAPES = [(1, 1, 1), (1, 64, 256), (2, 3, 16), (5, 7, 17), (7, 50, 200), (13, 33
           # 4 panels at K = 600, of 12 at K = 160, a partial last panel
           (9, 600, 200), (6, 160, 1000),
           # right edges of 2 panels, and of 2 + 1 (the 2-panel edge tile)
-          (6, 40, 32), (5, 64, 40), (3, 17, 100)]
+          (6, 40, 32), (5, 64, 40), (3, 17, 100),
+          # one panel: 8-row tiles first (AVX-512), the rows left on 1-4-row ones
+          (19, 40, 12), (16, 9, 16)]
 
 
 @pytest.mark.parametrize("n, K, N", SHAPES)
@@ -51,7 +53,8 @@ def _whole_product(n, K, N):
     return a, w, whole
 
 
-@pytest.mark.parametrize("n, K, N", [(16, 51, 200), (32, 144, 512), (23, 9, 70), (9, 128, 40)])
+@pytest.mark.parametrize("n, K, N", [(16, 51, 200), (32, 144, 512), (23, 9, 70), (9, 128, 40),
+                                     (21, 64, 12)])
 def test_rows_do_not_depend_on_their_block(n, K, N):
     # the rows left over after the full tiles run on shorter tiles; each row's
     # sums must be bit for bit those of the same row in any other block, as
