@@ -1,6 +1,7 @@
 """Shared by the tests of the one-call forward and backward
-(test_forward_one_call.py, test_backward_one_call.py): the cells they run
-and a fixture that splits their tiny batches as large ones are split."""
+(test_forward_one_call.py, test_backward_one_call.py) and of bit-identical
+results for every n_jobs (test_deterministic_threads.py): the cells they run,
+and a fixture that splits tiny batches as large ones are split."""
 
 import pytest
 

@@ -18,14 +18,7 @@ import clstm._rnn as rnn
 from clstm import _scan
 from clstm._parallel import fixed_part_count, run_parts
 
-CELLS = {
-    "lstm": (clstm.LSTM, {}),
-    "peephole": (clstm.LSTM, {"peephole": True}),
-    "coupled": (clstm.LSTM, {"coupled_gates": True}),
-    "proj": (clstm.LSTM, {"proj_size": 4}),
-    "layer_norm": (clstm.LSTM, {"layer_norm": True}),
-    "gru": (clstm.GRU, {}),
-}
+from _one_call import CELLS
 
 
 @pytest.fixture
