@@ -1,6 +1,7 @@
 """Weight gradients summed in row blocks (clstm._scan._weight_gradient): where
-the BLAS has a kernel for small products, float32 weight gradients are summed
-over blocks of rows that fit it. Every gradient must stay the gradient (the
+float32 weight gradients run on SciPy's BLAS (builds without the small-GEMM
+kernel, or set_wgrad_kernel(False)) and the BLAS has a kernel for small
+products, they are summed over blocks of rows that fit it. Every gradient must stay the gradient (the
 float64 network's, to float32 rounding), every block must count once (a
 dropped or doubled block is far outside the tolerance), the blocks must not
 depend on the thread count, and the block size on the BLAS in use only."""
@@ -33,10 +34,13 @@ B, T, H = 6, 9, 8
 
 @pytest.fixture
 def volume():
-    """Restore the module's block volume after a test that sets it."""
+    """Weight gradients on the BLAS (the path with blocks); restore the
+    module's block volume and kernel choice after a test that sets them."""
     saved = _scan.small_gemm_volume()
+    kernel = _scan.set_wgrad_kernel(False)
     yield
     _scan.set_small_gemm_volume(saved)
+    _scan.set_wgrad_kernel(kernel)
 
 
 def _gradients(net, X, lengths):

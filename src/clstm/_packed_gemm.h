@@ -69,8 +69,10 @@ typedef float clstm_v4u __attribute__((vector_size(16), aligned(4)));
 
 /* One MR x (NP*16) tile: c[0:MR, 0:ncols] (+)= a[0:MR, :] @ panels[0:NP],
  * in vectors of type VT holding VW floats. ncols < NP*16 only at the right
- * edge of C. */
-#define CLSTM_DEFINE_TILE(NAME, VT, VW, MR, NP)                                 \
+ * edge of C. AT = 1: each A is read transposed, element (r, k) at
+ * a[k * lda + r] (the weight gradients' grad_gates^T, see clstm_wgrad). */
+#define CLSTM_A_AT(AT, a, lda, r, k) ((AT) ? (a)[(k) * (lda) + (r)] : (a)[(r) * (lda) + (k)])
+#define CLSTM_DEFINE_TILE(NAME, VT, VW, MR, NP, AT)                             \
 static inline __attribute__((always_inline)) void NAME(                         \
     ptrdiff_t K1, const float *a1, ptrdiff_t lda1,                              \
     ptrdiff_t K2, const float *a2, ptrdiff_t lda2, const float *pk,             \
@@ -90,7 +92,7 @@ static inline __attribute__((always_inline)) void NAME(                         
             w[v] = *(const VT##u *)(pk + (v / PER) * panel_stride               \
                                     + k * CLSTM_PANEL + (v % PER) * VW);        \
         for (int r = 0; r < MR; ++r) {                                          \
-            const float av = a1[r * lda1 + k];                                  \
+            const float av = CLSTM_A_AT(AT, a1, lda1, r, k);                    \
             for (int v = 0; v < NV; ++v) acc[r][v] += av * w[v];                \
         }                                                                       \
     }                                                                           \
@@ -101,7 +103,7 @@ static inline __attribute__((always_inline)) void NAME(                         
             w[v] = *(const VT##u *)(pk + (v / PER) * panel_stride               \
                                     + k * CLSTM_PANEL + (v % PER) * VW);        \
         for (int r = 0; r < MR; ++r) {                                          \
-            const float av = a2[r * lda2 + k];                                  \
+            const float av = CLSTM_A_AT(AT, a2, lda2, r, k);                    \
             for (int v = 0; v < NV; ++v) acc[r][v] += av * w[v];                \
         }                                                                       \
     }                                                                           \
@@ -128,10 +130,10 @@ static inline __attribute__((always_inline)) void NAME(                         
  * of what two FMA pipes with 4 cycles of latency need (Zen 5): at N = 32
  * (grad_h = grad_gates @ W_hh of a 32-unit LSTM, 2 panels) the product
  * took 2x the time of 4 x 2 tiles. */
-#define CLSTM_DEFINE_TILES(SFX, VT, VW, R, NP)                                  \
-CLSTM_DEFINE_TILE(clstm_tile_##SFX##_##R##_wide, VT, VW, R, NP)                 \
-CLSTM_DEFINE_TILE(clstm_tile_##SFX##_##R##_two, VT, VW, R, 2)                   \
-CLSTM_DEFINE_TILE(clstm_tile_##SFX##_##R##_one, VT, VW, R, 1)
+#define CLSTM_DEFINE_TILES(SFX, VT, VW, R, NP, AT)                              \
+CLSTM_DEFINE_TILE(clstm_tile_##SFX##_##R##_wide, VT, VW, R, NP, AT)             \
+CLSTM_DEFINE_TILE(clstm_tile_##SFX##_##R##_two, VT, VW, R, 2, AT)               \
+CLSTM_DEFINE_TILE(clstm_tile_##SFX##_##R##_one, VT, VW, R, 1, AT)
 
 /* One block of R rows of A against every panel (a case of the driver's
  * switch on the rows left). */
@@ -184,7 +186,8 @@ static inline ptrdiff_t clstm_panel_group(ptrdiff_t panel_floats)
  * falls in (thread splits stay bit-identical), nor on the panel groups.
  * CASES: one CLSTM_ROW_BLOCK per height 1..MR. TALL: statements run first,
  * which may compute rows [0, r0) on tiles of their own (r0 starts at 0). */
-#define CLSTM_DEFINE_GEMM(SFX, ATTR, MR, CASES, TALL)                           \
+#define CLSTM_A_ROW(AT, a, lda, r) ((AT) ? (a) + (r) : (a) + (r) * (lda))
+#define CLSTM_DEFINE_GEMM(SFX, ATTR, MR, CASES, TALL, AT)                       \
 ATTR static void clstm_packed_gemm_##SFX(                                       \
     ptrdiff_t n, ptrdiff_t K1, const float *a1, ptrdiff_t lda1,                 \
     ptrdiff_t K2, const float *a2, ptrdiff_t lda2, ptrdiff_t N,                 \
@@ -192,58 +195,71 @@ ATTR static void clstm_packed_gemm_##SFX(                                       
 {                                                                               \
     const ptrdiff_t n_panels = (N + CLSTM_PANEL - 1) / CLSTM_PANEL;             \
     const ptrdiff_t ps = (K1 + K2) * CLSTM_PANEL;                               \
-    const ptrdiff_t group = clstm_panel_group(ps);                              \
-    ptrdiff_t r, rows, p, g0, g1, r0 = 0;                                       \
-    TALL                                                                        \
+    const ptrdiff_t group = AT ? 4 : clstm_panel_group(ps);                    \
+    ptrdiff_t r, rows, p, g0, g1, r0;                                           \
     for (g0 = 0; g0 < n_panels; g0 = g1) {                                      \
         g1 = n_panels - g0 > group ? g0 + group : n_panels;                     \
+        r0 = 0;                                                                 \
+        TALL                                                                    \
         for (r = r0; r < n; r += rows) {                                        \
             rows = n - r < MR ? n - r : MR;                                     \
-            const float *r1 = a1 + r * lda1, *r2 = a2 + r * lda2;               \
+            const float *r1 = CLSTM_A_ROW(AT, a1, lda1, r);                     \
+            const float *r2 = CLSTM_A_ROW(AT, a2, lda2, r);                     \
             float *cr = c + r * ldc;                                            \
             switch (rows) { CASES }                                             \
         }                                                                       \
     }                                                                           \
 }
 
-#define CLSTM_BASE_GEMM                                                         \
-CLSTM_DEFINE_TILES(base, clstm_v4, 4, 2, 1)                                     \
-CLSTM_DEFINE_TILES(base, clstm_v4, 4, 1, 1)                                     \
-CLSTM_DEFINE_GEMM(base, , 2, CLSTM_ROW_BLOCK(base, 2, 1) CLSTM_ROW_BLOCK(base, 1, 1), )
+/* Each variant is compiled twice: SFX for A read as stored, SFX##t for A
+ * read transposed (AT = 1, clstm_wgrad). */
+#define CLSTM_BASE_GEMM(SFX, AT)                                                \
+CLSTM_DEFINE_TILES(SFX, clstm_v4, 4, 2, 1, AT)                                  \
+CLSTM_DEFINE_TILES(SFX, clstm_v4, 4, 1, 1, AT)                                  \
+CLSTM_DEFINE_GEMM(SFX, , 2, CLSTM_ROW_BLOCK(SFX, 2, 1) CLSTM_ROW_BLOCK(SFX, 1, 1), , AT)
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
     defined(__linux__) && defined(__GLIBC__) && !defined(CLSTM_NO_DISPATCH)
-/* AVX-512: 4 x 64 (4 panels); AVX2: 6 x 16; SSE2: 2 x 16. */
-CLSTM_DEFINE_TILES(v4, clstm_v16, 16, 4, 4)
-CLSTM_DEFINE_TILES(v4, clstm_v16, 16, 3, 4)
-CLSTM_DEFINE_TILES(v4, clstm_v16, 16, 2, 4)
-CLSTM_DEFINE_TILES(v4, clstm_v16, 16, 1, 4)
-/* A B of one panel (N <= 16: grad_x = grad_gates @ W_ih of 5-16 inputs, over
- * all T*B rows) on 8-row tiles first: a 4-row one holds 4 chains, half of
- * what Zen 5's two FMA pipes need (ts-medium's grad_x, 6,400 x 512 @
- * 512 x 8, 0.79 -> 0.57 ms); the same sums, k by k, bit for bit. */
-CLSTM_DEFINE_TILE(clstm_tile_v4_8_narrow, clstm_v16, 16, 8, 1)
-#define CLSTM_V4_TALL                                                           \
-    if (n_panels == 1)                                                          \
+/* AVX-512: 4 x 64 (4 panels); AVX2: 6 x 16; SSE2: 2 x 16.
+ * A B of one panel (N <= 16: grad_x = grad_gates @ W_ih of 5-16 inputs, over
+ * all T*B rows) runs on 8-row AVX-512 tiles first: a 4-row one holds 4
+ * chains, half of what Zen 5's two FMA pipes need (ts-medium's grad_x,
+ * 6,400 x 512 @ 512 x 8, 0.79 -> 0.57 ms); the same sums, k by k, bit for bit. */
+#define CLSTM_V4_GEMM(SFX, AT)                                                  \
+CLSTM_DEFINE_TILES(SFX, clstm_v16, 16, 4, 4, AT)                                \
+CLSTM_DEFINE_TILES(SFX, clstm_v16, 16, 3, 4, AT)                                \
+CLSTM_DEFINE_TILES(SFX, clstm_v16, 16, 2, 4, AT)                                \
+CLSTM_DEFINE_TILES(SFX, clstm_v16, 16, 1, 4, AT)                                \
+CLSTM_DEFINE_TILE(clstm_tile_##SFX##_8_narrow, clstm_v16, 16, 8, 1, AT)         \
+CLSTM_DEFINE_GEMM(SFX, __attribute__((target("arch=x86-64-v4"))), 4,            \
+    CLSTM_ROW_BLOCK(SFX, 4, 4) CLSTM_ROW_BLOCK(SFX, 3, 4)                       \
+    CLSTM_ROW_BLOCK(SFX, 2, 4) CLSTM_ROW_BLOCK(SFX, 1, 4),                      \
+    if (g1 - g0 == 1) {                                                         \
+        const ptrdiff_t nc = N - g0 * CLSTM_PANEL < CLSTM_PANEL                 \
+            ? N - g0 * CLSTM_PANEL : CLSTM_PANEL;                               \
         for (; r0 + 8 <= n; r0 += 8)                                            \
-            clstm_tile_v4_8_narrow(K1, a1 + r0 * lda1, lda1, K2, a2 + r0 * lda2, \
-                                   lda2, packed, ps, c + r0 * ldc, ldc, N,      \
-                                   accumulate);
-CLSTM_DEFINE_GEMM(v4, __attribute__((target("arch=x86-64-v4"))), 4,
-    CLSTM_ROW_BLOCK(v4, 4, 4) CLSTM_ROW_BLOCK(v4, 3, 4)
-    CLSTM_ROW_BLOCK(v4, 2, 4) CLSTM_ROW_BLOCK(v4, 1, 4), CLSTM_V4_TALL)
+            clstm_tile_##SFX##_8_narrow(K1, CLSTM_A_ROW(AT, a1, lda1, r0), lda1, \
+                K2, CLSTM_A_ROW(AT, a2, lda2, r0), lda2, packed + g0 * ps, ps,  \
+                c + r0 * ldc + g0 * CLSTM_PANEL, ldc, nc, accumulate);          \
+    }, AT)
 /* AVX2 blocks of 1 or 2 rows span 4 or 2 panels, so that they too keep 8
  * FMA chains in flight (Zen 3 / Haswell: 2 pipes x 4 cycles of latency) */
-CLSTM_DEFINE_TILES(v3, clstm_v8, 8, 6, 1)
-CLSTM_DEFINE_TILES(v3, clstm_v8, 8, 5, 1)
-CLSTM_DEFINE_TILES(v3, clstm_v8, 8, 4, 1)
-CLSTM_DEFINE_TILES(v3, clstm_v8, 8, 3, 1)
-CLSTM_DEFINE_TILES(v3, clstm_v8, 8, 2, 2)
-CLSTM_DEFINE_TILES(v3, clstm_v8, 8, 1, 4)
-CLSTM_DEFINE_GEMM(v3, __attribute__((target("arch=x86-64-v3"))), 6,
-    CLSTM_ROW_BLOCK(v3, 6, 1) CLSTM_ROW_BLOCK(v3, 5, 1) CLSTM_ROW_BLOCK(v3, 4, 1)
-    CLSTM_ROW_BLOCK(v3, 3, 1) CLSTM_ROW_BLOCK(v3, 2, 2) CLSTM_ROW_BLOCK(v3, 1, 4), )
-CLSTM_BASE_GEMM
+#define CLSTM_V3_GEMM(SFX, AT)                                                  \
+CLSTM_DEFINE_TILES(SFX, clstm_v8, 8, 6, 1, AT)                                  \
+CLSTM_DEFINE_TILES(SFX, clstm_v8, 8, 5, 1, AT)                                  \
+CLSTM_DEFINE_TILES(SFX, clstm_v8, 8, 4, 1, AT)                                  \
+CLSTM_DEFINE_TILES(SFX, clstm_v8, 8, 3, 1, AT)                                  \
+CLSTM_DEFINE_TILES(SFX, clstm_v8, 8, 2, 2, AT)                                  \
+CLSTM_DEFINE_TILES(SFX, clstm_v8, 8, 1, 4, AT)                                  \
+CLSTM_DEFINE_GEMM(SFX, __attribute__((target("arch=x86-64-v3"))), 6,            \
+    CLSTM_ROW_BLOCK(SFX, 6, 1) CLSTM_ROW_BLOCK(SFX, 5, 1) CLSTM_ROW_BLOCK(SFX, 4, 1) \
+    CLSTM_ROW_BLOCK(SFX, 3, 1) CLSTM_ROW_BLOCK(SFX, 2, 2) CLSTM_ROW_BLOCK(SFX, 1, 4), , AT)
+CLSTM_V4_GEMM(v4, 0)
+CLSTM_V4_GEMM(v4t, 1)
+CLSTM_V3_GEMM(v3, 0)
+CLSTM_V3_GEMM(v3t, 1)
+CLSTM_BASE_GEMM(base, 0)
+CLSTM_BASE_GEMM(baset, 1)
 
 typedef void (*clstm_packed_gemm_fn)(ptrdiff_t, ptrdiff_t, const float *, ptrdiff_t,
                                      ptrdiff_t, const float *, ptrdiff_t, ptrdiff_t,
@@ -260,21 +276,26 @@ static int clstm_isa_level(void)
     return 0;
 }
 
-static clstm_packed_gemm_fn clstm_select_packed_gemm(void)
+static clstm_packed_gemm_fn clstm_select_packed_gemm(int transposed_a)
 {
-    static const clstm_packed_gemm_fn fns[3] = {
-        clstm_packed_gemm_base, clstm_packed_gemm_v3, clstm_packed_gemm_v4};
-    return fns[clstm_isa_level()];
+    static const clstm_packed_gemm_fn fns[2][3] = {
+        {clstm_packed_gemm_base, clstm_packed_gemm_v3, clstm_packed_gemm_v4},
+        {clstm_packed_gemm_baset, clstm_packed_gemm_v3t, clstm_packed_gemm_v4t}};
+    return fns[transposed_a][clstm_isa_level()];
 }
 #else
-CLSTM_BASE_GEMM
+CLSTM_BASE_GEMM(base, 0)
+CLSTM_BASE_GEMM(baset, 1)
 
 typedef void (*clstm_packed_gemm_fn)(ptrdiff_t, ptrdiff_t, const float *, ptrdiff_t,
                                      ptrdiff_t, const float *, ptrdiff_t, ptrdiff_t,
                                      const float *, float *, ptrdiff_t, int);
 
 static int clstm_isa_level(void) { return 0; }
-static clstm_packed_gemm_fn clstm_select_packed_gemm(void) { return clstm_packed_gemm_base; }
+static clstm_packed_gemm_fn clstm_select_packed_gemm(int transposed_a)
+{
+    return transposed_a ? clstm_packed_gemm_baset : clstm_packed_gemm_base;
+}
 #endif
 
 /* C (+)= [A1 | A2] @ B with B ((K1 + K2) x N) packed by clstm_pack_b: the
@@ -287,7 +308,7 @@ static void clstm_packed_gemm2(ptrdiff_t n, ptrdiff_t K1, const float *a1, ptrdi
                                const float *packed, float *c, ptrdiff_t ldc, int accumulate)
 {
     static clstm_packed_gemm_fn fn = NULL;
-    if (fn == NULL) fn = clstm_select_packed_gemm();
+    if (fn == NULL) fn = clstm_select_packed_gemm(0);
     fn(n, K1, a1, lda1, K2, a2, lda2, N, packed, c, ldc, accumulate);
 }
 
@@ -297,6 +318,61 @@ __attribute__((unused)) static void clstm_packed_gemm(ptrdiff_t n, ptrdiff_t K, 
                               ptrdiff_t ldc, int accumulate)
 {
     clstm_packed_gemm2(n, 0, a, lda, K, a, lda, N, packed, c, ldc, accumulate);
+}
+
+/* clstm_wgrad takes CLSTM_WGRAD_ROWS rows of A and B at a time: their B
+ * packed (the 4-panel share of one tile, 32 KB, stays in L1 while every row
+ * of C passes) and A read in place. Where A's rows lie a multiple of 4 KB
+ * apart (G a multiple of 1024), each of a tile's rows of A would fall in the
+ * same L1 set: there the block's A is copied CLSTM_WGRAD_COLS columns at a
+ * time to rows CLSTM_WGRAD_COLS + 16 floats apart. (Zen 5, one core, 6,400
+ * rows: 2048 x 512 gradient 215 -> 240 GFLOP/s with the copy; G = 512, N =
+ * 136 no faster with it.) */
+#define CLSTM_WGRAD_ROWS 128
+#define CLSTM_WGRAD_COLS 128
+
+/* Floats of work that clstm_wgrad needs for a B of N columns. */
+static inline ptrdiff_t clstm_wgrad_work_size(ptrdiff_t N)
+{
+    return clstm_packed_size(CLSTM_WGRAD_ROWS, N)
+        + CLSTM_WGRAD_ROWS * (CLSTM_WGRAD_COLS + 16);
+}
+
+/* Rows [g0, g1) of C (G x N) (+)= A^T @ B, for A (M x G, lda) and B (M x N,
+ * ldb) row-major: a weight gradient, a sum over the M rows of all steps,
+ * e.g. grad_W_hh += grad_gates^T @ h_prev. The tiles read A transposed (a
+ * tile's MR rows of C are MR adjacent columns of A). An element of C is
+ * summed block by block, k by k within a block, whatever [g0, g1): a split
+ * of the rows of C across threads gives the same bits. `work`: the
+ * clstm_wgrad_work_size(N) floats of one thread. */
+__attribute__((unused)) static void clstm_wgrad(ptrdiff_t M, ptrdiff_t N, const float *a,
+                                                ptrdiff_t lda, const float *b, ptrdiff_t ldb,
+                                                float *c, ptrdiff_t ldc, int accumulate,
+                                                ptrdiff_t g0, ptrdiff_t g1, float *work)
+{
+    static clstm_packed_gemm_fn fn = NULL;
+    const ptrdiff_t ldw = CLSTM_WGRAD_COLS + 16;
+    float *wa = work + clstm_packed_size(CLSTM_WGRAD_ROWS, N);
+    const int copy = lda % 1024 == 0;
+    ptrdiff_t k0, kc, k, r, rc;
+    if (fn == NULL) fn = clstm_select_packed_gemm(1);
+    if (M == 0 && !accumulate)
+        for (r = g0; r < g1; ++r) memset(c + r * ldc, 0, N * sizeof(float));
+    for (k0 = 0; k0 < M; k0 += kc) {
+        kc = M - k0 < CLSTM_WGRAD_ROWS ? M - k0 : CLSTM_WGRAD_ROWS;
+        clstm_pack_b(kc, N, b + k0 * ldb, ldb, 0, work);
+        if (!copy) {
+            fn(g1 - g0, 0, a, lda, kc, a + k0 * lda + g0, lda, N, work, c + g0 * ldc, ldc,
+               accumulate || k0 > 0);
+            continue;
+        }
+        for (r = g0; r < g1; r += rc) {
+            rc = g1 - r < CLSTM_WGRAD_COLS ? g1 - r : CLSTM_WGRAD_COLS;
+            for (k = 0; k < kc; ++k)
+                memcpy(wa + k * ldw, a + (k0 + k) * lda + r, rc * sizeof(float));
+            fn(rc, 0, wa, ldw, kc, wa, ldw, N, work, c + r * ldc, ldc, accumulate || k0 > 0);
+        }
+    }
 }
 
 #else  /* no vector extensions: callers use BLAS */
@@ -314,6 +390,14 @@ static void clstm_packed_gemm(ptrdiff_t n, ptrdiff_t K, ptrdiff_t N, const float
 {
     (void)n; (void)K; (void)N; (void)a; (void)lda; (void)packed; (void)c;
     (void)ldc; (void)accumulate;
+}
+static inline ptrdiff_t clstm_wgrad_work_size(ptrdiff_t N) { (void)N; return 0; }
+static void clstm_wgrad(ptrdiff_t M, ptrdiff_t N, const float *a, ptrdiff_t lda,
+                        const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc,
+                        int accumulate, ptrdiff_t g0, ptrdiff_t g1, float *work)
+{
+    (void)M; (void)N; (void)a; (void)lda; (void)b; (void)ldb; (void)c; (void)ldc;
+    (void)accumulate; (void)g0; (void)g1; (void)work;
 }
 #endif
 

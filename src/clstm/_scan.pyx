@@ -26,6 +26,7 @@ through every layer direction, in one call, the sub-batches on POSIX threads
 """
 
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy, memset
 
 cimport numpy as cnp
@@ -54,6 +55,10 @@ cdef extern from "_packed_gemm.h" nogil:
     void clstm_packed_gemm2(Py_ssize_t n, Py_ssize_t K1, const float* a1, Py_ssize_t lda1,
                             Py_ssize_t K2, const float* a2, Py_ssize_t lda2, Py_ssize_t N,
                             const float* packed, float* c, Py_ssize_t ldc, int accumulate)
+    Py_ssize_t clstm_wgrad_work_size(Py_ssize_t N)
+    void clstm_wgrad(Py_ssize_t M, Py_ssize_t N, const float* a, Py_ssize_t lda,
+                     const float* b, Py_ssize_t ldb, float* c, Py_ssize_t ldc,
+                     int accumulate, Py_ssize_t g0, Py_ssize_t g1, float* work)
 
 cdef extern from "_narrow_gemm.h" nogil:
     int CLSTM_NARROW_MAX
@@ -111,6 +116,9 @@ cdef Py_ssize_t _fused_max_rows = CLSTM_FUSED_MAX_ROWS
 # module loads: inference does not need it, and asking threadpoolctl costs
 # ~5 ms).
 cdef Py_ssize_t _small_gemm_volume = -1
+# float32 weight gradients run on the small-GEMM kernel (clstm_wgrad) where
+# the build has it (set_wgrad_kernel: False for SciPy's BLAS, to compare).
+cdef bint _wgrad_kernel = CLSTM_HAVE_PACKED_GEMM
 # ... but never blocks of fewer rows than this (measured slower below: a
 # 7-row block of stacked's 512 x 256 gradient cost 1.12x one call).
 cdef Py_ssize_t SMALL_GEMM_MIN_ROWS = 12
@@ -809,24 +817,68 @@ cdef void scan_backward(Layer* L, floating* tag) noexcept nogil:
     _parameter_gradients(L, tag)
 
 
-cdef void _weight_gradient(Py_ssize_t G, Py_ssize_t N, Py_ssize_t rows,
+cdef struct WeightGradient:
+    # C (G x N) (+)= A^T @ B over `rows` rows (_weight_gradient)
+    const float* A
+    const float* B
+    float* C
+    Py_ssize_t G, N, rows, lda, ldb, ldc
+    bint accumulate
+
+
+cdef void _weight_gradient_slice(const void* ctx, Py_ssize_t k, Py_ssize_t m) noexcept nogil:
+    """Slice k of m of a weight gradient: its rows of C, on the small-GEMM
+    kernel (whole tiles of 8 rows; every split gives the same bits)."""
+    cdef const WeightGradient* w = <const WeightGradient*> ctx
+    cdef Py_ssize_t tiles = (w.G + 7) // 8
+    cdef Py_ssize_t g0 = min(w.G, tiles * k // m * 8), g1 = min(w.G, tiles * (k + 1) // m * 8)
+    cdef float* work
+    if g0 >= g1:
+        return
+    work = <float*> malloc(clstm_wgrad_work_size(w.N) * sizeof(float))
+    if work == NULL:        # (no memory for 80-330 KB: the BLAS, which needs less)
+        _gemm(RowMajor, Trans, NoTrans, <int> (g1 - g0), <int> w.N, <int> w.rows, 1.0,
+              w.A + g0, <int> w.lda, w.B, <int> w.ldb, 1.0 if w.accumulate else 0.0,
+              w.C + g0 * w.ldc, <int> w.ldc)
+        return
+    clstm_wgrad(w.rows, w.N, w.A, w.lda, w.B, w.ldb, w.C, w.ldc, w.accumulate, g0, g1, work)
+    free(work)
+
+
+cdef void _weight_gradient(Layer* L, Py_ssize_t G, Py_ssize_t N, Py_ssize_t rows,
                            const floating* A, Py_ssize_t lda, const floating* B,
                            Py_ssize_t ldb, floating beta, floating* C,
                            Py_ssize_t ldc) noexcept nogil:
     """C (G x N) = beta * C + A^T @ B over `rows` rows of A (rows x G) and B
     (rows x N), row-major: a weight gradient, a sum over all steps' rows.
 
-    SciPy's OpenBLAS (0.3.30, SkylakeX kernels) runs a product of at most
-    10^6 multiply-adds on a kernel that packs nothing, and larger ones on its
-    packing GEMM, which is slower at these shapes (one thread, Zen 4: the
-    forecast fit's 640 x 128 x 33 gradient 87 us in one call, 54 us in blocks
-    of 236 rows; ts-small's 1600 x 200 x 51 468 -> 338 us; ts-medium's
-    6400 x 512 x 136 1.07x; stacked's 3200 x 512 x 144 1.18x). Where
+    float32 runs on the small-GEMM kernel (clstm_wgrad: A read transposed in
+    place, B packed in blocks of rows), split by rows of C across L's row
+    team where it has one. Each element is summed in an order fixed by the
+    shape, so the result is the same for every thread count and call. On one
+    core of Zen 5 it is 1.0-1.5x SciPy's OpenBLAS 0.3.30 at the benchmark
+    shapes (ts-small's 1,600 x 200 x 51: 0.25 -> 0.17 ms), and with a team
+    it uses the second core, which the BLAS (limited to one thread in the
+    backward) left idle.
+
+    Elsewhere (float64; builds without the kernel) SciPy's BLAS: its
+    OpenBLAS runs a product of at most 10^6 multiply-adds on a kernel that
+    packs nothing, and larger ones on its packing GEMM, which is slower at
+    these shapes (one thread, Zen 4: the forecast fit's 640 x 128 x 33
+    gradient 87 us in one call, 54 us in blocks of 236 rows). Where
     set_small_gemm_volume gave that bound, float32 sums run in blocks of rows
-    that fit it; the blocks depend only on the shape, so the result is the
-    same for every thread count and every call."""
+    that fit it; the blocks depend only on the shape."""
     cdef Py_ssize_t chunk = rows, start, n
+    cdef WeightGradient w
     if floating is float:
+        if _wgrad_kernel and G > 0 and N > 0:
+            w.A, w.B, w.C = A, B, C
+            w.G, w.N, w.rows, w.lda, w.ldb, w.ldc = G, N, rows, lda, ldb, ldc
+            w.accumulate = beta != 0
+            clstm_team_step(<clstm_team*> L.team, _weight_gradient_slice, &w,
+                            sizeof(WeightGradient), True)
+            clstm_team_sync(<clstm_team*> L.team)
+            return
         if _small_gemm_volume > 0 and G * N > 0:
             chunk = _small_gemm_volume // (G * N)
             if chunk < SMALL_GEMM_MIN_ROWS:
@@ -876,22 +928,22 @@ cdef void _parameter_gradients(Layer* L, floating* tag) noexcept nogil:
         _fused_weight_gradients(L, tag)
     elif I > 0:
         # grad_weight_ih += grad_gates.T @ x  (conv: x holds the input's im2col columns)
-        _weight_gradient(G, I, M, grad_gates, G, <floating*> L.x, I, 1.0,
+        _weight_gradient(L, G, I, M, grad_gates, G, <floating*> L.x, I, 1.0,
                          <floating*> L.grad_weight_ih, I)
     # grad_weight_hh += grad_gates_h.T @ h_prev (conv: added step by step)
     if L.xh != NULL:
         pass
     elif L.h_prev_seq != NULL:         # masked h_prev: the copy the BPTT loop made
-        _weight_gradient(G, R, M, dg_h, G, <floating*> L.h_prev_seq, P, 1.0, gw_hh, R)
+        _weight_gradient(L, G, R, M, dg_h, G, <floating*> L.h_prev_seq, P, 1.0, gw_hh, R)
     elif not L.conv and T > 1:
         # every row of steps 1..T-1 (reverse: 0..T-2) against the step it came
         # from, in one GEMM; rows that started from h0 there met zero rows of
         # h_seq (the forward zeroes inactive rows) and were added by the loop
         if L.reverse:
-            _weight_gradient(G, P, (T - 1) * B, dg_h, G, h_seq + B * ld_h, ld_h, 1.0,
+            _weight_gradient(L, G, P, (T - 1) * B, dg_h, G, h_seq + B * ld_h, ld_h, 1.0,
                              gw_hh, P)
         else:
-            _weight_gradient(G, P, (T - 1) * B, dg_h + B * G, G, h_seq, ld_h, 1.0, gw_hh, P)
+            _weight_gradient(L, G, P, (T - 1) * B, dg_h + B * G, G, h_seq, ld_h, 1.0, gw_hh, P)
     if L.kind == CELL_GRU:
         # grad_bias_ih += grad_gates.sum(0);  grad_bias_hh += grad_hgates.sum(0)
         for r in range(M):
@@ -905,7 +957,7 @@ cdef void _parameter_gradients(Layer* L, floating* tag) noexcept nogil:
                 gb[j] += grad_gates[r * G + j]
     if L.weight_hr != NULL:
         # grad_weight_hr += grad_hp.T @ m
-        _weight_gradient(P, H, M, <floating*> L.grad_hp, P, <floating*> L.m_seq, H, 1.0,
+        _weight_gradient(L, P, H, M, <floating*> L.grad_hp, P, <floating*> L.m_seq, H, 1.0,
                          <floating*> L.grad_weight_hr, H)
     # grad_x (+)= grad_gates @ weight_ih
     if I > 0:
@@ -932,7 +984,7 @@ cdef void _fused_weight_gradients(Layer* L, floating* tag) noexcept nogil:
     cdef floating* gw_hh = <floating*> L.grad_weight_hh
     for r in range(M):
         memcpy(xh + r * K, x + r * I, I * sizeof(floating))
-    _weight_gradient(G, K, M, <floating*> L.grad_gates, G, xh, K, 0.0, grad_w, K)
+    _weight_gradient(L, G, K, M, <floating*> L.grad_gates, G, xh, K, 0.0, grad_w, K)
     for r in range(G):
         for j in range(I):
             gw_ih[r * I + j] += grad_w[r * K + j]
@@ -1967,6 +2019,25 @@ def packed_matmul(const float[:, ::1] a, const float[:, ::1] weight, bint transp
         clstm_packed_gemm(a.shape[0], K, N, &a[0, 0], K, &view[0], &c[0, 0], N, accumulate)
 
 
+def wgrad_matmul(const float[:, ::1] a, const float[:, ::1] b, float[:, ::1] c,
+                 bint accumulate, Py_ssize_t g0=0, g1=None):
+    """Test twin of the weight-gradient kernel (clstm_wgrad): rows [g0, g1)
+    of c (+)= a.T @ b, for a (M x G) and b (M x N)."""
+    cdef Py_ssize_t M = a.shape[0], G = a.shape[1], N = b.shape[1]
+    cdef Py_ssize_t end = G if g1 is None else g1
+    _check(b.shape[0] == M and c.shape[0] == G and c.shape[1] == N
+           and 0 <= g0 <= end <= G, "shapes")
+    if not CLSTM_HAVE_PACKED_GEMM:
+        raise RuntimeError("this build has no small-GEMM kernel (uses BLAS)")
+    if end == g0 or N == 0:
+        return
+    work = np.empty(clstm_wgrad_work_size(N), dtype=np.float32)
+    cdef float[::1] w = work
+    with nogil:
+        clstm_wgrad(M, N, &a[0, 0] if M else NULL, G, &b[0, 0] if M else NULL, N,
+                    &c[0, 0], N, accumulate, g0, end, &w[0])
+
+
 def fused_cell_max_rows():
     """Steps of at most this many rows (of a sub-batch) run the fused cell
     in inference forwards; larger ones the two passes (same values)."""
@@ -1999,6 +2070,18 @@ def set_small_gemm_volume(Py_ssize_t volume):
     Returns the previous value."""
     small_gemm_volume()
     return _replace_setting(&_small_gemm_volume, volume, "volume")
+
+
+def set_wgrad_kernel(bint on):
+    """Run float32 weight gradients on the small-GEMM kernel (True, the
+    default where the build has it) or on SciPy's BLAS (False); process-wide,
+    for tests and benchmarks. Returns the previous setting."""
+    global _wgrad_kernel
+    if on and not CLSTM_HAVE_PACKED_GEMM:
+        raise RuntimeError("this build has no small-GEMM kernel (uses BLAS)")
+    previous = _wgrad_kernel
+    _wgrad_kernel = on
+    return previous
 
 
 def set_fused_cell_max_rows(Py_ssize_t n):
