@@ -84,12 +84,23 @@ TEAM_CELLS = {
 }
 
 
+@pytest.fixture(params=["by-size", "kernel"])
+def weight_gradients(request):
+    """Weight gradients where their size puts them (these shapes: the BLAS),
+    or all on clstm's kernel, split by rows across the team (no blocks of
+    the BLAS's small-product kernel to keep them on it)."""
+    previous = _scan.set_small_gemm_volume(0) if request.param == "kernel" else None
+    yield request.param
+    if previous is not None:
+        _scan.set_small_gemm_volume(previous)
+
+
 @needs_team
 @pytest.mark.parametrize("cell", list(TEAM_CELLS))
 @pytest.mark.parametrize("input_size", [3, 40])    # thin: [x | h] per step; wide: projection
 @pytest.mark.parametrize("n_jobs", [2, 3, 7])
-def test_training_team_equals_one_thread(team_at_any_size, forward_teams, backward_teams, cell,
-                                         input_size, n_jobs):
+def test_training_team_equals_one_thread(team_at_any_size, forward_teams, backward_teams,
+                                         weight_gradients, cell, input_size, n_jobs):
     cls, kwargs = TEAM_CELLS[cell]
     rng = np.random.default_rng(0)
     X = rng.standard_normal((29, 17, input_size)).astype(np.float32)

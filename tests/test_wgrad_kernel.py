@@ -1,9 +1,11 @@
 """The weight-gradient kernel (clstm_wgrad in _packed_gemm.h): C (+)= A^T @ B
-over all steps' rows, A read transposed in place, B packed in blocks of 128
-rows, and A's block copied where its rows lie a multiple of 4 KB apart.
+over all steps' rows, in blocks of 128 rows; A read transposed in place and
+B packed, or (where the panels waste less that way) C^T = B^T @ A with A
+packed; A's block copied where its rows lie a multiple of 4 KB apart.
 Checked against float64 NumPy at shapes that cross every edge (block of rows,
-panel, tile height, copy chunk), split by rows of C bit for bit, and in the
-networks' backward against the float64 gradients and the BLAS path."""
+panel, tile height, copy chunk) in both orientations, split by rows bit for
+bit, and in the networks' backward against the float64 gradients and the
+BLAS path."""
 
 import numpy as np
 import pytest
@@ -40,14 +42,22 @@ def test_matches_float64(M, G, N, accumulate):
     _close(c, _reference(a, b) + (c0 if accumulate else 0), M)
 
 
+def test_both_orientations_are_chosen():
+    assert _scan.wgrad_rows(128, 33) == 33       # 3 panels of 33 columns, 8 of 128 rows
+    assert _scan.wgrad_rows(200, 51) == 51
+    assert _scan.wgrad_rows(512, 136) == 512     # 9 panels: 6 % wasted, within 10 %
+    assert _scan.wgrad_rows(64, 16) == 64
+
+
 def test_rows_a_multiple_of_4_kb_apart_take_the_copy():
     """G = 1024 (lda 4 KB): the block's A is copied, 128 columns at a time
-    (here 1,024 + 24 columns: whole and partial copy chunks)."""
+    (whole and partial copy chunks)."""
     rng = np.random.default_rng(7)
     for G in (1024, 2048):
+        assert _scan.wgrad_rows(G, 48) == G
         a = rng.standard_normal((300, G), dtype=np.float32)
-        b = rng.standard_normal((300, 24), dtype=np.float32)
-        c = np.empty((G, 24), np.float32)
+        b = rng.standard_normal((300, 48), dtype=np.float32)
+        c = np.empty((G, 48), np.float32)
         _scan.wgrad_matmul(a, b, c, False)
         _close(c, _reference(a, b), 300)
         # a row range that starts and ends inside a copy chunk
@@ -59,14 +69,15 @@ def test_rows_a_multiple_of_4_kb_apart_take_the_copy():
 
 @pytest.mark.parametrize("G,N", [(64, 136), (200, 51), (1024, 40)])
 def test_any_split_by_rows_gives_the_same_bits(G, N):
-    """Every thread split of the rows of C (whole tiles or not) sums each
+    """Every thread split of the product's rows (whole tiles or not) sums each
     element in the same order: the team's results do not depend on its size."""
     rng = np.random.default_rng(G + N)
     a = rng.standard_normal((520, G), dtype=np.float32)
     b = rng.standard_normal((520, N), dtype=np.float32)
     whole = np.zeros((G, N), np.float32)
     _scan.wgrad_matmul(a, b, whole, True)
-    for cuts in ([0, 8, G], [0, 3, 11, G], [0, G // 3, 2 * G // 3 + 1, G]):
+    R = _scan.wgrad_rows(G, N)
+    for cuts in ([0, 8, R], [0, 3, 11, R], [0, R // 3, 2 * R // 3 + 1, R]):
         parts = np.zeros((G, N), np.float32)
         for g0, g1 in zip(cuts[:-1], cuts[1:]):
             _scan.wgrad_matmul(a, b, parts, True, g0, g1)
@@ -102,14 +113,18 @@ CELLS = {
 
 @pytest.fixture
 def blas_path():
-    """Run a block with the weight gradients on SciPy's BLAS."""
+    """Every weight gradient on the kernel, whatever its size (no blocks of
+    the BLAS's small-product kernel to keep them there); a block of the test
+    with them all on SciPy's BLAS."""
     class Switch:
         def __enter__(self):
             self.saved = _scan.set_wgrad_kernel(False)
 
         def __exit__(self, *exc):
             _scan.set_wgrad_kernel(self.saved)
-    return Switch()
+    volume = _scan.set_small_gemm_volume(0)
+    yield Switch()
+    _scan.set_small_gemm_volume(volume)
 
 
 def _gradients(net, X, lengths):

@@ -42,6 +42,11 @@ static void clstm_pack_b(ptrdiff_t K, ptrdiff_t N, const float *b, ptrdiff_t ldb
         float *dst = packed + p * K * CLSTM_PANEL;
         const ptrdiff_t j0 = p * CLSTM_PANEL;
         const ptrdiff_t width = N - j0 < CLSTM_PANEL ? N - j0 : CLSTM_PANEL;
+        if (!transposed && width == CLSTM_PANEL) {  /* (a copy of 64 bytes a row) */
+            for (ptrdiff_t k = 0; k < K; ++k)
+                memcpy(dst + k * CLSTM_PANEL, b + k * ldb + j0, CLSTM_PANEL * sizeof(float));
+            continue;
+        }
         for (ptrdiff_t k = 0; k < K; ++k) {
             float *row = dst + k * CLSTM_PANEL;
             ptrdiff_t j = 0;
@@ -115,10 +120,16 @@ static inline __attribute__((always_inline)) void NAME(                         
                 if (accumulate) x += *(const VT##u *)(crow + v * VW);           \
                 *(VT##u *)(crow + v * VW) = x;                                  \
             }                                                                   \
-        } else {                                                                \
+        } else {    /* whole vectors, then the last few columns one by one */ \
             float tmp[NP * CLSTM_PANEL];                                        \
+            ptrdiff_t j = 0;                                                    \
+            for (int v = 0; v < NV && j + VW <= ncols; ++v, j += VW) {          \
+                VT x = acc[r][v];                                               \
+                if (accumulate) x += *(const VT##u *)(crow + j);                \
+                *(VT##u *)(crow + j) = x;                                       \
+            }                                                                   \
             memcpy(tmp, acc[r], sizeof tmp);                                    \
-            for (ptrdiff_t j = 0; j < ncols; ++j)                               \
+            for (; j < ncols; ++j)                                              \
                 crow[j] = accumulate ? crow[j] + tmp[j] : tmp[j];               \
         }                                                                       \
     }                                                                           \
@@ -331,48 +342,96 @@ __attribute__((unused)) static void clstm_packed_gemm(ptrdiff_t n, ptrdiff_t K, 
 #define CLSTM_WGRAD_ROWS 128
 #define CLSTM_WGRAD_COLS 128
 
-/* Floats of work that clstm_wgrad needs for a B of N columns. */
-static inline ptrdiff_t clstm_wgrad_work_size(ptrdiff_t N)
+/* Whether clstm_wgrad computes C^T = B^T @ A instead (rows of the product:
+ * the N columns of B; A packed), because the panels, which pad the columns
+ * of the product to 16, waste 10 % more the other way: 33 columns are 3
+ * panels, the 128 rows of C 8. (Zen 5, one core: the forecast fit's
+ * 640 x 128 x 33 gradient 47 -> 23 us, ts-small's 1,600 x 200 x 51 170 ->
+ * 140 us.) */
+static inline int clstm_wgrad_swapped(ptrdiff_t G, ptrdiff_t N)
 {
+    const ptrdiff_t pad_g = (G + CLSTM_PANEL - 1) / CLSTM_PANEL * CLSTM_PANEL;
+    const ptrdiff_t pad_n = (N + CLSTM_PANEL - 1) / CLSTM_PANEL * CLSTM_PANEL;
+    return 10 * N * pad_g < 9 * G * pad_n;
+}
+
+/* The rows of clstm_wgrad's product, which threads split: G, or N swapped. */
+static inline ptrdiff_t clstm_wgrad_rows(ptrdiff_t G, ptrdiff_t N)
+{
+    return clstm_wgrad_swapped(G, N) ? N : G;
+}
+
+/* Floats of work that clstm_wgrad needs (one thread). */
+static inline ptrdiff_t clstm_wgrad_work_size(ptrdiff_t G, ptrdiff_t N)
+{
+    if (clstm_wgrad_swapped(G, N))
+        return clstm_packed_size(CLSTM_WGRAD_ROWS, G) + N * G;
     return clstm_packed_size(CLSTM_WGRAD_ROWS, N)
         + CLSTM_WGRAD_ROWS * (CLSTM_WGRAD_COLS + 16);
 }
 
-/* Rows [g0, g1) of C (G x N) (+)= A^T @ B, for A (M x G, lda) and B (M x N,
- * ldb) row-major: a weight gradient, a sum over the M rows of all steps,
- * e.g. grad_W_hh += grad_gates^T @ h_prev. The tiles read A transposed (a
- * tile's MR rows of C are MR adjacent columns of A). An element of C is
- * summed block by block, k by k within a block, whatever [g0, g1): a split
- * of the rows of C across threads gives the same bits. `work`: the
- * clstm_wgrad_work_size(N) floats of one thread. */
-__attribute__((unused)) static void clstm_wgrad(ptrdiff_t M, ptrdiff_t N, const float *a,
-                                                ptrdiff_t lda, const float *b, ptrdiff_t ldb,
-                                                float *c, ptrdiff_t ldc, int accumulate,
-                                                ptrdiff_t g0, ptrdiff_t g1, float *work)
+/* C (G x N) (+)= A^T @ B, for A (M x G, lda) and B (M x N, ldb) row-major:
+ * a weight gradient, a sum over the M rows of all steps, e.g. grad_W_hh +=
+ * grad_gates^T @ h_prev; only rows [r0, r1) of the product, which are rows
+ * of C, or columns where clstm_wgrad_swapped. The tiles read the left
+ * operand (A, or B swapped) transposed in place: a tile's MR rows are MR of
+ * its adjacent columns. An element is summed block by block, k by k within
+ * a block, whatever [r0, r1): a split of the rows across threads gives the
+ * same bits. `fn`: a transposed-A variant of the small GEMM
+ * (clstm_select_packed_gemm(1)); `work`: clstm_wgrad_work_size(G, N) floats. */
+__attribute__((unused)) static void clstm_wgrad_on(
+    clstm_packed_gemm_fn fn, ptrdiff_t M, ptrdiff_t G, ptrdiff_t N, const float *a,
+    ptrdiff_t lda, const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc, int accumulate,
+    ptrdiff_t r0, ptrdiff_t r1, float *work)
 {
-    static clstm_packed_gemm_fn fn = NULL;
     const ptrdiff_t ldw = CLSTM_WGRAD_COLS + 16;
-    float *wa = work + clstm_packed_size(CLSTM_WGRAD_ROWS, N);
-    const int copy = lda % 1024 == 0;
-    ptrdiff_t k0, kc, k, r, rc;
-    if (fn == NULL) fn = clstm_select_packed_gemm(1);
+    const int swapped = clstm_wgrad_swapped(G, N);
+    const int copy = !swapped && lda % 1024 == 0;
+    float *wa = work + clstm_packed_size(CLSTM_WGRAD_ROWS, swapped ? G : N);
+    ptrdiff_t k0, kc, k, r, rc, g;
+    if (swapped) {      /* C^T[r0:r1] into wa ((r1 - r0) x G), then added to C */
+        for (k0 = 0; k0 < M; k0 += kc) {
+            kc = M - k0 < CLSTM_WGRAD_ROWS ? M - k0 : CLSTM_WGRAD_ROWS;
+            clstm_pack_b(kc, G, a + k0 * lda, lda, 0, work);
+            fn(r1 - r0, 0, b, ldb, kc, b + k0 * ldb + r0, ldb, G, work, wa, G, k0 > 0);
+        }
+        if (M == 0)
+            memset(wa, 0, (r1 - r0) * G * sizeof(float));
+        for (g = 0; g < G; ++g)
+            for (r = r0; r < r1; ++r)
+                c[g * ldc + r] = accumulate ? c[g * ldc + r] + wa[(r - r0) * G + g]
+                                            : wa[(r - r0) * G + g];
+        return;
+    }
     if (M == 0 && !accumulate)
-        for (r = g0; r < g1; ++r) memset(c + r * ldc, 0, N * sizeof(float));
+        for (r = r0; r < r1; ++r) memset(c + r * ldc, 0, N * sizeof(float));
     for (k0 = 0; k0 < M; k0 += kc) {
         kc = M - k0 < CLSTM_WGRAD_ROWS ? M - k0 : CLSTM_WGRAD_ROWS;
         clstm_pack_b(kc, N, b + k0 * ldb, ldb, 0, work);
         if (!copy) {
-            fn(g1 - g0, 0, a, lda, kc, a + k0 * lda + g0, lda, N, work, c + g0 * ldc, ldc,
+            fn(r1 - r0, 0, a, lda, kc, a + k0 * lda + r0, lda, N, work, c + r0 * ldc, ldc,
                accumulate || k0 > 0);
             continue;
         }
-        for (r = g0; r < g1; r += rc) {
-            rc = g1 - r < CLSTM_WGRAD_COLS ? g1 - r : CLSTM_WGRAD_COLS;
+        for (r = r0; r < r1; r += rc) {
+            rc = r1 - r < CLSTM_WGRAD_COLS ? r1 - r : CLSTM_WGRAD_COLS;
             for (k = 0; k < kc; ++k)
                 memcpy(wa + k * ldw, a + (k0 + k) * lda + r, rc * sizeof(float));
             fn(rc, 0, wa, ldw, kc, wa, ldw, N, work, c + r * ldc, ldc, accumulate || k0 > 0);
         }
     }
+}
+
+/* clstm_wgrad_on the variant of this CPU. */
+__attribute__((unused)) static void clstm_wgrad(ptrdiff_t M, ptrdiff_t G, ptrdiff_t N,
+                                                const float *a, ptrdiff_t lda, const float *b,
+                                                ptrdiff_t ldb, float *c, ptrdiff_t ldc,
+                                                int accumulate, ptrdiff_t r0, ptrdiff_t r1,
+                                                float *work)
+{
+    static clstm_packed_gemm_fn fn = NULL;
+    if (fn == NULL) fn = clstm_select_packed_gemm(1);
+    clstm_wgrad_on(fn, M, G, N, a, lda, b, ldb, c, ldc, accumulate, r0, r1, work);
 }
 
 #else  /* no vector extensions: callers use BLAS */
@@ -391,13 +450,18 @@ static void clstm_packed_gemm(ptrdiff_t n, ptrdiff_t K, ptrdiff_t N, const float
     (void)n; (void)K; (void)N; (void)a; (void)lda; (void)packed; (void)c;
     (void)ldc; (void)accumulate;
 }
-static inline ptrdiff_t clstm_wgrad_work_size(ptrdiff_t N) { (void)N; return 0; }
-static void clstm_wgrad(ptrdiff_t M, ptrdiff_t N, const float *a, ptrdiff_t lda,
-                        const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc,
-                        int accumulate, ptrdiff_t g0, ptrdiff_t g1, float *work)
+static inline ptrdiff_t clstm_wgrad_rows(ptrdiff_t G, ptrdiff_t N) { (void)N; return G; }
+static inline ptrdiff_t clstm_wgrad_work_size(ptrdiff_t G, ptrdiff_t N)
 {
-    (void)M; (void)N; (void)a; (void)lda; (void)b; (void)ldb; (void)c; (void)ldc;
-    (void)accumulate; (void)g0; (void)g1; (void)work;
+    (void)G; (void)N;
+    return 0;
+}
+static void clstm_wgrad(ptrdiff_t M, ptrdiff_t G, ptrdiff_t N, const float *a, ptrdiff_t lda,
+                        const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc,
+                        int accumulate, ptrdiff_t r0, ptrdiff_t r1, float *work)
+{
+    (void)M; (void)G; (void)N; (void)a; (void)lda; (void)b; (void)ldb; (void)c; (void)ldc;
+    (void)accumulate; (void)r0; (void)r1; (void)work;
 }
 #endif
 

@@ -55,10 +55,11 @@ cdef extern from "_packed_gemm.h" nogil:
     void clstm_packed_gemm2(Py_ssize_t n, Py_ssize_t K1, const float* a1, Py_ssize_t lda1,
                             Py_ssize_t K2, const float* a2, Py_ssize_t lda2, Py_ssize_t N,
                             const float* packed, float* c, Py_ssize_t ldc, int accumulate)
-    Py_ssize_t clstm_wgrad_work_size(Py_ssize_t N)
-    void clstm_wgrad(Py_ssize_t M, Py_ssize_t N, const float* a, Py_ssize_t lda,
-                     const float* b, Py_ssize_t ldb, float* c, Py_ssize_t ldc,
-                     int accumulate, Py_ssize_t g0, Py_ssize_t g1, float* work)
+    Py_ssize_t clstm_wgrad_rows(Py_ssize_t G, Py_ssize_t N)
+    Py_ssize_t clstm_wgrad_work_size(Py_ssize_t G, Py_ssize_t N)
+    void clstm_wgrad(Py_ssize_t M, Py_ssize_t G, Py_ssize_t N, const float* a,
+                     Py_ssize_t lda, const float* b, Py_ssize_t ldb, float* c, Py_ssize_t ldc,
+                     int accumulate, Py_ssize_t r0, Py_ssize_t r1, float* work)
 
 cdef extern from "_narrow_gemm.h" nogil:
     int CLSTM_NARROW_MAX
@@ -116,12 +117,14 @@ cdef Py_ssize_t _fused_max_rows = CLSTM_FUSED_MAX_ROWS
 # module loads: inference does not need it, and asking threadpoolctl costs
 # ~5 ms).
 cdef Py_ssize_t _small_gemm_volume = -1
-# float32 weight gradients run on the small-GEMM kernel (clstm_wgrad) where
-# the build has it (set_wgrad_kernel: False for SciPy's BLAS, to compare).
-cdef bint _wgrad_kernel = CLSTM_HAVE_PACKED_GEMM
 # ... but never blocks of fewer rows than this (measured slower below: a
 # 7-row block of stacked's 512 x 256 gradient cost 1.12x one call).
 cdef Py_ssize_t SMALL_GEMM_MIN_ROWS = 12
+# float32 weight gradients of more than this many such blocks run on the
+# small-GEMM kernel (clstm_wgrad) where the build has it (see
+# _weight_gradient; set_wgrad_kernel(False): all on SciPy's BLAS, to compare).
+cdef Py_ssize_t WGRAD_BLAS_BLOCKS = 8
+cdef bint _wgrad_kernel = CLSTM_HAVE_PACKED_GEMM
 KIND_LSTM = CELL_LSTM
 KIND_GRU = CELL_GRU
 PEEPHOLE = CLSTM_PEEPHOLE
@@ -827,21 +830,28 @@ cdef struct WeightGradient:
 
 
 cdef void _weight_gradient_slice(const void* ctx, Py_ssize_t k, Py_ssize_t m) noexcept nogil:
-    """Slice k of m of a weight gradient: its rows of C, on the small-GEMM
-    kernel (whole tiles of 8 rows; every split gives the same bits)."""
+    """Slice k of m of a weight gradient on the small-GEMM kernel: its share
+    of the product's rows (clstm_wgrad_rows: C's, or its columns), in whole
+    tiles of 8 (every split gives the same bits)."""
     cdef const WeightGradient* w = <const WeightGradient*> ctx
-    cdef Py_ssize_t tiles = (w.G + 7) // 8
-    cdef Py_ssize_t g0 = min(w.G, tiles * k // m * 8), g1 = min(w.G, tiles * (k + 1) // m * 8)
+    cdef Py_ssize_t rows = clstm_wgrad_rows(w.G, w.N), tiles = (rows + 7) // 8
+    cdef Py_ssize_t r0 = min(rows, tiles * k // m * 8), r1 = min(rows, tiles * (k + 1) // m * 8)
     cdef float* work
-    if g0 >= g1:
+    if r0 >= r1:
         return
-    work = <float*> malloc(clstm_wgrad_work_size(w.N) * sizeof(float))
-    if work == NULL:        # (no memory for 80-330 KB: the BLAS, which needs less)
-        _gemm(RowMajor, Trans, NoTrans, <int> (g1 - g0), <int> w.N, <int> w.rows, 1.0,
-              w.A + g0, <int> w.lda, w.B, <int> w.ldb, 1.0 if w.accumulate else 0.0,
-              w.C + g0 * w.ldc, <int> w.ldc)
+    work = <float*> malloc(clstm_wgrad_work_size(w.G, w.N) * sizeof(float))
+    if work == NULL:        # no memory for the work (~80-330 KB): these rows on the BLAS
+        if rows == w.G:
+            _gemm(RowMajor, Trans, NoTrans, <int> (r1 - r0), <int> w.N, <int> w.rows, 1.0,
+                  w.A + r0, <int> w.lda, w.B, <int> w.ldb, 1.0 if w.accumulate else 0.0,
+                  w.C + r0 * w.ldc, <int> w.ldc)
+        else:
+            _gemm(RowMajor, Trans, NoTrans, <int> w.G, <int> (r1 - r0), <int> w.rows, 1.0,
+                  w.A, <int> w.lda, w.B + r0, <int> w.ldb, 1.0 if w.accumulate else 0.0,
+                  w.C + r0, <int> w.ldc)
         return
-    clstm_wgrad(w.rows, w.N, w.A, w.lda, w.B, w.ldb, w.C, w.ldc, w.accumulate, g0, g1, work)
+    clstm_wgrad(w.rows, w.G, w.N, w.A, w.lda, w.B, w.ldb, w.C, w.ldc, w.accumulate, r0, r1,
+                work)
     free(work)
 
 
@@ -852,14 +862,18 @@ cdef void _weight_gradient(Layer* L, Py_ssize_t G, Py_ssize_t N, Py_ssize_t rows
     """C (G x N) = beta * C + A^T @ B over `rows` rows of A (rows x G) and B
     (rows x N), row-major: a weight gradient, a sum over all steps' rows.
 
-    float32 runs on the small-GEMM kernel (clstm_wgrad: A read transposed in
-    place, B packed in blocks of rows), split by rows of C across L's row
-    team where it has one. Each element is summed in an order fixed by the
-    shape, so the result is the same for every thread count and call. On one
-    core of Zen 5 it is 1.0-1.5x SciPy's OpenBLAS 0.3.30 at the benchmark
-    shapes (ts-small's 1,600 x 200 x 51: 0.25 -> 0.17 ms), and with a team
-    it uses the second core, which the BLAS (limited to one thread in the
-    backward) left idle.
+    float32 runs on the small-GEMM kernel (clstm_wgrad: one operand read
+    transposed in place, the other packed in blocks of rows), split by rows
+    across L's row team where it has one: the BLAS, limited to one thread in
+    the backward, left the second core idle. The kernel or the BLAS, and the
+    order of each element's sum, follow from the shape alone, so the result
+    is the same for every thread count and call. One core of Zen 5,
+    training step, kernel / BLAS: ts-medium 0.93, stacked 0.99, nlp-large
+    1.00; 2 threads: ts-small 0.91, ts-medium 0.94, stacked 0.98. Products of
+    at most WGRAD_BLAS_BLOCKS of the BLAS's small-product blocks stay on it:
+    that kernel packs nothing, and the forecast fit's 640 x 128 x 33 step
+    took 1.05x as long on clstm's (ts-small's 1,600 x 200 x 51, 8 blocks:
+    1.02x at 1 thread, 0.91x at 2).
 
     Elsewhere (float64; builds without the kernel) SciPy's BLAS: its
     OpenBLAS runs a product of at most 10^6 multiply-adds on a kernel that
@@ -871,7 +885,8 @@ cdef void _weight_gradient(Layer* L, Py_ssize_t G, Py_ssize_t N, Py_ssize_t rows
     cdef Py_ssize_t chunk = rows, start, n
     cdef WeightGradient w
     if floating is float:
-        if _wgrad_kernel and G > 0 and N > 0:
+        if _wgrad_kernel and G > 0 and N > 0 and (
+                _small_gemm_volume <= 0 or rows * G * N > WGRAD_BLAS_BLOCKS * _small_gemm_volume):
             w.A, w.B, w.C = A, B, C
             w.G, w.N, w.rows, w.lda, w.ldb, w.ldc = G, N, rows, lda, ldb, ldc
             w.accumulate = beta != 0
@@ -2019,23 +2034,31 @@ def packed_matmul(const float[:, ::1] a, const float[:, ::1] weight, bint transp
         clstm_packed_gemm(a.shape[0], K, N, &a[0, 0], K, &view[0], &c[0, 0], N, accumulate)
 
 
+def wgrad_rows(Py_ssize_t G, Py_ssize_t N):
+    """The rows of the weight-gradient kernel's product for a G x N gradient
+    (what threads split): G, or N where it computes the transpose."""
+    return clstm_wgrad_rows(G, N)
+
+
 def wgrad_matmul(const float[:, ::1] a, const float[:, ::1] b, float[:, ::1] c,
-                 bint accumulate, Py_ssize_t g0=0, g1=None):
-    """Test twin of the weight-gradient kernel (clstm_wgrad): rows [g0, g1)
-    of c (+)= a.T @ b, for a (M x G) and b (M x N)."""
+                 bint accumulate, Py_ssize_t r0=0, r1=None):
+    """Test twin of the weight-gradient kernel (clstm_wgrad): c (+)= a.T @ b,
+    for a (M x G) and b (M x N), in rows [r0, r1) of the product (rows of c,
+    or its columns where wgrad_rows(G, N) == N)."""
     cdef Py_ssize_t M = a.shape[0], G = a.shape[1], N = b.shape[1]
-    cdef Py_ssize_t end = G if g1 is None else g1
+    cdef Py_ssize_t rows = clstm_wgrad_rows(G, N)
+    cdef Py_ssize_t end = rows if r1 is None else r1
     _check(b.shape[0] == M and c.shape[0] == G and c.shape[1] == N
-           and 0 <= g0 <= end <= G, "shapes")
+           and 0 <= r0 <= end <= rows, "shapes")
     if not CLSTM_HAVE_PACKED_GEMM:
         raise RuntimeError("this build has no small-GEMM kernel (uses BLAS)")
-    if end == g0 or N == 0:
+    if end == r0 or G == 0 or N == 0:
         return
-    work = np.empty(clstm_wgrad_work_size(N), dtype=np.float32)
+    work = np.empty(clstm_wgrad_work_size(G, N), dtype=np.float32)
     cdef float[::1] w = work
     with nogil:
-        clstm_wgrad(M, N, &a[0, 0] if M else NULL, G, &b[0, 0] if M else NULL, N,
-                    &c[0, 0], N, accumulate, g0, end, &w[0])
+        clstm_wgrad(M, G, N, &a[0, 0] if M else NULL, G, &b[0, 0] if M else NULL, N,
+                    &c[0, 0], N, accumulate, r0, end, &w[0])
 
 
 def fused_cell_max_rows():
