@@ -14,6 +14,8 @@
  * is compiled three times with tile sizes matched to the register file:
  * AVX-512 (x86-64-v4, 32 zmm): 4 x 64; AVX2+FMA (x86-64-v3, 16 ymm): 6 x 16;
  * baseline SSE2 (16 xmm): 2 x 16. The variant is chosen once at run time.
+ * Each is also compiled reading A transposed, for the weight gradients
+ * (clstm_wgrad: sums over all steps' rows, A^T @ B in blocks of rows).
  * Compilers without vector extensions (MSVC) use BLAS instead: see
  * CLSTM_HAVE_PACKED_GEMM.
  */
