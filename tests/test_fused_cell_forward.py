@@ -97,7 +97,7 @@ def test_fused_path_is_taken():
     X, _ = _data(4, THIN)
     for fused in (True, False):
         _inference(net, X, None, fused)         # builds (and keeps) the plan
-        entry = net._inference_ws.chunk(0).sets["network_plan"]
+        entry = rnn._last_plan_entry(net._inference_ws)
         gates = entry[3][0]["layers"][0]["directions"][0]["gates"]
         gates.fill(np.nan)
         _inference(net, X, None, fused)

@@ -32,7 +32,7 @@ def _assert_identical(a, b):
 
 def _plan_of(net):
     """The NetworkPlan of the network's last inference call."""
-    return net._inference_ws.chunk(0).sets["network_plan"][2]
+    return rnn._last_plan_entry(net._inference_ws)[2]
 
 
 VARIANTS = {

@@ -43,7 +43,7 @@ def _cell_options(net):
 
 
 def _plan_entry(net):
-    entry = net._workspace.chunk(0).sets.get("network_plan")
+    entry = rnn._last_plan_entry(net._workspace)
     return None if entry is None else entry[2]
 
 
@@ -78,6 +78,38 @@ def test_optimizer_steps_reuse_the_plan_and_follow_the_weights(cell, dtype, trai
         for name, value in net.params.items():        # an optimizer step, in place
             value -= (0.05 * np.sign(net.grads[name] + 1e-30)).astype(dtype)
     assert len(plans) == 1, "a step that only changed weight values rebuilt the plan"
+
+
+@pytest.mark.parametrize("cell", ["lstm", "proj", "gru"])
+def test_alternating_batch_shapes_keep_a_plan_each(cell):
+    """A training loop whose last mini-batch is smaller alternates between
+    two shapes: each keeps its plan (and its buffers) through optimizer
+    steps, and every step equals a fresh network's, bit for bit; a third
+    shape drops the least recently used plan (rnn.KEPT_PLANS = 2)."""
+    rng = np.random.default_rng(3)
+    net = _net(cell, "float32", num_layers=2)
+    net.train()
+    batches = [rng.standard_normal((b, 5, 3)).astype(np.float32) for b in (8, 3)] * 3
+    plans = {}
+    for X in batches:
+        out, _ = net.run(X)
+        grad_out = np.cos(out)
+        grad_X = net.backward_state(grad_out)
+        plans.setdefault(X.shape[0], []).append(_plan_entry(net))
+        twin = _fresh_twin(net)
+        twin.train()
+        np.testing.assert_array_equal(out, twin.run(X)[0])
+        np.testing.assert_array_equal(grad_X, twin.backward_state(grad_out))
+        for name, g in twin.grads.items():
+            np.testing.assert_array_equal(net.grads[name], g, err_msg=name)
+        for name, value in net.params.items():        # an optimizer step, in place
+            value -= 0.05 * np.sign(net.grads[name] + 1e-30).astype(np.float32)
+    assert rnn.KEPT_PLANS == 2
+    for kept in plans.values():
+        assert all(plan is kept[0] for plan in kept), "a shape rebuilt its plan"
+    net.run(batches[1][:2])                  # a third shape: the 8-row plan goes
+    net.run(batches[0])
+    assert _plan_entry(net) is not plans[8][0]
 
 
 def test_dropout_draws_masks_and_no_dropout_draws_none():

@@ -74,6 +74,13 @@ ONE_CALL_FORWARD = True
 # one compiled call per layer direction on Python threads, the tests' reference.
 ONE_CALL_BACKWARD = True
 
+# Compiled plans (and the buffers under them) kept per calling thread, for
+# this many shapes of batch: a training loop whose last mini-batch is smaller
+# (230 samples in batches of 32: 7 of 32, one of 6) alternates between two,
+# and rebuilt both plans twice an epoch with one kept (the forecast fit:
+# ~10 us a mini-batch). The least recently used goes first.
+KEPT_PLANS = 2
+
 # Inference forwards (no cache for a backward) of float32 LSTMs without layer
 # norm or projection run the cell as the epilogue of each step's product
 # (_fused_cell.h: the gates never reach memory); False: the two passes that
@@ -544,9 +551,10 @@ class RecurrentNetwork:
         n_threads threads take the sub-batches in turn; a single sub-batch
         may split its steps across ``team`` threads instead.
 
-        The plan (parsed buffers and weights) is kept per shape and reused
-        while the weights stay the same: a call then only copies its inputs
-        into the plan's buffers. Returns the sub-batches' caches, out, finals.
+        The plan (parsed buffers and weights) is kept per shape (the last
+        KEPT_PLANS shapes) and reused while the weights stay the same: a call
+        then only copies its inputs into the plan's buffers. Returns the
+        sub-batches' caches, out, finals.
         """
         B, T, _ = X.shape
         D, L = self.num_directions, self.num_layers
@@ -556,15 +564,19 @@ class RecurrentNetwork:
             check_finite(X, "X")        # (ragged: within the lengths, below)
         n_steps = tuple(int(sorted_lengths[b0]) for b0, _ in chunks)
         key = (X.dtype, B, T, tuple(chunks), n_steps, ragged)
-        store = ws.chunk(0).sets
-        entry = store.get("network_plan")
-        if masks is not None or entry is None or entry[0] != key or entry[1] is not weights:
+        plans = ws.chunk(0).sets.setdefault("network_plans", {})
+        entry = plans.pop(key, None)
+        if masks is not None or entry is None or entry[1] is not weights:
             # (whether a product calls BLAS: fixed while the weight arrays are the same)
             entry = (key, weights) + self._network_plan(X, chunks, n_steps, ragged, masks,
                                                         weights, ws) + (
                 any(map(_calls_blas, weights)),)
-            # a plan holds this call's masks: reuse only those without
-            store["network_plan"] = entry if masks is None else None
+        if masks is None:
+            while len(plans) >= KEPT_PLANS:
+                del plans[next(iter(plans))]       # the least recently used
+            plans[key] = entry
+        else:           # a plan holds this call's masks: reuse only those without
+            plans.clear()
         plan, parts, inputs, calls_blas = entry[2:]
 
         for (b0, b1), n, (x, states, lens, rows, batch_sizes, outs) in zip(
@@ -608,13 +620,12 @@ class RecurrentNetwork:
             x = buffers.get(("x",), (n, b, I), dt)
             states = [buffers.get(("state", name), (L * D, b, sizes[name]), dt)
                       for name in self.state_names]
-            lens = buffers.get(("lengths",), (b,), np.intp)
-            rows = buffers.get(("rows",), (b,), np.intp)
-            batch_sizes = buffers.get(("batch_sizes",), (n,), np.intc)
-            # the full-length layout: kept for the plan's life, or ragged: each call's
-            lens.fill(n)
-            rows[:] = np.arange(b0, b1)
-            batch_sizes.fill(b)
+            # the full-length layout: kept for the plan's life, or ragged: each
+            # call's (the plan's own arrays: kept plans of other shapes must
+            # not share them, as they would a workspace buffer of one shape)
+            lens = np.full(b, n, np.intp)
+            rows = np.arange(b0, b1, dtype=np.intp)
+            batch_sizes = np.full(n, b, np.intc)
             sub_masks = None if masks is None else _slice_masks(masks, b0, b1, n)
             part, stages = self._batch_plan(x, states, batch_sizes, sub_masks, weights, buffers)
             parts.append(part)
@@ -754,7 +765,8 @@ class RecurrentNetwork:
         layer direction, by the Layer field names of _scan.pxd (the same dict
         again while T and B stay the same: a training loop pays nothing here).
         One set per layer direction: a new shape replaces it, so a workspace
-        that sees many shapes (ragged batches) keeps the memory of one."""
+        that sees many shapes (ragged batches) keeps the memory of one, and
+        of the KEPT_PLANS - 1 other plans kept over earlier sets."""
         key = ("buffers", backward, layer, d)
         found = ws.sets.get(key)
         if found is None or found[0] != (T, B):
@@ -1322,6 +1334,13 @@ def fused_cell_weights(weights, cfg):
                                       arrays.get("peephole"), cfg["hidden"], thin)
         fused.append({**arrays, "fused_xh_t" if thin else "fused_hh_t": packed})
     return fused
+
+
+def _last_plan_entry(ws):
+    """(key, weights, plan, parts, inputs, calls_blas) of the plan that the
+    last forward through workspace ws (in this thread) ran, or None."""
+    plans = ws.chunk(0).sets.get("network_plans")
+    return next(reversed(plans.values())) if plans else None
 
 
 class _Workspace:
