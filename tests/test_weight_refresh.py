@@ -110,6 +110,10 @@ def test_alternating_batch_shapes_keep_a_plan_each(cell):
     net.run(batches[1][:2])                  # a third shape: the 8-row plan goes
     net.run(batches[0])
     assert _plan_entry(net) is not plans[8][0]
+    # inference keeps one plan: a large batch's buffers go with the next shape
+    for X in batches[:2]:
+        net.run(X, keep_cache=False)
+    assert len(net._inference_ws.chunk(0).sets["network_plans"]) == 1
 
 
 def test_dropout_draws_masks_and_no_dropout_draws_none():
