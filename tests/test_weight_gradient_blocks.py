@@ -1,10 +1,11 @@
 """Weight gradients summed in row blocks (clstm._scan._weight_gradient): where
 float32 weight gradients run on SciPy's BLAS (builds without the small-GEMM
-kernel, or set_wgrad_kernel(False)) and the BLAS has a kernel for small
-products, they are summed over blocks of rows that fit it. Every gradient must stay the gradient (the
-float64 network's, to float32 rounding), every block must count once (a
-dropped or doubled block is far outside the tolerance), the blocks must not
-depend on the thread count, and the block size on the BLAS in use only."""
+kernel, the smallest products, or set_wgrad_kernel(False)) and the BLAS has a
+kernel for small products, they are summed over blocks of rows that fit it.
+Every gradient must stay the gradient (the float64 network's, to float32
+rounding), every block must count once (a dropped or doubled block is far
+outside the tolerance), the blocks must not depend on the thread count, and
+the block size on the BLAS in use only."""
 
 import subprocess
 import sys
@@ -18,17 +19,10 @@ import clstm._parallel as parallel
 import clstm._rnn as rnn
 from clstm import _scan
 
+from _weight_gradients import CELLS, gradients
+
 pytestmark = pytest.mark.kernel    # fast: also run against the bounds-checked build
 
-CELLS = {
-    "lstm-thin": (clstm.LSTM, {}, 3),             # [x | h] in one gradient GEMM
-    "lstm-wide": (clstm.LSTM, {}, 40),            # x and h GEMMs of their own
-    "proj": (clstm.LSTM, {"proj_size": 4}, 3),
-    "peephole": (clstm.LSTM, {"peephole": True}, 3),
-    "layer_norm": (clstm.LSTM, {"layer_norm": True}, 3),
-    "gru": (clstm.GRU, {}, 3),
-    "two-layers-bidirectional": (clstm.LSTM, {"num_layers": 2, "bidirectional": True}, 3),
-}
 B, T, H = 6, 9, 8
 
 
@@ -43,14 +37,6 @@ def volume():
     _scan.set_wgrad_kernel(kernel)
 
 
-def _gradients(net, X, lengths):
-    net.train()
-    out, state = net.run(X, None, lengths)
-    grad_X = net.backward_state(np.cos(out).astype(out.dtype),
-                                tuple(np.ones_like(s) for s in state))
-    return {"grad_X": grad_X, **{k: g.copy() for k, g in net.grads.items()}}
-
-
 @pytest.mark.parametrize("ragged", [False, True], ids=["full", "ragged"])
 @pytest.mark.parametrize("name", list(CELLS))
 def test_blocked_sums_are_the_gradient(volume, name, ragged):
@@ -61,13 +47,13 @@ def test_blocked_sums_are_the_gradient(volume, name, ragged):
     net32 = cls(I, H, random_state=0, **options)
     net64 = cls(I, H, random_state=0, dtype="float64", **options)
     net64.load_state_dict(net32.state_dict())
-    want = _gradients(net64, X.astype(np.float64), lengths)
+    want = gradients(net64, X.astype(np.float64), lengths)
 
     _scan.set_small_gemm_volume(0)
-    one_call = _gradients(net32, X, lengths)
+    one_call = gradients(net32, X, lengths)
     # the smallest blocks allowed (12 rows): 54 rows -> 5 blocks, the last of 6
     _scan.set_small_gemm_volume(12 * 4 * H * (I + H))
-    blocked = _gradients(net32, X, lengths)
+    blocked = gradients(net32, X, lengths)
     # the blocks were used: another summation order, other last bits somewhere
     assert any(not np.array_equal(blocked[k], one_call[k]) for k in one_call
                if k.startswith("weight"))
@@ -85,8 +71,8 @@ def test_a_dropped_block_would_be_seen(volume):
     rng = np.random.default_rng(1)
     X = rng.standard_normal((B, T, 3)).astype(np.float32)
     net = clstm.LSTM(3, H, random_state=0)
-    full = _gradients(net, X, None)["weight_hh_l0"]
-    short = _gradients(net, X[:, :7], None)["weight_hh_l0"]   # 12 rows fewer
+    full = gradients(net, X, None)["weight_hh_l0"]
+    short = gradients(net, X[:, :7], None)["weight_hh_l0"]   # 12 rows fewer
     assert np.abs(full - short).max() > 1e-3 * np.abs(full).max()
 
 
@@ -100,7 +86,7 @@ def test_blocks_do_not_depend_on_the_thread_count(volume, monkeypatch, name):
     results = []
     for n_jobs in (1, 2, 3):
         net = cls(I, H, random_state=0, n_jobs=n_jobs, **options)
-        results.append(_gradients(net, X, None))
+        results.append(gradients(net, X, None))
     for other in results[1:]:
         for k, v in results[0].items():
             assert np.array_equal(other[k], v), k
@@ -110,9 +96,9 @@ def test_float64_gradients_are_never_blocked(volume):
     X = np.random.default_rng(3).standard_normal((B, T, 3))
     net = clstm.LSTM(3, H, random_state=0, dtype="float64")
     _scan.set_small_gemm_volume(0)
-    one_call = _gradients(net, X, None)
+    one_call = gradients(net, X, None)
     _scan.set_small_gemm_volume(12 * 4 * H * (3 + H))
-    again = _gradients(net, X, None)
+    again = gradients(net, X, None)
     for k, v in one_call.items():
         assert np.array_equal(again[k], v), k
 

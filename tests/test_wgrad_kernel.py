@@ -10,8 +10,9 @@ BLAS path."""
 import numpy as np
 import pytest
 
-import clstm
 from clstm import _scan
+
+from _weight_gradients import CELLS, gradients
 
 pytestmark = [
     pytest.mark.kernel,     # fast: also run against the bounds-checked build
@@ -102,15 +103,6 @@ def test_shapes_are_checked():
                            False, 2, 4)
 
 
-CELLS = {
-    "lstm-thin": (clstm.LSTM, {}, 3),             # [x | h] in one gradient product
-    "lstm-wide": (clstm.LSTM, {}, 40),            # x and h products of their own
-    "proj": (clstm.LSTM, {"proj_size": 4}, 3),
-    "gru": (clstm.GRU, {}, 3),
-    "two-layers-bidirectional": (clstm.LSTM, {"num_layers": 2, "bidirectional": True}, 3),
-}
-
-
 @pytest.fixture
 def blas_path():
     """Every weight gradient on the kernel, whatever its size (no blocks of
@@ -127,14 +119,6 @@ def blas_path():
     _scan.set_small_gemm_volume(volume)
 
 
-def _gradients(net, X, lengths):
-    net.train()
-    out, state = net.run(X, None, lengths)
-    grad_X = net.backward_state(np.cos(out).astype(out.dtype),
-                                tuple(np.ones_like(s) for s in state))
-    return {"grad_X": grad_X, **{k: g.copy() for k, g in net.grads.items()}}
-
-
 @pytest.mark.parametrize("ragged", [False, True], ids=["full", "ragged"])
 @pytest.mark.parametrize("name", list(CELLS))
 def test_network_gradients_on_the_kernel(blas_path, name, ragged):
@@ -149,10 +133,10 @@ def test_network_gradients_on_the_kernel(blas_path, name, ragged):
     net32 = cls(I, H, random_state=0, **options)
     net64 = cls(I, H, random_state=0, dtype="float64", **options)
     net64.load_state_dict(net32.state_dict())
-    want = _gradients(net64, X.astype(np.float64), lengths)
-    kernel = _gradients(net32, X, lengths)
+    want = gradients(net64, X.astype(np.float64), lengths)
+    kernel = gradients(net32, X, lengths)
     with blas_path:
-        blas = _gradients(net32, X, lengths)
+        blas = gradients(net32, X, lengths)
     assert any(not np.array_equal(kernel[k], blas[k]) for k in kernel if k.startswith("weight"))
     for k, w in want.items():
         scale = np.abs(w).max()
