@@ -210,6 +210,7 @@ ATTR static void clstm_packed_gemm_##SFX(                                       
     const ptrdiff_t ps = (K1 + K2) * CLSTM_PANEL;                               \
     const ptrdiff_t group = AT ? 4 : clstm_panel_group(ps);                    \
     ptrdiff_t r, rows, p, g0, g1, r0;                                           \
+    if (AT) K1 = 0;     /* (clstm_wgrad: one A; the first loop compiles away) */ \
     for (g0 = 0; g0 < n_panels; g0 = g1) {                                      \
         g1 = n_panels - g0 > group ? g0 + group : n_panels;                     \
         r0 = 0;                                                                 \
