@@ -220,7 +220,7 @@ else
     # (a) Static: VEX/EVEX code (ymm/zmm/k registers, v* mnemonics) appears
     #     only inside the gcc target_clones bodies *.arch_x86_64_v3 / _v4 and
     #     the manually dispatched variants of the small GEMM (clstm_packed_gemm_v3 /
-    #     _v4), of the narrow products (clstm_narrow_dots_v3 / _v4) and of the
+    #     _v4, and _v3t / _v4t reading A transposed), of the narrow products (clstm_narrow_dots_v3 / _v4) and of the
     #     fused cell (clstm_fused_lstm_v3 / _v4).
     "$TOOLS/python" - "$WORK"/venv/lib/python*/site-packages/clstm/*.so <<'EOF'
 import re, subprocess, sys
@@ -241,7 +241,7 @@ for so in sys.argv[1:]:
         if not vex:
             continue
         n_vex += 1
-        if re.search(r"\.arch_x86_64_v[34]$|^clstm_(packed_gemm|narrow_dots|fused_lstm)_v[34]$", func):
+        if re.search(r"\.arch_x86_64_v[34]$|^clstm_(packed_gemm|narrow_dots|fused_lstm)_v[34]t?$", func):
             clones.add(func)
         else:
             leaks.setdefault(func, mnem + " " + ops)
