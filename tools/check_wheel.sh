@@ -37,8 +37,10 @@ QEMU_BLAS_CORE=${CLSTM_QEMU_BLAS_CORE:-Nehalem}
 # A budget that makes growth visible: the Cython modules (three kernel modules with
 # baseline/AVX2/AVX-512 clones, the embedding and softmax kernels, the streaming step)
 # compress to ~0.9 MB, the Python sources to ~0.3 MB (1.18 MB in all with five modules
-# when this was set).
-MAX_WHEEL_BYTES=1500000
+# when this was set). Raised from 1.50 to 1.55 MB when the small GEMM's transposed-A
+# variants for the weight gradients landed (1.470 -> 1.499 MB, 1.5 KB under the old
+# budget: too close for a compiler of another version).
+MAX_WHEEL_BYTES=1550000
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 
 TIMINGS=()
