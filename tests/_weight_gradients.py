@@ -25,3 +25,17 @@ def gradients(net, X, lengths):
     grad_X = net.backward_state(np.cos(out).astype(out.dtype),
                                 tuple(np.ones_like(s) for s in state))
     return {"grad_X": grad_X, **{k: g.copy() for k, g in net.grads.items()}}
+
+
+def float32_and_reference(name, ragged, B, T, H):
+    """A float32 network of cell ``name``, a batch (B, T, its inputs) with
+    lengths when ``ragged``, and the float64 twin's gradients on it (the
+    reference): (net32, X, lengths, want)."""
+    cls, options, I = CELLS[name]
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((B, T, I)).astype(np.float32)
+    lengths = rng.integers(1, T + 1, B) if ragged else None
+    net32 = cls(I, H, random_state=0, **options)
+    net64 = cls(I, H, random_state=0, dtype="float64", **options)
+    net64.load_state_dict(net32.state_dict())
+    return net32, X, lengths, gradients(net64, X.astype(np.float64), lengths)

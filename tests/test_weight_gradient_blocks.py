@@ -19,7 +19,7 @@ import clstm._parallel as parallel
 import clstm._rnn as rnn
 from clstm import _scan
 
-from _weight_gradients import CELLS, gradients
+from _weight_gradients import CELLS, float32_and_reference, gradients
 
 pytestmark = pytest.mark.kernel    # fast: also run against the bounds-checked build
 
@@ -40,14 +40,8 @@ def volume():
 @pytest.mark.parametrize("ragged", [False, True], ids=["full", "ragged"])
 @pytest.mark.parametrize("name", list(CELLS))
 def test_blocked_sums_are_the_gradient(volume, name, ragged):
-    cls, options, I = CELLS[name]
-    rng = np.random.default_rng(0)
-    X = rng.standard_normal((B, T, I)).astype(np.float32)
-    lengths = rng.integers(1, T + 1, B) if ragged else None
-    net32 = cls(I, H, random_state=0, **options)
-    net64 = cls(I, H, random_state=0, dtype="float64", **options)
-    net64.load_state_dict(net32.state_dict())
-    want = gradients(net64, X.astype(np.float64), lengths)
+    I = CELLS[name][2]
+    net32, X, lengths, want = float32_and_reference(name, ragged, B, T, H)
 
     _scan.set_small_gemm_volume(0)
     one_call = gradients(net32, X, lengths)

@@ -12,7 +12,7 @@ import pytest
 
 from clstm import _scan
 
-from _weight_gradients import CELLS, gradients
+from _weight_gradients import CELLS, float32_and_reference, gradients
 
 pytestmark = [
     pytest.mark.kernel,     # fast: also run against the bounds-checked build
@@ -125,15 +125,7 @@ def test_network_gradients_on_the_kernel(blas_path, name, ragged):
     """The backward on the kernel gives the float64 network's gradients (to
     float32 rounding), as the BLAS path does, and another summation order
     than the BLAS somewhere (the kernel was used)."""
-    cls, options, I = CELLS[name]
-    rng = np.random.default_rng(0)
-    B, T, H = 6, 40, 8
-    X = rng.standard_normal((B, T, I)).astype(np.float32)
-    lengths = rng.integers(1, T + 1, B) if ragged else None
-    net32 = cls(I, H, random_state=0, **options)
-    net64 = cls(I, H, random_state=0, dtype="float64", **options)
-    net64.load_state_dict(net32.state_dict())
-    want = gradients(net64, X.astype(np.float64), lengths)
+    net32, X, lengths, want = float32_and_reference(name, ragged, B=6, T=40, H=8)
     kernel = gradients(net32, X, lengths)
     with blas_path:
         blas = gradients(net32, X, lengths)

@@ -349,8 +349,8 @@ __attribute__((unused)) static void clstm_packed_gemm(ptrdiff_t n, ptrdiff_t K, 
  * the N columns of B; A packed), because the panels, which pad the columns
  * of the product to 16, waste 10 % more the other way: 33 columns are 3
  * panels, the 128 rows of C 8. (Zen 5, one core: the forecast fit's
- * 640 x 128 x 33 gradient 47 -> 23 us, ts-small's 1,600 x 200 x 51 170 ->
- * 140 us.) */
+ * 640 x 128 x 33 gradient 47 -> 30 us; ts-small's 1,600 x 200 x 51 170 us
+ * either way.) */
 static inline int clstm_wgrad_swapped(ptrdiff_t G, ptrdiff_t N)
 {
     const ptrdiff_t pad_g = (G + CLSTM_PANEL - 1) / CLSTM_PANEL * CLSTM_PANEL;

@@ -867,13 +867,14 @@ cdef void _weight_gradient(Layer* L, Py_ssize_t G, Py_ssize_t N, Py_ssize_t rows
     across L's row team where it has one: the BLAS, limited to one thread in
     the backward, left the second core idle. The kernel or the BLAS, and the
     order of each element's sum, follow from the shape alone, so the result
-    is the same for every thread count and call. One core of Zen 5,
-    training step, kernel / BLAS: ts-medium 0.93, stacked 0.99, nlp-large
-    1.00; 2 threads: ts-small 0.91, ts-medium 0.94, stacked 0.98. Products of
-    at most WGRAD_BLAS_BLOCKS of the BLAS's small-product blocks stay on it:
-    that kernel packs nothing, and the forecast fit's 640 x 128 x 33 step
-    took 1.05x as long on clstm's (ts-small's 1,600 x 200 x 51, 8 blocks:
-    1.02x at 1 thread, 0.91x at 2).
+    is the same for every thread count and call. Zen 5, training step,
+    kernel / BLAS (benchmarks/bench_wgrad.py): 1 thread ts-medium 0.93,
+    stacked 0.97, nlp-large 0.99; 2 threads ts-small 0.92, ts-medium 0.93,
+    stacked 0.98. Products of at most WGRAD_BLAS_BLOCKS of the BLAS's
+    small-product blocks stay on it: that kernel packs nothing, and the
+    forecast fit's 640 x 128 x 33 step (3 blocks) took 1.05x as long on
+    clstm's (ts-small's 1,600 x 200 x 51, 16 blocks: 1.02x at 1 thread,
+    0.92x at 2).
 
     Elsewhere (float64; builds without the kernel) SciPy's BLAS: its
     OpenBLAS runs a product of at most 10^6 multiply-adds on a kernel that
