@@ -144,7 +144,7 @@ setup(
     ext_modules=cythonize(
         [extension("_blas"), extension("_cell"), extension("_scan"), extension("_stream"),
          extension("_embedding"),
-         extension("_softmax"), extension("_optimizer_steps")],
+         extension("_head_losses"), extension("_optimizer_steps")],
         compiler_directives=directives,
         include_path=["src"],
     ),

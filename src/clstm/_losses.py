@@ -47,13 +47,13 @@ def logistic_loss(Z, Y, W, norm):
 def softmax_cross_entropy(Z, Y, W, norm):
     """l = logsumexp(z) - z_y, Z of shape (..., K), Y integer class codes of shape (...).
 
-    Computed by the fused kernel ``clstm._softmax.cross_entropy`` (no float64
+    Computed by the fused kernel ``clstm._head_losses.cross_entropy`` (no float64
     copy of Z: a language model's Z has a column per vocabulary entry): sums,
     the log and the loss in double; the exps in double for float64 Z, in
     float32 by a vectorized polynomial (a few ulp) for float32 Z; the gradient
     in Z's dtype.
     """
-    from clstm import _softmax
+    from clstm import _head_losses
 
     K = Z.shape[-1]
     logits = np.ascontiguousarray(Z).reshape(-1, K)
@@ -64,7 +64,7 @@ def softmax_cross_entropy(Z, Y, W, norm):
         raise ValueError(f"class codes must lie in [0, {K}), got values in "
                          f"[{used.min()}, {used.max()}]")
     grad = np.empty_like(logits)
-    loss = _softmax.cross_entropy(logits, codes, weights, grad, np.empty(K))
+    loss = _head_losses.cross_entropy(logits, codes, weights, grad, np.empty(K))
     return float(loss), grad.reshape(Z.shape)
 
 
