@@ -12,7 +12,9 @@ rounded as the array expression in the docstrings rounds it, so the result
 is bit for bit what that expression gives (tests/test_optimizer_steps.py
 checks this against the NumPy forms). That needs the compiler to keep each
 operation as written: the module is built with -ffp-contract=off (no fused
-multiply-adds, which would skip a rounding) and without -ffast-math.
+multiply-adds, which would skip a rounding) and without -ffast-math. The Adam
+and RMSprop loops (``_optimizer_rows.h``) have AVX2 and AVX-512 clones picked
+at load time; each operation is elementwise, so every clone gives those bits.
 
 The arrays are 1-D, C-contiguous, of one floating dtype and one size (the
 outputs writable); scalars arrive as Python floats already rounded to that
@@ -24,7 +26,6 @@ norm of the training loop).
 """
 
 from cython cimport floating
-from libc.math cimport sqrt, sqrtf
 
 cimport numpy as cnp
 
@@ -33,41 +34,17 @@ import numpy as np
 cnp.import_array()
 
 
-cdef inline floating _sqrt(floating x) noexcept nogil:
-    if floating is float:
-        return sqrtf(x)
-    else:
-        return sqrt(x)
-
-
-cdef void _adam(Py_ssize_t n, floating* param, const floating* grad, floating* m,
-                floating* v, floating beta_1, floating one_minus_beta_1, floating beta_2,
-                floating one_minus_beta_2, floating neg_step,
-                floating epsilon) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef floating g, mi, vi
-    for i in range(n):
-        g = grad[i]
-        mi = m[i] * beta_1
-        mi = mi + one_minus_beta_1 * g
-        vi = v[i] * beta_2
-        vi = vi + one_minus_beta_2 * (g * g)
-        m[i] = mi
-        v[i] = vi
-        param[i] = param[i] + (neg_step * mi) / (_sqrt(vi) + epsilon)
-
-
-cdef void _rmsprop(Py_ssize_t n, floating* param, const floating* grad, floating* s,
-                   floating rho, floating one_minus_rho, floating neg_rate,
-                   floating epsilon) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef floating g, si
-    for i in range(n):
-        g = grad[i]
-        si = s[i] * rho
-        si = si + one_minus_rho * (g * g)
-        s[i] = si
-        param[i] = param[i] + (neg_rate * g) / (_sqrt(si) + epsilon)
+cdef extern from "_optimizer_rows.h" nogil:
+    void clstm_adam_f(Py_ssize_t n, float* param, const float* grad, float* m, float* v,
+                      float beta_1, float one_minus_beta_1, float beta_2,
+                      float one_minus_beta_2, float neg_step, float epsilon)
+    void clstm_adam_d(Py_ssize_t n, double* param, const double* grad, double* m, double* v,
+                      double beta_1, double one_minus_beta_1, double beta_2,
+                      double one_minus_beta_2, double neg_step, double epsilon)
+    void clstm_rmsprop_f(Py_ssize_t n, float* param, const float* grad, float* s, float rho,
+                         float one_minus_rho, float neg_rate, float epsilon)
+    void clstm_rmsprop_d(Py_ssize_t n, double* param, const double* grad, double* s,
+                         double rho, double one_minus_rho, double neg_rate, double epsilon)
 
 
 cdef void _sgd(Py_ssize_t n, floating* param, const floating* grad, floating* velocity,
@@ -131,12 +108,12 @@ def adam_step(param, grad, m, v, double beta_1, double one_minus_beta_1, double 
     cdef void* pv = _data(v)
     with nogil:
         if size == 4:
-            _adam(n, <float*> p, <const float*> g, <float*> pm, <float*> pv,
-                  <float> beta_1, <float> one_minus_beta_1, <float> beta_2,
-                  <float> one_minus_beta_2, <float> neg_step, <float> epsilon)
+            clstm_adam_f(n, <float*> p, <const float*> g, <float*> pm, <float*> pv,
+                         <float> beta_1, <float> one_minus_beta_1, <float> beta_2,
+                         <float> one_minus_beta_2, <float> neg_step, <float> epsilon)
         else:
-            _adam(n, <double*> p, <const double*> g, <double*> pm, <double*> pv, beta_1,
-                  one_minus_beta_1, beta_2, one_minus_beta_2, neg_step, epsilon)
+            clstm_adam_d(n, <double*> p, <const double*> g, <double*> pm, <double*> pv,
+                         beta_1, one_minus_beta_1, beta_2, one_minus_beta_2, neg_step, epsilon)
 
 
 def rmsprop_step(param, grad, s, double rho, double one_minus_rho, double neg_rate,
@@ -153,11 +130,11 @@ def rmsprop_step(param, grad, s, double rho, double one_minus_rho, double neg_ra
     cdef void* ps = _data(s)
     with nogil:
         if size == 4:
-            _rmsprop(n, <float*> p, <const float*> g, <float*> ps, <float> rho,
-                     <float> one_minus_rho, <float> neg_rate, <float> epsilon)
+            clstm_rmsprop_f(n, <float*> p, <const float*> g, <float*> ps, <float> rho,
+                            <float> one_minus_rho, <float> neg_rate, <float> epsilon)
         else:
-            _rmsprop(n, <double*> p, <const double*> g, <double*> ps, rho, one_minus_rho,
-                     neg_rate, epsilon)
+            clstm_rmsprop_d(n, <double*> p, <const double*> g, <double*> ps, rho, one_minus_rho,
+                            neg_rate, epsilon)
 
 
 def sgd_step(param, grad, velocity, double rate, double momentum, bint nesterov):

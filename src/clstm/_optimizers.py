@@ -201,7 +201,7 @@ class BaseOptimizer:
         Built again only when :attr:`state` was replaced or changed."""
         slots = self._slots_in_use()
         built = self.__dict__.get("_flat_state")
-        if (built is not None and built[0] == flat.layout and all(
+        if (built is not None and (built[0] is flat.layout or built[0] == flat.layout) and all(
                 self.state[slot].get(name) is view
                 for slot in slots for name, view in built[1][slot][1].items())):
             return [built[1][slot][0] for slot in slots]
@@ -225,6 +225,7 @@ class BaseOptimizer:
         state = self.__dict__.copy()
         state.pop("_flat_state", None)
         state.pop("_views", None)
+        state.pop("_constants", None)
         return state
 
     def state_dict(self):
@@ -332,19 +333,23 @@ class AdamOptimizer(BaseOptimizer):
                 "epsilon": self.epsilon}
 
     def update_params(self, params, grads, flat=None):
-        self._step_size = (self.learning_rate * np.sqrt(1 - self.beta_2 ** (self.t + 1))
+        self._step_size = (self.learning_rate * math.sqrt(1 - self.beta_2 ** (self.t + 1))
                            / (1 - self.beta_1 ** (self.t + 1)))
-        self._scalars = {}
         super().update_params(params, grads, flat)
 
     def _step(self, param, grad, m, v):
+        # the step's scalars rounded to the dtype, as NumPy rounds them; the
+        # constant ones kept (keyed by their values: a changed beta is seen)
         f = param.dtype.type
-        scalars = self._scalars.get(f)
-        if scalars is None:       # the step's scalars, rounded once per dtype, as NumPy's
-            scalars = self._scalars[f] = (f(self.beta_1), f(1 - self.beta_1), f(self.beta_2),
-                                          f(1 - self.beta_2), f(-self._step_size),
-                                          f(self.epsilon))
-        adam_step(param, grad, m, v, *scalars)
+        key = (f, self.beta_1, self.beta_2, self.epsilon)
+        constants = self.__dict__.setdefault("_constants", {}).get(key)
+        if constants is None:
+            constants = self._constants[key] = (f(self.beta_1), f(1 - self.beta_1),
+                                                f(self.beta_2), f(1 - self.beta_2),
+                                                f(self.epsilon))
+        beta_1, one_minus_beta_1, beta_2, one_minus_beta_2, epsilon = constants
+        adam_step(param, grad, m, v, beta_1, one_minus_beta_1, beta_2, one_minus_beta_2,
+                  f(-self._step_size), epsilon)
 
 
 class RMSpropOptimizer(BaseOptimizer):

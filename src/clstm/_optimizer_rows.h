@@ -1,0 +1,69 @@
+/* The optimizers' elementwise loops (_optimizer_steps.pyx), one pass over
+ * contiguous arrays, compiled three times (baseline, x86-64-v3 = AVX2,
+ * x86-64-v4 = AVX-512) and picked at load time (target_clones). Each
+ * operation is IEEE and elementwise (the module is built with
+ * -ffp-contract=off: no fused multiply-adds), so every clone gives the same
+ * bits: the wider vectors only do more entries at once. A 4,400-entry Adam
+ * step (the forecast fit's model) took 3.2 us on the baseline's SSE2, whose
+ * divisions and square roots are 4 floats wide. */
+#ifndef CLSTM_OPTIMIZER_ROWS_H
+#define CLSTM_OPTIMIZER_ROWS_H
+
+#include <math.h>
+#include <stddef.h>
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
+    defined(__linux__) && defined(__GLIBC__) && !defined(CLSTM_NO_DISPATCH)
+#define CLSTM_OPT_DISPATCH \
+    __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
+#else
+#define CLSTM_OPT_DISPATCH
+#endif
+
+#if defined(_MSC_VER)
+#define CLSTM_OPT_RESTRICT __restrict
+#else
+#define CLSTM_OPT_RESTRICT __restrict__
+#endif
+
+/* m = m * b1 + omb1 * g;  v = v * b2 + omb2 * (g * g);
+ * param = param + (neg_step * m) / (sqrt(v) + eps), each operation rounded. */
+#define CLSTM_DEFINE_ADAM(NAME, T, SQRT)                                                   \
+    static CLSTM_OPT_DISPATCH void NAME(                                                   \
+        ptrdiff_t n, T* CLSTM_OPT_RESTRICT param, const T* CLSTM_OPT_RESTRICT grad,       \
+        T* CLSTM_OPT_RESTRICT m, T* CLSTM_OPT_RESTRICT v, T beta_1, T one_minus_beta_1,    \
+        T beta_2, T one_minus_beta_2, T neg_step, T epsilon)                               \
+    {                                                                                      \
+        for (ptrdiff_t i = 0; i < n; ++i) {                                                \
+            T g = grad[i];                                                                 \
+            T mi = m[i] * beta_1;                                                          \
+            mi = mi + one_minus_beta_1 * g;                                                \
+            T vi = v[i] * beta_2;                                                          \
+            vi = vi + one_minus_beta_2 * (g * g);                                          \
+            m[i] = mi;                                                                     \
+            v[i] = vi;                                                                     \
+            param[i] = param[i] + (neg_step * mi) / (SQRT(vi) + epsilon);                  \
+        }                                                                                  \
+    }
+
+/* s = s * rho + omr * (g * g);  param = param + (neg_rate * g) / (sqrt(s) + eps). */
+#define CLSTM_DEFINE_RMSPROP(NAME, T, SQRT)                                                \
+    static CLSTM_OPT_DISPATCH void NAME(                                                   \
+        ptrdiff_t n, T* CLSTM_OPT_RESTRICT param, const T* CLSTM_OPT_RESTRICT grad,       \
+        T* CLSTM_OPT_RESTRICT s, T rho, T one_minus_rho, T neg_rate, T epsilon)            \
+    {                                                                                      \
+        for (ptrdiff_t i = 0; i < n; ++i) {                                                \
+            T g = grad[i];                                                                 \
+            T si = s[i] * rho;                                                             \
+            si = si + one_minus_rho * (g * g);                                             \
+            s[i] = si;                                                                     \
+            param[i] = param[i] + (neg_rate * g) / (SQRT(si) + epsilon);                   \
+        }                                                                                  \
+    }
+
+CLSTM_DEFINE_ADAM(clstm_adam_f, float, sqrtf)
+CLSTM_DEFINE_ADAM(clstm_adam_d, double, sqrt)
+CLSTM_DEFINE_RMSPROP(clstm_rmsprop_f, float, sqrtf)
+CLSTM_DEFINE_RMSPROP(clstm_rmsprop_d, double, sqrt)
+
+#endif
