@@ -120,6 +120,7 @@ def test_flat_optimizer_continues_from_per_array_state_and_copies():
     snap = copy.deepcopy(opt)
     assert "_flat_state" not in snap.__dict__
     assert snap.state["m"]["w"].base is None         # its own arrays
+    assert snap.schedule is not opt.schedule and snap.t == opt.t
     restored = pickle.loads(pickle.dumps(opt))
     values = {k: v.copy() for k, v in flat.params.items()}
     for g in steps[4:]:

@@ -873,7 +873,8 @@ class BaseLSTMEstimator(BaseEstimator):
                 for b, rows in enumerate(batches):
                     # L2 as scikit-learn's MLP: alpha / 2 * ||W||^2 / (samples in the
                     # batch), samples counted by their weights
-                    alpha = float(self.alpha) / data.sw_unit / float(data.sw[rows].sum())
+                    alpha = (float(self.alpha) / data.sw_unit / float(data.sw[rows].sum())
+                             if self.alpha else 0.0)
                     try:
                         step = data.loss_and_grad(model, rows, alpha, self.tbptt_steps)
                     except NonFiniteError as exc:
@@ -884,9 +885,9 @@ class BaseLSTMEstimator(BaseEstimator):
                     if flat is not None:
                         grads = flat.gather_grads(grads)
                     grad_norm = _global_norm(grads, flat)
-                    if not np.isfinite(loss):
+                    if not math.isfinite(loss):
                         raise _Diverged(epoch, f"the loss is {loss}", b)
-                    if not np.isfinite(grad_norm):
+                    if not math.isfinite(grad_norm):
                         raise _Diverged(epoch, "the gradient is not finite", b)
                     if run.lowest == np.inf:
                         run.first_loss = loss
@@ -1906,10 +1907,12 @@ def _global_norm(grads, flat=None):
     total = 0.0
     if flat is not None:
         total = float(flat.grad_norm()) ** 2
+        if len(grads) == len(flat.grads):       # (a training step: nothing else)
+            return math.sqrt(total)
         grads = {k: g for k, g in grads.items() if k not in flat.grads}
     for g in grads.values():
         total += sum_of_squares(np.ascontiguousarray(g.ravel()))   # (a RowGradient: its rows)
-    return np.sqrt(total)
+    return math.sqrt(total)
 
 
 def collect_step_targets(y, lengths, T):

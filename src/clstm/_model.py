@@ -138,7 +138,13 @@ class TrainableModel:
             net.clear_cache()
 
     def all_finite(self):
-        return all(np.isfinite(v).all() for v in self.params.values())
+        params = self.params
+        flat = self.__dict__.get("_flat")
+        if flat is not None and flat.holds(params):     # (its views: one check for all)
+            if not np.isfinite(flat.values).all():
+                return False
+            params = {k: v for k, v in params.items() if k not in flat.params}
+        return all(np.isfinite(v).all() for v in params.values())
 
     def train(self):
         for net in self._networks():
@@ -471,7 +477,9 @@ class SequenceModel(TrainableModel):
         ids = X
         X = self.inputs(ids, lengths)
         B, T, _ = X.shape
-        norm = float(np.sum(W, dtype=np.float64))
+        # (W.sum() is that sum for float64 weights, without the dtype argument's cost)
+        norm = float(W.sum() if type(W) is np.ndarray and W.dtype == np.float64
+                     else np.sum(W, dtype=np.float64))
         k = T if tbptt_steps is None else min(int(tbptt_steps), T)
         if self.attention is not None and k < T:
             raise ValueError("attention reads every step of a sequence at once: it cannot "

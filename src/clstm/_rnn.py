@@ -490,8 +490,7 @@ class RecurrentNetwork:
         X, state, lengths = self._validate_input(X, state, lengths)
         B, T, _ = X.shape
         if lengths is None:
-            order = np.arange(B)
-            sorted_lengths = np.full(B, T)
+            order, sorted_lengths = self._full_length_order(B, T)
         else:
             # Sort by decreasing length (stable): the rows active at step t are
             # then the first batch_sizes[t], so each step is one contiguous GEMM.
@@ -538,6 +537,16 @@ class RecurrentNetwork:
             cache = {"parts": parts, "chunks": chunks, "order": order, "inverse": inverse,
                      "shape": (B, T), "params": dict(self.params), "values": values}
         return out, tuple(finals), cache
+
+    def _full_length_order(self, B, T):
+        """(order, sorted lengths) of B sequences of T steps: arange(B) and T per
+        row, read-only, kept for the last shape (a training loop's every batch)."""
+        kept = self.__dict__.get("_full_order")
+        if kept is None or kept[0] != (B, T):
+            order, lengths = np.arange(B), np.full(B, T)
+            order.flags.writeable = lengths.flags.writeable = False
+            kept = self._full_order = ((B, T), order, lengths)
+        return kept[1], kept[2]
 
     def _inference_workspace(self):
         ws = self.__dict__.get("_inference_ws")
@@ -1195,6 +1204,7 @@ class RecurrentNetwork:
         state.pop("_fused_memo", None)
         state.pop("_fused_stale", None)
         state.pop("_inference_ws", None)
+        state.pop("_full_order", None)
         state["_step_plan"] = None
         state["grads"] = {}
         return state
