@@ -327,3 +327,50 @@ def test_sub_batches_on_helper_threads_keep_the_bits(dtype):
         grads.append({k: v.copy() for k, v in net.grads.items()})
     for name, g in grads[0].items():
         assert np.array_equal(g, grads[1][name]), name
+
+
+NETWORKS = {
+    "lstm": lambda: clstm.LSTM(3, 5, num_layers=2, bidirectional=True, random_state=0),
+    "gru": lambda: clstm.GRU(3, 5, num_layers=2, random_state=0),
+}
+
+
+@pytest.mark.parametrize("into", [False, True])
+@pytest.mark.parametrize("kind", sorted(NETWORKS))
+def test_without_grad_inputs_the_parameter_gradients_are_the_same(into, kind):
+    """backward_state(grad_inputs=False), as a model without an input layer calls
+    it: returns None, the parameter gradients bit for bit those of a full
+    backward, and no gradient of X or of the initial states."""
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((6, 7, 3)).astype(np.float32)
+    lengths = np.array([7, 3, 5, 7, 1, 6])
+    results = []
+    for grad_inputs in (True, False):
+        net = NETWORKS[kind]()
+        out, final = net.run(X, lengths=lengths)
+        sink = {}
+        if into:
+            sink["grads_into"] = {k: np.zeros_like(v) for k, v in net.params.items()}
+        grad_X = net.backward_state(np.cos(3.0 * out), tuple(np.sin(s) for s in final),
+                                    grad_inputs=grad_inputs, **sink)
+        results.append((grad_X, {k: v.copy() for k, v in net.grads.items()}))
+    (grad_X, full), (none, params_only) = results
+    assert grad_X.shape == X.shape and none is None
+    assert set(full) - set(params_only) == {f"{name}0" for name in net.state_names}
+    for name, value in params_only.items():
+        np.testing.assert_array_equal(value, full[name], err_msg=name)
+
+
+def test_convlstm_without_grad_inputs():
+    rng = np.random.default_rng(6)
+    X = rng.standard_normal((2, 3, 4, 4, 2)).astype(np.float32)
+    results = []
+    for grad_inputs in (True, False):
+        net = clstm.ConvLSTM(2, 3, 3, random_state=0)
+        out, final = net.run(X)
+        grad_X = net.backward_state(np.cos(out), grad_inputs=grad_inputs)
+        results.append((grad_X, {k: v.copy() for k, v in net.grads.items()}))
+    (grad_X, full), (none, params_only) = results
+    assert grad_X.shape == X.shape and none is None
+    for name, value in params_only.items():
+        np.testing.assert_array_equal(value, full[name], err_msg=name)

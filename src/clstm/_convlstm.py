@@ -462,7 +462,7 @@ class ConvLSTM(RecurrentNetwork):
         return {name: ws.get(key + (name,), shape, dt) for name, shape in shapes.items()}
 
     # -- backward -------------------------------------------------------------------
-    def _backward(self, grad_out, grad_state, retain_cache=False):
+    def _backward(self, grad_out, grad_state, retain_cache=False, grad_inputs=True):
         cache = self._checked_cache()
         (B, T), spatial = cache["shape"], cache["spatial"]
         S, F, L = int(np.prod(spatial)), self.filters, self.num_layers
@@ -510,6 +510,9 @@ class ConvLSTM(RecurrentNetwork):
         for _, more, _ in results[1:]:        # in part order (bit-identical for any n_jobs)
             for name, value in more.items():
                 grads[name] += value
+        if not grad_inputs:
+            self.grads = grads
+            return None
         C = self.in_channels
         grad_X = np.zeros((B, T, S, C), dtype=self.dtype)
         grad_init = [np.empty((L, B, S, F), dtype=self.dtype) for _ in self.state_names]

@@ -498,6 +498,8 @@ class SequenceModel(TrainableModel):
                 if flat is not None and need_grad else {})
         grad_inputs = (np.zeros_like(X) if need_grad and self.input_layer is not None
                        and self.input_layer.params else None)
+        # (without an input layer's gradient to feed, X's is not assembled)
+        backward_kw = dict(sink, grad_inputs=grad_inputs is not None)
         h_index = net.state_names.index("h")
         shortest, longest = int(lengths.min()), int(lengths.max())
         state = None        # (sorted like X) the carried states, a list over state_names
@@ -562,13 +564,13 @@ class SequenceModel(TrainableModel):
                 if not need_grad:
                     continue
                 if self.return_sequences:
-                    grad_Xc = net.backward_state(grad_feats, **sink)
+                    grad_Xc = net.backward_state(grad_feats, **backward_kw)
                 elif self.attention is not None:
                     grad_out, attention_grads = self.attention.backward(grad_feats,
                                                                         attention_cache)
                     for name, g in attention_grads.items():
                         grads[_ATTENTION_PREFIX + name] += g
-                    grad_Xc = net.backward_state(grad_out, **sink)
+                    grad_Xc = net.backward_state(grad_out, **backward_kw)
                 else:
                     grad_h = np.zeros_like(state_out[h_index])
                     H = net.output_size
@@ -578,7 +580,7 @@ class SequenceModel(TrainableModel):
                     grad_Xc = net.backward_state(None,      # (the loss sees h_n only)
                                                  tuple(grad_h if i == h_index else None
                                                        for i in range(len(state_out))),
-                                                 **sink)
+                                                 **backward_kw)
                 if grad_inputs is not None:
                     grad_inputs[slice(None) if whole else active, start:stop] = grad_Xc
                 if not sink:             # (with a sink the network added them already)

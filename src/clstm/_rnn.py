@@ -414,7 +414,7 @@ class RecurrentNetwork:
             return None
 
     def backward_state(self, grad_out, grad_state=None, grads_into=None, *,
-                       retain_cache=False):
+                       retain_cache=False, grad_inputs=True):
         """Backward from the last cached run, the state gradients as one tuple
         (or None). Returns grad_X; parameter gradients go to :attr:`grads`.
         ``grad_out`` None: no gradient reaches the outputs (a loss on the
@@ -427,6 +427,9 @@ class RecurrentNetwork:
         gradients (no second buffer of that size), so it may run once per
         forward; ``retain_cache=True`` works on a copy instead and leaves the
         cache for another backward (as torch's ``retain_graph``).
+        ``grad_inputs=False``: the gradients of X and of the initial states
+        are not assembled (for a caller that discards them; returns None and
+        :attr:`grads` holds the parameters' only).
 
         >>> import numpy as np, clstm
         >>> net = clstm.LSTM(2, 3, random_state=0)
@@ -436,9 +439,11 @@ class RecurrentNetwork:
         >>> net.grads["weight_hh_l0"] is into["weight_hh_l0"]
         True
         """
+        extra = {} if grad_inputs else {"grad_inputs": False}
         if grads_into is None:      # (a subclass's _backward may not take it: ConvLSTM)
-            return self._backward(grad_out, grad_state, retain_cache=retain_cache)
-        return self._backward(grad_out, grad_state, grads_into, retain_cache=retain_cache)
+            return self._backward(grad_out, grad_state, retain_cache=retain_cache, **extra)
+        return self._backward(grad_out, grad_state, grads_into, retain_cache=retain_cache,
+                              **extra)
 
     def clear_cache(self):
         """Drop the activations kept for backward (frees their memory)."""
@@ -887,7 +892,8 @@ class RecurrentNetwork:
                                "the saved activations no longer match them: run forward() again")
         return cache
 
-    def _backward(self, grad_out, grad_state, grads_into=None, retain_cache=False):
+    def _backward(self, grad_out, grad_state, grads_into=None, retain_cache=False,
+                  grad_inputs=True):
         cache = self._checked_cache()
         B, T = cache["shape"]
         P, D, L = self.output_size, self.num_directions, self.num_layers
@@ -934,6 +940,9 @@ class RecurrentNetwork:
                 results = self._backward_per_layer(cache, grad_out, grad_state, weights,
                                                    grads_into, retain_cache, n_threads, team)
         grads = dict(results[0][1])
+        if not grad_inputs:
+            self.grads = grads
+            return None
         grad_X = np.zeros((B, T, self.input_size), dtype=self.dtype)
         grad_init = [np.empty((L * D, B, sizes[name]), dtype=self.dtype)
                      for name in self.state_names]
