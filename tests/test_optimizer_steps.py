@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from clstm._flat import FlatParameters
-from clstm._optimizer_steps import adam_step, rmsprop_step, sgd_step, sum_of_squares
+from clstm._optimizer_steps import (adam_step, all_finite, rmsprop_step, sgd_step,
+                                    sum_of_squares)
 from clstm._optimizers import AdamOptimizer, RMSpropOptimizer, SGDOptimizer
 from clstm._tokens import RowGradient
 
@@ -215,3 +216,24 @@ def test_row_sparse_updates_touch_only_their_rows_numpys_way(name):
         _same_bits(opt.state[slot]["e"], want)
     untouched = np.setdiff1d(np.arange(9), [0, 1, 4, 5, 8])
     assert untouched.size and all(not s[untouched].any() for s in ref_slots)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 64, 1001])
+def test_all_finite_finds_every_bad_entry(dtype, n):
+    rng = np.random.default_rng(n)
+    values = (rng.standard_normal(n) * 1e30).astype(dtype)
+    values[: n // 3] = np.finfo(dtype).max          # large but finite
+    assert all_finite(values) is True
+    for bad in (np.nan, np.inf, -np.inf):
+        for i in {0, n // 2, n - 1} if n else ():
+            broken = values.copy()
+            broken[i] = bad
+            assert all_finite(broken) is False
+            assert all_finite(broken.reshape(1, -1)) is False      # any shape
+    # what it does not read: the caller asks NumPy instead
+    if n > 2:
+        assert all_finite(values[::2]) is None          # strided
+    assert all_finite(np.zeros(n, np.float16)) is None
+    assert all_finite(np.zeros(n, np.int64)) is None
+    assert all_finite(list(values)) is None

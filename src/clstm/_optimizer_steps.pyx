@@ -22,7 +22,9 @@ dtype (the optimizers pass ``dtype.type(x)``), so their cast is exact. Raw
 pointers rather than typed memoryviews keep the module small (a wheel budget).
 
 ``sum_of_squares`` accumulates in float64 for both dtypes (the gradient
-norm of the training loop).
+norm of the training loop). ``all_finite`` is the finiteness check of the
+inputs, states and gradients (clstm._validation.check_finite) without
+NumPy's boolean temporary of the array's size.
 """
 
 from cython cimport floating
@@ -190,3 +192,41 @@ def sum_of_squares(values):
         else:
             total = _sum_of_squares(n, <const double*> p)
     return total
+
+
+cdef bint _all_finite(Py_ssize_t n, const floating* values) noexcept nogil:
+    # x - x is 0 for a finite x and NaN for inf or NaN: the eight sums stay 0
+    # exactly while every entry is finite (independent sums: the adds pipeline)
+    cdef Py_ssize_t i, j, n8 = n - n % 8
+    cdef floating acc[8]
+    for j in range(8):
+        acc[j] = 0
+    for i in range(0, n8, 8):
+        for j in range(8):
+            acc[j] = acc[j] + (values[i + j] - values[i + j])
+    for i in range(n8, n):
+        acc[0] = acc[0] + (values[i] - values[i])
+    for j in range(1, 8):
+        acc[0] = acc[0] + acc[j]
+    return acc[0] == 0
+
+
+def all_finite(values):
+    """Whether every entry of ``values`` is finite: a C-contiguous float32 or
+    float64 ndarray of any shape, read in one pass; None for any other
+    argument (the caller asks NumPy then)."""
+    if not isinstance(values, np.ndarray) or not values.flags.c_contiguous:
+        return None
+    cdef cnp.ndarray arr = values
+    cdef Py_ssize_t n = arr.size
+    cdef void* p = _data(arr)
+    cdef bint finite
+    if arr.dtype == np.float32:
+        with nogil:
+            finite = _all_finite(n, <const float*> p)
+    elif arr.dtype == np.float64:
+        with nogil:
+            finite = _all_finite(n, <const double*> p)
+    else:
+        return None
+    return finite

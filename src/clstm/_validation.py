@@ -8,6 +8,8 @@ import numbers
 
 import numpy as np
 
+from clstm._optimizer_steps import all_finite
+
 _DTYPES = {"float32": np.float32, "float64": np.float64}
 
 
@@ -52,7 +54,10 @@ def as_float_array(value, dtype, name):
 
 
 def check_finite(arr, name):
-    if not np.isfinite(arr).all():
+    finite = all_finite(arr)            # (compiled: no boolean array of X's size)
+    if finite is None:
+        finite = np.isfinite(arr).all()
+    if not finite:
         n_bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
         raise ValueError(f"{name} contains {n_bad} NaN or infinite value(s); "
                          "clean or impute them first")
