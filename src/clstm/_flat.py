@@ -22,6 +22,8 @@ a deep copy) simply leaves the flat buffer; the training loop checks
 4.242640687119285
 """
 
+import math
+
 import numpy as np
 
 from clstm._optimizer_steps import sum_of_squares
@@ -97,4 +99,4 @@ class FlatParameters:
         a dot product, and its threads then spin for a while after every
         mini-batch, doubling the CPU time of a 2-thread fit for no gain.
         """
-        return np.sqrt(sum_of_squares(self.grad))
+        return math.sqrt(sum_of_squares(self.grad))
