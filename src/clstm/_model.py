@@ -200,7 +200,18 @@ class TrainableModel:
         # longer share the copied flat buffer's memory, so it is not copied
         state = self.__dict__.copy()
         state.pop("_flat", None)
+        state.pop("_network_grad_memo", None)
         return state
+
+    def _network_grad_views(self, flat):
+        """The network's parameter names -> their views of ``flat``'s gradient
+        buffer (what zero_grads returns under the model's names), kept per buffer:
+        the same dict every step, which the network checks once."""
+        memo = self.__dict__.get("_network_grad_memo")
+        if memo is None or memo[0] is not flat:
+            views = {name: flat.grads[_NETWORK_PREFIX + name] for name in self.network.params}
+            memo = self._network_grad_memo = (flat, views)
+        return memo[1]
 
     def __setstate__(self, state):
         # read-only arrays (e.g. joblib memory maps) -> private writable copies:
@@ -494,7 +505,7 @@ class SequenceModel(TrainableModel):
                      if not name.startswith(_INPUT_PREFIX)}
         # with the flat buffer, the network adds its parameter gradients straight
         # into it (no arrays of its own, no sum here)
-        sink = ({"grads_into": {name: grads[_NETWORK_PREFIX + name] for name in net.params}}
+        sink = ({"grads_into": self._network_grad_views(flat)}
                 if flat is not None and need_grad else {})
         grad_inputs = (np.zeros_like(X) if need_grad and self.input_layer is not None
                        and self.input_layer.params else None)
