@@ -509,8 +509,10 @@ class SequenceModel(TrainableModel):
                 if flat is not None and need_grad else {})
         grad_inputs = (np.zeros_like(X) if need_grad and self.input_layer is not None
                        and self.input_layer.params else None)
-        # (without an input layer's gradient to feed, X's is not assembled)
-        backward_kw = dict(sink, grad_inputs=grad_inputs is not None)
+        if sink and grad_inputs is None:
+            # (the same extended backward: no gradient of X is assembled when no
+            # input layer needs it)
+            sink["grad_inputs"] = False
         h_index = net.state_names.index("h")
         shortest, longest = int(lengths.min()), int(lengths.max())
         state = None        # (sorted like X) the carried states, a list over state_names
@@ -575,13 +577,13 @@ class SequenceModel(TrainableModel):
                 if not need_grad:
                     continue
                 if self.return_sequences:
-                    grad_Xc = net.backward_state(grad_feats, **backward_kw)
+                    grad_Xc = net.backward_state(grad_feats, **sink)
                 elif self.attention is not None:
                     grad_out, attention_grads = self.attention.backward(grad_feats,
                                                                         attention_cache)
                     for name, g in attention_grads.items():
                         grads[_ATTENTION_PREFIX + name] += g
-                    grad_Xc = net.backward_state(grad_out, **backward_kw)
+                    grad_Xc = net.backward_state(grad_out, **sink)
                 else:
                     grad_h = np.zeros_like(state_out[h_index])
                     H = net.output_size
@@ -591,7 +593,7 @@ class SequenceModel(TrainableModel):
                     grad_Xc = net.backward_state(None,      # (the loss sees h_n only)
                                                  tuple(grad_h if i == h_index else None
                                                        for i in range(len(state_out))),
-                                                 **backward_kw)
+                                                 **sink)
                 if grad_inputs is not None:
                     grad_inputs[slice(None) if whole else active, start:stop] = grad_Xc
                 if not sink:             # (with a sink the network added them already)
