@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from clstm._flat import FlatParameters
-from clstm._optimizer_steps import (adam_step, all_finite, rmsprop_step, sgd_step,
+from clstm._optimizer_steps import (adam_step, adam_steps, all_finite, rmsprop_step, sgd_step,
                                     sum_of_squares)
 from clstm._optimizers import AdamOptimizer, RMSpropOptimizer, SGDOptimizer
 from clstm._tokens import RowGradient
@@ -70,6 +70,29 @@ def test_adam_step_is_numpys_bit_for_bit(dtype, n):
                   f(-step), f(eps))
         for got, want in zip((param, m, v), ref):
             _same_bits(got, want)
+
+
+def test_adam_steps_round_the_scalars_per_array_and_step_each():
+    """adam_steps (one call for many parameters) takes the scalars as doubles and
+    rounds them to each array's dtype: bit for bit NumPy's form per array, float32
+    and float64 arrays in one call."""
+    rng = np.random.default_rng(7)
+    beta_1, beta_2, step, eps = 0.9, 0.999, 1e-3 / 3, 1e-8     # (1e-3 / 3: not a float32)
+    batch, refs = [], []
+    for n, dtype in [(5, np.float32), (4513, np.float32), (0, np.float32), (17, np.float64)]:
+        param, grad, (m, v) = _arrays(rng, n, dtype, 2)
+        refs.append(([a.copy() for a in (param, m, v)], grad))
+        batch.append((param, grad, m, v))
+    for _ in range(2):
+        adam_steps(batch, beta_1, 1 - beta_1, beta_2, 1 - beta_2, -step, eps)
+        for (ref, grad) in refs:
+            numpy_adam(ref[0], grad, ref[1], ref[2], beta_1, beta_2, step, eps)
+    for (param, _, m, v), (ref, _) in zip(batch, refs):
+        for got, want in zip((param, m, v), ref):
+            _same_bits(got, want)
+    with pytest.raises(ValueError, match="same size"):
+        adam_steps([(np.zeros(3), np.zeros(4), np.zeros(3), np.zeros(3))], 0.9, 0.1, 0.999,
+                   0.001, -1e-3, 1e-8)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -107,7 +107,8 @@ import re, sys, tarfile
 names = [n.split("/", 1)[1] for n in tarfile.open(sys.argv[1]).getnames() if "/" in n]
 bad = [n for n in names if re.search(r"\.(c|so|pyd|o|html)$", n) or "__pycache__" in n]
 need = ["LICENSE", "README.md", "pyproject.toml", "setup.py", "MANIFEST.in",
-        "src/clstm/_cell_kernels.h", "src/clstm/_cell_rows.h", "src/clstm/_threads.h",
+        "src/clstm/_cell_kernels.h", "src/clstm/_cell_rows.h", "src/clstm/_dispatch.h",
+        "src/clstm/_optimizer_rows.h", "src/clstm/_threads.h",
         "src/clstm/_fused_cell.h", "src/clstm/_packed_gemm.h",
         "src/clstm/_version.py"]
 need += [f"src/clstm/_{m}.{e}" for m in ("blas", "cell", "scan") for e in ("pyx", "pxd")]
@@ -169,7 +170,7 @@ if vendored: errors.append(f"vendored libraries: {vendored}")
 if generated: errors.append(f"generated files in the wheel: {generated}")
 if len(sos) != n_modules: errors.append(f"expected {n_modules} extension modules (one per .pyx of the sdist), found {sos}")
 if size > limit: errors.append(f"wheel is {size} bytes > {limit}")
-for need in ("clstm/_cell_kernels.h", "clstm/_cell_rows.h", "clstm/_softmax_rows.h", "clstm/_cell.pxd", "clstm/_scan.pxd", "clstm/datasets/data/elnino.csv"):
+for need in ("clstm/_cell_kernels.h", "clstm/_cell_rows.h", "clstm/_dispatch.h", "clstm/_softmax_rows.h", "clstm/_optimizer_rows.h", "clstm/_cell.pxd", "clstm/_scan.pxd", "clstm/datasets/data/elnino.csv"):
     if need not in names: errors.append(f"missing from the wheel: {need}")
 if not any(n.endswith(".dist-info/licenses/LICENSE") for n in names):
     errors.append("LICENSE missing from the wheel's dist-info")

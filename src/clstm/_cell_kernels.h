@@ -44,16 +44,7 @@
 #define CLSTM_MAYBE_UNUSED
 #endif
 
-/* target_clones needs ifunc support: gcc on x86-64 glibc Linux (not musl). */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
-    defined(__linux__) && defined(__GLIBC__) && !defined(CLSTM_NO_DISPATCH)
-#define CLSTM_DISPATCH \
-    __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
-#define CLSTM_HAVE_DISPATCH 1
-#else
-#define CLSTM_DISPATCH
-#define CLSTM_HAVE_DISPATCH 0
-#endif
+#include "_dispatch.h"   /* CLSTM_DISPATCH */
 
 /* ---- activations ------------------------------------------------------- */
 

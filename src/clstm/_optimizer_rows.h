@@ -12,13 +12,7 @@
 #include <math.h>
 #include <stddef.h>
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
-    defined(__linux__) && defined(__GLIBC__) && !defined(CLSTM_NO_DISPATCH)
-#define CLSTM_OPT_DISPATCH \
-    __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
-#else
-#define CLSTM_OPT_DISPATCH
-#endif
+#include "_dispatch.h"
 
 #if defined(_MSC_VER)
 #define CLSTM_OPT_RESTRICT __restrict
@@ -29,7 +23,7 @@
 /* m = m * b1 + omb1 * g;  v = v * b2 + omb2 * (g * g);
  * param = param + (neg_step * m) / (sqrt(v) + eps), each operation rounded. */
 #define CLSTM_DEFINE_ADAM(NAME, T, SQRT)                                                   \
-    static CLSTM_OPT_DISPATCH void NAME(                                                   \
+    static CLSTM_DISPATCH void NAME(                                                   \
         ptrdiff_t n, T* CLSTM_OPT_RESTRICT param, const T* CLSTM_OPT_RESTRICT grad,       \
         T* CLSTM_OPT_RESTRICT m, T* CLSTM_OPT_RESTRICT v, T beta_1, T one_minus_beta_1,    \
         T beta_2, T one_minus_beta_2, T neg_step, T epsilon)                               \
@@ -48,7 +42,7 @@
 
 /* s = s * rho + omr * (g * g);  param = param + (neg_rate * g) / (sqrt(s) + eps). */
 #define CLSTM_DEFINE_RMSPROP(NAME, T, SQRT)                                                \
-    static CLSTM_OPT_DISPATCH void NAME(                                                   \
+    static CLSTM_DISPATCH void NAME(                                                   \
         ptrdiff_t n, T* CLSTM_OPT_RESTRICT param, const T* CLSTM_OPT_RESTRICT grad,       \
         T* CLSTM_OPT_RESTRICT s, T rho, T one_minus_rho, T neg_rate, T epsilon)            \
     {                                                                                      \

@@ -18,7 +18,8 @@ at load time; each operation is elementwise, so every clone gives those bits.
 
 The arrays are 1-D, C-contiguous, of one floating dtype and one size (the
 outputs writable); scalars arrive as Python floats already rounded to that
-dtype (the optimizers pass ``dtype.type(x)``), so their cast is exact. Raw
+dtype (the optimizers pass ``dtype.type(x)``), so their cast is exact; for
+float32 arrays a double is rounded by the cast as ``np.float32(x)`` rounds it. Raw
 pointers rather than typed memoryviews keep the module small (a wheel budget).
 
 ``sum_of_squares`` accumulates in float64 for both dtypes (the gradient
@@ -94,14 +95,8 @@ cdef int _check(tuple outputs, tuple inputs) except -1:
     return dtype.itemsize
 
 
-def adam_step(param, grad, m, v, double beta_1, double one_minus_beta_1, double beta_2,
-              double one_minus_beta_2, double neg_step, double epsilon):
-    """In place, per entry::
-
-        m = m * beta_1;  m = m + one_minus_beta_1 * grad
-        v = v * beta_2;  v = v + one_minus_beta_2 * (grad * grad)
-        param = param + (neg_step * m) / (sqrt(v) + epsilon)
-    """
+cdef int _adam(param, grad, m, v, double beta_1, double one_minus_beta_1, double beta_2,
+               double one_minus_beta_2, double neg_step, double epsilon) except -1:
     cdef int size = _check((param, m, v), (grad,))
     cdef Py_ssize_t n = param.size
     cdef void* p = _data(param)
@@ -116,6 +111,32 @@ def adam_step(param, grad, m, v, double beta_1, double one_minus_beta_1, double 
         else:
             clstm_adam_d(n, <double*> p, <const double*> g, <double*> pm, <double*> pv,
                          beta_1, one_minus_beta_1, beta_2, one_minus_beta_2, neg_step, epsilon)
+    return 0
+
+
+def adam_step(param, grad, m, v, double beta_1, double one_minus_beta_1, double beta_2,
+              double one_minus_beta_2, double neg_step, double epsilon):
+    """In place, per entry::
+
+        m = m * beta_1;  m = m + one_minus_beta_1 * grad
+        v = v * beta_2;  v = v + one_minus_beta_2 * (grad * grad)
+        param = param + (neg_step * m) / (sqrt(v) + epsilon)
+
+    For float32 arrays the scalars are rounded to float32 (as ``np.float32(x)``
+    rounds them), for float64 ones used as they are.
+    """
+    _adam(param, grad, m, v, beta_1, one_minus_beta_1, beta_2, one_minus_beta_2, neg_step,
+          epsilon)
+
+
+def adam_steps(list steps, double beta_1, double one_minus_beta_1, double beta_2,
+               double one_minus_beta_2, double neg_step, double epsilon):
+    """:func:`adam_step` on each ``(param, grad, m, v)`` of ``steps`` in turn: one
+    call for all of a model's parameters (a Python call each costs more than
+    the step of a small parameter)."""
+    for param, grad, m, v in steps:
+        _adam(param, grad, m, v, beta_1, one_minus_beta_1, beta_2, one_minus_beta_2,
+              neg_step, epsilon)
 
 
 def rmsprop_step(param, grad, s, double rho, double one_minus_rho, double neg_rate,

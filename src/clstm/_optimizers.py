@@ -33,7 +33,7 @@ import numbers
 import numpy as np
 
 from clstm._flat import flat_views
-from clstm._optimizer_steps import adam_step, rmsprop_step, sgd_step
+from clstm._optimizer_steps import adam_step, adam_steps, rmsprop_step, sgd_step
 
 __all__ = ["SGDOptimizer", "AdamOptimizer", "RMSpropOptimizer", "LearningRateSchedule",
            "make_optimizer", "optimizer_from_state", "SCHEDULES"]
@@ -160,14 +160,15 @@ class BaseOptimizer:
             grads = flat.gather_grads(grads)
             self._step(flat.values, flat.grad, *self._flat_slots(flat))
             names = [name for name in params if name not in flat.params]
+        batch = []        # the common case, stepped together below: no copies, no checks
         for name in names:
             param = params[name]
             grad = grads[name]
             if (type(grad) is np.ndarray and grad.dtype == param.dtype
                     and grad.flags.c_contiguous):
                 views = self._flat_views(name, param)
-                if views is not None:        # the common case: no copies, no checks
-                    self._step(views[0], grad.reshape(-1), *views[1:])
+                if views is not None:
+                    batch.append((views[0], grad.reshape(-1), *views[1:]))
                     continue
             slots = [self._slot(slot, name, param) for slot in self._slots_in_use()]
             rows = getattr(grad, "rows", None)
@@ -178,6 +179,14 @@ class BaseOptimizer:
             _step_in_place(self._step, gathered[0], grad.values, gathered[1:])
             for whole, part in zip([param] + slots, gathered):
                 whole[rows] = part
+        if batch:
+            self._steps(batch)
+
+    def _steps(self, batch):
+        """``_step(*args)`` for each args of ``batch`` (each parameter's own
+        arrays: independent steps); a solver may take them in one call."""
+        for args in batch:
+            self._step(*args)
 
     def _flat_views(self, name, param):
         """1-D views of a C-contiguous ``param`` and of its slots (made as
@@ -364,6 +373,11 @@ class AdamOptimizer(BaseOptimizer):
         beta_1, one_minus_beta_1, beta_2, one_minus_beta_2, epsilon = constants
         adam_step(param, grad, m, v, beta_1, one_minus_beta_1, beta_2, one_minus_beta_2,
                   f(-self._step_size), epsilon)
+
+    def _steps(self, batch):
+        # one compiled call; it rounds the scalars to each array's dtype as _step does
+        adam_steps(batch, self.beta_1, 1 - self.beta_1, self.beta_2, 1 - self.beta_2,
+                   -self._step_size, self.epsilon)
 
 
 class RMSpropOptimizer(BaseOptimizer):

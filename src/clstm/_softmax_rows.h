@@ -24,13 +24,7 @@
 #define CLSTM_SM_RESTRICT __restrict__
 #endif
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
-    defined(__linux__) && defined(__GLIBC__) && !defined(CLSTM_NO_DISPATCH)
-#define CLSTM_SM_DISPATCH \
-    __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
-#else
-#define CLSTM_SM_DISPATCH
-#endif
+#include "_dispatch.h"
 
 /* e[j] = exp(z[j] - m) for j < k (z[j] - m <= 0). */
 static void clstm_softmax_exp_f(const float* CLSTM_SM_RESTRICT z, ptrdiff_t k, float m,
@@ -63,7 +57,7 @@ static void clstm_softmax_scale_f(float* CLSTM_SM_RESTRICT g, ptrdiff_t k, float
 }
 
 /* w * (logsumexp(z) - z[y]); g = w * (softmax(z) - onehot(y)). */
-CLSTM_SM_DISPATCH
+CLSTM_DISPATCH
 static double clstm_softmax_xent_row_f(const float* CLSTM_SM_RESTRICT z, ptrdiff_t k,
                                        int64_t y, double w, float* CLSTM_SM_RESTRICT g)
 {
