@@ -94,7 +94,9 @@ def main(argv=None):
         counts = collections.Counter()
         with open(raw) as fh:
             for line in fh:
-                stack, n = line.rsplit(" ", 1)
+                stack, _, n = line.rstrip("\n").rpartition(" ")
+                if not stack or not n.isdigit():
+                    continue          # (a sample py-spy could not name: no count)
                 frames = stack.split(";")
                 if not any("._run_epoch " in f for f in frames) and not any(
                         "._fit " in f for f in frames):
