@@ -194,9 +194,13 @@ class BaseOptimizer:
         the same objects; None where one of them is not C-contiguous."""
         kept = self.__dict__.setdefault("_views", {}).get(name)
         slots = self._slots_in_use()
-        if (kept is not None and kept[0] is param
-                and all(self.state[slot].get(name) is s for slot, s in zip(slots, kept[1]))):
-            return kept[2]
+        if kept is not None and kept[0] is param:
+            state = self.state
+            for slot, s in zip(slots, kept[1]):     # (a loop: all() of a generator
+                if state[slot].get(name) is not s:  # cost more than the step here)
+                    break
+            else:
+                return kept[2]
         arrays = [self._slot(slot, name, param) for slot in slots]
         if not (param.flags.c_contiguous and all(a.flags.c_contiguous for a in arrays)):
             return None
