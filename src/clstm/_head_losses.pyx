@@ -3,7 +3,8 @@
 ``dense_head_loss``: a small Dense head (a few outputs) and its squared-error or
 logistic loss, forward and backward at once. Unfused, the head, the loss and the
 head's gradients are about ten NumPy calls of 1-4 us each on a mini-batch of 32
-rows: more than the network's forward at the small shapes of a forecasting fit.
+rows, ~12 us: about a third of the forward kernels at a forecasting fit's shapes
+(batch 32, 20 steps, 32 units), now one call.
 
 ``cross_entropy``: softmax cross-entropy over wide outputs (a language model's
 vocabulary), with no (rows x vocabulary) temporaries. float64 logits: every
