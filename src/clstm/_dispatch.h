@@ -4,7 +4,8 @@
  * x86-64-v4 = AVX-512) and the loader picks one (target_clones, an ifunc), so
  * a portable wheel still uses the wide units. That needs gcc on x86-64 glibc
  * Linux (not clang, not musl): elsewhere, and with CLSTM_NO_DISPATCH, one
- * baseline build.
+ * baseline build. CLSTM_HAVE_DISPATCH also gates the manually dispatched
+ * variants (the small GEMM, the narrow products, the fused cell).
  */
 #ifndef CLSTM_DISPATCH_H
 #define CLSTM_DISPATCH_H

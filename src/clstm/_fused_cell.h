@@ -277,8 +277,7 @@ typedef void (*clstm_fused_lstm_fn)(int, ptrdiff_t, ptrdiff_t, const float *, pt
                                     const float *, ptrdiff_t, float *, ptrdiff_t,
                                     float *, ptrdiff_t, ptrdiff_t, ptrdiff_t);
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
-    defined(__linux__) && defined(__GLIBC__) && !defined(CLSTM_NO_DISPATCH)
+#if CLSTM_HAVE_DISPATCH   /* (_dispatch.h: gcc, x86-64 glibc Linux) */
 /* AVX-512: 4 rows x 4 gates = 16 of 32 zmm; AVX2: 3 x 4 = 12 of 16 ymm;
  * SSE2: 2 x 4 = 8 of 16 xmm (the rest: weights and broadcasts) */
 CLSTM_DEFINE_FUSED(v4, __attribute__((target("arch=x86-64-v4"))), clstm_v16, clstm_vi16, 16, 4)

@@ -33,6 +33,7 @@ from clstm._losses import LOSSES
 from clstm._lstm import LSTM
 from clstm._optimizer_steps import sum_of_squares
 from clstm._tokens import Embedding
+from clstm._validation import is_finite
 
 __all__ = ["SequenceModel", "NonFiniteError", "NETWORK_PARAMS", "RESUMABLE_NETWORK_PARAMS",
            "make_network", "network_params"]
@@ -138,13 +139,7 @@ class TrainableModel:
             net.clear_cache()
 
     def all_finite(self):
-        params = self.params
-        flat = self.__dict__.get("_flat")
-        if flat is not None and flat.holds(params):     # (its views: one check for all)
-            if not np.isfinite(flat.values).all():
-                return False
-            params = {k: v for k, v in params.items() if k not in flat.params}
-        return all(np.isfinite(v).all() for v in params.values())
+        return all(is_finite(v) for v in self.params.values())
 
     def train(self):
         for net in self._networks():
@@ -643,7 +638,7 @@ class SequenceModel(TrainableModel):
         grads[_HEAD_WEIGHT] += feats.reshape(-1, F).T @ grad_Z.reshape(-1, n_out)
         grads[_HEAD_BIAS] += grad_Z.reshape(-1, n_out).sum(axis=0)
         grad_feats = _matmul(grad_Z, self.head_weight.T)
-        if not np.isfinite(grad_feats).all():
+        if not is_finite(grad_feats):
             raise NonFiniteError("gradient")
         return loss, grad_feats
 

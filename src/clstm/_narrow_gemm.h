@@ -57,8 +57,7 @@ ATTR static void clstm_narrow_dots_##SFX(                                       
     }                                                                           \
 }
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
-    defined(__linux__) && defined(__GLIBC__) && !defined(CLSTM_NO_DISPATCH)
+#if CLSTM_HAVE_DISPATCH   /* (_dispatch.h: gcc, x86-64 glibc Linux) */
 CLSTM_DEFINE_NARROW(v4, __attribute__((target("arch=x86-64-v4"))), clstm_v16, 16)
 CLSTM_DEFINE_NARROW(v3, __attribute__((target("arch=x86-64-v3"))), clstm_v8, 8)
 CLSTM_DEFINE_NARROW(base, , clstm_v4, 4)

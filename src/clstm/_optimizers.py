@@ -239,7 +239,6 @@ class BaseOptimizer:
         state = self.__dict__.copy()
         state.pop("_flat_state", None)
         state.pop("_views", None)
-        state.pop("_constants", None)
         return state
 
     def __deepcopy__(self, memo):
@@ -365,21 +364,11 @@ class AdamOptimizer(BaseOptimizer):
         super().update_params(params, grads, flat)
 
     def _step(self, param, grad, m, v):
-        # the step's scalars rounded to the dtype, as NumPy rounds them; the
-        # constant ones kept (keyed by their values: a changed beta is seen)
-        f = param.dtype.type
-        key = (f, self.beta_1, self.beta_2, self.epsilon)
-        constants = self.__dict__.setdefault("_constants", {}).get(key)
-        if constants is None:
-            constants = self._constants[key] = (f(self.beta_1), f(1 - self.beta_1),
-                                                f(self.beta_2), f(1 - self.beta_2),
-                                                f(self.epsilon))
-        beta_1, one_minus_beta_1, beta_2, one_minus_beta_2, epsilon = constants
-        adam_step(param, grad, m, v, beta_1, one_minus_beta_1, beta_2, one_minus_beta_2,
-                  f(-self._step_size), epsilon)
+        # (the compiled step rounds the scalars to the array's dtype, as NumPy would)
+        adam_step(param, grad, m, v, self.beta_1, 1 - self.beta_1, self.beta_2,
+                  1 - self.beta_2, -self._step_size, self.epsilon)
 
     def _steps(self, batch):
-        # one compiled call; it rounds the scalars to each array's dtype as _step does
         adam_steps(batch, self.beta_1, 1 - self.beta_1, self.beta_2, 1 - self.beta_2,
                    -self._step_size, self.epsilon)
 

@@ -25,6 +25,8 @@
 #include <stddef.h>
 #include <string.h>
 
+#include "_dispatch.h"
+
 #define CLSTM_PANEL 16
 
 /* Size (in floats) of the packed form of a K x N matrix. */
@@ -232,8 +234,7 @@ CLSTM_DEFINE_TILES(SFX, clstm_v4, 4, 2, 1, AT)                                  
 CLSTM_DEFINE_TILES(SFX, clstm_v4, 4, 1, 1, AT)                                  \
 CLSTM_DEFINE_GEMM(SFX, , 2, CLSTM_ROW_BLOCK(SFX, 2, 1) CLSTM_ROW_BLOCK(SFX, 1, 1), , AT)
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
-    defined(__linux__) && defined(__GLIBC__) && !defined(CLSTM_NO_DISPATCH)
+#if CLSTM_HAVE_DISPATCH   /* (_dispatch.h: gcc, x86-64 glibc Linux) */
 /* AVX-512: 4 x 64 (4 panels); AVX2: 6 x 16; SSE2: 2 x 16.
  * A B of one panel (N <= 16: grad_x = grad_gates @ W_ih of 5-16 inputs, over
  * all T*B rows) runs on 8-row AVX-512 tiles first: a 4-row one holds 4

@@ -439,11 +439,11 @@ class RecurrentNetwork:
         >>> net.grads["weight_hh_l0"] is into["weight_hh_l0"]
         True
         """
-        extra = {} if grad_inputs else {"grad_inputs": False}
         if grads_into is None:      # (a subclass's _backward may not take it: ConvLSTM)
-            return self._backward(grad_out, grad_state, retain_cache=retain_cache, **extra)
+            return self._backward(grad_out, grad_state, retain_cache=retain_cache,
+                                  grad_inputs=grad_inputs)
         return self._backward(grad_out, grad_state, grads_into, retain_cache=retain_cache,
-                              **extra)
+                              grad_inputs=grad_inputs)
 
     def clear_cache(self):
         """Drop the activations kept for backward (frees their memory)."""

@@ -53,11 +53,15 @@ def as_float_array(value, dtype, name):
     return arr.astype(dtype, copy=False)
 
 
+def is_finite(arr):
+    """Whether every entry of the array ``arr`` is finite (compiled for
+    C-contiguous float32 / float64 arrays: no boolean array of arr's size)."""
+    finite = all_finite(arr)
+    return bool(np.isfinite(arr).all()) if finite is None else finite
+
+
 def check_finite(arr, name):
-    finite = all_finite(arr)            # (compiled: no boolean array of X's size)
-    if finite is None:
-        finite = np.isfinite(arr).all()
-    if not finite:
+    if not is_finite(arr):
         n_bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
         raise ValueError(f"{name} contains {n_bad} NaN or infinite value(s); "
                          "clean or impute them first")
