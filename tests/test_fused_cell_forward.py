@@ -64,7 +64,7 @@ def _data(batch, input_size, n_steps=9, seed=0):
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("input_size", [THIN, WIDE], ids=["thin", "wide"])
 @pytest.mark.parametrize("layers,bidirectional", [(1, False), (2, True)], ids=["1", "2bi"])
-@pytest.mark.parametrize("hidden", [1, 7, 8, 9, 50, 64])
+@pytest.mark.parametrize("hidden", [1, 7, 8, 9, 40, 50, 64])
 @pytest.mark.parametrize("batch", [1, 3, 32])
 def test_fused_equals_two_pass(variant, input_size, layers, bidirectional, hidden, batch):
     net = clstm.LSTM(input_size, hidden, num_layers=layers, bidirectional=bidirectional,

@@ -43,6 +43,30 @@ def test_packed_matmul_matches_numpy(n, K, N, transposed, accumulate):
     np.testing.assert_allclose(c, expected, rtol=0, atol=4e-7 * scale)
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 9])
+@pytest.mark.parametrize("K, N", [(80, 256), (24, 240), (17, 100), (33, 48), (7, 16), (160, 1000)])
+def test_panel_order_changes_no_value(n, K, N):
+    # odd steps of a scan take the panels right to left (the first block of
+    # rows; the next blocks alternate), to start on those still in L1: the
+    # same sums, bit for bit, on every tile width (single AVX-512 rows: 8
+    # panels, then 4, 2 and 1 at the right edge: N = 240 is 8 + 4 + 2 + 1)
+    rng = np.random.default_rng(n * 7 + K + N)
+    a = rng.standard_normal((n, K)).astype(np.float32)
+    w = rng.standard_normal((N, K)).astype(np.float32)
+    c0 = rng.standard_normal((n, N)).astype(np.float32)
+    results = []
+    for order in (0, 1):
+        for accumulate in (False, True):
+            c = c0.copy()
+            _scan.packed_matmul(a, w, True, c, accumulate, order=order)
+            results.append(c)
+    np.testing.assert_array_equal(results[0], results[2])
+    np.testing.assert_array_equal(results[1], results[3])
+    expected = a.astype(np.float64) @ w.T.astype(np.float64)
+    scale = np.abs(a).max() * np.abs(w).max() * K + 1
+    np.testing.assert_allclose(results[0], expected, rtol=0, atol=4e-7 * scale)
+
+
 def _whole_product(n, K, N):
     """a (n, K), w (N, K) and a @ w.T on the small-GEMM kernel, seeded by the shape."""
     rng = np.random.default_rng(n + K + N)

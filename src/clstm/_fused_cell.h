@@ -102,7 +102,7 @@ clstm_vsel_##SFX(VI m, VT a, VT b)                                              
 {                                                                               \
     return (VT)((m & (VI)a) | (~m & (VI)b));                                    \
 }                                                                               \
-ATTR static inline __attribute__((always_inline)) VT clstm_vtanh_##SFX(VT x)   \
+ATTR static inline __attribute__((always_inline)) VT clstm_vtanh_##SFX(VT x)    \
 {                                                                               \
     const float clamp = 7.90531110763549805f;                                   \
     const VT hi = (VT){0} + clamp, lo = (VT){0} - clamp;                        \
@@ -125,64 +125,76 @@ ATTR static inline __attribute__((always_inline)) VT clstm_vtanh_##SFX(VT x)   \
     r = clstm_vsel_##SFX(x > hi, (VT){0} + 1.0f, r);                            \
     return clstm_vsel_##SFX(x < lo, (VT){0} - 1.0f, r);                         \
 }                                                                               \
-ATTR static inline __attribute__((always_inline)) VT clstm_vsigmoid_##SFX(VT x)\
+ATTR static inline __attribute__((always_inline)) VT clstm_vsigmoid_##SFX(VT x) \
 {                                                                               \
     return 0.5f * clstm_vtanh_##SFX(0.5f * x) + 0.5f;                           \
 }
 
-/* One tile: rows [0, MR) x one group of VW units (nu of them real).
+/* One tile: rows [0, MR) x NU groups of VW units (NU = 1, or 2 for single
+ * rows: 8 accumulator chains on AVX-512, not 4, so the two FMA pipes are not
+ * left waiting on their latency), the second group `gstride` floats after
+ * the first in the packed weights; nu of the last group's units are real.
  * PEEP, COUPLED: the variant, as constants; NG = COUPLED ? 3 : 4. */
-#define CLSTM_DEFINE_FUSED_TILE(NAME, SFX, ATTR, VT, VW, MR, PEEP, COUPLED)     \
+#define CLSTM_DEFINE_FUSED_TILE(NAME, SFX, ATTR, VT, VW, MR, NU, PEEP, COUPLED) \
 ATTR static inline __attribute__((always_inline)) void NAME(                    \
     ptrdiff_t K1, const float *a1, ptrdiff_t lda1,                              \
     ptrdiff_t K2, const float *a2, ptrdiff_t lda2, const float *pk,             \
-    const float *pre, ptrdiff_t ld_pre, ptrdiff_t H,                            \
+    ptrdiff_t gstride, const float *pre, ptrdiff_t ld_pre, ptrdiff_t H,         \
     const float *c_prev, ptrdiff_t ld_cp, float *c, ptrdiff_t ld_c,             \
     float *h, ptrdiff_t ld_h, ptrdiff_t nu)                                     \
 {                                                                               \
     enum { NG = COUPLED ? 3 : 4, ROW = NG * VW };                               \
-    VT acc[MR][NG];                                                             \
+    VT acc[MR][NU][NG];                                                         \
     for (int r = 0; r < MR; ++r)                                                \
-        for (int q = 0; q < NG; ++q) acc[r][q] = (VT){0};                       \
+        for (int g = 0; g < NU; ++g)                                            \
+            for (int q = 0; q < NG; ++q) acc[r][g][q] = (VT){0};                \
     /* two plain loops, as the small GEMM's (x rows, then h rows) */            \
     for (ptrdiff_t k = 0; k < K1; ++k) {                                        \
-        VT w[NG];                                                               \
-        for (int q = 0; q < NG; ++q)                                            \
-            w[q] = *(const VT##u *)(pk + k * ROW + q * VW);                     \
+        VT w[NU][NG];                                                           \
+        for (int g = 0; g < NU; ++g)                                            \
+            for (int q = 0; q < NG; ++q)                                        \
+                w[g][q] = *(const VT##u *)(pk + g * gstride + k * ROW + q * VW); \
         for (int r = 0; r < MR; ++r) {                                          \
             const float av = a1[r * lda1 + k];                                  \
-            for (int q = 0; q < NG; ++q) acc[r][q] += av * w[q];                \
+            for (int g = 0; g < NU; ++g)                                        \
+                for (int q = 0; q < NG; ++q) acc[r][g][q] += av * w[g][q];      \
         }                                                                       \
     }                                                                           \
     pk += K1 * ROW;                                                             \
     for (ptrdiff_t k = 0; k < K2; ++k) {                                        \
-        VT w[NG];                                                               \
-        for (int q = 0; q < NG; ++q)                                            \
-            w[q] = *(const VT##u *)(pk + k * ROW + q * VW);                     \
+        VT w[NU][NG];                                                           \
+        for (int g = 0; g < NU; ++g)                                            \
+            for (int q = 0; q < NG; ++q)                                        \
+                w[g][q] = *(const VT##u *)(pk + g * gstride + k * ROW + q * VW); \
         for (int r = 0; r < MR; ++r) {                                          \
             const float av = a2[r * lda2 + k];                                  \
-            for (int q = 0; q < NG; ++q) acc[r][q] += av * w[q];                \
+            for (int g = 0; g < NU; ++g)                                        \
+                for (int q = 0; q < NG; ++q) acc[r][g][q] += av * w[g][q];      \
         }                                                                       \
     }                                                                           \
     pk += K2 * ROW;                                                             \
     /* the epilogue: lstm_forward_row of _cell_rows.h on VW lanes */            \
-    const VT bi = *(const VT##u *)(pk), bg = *(const VT##u *)(pk + (NG - 2) * VW); \
-    const VT bo = *(const VT##u *)(pk + (NG - 1) * VW);                         \
-    const VT bf = COUPLED ? (VT){0} : *(const VT##u *)(pk + VW);                \
+    for (int g = 0; g < NU; ++g) {                                              \
+    const float *pb = pk + g * gstride;                                         \
+    const ptrdiff_t ng = g == NU - 1 ? nu : VW, jg = g * VW;                    \
+    const VT bi = *(const VT##u *)(pb), bg = *(const VT##u *)(pb + (NG - 2) * VW); \
+    const VT bo = *(const VT##u *)(pb + (NG - 1) * VW);                         \
+    const VT bf = COUPLED ? (VT){0} : *(const VT##u *)(pb + VW);                \
     VT pi = (VT){0}, pf = (VT){0}, po = (VT){0};                                \
     if (PEEP) {                                                                 \
-        pi = *(const VT##u *)(pk + ROW);                                        \
-        if (!COUPLED) pf = *(const VT##u *)(pk + ROW + VW);                     \
-        po = *(const VT##u *)(pk + ROW + (COUPLED ? 1 : 2) * VW);               \
+        pi = *(const VT##u *)(pb + ROW);                                        \
+        if (!COUPLED) pf = *(const VT##u *)(pb + ROW + VW);                     \
+        po = *(const VT##u *)(pb + ROW + (COUPLED ? 1 : 2) * VW);               \
     }                                                                           \
     for (int r = 0; r < MR; ++r) {                                              \
         VT a[NG];                                                               \
         for (int q = 0; q < NG; ++q) {                                          \
-            a[q] = acc[r][q];                                                   \
-            /* the two-pass path stores acc + pre, then adds the bias */       \
-            if (pre != NULL) a[q] += clstm_vload_##SFX(pre + r * ld_pre + q * H, nu); \
+            a[q] = acc[r][g][q];                                                \
+            /* the two-pass path stores acc + pre, then adds the bias */        \
+            if (pre != NULL)                                                    \
+                a[q] += clstm_vload_##SFX(pre + r * ld_pre + q * H + jg, ng);   \
         }                                                                       \
-        const VT cp = clstm_vload_##SFX(c_prev + r * ld_cp, nu);                \
+        const VT cp = clstm_vload_##SFX(c_prev + r * ld_cp + jg, ng);           \
         VT ai = a[0] + bi;                                                      \
         if (PEEP) ai += pi * cp;                                                \
         const VT i_ = clstm_vsigmoid_##SFX(ai);                                 \
@@ -200,34 +212,49 @@ ATTR static inline __attribute__((always_inline)) void NAME(                    
         VT ao = a[NG - 1] + bo;                                                 \
         if (PEEP) ao += po * c_;                                                \
         const VT o_ = clstm_vsigmoid_##SFX(ao);                                 \
-        clstm_vstore_##SFX(c + r * ld_c, c_, nu);                               \
-        clstm_vstore_##SFX(h + r * ld_h, o_ * clstm_vtanh_##SFX(c_), nu);       \
+        clstm_vstore_##SFX(c + r * ld_c + jg, c_, ng);                          \
+        clstm_vstore_##SFX(h + r * ld_h + jg, o_ * clstm_vtanh_##SFX(c_), ng);  \
+    }                                                                           \
     }                                                                           \
 }
 
 /* Unit group outermost: its packed weights (K x NG*VW floats) stay in L1
  * while every row tile reads them (the rows of a1, a2 are the smaller
- * operand); then the rows in tiles of MR, the last ones singly. */
-#define CLSTM_FUSED_ROWS(BODY, EDGE, MR, NG, VW)                                \
-    for (ptrdiff_t u = u0; u < u1 && u * VW < H; ++u) {                         \
-        const ptrdiff_t j = u * VW, nu = H - j < VW ? H - j : VW;               \
+ * operand); then the rows in tiles of MR, the last ones singly. The groups
+ * run in ascending order, or descending where `order` is odd: a scan passes
+ * its step's parity, so that a step starts on the groups that the last one
+ * read last, still in L1, where the weights are larger than L1 (batch 1,
+ * I=16, H=64: 80 KB; the order never changes a value). */
+#define CLSTM_FUSED_ROWS(BODY, EDGE, PAIR, PAIRS, MR, VW)                       \
+    for (ptrdiff_t ui = 0; ui < u_end - u0;) {                                  \
+        /* fewer rows than a tile (PAIRS): two groups at a time while two are   \
+         * left, each row on its own */                                         \
+        const int two = PAIRS && n < MR && u_end - u0 - ui >= 2;                \
+        const ptrdiff_t u = (order & 1) ? u_end - 1 - ui - two : u0 + ui;       \
+        const ptrdiff_t j = u * VW, jl = (u + two) * VW;                        \
+        const ptrdiff_t nu = H - jl < VW ? H - jl : VW;                         \
         const float *pk = packed + u * stride;                                  \
+        ui += 1 + two;                                                          \
         for (ptrdiff_t r = 0; r < n; r += (n - r >= MR ? MR : 1)) {             \
             const float *pr = pre == NULL ? NULL : pre + r * ld_pre + j;        \
-            if (n - r >= MR)                                                    \
-                BODY(K1, a1 + r * lda1, lda1, K2, a2 + r * lda2, lda2, pk, pr,  \
+            if (two)                                                            \
+                PAIR(K1, a1 + r * lda1, lda1, K2, a2 + r * lda2, lda2, pk, stride, \
+                     pr, ld_pre, H, c_prev + r * ld_cp + j, ld_cp, c + r * ld_c + j, \
+                     ld_c, h + r * ld_h + j, ld_h, nu);                         \
+            else if (n - r >= MR)                                               \
+                BODY(K1, a1 + r * lda1, lda1, K2, a2 + r * lda2, lda2, pk, 0, pr, \
                      ld_pre, H, c_prev + r * ld_cp + j, ld_cp, c + r * ld_c + j, \
                      ld_c, h + r * ld_h + j, ld_h, nu);                         \
             else                                                                \
-                EDGE(K1, a1 + r * lda1, lda1, K2, a2 + r * lda2, lda2, pk, pr,  \
+                EDGE(K1, a1 + r * lda1, lda1, K2, a2 + r * lda2, lda2, pk, 0, pr, \
                      ld_pre, H, c_prev + r * ld_cp + j, ld_cp, c + r * ld_c + j, \
                      ld_c, h + r * ld_h + j, ld_h, nu);                         \
         }                                                                       \
     }
 
-#define CLSTM_DEFINE_FUSED(SFX, ATTR, VT, VI, VW, MR)                           \
+#define CLSTM_DEFINE_FUSED(SFX, ATTR, VT, VI, VW, MR, PAIRS)                    \
 CLSTM_DEFINE_VMATH(SFX, ATTR, VT, VI)                                           \
-/* nu < VW only in the last group: its loads and stores stop at H */           \
+/* nu < VW only in the last group: its loads and stores stop at H */            \
 ATTR static inline __attribute__((always_inline)) VT                            \
 clstm_vload_##SFX(const float *p, ptrdiff_t nu)                                 \
 {                                                                               \
@@ -240,34 +267,43 @@ ATTR static inline __attribute__((always_inline)) void                          
 clstm_vstore_##SFX(float *p, VT v, ptrdiff_t nu)                                \
 {                                                                               \
     if (nu == VW) *(VT##u *)p = v;                                              \
-    else memcpy(p, &v, (size_t)nu * sizeof(float));                            \
+    else memcpy(p, &v, (size_t)nu * sizeof(float));                             \
 }                                                                               \
-CLSTM_DEFINE_FUSED_TILE(clstm_fused_##SFX##_00, SFX, ATTR, VT, VW, MR, 0, 0)    \
-CLSTM_DEFINE_FUSED_TILE(clstm_fused_##SFX##_00e, SFX, ATTR, VT, VW, 1, 0, 0)    \
-CLSTM_DEFINE_FUSED_TILE(clstm_fused_##SFX##_10, SFX, ATTR, VT, VW, MR, 1, 0)    \
-CLSTM_DEFINE_FUSED_TILE(clstm_fused_##SFX##_10e, SFX, ATTR, VT, VW, 1, 1, 0)    \
-CLSTM_DEFINE_FUSED_TILE(clstm_fused_##SFX##_01, SFX, ATTR, VT, VW, MR, 0, 1)    \
-CLSTM_DEFINE_FUSED_TILE(clstm_fused_##SFX##_01e, SFX, ATTR, VT, VW, 1, 0, 1)    \
-CLSTM_DEFINE_FUSED_TILE(clstm_fused_##SFX##_11, SFX, ATTR, VT, VW, MR, 1, 1)    \
-CLSTM_DEFINE_FUSED_TILE(clstm_fused_##SFX##_11e, SFX, ATTR, VT, VW, 1, 1, 1)    \
+CLSTM_DEFINE_FUSED_TILE(clstm_fused_##SFX##_00, SFX, ATTR, VT, VW, MR, 1, 0, 0) \
+CLSTM_DEFINE_FUSED_TILE(clstm_fused_##SFX##_00e, SFX, ATTR, VT, VW, 1, 1, 0, 0) \
+CLSTM_DEFINE_FUSED_TILE(clstm_fused_##SFX##_00p, SFX, ATTR, VT, VW, 1, 2, 0, 0) \
+CLSTM_DEFINE_FUSED_TILE(clstm_fused_##SFX##_10, SFX, ATTR, VT, VW, MR, 1, 1, 0) \
+CLSTM_DEFINE_FUSED_TILE(clstm_fused_##SFX##_10e, SFX, ATTR, VT, VW, 1, 1, 1, 0) \
+CLSTM_DEFINE_FUSED_TILE(clstm_fused_##SFX##_10p, SFX, ATTR, VT, VW, 1, 2, 1, 0) \
+CLSTM_DEFINE_FUSED_TILE(clstm_fused_##SFX##_01, SFX, ATTR, VT, VW, MR, 1, 0, 1) \
+CLSTM_DEFINE_FUSED_TILE(clstm_fused_##SFX##_01e, SFX, ATTR, VT, VW, 1, 1, 0, 1) \
+CLSTM_DEFINE_FUSED_TILE(clstm_fused_##SFX##_01p, SFX, ATTR, VT, VW, 1, 2, 0, 1) \
+CLSTM_DEFINE_FUSED_TILE(clstm_fused_##SFX##_11, SFX, ATTR, VT, VW, MR, 1, 1, 1) \
+CLSTM_DEFINE_FUSED_TILE(clstm_fused_##SFX##_11e, SFX, ATTR, VT, VW, 1, 1, 1, 1) \
+CLSTM_DEFINE_FUSED_TILE(clstm_fused_##SFX##_11p, SFX, ATTR, VT, VW, 1, 2, 1, 1) \
 ATTR static void clstm_fused_lstm_##SFX(                                        \
     int variant, ptrdiff_t n, ptrdiff_t K1, const float *a1, ptrdiff_t lda1,    \
     ptrdiff_t K2, const float *a2, ptrdiff_t lda2, ptrdiff_t H,                 \
     const float *packed, const float *pre, ptrdiff_t ld_pre,                    \
     const float *c_prev, ptrdiff_t ld_cp, float *c, ptrdiff_t ld_c,             \
-    float *h, ptrdiff_t ld_h, ptrdiff_t u0, ptrdiff_t u1)                       \
+    float *h, ptrdiff_t ld_h, ptrdiff_t u0, ptrdiff_t u1, int order)            \
 {                                                                               \
     const int peep = variant & CLSTM_PEEPHOLE, coupled = variant & CLSTM_COUPLED; \
     const ptrdiff_t stride = (K1 + K2 + 1 + (peep ? 1 : 0)) * (coupled ? 3 : 4) * VW; \
+    const ptrdiff_t u_end = u1 < (H + VW - 1) / VW ? u1 : (H + VW - 1) / VW;    \
     switch (variant & (CLSTM_PEEPHOLE | CLSTM_COUPLED)) {                       \
     case 0:                                                                     \
-        CLSTM_FUSED_ROWS(clstm_fused_##SFX##_00, clstm_fused_##SFX##_00e, MR, 4, VW) break; \
+        CLSTM_FUSED_ROWS(clstm_fused_##SFX##_00, clstm_fused_##SFX##_00e,       \
+            clstm_fused_##SFX##_00p, PAIRS, MR, VW) break;                      \
     case CLSTM_PEEPHOLE:                                                        \
-        CLSTM_FUSED_ROWS(clstm_fused_##SFX##_10, clstm_fused_##SFX##_10e, MR, 4, VW) break; \
+        CLSTM_FUSED_ROWS(clstm_fused_##SFX##_10, clstm_fused_##SFX##_10e,       \
+            clstm_fused_##SFX##_10p, PAIRS, MR, VW) break;                      \
     case CLSTM_COUPLED:                                                         \
-        CLSTM_FUSED_ROWS(clstm_fused_##SFX##_01, clstm_fused_##SFX##_01e, MR, 3, VW) break; \
+        CLSTM_FUSED_ROWS(clstm_fused_##SFX##_01, clstm_fused_##SFX##_01e,       \
+            clstm_fused_##SFX##_01p, PAIRS, MR, VW) break;                      \
     default:                                                                    \
-        CLSTM_FUSED_ROWS(clstm_fused_##SFX##_11, clstm_fused_##SFX##_11e, MR, 3, VW) break; \
+        CLSTM_FUSED_ROWS(clstm_fused_##SFX##_11, clstm_fused_##SFX##_11e,       \
+            clstm_fused_##SFX##_11p, PAIRS, MR, VW) break;                      \
     }                                                                           \
 }
 
@@ -275,21 +311,23 @@ typedef void (*clstm_fused_lstm_fn)(int, ptrdiff_t, ptrdiff_t, const float *, pt
                                     ptrdiff_t, const float *, ptrdiff_t, ptrdiff_t,
                                     const float *, const float *, ptrdiff_t,
                                     const float *, ptrdiff_t, float *, ptrdiff_t,
-                                    float *, ptrdiff_t, ptrdiff_t, ptrdiff_t);
+                                    float *, ptrdiff_t, ptrdiff_t, ptrdiff_t, int);
 
 #if CLSTM_HAVE_DISPATCH   /* (_dispatch.h: gcc, x86-64 glibc Linux) */
 /* AVX-512: 4 rows x 4 gates = 16 of 32 zmm; AVX2: 3 x 4 = 12 of 16 ymm;
- * SSE2: 2 x 4 = 8 of 16 xmm (the rest: weights and broadcasts) */
-CLSTM_DEFINE_FUSED(v4, __attribute__((target("arch=x86-64-v4"))), clstm_v16, clstm_vi16, 16, 4)
-CLSTM_DEFINE_FUSED(v3, __attribute__((target("arch=x86-64-v3"))), clstm_v8, clstm_vi8, 8, 3)
-CLSTM_DEFINE_FUSED(base, , clstm_v4, clstm_vi4, 4, 2)
+ * SSE2: 2 x 4 = 8 of 16 xmm (the rest: weights and broadcasts). Fewer rows
+ * than a tile take two unit groups at a time on AVX-512 only (PAIRS; on an
+ * AVX2 Zen 3 core, single rows through two groups were no faster). */
+CLSTM_DEFINE_FUSED(v4, __attribute__((target("arch=x86-64-v4"))), clstm_v16, clstm_vi16, 16, 4, 1)
+CLSTM_DEFINE_FUSED(v3, __attribute__((target("arch=x86-64-v3"))), clstm_v8, clstm_vi8, 8, 3, 0)
+CLSTM_DEFINE_FUSED(base, , clstm_v4, clstm_vi4, 4, 2, 0)
 
 /* (indexed by clstm_isa_level: the small GEMM's level) */
 static const clstm_fused_lstm_fn clstm_fused_fns[3] = {
     clstm_fused_lstm_base, clstm_fused_lstm_v3, clstm_fused_lstm_v4};
 static const ptrdiff_t clstm_fused_widths[3] = {4, 8, 16};
 #else
-CLSTM_DEFINE_FUSED(base, , clstm_v4, clstm_vi4, 4, 2)
+CLSTM_DEFINE_FUSED(base, , clstm_v4, clstm_vi4, 4, 2, 0)
 static const clstm_fused_lstm_fn clstm_fused_fns[1] = {clstm_fused_lstm_base};
 static const ptrdiff_t clstm_fused_widths[1] = {4};
 #endif
@@ -306,19 +344,20 @@ static ptrdiff_t clstm_fused_width(void)
  * rows of the step's input projection (n x NG*H, gate blocks of H).
  * Only unit groups [u0, u1) (units [u0 V, u1 V) of c and h): a step can be
  * split across threads by its units, each unit's values the same in any
- * split (clstm_team in _threads.h). */
+ * split (clstm_team in _threads.h). `order`: odd runs the groups in
+ * descending order (CLSTM_FUSED_ROWS). */
 static void clstm_fused_lstm_step(int variant, ptrdiff_t n, ptrdiff_t K1, const float *a1,
                                   ptrdiff_t lda1, ptrdiff_t K2, const float *a2,
                                   ptrdiff_t lda2, ptrdiff_t H, const float *packed,
                                   const float *pre, ptrdiff_t ld_pre,
                                   const float *c_prev, ptrdiff_t ld_cp,
                                   float *c, ptrdiff_t ld_c, float *h, ptrdiff_t ld_h,
-                                  ptrdiff_t u0, ptrdiff_t u1)
+                                  ptrdiff_t u0, ptrdiff_t u1, int order)
 {
     static clstm_fused_lstm_fn fn = NULL;
     if (fn == NULL) fn = clstm_fused_fns[clstm_isa_level()];
     fn(variant, n, K1, a1, lda1, K2, a2, lda2, H, packed, pre, ld_pre, c_prev, ld_cp,
-       c, ld_c, h, ld_h, u0, u1);
+       c, ld_c, h, ld_h, u0, u1, order);
 }
 
 #else  /* no vector extensions: the scan runs the two passes */
@@ -330,9 +369,9 @@ static void clstm_fused_lstm_step(int variant, ptrdiff_t n, ptrdiff_t K1, const 
                                   const float *pre, ptrdiff_t ld_pre,
                                   const float *c_prev, ptrdiff_t ld_cp,
                                   float *c, ptrdiff_t ld_c, float *h, ptrdiff_t ld_h,
-                                  ptrdiff_t u0, ptrdiff_t u1)
+                                  ptrdiff_t u0, ptrdiff_t u1, int order)
 {
-    (void)u0; (void)u1;
+    (void)u0; (void)u1; (void)order;
     (void)variant; (void)n; (void)K1; (void)a1; (void)lda1; (void)K2; (void)a2;
     (void)lda2; (void)H; (void)packed; (void)pre; (void)ld_pre; (void)c_prev;
     (void)ld_cp; (void)c; (void)ld_c; (void)h; (void)ld_h;

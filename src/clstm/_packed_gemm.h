@@ -139,40 +139,51 @@ static inline __attribute__((always_inline)) void NAME(                         
     }                                                                           \
 }
 
-/* The tiles of R rows: R x NP panels for the body; at the right edge, where
- * NP > 2, R x 2 panels while two are left, then R x 1 (for NP = 1 only the
- * first is called). A 4 x 1 AVX-512 tile holds 4 accumulator chains, half
- * of what two FMA pipes with 4 cycles of latency need (Zen 5): at N = 32
- * (grad_h = grad_gates @ W_hh of a 32-unit LSTM, 2 panels) the product
- * took 2x the time of 4 x 2 tiles. */
+/* The tiles of R rows: R x NP panels for the body; at the right edge R x 4
+ * (where NP > 4), R x 2 (where NP > 2), then R x 1 panels, as many of each
+ * as fit (for NP = 1 only the first is called). A 4 x 1 AVX-512 tile holds
+ * 4 accumulator chains, half of what two FMA pipes with 4 cycles of latency
+ * need (Zen 5): at N = 32 (grad_h = grad_gates @ W_hh of a 32-unit LSTM, 2
+ * panels) the product took 2x the time of 4 x 2 tiles. */
 #define CLSTM_DEFINE_TILES(SFX, VT, VW, R, NP, AT)                              \
 CLSTM_DEFINE_TILE(clstm_tile_##SFX##_##R##_wide, VT, VW, R, NP, AT)             \
+CLSTM_DEFINE_TILE(clstm_tile_##SFX##_##R##_four, VT, VW, R, 4, AT)              \
 CLSTM_DEFINE_TILE(clstm_tile_##SFX##_##R##_two, VT, VW, R, 2, AT)               \
 CLSTM_DEFINE_TILE(clstm_tile_##SFX##_##R##_one, VT, VW, R, 1, AT)
 
-/* One block of R rows of A against every panel (a case of the driver's
- * switch on the rows left). */
+/* The tile of R rows and W panels (KIND: wide, four, two, one) at panel p. */
+#define CLSTM_TILE_AT(SFX, R, KIND, W, p)                                       \
+    {                                                                           \
+        ptrdiff_t nc = N - (p) * CLSTM_PANEL;                                   \
+        if (nc > (W) * CLSTM_PANEL) nc = (W) * CLSTM_PANEL;                     \
+        clstm_tile_##SFX##_##R##_##KIND(K1, r1, lda1, K2, r2, lda2,             \
+            packed + (p) * ps, ps, cr + (p) * CLSTM_PANEL, ldc, nc, accumulate); \
+    }
+
+/* One block of R rows of A against panels [g0, g1) (a case of the driver's
+ * switch on the rows left), left to right, or right to left where `rev`:
+ * consecutive blocks alternate, so a B larger than L1 (batch 1, I=16, H=64:
+ * 80 KB) starts each pass on the panels that the last pass read last, still
+ * in L1, instead of on those it evicted first. The order of the panels never
+ * changes a value. */
 #define CLSTM_ROW_BLOCK(SFX, R, NP)                                             \
-    case R:                                                                     \
-        for (p = g0; p + NP <= g1; p += NP) {                                   \
-            ptrdiff_t nc = N - p * CLSTM_PANEL;                                 \
-            if (nc > NP * CLSTM_PANEL) nc = NP * CLSTM_PANEL;                   \
-            clstm_tile_##SFX##_##R##_wide(K1, r1, lda1, K2, r2, lda2,           \
-                packed + p * ps, ps, cr + p * CLSTM_PANEL, ldc, nc, accumulate); \
+    case R: {                                                                   \
+        const ptrdiff_t e_w = g0 + (g1 - g0) / NP * NP;                         \
+        const ptrdiff_t e_4 = NP > 4 ? e_w + (g1 - e_w) / 4 * 4 : e_w;          \
+        const ptrdiff_t e_2 = NP > 2 ? e_4 + (g1 - e_4) / 2 * 2 : e_4;          \
+        if (!rev) {                                                             \
+            for (p = g0; p < e_w; p += NP) CLSTM_TILE_AT(SFX, R, wide, NP, p)   \
+            for (p = e_w; p < e_4; p += 4) CLSTM_TILE_AT(SFX, R, four, 4, p)    \
+            for (p = e_4; p < e_2; p += 2) CLSTM_TILE_AT(SFX, R, two, 2, p)     \
+            for (p = e_2; p < g1; ++p) CLSTM_TILE_AT(SFX, R, one, 1, p)         \
+        } else {                                                                \
+            for (p = g1 - 1; p >= e_2; --p) CLSTM_TILE_AT(SFX, R, one, 1, p)    \
+            for (p = e_2 - 2; p >= e_4; p -= 2) CLSTM_TILE_AT(SFX, R, two, 2, p) \
+            for (p = e_4 - 4; p >= e_w; p -= 4) CLSTM_TILE_AT(SFX, R, four, 4, p) \
+            for (p = e_w - NP; p >= g0; p -= NP) CLSTM_TILE_AT(SFX, R, wide, NP, p) \
         }                                                                       \
-        for (; NP > 2 && p + 2 <= g1; p += 2) {                                 \
-            ptrdiff_t nc = N - p * CLSTM_PANEL;                                 \
-            if (nc > 2 * CLSTM_PANEL) nc = 2 * CLSTM_PANEL;                     \
-            clstm_tile_##SFX##_##R##_two(K1, r1, lda1, K2, r2, lda2,            \
-                packed + p * ps, ps, cr + p * CLSTM_PANEL, ldc, nc, accumulate); \
-        }                                                                       \
-        for (; p < g1; ++p) {                                                   \
-            ptrdiff_t nc = N - p * CLSTM_PANEL;                                 \
-            if (nc > CLSTM_PANEL) nc = CLSTM_PANEL;                             \
-            clstm_tile_##SFX##_##R##_one(K1, r1, lda1, K2, r2, lda2,            \
-                packed + p * ps, ps, cr + p * CLSTM_PANEL, ldc, nc, accumulate); \
-        }                                                                       \
-        break;
+        break;                                                                  \
+    }
 
 /* The packed B is taken in groups of panels of about CLSTM_GROUP_BYTES (a
  * multiple of 4 panels, the widest tile's, so the tiles are those of one
@@ -206,12 +217,13 @@ static inline ptrdiff_t clstm_panel_group(ptrdiff_t panel_floats)
 ATTR static void clstm_packed_gemm_##SFX(                                       \
     ptrdiff_t n, ptrdiff_t K1, const float *a1, ptrdiff_t lda1,                 \
     ptrdiff_t K2, const float *a2, ptrdiff_t lda2, ptrdiff_t N,                 \
-    const float *packed, float *c, ptrdiff_t ldc, int accumulate)               \
+    const float *packed, float *c, ptrdiff_t ldc, int accumulate, int order)    \
 {                                                                               \
     const ptrdiff_t n_panels = (N + CLSTM_PANEL - 1) / CLSTM_PANEL;             \
     const ptrdiff_t ps = (K1 + K2) * CLSTM_PANEL;                               \
     const ptrdiff_t group = AT ? 4 : clstm_panel_group(ps);                    \
     ptrdiff_t r, rows, p, g0, g1, r0;                                           \
+    int rev = order & 1;                                                        \
     if (AT) K1 = 0;     /* (clstm_wgrad: one A; the first loop compiles away) */ \
     for (g0 = 0; g0 < n_panels; g0 = g1) {                                      \
         g1 = n_panels - g0 > group ? g0 + group : n_panels;                     \
@@ -223,6 +235,7 @@ ATTR static void clstm_packed_gemm_##SFX(                                       
             const float *r2 = CLSTM_A_ROW(AT, a2, lda2, r);                     \
             float *cr = c + r * ldc;                                            \
             switch (rows) { CASES }                                             \
+            rev ^= 1;                                                           \
         }                                                                       \
     }                                                                           \
 }
@@ -235,7 +248,10 @@ CLSTM_DEFINE_TILES(SFX, clstm_v4, 4, 1, 1, AT)                                  
 CLSTM_DEFINE_GEMM(SFX, , 2, CLSTM_ROW_BLOCK(SFX, 2, 1) CLSTM_ROW_BLOCK(SFX, 1, 1), , AT)
 
 #if CLSTM_HAVE_DISPATCH   /* (_dispatch.h: gcc, x86-64 glibc Linux) */
-/* AVX-512: 4 x 64 (4 panels); AVX2: 6 x 16; SSE2: 2 x 16.
+/* AVX-512: 4 x 64 (4 panels), a single row 1 x 128 (8 panels: 8 chains, the
+ * latency of two FMA pipes covered; batch 1, I=16, H=64: the step's [x | h]
+ * product 0.48 -> 0.44 us, 0.33 -> 0.32 with the alternating order, Zen 5);
+ * AVX2: 6 x 16; SSE2: 2 x 16.
  * A B of one panel (N <= 16: grad_x = grad_gates @ W_ih of 5-16 inputs, over
  * all T*B rows) runs on 8-row AVX-512 tiles first: a 4-row one holds 4
  * chains, half of what Zen 5's two FMA pipes need (ts-medium's grad_x,
@@ -244,11 +260,11 @@ CLSTM_DEFINE_GEMM(SFX, , 2, CLSTM_ROW_BLOCK(SFX, 2, 1) CLSTM_ROW_BLOCK(SFX, 1, 1
 CLSTM_DEFINE_TILES(SFX, clstm_v16, 16, 4, 4, AT)                                \
 CLSTM_DEFINE_TILES(SFX, clstm_v16, 16, 3, 4, AT)                                \
 CLSTM_DEFINE_TILES(SFX, clstm_v16, 16, 2, 4, AT)                                \
-CLSTM_DEFINE_TILES(SFX, clstm_v16, 16, 1, 4, AT)                                \
+CLSTM_DEFINE_TILES(SFX, clstm_v16, 16, 1, 8, AT)                                \
 CLSTM_DEFINE_TILE(clstm_tile_##SFX##_8_narrow, clstm_v16, 16, 8, 1, AT)         \
 CLSTM_DEFINE_GEMM(SFX, __attribute__((target("arch=x86-64-v4"))), 4,            \
     CLSTM_ROW_BLOCK(SFX, 4, 4) CLSTM_ROW_BLOCK(SFX, 3, 4)                       \
-    CLSTM_ROW_BLOCK(SFX, 2, 4) CLSTM_ROW_BLOCK(SFX, 1, 4),                      \
+    CLSTM_ROW_BLOCK(SFX, 2, 4) CLSTM_ROW_BLOCK(SFX, 1, 8),                      \
     if (g1 - g0 == 1) {                                                         \
         const ptrdiff_t nc = N - g0 * CLSTM_PANEL < CLSTM_PANEL                 \
             ? N - g0 * CLSTM_PANEL : CLSTM_PANEL;                               \
@@ -278,7 +294,7 @@ CLSTM_BASE_GEMM(baset, 1)
 
 typedef void (*clstm_packed_gemm_fn)(ptrdiff_t, ptrdiff_t, const float *, ptrdiff_t,
                                      ptrdiff_t, const float *, ptrdiff_t, ptrdiff_t,
-                                     const float *, float *, ptrdiff_t, int);
+                                     const float *, float *, ptrdiff_t, int, int);
 
 /* The ISA level every manually dispatched kernel (this small GEMM, the
  * narrow products, the fused cell) runs at: 2 = x86-64-v4 (AVX-512),
@@ -304,7 +320,7 @@ CLSTM_BASE_GEMM(baset, 1)
 
 typedef void (*clstm_packed_gemm_fn)(ptrdiff_t, ptrdiff_t, const float *, ptrdiff_t,
                                      ptrdiff_t, const float *, ptrdiff_t, ptrdiff_t,
-                                     const float *, float *, ptrdiff_t, int);
+                                     const float *, float *, ptrdiff_t, int, int);
 
 static int clstm_isa_level(void) { return 0; }
 static clstm_packed_gemm_fn clstm_select_packed_gemm(int transposed_a)
@@ -316,15 +332,18 @@ static clstm_packed_gemm_fn clstm_select_packed_gemm(int transposed_a)
 /* C (+)= [A1 | A2] @ B with B ((K1 + K2) x N) packed by clstm_pack_b: the
  * first K1 rows of B multiply A1 (n x K1), the next K2 rows A2 (n x K2), so a
  * step's input and recurrent products can run as one (K1 = 0: plain A @ B).
- * The variant is chosen on first use (every thread computes the same
- * pointer, so the race is benign). */
+ * `order`: odd runs the first block of rows over the panels right to left
+ * (CLSTM_ROW_BLOCK); a scan passes its step's parity, so that consecutive
+ * steps alternate too. The variant is chosen on first use (every thread
+ * computes the same pointer, so the race is benign). */
 static void clstm_packed_gemm2(ptrdiff_t n, ptrdiff_t K1, const float *a1, ptrdiff_t lda1,
                                ptrdiff_t K2, const float *a2, ptrdiff_t lda2, ptrdiff_t N,
-                               const float *packed, float *c, ptrdiff_t ldc, int accumulate)
+                               const float *packed, float *c, ptrdiff_t ldc, int accumulate,
+                               int order)
 {
     static clstm_packed_gemm_fn fn = NULL;
     if (fn == NULL) fn = clstm_select_packed_gemm(0);
-    fn(n, K1, a1, lda1, K2, a2, lda2, N, packed, c, ldc, accumulate);
+    fn(n, K1, a1, lda1, K2, a2, lda2, N, packed, c, ldc, accumulate, order);
 }
 
 /* C (+)= A @ B with B (K x N) packed by clstm_pack_b. */
@@ -332,7 +351,7 @@ __attribute__((unused)) static void clstm_packed_gemm(ptrdiff_t n, ptrdiff_t K, 
                               ptrdiff_t lda, const float *packed, float *c,
                               ptrdiff_t ldc, int accumulate)
 {
-    clstm_packed_gemm2(n, 0, a, lda, K, a, lda, N, packed, c, ldc, accumulate);
+    clstm_packed_gemm2(n, 0, a, lda, K, a, lda, N, packed, c, ldc, accumulate, 0);
 }
 
 /* clstm_wgrad takes CLSTM_WGRAD_ROWS rows of A and B at a time: their B
@@ -397,7 +416,7 @@ __attribute__((unused)) static void clstm_wgrad_on(
         for (k0 = 0; k0 < M; k0 += kc) {
             kc = M - k0 < CLSTM_WGRAD_ROWS ? M - k0 : CLSTM_WGRAD_ROWS;
             clstm_pack_b(kc, G, a + k0 * lda, lda, 0, work);
-            fn(r1 - r0, 0, b, ldb, kc, b + k0 * ldb + r0, ldb, G, work, wa, G, k0 > 0);
+            fn(r1 - r0, 0, b, ldb, kc, b + k0 * ldb + r0, ldb, G, work, wa, G, k0 > 0, 0);
         }
         if (M == 0)
             memset(wa, 0, (r1 - r0) * G * sizeof(float));
@@ -414,14 +433,14 @@ __attribute__((unused)) static void clstm_wgrad_on(
         clstm_pack_b(kc, N, b + k0 * ldb, ldb, 0, work);
         if (!copy) {
             fn(r1 - r0, 0, a, lda, kc, a + k0 * lda + r0, lda, N, work, c + r0 * ldc, ldc,
-               accumulate || k0 > 0);
+               accumulate || k0 > 0, 0);
             continue;
         }
         for (r = r0; r < r1; r += rc) {
             rc = r1 - r < CLSTM_WGRAD_COLS ? r1 - r : CLSTM_WGRAD_COLS;
             for (k = 0; k < kc; ++k)
                 memcpy(wa + k * ldw, a + (k0 + k) * lda + r, rc * sizeof(float));
-            fn(rc, 0, wa, ldw, kc, wa, ldw, N, work, c + r * ldc, ldc, accumulate || k0 > 0);
+            fn(rc, 0, wa, ldw, kc, wa, ldw, N, work, c + r * ldc, ldc, accumulate || k0 > 0, 0);
         }
     }
 }
@@ -442,10 +461,11 @@ __attribute__((unused)) static void clstm_wgrad(ptrdiff_t M, ptrdiff_t G, ptrdif
 #define CLSTM_HAVE_PACKED_GEMM 0
 static void clstm_packed_gemm2(ptrdiff_t n, ptrdiff_t K1, const float *a1, ptrdiff_t lda1,
                                ptrdiff_t K2, const float *a2, ptrdiff_t lda2, ptrdiff_t N,
-                               const float *packed, float *c, ptrdiff_t ldc, int accumulate)
+                               const float *packed, float *c, ptrdiff_t ldc, int accumulate,
+                               int order)
 {
     (void)n; (void)K1; (void)a1; (void)lda1; (void)K2; (void)a2; (void)lda2; (void)N;
-    (void)packed; (void)c; (void)ldc; (void)accumulate;
+    (void)packed; (void)c; (void)ldc; (void)accumulate; (void)order;
 }
 static void clstm_packed_gemm(ptrdiff_t n, ptrdiff_t K, ptrdiff_t N, const float *a,
                               ptrdiff_t lda, const float *packed, float *c,

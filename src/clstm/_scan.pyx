@@ -54,7 +54,8 @@ cdef extern from "_packed_gemm.h" nogil:
                            Py_ssize_t ldc, int accumulate)
     void clstm_packed_gemm2(Py_ssize_t n, Py_ssize_t K1, const float* a1, Py_ssize_t lda1,
                             Py_ssize_t K2, const float* a2, Py_ssize_t lda2, Py_ssize_t N,
-                            const float* packed, float* c, Py_ssize_t ldc, int accumulate)
+                            const float* packed, float* c, Py_ssize_t ldc, int accumulate,
+                            int order)
     Py_ssize_t clstm_wgrad_rows(Py_ssize_t G, Py_ssize_t N)
     Py_ssize_t clstm_wgrad_work_size(Py_ssize_t G, Py_ssize_t N)
     void clstm_wgrad(Py_ssize_t M, Py_ssize_t G, Py_ssize_t N, const float* a,
@@ -81,7 +82,7 @@ cdef extern from "_fused_cell.h" nogil:
                                const float* pre, Py_ssize_t ld_pre,
                                const float* c_prev, Py_ssize_t ld_cp,
                                float* c, Py_ssize_t ld_c, float* h, Py_ssize_t ld_h,
-                               Py_ssize_t u0, Py_ssize_t u1)
+                               Py_ssize_t u0, Py_ssize_t u1, int order)
 
 cdef extern from "_threads.h" nogil:
     int CLSTM_HAVE_THREADS
@@ -286,8 +287,9 @@ cdef inline void _step_products(Layer* L, Py_ssize_t t, Py_ssize_t n, Py_ssize_t
         return
     if floating is float:
         if L.packed_xh_t != NULL:
+            # (odd steps take the panels right to left: see _packed_gemm.h)
             clstm_packed_gemm2(n, I, <float*> L.x + (t * B + row0) * I, I, P, h_prev,
-                               ld_prev, G, L.packed_xh_t, <float*> L.gates + at, G, 0)
+                               ld_prev, G, L.packed_xh_t, <float*> L.gates + at, G, 0, t & 1)
             return
     _matmul_nt(n, P, G, h_prev, ld_prev, <floating*> L.weight_hh, L.packed_hh_t,
                <floating*> L.gates + at, G, True)
@@ -360,13 +362,13 @@ cdef inline void _fused_cell_step(Layer* L, Py_ssize_t t, Py_ssize_t n, Py_ssize
         clstm_fused_lstm_step(L.variant, n, I, <float*> L.x + row * I, I, P, h_prev, ld_prev,
                               H, L.fused_xh_t, NULL, 0, c_prev, H,
                               <float*> L.c_seq + row * H, H,
-                              <float*> L.h_seq + row * L.ld_h, L.ld_h, u0, u1)
+                              <float*> L.h_seq + row * L.ld_h, L.ld_h, u0, u1, t & 1)
     else:
         # c, h = cell(gates[t] + h_prev @ W_hh.T + bias, c_prev); gates[t] only read
         clstm_fused_lstm_step(L.variant, n, 0, h_prev, ld_prev, P, h_prev, ld_prev,
                               H, L.fused_hh_t, <float*> L.gates + row * G, G, c_prev, H,
                               <float*> L.c_seq + row * H, H,
-                              <float*> L.h_seq + row * L.ld_h, L.ld_h, u0, u1)
+                              <float*> L.h_seq + row * L.ld_h, L.ld_h, u0, u1, t & 1)
 
 
 cdef struct FusedStep:
@@ -2015,11 +2017,12 @@ def repack_weights(list ops):
 
 
 def packed_matmul(const float[:, ::1] a, const float[:, ::1] weight, bint transposed,
-                  float[:, ::1] c, bint accumulate, packed=None):
+                  float[:, ::1] c, bint accumulate, packed=None, int order=0):
     """Test twin of the small-GEMM kernel: c (+)= a @ B, with B = weight.T
     if transposed else weight, packed by pack_weight (or ``packed``, what
     pack_weight(weight, transposed) returned: the kernel alone, as the scan
-    runs it T times after one packing)."""
+    runs it T times after one packing); ``order`` odd: the first block of
+    rows takes the panels right to left (as a scan's odd steps)."""
     cdef Py_ssize_t K = weight.shape[1] if transposed else weight.shape[0]
     cdef Py_ssize_t N = weight.shape[0] if transposed else weight.shape[1]
     _check(a.shape[1] == K and c.shape[0] == a.shape[0] and c.shape[1] == N, "shapes")
@@ -2032,7 +2035,8 @@ def packed_matmul(const float[:, ::1] a, const float[:, ::1] weight, bint transp
     if a.shape[0] == 0 or K == 0 or N == 0:
         return
     with nogil:
-        clstm_packed_gemm(a.shape[0], K, N, &a[0, 0], K, &view[0], &c[0, 0], N, accumulate)
+        clstm_packed_gemm2(a.shape[0], 0, &a[0, 0], K, K, &a[0, 0], K, N, &view[0], &c[0, 0], N,
+                           accumulate, order)
 
 
 def wgrad_rows(Py_ssize_t G, Py_ssize_t N):
