@@ -67,6 +67,25 @@ def test_panel_order_changes_no_value(n, K, N):
     np.testing.assert_allclose(results[0], expected, rtol=0, atol=4e-7 * scale)
 
 
+@pytest.mark.parametrize("N", [1, 15, 16, 17, 200, 256])
+@pytest.mark.parametrize("K", [1, 13, 16, 64, 80])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_row_gemv_matches_numpy(N, K, accumulate):
+    # the streaming step's product on the live weights: 16 rows at a time and
+    # the rows left one by one, k in 16-lane vectors with a masked tail
+    rng = np.random.default_rng(N * 100 + K)
+    w = rng.standard_normal((N, K)).astype(np.float32)
+    a = rng.standard_normal(K).astype(np.float32)
+    c0 = rng.standard_normal(N).astype(np.float32)
+    c = c0.copy()
+    if not _scan.row_gemv(w, a, c, accumulate):
+        np.testing.assert_array_equal(c, c0)
+        pytest.skip("the row kernel runs on AVX-512 only (BLAS elsewhere)")
+    expected = w.astype(np.float64) @ a.astype(np.float64) + (c0 if accumulate else 0)
+    scale = np.abs(w).max() * np.abs(a).max() * K + 1
+    np.testing.assert_allclose(c, expected, rtol=0, atol=4e-7 * scale)
+
+
 def _whole_product(n, K, N):
     """a (n, K), w (N, K) and a @ w.T on the small-GEMM kernel, seeded by the shape."""
     rng = np.random.default_rng(n + K + N)

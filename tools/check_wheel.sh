@@ -109,7 +109,7 @@ bad = [n for n in names if re.search(r"\.(c|so|pyd|o|html)$", n) or "__pycache__
 need = ["LICENSE", "README.md", "pyproject.toml", "setup.py", "MANIFEST.in",
         "src/clstm/_cell_kernels.h", "src/clstm/_cell_rows.h", "src/clstm/_dispatch.h",
         "src/clstm/_optimizer_rows.h", "src/clstm/_threads.h",
-        "src/clstm/_fused_cell.h", "src/clstm/_packed_gemm.h",
+        "src/clstm/_fused_cell.h", "src/clstm/_packed_gemm.h", "src/clstm/_row_gemv.h",
         "src/clstm/_version.py"]
 need += [f"src/clstm/_{m}.{e}" for m in ("blas", "cell", "scan") for e in ("pyx", "pxd")]
 missing = [n for n in need if n not in names]

@@ -68,6 +68,10 @@ cdef extern from "_narrow_gemm.h" nogil:
                           Py_ssize_t lda, const float* b, float* c, Py_ssize_t ldc,
                           int accumulate)
 
+cdef extern from "_row_gemv.h" nogil:
+    int clstm_row_gemv(Py_ssize_t N, Py_ssize_t K, const float* w, const float* a, float* c,
+                       int accumulate)
+
 cdef extern from "_fused_cell.h" nogil:
     int CLSTM_HAVE_FUSED_CELL
     int CLSTM_FUSED_MAX_ROWS
@@ -208,7 +212,8 @@ cdef inline void _matmul_nt(Py_ssize_t n, Py_ssize_t K, Py_ssize_t N,
     """c[:n] (+)= a[:n] @ w.T, w (N, K) row-major
 
     float32 with `packed_t` (w.T in panels, see _packed_gemm.h): the small-GEMM
-    kernel; otherwise BLAS (GEMV for a single row).
+    kernel; a single float32 row on the live w (the streaming step):
+    _row_gemv.h; otherwise BLAS (GEMV for a single row).
     """
     cdef Py_ssize_t r
     if n <= 0:
@@ -221,6 +226,8 @@ cdef inline void _matmul_nt(Py_ssize_t n, Py_ssize_t K, Py_ssize_t N,
     if floating is float:
         if packed_t != NULL:
             clstm_packed_gemm(n, K, N, a, lda, packed_t, c, ldc, accumulate)
+            return
+        if n == 1 and clstm_row_gemv(N, K, w, a, c, accumulate):
             return
     cdef floating beta = 1.0 if accumulate else 0.0
     if n == 1:
@@ -2037,6 +2044,20 @@ def packed_matmul(const float[:, ::1] a, const float[:, ::1] weight, bint transp
     with nogil:
         clstm_packed_gemm2(a.shape[0], 0, &a[0, 0], K, K, &a[0, 0], K, N, &view[0], &c[0, 0], N,
                            accumulate, order)
+
+
+def row_gemv(const float[:, ::1] w, const float[::1] a, float[::1] c, bint accumulate):
+    """Test twin of _row_gemv.h: c (+)= w @ a for one row a (the streaming
+    step's product on live weights). Returns False (c untouched) where the
+    kernel does not run (below AVX-512: the step uses BLAS)."""
+    _check(w.shape[1] == a.shape[0] and c.shape[0] == w.shape[0], "shapes")
+    if w.shape[0] == 0:
+        return True
+    cdef int done
+    with nogil:
+        done = clstm_row_gemv(w.shape[0], w.shape[1], &w[0, 0], &a[0] if a.shape[0] else NULL,
+                              &c[0], accumulate)
+    return bool(done)
 
 
 def wgrad_rows(Py_ssize_t G, Py_ssize_t N):

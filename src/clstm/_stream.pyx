@@ -18,14 +18,14 @@ network runs its general path, which converts, validates and raises.
 Thread-safe: the plan is read-only after construction and each call has its
 own scratch (malloc'ed per call), so independent streams may share a network.
 
-Why the live weights and BLAS, not clstm's packed small-GEMM kernel: at batch
-1, I=16, H=64 (2-core AMD EPYC, AVX2 clones, 1 thread) a step's kernel part
-took 1.7 us on packed weights against 2.0 us on the live ones, but a packed
-copy must be checked against the live arrays on every call to see in-place
-edits, and comparing 80 KB bytewise (_scan.same_values) costs 2.0 us by
-itself. Both products stream the weights from L2 (80 KB against a 32 KB L1d),
-which bounds the kernel part on such a core. `_use_packed` keeps the
-comparison reproducible (benchmarks only).
+Why the live weights, not clstm's packed small-GEMM kernel: at batch 1, I=16,
+H=64 (2-core AMD EPYC, AVX2 clones, 1 thread) a step's kernel part took 1.7 us
+on packed weights against 2.0 us on the live ones with BLAS, but a packed copy
+must be checked against the live arrays on every call to see in-place edits,
+and comparing 80 KB bytewise (_scan.same_values) costs 2.0 us by itself. On
+AVX-512 the products on the live weights run on _row_gemv.h (Zen 5: the
+kernel part 1.13 -> 0.77 us against OpenBLAS's sgemv), elsewhere on BLAS.
+`_use_packed` keeps the comparison reproducible (benchmarks only).
 """
 
 from cpython.dict cimport PyDict_GetItem
@@ -353,7 +353,7 @@ cdef void _describe(Layer* L, dict p, dict cfg, int typenum) except *:
     if L.kind == CELL_GRU:       # b_hn: the n block of b_hh
         L.bias_hn = <char*> cnp.PyArray_DATA(<cnp.ndarray> p["bias_hh"]) + (
             2 * L.hidden * cnp.PyArray_ITEMSIZE(<cnp.ndarray> p["bias_hh"]))
-    # packed_* stay NULL: the live weights go to BLAS (GEMV at batch 1)
+    # packed_* stay NULL: the live weights go to _row_gemv.h or BLAS (GEMV)
 
 
 cdef inline void* _data_or_null(object value):
