@@ -161,26 +161,33 @@ CLSTM_DEFINE_TILE(clstm_tile_##SFX##_##R##_one, VT, VW, R, 1, AT)
     }
 
 /* One block of R rows of A against panels [g0, g1) (a case of the driver's
- * switch on the rows left), left to right, or right to left where `rev`:
- * consecutive blocks alternate, so a B larger than L1 (batch 1, I=16, H=64:
- * 80 KB) starts each pass on the panels that the last pass read last, still
- * in L1, instead of on those it evicted first. The order of the panels never
- * changes a value. */
+ * switch on the rows left), its tiles left to right, or right to left where
+ * `rev`: consecutive blocks alternate, so a B larger than L1 (batch 1, I=16,
+ * H=64: 80 KB) starts each pass on the panels that the last pass read last,
+ * still in L1, instead of on those it evicted first. The order of the panels
+ * never changes a value. (One loop over the tiles in either order: each tile
+ * is inlined once, not once per direction.) */
 #define CLSTM_ROW_BLOCK(SFX, R, NP)                                             \
     case R: {                                                                   \
-        const ptrdiff_t e_w = g0 + (g1 - g0) / NP * NP;                         \
-        const ptrdiff_t e_4 = NP > 4 ? e_w + (g1 - e_w) / 4 * 4 : e_w;          \
-        const ptrdiff_t e_2 = NP > 2 ? e_4 + (g1 - e_4) / 2 * 2 : e_4;          \
-        if (!rev) {                                                             \
-            for (p = g0; p < e_w; p += NP) CLSTM_TILE_AT(SFX, R, wide, NP, p)   \
-            for (p = e_w; p < e_4; p += 4) CLSTM_TILE_AT(SFX, R, four, 4, p)    \
-            for (p = e_4; p < e_2; p += 2) CLSTM_TILE_AT(SFX, R, two, 2, p)     \
-            for (p = e_2; p < g1; ++p) CLSTM_TILE_AT(SFX, R, one, 1, p)         \
-        } else {                                                                \
-            for (p = g1 - 1; p >= e_2; --p) CLSTM_TILE_AT(SFX, R, one, 1, p)    \
-            for (p = e_2 - 2; p >= e_4; p -= 2) CLSTM_TILE_AT(SFX, R, two, 2, p) \
-            for (p = e_4 - 4; p >= e_w; p -= 4) CLSTM_TILE_AT(SFX, R, four, 4, p) \
-            for (p = e_w - NP; p >= g0; p -= NP) CLSTM_TILE_AT(SFX, R, wide, NP, p) \
+        const ptrdiff_t n_w = (g1 - g0) / NP, e_w = g0 + n_w * NP;              \
+        const ptrdiff_t n_4 = NP > 4 ? (g1 - e_w) / 4 : 0, e_4 = e_w + 4 * n_4; \
+        const ptrdiff_t n_2 = NP > 2 ? (g1 - e_4) / 2 : 0, e_2 = e_4 + 2 * n_2; \
+        const ptrdiff_t n_t = n_w + n_4 + n_2 + (g1 - e_2);                     \
+        for (ptrdiff_t q = 0; q < n_t; ++q) {                                   \
+            const ptrdiff_t i = rev ? n_t - 1 - q : q;                          \
+            if (i < n_w) {                                                      \
+                p = g0 + i * NP;                                                \
+                CLSTM_TILE_AT(SFX, R, wide, NP, p)                              \
+            } else if (NP > 4 && i < n_w + n_4) {                               \
+                p = e_w + (i - n_w) * 4;                                        \
+                CLSTM_TILE_AT(SFX, R, four, 4, p)                               \
+            } else if (NP > 2 && i < n_w + n_4 + n_2) {                         \
+                p = e_4 + (i - n_w - n_4) * 2;                                  \
+                CLSTM_TILE_AT(SFX, R, two, 2, p)                                \
+            } else {                                                            \
+                p = e_2 + (i - n_w - n_4 - n_2);                                \
+                CLSTM_TILE_AT(SFX, R, one, 1, p)                                \
+            }                                                                   \
         }                                                                       \
         break;                                                                  \
     }
