@@ -252,6 +252,13 @@ ATTR static inline __attribute__((always_inline)) void NAME(                    
         }                                                                       \
     }
 
+/* A variant's tiles: clstm_fused_SFX_PC (MR rows), _PCe (one row), _PCp (one
+ * row, two unit groups); P, C: peephole, coupled. */
+#define CLSTM_DEFINE_FUSED_TILES(SFX, ATTR, VT, VW, MR, P, C)                   \
+CLSTM_DEFINE_FUSED_TILE(clstm_fused_##SFX##_##P##C, SFX, ATTR, VT, VW, MR, 1, P, C) \
+CLSTM_DEFINE_FUSED_TILE(clstm_fused_##SFX##_##P##C##e, SFX, ATTR, VT, VW, 1, 1, P, C) \
+CLSTM_DEFINE_FUSED_TILE(clstm_fused_##SFX##_##P##C##p, SFX, ATTR, VT, VW, 1, 2, P, C)
+
 #define CLSTM_DEFINE_FUSED(SFX, ATTR, VT, VI, VW, MR, PAIRS)                    \
 CLSTM_DEFINE_VMATH(SFX, ATTR, VT, VI)                                           \
 /* nu < VW only in the last group: its loads and stores stop at H */            \
@@ -269,18 +276,10 @@ clstm_vstore_##SFX(float *p, VT v, ptrdiff_t nu)                                
     if (nu == VW) *(VT##u *)p = v;                                              \
     else memcpy(p, &v, (size_t)nu * sizeof(float));                             \
 }                                                                               \
-CLSTM_DEFINE_FUSED_TILE(clstm_fused_##SFX##_00, SFX, ATTR, VT, VW, MR, 1, 0, 0) \
-CLSTM_DEFINE_FUSED_TILE(clstm_fused_##SFX##_00e, SFX, ATTR, VT, VW, 1, 1, 0, 0) \
-CLSTM_DEFINE_FUSED_TILE(clstm_fused_##SFX##_00p, SFX, ATTR, VT, VW, 1, 2, 0, 0) \
-CLSTM_DEFINE_FUSED_TILE(clstm_fused_##SFX##_10, SFX, ATTR, VT, VW, MR, 1, 1, 0) \
-CLSTM_DEFINE_FUSED_TILE(clstm_fused_##SFX##_10e, SFX, ATTR, VT, VW, 1, 1, 1, 0) \
-CLSTM_DEFINE_FUSED_TILE(clstm_fused_##SFX##_10p, SFX, ATTR, VT, VW, 1, 2, 1, 0) \
-CLSTM_DEFINE_FUSED_TILE(clstm_fused_##SFX##_01, SFX, ATTR, VT, VW, MR, 1, 0, 1) \
-CLSTM_DEFINE_FUSED_TILE(clstm_fused_##SFX##_01e, SFX, ATTR, VT, VW, 1, 1, 0, 1) \
-CLSTM_DEFINE_FUSED_TILE(clstm_fused_##SFX##_01p, SFX, ATTR, VT, VW, 1, 2, 0, 1) \
-CLSTM_DEFINE_FUSED_TILE(clstm_fused_##SFX##_11, SFX, ATTR, VT, VW, MR, 1, 1, 1) \
-CLSTM_DEFINE_FUSED_TILE(clstm_fused_##SFX##_11e, SFX, ATTR, VT, VW, 1, 1, 1, 1) \
-CLSTM_DEFINE_FUSED_TILE(clstm_fused_##SFX##_11p, SFX, ATTR, VT, VW, 1, 2, 1, 1) \
+CLSTM_DEFINE_FUSED_TILES(SFX, ATTR, VT, VW, MR, 0, 0)                           \
+CLSTM_DEFINE_FUSED_TILES(SFX, ATTR, VT, VW, MR, 1, 0)                           \
+CLSTM_DEFINE_FUSED_TILES(SFX, ATTR, VT, VW, MR, 0, 1)                           \
+CLSTM_DEFINE_FUSED_TILES(SFX, ATTR, VT, VW, MR, 1, 1)                           \
 ATTR static void clstm_fused_lstm_##SFX(                                        \
     int variant, ptrdiff_t n, ptrdiff_t K1, const float *a1, ptrdiff_t lda1,    \
     ptrdiff_t K2, const float *a2, ptrdiff_t lda2, ptrdiff_t H,                 \
