@@ -208,12 +208,13 @@ cdef inline void _conv_columns_of_h(Layer* L, Py_ssize_t n, const floating* h_pr
 cdef inline void _matmul_nt(Py_ssize_t n, Py_ssize_t K, Py_ssize_t N,
                             const floating* a, Py_ssize_t lda, const floating* w,
                             const float* packed_t, floating* c, Py_ssize_t ldc,
-                            bint accumulate) noexcept nogil:
+                            bint accumulate, int order=0) noexcept nogil:
     """c[:n] (+)= a[:n] @ w.T, w (N, K) row-major
 
     float32 with `packed_t` (w.T in panels, see _packed_gemm.h): the small-GEMM
-    kernel; a single float32 row on the live w (the streaming step):
-    _row_gemv.h; otherwise BLAS (GEMV for a single row).
+    kernel (`order`: a scan's step parity, see clstm_packed_gemm2); a single
+    float32 row on the live w (the streaming step): _row_gemv.h; otherwise
+    BLAS (GEMV for a single row).
     """
     cdef Py_ssize_t r
     if n <= 0:
@@ -225,7 +226,7 @@ cdef inline void _matmul_nt(Py_ssize_t n, Py_ssize_t K, Py_ssize_t N,
         return
     if floating is float:
         if packed_t != NULL:
-            clstm_packed_gemm(n, K, N, a, lda, packed_t, c, ldc, accumulate)
+            clstm_packed_gemm2(n, 0, a, lda, K, a, lda, N, packed_t, c, ldc, accumulate, order)
             return
         if n == 1 and clstm_row_gemv(N, K, w, a, c, accumulate):
             return
@@ -290,7 +291,7 @@ cdef inline void _step_products(Layer* L, Py_ssize_t t, Py_ssize_t n, Py_ssize_t
         return
     if L.separate:
         _matmul_nt(n, P, G, h_prev, ld_prev, <floating*> L.weight_hh, L.packed_hh_t,
-                   <floating*> L.hgates + at, G, False)
+                   <floating*> L.hgates + at, G, False, t & 1)
         return
     if floating is float:
         if L.packed_xh_t != NULL:
@@ -299,7 +300,7 @@ cdef inline void _step_products(Layer* L, Py_ssize_t t, Py_ssize_t n, Py_ssize_t
                                ld_prev, G, L.packed_xh_t, <float*> L.gates + at, G, 0, t & 1)
             return
     _matmul_nt(n, P, G, h_prev, ld_prev, <floating*> L.weight_hh, L.packed_hh_t,
-               <floating*> L.gates + at, G, True)
+               <floating*> L.gates + at, G, True, t & 1)
 
 
 cdef inline void _cell_forward(Layer* L, Py_ssize_t t, Py_ssize_t n, Py_ssize_t row0,
