@@ -539,7 +539,7 @@ class ConvLSTM(RecurrentNetwork):
         G = 4 * F
         cfg = dict(self._plan()["cfg"], reverse=False, column=0, conv=geometry,
                    accumulate_grad_x=False)
-        grads = {name: np.zeros_like(value) for name, value in self.params.items()}
+        grads = {name: np.zeros(value.shape, value.dtype) for name, value in self.params.items()}
         for layer in reversed(range(self.num_layers)):
             lc = part["layers"][layer]
             cols, n_channels = lc["cols"], lc["n_channels"]

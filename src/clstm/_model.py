@@ -496,7 +496,7 @@ class SequenceModel(TrainableModel):
         elif flat is not None:
             grads = flat.zero_grads()
         else:
-            grads = {name: np.zeros_like(v) for name, v in self.params.items()
+            grads = {name: np.zeros(v.shape, v.dtype) for name, v in self.params.items()
                      if not name.startswith(_INPUT_PREFIX)}
         # with the flat buffer, the network adds its parameter gradients straight
         # into it (no arrays of its own, no sum here)

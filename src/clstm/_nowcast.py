@@ -182,7 +182,8 @@ class NowcastModel(TrainableModel):
             raise ValueError("truncated BPTT is not available for the ConvLSTM estimator")
         net = self.network
         norm = float(np.sum(W, dtype=np.float64))
-        grads = {name: np.zeros_like(v) for name, v in self.params.items()} if need_grad else None
+        grads = ({name: np.zeros(v.shape, v.dtype) for name, v in self.params.items()}
+                 if need_grad else None)
         with np.errstate(over="ignore", invalid="ignore"), _clearing_cache(net):
             out, state = net.run(X, None, _ragged_only(lengths, X.shape[1]),
                                  keep_cache=need_grad)

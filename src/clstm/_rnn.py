@@ -487,7 +487,9 @@ class RecurrentNetwork:
                              f"{self.state_names}, got {len(state)}")
         n_states = self.num_layers * self.num_directions
         sizes = self._state_sizes()
-        state = tuple(check_state(s, (n_states, B, sizes[name]), self.dtype, f"{name}0")
+        # (None stays None: zeros, written straight into the scan's buffers)
+        state = tuple(None if s is None else
+                      check_state(s, (n_states, B, sizes[name]), self.dtype, f"{name}0")
                       for s, name in zip(state, self.state_names))
         return X, state, lengths
 
@@ -607,13 +609,19 @@ class RecurrentNetwork:
                 x[np.arange(n)[:, None] >= lens[None, :]] = 0.0   # padding never reaches a GEMM
                 check_finite(x, "X")                # (values past a length may be anything)
                 for buf, s in zip(states, state):
-                    np.take(s, idx, axis=1, out=buf)
+                    if s is None:
+                        buf.fill(0.0)
+                    else:
+                        np.take(s, idx, axis=1, out=buf)
                 for h in outs:
                     h.fill(0.0)                  # rows past their length stay zero
             else:
                 np.copyto(x, X[b0:b1].transpose(1, 0, 2))
                 for buf, s in zip(states, state):
-                    np.copyto(buf, s[:, b0:b1])
+                    if s is None:
+                        buf.fill(0.0)
+                    else:
+                        np.copyto(buf, s[:, b0:b1])
         out = (np.zeros if ragged else np.empty)((B, T, D * self.output_size), dtype=self.dtype)
         finals = [np.empty((L * D, B, sizes[name]), dtype=self.dtype)
                   for name in self.state_names]
@@ -693,7 +701,10 @@ class RecurrentNetwork:
         check_finite(x, "X")
         # copies (fancy indexing): the backward never sees later changes the
         # caller makes to its initial states
-        state = tuple(np.ascontiguousarray(s[:, order]) for s in state)
+        sizes = self._state_sizes()
+        state = tuple(np.zeros((L * D, B, sizes[name]), self.dtype) if s is None
+                      else np.ascontiguousarray(s[:, order])
+                      for s, name in zip(state, self.state_names))
         parts = [None] * len(chunks)
 
         def run(k):
@@ -1058,7 +1069,8 @@ class RecurrentNetwork:
         objects; returns what _backward_per_layer does (the same values)."""
         chunks, parts = cache["chunks"], cache["parts"]
         if grads_into is None:
-            grads = {name: np.zeros_like(value) for name, value in self.params.items()}
+            grads = {name: np.zeros(value.shape, value.dtype)  # (zeros_like: 3x the call)
+                     for name, value in self.params.items()}
         else:
             grads = dict(grads_into)
         kept = parts[0].get("backward_plan")
@@ -1177,7 +1189,8 @@ class RecurrentNetwork:
         plan = self._plan()
         G = plan["cfg"]["n_gates"]
         if grads is None:
-            grads = {name: np.zeros_like(value) for name, value in self.params.items()}
+            grads = {name: np.zeros(value.shape, value.dtype)  # (zeros_like: 3x the call)
+                     for name, value in self.params.items()}
         g = {"grad_out": grad_out}           # what reaches the layer's output
         for layer in reversed(range(self.num_layers)):
             lc = part["layers"][layer]
