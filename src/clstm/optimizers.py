@@ -58,6 +58,12 @@ def _fraction(name, value):
     return float(value)
 
 
+def _not_finite(name):
+    return (f"gradient of {name!r} is not finite (NaN or inf); nothing was updated. Lower "
+            "the learning rate, clip the gradients (global_clipnorm) or check the loss and "
+            "the inputs")
+
+
 class Optimizer:
     """Base of the public optimizers: the step, the checks, the state.
 
@@ -121,6 +127,15 @@ class Optimizer:
                 raise ValueError(f"no gradient for parameter {name!r}; gradients are given "
                                  f"for {sorted(grads)}")
             grad = grads[name]
+            if (type(grad) is np.ndarray and grad.dtype == param.dtype
+                    and grad.shape == param.shape and grad.flags.c_contiguous):
+                # (the common case, as a network's backward gives it: no conversion)
+                squares = sum_of_squares(grad.reshape(-1))
+                if not math.isfinite(squares):
+                    raise ValueError(_not_finite(name))
+                total += squares
+                chosen[name] = grad
+                continue
             sparse = hasattr(grad, "rows")       # a row-sparse gradient (an embedding's)
             values = np.asarray(grad.values if sparse else grad)
             if values.dtype.kind not in "fiu":
@@ -136,9 +151,7 @@ class Optimizer:
             flat = np.ascontiguousarray(values, dtype=param.dtype).reshape(-1)
             squares = sum_of_squares(flat)
             if not math.isfinite(squares):
-                raise ValueError(f"gradient of {name!r} is not finite (NaN or inf); nothing "
-                                 "was updated. Lower the learning rate, clip the gradients "
-                                 "(global_clipnorm) or check the loss and the inputs")
+                raise ValueError(_not_finite(name))
             total += squares
             # (dense: the gradient as the step reads it, in the parameter's dtype)
             chosen[name] = grad if sparse else flat.reshape(param.shape)
