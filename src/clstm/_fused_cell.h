@@ -82,9 +82,12 @@ static void clstm_pack_fused_v(ptrdiff_t K1, const float *w1, ptrdiff_t K2, cons
  * 24-32 rows 0.72-0.96x: the small GEMM's 6-row x 16-column tiles beat the
  * fused 3-row x 4-gate ones once there are enough rows (tried and dropped:
  * a fused 6-row x 2-gate tile in two passes over K, and single rows through
- * two unit groups at once, neither faster); its single-row edge tiles do
- * not. Not measured on AVX-512. The scan's threshold starts here and can be
- * set (clstm._scan.set_fused_cell_max_rows). */
+ * two unit groups at once, neither faster there); its single-row edge tiles
+ * do not. On AVX-512 (Zen 5, one thread, whole inference forwards), fusing
+ * every step instead (threshold 64) was slower: ts-small (32 rows) 0.28 ->
+ * 0.36 ms, ts-medium (64) 4.76 -> 4.99, stacked (32) 7.07 -> 7.26; there,
+ * single rows through two unit groups are faster (PAIRS below). The scan's
+ * threshold starts here and can be set (clstm._scan.set_fused_cell_max_rows). */
 #define CLSTM_FUSED_MAX_ROWS 8
 
 #if CLSTM_HAVE_PACKED_GEMM
