@@ -74,7 +74,7 @@ static double gemm_row_us(int K, int N, int reps)
     for (int round = 0; round < 7; round++) {
         double t0 = now();
         for (int r = 0; r < reps; r++) {
-            clstm_packed_gemm2(1, 0, a, K, K, a, K, N, packed, c, N, 0, r & 1);
+            clstm_packed_gemm(1, K, N, a, K, packed, c, N, 0, r & 1);
             a[r % K] = c[r % N] * 1e-3f;
         }
         double dt = (now() - t0) / reps;

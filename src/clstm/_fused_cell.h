@@ -178,46 +178,46 @@ ATTR static inline __attribute__((always_inline)) void NAME(                    
     pk += K2 * ROW;                                                             \
     /* the epilogue: lstm_forward_row of _cell_rows.h on VW lanes */            \
     for (int g = 0; g < NU; ++g) {                                              \
-    const float *pb = pk + g * gstride;                                         \
-    const ptrdiff_t ng = g == NU - 1 ? nu : VW, jg = g * VW;                    \
-    const VT bi = *(const VT##u *)(pb), bg = *(const VT##u *)(pb + (NG - 2) * VW); \
-    const VT bo = *(const VT##u *)(pb + (NG - 1) * VW);                         \
-    const VT bf = COUPLED ? (VT){0} : *(const VT##u *)(pb + VW);                \
-    VT pi = (VT){0}, pf = (VT){0}, po = (VT){0};                                \
-    if (PEEP) {                                                                 \
-        pi = *(const VT##u *)(pb + ROW);                                        \
-        if (!COUPLED) pf = *(const VT##u *)(pb + ROW + VW);                     \
-        po = *(const VT##u *)(pb + ROW + (COUPLED ? 1 : 2) * VW);               \
-    }                                                                           \
-    for (int r = 0; r < MR; ++r) {                                              \
-        VT a[NG];                                                               \
-        for (int q = 0; q < NG; ++q) {                                          \
-            a[q] = acc[r][g][q];                                                \
-            /* the two-pass path stores acc + pre, then adds the bias */        \
-            if (pre != NULL)                                                    \
-                a[q] += clstm_vload_##SFX(pre + r * ld_pre + q * H + jg, ng);   \
+        const float *pb = pk + g * gstride;                                     \
+        const ptrdiff_t ng = g == NU - 1 ? nu : VW, jg = g * VW;                \
+        const VT bi = *(const VT##u *)(pb), bg = *(const VT##u *)(pb + (NG - 2) * VW); \
+        const VT bo = *(const VT##u *)(pb + (NG - 1) * VW);                     \
+        const VT bf = COUPLED ? (VT){0} : *(const VT##u *)(pb + VW);            \
+        VT pi = (VT){0}, pf = (VT){0}, po = (VT){0};                            \
+        if (PEEP) {                                                             \
+            pi = *(const VT##u *)(pb + ROW);                                    \
+            if (!COUPLED) pf = *(const VT##u *)(pb + ROW + VW);                 \
+            po = *(const VT##u *)(pb + ROW + (COUPLED ? 1 : 2) * VW);           \
         }                                                                       \
-        const VT cp = clstm_vload_##SFX(c_prev + r * ld_cp + jg, ng);           \
-        VT ai = a[0] + bi;                                                      \
-        if (PEEP) ai += pi * cp;                                                \
-        const VT i_ = clstm_vsigmoid_##SFX(ai);                                 \
-        VT f_;                                                                  \
-        if (COUPLED) {                                                          \
-            f_ = 1.0f - i_;                                                     \
-        } else {                                                                \
-            VT af = a[1] + bf;                                                  \
-            if (PEEP) af += pf * cp;                                            \
-            f_ = clstm_vsigmoid_##SFX(af);                                      \
+        for (int r = 0; r < MR; ++r) {                                          \
+            VT a[NG];                                                           \
+            for (int q = 0; q < NG; ++q) {                                      \
+                a[q] = acc[r][g][q];                                            \
+                /* the two-pass path stores acc + pre, then adds the bias */    \
+                if (pre != NULL)                                                \
+                    a[q] += clstm_vload_##SFX(pre + r * ld_pre + q * H + jg, ng); \
+            }                                                                   \
+            const VT cp = clstm_vload_##SFX(c_prev + r * ld_cp + jg, ng);       \
+            VT ai = a[0] + bi;                                                  \
+            if (PEEP) ai += pi * cp;                                            \
+            const VT i_ = clstm_vsigmoid_##SFX(ai);                             \
+            VT f_;                                                              \
+            if (COUPLED) {                                                      \
+                f_ = 1.0f - i_;                                                 \
+            } else {                                                            \
+                VT af = a[1] + bf;                                              \
+                if (PEEP) af += pf * cp;                                        \
+                f_ = clstm_vsigmoid_##SFX(af);                                  \
+            }                                                                   \
+            const VT g_ = clstm_vtanh_##SFX(a[NG - 2] + bg);                    \
+            /* (operands in the order gcc 12 contracts the scalar row into FMAs) */ \
+            const VT c_ = COUPLED ? i_ * g_ + f_ * cp : f_ * cp + i_ * g_;      \
+            VT ao = a[NG - 1] + bo;                                             \
+            if (PEEP) ao += po * c_;                                            \
+            const VT o_ = clstm_vsigmoid_##SFX(ao);                             \
+            clstm_vstore_##SFX(c + r * ld_c + jg, c_, ng);                      \
+            clstm_vstore_##SFX(h + r * ld_h + jg, o_ * clstm_vtanh_##SFX(c_), ng); \
         }                                                                       \
-        const VT g_ = clstm_vtanh_##SFX(a[NG - 2] + bg);                        \
-        /* (operands in the order gcc 12 contracts the scalar row into FMAs) */ \
-        const VT c_ = COUPLED ? i_ * g_ + f_ * cp : f_ * cp + i_ * g_;          \
-        VT ao = a[NG - 1] + bo;                                                 \
-        if (PEEP) ao += po * c_;                                                \
-        const VT o_ = clstm_vsigmoid_##SFX(ao);                                 \
-        clstm_vstore_##SFX(c + r * ld_c + jg, c_, ng);                          \
-        clstm_vstore_##SFX(h + r * ld_h + jg, o_ * clstm_vtanh_##SFX(c_), ng);  \
-    }                                                                           \
     }                                                                           \
 }
 

@@ -609,14 +609,14 @@ class SequenceModel(TrainableModel):
         n_out = self.head_weight.shape[1]
         F = feats.shape[-1]
         M = feats.size // F
+        dtype = self.dtype
         kind = _FUSED_HEAD_LOSSES.get(self.loss)
         if (grads is not None and kind is not None and M * F * n_out <= _FUSED_HEAD_MAX
-                and all(g.flags.c_contiguous and g.flags.writeable and g.dtype == self.dtype
+                and all(g.flags.c_contiguous and g.flags.writeable and g.dtype == dtype
                         for g in (grads[_HEAD_WEIGHT], grads[_HEAD_BIAS]))):
             # the head, the loss and their gradients in one pass (a few us at a
             # forecasting fit's 32 rows, against ~12 us of NumPy calls)
-            grad_feats = np.empty((M, F), dtype=self.dtype)
-            dtype = self.dtype
+            grad_feats = np.empty((M, F), dtype=dtype)
             loss, finite = dense_head_loss(
                 np.ascontiguousarray(feats, dtype=dtype).reshape(M, F),
                 np.ascontiguousarray(self.head_weight, dtype=dtype),

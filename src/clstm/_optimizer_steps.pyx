@@ -17,9 +17,9 @@ and RMSprop loops (``_optimizer_rows.h``) have AVX2 and AVX-512 clones picked
 at load time; each operation is elementwise, so every clone gives those bits.
 
 The arrays are 1-D, C-contiguous, of one floating dtype and one size (the
-outputs writable); scalars arrive as Python floats already rounded to that
-dtype (the optimizers pass ``dtype.type(x)``), so their cast is exact; for
-float32 arrays a double is rounded by the cast as ``np.float32(x)`` rounds it. Raw
+outputs writable); scalars arrive as Python floats: SGD and RMSprop pass them
+already rounded to that dtype (``dtype.type(x)``), so their cast is exact; Adam
+passes doubles, which the cast to float32 rounds as ``np.float32(x)`` does. Raw
 pointers rather than typed memoryviews keep the module small (a wheel budget).
 
 ``sum_of_squares`` accumulates in float64 for both dtypes (the gradient

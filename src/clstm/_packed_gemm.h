@@ -353,12 +353,12 @@ static void clstm_packed_gemm2(ptrdiff_t n, ptrdiff_t K1, const float *a1, ptrdi
     fn(n, K1, a1, lda1, K2, a2, lda2, N, packed, c, ldc, accumulate, order);
 }
 
-/* C (+)= A @ B with B (K x N) packed by clstm_pack_b. */
+/* C (+)= A @ B with B (K x N) packed by clstm_pack_b (`order`: as above). */
 __attribute__((unused)) static void clstm_packed_gemm(ptrdiff_t n, ptrdiff_t K, ptrdiff_t N, const float *a,
                               ptrdiff_t lda, const float *packed, float *c,
-                              ptrdiff_t ldc, int accumulate)
+                              ptrdiff_t ldc, int accumulate, int order)
 {
-    clstm_packed_gemm2(n, 0, a, lda, K, a, lda, N, packed, c, ldc, accumulate, 0);
+    clstm_packed_gemm2(n, 0, a, lda, K, a, lda, N, packed, c, ldc, accumulate, order);
 }
 
 /* clstm_wgrad takes CLSTM_WGRAD_ROWS rows of A and B at a time: their B
@@ -476,10 +476,10 @@ static void clstm_packed_gemm2(ptrdiff_t n, ptrdiff_t K1, const float *a1, ptrdi
 }
 static void clstm_packed_gemm(ptrdiff_t n, ptrdiff_t K, ptrdiff_t N, const float *a,
                               ptrdiff_t lda, const float *packed, float *c,
-                              ptrdiff_t ldc, int accumulate)
+                              ptrdiff_t ldc, int accumulate, int order)
 {
     (void)n; (void)K; (void)N; (void)a; (void)lda; (void)packed; (void)c;
-    (void)ldc; (void)accumulate;
+    (void)ldc; (void)accumulate; (void)order;
 }
 static inline ptrdiff_t clstm_wgrad_rows(ptrdiff_t G, ptrdiff_t N) { (void)N; return G; }
 static inline ptrdiff_t clstm_wgrad_work_size(ptrdiff_t G, ptrdiff_t N)

@@ -608,20 +608,17 @@ class RecurrentNetwork:
                 np.copyto(x, X[idx, :n].transpose(1, 0, 2))
                 x[np.arange(n)[:, None] >= lens[None, :]] = 0.0   # padding never reaches a GEMM
                 check_finite(x, "X")                # (values past a length may be anything)
-                for buf, s in zip(states, state):
-                    if s is None:
-                        buf.fill(0.0)
-                    else:
-                        np.take(s, idx, axis=1, out=buf)
                 for h in outs:
                     h.fill(0.0)                  # rows past their length stay zero
             else:
                 np.copyto(x, X[b0:b1].transpose(1, 0, 2))
-                for buf, s in zip(states, state):
-                    if s is None:
-                        buf.fill(0.0)
-                    else:
-                        np.copyto(buf, s[:, b0:b1])
+            for buf, s in zip(states, state):
+                if s is None:                    # (zeros: _validate_input left it None)
+                    buf.fill(0.0)
+                elif ragged:
+                    np.take(s, idx, axis=1, out=buf)
+                else:
+                    np.copyto(buf, s[:, b0:b1])
         out = (np.zeros if ragged else np.empty)((B, T, D * self.output_size), dtype=self.dtype)
         finals = [np.empty((L * D, B, sizes[name]), dtype=self.dtype)
                   for name in self.state_names]

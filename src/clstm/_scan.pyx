@@ -51,7 +51,7 @@ cdef extern from "_packed_gemm.h" nogil:
                       int transposed, float* packed)
     void clstm_packed_gemm(Py_ssize_t n, Py_ssize_t K, Py_ssize_t N, const float* a,
                            Py_ssize_t lda, const float* packed, float* c,
-                           Py_ssize_t ldc, int accumulate)
+                           Py_ssize_t ldc, int accumulate, int order)
     void clstm_packed_gemm2(Py_ssize_t n, Py_ssize_t K1, const float* a1, Py_ssize_t lda1,
                             Py_ssize_t K2, const float* a2, Py_ssize_t lda2, Py_ssize_t N,
                             const float* packed, float* c, Py_ssize_t ldc, int accumulate,
@@ -226,7 +226,7 @@ cdef inline void _matmul_nt(Py_ssize_t n, Py_ssize_t K, Py_ssize_t N,
         return
     if floating is float:
         if packed_t != NULL:
-            clstm_packed_gemm2(n, 0, a, lda, K, a, lda, N, packed_t, c, ldc, accumulate, order)
+            clstm_packed_gemm(n, K, N, a, lda, packed_t, c, ldc, accumulate, order)
             return
         if n == 1 and clstm_row_gemv(N, K, w, a, c, accumulate):
             return
@@ -252,7 +252,7 @@ cdef inline void _matmul_nn(Py_ssize_t n, Py_ssize_t K, Py_ssize_t N,
             if N <= CLSTM_NARROW_MAX and clstm_narrow_gemm(n, K, N, a, lda, w, c, ldc,
                                                           accumulate):
                 return
-            clstm_packed_gemm(n, K, N, a, lda, packed, c, ldc, accumulate)
+            clstm_packed_gemm(n, K, N, a, lda, packed, c, ldc, accumulate, 0)
             return
     cdef floating beta = 1.0 if accumulate else 0.0
     if n == 1:
@@ -2043,8 +2043,8 @@ def packed_matmul(const float[:, ::1] a, const float[:, ::1] weight, bint transp
     if a.shape[0] == 0 or K == 0 or N == 0:
         return
     with nogil:
-        clstm_packed_gemm2(a.shape[0], 0, &a[0, 0], K, K, &a[0, 0], K, N, &view[0], &c[0, 0], N,
-                           accumulate, order)
+        clstm_packed_gemm(a.shape[0], K, N, &a[0, 0], K, &view[0], &c[0, 0], N, accumulate,
+                          order)
 
 
 def row_gemv(const float[:, ::1] w, const float[::1] a, float[::1] c, bint accumulate):
