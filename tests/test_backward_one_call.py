@@ -374,3 +374,32 @@ def test_convlstm_without_grad_inputs():
     assert grad_X.shape == X.shape and none is None
     for name, value in params_only.items():
         np.testing.assert_array_equal(value, full[name], err_msg=name)
+
+
+@pytest.mark.parametrize("n_jobs, B", [(1, 6), (2, 40)])
+def test_without_grad_inputs_the_bottom_grad_x_is_not_computed(n_jobs, B):
+    """grad_inputs=False skips the bottom layer's grad_x product in the kernel
+    (its buffer keeps what it held); a later backward with grad_inputs=True
+    computes it again, the same bits as before. Two layers with dropout
+    between them: the layer above still gets (and unmasks) its grad_x."""
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((B, 9, 4)).astype(np.float32)
+    net = clstm.LSTM(4, 6, num_layers=2, bidirectional=True, dropout=0.3, random_state=0,
+                     n_jobs=n_jobs)
+
+    def backward(grad_inputs):
+        net._rng = np.random.default_rng(0)      # the same dropout masks each time
+        out, _ = net.forward(X)
+        return net.backward_state(np.cos(out), grad_inputs=grad_inputs), dict(net.grads)
+
+    first, grads = backward(True)
+    buffers = net._cache["parts"][0]["backward_plan"][3]
+    for buf in buffers:
+        buf.fill(np.nan)
+    none, params_only = backward(False)
+    assert none is None
+    assert all(np.isnan(buf).all() for buf in buffers)
+    for name, value in params_only.items():
+        np.testing.assert_array_equal(value, grads[name], err_msg=name)
+    again, _ = backward(True)
+    np.testing.assert_array_equal(again, first)

@@ -62,6 +62,7 @@ class Runner:
         P = cell.out_size(cfg.H)
         self.grad_out = np.zeros((cfg.B, cfg.T, P), dtype=np.float32)
         self.grad_h_n = np.zeros((cfg.L, cfg.B, P), dtype=np.float32)
+        self.grad_state = (self.grad_h_n,) + (None,) * (len(self.net.state_names) - 1)
         self._adam = None
 
     def params(self):
@@ -85,7 +86,8 @@ class Runner:
         d_pred = (2.0 / diff.size) * diff                      # (B, 1)
         grads_head = {"head_w": d_pred.T @ last, "head_b": d_pred.sum(axis=0)}
         self.grad_h_n[-1] = d_pred @ self.head_w               # (B, P)
-        net.backward(self.grad_out, self.grad_h_n)
+        # no gradient of X (grad_inputs=False), as the peers', whose X needs none
+        net.backward_state(self.grad_out, self.grad_state, grad_inputs=False)
         grads = {k: v for k, v in net.grads.items() if k not in ("h0", "c0")}
         grads.update(grads_head)
         return loss, grads

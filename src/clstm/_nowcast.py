@@ -205,12 +205,13 @@ class NowcastModel(TrainableModel):
                 grad_feats = grad_Z @ self.head_weight.T
                 if not np.isfinite(grad_feats).all():
                     raise NonFiniteError("gradient")
+                # (grad_inputs=False: the inputs' gradients are not needed)
                 if self.return_sequences:
-                    net.backward_state(grad_feats)
+                    net.backward_state(grad_feats, grad_inputs=False)
                 else:
                     grad_h = np.zeros_like(state[0])
                     grad_h[-1] = grad_feats
-                    net.backward_state(np.zeros_like(out), (grad_h, None))
+                    net.backward_state(np.zeros_like(out), (grad_h, None), grad_inputs=False)
                 for name, g in net.grads.items():
                     if name in net.params:
                         grads[_NETWORK_PREFIX + name] += g

@@ -943,7 +943,7 @@ class RecurrentNetwork:
         with blas_single_threaded:
             if ONE_CALL_BACKWARD and not retain_cache:
                 results = self._backward_one_call(cache, grad_out, grad_state, weights,
-                                                  grads_into, n_threads, team)
+                                                  grads_into, n_threads, team, grad_inputs)
             else:
                 results = self._backward_per_layer(cache, grad_out, grad_state, weights,
                                                    grads_into, retain_cache, n_threads, team)
@@ -1060,10 +1060,12 @@ class RecurrentNetwork:
         return results
 
     def _backward_one_call(self, cache, grad_out, grad_state, weights, grads_into,
-                           n_threads, team):
+                           n_threads, team, grad_inputs=True):
         """The whole backward in one call of a _scan.BackwardPlan, kept with
         the forward's sub-batch caches while the weight arrays stay the same
-        objects; returns what _backward_per_layer does (the same values)."""
+        objects; returns what _backward_per_layer does (the same values;
+        ``grad_inputs`` False: without computing grad_x, whose buffers are
+        then stale)."""
         chunks, parts = cache["chunks"], cache["parts"]
         if grads_into is None:
             grads = {name: np.zeros(value.shape, value.dtype)  # (zeros_like: 3x the call)
@@ -1086,7 +1088,7 @@ class RecurrentNetwork:
         if not _same_objects(last[0], grads):
             last[:] = dict(grads), [self._gradient_targets(k, grads)
                                     for k in self._backward_order()]
-        bplan.run(grad_out, last[1], n_threads, team)
+        bplan.run(grad_out, last[1], n_threads, team, grad_inputs)
         return [(grad_x, grads, bufs) for grad_x, bufs in zip(grad_xs, states)]
 
     def _backward_order(self):

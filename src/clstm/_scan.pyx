@@ -985,8 +985,8 @@ cdef void _parameter_gradients(Layer* L, floating* tag) noexcept nogil:
         # grad_weight_hr += grad_hp.T @ m
         _weight_gradient(L, P, H, M, <floating*> L.grad_hp, P, <floating*> L.m_seq, H, 1.0,
                          <floating*> L.grad_weight_hr, H)
-    # grad_x (+)= grad_gates @ weight_ih
-    if I > 0:
+    # grad_x (+)= grad_gates @ weight_ih (NULL: the caller discards it)
+    if I > 0 and L.grad_x != NULL:
         if floating is float:
             if L.team != NULL and L.packed_ih != NULL:      # a row team: its share
                 _rows_step(L, _grad_x_rows_slice, 0, 0, 0, 0)
@@ -1661,6 +1661,10 @@ cdef struct BackwardStage:
     # the top layer reads grad_out rows [grad_out_row0, + batch) in place
     bint top
     Py_ssize_t grad_out_row0, column
+    # the bottom layer's directions write the network's grad_x (skipped in a
+    # run without it: their layer's grad_x set NULL for that run)
+    bint bottom
+    void* grad_x
 
 
 cdef struct BackwardPart:
@@ -1773,6 +1777,10 @@ cdef class BackwardPlan:
             _check(part.n_stages == len(parts[0]["stages"]) and part.n_stages > 0, "stages")
             for s in range(part.n_stages):
                 self._fill_stage(part.stages + s, parts[k], s, k > 0)
+            for s in range(part.n_stages):     # (the last stage is the bottom layer's)
+                part.stages[s].grad_x = part.stages[s].layer.grad_x
+                part.stages[s].bottom = (part.stages[s].grad_x
+                                         == part.stages[part.n_stages - 1].layer.grad_x)
             offset += part.n_stages
         self.n_stages = self.parts[0].n_stages
 
@@ -1842,7 +1850,7 @@ cdef class BackwardPlan:
         if st.bias_sum == NULL:              # GRU: the scan adds to the targets
             L.grad_bias, L.grad_bias_hh = st.targets[8], st.targets[9]
 
-    def run(self, grad_out, list targets, n_threads=None, team_threads=1):
+    def run(self, grad_out, list targets, n_threads=None, team_threads=1, bint grad_x=True):
         """Run the backward: ``grad_out`` (N, T, W) the gradient reaching the
         top layer's batch-first output (read in place), ``targets`` one dict
         per stage (by _TARGET_NAMES) of the arrays sub-batch 0's gradients
@@ -1850,8 +1858,10 @@ cdef class BackwardPlan:
         added after, in order. The sub-batches go to ``n_threads`` threads
         (default: one each), each a contiguous run; a single sub-batch may
         split each step's rows across ``team_threads`` threads instead
-        (backward(); the same values). Returns the largest team a stage ran
-        with (1: none), as backward() does."""
+        (backward(); the same values). ``grad_x`` False: the bottom layer's
+        grad_x is not computed (its buffer is left as it was; the other
+        gradients are the same). Returns the largest team a stage ran with
+        (1: none), as backward() does."""
         cdef Py_ssize_t k, s, j, item = 4 if self.typenum == cnp.NPY_FLOAT32 else 8
         cdef BackwardStage* st
         cdef BackwardStage* st0
@@ -1868,6 +1878,7 @@ cdef class BackwardPlan:
             part = self.parts + k
             for s in range(part.n_stages):
                 st = part.stages + s
+                st.layer.grad_x = st.grad_x if grad_x or not st.bottom else NULL
                 if st.top:
                     st.layer.grad_h_seq = g + (st.grad_out_row0 * self.grad_out_shape[1]
                                                * self.grad_out_shape[2] + st.column) * item

@@ -356,7 +356,7 @@ class Seq2SeqModel(TrainableModel):
         if not all(np.isfinite(g).all() for g in grad_state):
             raise NonFiniteError("gradient")
         grads.update({f"decoder.{k}": dec.grads[k] for k in dec.params})
-        enc.backward_state(grad_E, grad_state)
+        enc.backward_state(grad_E, grad_state, grad_inputs=False)   # (grad_X unused)
         grads.update({f"encoder.{k}": enc.grads[k] for k in enc.params})
         params = self.params
         return {k: np.asarray(grads[k], dtype=params[k].dtype) for k in params}
