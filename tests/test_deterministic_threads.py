@@ -218,9 +218,9 @@ def test_estimators_fit_bit_identical(small_parts, monkeypatch, kind):
     calls = []      # (threads, sub-batches) of each backward
 
     class Recording(_scan.BackwardPlan):
-        def run(self, grad_out, targets, n_threads=None, team_threads=1):
+        def run(self, grad_out, targets, n_threads=None, team_threads=1, grad_x=True):
             calls.append((n_threads, self.n_parts))
-            return super().run(grad_out, targets, n_threads, team_threads)
+            return super().run(grad_out, targets, n_threads, team_threads, grad_x)
 
     monkeypatch.setattr(_scan, "BackwardPlan", Recording)
     rng = np.random.default_rng(8)

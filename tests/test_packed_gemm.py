@@ -86,6 +86,60 @@ def test_row_gemv_matches_numpy(N, K, accumulate):
     np.testing.assert_allclose(c, expected, rtol=0, atol=4e-7 * scale)
 
 
+@pytest.mark.parametrize("N", [1, 16, 17, 40, 64, 65, 100, 256])
+@pytest.mark.parametrize("K", [1, 2, 3, 64, 255, 256])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_row_split_matches_numpy(N, K, accumulate):
+    # batch 1's grad_h product: two halves of k per output (an odd row in the
+    # second), 4-, 2- and 1-panel groups, in either order of k
+    rng = np.random.default_rng(N * 1000 + K)
+    w = rng.standard_normal((K, N)).astype(np.float32)
+    a = rng.standard_normal(K).astype(np.float32)
+    c0 = rng.standard_normal(N).astype(np.float32)
+    expected = a.astype(np.float64) @ w.astype(np.float64) + (c0 if accumulate else 0)
+    scale = np.abs(w).max() * np.abs(a).max() * K + 1
+    for order in (0, 1):
+        c = c0.copy()
+        _scan.packed_row_split(a, w, c, accumulate, order)
+        np.testing.assert_allclose(c, expected, rtol=0, atol=4e-7 * scale)
+
+
+def test_batch_one_backward_matches_finite_differences():
+    # the batch-1 backward (grad_h in two halves of k, alternating the order
+    # by step) against central differences in float64 of the float32
+    # network's loss, and against the same row inside a batch of three
+    rng = np.random.default_rng(11)
+    I, H, T = 5, 40, 7
+    X = rng.standard_normal((1, T, I)).astype(np.float32)
+    net = clstm.LSTM(I, H, random_state=3, dtype="float32")
+    out, _ = net.forward(X)
+    g_out = rng.standard_normal(out.shape).astype(np.float32)
+    net.backward(g_out)
+    grads = {k: v.copy() for k, v in net.grads.items()}
+    batch = clstm.LSTM(I, H, random_state=3, dtype="float32")
+    X3 = np.concatenate([X, rng.standard_normal((2, T, I)).astype(np.float32)])
+    out3, _ = batch.forward(X3)
+    g3 = np.zeros_like(out3)
+    g3[:1] = g_out
+    batch.backward(g3)
+    rows = {"weight_hh_l0": [(0, 0), (3, 7), (150, 39)], "weight_ih_l0": [(5, 1), (100, 4)]}
+    net64 = clstm.LSTM(I, H, random_state=3, dtype="float64")
+    net64.load_state_dict({k: v.astype(np.float64) for k, v in net.state_dict().items()})
+    for name, entries in rows.items():
+        np.testing.assert_allclose(grads[name], batch.grads[name], rtol=1e-5, atol=1e-6)
+        for i, j in entries:
+            eps = 1e-6
+            w = net64.params[name]
+            keep = w[i, j]
+            w[i, j] = keep + eps
+            plus = float(np.sum(net64.forward(X.astype(np.float64))[0] * g_out))
+            w[i, j] = keep - eps
+            minus = float(np.sum(net64.forward(X.astype(np.float64))[0] * g_out))
+            w[i, j] = keep
+            np.testing.assert_allclose(grads[name][i, j], (plus - minus) / (2 * eps),
+                                       rtol=1e-4, atol=1e-5)
+
+
 def _whole_product(n, K, N):
     """a (n, K), w (N, K) and a @ w.T on the small-GEMM kernel, seeded by the shape."""
     rng = np.random.default_rng(n + K + N)

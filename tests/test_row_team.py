@@ -32,8 +32,8 @@ def backward_teams(monkeypatch):
         return sizes[-1]
 
     class Recording(_scan.BackwardPlan):
-        def run(self, grad_out, targets, n_threads=None, team_threads=1):
-            sizes.append(super().run(grad_out, targets, n_threads, team_threads))
+        def run(self, grad_out, targets, n_threads=None, team_threads=1, grad_x=True):
+            sizes.append(super().run(grad_out, targets, n_threads, team_threads, grad_x))
             return sizes[-1]
 
     monkeypatch.setattr(_scan, "backward", recording)

@@ -303,6 +303,68 @@ typedef void (*clstm_packed_gemm_fn)(ptrdiff_t, ptrdiff_t, const float *, ptrdif
                                      ptrdiff_t, const float *, ptrdiff_t, ptrdiff_t,
                                      const float *, float *, ptrdiff_t, int, int);
 
+/* One row of A against NP panels (AVX-512), each output summed as two chains,
+ * over k in [0, K/2) and over [K/2, K), added at the end: 2 NP chains where
+ * the one-row tile of 4 panels or fewer has NP, half of what Zen 5's two
+ * FMA pipes need. `rev` runs k descending in both halves, so a scan that
+ * passes its step's parity starts each step on the rows of B that the last
+ * one read last (a 256 x 64 recurrent weight is 64 KB, more than L1). The
+ * sums differ from the tiles' (another order), so the scan uses this only
+ * for batches of one row (clstm_packed_row_split). */
+#define CLSTM_DEFINE_SPLIT_TILE(NP)                                             \
+__attribute__((target("arch=x86-64-v4"))) static inline                         \
+__attribute__((always_inline)) void clstm_split_tile_##NP(                      \
+    ptrdiff_t K, const float *a, const float *pk, ptrdiff_t ps, float *c,       \
+    ptrdiff_t ncols, int accumulate, int rev)                                   \
+{                                                                               \
+    const ptrdiff_t Kh = K / 2;                                                 \
+    clstm_v16 lo[NP], hi[NP];                                                   \
+    for (int v = 0; v < NP; ++v) lo[v] = hi[v] = (clstm_v16){0};                \
+    for (ptrdiff_t q = 0; q < Kh; ++q) {                                        \
+        const ptrdiff_t k = rev ? Kh - 1 - q : q;                               \
+        const float al = a[k], ah = a[Kh + k];                                  \
+        for (int v = 0; v < NP; ++v) {                                          \
+            lo[v] += al * *(const clstm_v16u *)(pk + v * ps + k * CLSTM_PANEL); \
+            hi[v] += ah * *(const clstm_v16u *)(pk + v * ps + (Kh + k) * CLSTM_PANEL); \
+        }                                                                       \
+    }                                                                           \
+    if (K & 1)          /* (the second half has the odd row, last) */           \
+        for (int v = 0; v < NP; ++v)                                            \
+            hi[v] += a[K - 1] * *(const clstm_v16u *)(pk + v * ps + (K - 1) * CLSTM_PANEL); \
+    float tmp[NP * CLSTM_PANEL];                                                \
+    for (int v = 0; v < NP; ++v) {                                              \
+        const clstm_v16 x = lo[v] + hi[v];                                      \
+        memcpy(tmp + v * CLSTM_PANEL, &x, sizeof x);                            \
+    }                                                                           \
+    for (ptrdiff_t j = 0; j < ncols; ++j)                                       \
+        c[j] = accumulate ? c[j] + tmp[j] : tmp[j];                             \
+}
+CLSTM_DEFINE_SPLIT_TILE(4)
+CLSTM_DEFINE_SPLIT_TILE(2)
+CLSTM_DEFINE_SPLIT_TILE(1)
+
+__attribute__((target("arch=x86-64-v4"))) static void clstm_packed_row_split_v4(
+    ptrdiff_t K, const float *a, ptrdiff_t N, const float *packed, float *c,
+    int accumulate, int order)
+{
+    const ptrdiff_t n_panels = (N + CLSTM_PANEL - 1) / CLSTM_PANEL, ps = K * CLSTM_PANEL;
+    for (ptrdiff_t p = 0, w; p < n_panels; p += w) {
+        const ptrdiff_t left = n_panels - p;
+        w = left >= 4 ? 4 : left >= 2 ? 2 : 1;
+        const ptrdiff_t nc = N - p * CLSTM_PANEL < w * CLSTM_PANEL
+            ? N - p * CLSTM_PANEL : w * CLSTM_PANEL;
+        if (w == 4)
+            clstm_split_tile_4(K, a, packed + p * ps, ps, c + p * CLSTM_PANEL, nc, accumulate,
+                               order & 1);
+        else if (w == 2)
+            clstm_split_tile_2(K, a, packed + p * ps, ps, c + p * CLSTM_PANEL, nc, accumulate,
+                               order & 1);
+        else
+            clstm_split_tile_1(K, a, packed + p * ps, ps, c + p * CLSTM_PANEL, nc, accumulate,
+                               order & 1);
+    }
+}
+
 /* The ISA level every manually dispatched kernel (this small GEMM, the
  * narrow products, the fused cell) runs at: 2 = x86-64-v4 (AVX-512),
  * 1 = x86-64-v3 (AVX2 + FMA), 0 = the baseline. */
@@ -359,6 +421,27 @@ __attribute__((unused)) static void clstm_packed_gemm(ptrdiff_t n, ptrdiff_t K, 
                               ptrdiff_t ldc, int accumulate, int order)
 {
     clstm_packed_gemm2(n, 0, a, lda, K, a, lda, N, packed, c, ldc, accumulate, order);
+}
+
+/* c[0:N] (+)= a[0:K] @ B for one row of A (B packed by clstm_pack_b): on
+ * AVX-512 with k split in two halves (clstm_split_tile_*), else as
+ * clstm_packed_gemm. For a batch of one row, whose steps' one-row tiles wait
+ * on the FMA latency: the backward's grad_h (I=16, H=64, Zen 5, a C loop
+ * over 200 steps: 0.297 -> 0.19 us a step). Its sums are not the tiles', so
+ * the scan chooses it by the batch, never by a step's rows or a thread's
+ * share. */
+static void clstm_packed_row_split(ptrdiff_t K, const float *a, ptrdiff_t N,
+                                   const float *packed, float *c, int accumulate, int order)
+{
+#if CLSTM_HAVE_DISPATCH
+    static int split = -1;      /* (as the GEMM's variant: a benign race) */
+    if (split < 0) split = clstm_isa_level() == 2;
+    if (split) {
+        clstm_packed_row_split_v4(K, a, N, packed, c, accumulate, order);
+        return;
+    }
+#endif
+    clstm_packed_gemm(1, K, N, a, K, packed, c, N, accumulate, order);
 }
 
 /* clstm_wgrad takes CLSTM_WGRAD_ROWS rows of A and B at a time: their B
@@ -480,6 +563,11 @@ static void clstm_packed_gemm(ptrdiff_t n, ptrdiff_t K, ptrdiff_t N, const float
 {
     (void)n; (void)K; (void)N; (void)a; (void)lda; (void)packed; (void)c;
     (void)ldc; (void)accumulate; (void)order;
+}
+static void clstm_packed_row_split(ptrdiff_t K, const float *a, ptrdiff_t N,
+                                   const float *packed, float *c, int accumulate, int order)
+{
+    (void)K; (void)a; (void)N; (void)packed; (void)c; (void)accumulate; (void)order;
 }
 static inline ptrdiff_t clstm_wgrad_rows(ptrdiff_t G, ptrdiff_t N) { (void)N; return G; }
 static inline ptrdiff_t clstm_wgrad_work_size(ptrdiff_t G, ptrdiff_t N)

@@ -52,6 +52,8 @@ cdef extern from "_packed_gemm.h" nogil:
     void clstm_packed_gemm(Py_ssize_t n, Py_ssize_t K, Py_ssize_t N, const float* a,
                            Py_ssize_t lda, const float* packed, float* c,
                            Py_ssize_t ldc, int accumulate, int order)
+    void clstm_packed_row_split(Py_ssize_t K, const float* a, Py_ssize_t N,
+                                const float* packed, float* c, int accumulate, int order)
     void clstm_packed_gemm2(Py_ssize_t n, Py_ssize_t K1, const float* a1, Py_ssize_t lda1,
                             Py_ssize_t K2, const float* a2, Py_ssize_t lda2, Py_ssize_t N,
                             const float* packed, float* c, Py_ssize_t ldc, int accumulate,
@@ -261,6 +263,23 @@ cdef inline void _matmul_nn(Py_ssize_t n, Py_ssize_t K, Py_ssize_t N,
     else:
         _gemm(RowMajor, NoTrans, NoTrans, <int> n, <int> N, <int> K, 1.0, a, <int> lda,
               w, <int> N, beta, c, <int> ldc)
+
+
+cdef inline void _grad_h_product(Layer* L, Py_ssize_t t, Py_ssize_t n,
+                                 const floating* dg_h, floating* c,
+                                 bint accumulate) noexcept nogil:
+    """c[:n] (+)= dg_h[:n] @ weight_hh: n rows of step t. A batch of one row
+    (online training) sums each output in two halves of k: the one-row tile's
+    few chains wait on the FMA latency (clstm_packed_row_split). Decided by
+    the (sub-)batch, never by a step's rows or a thread's share: a row of a
+    larger batch gets the same bits in any split, and ragged steps of one
+    row in it keep the tiles' sums."""
+    cdef Py_ssize_t G = L.n_gates, P = L.out_size
+    if floating is float:
+        if L.batch == 1 and n == 1 and L.packed_hh != NULL and P > CLSTM_NARROW_MAX:
+            clstm_packed_row_split(G, dg_h, P, L.packed_hh, c, accumulate, t & 1)
+            return
+    _matmul_nn(n, G, P, dg_h, G, <floating*> L.weight_hh, L.packed_hh, c, P, accumulate)
 
 
 cdef inline void _masked_copy(Py_ssize_t n, Py_ssize_t width,
@@ -560,14 +579,12 @@ cdef void _backward_rows_slice(const void* ctx, Py_ssize_t k, Py_ssize_t m) noex
     _cell_backward(L, t, r.r1 - r.s0, r.s0, r.h_start, P, r.c_start, g_out + r.s0 * ld_out,
                    ld_out, dh)
     if gru and mask != NULL:
-        _matmul_nn(r.r1 - r.r0, G, P, dg_h + r.r0 * G, G, <float*> L.weight_hh, L.packed_hh,
-                   work + r.r0 * P, P, False)
+        _grad_h_product(L, t, r.r1 - r.r0, dg_h + r.r0 * G, work + r.r0 * P, False)
         for i in range(r.r0, r.r1):
             for j in range(P):
                 dh[i * P + j] += work[i * P + j] * mask[i * P + j]
     else:
-        _matmul_nn(r.r1 - r.r0, G, P, dg_h + r.r0 * G, G, <float*> L.weight_hh, L.packed_hh,
-                   dh + r.r0 * P, P, gru)
+        _grad_h_product(L, t, r.r1 - r.r0, dg_h + r.r0 * G, dh + r.r0 * P, gru)
         if mask != NULL:
             for i in range(r.r0, r.r1):
                 for j in range(P):
@@ -815,12 +832,12 @@ cdef void scan_backward(Layer* L, floating* tag) noexcept nogil:
             add_image_columns(n // (L.map_h * L.map_w), L.map_h, L.map_w, P, L.ker_h,
                               L.ker_w, h_cols, R, dh, P)
         elif gru and mask != NULL:
-            _matmul_nn(n, G, P, dg_h, G, <floating*> L.weight_hh, L.packed_hh, work, P, False)
+            _grad_h_product(L, t, n, dg_h, work, False)
             for r in range(n):
                 for j in range(P):
                     dh[r * P + j] += work[r * P + j] * mask[r * P + j]
         else:
-            _matmul_nn(n, G, P, dg_h, G, <floating*> L.weight_hh, L.packed_hh, dh, P, gru)
+            _grad_h_product(L, t, n, dg_h, dh, gru)
             if mask != NULL:
                 for r in range(n):
                     for j in range(P):
@@ -2082,6 +2099,20 @@ def row_gemv(const float[:, ::1] w, const float[::1] a, float[::1] c, bint accum
         done = clstm_row_gemv(w.shape[0], w.shape[1], &w[0, 0], &a[0] if a.shape[0] else NULL,
                               &c[0], accumulate)
     return bool(done)
+
+
+def packed_row_split(const float[::1] a, const float[:, ::1] weight, float[::1] c,
+                     bint accumulate, int order=0):
+    """Test twin of clstm_packed_row_split: c (+)= a @ weight for one row a
+    (K) and weight (K x N), packed as the backward's W_hh (batch 1's grad_h;
+    on AVX-512 each output summed in two halves of k, descending where
+    `order` is odd; elsewhere the small GEMM)."""
+    cdef Py_ssize_t K = weight.shape[0], N = weight.shape[1]
+    _check(a.shape[0] == K and c.shape[0] == N and K > 0 and N > 0, "shapes")
+    packed = pack_weight(weight, False)
+    cdef const float[::1] pk = packed
+    with nogil:
+        clstm_packed_row_split(K, &a[0], N, &pk[0], &c[0], accumulate, order)
 
 
 def wgrad_rows(Py_ssize_t G, Py_ssize_t N):
