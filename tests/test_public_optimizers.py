@@ -312,3 +312,29 @@ def test_loading_a_state_into_a_used_optimizer_replaces_its_slots(make):
         opt.step(params, g)
     for k in params:
         np.testing.assert_array_equal(params[k], expected[k])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("clipnorm", [None, 0.5])
+def test_the_checked_common_case_steps_as_the_general_path(dtype, clipnorm):
+    # C-contiguous gradients of the parameters' dtype take one compiled check
+    # and norm (dense_sum_of_squares); Fortran-ordered views of the same
+    # values take the general loop: the same bits, clipped by the same norm
+    rng = np.random.default_rng(9)
+    start = {"w": rng.standard_normal((4, 3)).astype(dtype),
+             "b": rng.standard_normal(4).astype(dtype)}
+    results = []
+    for layout in ("C", "F"):
+        params = {k: v.copy() for k, v in start.items()}
+        opt = Adam(0.05, global_clipnorm=clipnorm)
+        for step in range(3):
+            grads = {k: np.asarray(rng_v, order=layout) for k, rng_v in
+                     ((k, np.random.default_rng(step).standard_normal(v.shape).astype(dtype))
+                      for k, v in start.items())}
+            if layout == "F":
+                assert not grads["w"].flags.c_contiguous
+            opt.step(params, grads)
+        results.append(params)
+    for name in start:
+        np.testing.assert_array_equal(results[0][name], results[1][name])
+        assert not np.array_equal(results[0][name], start[name])

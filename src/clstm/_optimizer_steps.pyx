@@ -215,6 +215,39 @@ def sum_of_squares(values):
     return total
 
 
+def dense_sum_of_squares(dict params, dict grads):
+    """The common case of a public optimizer's step, checked in one call: every
+    parameter a writable C-contiguous float array, its gradient an ndarray of
+    the same dtype and shape, C-contiguous (what a network's backward gives).
+    Returns the sum of all their squares (sum_of_squares, added in the
+    parameters' order), or None where one pair is not of that kind or a name
+    has no gradient: the caller's general loop then converts, or raises with
+    the parameter's name."""
+    cdef double total = 0.0
+    cdef cnp.ndarray p, g
+    cdef int k, nd
+    for name, param in params.items():
+        grad = grads.get(name)
+        if type(param) is not np.ndarray or type(grad) is not np.ndarray:
+            return None
+        p, g = <cnp.ndarray> param, <cnp.ndarray> grad
+        nd = cnp.PyArray_NDIM(p)
+        if (cnp.PyArray_TYPE(p) != cnp.PyArray_TYPE(g)
+                or cnp.PyArray_TYPE(p) not in (cnp.NPY_FLOAT32, cnp.NPY_FLOAT64)
+                or not cnp.PyArray_ISWRITEABLE(p) or cnp.PyArray_NDIM(g) != nd
+                or not cnp.PyArray_IS_C_CONTIGUOUS(g)):
+            return None
+        for k in range(nd):
+            if cnp.PyArray_DIM(p, k) != cnp.PyArray_DIM(g, k):
+                return None
+        with nogil:
+            if cnp.PyArray_TYPE(g) == cnp.NPY_FLOAT32:
+                total += _sum_of_squares(cnp.PyArray_SIZE(g), <const float*> cnp.PyArray_DATA(g))
+            else:
+                total += _sum_of_squares(cnp.PyArray_SIZE(g), <const double*> cnp.PyArray_DATA(g))
+    return total
+
+
 cdef bint _all_finite(Py_ssize_t n, const floating* values) noexcept nogil:
     # x - x is 0 for a finite x and NaN for inf or NaN: the eight sums stay 0
     # exactly while every entry is finite (independent sums: the adds pipeline)

@@ -38,7 +38,7 @@ import numbers
 
 import numpy as np
 
-from clstm._optimizer_steps import sum_of_squares
+from clstm._optimizer_steps import dense_sum_of_squares, sum_of_squares
 from clstm._optimizers import AdamOptimizer, RMSpropOptimizer, SGDOptimizer
 
 __all__ = ["Optimizer", "Adam", "SGD", "RMSprop"]
@@ -109,6 +109,12 @@ class Optimizer:
             raise ValueError("step: no parameters to update")
         if not grads:
             raise ValueError("step: no gradients; run the network's backward before step")
+        # the common case (a network's gradients) checked in one compiled call;
+        # anything else, or a gradient that is not finite, takes the loop below
+        total = dense_sum_of_squares(params, grads)
+        if total is not None and math.isfinite(total):
+            self._update(params, {name: grads[name] for name in params}, total)
+            return
         chosen, total = {}, 0.0
         for name, param in params.items():
             if not isinstance(param, np.ndarray) or param.dtype.kind != "f":
@@ -148,6 +154,11 @@ class Optimizer:
                                  "was updated. Lower the learning rate, clip the gradients "
                                  "(global_clipnorm) or check the loss and the inputs")
             total += squares
+        self._update(params, chosen, total)
+
+    def _update(self, params, chosen, total):
+        """The step from checked gradients ``chosen`` (name -> array) whose
+        squares sum to ``total``: scaled to global_clipnorm where they exceed it."""
         if self.global_clipnorm is not None:
             norm = math.sqrt(total)
             if norm > self.global_clipnorm:
