@@ -200,6 +200,12 @@ def test_pack_weight_layout():
     np.testing.assert_array_equal(panels[1, :, :4], w[:, 16:])
     np.testing.assert_array_equal(panels[1, :, 4:], 0)          # zero padding
     np.testing.assert_array_equal(_scan.pack_weight(np.ascontiguousarray(w.T), True), packed)
+    # whole panels of a transposed B go 4 x 4 at a time (SSE), the k left over
+    # and a partial panel one by one: the same layout either way
+    for K, N in [(10, 37), (80, 256), (4, 16), (7, 33)]:
+        w = np.random.default_rng(K * N).standard_normal((K, N)).astype(np.float32)
+        np.testing.assert_array_equal(_scan.pack_weight(np.ascontiguousarray(w.T), True),
+                                      _scan.pack_weight(w, False))
 
 
 def test_packed_weights_start_on_a_cache_line():
