@@ -82,7 +82,7 @@ class Runner:
         last = out[:, -1, :]                                  # (B, P)
         pred = last @ self.head_w.T + self.head_b              # (B, 1)
         diff = pred - self.y
-        loss = float(np.mean(diff * diff))
+        loss = float(np.vdot(diff, diff)) / diff.size         # (np.mean: 4 us more)
         d_pred = (2.0 / diff.size) * diff                      # (B, 1)
         grads_head = {"head_w": d_pred.T @ last, "head_b": d_pred.sum(axis=0)}
         self.grad_h_n[-1] = d_pred @ self.head_w               # (B, P)
