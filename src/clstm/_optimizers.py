@@ -161,12 +161,14 @@ class BaseOptimizer:
             self._step(flat.values, flat.grad, *self._flat_slots(flat))
             names = [name for name in params if name not in flat.params]
         batch = []        # the common case, stepped together below: no copies, no checks
+        kept = self.__dict__.setdefault("_views", {})
+        slots = self._slots_in_use()
         for name in names:
             param = params[name]
             grad = grads[name]
             if (type(grad) is np.ndarray and grad.dtype == param.dtype
                     and grad.flags.c_contiguous):
-                views = self._flat_views(name, param)
+                views = self._flat_views(name, param, kept.get(name), slots)
                 if views is not None:
                     batch.append((views[0], grad.reshape(-1), *views[1:]))
                     continue
@@ -188,12 +190,12 @@ class BaseOptimizer:
         for args in batch:
             self._step(*args)
 
-    def _flat_views(self, name, param):
+    def _flat_views(self, name, param, kept, slots):
         """1-D views of a C-contiguous ``param`` and of its slots (made as
         :meth:`_slot` makes them), kept while the parameter and its slots are
-        the same objects; None where one of them is not C-contiguous."""
-        kept = self.__dict__.setdefault("_views", {}).get(name)
-        slots = self._slots_in_use()
+        the same objects (``kept``: what this returned last for ``name``, or
+        None; ``slots``: the slots in use); None where one of them is not
+        C-contiguous."""
         if kept is not None and kept[0] is param:
             state = self.state
             for slot, s in zip(slots, kept[1]):     # (a loop: all() of a generator
