@@ -162,13 +162,13 @@ class BaseOptimizer:
             names = [name for name in params if name not in flat.params]
         batch = []        # the common case, stepped together below: no copies, no checks
         kept = self.__dict__.setdefault("_views", {})
-        slots = self._slots_in_use()
+        in_use = self._slots_in_use()
         for name in names:
             param = params[name]
             grad = grads[name]
             if (type(grad) is np.ndarray and grad.dtype == param.dtype
                     and grad.flags.c_contiguous):
-                views = self._flat_views(name, param, kept.get(name), slots)
+                views = self._flat_views(name, param, kept.get(name), in_use)
                 if views is not None:
                     batch.append((views[0], grad.reshape(-1), *views[1:]))
                     continue
