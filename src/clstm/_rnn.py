@@ -225,7 +225,17 @@ class RecurrentNetwork:
                            for kind, name in n.items() if kind not in ("bias_ih", "bias_hh")]
                           for n in names]
             cfg = self._scan_config()
+            D = self.num_directions
             self._plan_cache = {"cfg": cfg, "names": names, "grad_names": grad_names,
+                                # _scan's gradient targets: grad_names and the two biases
+                                "target_names": [g + [("grad_" + kind, n[kind])
+                                                      for kind in ("bias_ih", "bias_hh")
+                                                      if kind in n]
+                                                 for g, n in zip(grad_names, names)],
+                                # layer directions in the order the backward runs them
+                                "backward_order": [layer * D + d for layer in
+                                                   reversed(range(self.num_layers))
+                                                   for d in range(D)],
                                 "cfg_directions": [dict(cfg, reverse=bool(d), column=d * cfg[
                                     "out_size"]) for d in range(self.num_directions)],
                                 "cfg_backward": [dict(cfg, reverse=bool(d), column=d * cfg[
@@ -580,7 +590,8 @@ class RecurrentNetwork:
         ragged = lengths is not None
         if not ragged:
             check_finite(X, "X")        # (ragged: within the lengths, below)
-        n_steps = tuple(int(sorted_lengths[b0]) for b0, _ in chunks)
+        n_steps = (tuple(int(sorted_lengths[b0]) for b0, _ in chunks) if ragged
+                   else (T,) * len(chunks))
         key = (X.dtype, B, T, tuple(chunks), n_steps, ragged)
         plans = ws.chunk(0).sets.setdefault("network_plans", {})
         entry = plans.pop(key, None)
@@ -1089,24 +1100,19 @@ class RecurrentNetwork:
         # the stages' targets, as the last call's while the arrays are the same
         # (a training loop's flat gradient buffer)
         if not _same_objects(last[0], grads):
-            last[:] = dict(grads), [self._gradient_targets(k, grads)
-                                    for k in self._backward_order()]
+            plan = self._plan()
+            last[:] = dict(grads), [{target: grads[name] for target, name in
+                                     plan["target_names"][k]} for k in plan["backward_order"]]
         bplan.run(grad_out, last[1], n_threads, team, grad_inputs)
         return [(grad_x, grads, bufs) for grad_x, bufs in zip(grad_xs, states)]
 
     def _backward_order(self):
         """Layer directions in the order the backward runs them (top layer first)."""
-        D = self.num_directions
-        return [layer * D + d for layer in reversed(range(self.num_layers)) for d in range(D)]
+        return self._plan()["backward_order"]
 
     def _gradient_targets(self, k, grads):
         """Layer direction k's gradient arrays by _scan's target names."""
-        plan = self._plan()
-        names = plan["names"][k]
-        targets = {scan_name: grads[name] for scan_name, name in plan["grad_names"][k]}
-        targets["grad_bias_ih"] = grads[names["bias_ih"]]
-        targets["grad_bias_hh"] = grads[names["bias_hh"]]
-        return targets
+        return {scan_name: grads[name] for scan_name, name in self._plan()["target_names"][k]}
 
     def _new_backward_plan(self, parts, chunks, grad_out, grads, weights):
         """A BackwardPlan over the forward's sub-batch caches and buffers of
