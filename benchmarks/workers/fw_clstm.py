@@ -88,7 +88,7 @@ class Runner:
         self.grad_h_n[-1] = d_pred @ self.head_w               # (B, P)
         # no gradient of X (grad_inputs=False), as the peers', whose X needs none
         net.backward_state(self.grad_out, self.grad_state, grad_inputs=False)
-        grads = {k: v for k, v in net.grads.items() if k not in ("h0", "c0")}
+        grads = dict(net.grads)        # (the parameters' only: grad_inputs=False)
         grads.update(grads_head)
         return loss, grads
 

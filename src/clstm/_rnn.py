@@ -490,8 +490,8 @@ class RecurrentNetwork:
         if B == 0 or T == 0:
             raise ValueError(f"X must have at least one sequence and one step, got shape {X.shape}")
         lengths = check_lengths(lengths, B, T)
-        if state is None:
-            state = (None,) * len(self.state_names)
+        if state is None:       # (None stays None: zeros, written straight into the scan's buffers)
+            return X, (None,) * len(self.state_names), lengths
         if len(state) != len(self.state_names):
             raise ValueError(f"state must be a tuple of {len(self.state_names)} arrays "
                              f"{self.state_names}, got {len(state)}")
