@@ -952,6 +952,31 @@ cdef inline void _h0_weight_gradient(Layer* L, Py_ssize_t t, Py_ssize_t n, Py_ss
           <floating*> L.grad_weight_hh, <int> P)
 
 
+cdef inline void _add_column_sums(Py_ssize_t M, Py_ssize_t G, const floating* a,
+                                  floating* out) noexcept nogil:
+    """out[j] += a[0, j] + a[1, j] + ... + a[M-1, j] for a (M x G) row-major,
+    each sum in row order (the bits of adding row after row into out), in
+    blocks of 32 columns held in registers over all rows: row after row
+    into out, out's loads and stores waited on each other (a bias gradient
+    of 200 x 256, batch 1: ~7 -> ~1 us)."""
+    cdef Py_ssize_t j0, j, r, w
+    cdef floating acc[32]
+    for j0 in range(0, G, 32):
+        w = min(32, G - j0)
+        for j in range(w):
+            acc[j] = out[j0 + j]
+        if w == 32:
+            for r in range(M):
+                for j in range(32):
+                    acc[j] += a[r * G + j0 + j]
+        else:
+            for r in range(M):
+                for j in range(w):
+                    acc[j] += a[r * G + j0 + j]
+        for j in range(w):
+            out[j0 + j] = acc[j]
+
+
 cdef void _parameter_gradients(Layer* L, floating* tag) noexcept nogil:
     """After BPTT: the weight and bias gradients (added to) and grad_x, each
     one GEMM or one pass over all T*B rows, reading x, h_seq and h0 in place."""
@@ -989,15 +1014,11 @@ cdef void _parameter_gradients(Layer* L, floating* tag) noexcept nogil:
             _weight_gradient(L, G, P, (T - 1) * B, dg_h + B * G, G, h_seq, ld_h, 1.0, gw_hh, P)
     if L.kind == CELL_GRU:
         # grad_bias_ih += grad_gates.sum(0);  grad_bias_hh += grad_hgates.sum(0)
-        for r in range(M):
-            for j in range(G):
-                gb[j] += grad_gates[r * G + j]
-                gb_hh[j] += grad_hgates[r * G + j]
+        _add_column_sums(M, G, grad_gates, gb)
+        _add_column_sums(M, G, grad_hgates, gb_hh)
     elif not L.ln_gates:     # (layer norm: added by its backward, before normalising)
         # grad_bias += grad_gates.sum(0)
-        for r in range(M):
-            for j in range(G):
-                gb[j] += grad_gates[r * G + j]
+        _add_column_sums(M, G, grad_gates, gb)
     if L.weight_hr != NULL:
         # grad_weight_hr += grad_hp.T @ m
         _weight_gradient(L, P, H, M, <floating*> L.grad_hp, P, <floating*> L.m_seq, H, 1.0,
