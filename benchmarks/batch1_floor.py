@@ -61,8 +61,9 @@ static double now(void)
 /* best of 7 rounds of `reps` one-row products, each reading the last one's
  * output (as a step reads the previous step's h), odd ones taking the panels
  * right to left (as the scan's odd steps: the panels read last are still in
- * L1) */
-static double gemm_row_us(int K, int N, int reps)
+ * L1); `split`: on clstm_packed_row_split, as the backward's grad_h of a
+ * batch of one row (k in two halves, descending on odd steps) */
+static double gemm_row_us(int K, int N, int reps, int split)
 {
     float *w = malloc(sizeof(float) * K * N), *a = malloc(sizeof(float) * K);
     float *packed = aligned_alloc(64, sizeof(float) * (clstm_packed_size(K, N) + 16));
@@ -74,7 +75,10 @@ static double gemm_row_us(int K, int N, int reps)
     for (int round = 0; round < 7; round++) {
         double t0 = now();
         for (int r = 0; r < reps; r++) {
-            clstm_packed_gemm(1, K, N, a, K, packed, c, N, 0, r & 1);
+            if (split)
+                clstm_packed_row_split(K, a, N, packed, c, 0, r & 1);
+            else
+                clstm_packed_gemm(1, K, N, a, K, packed, c, N, 0, r & 1);
             a[r % K] = c[r % N] * 1e-3f;
         }
         double dt = (now() - t0) / reps;
@@ -129,8 +133,8 @@ int main(int argc, char **argv)
     printf("{\"forward_us\": %.5f, \"forward_half_us\": %.5f, "
            "\"backward_us\": %.5f, \"backward_half_us\": %.5f, "
            "\"team_step_us\": %.5f}\n",
-           gemm_row_us(I + H, G, reps), gemm_row_us(I + H, G / 2, reps),
-           gemm_row_us(G, H, reps), gemm_row_us(G, H / 2, reps), team_step_us(reps));
+           gemm_row_us(I + H, G, reps, 0), gemm_row_us(I + H, G / 2, reps, 0),
+           gemm_row_us(G, H, reps, 1), gemm_row_us(G, H / 2, reps, 1), team_step_us(reps));
     return 0;
 }
 """
