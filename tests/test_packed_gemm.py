@@ -67,23 +67,29 @@ def test_panel_order_changes_no_value(n, K, N):
     np.testing.assert_allclose(results[0], expected, rtol=0, atol=4e-7 * scale)
 
 
+def _one_row_case(seed, N, K, accumulate):
+    """A one-row product's operands: w (K x N), a (K), c0 (N), and its float64
+    value c0 (if accumulate) + a @ w with the tolerance of a float32 sum."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((K, N)).astype(np.float32)
+    a = rng.standard_normal(K).astype(np.float32)
+    c0 = rng.standard_normal(N).astype(np.float32)
+    expected = a.astype(np.float64) @ w.astype(np.float64) + (c0 if accumulate else 0)
+    return w, a, c0, expected, 4e-7 * (np.abs(a).max() * np.abs(w).max() * K + 1)
+
+
 @pytest.mark.parametrize("N", [1, 15, 16, 17, 200, 256])
 @pytest.mark.parametrize("K", [1, 13, 16, 64, 80])
 @pytest.mark.parametrize("accumulate", [False, True])
 def test_row_gemv_matches_numpy(N, K, accumulate):
     # the streaming step's product on the live weights: 16 rows at a time and
     # the rows left one by one, k in 16-lane vectors with a masked tail
-    rng = np.random.default_rng(N * 100 + K)
-    w = rng.standard_normal((N, K)).astype(np.float32)
-    a = rng.standard_normal(K).astype(np.float32)
-    c0 = rng.standard_normal(N).astype(np.float32)
+    w, a, c0, expected, atol = _one_row_case(N * 100 + K, N, K, accumulate)
     c = c0.copy()
-    if not _scan.row_gemv(w, a, c, accumulate):
+    if not _scan.row_gemv(np.ascontiguousarray(w.T), a, c, accumulate):
         np.testing.assert_array_equal(c, c0)
         pytest.skip("the row kernel runs on AVX-512 only (BLAS elsewhere)")
-    expected = w.astype(np.float64) @ a.astype(np.float64) + (c0 if accumulate else 0)
-    scale = np.abs(w).max() * np.abs(a).max() * K + 1
-    np.testing.assert_allclose(c, expected, rtol=0, atol=4e-7 * scale)
+    np.testing.assert_allclose(c, expected, rtol=0, atol=atol)
 
 
 @pytest.mark.parametrize("N", [1, 16, 17, 40, 64, 65, 100, 256])
@@ -92,16 +98,11 @@ def test_row_gemv_matches_numpy(N, K, accumulate):
 def test_row_split_matches_numpy(N, K, accumulate):
     # batch 1's grad_h product: two halves of k per output (an odd row in the
     # second), 4-, 2- and 1-panel groups, in either order of k
-    rng = np.random.default_rng(N * 1000 + K)
-    w = rng.standard_normal((K, N)).astype(np.float32)
-    a = rng.standard_normal(K).astype(np.float32)
-    c0 = rng.standard_normal(N).astype(np.float32)
-    expected = a.astype(np.float64) @ w.astype(np.float64) + (c0 if accumulate else 0)
-    scale = np.abs(w).max() * np.abs(a).max() * K + 1
+    w, a, c0, expected, atol = _one_row_case(N * 1000 + K, N, K, accumulate)
     for order in (0, 1):
         c = c0.copy()
         _scan.packed_row_split(a, w, c, accumulate, order)
-        np.testing.assert_allclose(c, expected, rtol=0, atol=4e-7 * scale)
+        np.testing.assert_allclose(c, expected, rtol=0, atol=atol)
 
 
 def test_batch_one_backward_matches_finite_differences():
