@@ -105,26 +105,28 @@ def test_row_split_matches_numpy(N, K, accumulate):
         np.testing.assert_allclose(c, expected, rtol=0, atol=atol)
 
 
-def test_batch_one_backward_matches_finite_differences():
+@pytest.mark.parametrize("cls", [clstm.LSTM, clstm.GRU])
+def test_batch_one_backward_matches_finite_differences(cls):
     # the batch-1 backward (grad_h in two halves of k, alternating the order
-    # by step) against central differences in float64 of the float32
-    # network's loss, and against the same row inside a batch of three
+    # by step; the GRU adds it to its direct path) against central differences
+    # in float64 of the float32 network's loss, and against the same row
+    # inside a batch of three
     rng = np.random.default_rng(11)
     I, H, T = 5, 40, 7
     X = rng.standard_normal((1, T, I)).astype(np.float32)
-    net = clstm.LSTM(I, H, random_state=3, dtype="float32")
+    net = cls(I, H, random_state=3, dtype="float32")
     out, _ = net.forward(X)
     g_out = rng.standard_normal(out.shape).astype(np.float32)
     net.backward(g_out)
     grads = {k: v.copy() for k, v in net.grads.items()}
-    batch = clstm.LSTM(I, H, random_state=3, dtype="float32")
+    batch = cls(I, H, random_state=3, dtype="float32")
     X3 = np.concatenate([X, rng.standard_normal((2, T, I)).astype(np.float32)])
     out3, _ = batch.forward(X3)
     g3 = np.zeros_like(out3)
     g3[:1] = g_out
     batch.backward(g3)
-    rows = {"weight_hh_l0": [(0, 0), (3, 7), (150, 39)], "weight_ih_l0": [(5, 1), (100, 4)]}
-    net64 = clstm.LSTM(I, H, random_state=3, dtype="float64")
+    rows = {"weight_hh_l0": [(0, 0), (3, 7), (110, 39)], "weight_ih_l0": [(5, 1), (100, 4)]}
+    net64 = cls(I, H, random_state=3, dtype="float64")
     net64.load_state_dict({k: v.astype(np.float64) for k, v in net.state_dict().items()})
     for name, entries in rows.items():
         np.testing.assert_allclose(grads[name], batch.grads[name], rtol=1e-5, atol=1e-6)
