@@ -226,7 +226,8 @@ else
     #     only inside the gcc target_clones bodies *.arch_x86_64_v3 / _v4 and
     #     the manually dispatched variants of the small GEMM (clstm_packed_gemm_v3 /
     #     _v4, and _v3t / _v4t reading A transposed), of the narrow products (clstm_narrow_dots_v3 / _v4), of the
-    #     fused cell (clstm_fused_lstm_v3 / _v4) and the streaming step's row product (clstm_row_gemv_v4).
+    #     fused cell (clstm_fused_lstm_v3 / _v4), the streaming step's row product (clstm_row_gemv_v4)
+    #     and batch 1's grad_h product (clstm_packed_row_split_v4).
     "$TOOLS/python" - "$WORK"/venv/lib/python*/site-packages/clstm/*.so <<'EOF'
 import re, subprocess, sys
 for so in sys.argv[1:]:
@@ -246,7 +247,7 @@ for so in sys.argv[1:]:
         if not vex:
             continue
         n_vex += 1
-        if re.search(r"\.arch_x86_64_v[34]$|^clstm_(packed_gemm|narrow_dots|fused_lstm|row_gemv)_v[34]t?$", func):
+        if re.search(r"\.arch_x86_64_v[34]$|^clstm_(packed_gemm|narrow_dots|fused_lstm|row_gemv|packed_row_split)_v[34]t?$", func):
             clones.add(func)
         else:
             leaks.setdefault(func, mnem + " " + ops)
