@@ -217,7 +217,7 @@ def sum_of_squares(values):
 
 def dense_sum_of_squares(dict params, dict grads):
     """The common case of a public optimizer's step, checked in one call: every
-    parameter a writable C-contiguous float array, its gradient an ndarray of
+    parameter a writable float32 or float64 ndarray, its gradient an ndarray of
     the same dtype and shape, C-contiguous (what a network's backward gives).
     Returns the sum of all their squares (sum_of_squares, added in the
     parameters' order), or None where one pair is not of that kind or a name
