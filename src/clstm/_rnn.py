@@ -903,13 +903,9 @@ class RecurrentNetwork:
             raise RuntimeError("backward() was already run for this forward(): the gate "
                                "activations it saved were overwritten by their gradients "
                                "(to save memory); run forward() again before another backward()")
-        kept, values, modified = cache["params"], cache["values"], False
-        for k, v in self.params.items():        # (a loop: any()/all() of generators cost 2x)
-            if kept.get(k) is not v:
-                raise RuntimeError("the parameters were replaced since forward(); "
-                                   "run forward() again")
-            modified = modified or not _scan.same_values(values[k], v)
-        if modified:
+        if not _same_objects(cache["params"], self.params):
+            raise RuntimeError("the parameters were replaced since forward(); run forward() again")
+        if not _same_values(cache["values"], self.params):
             raise RuntimeError("the parameters were modified in place since forward(); "
                                "the saved activations no longer match them: run forward() again")
         return cache
@@ -1100,9 +1096,8 @@ class RecurrentNetwork:
         # the stages' targets, as the last call's while the arrays are the same
         # (a training loop's flat gradient buffer)
         if not _same_objects(last[0], grads):
-            plan = self._plan()
-            last[:] = dict(grads), [{target: grads[name] for target, name in
-                                     plan["target_names"][k]} for k in plan["backward_order"]]
+            last[:] = dict(grads), [self._gradient_targets(k, grads)
+                                    for k in self._backward_order()]
         bplan.run(grad_out, last[1], n_threads, team, grad_inputs)
         return [(grad_x, grads, bufs) for grad_x, bufs in zip(grad_xs, states)]
 

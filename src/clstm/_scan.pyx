@@ -965,7 +965,7 @@ cdef inline void _add_column_sums(Py_ssize_t M, Py_ssize_t G, const floating* a,
         w = min(32, G - j0)
         for j in range(w):
             acc[j] = out[j0 + j]
-        if w == 32:
+        if w == 32:         # (a constant width: the compiler keeps acc in registers)
             for r in range(M):
                 for j in range(32):
                     acc[j] += a[r * G + j0 + j]

@@ -127,27 +127,21 @@ class Optimizer:
                 raise ValueError(f"no gradient for parameter {name!r}; gradients are given "
                                  f"for {sorted(grads)}")
             grad = grads[name]
-            if (type(grad) is np.ndarray and grad.dtype == param.dtype
-                    and grad.shape == param.shape and grad.flags.c_contiguous):
-                # (the common case, as a network's backward gives it: no conversion)
-                flat, chosen[name] = grad.reshape(-1), grad
-            else:
-                sparse = hasattr(grad, "rows")       # a row-sparse gradient (an embedding's)
-                values = np.asarray(grad.values if sparse else grad)
-                if values.dtype.kind not in "fiu":
-                    raise TypeError(f"gradient of {name!r} must be a float array, got "
-                                    f"{values.dtype}")
-                shape = tuple(grad.shape) if sparse else values.shape
-                if shape != param.shape:
-                    raise ValueError(f"gradient of {name!r} has shape {shape}, the "
-                                     f"parameter {param.shape}")
-                if sparse and len(grad.rows) and not (0 <= np.min(grad.rows)
-                                                      and np.max(grad.rows) < param.shape[0]):
-                    raise ValueError(f"gradient of {name!r} names rows outside the parameter's "
-                                     f"{param.shape[0]}")
-                flat = np.ascontiguousarray(values, dtype=param.dtype).reshape(-1)
-                # (dense: the gradient as the step reads it, in the parameter's dtype)
-                chosen[name] = grad if sparse else flat.reshape(param.shape)
+            sparse = hasattr(grad, "rows")       # a row-sparse gradient (an embedding's)
+            values = np.asarray(grad.values if sparse else grad)
+            if values.dtype.kind not in "fiu":
+                raise TypeError(f"gradient of {name!r} must be a float array, got {values.dtype}")
+            shape = tuple(grad.shape) if sparse else values.shape
+            if shape != param.shape:
+                raise ValueError(f"gradient of {name!r} has shape {shape}, the "
+                                 f"parameter {param.shape}")
+            if sparse and len(grad.rows) and not (0 <= np.min(grad.rows)
+                                                  and np.max(grad.rows) < param.shape[0]):
+                raise ValueError(f"gradient of {name!r} names rows outside the parameter's "
+                                 f"{param.shape[0]}")
+            flat = np.ascontiguousarray(values, dtype=param.dtype).reshape(-1)
+            # (dense: the gradient as the step reads it, in the parameter's dtype)
+            chosen[name] = grad if sparse else flat.reshape(param.shape)
             squares = sum_of_squares(flat)
             if not math.isfinite(squares):
                 raise ValueError(f"gradient of {name!r} is not finite (NaN or inf); nothing "
