@@ -117,6 +117,41 @@ def test_equals_numpy_reference(split_small_batches):
     np.testing.assert_allclose(c_n, rc, rtol=0, atol=1e-13)
 
 
+def _ring_buffers(net):
+    """(gates, c_seq) of every layer direction of the last inference's first sub-batch."""
+    sets = net._inference_ws.chunk(0).sets
+    return [(key[2], found[1]["gates"], found[1]["c_seq"]) for key, found in sets.items()
+            if key[0] == "buffers" and not key[1]]
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("n_jobs", [1, 2])
+@pytest.mark.parametrize("n_inputs", [3, rnn.MIN_PACKED_INPUT_SIZE])
+def test_inference_holds_two_steps_and_equals_the_training_forward(
+        split_small_batches, cell, n_jobs, n_inputs):
+    """An inference forward keeps the cell states (and, thin inputs, the gates)
+    of two steps, not T, as no backward reads them: every row, every length,
+    every final state equals the training forward's (full buffers) bit for bit."""
+    cls, kwargs = CELLS[cell]
+    rng = np.random.default_rng(6)
+    lstm = cls is clstm.LSTM
+    for extra in ({}, {"num_layers": 2, "bidirectional": True}):
+        for B in (5, 11):                 # fused steps (<= 8 rows) and the two passes
+            X = rng.standard_normal((B, 9, n_inputs)).astype(np.float32)
+            lengths = rng.integers(1, 10, size=B)
+            lengths[0] = 9
+            net = cls(n_inputs, 5, random_state=1, n_jobs=n_jobs, **kwargs, **extra)
+            for lens in (None, lengths):
+                expected, expected_state = net.run(X, lengths=lens)
+                out, state = net.run(X, lengths=lens, keep_cache=False)
+                _assert_identical([out, *state], [expected, *expected_state])
+                for layer, gates, c_seq in _ring_buffers(net):
+                    n_in = n_inputs if layer == 0 else net.num_directions * net.output_size
+                    thin = n_in < rnn.MIN_PACKED_INPUT_SIZE and lstm and cell != "layernorm"
+                    assert gates.shape[0] == (2 if thin else 9)
+                    assert c_seq is None if not lstm else c_seq.shape[0] == 2
+
+
 def test_initial_states_and_row_order(split_small_batches):
     """h0/c0 per row and the unsorting of ragged rows, through the C writes."""
     rng = np.random.default_rng(4)

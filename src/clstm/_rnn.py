@@ -647,6 +647,8 @@ class RecurrentNetwork:
         _, T, I = X.shape
         D, L, dt = self.num_directions, self.num_layers, self.dtype
         sizes = self._state_sizes()
+        # inference (no backward reads its activations): gates and c in two step slots
+        ring = ws is not self._workspace
         parts, specs, inputs = [], [], []
         for k, ((b0, b1), n) in enumerate(zip(chunks, n_steps)):
             buffers, b = ws.chunk(k), b1 - b0
@@ -660,7 +662,8 @@ class RecurrentNetwork:
             rows = np.arange(b0, b1, dtype=np.intp)
             batch_sizes = np.full(n, b, np.intc)
             sub_masks = None if masks is None else _slice_masks(masks, b0, b1, n)
-            part, stages = self._batch_plan(x, states, batch_sizes, sub_masks, weights, buffers)
+            part, stages = self._batch_plan(x, states, batch_sizes, sub_masks, weights, buffers,
+                                            ring)
             parts.append(part)
             specs.append({"stages": stages, "lengths": lens, "rows": rows,
                           "top": part["layers"][-1]["out"]})
@@ -668,9 +671,10 @@ class RecurrentNetwork:
                            [layer["out"] for layer in part["layers"]]))
         return _kernels().NetworkPlan(specs), parts, inputs
 
-    def _batch_plan(self, x, state, batch_sizes, masks, weights, ws):
+    def _batch_plan(self, x, state, batch_sizes, masks, weights, ws, ring=False):
         """One sub-batch's stages (x (T, b, I) time-major, rows sorted by
-        decreasing length) and its cache, laid out as the backward reads it."""
+        decreasing length) and its cache, laid out as the backward reads it
+        (``ring``: an inference's, which no backward reads: _direction_arrays)."""
         T, B, _ = x.shape
         P, D = self.output_size, self.num_directions
         cfg_fwd = self._plan()["cfg_directions"]
@@ -685,7 +689,7 @@ class RecurrentNetwork:
             directions = []
             for d in range(D):
                 arrays = self._direction_arrays(ws, weights, layer, d, inp, batch_sizes,
-                                                state, rec_masks[d], out)
+                                                state, rec_masks[d], out, ring)
                 stages.append((arrays, cfg_fwd[d], None if d else drop))
                 directions.append(arrays)
             layers.append({"input": inp, "input_mask": input_mask, "out": out,
@@ -795,20 +799,21 @@ class RecurrentNetwork:
             return None
         return masks
 
-    def _buffers(self, ws, layer, d, T, B, backward):
+    def _buffers(self, ws, layer, d, T, B, backward, rings=(False, False)):
         """The scan's activation (and, for backward, gradient) buffers of one
         layer direction, by the Layer field names of _scan.pxd (the same dict
         again while T and B stay the same: a training loop pays nothing here).
         One set per layer direction: a new shape replaces it, so a workspace
         that sees many shapes (ragged batches) keeps the memory of one, and
         of the KEPT_PLANS - 1 other plans kept over earlier sets."""
-        key = ("buffers", backward, layer, d)
+        key = ("buffers", backward, layer, d, rings)
         found = ws.sets.get(key)
         if found is None or found[0] != (T, B):
-            found = ws.sets[key] = ((T, B), self._new_buffers(ws, layer, d, T, B, backward))
+            found = ws.sets[key] = ((T, B), self._new_buffers(ws, layer, d, T, B, backward,
+                                                              rings))
         return found[1]
 
-    def _new_buffers(self, ws, layer, d, T, B, backward):
+    def _new_buffers(self, ws, layer, d, T, B, backward, rings=(False, False)):
         H, P, dt = self.hidden_size, self.output_size, self.dtype
         cfg = self._plan()["cfg"]
         G = cfg["n_gates"]
@@ -816,10 +821,11 @@ class RecurrentNetwork:
         proj = P != H
         lstm = "c" in self.state_names
         if not backward:
-            key = ("fwd", layer, d)
-            shapes = {"gates": (T, B, G),
+            # (rings: gates, c_seq of two steps, see _direction_arrays)
+            key = ("fwd", layer, d, rings)
+            shapes = {"gates": (min(T, 2) if rings[0] else T, B, G),
                       "hgates": (T, B, G) if ln_gates or not lstm else None,
-                      "c_seq": (T, B, H) if lstm else None,
+                      "c_seq": (min(T, 2) if rings[1] else T, B, H) if lstm else None,
                       "m_seq": (T, B, H) if proj else None,
                       "ln_x": (T, B, G) if ln_gates else None,
                       "ln_stats": (T, B, 2) if ln_gates else None,
@@ -876,14 +882,23 @@ class RecurrentNetwork:
         return {"layers": layers, "finals": finals, "state": state,
                 "batch_sizes": batch_sizes}
 
-    def _direction_arrays(self, ws, weights, layer, d, inp, batch_sizes, state, mask, out):
+    def _direction_arrays(self, ws, weights, layer, d, inp, batch_sizes, state, mask, out,
+                          ring=False):
         """The scan's arrays of one layer direction's forward over a sub-batch:
-        inp (T, b, n_in) time-major, out (T, b, D*P) its output buffer."""
+        inp (T, b, n_in) time-major, out (T, b, D*P) its output buffer.
+        ``ring`` (a forward no backward reads): the cell states, and the gates
+        where each step's one product writes them all (packed_xh_t), held for
+        two steps, not T (the scan's _c_row, _gate_row): a step's writes then
+        stay in cache instead of streaming T steps of buffers to memory."""
         T, B = inp.shape[:2]
         k = layer * self.num_directions + d
         work = None if mask is None else ws.get(("work", layer, d), (B, self.output_size),
                                                   self.dtype)
-        return {**weights[k], **self._buffers(ws, layer, d, T, B, backward=False),
+        rings = (False, False)
+        if ring and "c" in self.state_names:
+            cfg = self._plan()["cfg"]
+            rings = (weights[k].get("packed_xh_t") is not None and not cfg["ln_gates"], True)
+        return {**weights[k], **self._buffers(ws, layer, d, T, B, False, rings),
                 "x": inp, "batch_sizes": batch_sizes, "h0": state[0][k],
                 "c0": state[1][k] if len(state) > 1 else None, "mask": mask,
                 "h_seq": out, "work": work}

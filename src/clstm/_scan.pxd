@@ -70,6 +70,11 @@ cdef struct Layer:
     void* hgates              # (T, B, G) separate recurrent product (GRU: W_hn h + b_hn in
                               # block n; layer norm: the normalised product)
     void* c_seq               # (T, B, H)
+    # inference (no backward reads them): gates / c_seq hold two steps, step t
+    # in slot t & 1, so they stay in cache (gates: only where each step's one
+    # product writes its whole gates, packed_xh_t; c_seq: the LSTM family)
+    bint gates_ring
+    bint c_ring
     void* m_seq               # (T, B, H) o * tanh(c) before the projection
     void* h_seq               # (T, B, ld_h), this direction's P columns
     Py_ssize_t ld_h

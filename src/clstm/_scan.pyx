@@ -296,6 +296,16 @@ cdef inline void _masked_copy(Py_ssize_t n, Py_ssize_t width,
                 dst[r * ld_dst + j] = src[r * ld_src + j] * mask[r * width + j]
 
 
+cdef inline Py_ssize_t _gate_row(const Layer* L, Py_ssize_t t) noexcept nogil:
+    """The first row of step t in gates (two slots in turn where L.gates_ring)."""
+    return ((t & 1) if L.gates_ring else t) * L.batch
+
+
+cdef inline Py_ssize_t _c_row(const Layer* L, Py_ssize_t t) noexcept nogil:
+    """The first row of step t in c_seq (two slots in turn where L.c_ring)."""
+    return ((t & 1) if L.c_ring else t) * L.batch
+
+
 cdef inline void _step_products(Layer* L, Py_ssize_t t, Py_ssize_t n, Py_ssize_t row0,
                                 const floating* h_prev, Py_ssize_t ld_prev) noexcept nogil:
     """The recurrent product of rows [row0, row0 + n) of step t, from h_prev.
@@ -305,7 +315,7 @@ cdef inline void _step_products(Layer* L, Py_ssize_t t, Py_ssize_t n, Py_ssize_t
     [W_ih | W_hh].T in one small GEMM. Separate cells: hgates[t] = h_prev @ W_hh.T.
     """
     cdef Py_ssize_t B = L.batch, G = L.n_gates, P = L.out_size, I = L.input_size
-    cdef Py_ssize_t at = (t * B + row0) * G
+    cdef Py_ssize_t at = (_gate_row(L, t) + row0) * G
     if n <= 0:
         return
     if L.separate:
@@ -327,7 +337,7 @@ cdef inline void _cell_forward(Layer* L, Py_ssize_t t, Py_ssize_t n, Py_ssize_t 
                                const floating* c_prev) noexcept nogil:
     """The cell's elementwise forward on rows [row0, row0 + n) of step t."""
     cdef Py_ssize_t B = L.batch, G = L.n_gates, H = L.hidden
-    cdef Py_ssize_t row = t * B + row0
+    cdef Py_ssize_t row = t * B + row0, g_row = _gate_row(L, t) + row0
     cdef floating* h_out
     cdef Py_ssize_t ld_out
     if n <= 0:
@@ -341,9 +351,9 @@ cdef inline void _cell_forward(Layer* L, Py_ssize_t t, Py_ssize_t n, Py_ssize_t 
         h_out, ld_out = <floating*> L.m_seq + row * H, H
     else:
         h_out, ld_out = <floating*> L.h_seq + row * L.ld_h, L.ld_h
-    lstm_cell_forward(L.variant, n, H, <floating*> L.gates + row * G, G,
+    lstm_cell_forward(L.variant, n, H, <floating*> L.gates + g_row * G, G,
                       <floating*> L.bias, <floating*> L.peephole, c_prev, H,
-                      <floating*> L.c_seq + row * H, H, h_out, ld_out,
+                      <floating*> L.c_seq + (_c_row(L, t) + row0) * H, H, h_out, ld_out,
                       <floating*> L.ln_c_w, <floating*> L.ln_c_b,
                       NULL if L.chat == NULL else <floating*> L.chat + row * H,
                       NULL if L.c_stats == NULL else <floating*> L.c_stats + row)
@@ -382,19 +392,19 @@ cdef inline void _fused_cell_step(Layer* L, Py_ssize_t t, Py_ssize_t n, Py_ssize
     groups [u0, u1) (inference: the gates are never stored; _fused_cell.h)."""
     cdef Py_ssize_t B = L.batch, G = L.n_gates, H = L.hidden, P = L.out_size
     cdef Py_ssize_t I = L.input_size, row = t * B + row0
+    cdef float* c_out = <float*> L.c_seq + (_c_row(L, t) + row0) * H
     if n <= 0:
         return
     if L.fused_xh_t != NULL:
         # c, h = cell([x_t | h_prev] @ [W_ih | W_hh].T + bias, c_prev)
         clstm_fused_lstm_step(L.variant, n, I, <float*> L.x + row * I, I, P, h_prev, ld_prev,
-                              H, L.fused_xh_t, NULL, 0, c_prev, H,
-                              <float*> L.c_seq + row * H, H,
+                              H, L.fused_xh_t, NULL, 0, c_prev, H, c_out, H,
                               <float*> L.h_seq + row * L.ld_h, L.ld_h, u0, u1, t & 1)
     else:
         # c, h = cell(gates[t] + h_prev @ W_hh.T + bias, c_prev); gates[t] only read
         clstm_fused_lstm_step(L.variant, n, 0, h_prev, ld_prev, P, h_prev, ld_prev,
-                              H, L.fused_hh_t, <float*> L.gates + row * G, G, c_prev, H,
-                              <float*> L.c_seq + row * H, H,
+                              H, L.fused_hh_t, <float*> L.gates + (_gate_row(L, t) + row0) * G,
+                              G, c_prev, H, c_out, H,
                               <float*> L.h_seq + row * L.ld_h, L.ld_h, u0, u1, t & 1)
 
 
@@ -499,7 +509,7 @@ cdef inline void _row_slice(const RowStep* s, Py_ssize_t k, Py_ssize_t m,
     r.r0, r.r1 = s.n * k // m, s.n * (k + 1) // m
     r.c1, r.s0 = min(r.r1, s.n_cont), max(r.r0, s.n_cont)
     r.h_prev = <float*> L.h_seq + (s.p * L.batch + r.r0) * L.ld_h
-    r.c_prev = <float*> L.c_seq + (s.p * L.batch + r.r0) * L.hidden
+    r.c_prev = <float*> L.c_seq + (_c_row(L, s.p) + r.r0) * L.hidden
     r.h_start = <float*> L.h0 + r.s0 * L.out_size
     r.c_start = NULL if L.c0 == NULL else <float*> L.c0 + r.s0 * L.hidden
 
@@ -665,7 +675,7 @@ cdef void scan_forward(Layer* L, floating* tag) noexcept nogil:
             _conv_columns_of_h(L, n_cont, h_seq + p * B * ld_h, ld_h, h_cols, R)
             _conv_columns_of_h(L, n - n_cont, h0 + n_cont * P, P, h_cols + n_cont * R, R)
             _matmul_nt(n, R, G, h_cols, R, <floating*> L.weight_hh, L.packed_hh_t,
-                       <floating*> L.gates + t * B * G, G, True)
+                       <floating*> L.gates + _gate_row(L, t) * G, G, True)
         elif mask != NULL:
             clstm_team_sync(<clstm_team*> L.team)     # (reads all of h_prev)
             _masked_copy(n_cont, P, h_seq + p * B * ld_h, ld_h, mask, work, P)
@@ -673,7 +683,7 @@ cdef void scan_forward(Layer* L, floating* tag) noexcept nogil:
                          work + n_cont * P, P)
             if floating is float:
                 if fused_step:
-                    _fused_step(L, t, n, n_cont, work, P, c_seq + p * B * H,
+                    _fused_step(L, t, n, n_cont, work, P, c_seq + _c_row(L, p) * H,
                                 work + n_cont * P, P, c0 + n_cont * H)
                     continue
             _step_products(L, t, n, 0, work, P)
@@ -681,7 +691,7 @@ cdef void scan_forward(Layer* L, floating* tag) noexcept nogil:
             if floating is float:
                 if fused_step:
                     _fused_step(L, t, n, n_cont, h_seq + p * B * ld_h, ld_h,
-                                c_seq + p * B * H, h0 + n_cont * P, P, c0 + n_cont * H)
+                                c_seq + _c_row(L, p) * H, h0 + n_cont * P, P, c0 + n_cont * H)
                     continue
             _step_products(L, t, n_cont, 0, h_seq + p * B * ld_h, ld_h)
             _step_products(L, t, n - n_cont, n_cont, h0 + n_cont * P, P)
@@ -692,7 +702,7 @@ cdef void scan_forward(Layer* L, floating* tag) noexcept nogil:
                              <floating*> L.ln_hh, <floating*> L.ln_stats + t * B * 2)
 
         # the cell: gates, c, h = cell(gates, c_prev, h_prev)
-        _cell_forward(L, t, n_cont, 0, h_seq + p * B * ld_h, ld_h, c_seq + p * B * H)
+        _cell_forward(L, t, n_cont, 0, h_seq + p * B * ld_h, ld_h, c_seq + _c_row(L, p) * H)
         _cell_forward(L, t, n - n_cont, n_cont, h0 + n_cont * P, P,
                       NULL if c0 == NULL else c0 + n_cont * H)
 
@@ -1116,6 +1126,13 @@ cdef const float* _fused(dict arrays, str name, Py_ssize_t K, Py_ssize_t H,
                                                   variant & CLSTM_PEEPHOLE), 0, 0, True)
 
 
+cdef Py_ssize_t _steps_held(object arr):
+    """The first dimension of a 3-d array (the steps a buffer holds), else -1."""
+    if cnp.PyArray_Check(arr) and cnp.PyArray_NDIM(<cnp.ndarray> arr) == 3:
+        return cnp.PyArray_DIM(<cnp.ndarray> arr, 0)
+    return -1
+
+
 cdef void _fill_layer(Layer* L, dict a, dict cfg, bint backward) except *:
     """Describe one layer from the network's arrays and configuration."""
     x = a["x"]
@@ -1175,9 +1192,13 @@ cdef void _fill_layer(Layer* L, dict a, dict cfg, bint backward) except *:
     L.c0 = _array(a, "c0", typenum, 2, B, H, 0, L.kind == CELL_LSTM)
     L.mask = _array(a, "mask", typenum, 2, B, P, 0, False)
     L.work = _array(a, "work", typenum, 2, B, P, 0, L.mask != NULL or backward)
-    L.gates = _array(a, "gates", typenum, 3, T, B, G, True)
+    # a forward may keep two steps of gates and c (_gate_row, _c_row; checked below)
+    L.gates_ring = not backward and T > 2 and _steps_held(a.get("gates")) == 2
+    L.c_ring = not backward and T > 2 and _steps_held(a.get("c_seq")) == 2
+    L.gates = _array(a, "gates", typenum, 3, 2 if L.gates_ring else T, B, G, True)
     L.hgates = _array(a, "hgates", typenum, 3, T, B, G, L.separate)
-    L.c_seq = _array(a, "c_seq", typenum, 3, T, B, H, L.kind == CELL_LSTM)
+    L.c_seq = _array(a, "c_seq", typenum, 3, 2 if L.c_ring else T, B, H,
+                     L.kind == CELL_LSTM)
     L.m_seq = _array(a, "m_seq", typenum, 3, T, B, H, proj)
     L.h_seq = _array(a, "h_seq", typenum, 3, T, B, -(column + P), True)
     L.ld_h = a["h_seq"].shape[2]
@@ -1197,6 +1218,10 @@ cdef void _fill_layer(Layer* L, dict a, dict cfg, bint backward) except *:
         L.packed_hr = _packed(a, "packed_hr", P, H)
         L.fused_xh_t = _fused(a, "fused_xh_t", I + P, H, L.variant)
         L.fused_hh_t = _fused(a, "fused_hh_t", P, H, L.variant)
+    # two slots of gates: only where each step's one product writes all its
+    # gates (no input projection computed for all steps up front)
+    _check(not L.gates_ring or (L.packed_xh_t != NULL and not L.separate and not L.conv),
+           "gates of two steps need packed_xh_t")
     if L.fused_xh_t != NULL or L.fused_hh_t != NULL:
         _check(not backward and L.kind == CELL_LSTM and not L.ln_gates and not L.conv
                and not (L.variant & CLSTM_LN_CELL) and not proj and P == H
@@ -1375,7 +1400,7 @@ cdef void _run_part(Part* part, floating* tag) noexcept nogil:
                    <floating*> L.h_seq + (t * b + r) * L.ld_h, L.out_size * sizeof(floating))
             if st.final_c != NULL:
                 memcpy(<floating*> st.final_c + part.dest_rows[r] * L.hidden,
-                       <floating*> L.c_seq + (t * b + r) * L.hidden,
+                       <floating*> L.c_seq + (_c_row(L, t) + r) * L.hidden,
                        L.hidden * sizeof(floating))
     # out[dest_rows[r], t] = top[t, r]: time-major -> batch-first
     src = <const floating*> part.top
