@@ -507,7 +507,7 @@ class RecurrentNetwork:
         X, state, lengths = self._validate_input(X, state, lengths)
         B, T, _ = X.shape
         if lengths is None:
-            order, sorted_lengths = self._full_length_order(B, T)
+            order, sorted_lengths, full_chunks = self._full_length_order(B, T)
         else:
             # Sort by decreasing length (stable): the rows active at step t are
             # then the first batch_sizes[t], so each step is one contiguous GEMM.
@@ -526,7 +526,13 @@ class RecurrentNetwork:
         n_scans = self.num_layers * self.num_directions
         n_parts = (_fixed_parts(B, T, self.hidden_size) if keep_cache
                    else _useful_threads(n_threads, B, T, self.hidden_size, n_scans))
-        chunks = split_rows(B, n_parts, weights=sorted_lengths)
+        if lengths is None:      # (the same split, kept: split_rows costs ~7 us)
+            chunks = full_chunks.get(n_parts)
+            if chunks is None:
+                chunks = full_chunks[n_parts] = tuple(split_rows(B, n_parts,
+                                                                 weights=sorted_lengths))
+        else:
+            chunks = split_rows(B, n_parts, weights=sorted_lengths)
         # one sub-batch: the threads split each step instead (NetworkPlan.run's
         # team, where the step is worth it): by units for few rows (batch 1,
         # inference), by rows for a training forward's one fixed part
@@ -556,14 +562,15 @@ class RecurrentNetwork:
         return out, tuple(finals), cache
 
     def _full_length_order(self, B, T):
-        """(order, sorted lengths) of B sequences of T steps: arange(B) and T per
-        row, read-only, kept for the last shape (a training loop's every batch)."""
+        """(order, sorted lengths, splits) of B sequences of T steps: arange(B)
+        and T per row, read-only, and a dict for their split_rows by part count,
+        kept for the last shape (a training loop's every batch)."""
         kept = self.__dict__.get("_full_order")
         if kept is None or kept[0] != (B, T):
             order, lengths = np.arange(B), np.full(B, T)
             order.flags.writeable = lengths.flags.writeable = False
-            kept = self._full_order = ((B, T), order, lengths)
-        return kept[1], kept[2]
+            kept = self._full_order = ((B, T), order, lengths, {})
+        return kept[1:]
 
     def _inference_workspace(self):
         ws = self.__dict__.get("_inference_ws")
