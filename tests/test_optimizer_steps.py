@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from clstm._flat import FlatParameters
-from clstm._optimizer_steps import (adam_step, adam_steps, all_finite, rmsprop_step, sgd_step,
-                                    sum_of_squares)
+from clstm._optimizer_steps import (adam_dense_update, adam_step, adam_steps, all_finite,
+                                    rmsprop_step, sgd_step, sum_of_squares)
 from clstm._optimizers import AdamOptimizer, RMSpropOptimizer, SGDOptimizer
 from clstm._tokens import RowGradient
 
@@ -54,7 +54,8 @@ def _arrays(rng, n, dtype, k):
 
 
 def _same_bits(a, b):
-    np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
+    np.testing.assert_array_equal(np.ascontiguousarray(a).view(np.uint8),
+                                  np.ascontiguousarray(b).view(np.uint8))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -93,6 +94,68 @@ def test_adam_steps_round_the_scalars_per_array_and_step_each():
     with pytest.raises(ValueError, match="same size"):
         adam_steps([(np.zeros(3), np.zeros(4), np.zeros(3), np.zeros(3))], 0.9, 0.1, 0.999,
                    0.001, -1e-3, 1e-8)
+
+
+def _dense_case(rng):
+    """Parameters of both dtypes (and an empty one), gradients, moments: dicts."""
+    params, grads, m, v = {}, {}, {}, {}
+    for name, shape, dtype in [("w", (6, 5), np.float32), ("b", (7,), np.float64),
+                               ("e", (0, 3), np.float32), ("u", (3, 4, 2), np.float32)]:
+        n = int(np.prod(shape))
+        param, grad, (mm, vv) = _arrays(rng, n, dtype, 2)
+        params[name], grads[name] = param.reshape(shape), grad.reshape(shape)
+        m[name], v[name] = mm.reshape(shape), vv.reshape(shape)
+    return params, grads, m, v
+
+
+def test_adam_dense_update_steps_every_parameter_numpys_way():
+    """One call over dicts of parameters, gradients and moments: per array
+    NumPy's form, bit for bit, float32 and float64 arrays in one call."""
+    rng = np.random.default_rng(8)
+    beta_1, beta_2, step, eps = 0.9, 0.999, 1e-3 / 3, 1e-8
+    params, grads, m, v = _dense_case(rng)
+    ref = {k: [a.copy() for a in (params[k], m[k], v[k])] for k in params}
+    for _ in range(2):
+        assert adam_dense_update(params, grads, m, v, beta_1, 1 - beta_1, beta_2, 1 - beta_2,
+                                 -step, eps) is True
+        for k, (p, mm, vv) in ref.items():
+            numpy_adam(p, grads[k], mm, vv, beta_1, beta_2, step, eps)
+    for k, want in ref.items():
+        for got, w in zip((params[k], m[k], v[k]), want):
+            _same_bits(got, w)
+
+
+@pytest.mark.parametrize("case", ["no moment", "moment shape", "fortran param", "read-only v",
+                                  "grad dtype", "no grad", "list grad", "int param"])
+def test_adam_dense_update_declines_and_changes_nothing(case):
+    """Anything the per-parameter loop would convert, make or refuse: False,
+    and no array changed (the first parameters pass the checks, the last not)."""
+    rng = np.random.default_rng(9)
+    params, grads, m, v = _dense_case(rng)
+    last = "u"
+    if case == "no moment":
+        del m[last]
+    elif case == "moment shape":
+        m[last] = m[last].reshape(4, 3, 2)
+    elif case == "fortran param":
+        params[last] = np.asfortranarray(params[last])
+    elif case == "read-only v":
+        v[last].flags.writeable = False
+    elif case == "grad dtype":
+        grads[last] = grads[last].astype(np.float64)
+    elif case == "no grad":
+        del grads[last]
+    elif case == "list grad":
+        grads[last] = grads[last].tolist()
+    else:
+        params[last] = np.zeros(params[last].shape, np.int32)
+        m[last] = np.zeros(params[last].shape, np.int32)
+        v[last] = np.zeros(params[last].shape, np.int32)
+        grads[last] = np.zeros(params[last].shape, np.int32)
+    before = [a.copy() for d in (params, m, v) for a in d.values()]
+    assert adam_dense_update(params, grads, m, v, 0.9, 0.1, 0.999, 0.001, -1e-3, 1e-8) is False
+    for got, want in zip([a for d in (params, m, v) for a in d.values()], before):
+        _same_bits(got, want)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -139,6 +139,63 @@ def adam_steps(list steps, double beta_1, double one_minus_beta_1, double beta_2
               neg_step, epsilon)
 
 
+cdef bint _same_layout(cnp.ndarray a, cnp.ndarray like, bint writable):
+    """a is C-contiguous, of like's dtype and shape (and writable where asked)."""
+    cdef int k, nd = cnp.PyArray_NDIM(like)
+    if (cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(like) or cnp.PyArray_NDIM(a) != nd
+            or not cnp.PyArray_IS_C_CONTIGUOUS(a)
+            or (writable and not cnp.PyArray_ISWRITEABLE(a))):
+        return False
+    for k in range(nd):
+        if cnp.PyArray_DIM(a, k) != cnp.PyArray_DIM(like, k):
+            return False
+    return True
+
+
+def adam_dense_update(dict params, dict grads, dict m, dict v, double beta_1,
+                      double one_minus_beta_1, double beta_2, double one_minus_beta_2,
+                      double neg_step, double epsilon):
+    """:func:`adam_step` on every parameter of ``params`` with its gradient and
+    its moments ``m[name]``, ``v[name]``, as the optimizer's per-parameter
+    loop runs it (the same bits), where all of them are already what that loop
+    would step in place: float32 or float64 ndarrays of the parameter's dtype
+    and shape, C-contiguous, the parameter and moments writable. Checks every
+    parameter before it steps any: returns False, having changed nothing,
+    where one is not of that kind (a slot still to make, a row-sparse or
+    converted gradient), and the caller's loop takes the step; else True."""
+    cdef cnp.ndarray p
+    for name, param in params.items():
+        grad, mm, vv = grads.get(name), m.get(name), v.get(name)
+        if (type(param) is not np.ndarray or type(grad) is not np.ndarray
+                or type(mm) is not np.ndarray or type(vv) is not np.ndarray):
+            return False
+        p = <cnp.ndarray> param
+        if (cnp.PyArray_TYPE(p) not in (cnp.NPY_FLOAT32, cnp.NPY_FLOAT64)
+                or not _same_layout(p, p, True) or not _same_layout(grad, p, False)
+                or not _same_layout(mm, p, True) or not _same_layout(vv, p, True)):
+            return False
+    cdef Py_ssize_t n
+    cdef void* pp
+    cdef void* pg
+    cdef void* pm
+    cdef void* pv
+    for name, param in params.items():
+        p = <cnp.ndarray> param
+        n = cnp.PyArray_SIZE(p)
+        pp, pg = cnp.PyArray_DATA(p), cnp.PyArray_DATA(<cnp.ndarray> grads[name])
+        pm, pv = cnp.PyArray_DATA(<cnp.ndarray> m[name]), cnp.PyArray_DATA(<cnp.ndarray> v[name])
+        with nogil:
+            if cnp.PyArray_TYPE(p) == cnp.NPY_FLOAT32:
+                clstm_adam_f(n, <float*> pp, <const float*> pg, <float*> pm, <float*> pv,
+                             <float> beta_1, <float> one_minus_beta_1, <float> beta_2,
+                             <float> one_minus_beta_2, <float> neg_step, <float> epsilon)
+            else:
+                clstm_adam_d(n, <double*> pp, <const double*> pg, <double*> pm, <double*> pv,
+                             beta_1, one_minus_beta_1, beta_2, one_minus_beta_2, neg_step,
+                             epsilon)
+    return True
+
+
 def rmsprop_step(param, grad, s, double rho, double one_minus_rho, double neg_rate,
                  double epsilon):
     """In place, per entry::

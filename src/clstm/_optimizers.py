@@ -33,7 +33,8 @@ import numbers
 import numpy as np
 
 from clstm._flat import flat_views
-from clstm._optimizer_steps import adam_step, adam_steps, rmsprop_step, sgd_step
+from clstm._optimizer_steps import (adam_dense_update, adam_step, adam_steps, rmsprop_step,
+                                    sgd_step)
 
 __all__ = ["SGDOptimizer", "AdamOptimizer", "RMSpropOptimizer", "LearningRateSchedule",
            "make_optimizer", "optimizer_from_state", "SCHEDULES"]
@@ -363,6 +364,13 @@ class AdamOptimizer(BaseOptimizer):
     def update_params(self, params, grads, flat=None):
         self._step_size = (self.learning_rate * math.sqrt(1 - self.beta_2 ** (self.t + 1))
                            / (1 - self.beta_1 ** (self.t + 1)))
+        # the common case (every parameter's gradient and moments ready to step
+        # in place) in one compiled call: the loop below, without its Python
+        if flat is None and adam_dense_update(
+                params, grads, self.state["m"], self.state["v"], self.beta_1,
+                1 - self.beta_1, self.beta_2, 1 - self.beta_2, -self._step_size, self.epsilon):
+            self.t += 1
+            return
         super().update_params(params, grads, flat)
 
     def _step(self, param, grad, m, v):
