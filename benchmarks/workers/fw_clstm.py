@@ -63,6 +63,9 @@ class Runner:
         self.grad_out = np.zeros((cfg.B, cfg.T, P), dtype=np.float32)
         self.grad_h_n = np.zeros((cfg.L, cfg.B, P), dtype=np.float32)
         self.grad_state = (self.grad_h_n,) + (None,) * (len(self.net.state_names) - 1)
+        # the gradients' arrays, zeroed before each backward (torch's zero_grad
+        # without set_to_none): the backward adds into them (grads_into)
+        self.grads_into = {k: np.zeros_like(v) for k, v in self.net.params.items()}
         self._adam = None
 
     def params(self):
@@ -87,8 +90,10 @@ class Runner:
         grads_head = {"head_w": d_pred.T @ last, "head_b": d_pred.sum(axis=0)}
         self.grad_h_n[-1] = d_pred @ self.head_w               # (B, P)
         # no gradient of X (grad_inputs=False), as the peers', whose X needs none
-        net.backward_state(self.grad_out, self.grad_state, grad_inputs=False)
-        grads = dict(net.grads)        # (the parameters' only: grad_inputs=False)
+        for g in self.grads_into.values():
+            g.fill(0.0)
+        net.backward_state(self.grad_out, self.grad_state, self.grads_into, grad_inputs=False)
+        grads = dict(self.grads_into)
         grads.update(grads_head)
         return loss, grads
 
