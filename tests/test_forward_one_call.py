@@ -152,6 +152,70 @@ def test_inference_holds_two_steps_and_equals_the_training_forward(
                     assert c_seq is None if not lstm else c_seq.shape[0] == 2
 
 
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_inference_reads_thin_inputs_in_place(split_small_batches, monkeypatch, n_jobs):
+    """A float32 inference over thin inputs reads X batch-first where it is
+    (NetworkPlan.run's x), never copied: the same bits as the copying path, for
+    both directions, stacked layers, the fused steps of few rows and a
+    non-contiguous X (which is copied)."""
+    scan = rnn._kernels()
+    real = scan.NetworkPlan
+    seen = []
+
+    class Recording:
+        def __init__(self, specs):
+            self.plan = real(specs)
+
+        def run(self, *args):
+            seen.append(args[4] if len(args) > 4 else None)
+            return self.plan.run(*args)
+
+    rng = np.random.default_rng(11)
+    for extra in ({}, {"num_layers": 2, "bidirectional": True}, {"peephole": True}):
+        for B in (3, 10):
+            net = clstm.LSTM(4, 6, random_state=2, n_jobs=n_jobs, **extra)
+            X = rng.standard_normal((B, 7, 4)).astype(np.float32)
+            expected, expected_state = net.run(X)        # training forward: X copied
+            monkeypatch.setattr(scan, "NetworkPlan", Recording)
+            del seen[:]
+            out, state = net.run(X, keep_cache=False)
+            assert len(seen) == 1 and seen[0] is X       # read in place
+            _assert_identical([out, *state], [expected, *expected_state])
+            strided = np.asfortranarray(X)               # not C-contiguous: copied
+            out, state = net.run(strided, keep_cache=False)
+            assert seen[-1] is None
+            _assert_identical([out, *state], [expected, *expected_state])
+            monkeypatch.setattr(scan, "NetworkPlan", real)
+
+
+def test_plan_refuses_inputs_it_cannot_read_in_place(split_small_batches):
+    """x in place only for full-length contiguous rows and thin float32 stages."""
+    scan = rnn._kernels()
+    captured = []
+    real = scan.NetworkPlan
+    for dtype, n_in, lengths in (("float32", 2, None), ("float32", 40, None),
+                                 ("float64", 2, None), ("float32", 2, [4, 2, 3, 4])):
+        net = clstm.LSTM(n_in, 3, random_state=0, dtype=dtype, n_jobs=2)
+        X = np.ones((4, 4, n_in), dtype=dtype)
+        rnn_plan = scan.NetworkPlan
+        scan.NetworkPlan = lambda specs: captured.append(specs) or real(specs)
+        try:
+            out, (h_n, c_n) = net.run(X, lengths=lengths, keep_cache=False)
+        finally:
+            scan.NetworkPlan = rnn_plan
+        plan = real(captured[-1])
+        x = np.ones((4, 4, n_in), np.float32)
+        if dtype == "float32" and n_in == 2 and lengths is None:
+            plan.run(out, [h_n, c_n], None, 1, x)                   # allowed
+            with pytest.raises(ValueError, match="x in place"):
+                plan.run(out, [h_n, c_n], None, 1, x[:, :3].copy())  # fewer steps than T
+            with pytest.raises(ValueError, match="x in place"):
+                plan.run(out, [h_n, c_n], None, 1, x[:3])           # rows missing
+            continue
+        with pytest.raises(ValueError, match="x in place"):
+            plan.run(out, [h_n, c_n], None, 1, x.astype(dtype))
+
+
 def test_initial_states_and_row_order(split_small_batches):
     """h0/c0 per row and the unsorting of ragged rows, through the C writes."""
     rng = np.random.default_rng(4)
@@ -258,6 +322,8 @@ def test_bad_plan_raises_before_any_thread_runs(split_small_batches, monkeypatch
     expected, (h_n, c_n) = net.run(X, keep_cache=False)
     (specs,) = captured
     assert len(specs) == 2
+    for spec in specs:      # (the call read X in place: the plan's own buffers get it here)
+        np.copyto(spec["stages"][0][0]["x"], X[spec["rows"]].transpose(1, 0, 2))
     plan = real(specs)
     out = np.full_like(expected, np.nan)
     finals = [np.full_like(h_n, np.nan), np.full_like(c_n, np.nan)]

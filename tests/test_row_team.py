@@ -47,9 +47,9 @@ def forward_teams(monkeypatch):
     sizes = []
 
     class Recording(_scan.NetworkPlan):
-        def run(self, out, finals, n_threads=None, team_threads=1):
+        def run(self, out, finals, n_threads=None, team_threads=1, x=None):
             sizes.append(self.team_threads(team_threads))
-            return super().run(out, finals, n_threads, team_threads)
+            return super().run(out, finals, n_threads, team_threads, x)
 
     monkeypatch.setattr(_scan, "NetworkPlan", Recording)
     return sizes

@@ -606,7 +606,7 @@ class RecurrentNetwork:
             # (whether a product calls BLAS: fixed while the weight arrays are the same)
             entry = (key, weights) + self._network_plan(X, chunks, n_steps, ragged, masks,
                                                         weights, ws) + (
-                any(map(_calls_blas, weights)),)
+                any(map(_calls_blas, weights)), self._reads_x_in_place(weights, ws, ragged))
         if masks is None:
             # (inference keeps one: a large batch's buffers go with the next shape)
             while len(plans) >= (KEPT_PLANS if ws is self._workspace else 1):
@@ -614,7 +614,9 @@ class RecurrentNetwork:
             plans[key] = entry
         else:           # a plan holds this call's masks: reuse only those without
             plans.clear()
-        plan, parts, inputs, calls_blas = entry[2:]
+        plan, parts, inputs, calls_blas, in_place = entry[2:]
+        # (an inference over thin inputs reads X where it is: no time-major copy)
+        in_place = X if in_place and X.flags.c_contiguous else None
 
         for (b0, b1), n, (x, states, lens, rows, batch_sizes, outs) in zip(
                 chunks, n_steps, inputs):
@@ -628,7 +630,7 @@ class RecurrentNetwork:
                 check_finite(x, "X")                # (values past a length may be anything)
                 for h in outs:
                     h.fill(0.0)                  # rows past their length stay zero
-            else:
+            elif in_place is None:
                 np.copyto(x, X[b0:b1].transpose(1, 0, 2))
             for buf, s in zip(states, state):
                 if s is None:                    # (zeros: _validate_input left it None)
@@ -642,10 +644,21 @@ class RecurrentNetwork:
                   for name in self.state_names]
         if calls_blas:
             with blas_single_threaded:
-                plan.run(out, finals, n_threads, team)
+                plan.run(out, finals, n_threads, team, in_place)
         else:          # every product on the small-GEMM kernel: no BLAS limit to set
-            plan.run(out, finals, n_threads, team)
+            plan.run(out, finals, n_threads, team, in_place)
         return parts, out, finals
+
+    def _reads_x_in_place(self, weights, ws, ragged):
+        """Whether a plan's forward may read a full-length float32 X in place
+        (NetworkPlan.run's x): an inference (no backward reads the input)
+        whose first layer takes X in its steps' products alone (thin inputs:
+        packed_xh_t, the products not kept apart)."""
+        cfg = self._plan()["cfg"]
+        return (ws is not self._workspace and not ragged and self.dtype == np.float32
+                and "c" in self.state_names and not cfg["ln_gates"]
+                and all(weights[d].get("packed_xh_t") is not None
+                        for d in range(self.num_directions)))
 
     def _network_plan(self, X, chunks, n_steps, ragged, masks, weights, ws):
         """A NetworkPlan over buffers of the workspace, the sub-batches'

@@ -62,6 +62,10 @@ cdef struct Layer:
     void* team
     # inputs and initial states
     void* x                   # (T, B, I)
+    # x_row != 0: x read in place from a batch-first array instead (inference
+    # with thin inputs, packed_xh_t: only the steps' products read it): row r
+    # of step t at x + t * x_step + r * x_row
+    Py_ssize_t x_step, x_row
     void* h0                  # (B, P)
     void* c0                  # (B, H) LSTM family
     void* mask                # (B, P) recurrent dropout on h_{t-1}, or NULL

@@ -306,6 +306,18 @@ cdef inline Py_ssize_t _c_row(const Layer* L, Py_ssize_t t) noexcept nogil:
     return ((t & 1) if L.c_ring else t) * L.batch
 
 
+cdef inline const float* _x_rows(const Layer* L, Py_ssize_t t, Py_ssize_t row0) noexcept nogil:
+    """Row row0 of step t of x (time-major, or read in place batch-first: x_row)."""
+    if L.x_row == 0:
+        return <const float*> L.x + (t * L.batch + row0) * L.input_size
+    return <const float*> L.x + t * L.x_step + row0 * L.x_row
+
+
+cdef inline Py_ssize_t _x_ld(const Layer* L) noexcept nogil:
+    """The distance between two rows of a step of x."""
+    return L.input_size if L.x_row == 0 else L.x_row
+
+
 cdef inline void _step_products(Layer* L, Py_ssize_t t, Py_ssize_t n, Py_ssize_t row0,
                                 const floating* h_prev, Py_ssize_t ld_prev) noexcept nogil:
     """The recurrent product of rows [row0, row0 + n) of step t, from h_prev.
@@ -325,7 +337,7 @@ cdef inline void _step_products(Layer* L, Py_ssize_t t, Py_ssize_t n, Py_ssize_t
     if floating is float:
         if L.packed_xh_t != NULL:
             # (odd steps take the panels right to left: see _packed_gemm.h)
-            clstm_packed_gemm2(n, I, <float*> L.x + (t * B + row0) * I, I, P, h_prev,
+            clstm_packed_gemm2(n, I, _x_rows(L, t, row0), _x_ld(L), P, h_prev,
                                ld_prev, G, L.packed_xh_t, <float*> L.gates + at, G, 0, t & 1)
             return
     _matmul_nt(n, P, G, h_prev, ld_prev, <floating*> L.weight_hh, L.packed_hh_t,
@@ -397,8 +409,8 @@ cdef inline void _fused_cell_step(Layer* L, Py_ssize_t t, Py_ssize_t n, Py_ssize
         return
     if L.fused_xh_t != NULL:
         # c, h = cell([x_t | h_prev] @ [W_ih | W_hh].T + bias, c_prev)
-        clstm_fused_lstm_step(L.variant, n, I, <float*> L.x + row * I, I, P, h_prev, ld_prev,
-                              H, L.fused_xh_t, NULL, 0, c_prev, H, c_out, H,
+        clstm_fused_lstm_step(L.variant, n, I, _x_rows(L, t, row0), _x_ld(L), P, h_prev,
+                              ld_prev, H, L.fused_xh_t, NULL, 0, c_prev, H, c_out, H,
                               <float*> L.h_seq + row * L.ld_h, L.ld_h, u0, u1, t & 1)
     else:
         # c, h = cell(gates[t] + h_prev @ W_hh.T + bias, c_prev); gates[t] only read
@@ -1619,10 +1631,16 @@ cdef class NetworkPlan:
         = wanted (1: no team)."""
         return self._team_size(wanted)
 
-    def run(self, out, finals, n_threads=None, team_threads=1):
+    def run(self, out, finals, n_threads=None, team_threads=1, x=None):
         """Run the forward: ``out`` (N, T_out >= T, W) batch-first output
         (``out[rows[r], t] = top[t, r]`` for t < T), ``finals`` the final
         states, one (n_stages, N, units) array per state (h; LSTM: h, c).
+
+        ``x`` (N, T_x >= T, I), C-contiguous, batch-first: the first layer's
+        input read in place, not from the plan's time-major buffer: only
+        where every part's rows are a contiguous run of full length and
+        every stage reading that buffer takes x in its steps' products alone
+        (packed_xh_t; _x_rows), so it is never copied (inference).
 
         The parts go to ``n_threads`` groups (default: one per part), each a
         contiguous run of parts in order, claimed one at a time by the
@@ -1654,6 +1672,9 @@ cdef class NetworkPlan:
             final_c = <char*> _data(finals[1], "final c", self.typenum, 3, self.n_stages,
                                     n_out, first.hidden)
         cdef Py_ssize_t item = 4 if self.typenum == cnp.NPY_FLOAT32 else 8
+        cdef list inputs = []
+        if x is not None:
+            inputs = self._inputs_in_place(x)
         for k in range(self.n_parts):
             part = self.parts + k
             part.out_steps = out.shape[1]
@@ -1668,21 +1689,61 @@ cdef class NetworkPlan:
         groups.n_groups = self.n_parts if n_threads is None else \
             max(1, min(<Py_ssize_t> n_threads, self.n_parts))
         n_team = self._team_size(team_threads)
-        if n_team == 1:
-            with nogil:
-                started = clstm_run_tasks(groups.n_groups, _group_task, &groups)
-            return started
-        clstm_team_init(&team, n_team)
-        team_run.groups, team_run.team = &groups, &team
-        for s in range(self.n_stages):
-            self.parts.stages[s].layer.team = &team
         try:
+            for stage_x in inputs:       # (set here: nothing fails from here on)
+                (<Stage*> <Py_ssize_t> stage_x[0]).layer.x = <void*> <Py_ssize_t> stage_x[1]
+                (<Stage*> <Py_ssize_t> stage_x[0]).layer.x_step = stage_x[2]
+                (<Stage*> <Py_ssize_t> stage_x[0]).layer.x_row = stage_x[3]
+            if n_team == 1:
+                with nogil:
+                    started = clstm_run_tasks(groups.n_groups, _group_task, &groups)
+                return started
+            clstm_team_init(&team, n_team)
+            team_run.groups, team_run.team = &groups, &team
+            for s in range(self.n_stages):
+                self.parts.stages[s].layer.team = &team
             with nogil:
                 started = clstm_run_tasks(n_team, _team_task, &team_run)
+            return started
         finally:
             for s in range(self.n_stages):
                 self.parts.stages[s].layer.team = NULL
-        return started
+            for stage_x in inputs:       # the plan's own buffer again
+                (<Stage*> <Py_ssize_t> stage_x[0]).layer.x = <void*> <Py_ssize_t> stage_x[4]
+                (<Stage*> <Py_ssize_t> stage_x[0]).layer.x_step = 0
+                (<Stage*> <Py_ssize_t> stage_x[0]).layer.x_row = 0
+
+    cdef list _inputs_in_place(self, x):
+        """(stage, x data of its rows, x_step, x_row, its own buffer) for every
+        stage that reads the first layer's input buffer, x read in place
+        (run's ``x``); raises where x or the plan does not allow it."""
+        cdef Part* part
+        cdef Stage* st
+        cdef Py_ssize_t k, s, r, I = self.stages[0].layer.input_size
+        _check(cnp.PyArray_Check(x) and cnp.PyArray_NDIM(<cnp.ndarray> x) == 3
+               and cnp.PyArray_TYPE(<cnp.ndarray> x) == cnp.NPY_FLOAT32 and self.parts.single
+               and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> x), "x in place")
+        cdef Py_ssize_t T_x = x.shape[1]
+        _check(x.shape[0] > self.max_row and x.shape[2] == I, "x in place: shape")
+        cdef char* data = <char*> cnp.PyArray_DATA(<cnp.ndarray> x)
+        cdef list inputs = []
+        for k in range(self.n_parts):
+            part = self.parts + k
+            _check(part.n_steps <= T_x, "x in place: steps")
+            for r in range(part.n_rows):
+                _check(part.dest_rows[r] == part.dest_rows[0] + r
+                       and part.lengths[r] == part.n_steps, "x in place: rows")
+            for s in range(part.n_stages):
+                st = part.stages + s
+                if st.layer.x != part.stages[0].layer.x:
+                    continue
+                _check(st.layer.packed_xh_t != NULL and not st.layer.separate
+                       and not st.layer.conv and st.layer.mask == NULL and st.drop_n == 0,
+                       "x in place: only the steps' products may read x")
+                inputs.append((<Py_ssize_t> st,
+                               <Py_ssize_t> (data + part.dest_rows[0] * T_x * I * 4),
+                               I, T_x * I, <Py_ssize_t> st.layer.x))
+        return inputs
 
 
 def forward_network(list parts, out, finals, n_threads=None):
