@@ -211,6 +211,8 @@ def test_plan_refuses_inputs_it_cannot_read_in_place(split_small_batches):
                 plan.run(out, [h_n, c_n], None, 1, x[:, :3].copy())  # fewer steps than T
             with pytest.raises(ValueError, match="x in place"):
                 plan.run(out, [h_n, c_n], None, 1, x[:3])           # rows missing
+            with pytest.raises(ValueError, match="x in place"):
+                plan.run(out, [h_n, c_n], None, 1, x.astype(">f4"))  # byte-swapped
             continue
         with pytest.raises(ValueError, match="x in place"):
             plan.run(out, [h_n, c_n], None, 1, x.astype(dtype))

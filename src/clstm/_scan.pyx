@@ -1722,7 +1722,8 @@ cdef class NetworkPlan:
         cdef Py_ssize_t k, s, r, I = self.stages[0].layer.input_size
         _check(cnp.PyArray_Check(x) and cnp.PyArray_NDIM(<cnp.ndarray> x) == 3
                and cnp.PyArray_TYPE(<cnp.ndarray> x) == cnp.NPY_FLOAT32 and self.parts.single
-               and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> x), "x in place")
+               and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> x)
+               and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray> x), "x in place")
         cdef Py_ssize_t T_x = x.shape[1]
         _check(x.shape[0] > self.max_row and x.shape[2] == I, "x in place: shape")
         cdef char* data = <char*> cnp.PyArray_DATA(<cnp.ndarray> x)
