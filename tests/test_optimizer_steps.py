@@ -7,7 +7,8 @@ import pytest
 
 from clstm._flat import FlatParameters
 from clstm._optimizer_steps import (adam_dense_update, adam_step, adam_steps, all_finite,
-                                    rmsprop_step, sgd_step, sum_of_squares)
+                                    rmsprop_dense_update, rmsprop_step, sgd_dense_update,
+                                    sgd_step, sum_of_squares)
 from clstm._optimizers import AdamOptimizer, RMSpropOptimizer, SGDOptimizer
 from clstm._tokens import RowGradient
 
@@ -96,51 +97,69 @@ def test_adam_steps_round_the_scalars_per_array_and_step_each():
                    0.001, -1e-3, 1e-8)
 
 
-def _dense_case(rng):
-    """Parameters of both dtypes (and an empty one), gradients, moments: dicts."""
-    params, grads, m, v = {}, {}, {}, {}
+def _dense_case(rng, n_slots):
+    """Parameters of both dtypes (and an empty one), gradients, slots: dicts."""
+    params, grads, slots = {}, {}, [{} for _ in range(n_slots)]
     for name, shape, dtype in [("w", (6, 5), np.float32), ("b", (7,), np.float64),
                                ("e", (0, 3), np.float32), ("u", (3, 4, 2), np.float32)]:
         n = int(np.prod(shape))
-        param, grad, (mm, vv) = _arrays(rng, n, dtype, 2)
+        param, grad, arrays = _arrays(rng, n, dtype, n_slots)
         params[name], grads[name] = param.reshape(shape), grad.reshape(shape)
-        m[name], v[name] = mm.reshape(shape), vv.reshape(shape)
-    return params, grads, m, v
+        for slot, a in zip(slots, arrays):
+            slot[name] = a.reshape(shape)
+    return params, grads, slots
 
 
-def test_adam_dense_update_steps_every_parameter_numpys_way():
-    """One call over dicts of parameters, gradients and moments: per array
+# kind: (slots, the compiled update over dicts, the NumPy form on one array);
+# 1e-3 / 3 and 0.1 / 3: not float32 numbers, so the scalars' rounding shows
+DENSE = {
+    "adam": (2, lambda p, g, s: adam_dense_update(p, g, *s, 0.9, 1 - 0.9, 0.999, 1 - 0.999,
+                                                  -1e-3 / 3, 1e-8),
+             lambda p, g, s: numpy_adam(p, g, *s, 0.9, 0.999, 1e-3 / 3, 1e-8)),
+    "rmsprop": (1, lambda p, g, s: rmsprop_dense_update(p, g, *s, 0.8, 1 - 0.8, -0.1 / 3, 1e-7),
+                lambda p, g, s: numpy_rmsprop(p, g, *s, 0.8, 0.1 / 3, 1e-7)),
+    "sgd-nesterov": (1, lambda p, g, s: sgd_dense_update(p, g, *s, 0.1 / 3, 0.9, True),
+                     lambda p, g, s: numpy_sgd(p, g, *s, 0.1 / 3, 0.9, True)),
+    "sgd-momentum": (1, lambda p, g, s: sgd_dense_update(p, g, *s, 0.1 / 3, 0.5, False),
+                     lambda p, g, s: numpy_sgd(p, g, *s, 0.1 / 3, 0.5, False)),
+    "sgd-plain": (0, lambda p, g, s: sgd_dense_update(p, g, None, 0.1 / 3, 0.0, False),
+                  lambda p, g, s: numpy_sgd(p, g, None, 0.1 / 3, 0.0, False)),
+}
+
+
+@pytest.mark.parametrize("kind", list(DENSE))
+def test_dense_update_steps_every_parameter_numpys_way(kind):
+    """One call over dicts of parameters, gradients and slots: per array
     NumPy's form, bit for bit, float32 and float64 arrays in one call."""
-    rng = np.random.default_rng(8)
-    beta_1, beta_2, step, eps = 0.9, 0.999, 1e-3 / 3, 1e-8
-    params, grads, m, v = _dense_case(rng)
-    ref = {k: [a.copy() for a in (params[k], m[k], v[k])] for k in params}
+    n_slots, update, numpy_step = DENSE[kind]
+    params, grads, slots = _dense_case(np.random.default_rng(8), n_slots)
+    ref = {k: [params[k].copy()] + [s[k].copy() for s in slots] for k in params}
     for _ in range(2):
-        assert adam_dense_update(params, grads, m, v, beta_1, 1 - beta_1, beta_2, 1 - beta_2,
-                                 -step, eps) is True
-        for k, (p, mm, vv) in ref.items():
-            numpy_adam(p, grads[k], mm, vv, beta_1, beta_2, step, eps)
+        assert update(params, grads, slots) is True
+        for k, (p, *s) in ref.items():
+            numpy_step(p, grads[k], s)
     for k, want in ref.items():
-        for got, w in zip((params[k], m[k], v[k]), want):
+        for got, w in zip([params[k]] + [s[k] for s in slots], want):
             _same_bits(got, w)
 
 
-@pytest.mark.parametrize("case", ["no moment", "moment shape", "fortran param", "read-only v",
+@pytest.mark.parametrize("kind", ["adam", "rmsprop", "sgd-momentum"])
+@pytest.mark.parametrize("case", ["no slot", "slot shape", "fortran param", "read-only slot",
                                   "grad dtype", "no grad", "list grad", "int param"])
-def test_adam_dense_update_declines_and_changes_nothing(case):
+def test_dense_update_declines_and_changes_nothing(kind, case):
     """Anything the per-parameter loop would convert, make or refuse: False,
     and no array changed (the first parameters pass the checks, the last not)."""
-    rng = np.random.default_rng(9)
-    params, grads, m, v = _dense_case(rng)
+    n_slots, update, _ = DENSE[kind]
+    params, grads, slots = _dense_case(np.random.default_rng(9), n_slots)
     last = "u"
-    if case == "no moment":
-        del m[last]
-    elif case == "moment shape":
-        m[last] = m[last].reshape(4, 3, 2)
+    if case == "no slot":
+        del slots[-1][last]
+    elif case == "slot shape":
+        slots[0][last] = slots[0][last].reshape(4, 3, 2)
     elif case == "fortran param":
         params[last] = np.asfortranarray(params[last])
-    elif case == "read-only v":
-        v[last].flags.writeable = False
+    elif case == "read-only slot":
+        slots[-1][last].flags.writeable = False
     elif case == "grad dtype":
         grads[last] = grads[last].astype(np.float64)
     elif case == "no grad":
@@ -148,13 +167,12 @@ def test_adam_dense_update_declines_and_changes_nothing(case):
     elif case == "list grad":
         grads[last] = grads[last].tolist()
     else:
-        params[last] = np.zeros(params[last].shape, np.int32)
-        m[last] = np.zeros(params[last].shape, np.int32)
-        v[last] = np.zeros(params[last].shape, np.int32)
-        grads[last] = np.zeros(params[last].shape, np.int32)
-    before = [a.copy() for d in (params, m, v) for a in d.values()]
-    assert adam_dense_update(params, grads, m, v, 0.9, 0.1, 0.999, 0.001, -1e-3, 1e-8) is False
-    for got, want in zip([a for d in (params, m, v) for a in d.values()], before):
+        for d in [params, grads] + slots:
+            d[last] = np.zeros(params[last].shape, np.int32)
+    arrays = [a for d in [params] + slots for a in d.values()]
+    before = [a.copy() for a in arrays]
+    assert update(params, grads, slots) is False
+    for got, want in zip(arrays, before):
         _same_bits(got, want)
 
 

@@ -152,40 +152,58 @@ cdef bint _same_layout(cnp.ndarray a, cnp.ndarray like, bint writable):
     return True
 
 
-def adam_dense_update(dict params, dict grads, dict m, dict v, double beta_1,
-                      double one_minus_beta_1, double beta_2, double one_minus_beta_2,
-                      double neg_step, double epsilon):
-    """:func:`adam_step` on every parameter of ``params`` with its gradient and
-    its moments ``m[name]``, ``v[name]``, as the optimizer's per-parameter
-    loop runs it (the same bits), where all of them are already what that loop
-    would step in place: float32 or float64 ndarrays of the parameter's dtype
-    and shape, C-contiguous, the parameter and moments writable. Checks every
-    parameter before it steps any: returns False, having changed nothing,
-    where one is not of that kind (a slot still to make, a row-sparse or
-    converted gradient), and the caller's loop takes the step; else True."""
+cdef bint _dense_ready(dict params, dict grads, tuple slots) except -1:
+    """Whether every parameter of ``params``, its gradient and its entry in
+    each dict of ``slots`` are what the optimizers' per-parameter loops step
+    in place: float32 or float64 ndarrays of the parameter's dtype and shape,
+    C-contiguous, the parameter and slots writable."""
     cdef cnp.ndarray p
     for name, param in params.items():
-        grad, mm, vv = grads.get(name), m.get(name), v.get(name)
-        if (type(param) is not np.ndarray or type(grad) is not np.ndarray
-                or type(mm) is not np.ndarray or type(vv) is not np.ndarray):
+        grad = grads.get(name)
+        if type(param) is not np.ndarray or type(grad) is not np.ndarray:
             return False
         p = <cnp.ndarray> param
         if (cnp.PyArray_TYPE(p) not in (cnp.NPY_FLOAT32, cnp.NPY_FLOAT64)
-                or not _same_layout(p, p, True) or not _same_layout(grad, p, False)
-                or not _same_layout(mm, p, True) or not _same_layout(vv, p, True)):
+                or not _same_layout(p, p, True) or not _same_layout(grad, p, False)):
             return False
+        for slot in slots:
+            buf = (<dict> slot).get(name)
+            if type(buf) is not np.ndarray or not _same_layout(buf, p, True):
+                return False
+    return True
+
+
+cdef inline void* _entry(dict arrays, name):
+    return cnp.PyArray_DATA(<cnp.ndarray> arrays[name])
+
+
+# The *_dense_update functions: the step of every parameter of ``params``
+# with its gradient and its slots (dicts by parameter name), as the
+# optimizer's per-parameter loop runs it (the same kernels and scalars: the
+# same bits), where all of them are already what that loop steps in place
+# (_dense_ready). They check every parameter before they step any: False,
+# having changed nothing, where one is not of that kind (a slot still to
+# make, a row-sparse or converted gradient), and the caller's loop takes the
+# step; else True. Scalars arrive as doubles, rounded to float32 for float32
+# arrays (as np.float32(x) rounds them).
+
+def adam_dense_update(dict params, dict grads, dict m, dict v, double beta_1,
+                      double one_minus_beta_1, double beta_2, double one_minus_beta_2,
+                      double neg_step, double epsilon):
+    """:func:`adam_step` on every parameter, moments ``m`` and ``v`` (see above)."""
+    if not _dense_ready(params, grads, (m, v)):
+        return False
     cdef Py_ssize_t n
     cdef void* pp
     cdef void* pg
     cdef void* pm
     cdef void* pv
     for name, param in params.items():
-        p = <cnp.ndarray> param
-        n = cnp.PyArray_SIZE(p)
-        pp, pg = cnp.PyArray_DATA(p), cnp.PyArray_DATA(<cnp.ndarray> grads[name])
-        pm, pv = cnp.PyArray_DATA(<cnp.ndarray> m[name]), cnp.PyArray_DATA(<cnp.ndarray> v[name])
+        n = cnp.PyArray_SIZE(<cnp.ndarray> param)
+        pp, pg = cnp.PyArray_DATA(<cnp.ndarray> param), _entry(grads, name)
+        pm, pv = _entry(m, name), _entry(v, name)
         with nogil:
-            if cnp.PyArray_TYPE(p) == cnp.NPY_FLOAT32:
+            if cnp.PyArray_TYPE(<cnp.ndarray> param) == cnp.NPY_FLOAT32:
                 clstm_adam_f(n, <float*> pp, <const float*> pg, <float*> pm, <float*> pv,
                              <float> beta_1, <float> one_minus_beta_1, <float> beta_2,
                              <float> one_minus_beta_2, <float> neg_step, <float> epsilon)
@@ -193,6 +211,52 @@ def adam_dense_update(dict params, dict grads, dict m, dict v, double beta_1,
                 clstm_adam_d(n, <double*> pp, <const double*> pg, <double*> pm, <double*> pv,
                              beta_1, one_minus_beta_1, beta_2, one_minus_beta_2, neg_step,
                              epsilon)
+    return True
+
+
+def rmsprop_dense_update(dict params, dict grads, dict s, double rho, double one_minus_rho,
+                         double neg_rate, double epsilon):
+    """:func:`rmsprop_step` on every parameter, averages ``s`` (see above)."""
+    if not _dense_ready(params, grads, (s,)):
+        return False
+    cdef Py_ssize_t n
+    cdef void* pp
+    cdef void* pg
+    cdef void* ps
+    for name, param in params.items():
+        n = cnp.PyArray_SIZE(<cnp.ndarray> param)
+        pp, pg, ps = cnp.PyArray_DATA(<cnp.ndarray> param), _entry(grads, name), _entry(s, name)
+        with nogil:
+            if cnp.PyArray_TYPE(<cnp.ndarray> param) == cnp.NPY_FLOAT32:
+                clstm_rmsprop_f(n, <float*> pp, <const float*> pg, <float*> ps, <float> rho,
+                                <float> one_minus_rho, <float> neg_rate, <float> epsilon)
+            else:
+                clstm_rmsprop_d(n, <double*> pp, <const double*> pg, <double*> ps, rho,
+                                one_minus_rho, neg_rate, epsilon)
+    return True
+
+
+def sgd_dense_update(dict params, dict grads, velocity, double rate, double momentum,
+                     bint nesterov):
+    """:func:`sgd_step` on every parameter, ``velocity`` a dict of the
+    velocities or None (no momentum; see above)."""
+    if not _dense_ready(params, grads, () if velocity is None else (velocity,)):
+        return False
+    cdef Py_ssize_t n
+    cdef void* pp
+    cdef void* pg
+    cdef void* pv
+    for name, param in params.items():
+        n = cnp.PyArray_SIZE(<cnp.ndarray> param)
+        pp, pg = cnp.PyArray_DATA(<cnp.ndarray> param), _entry(grads, name)
+        pv = NULL if velocity is None else _entry(velocity, name)
+        with nogil:
+            if cnp.PyArray_TYPE(<cnp.ndarray> param) == cnp.NPY_FLOAT32:
+                _sgd(n, <float*> pp, <const float*> pg, <float*> pv, <float> rate,
+                     <float> momentum, nesterov)
+            else:
+                _sgd(n, <double*> pp, <const double*> pg, <double*> pv, rate, momentum,
+                     nesterov)
     return True
 
 

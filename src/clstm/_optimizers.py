@@ -33,7 +33,8 @@ import numbers
 import numpy as np
 
 from clstm._flat import flat_views
-from clstm._optimizer_steps import (adam_dense_update, adam_step, adam_steps, rmsprop_step,
+from clstm._optimizer_steps import (adam_dense_update, adam_step, adam_steps,
+                                    rmsprop_dense_update, rmsprop_step, sgd_dense_update,
                                     sgd_step)
 
 __all__ = ["SGDOptimizer", "AdamOptimizer", "RMSpropOptimizer", "LearningRateSchedule",
@@ -156,6 +157,10 @@ class BaseOptimizer:
         what the per-parameter loop gives.
         """
         self.t += 1
+        # the common case (every gradient and slot ready to step in place) in
+        # one compiled call: this loop's steps, without its Python
+        if flat is None and self._dense_update(params, grads):
+            return
         names = params.keys()
         if flat is not None:
             grads = flat.gather_grads(grads)
@@ -184,6 +189,12 @@ class BaseOptimizer:
                 whole[rows] = part
         if batch:
             self._steps(batch)
+
+    def _dense_update(self, params, grads):
+        """The step of every parameter in one compiled call (a subclass's
+        ``*_dense_update`` of clstm._optimizer_steps), where every gradient
+        and slot is ready to step in place: True; else False, nothing changed."""
+        return False
 
     def _steps(self, batch):
         """``_step(*args)`` for each args of ``batch`` (each parameter's own
@@ -340,6 +351,11 @@ class SGDOptimizer(BaseOptimizer):
         sgd_step(param, grad, None if self.momentum == 0 else velocity,
                  f(self.learning_rate), f(self.momentum), self.nesterov)
 
+    def _dense_update(self, params, grads):
+        return sgd_dense_update(params, grads,
+                                None if self.momentum == 0 else self.state["velocity"],
+                                self.learning_rate, self.momentum, self.nesterov)
+
 
 class AdamOptimizer(BaseOptimizer):
     """Adam (Kingma & Ba 2015), bias-corrected step size as in scikit-learn and Keras.
@@ -364,14 +380,12 @@ class AdamOptimizer(BaseOptimizer):
     def update_params(self, params, grads, flat=None):
         self._step_size = (self.learning_rate * math.sqrt(1 - self.beta_2 ** (self.t + 1))
                            / (1 - self.beta_1 ** (self.t + 1)))
-        # the common case (every parameter's gradient and moments ready to step
-        # in place) in one compiled call: the loop below, without its Python
-        if flat is None and adam_dense_update(
-                params, grads, self.state["m"], self.state["v"], self.beta_1,
-                1 - self.beta_1, self.beta_2, 1 - self.beta_2, -self._step_size, self.epsilon):
-            self.t += 1
-            return
         super().update_params(params, grads, flat)
+
+    def _dense_update(self, params, grads):
+        return adam_dense_update(params, grads, self.state["m"], self.state["v"], self.beta_1,
+                                 1 - self.beta_1, self.beta_2, 1 - self.beta_2,
+                                 -self._step_size, self.epsilon)
 
     def _step(self, param, grad, m, v):
         # (the compiled step rounds the scalars to the array's dtype, as NumPy would)
@@ -403,6 +417,10 @@ class RMSpropOptimizer(BaseOptimizer):
         f = param.dtype.type
         rmsprop_step(param, grad, s, f(self.rho), f(1 - self.rho), f(-self.learning_rate),
                      f(self.epsilon))
+
+    def _dense_update(self, params, grads):
+        return rmsprop_dense_update(params, grads, self.state["square_avg"], self.rho,
+                                    1 - self.rho, -self.learning_rate, self.epsilon)
 
 
 def make_optimizer(est):
