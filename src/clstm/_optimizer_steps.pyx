@@ -173,8 +173,66 @@ cdef bint _dense_ready(dict params, dict grads, tuple slots) except -1:
     return True
 
 
-cdef inline void* _entry(dict arrays, name):
-    return cnp.PyArray_DATA(<cnp.ndarray> arrays[name])
+# One parameter's step over raw arrays (float32 where `single`): its data,
+# its gradient's, its slots' (up to two, NULL past those in use) and the
+# optimizer's scalars, in the order of its *_dense_update's arguments.
+ctypedef void (*dense_fn)(bint single, Py_ssize_t n, void* p, const void* g, void* s0,
+                          void* s1, const double* k) noexcept nogil
+
+
+cdef void _adam_arrays(bint single, Py_ssize_t n, void* p, const void* g, void* m, void* v,
+                       const double* k) noexcept nogil:
+    if single:
+        clstm_adam_f(n, <float*> p, <const float*> g, <float*> m, <float*> v, <float> k[0],
+                     <float> k[1], <float> k[2], <float> k[3], <float> k[4], <float> k[5])
+    else:
+        clstm_adam_d(n, <double*> p, <const double*> g, <double*> m, <double*> v, k[0], k[1],
+                     k[2], k[3], k[4], k[5])
+
+
+cdef void _rmsprop_arrays(bint single, Py_ssize_t n, void* p, const void* g, void* s,
+                          void* unused, const double* k) noexcept nogil:
+    if single:
+        clstm_rmsprop_f(n, <float*> p, <const float*> g, <float*> s, <float> k[0],
+                        <float> k[1], <float> k[2], <float> k[3])
+    else:
+        clstm_rmsprop_d(n, <double*> p, <const double*> g, <double*> s, k[0], k[1], k[2], k[3])
+
+
+cdef void _sgd_arrays(bint single, Py_ssize_t n, void* p, const void* g, void* velocity,
+                      void* unused, const double* k) noexcept nogil:
+    # k: rate, momentum, nesterov (0 or 1)
+    if single:
+        _sgd(n, <float*> p, <const float*> g, <float*> velocity, <float> k[0], <float> k[1],
+             k[2] != 0)
+    else:
+        _sgd(n, <double*> p, <const double*> g, <double*> velocity, k[0], k[1], k[2] != 0)
+
+
+cdef bint _dense_update(dict params, dict grads, tuple slots, dense_fn step,
+                        const double* k) except -1:
+    """``step`` on every parameter of ``params`` with its gradient and its
+    entries in the dicts of ``slots``, where _dense_ready allows: the
+    *_dense_update functions below."""
+    if not _dense_ready(params, grads, slots):
+        return False
+    cdef cnp.ndarray p
+    cdef void* buf[2]
+    cdef void* data
+    cdef const void* grad
+    cdef Py_ssize_t i, n
+    cdef bint single
+    for name, param in params.items():
+        p = <cnp.ndarray> param
+        buf[0] = buf[1] = NULL
+        for i in range(len(slots)):
+            buf[i] = cnp.PyArray_DATA(<cnp.ndarray> (<dict> slots[i])[name])
+        single, n, data = cnp.PyArray_TYPE(p) == cnp.NPY_FLOAT32, cnp.PyArray_SIZE(p), \
+            cnp.PyArray_DATA(p)
+        grad = cnp.PyArray_DATA(<cnp.ndarray> grads[name])
+        with nogil:
+            step(single, n, data, grad, buf[0], buf[1], k)
+    return True
 
 
 # The *_dense_update functions: the step of every parameter of ``params``
@@ -191,73 +249,27 @@ def adam_dense_update(dict params, dict grads, dict m, dict v, double beta_1,
                       double one_minus_beta_1, double beta_2, double one_minus_beta_2,
                       double neg_step, double epsilon):
     """:func:`adam_step` on every parameter, moments ``m`` and ``v`` (see above)."""
-    if not _dense_ready(params, grads, (m, v)):
-        return False
-    cdef Py_ssize_t n
-    cdef void* pp
-    cdef void* pg
-    cdef void* pm
-    cdef void* pv
-    for name, param in params.items():
-        n = cnp.PyArray_SIZE(<cnp.ndarray> param)
-        pp, pg = cnp.PyArray_DATA(<cnp.ndarray> param), _entry(grads, name)
-        pm, pv = _entry(m, name), _entry(v, name)
-        with nogil:
-            if cnp.PyArray_TYPE(<cnp.ndarray> param) == cnp.NPY_FLOAT32:
-                clstm_adam_f(n, <float*> pp, <const float*> pg, <float*> pm, <float*> pv,
-                             <float> beta_1, <float> one_minus_beta_1, <float> beta_2,
-                             <float> one_minus_beta_2, <float> neg_step, <float> epsilon)
-            else:
-                clstm_adam_d(n, <double*> pp, <const double*> pg, <double*> pm, <double*> pv,
-                             beta_1, one_minus_beta_1, beta_2, one_minus_beta_2, neg_step,
-                             epsilon)
-    return True
+    cdef double k[6]
+    k[:] = [beta_1, one_minus_beta_1, beta_2, one_minus_beta_2, neg_step, epsilon]
+    return _dense_update(params, grads, (m, v), _adam_arrays, k)
 
 
 def rmsprop_dense_update(dict params, dict grads, dict s, double rho, double one_minus_rho,
                          double neg_rate, double epsilon):
     """:func:`rmsprop_step` on every parameter, averages ``s`` (see above)."""
-    if not _dense_ready(params, grads, (s,)):
-        return False
-    cdef Py_ssize_t n
-    cdef void* pp
-    cdef void* pg
-    cdef void* ps
-    for name, param in params.items():
-        n = cnp.PyArray_SIZE(<cnp.ndarray> param)
-        pp, pg, ps = cnp.PyArray_DATA(<cnp.ndarray> param), _entry(grads, name), _entry(s, name)
-        with nogil:
-            if cnp.PyArray_TYPE(<cnp.ndarray> param) == cnp.NPY_FLOAT32:
-                clstm_rmsprop_f(n, <float*> pp, <const float*> pg, <float*> ps, <float> rho,
-                                <float> one_minus_rho, <float> neg_rate, <float> epsilon)
-            else:
-                clstm_rmsprop_d(n, <double*> pp, <const double*> pg, <double*> ps, rho,
-                                one_minus_rho, neg_rate, epsilon)
-    return True
+    cdef double k[4]
+    k[:] = [rho, one_minus_rho, neg_rate, epsilon]
+    return _dense_update(params, grads, (s,), _rmsprop_arrays, k)
 
 
 def sgd_dense_update(dict params, dict grads, velocity, double rate, double momentum,
                      bint nesterov):
     """:func:`sgd_step` on every parameter, ``velocity`` a dict of the
     velocities or None (no momentum; see above)."""
-    if not _dense_ready(params, grads, () if velocity is None else (velocity,)):
-        return False
-    cdef Py_ssize_t n
-    cdef void* pp
-    cdef void* pg
-    cdef void* pv
-    for name, param in params.items():
-        n = cnp.PyArray_SIZE(<cnp.ndarray> param)
-        pp, pg = cnp.PyArray_DATA(<cnp.ndarray> param), _entry(grads, name)
-        pv = NULL if velocity is None else _entry(velocity, name)
-        with nogil:
-            if cnp.PyArray_TYPE(<cnp.ndarray> param) == cnp.NPY_FLOAT32:
-                _sgd(n, <float*> pp, <const float*> pg, <float*> pv, <float> rate,
-                     <float> momentum, nesterov)
-            else:
-                _sgd(n, <double*> pp, <const double*> pg, <double*> pv, rate, momentum,
-                     nesterov)
-    return True
+    cdef double k[3]
+    k[:] = [rate, momentum, 1.0 if nesterov else 0.0]
+    return _dense_update(params, grads, () if velocity is None else (velocity,), _sgd_arrays,
+                         k)
 
 
 def rmsprop_step(param, grad, s, double rho, double one_minus_rho, double neg_rate,
