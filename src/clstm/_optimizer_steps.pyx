@@ -358,21 +358,14 @@ def dense_sum_of_squares(dict params, dict grads):
     the parameter's name."""
     cdef double total = 0.0
     cdef cnp.ndarray p, g
-    cdef int k, nd
     for name, param in params.items():
         grad = grads.get(name)
         if type(param) is not np.ndarray or type(grad) is not np.ndarray:
             return None
         p, g = <cnp.ndarray> param, <cnp.ndarray> grad
-        nd = cnp.PyArray_NDIM(p)
-        if (cnp.PyArray_TYPE(p) != cnp.PyArray_TYPE(g)
-                or cnp.PyArray_TYPE(p) not in (cnp.NPY_FLOAT32, cnp.NPY_FLOAT64)
-                or not cnp.PyArray_ISWRITEABLE(p) or cnp.PyArray_NDIM(g) != nd
-                or not cnp.PyArray_IS_C_CONTIGUOUS(g)):
+        if (cnp.PyArray_TYPE(p) not in (cnp.NPY_FLOAT32, cnp.NPY_FLOAT64)
+                or not cnp.PyArray_ISWRITEABLE(p) or not _same_layout(g, p, False)):
             return None
-        for k in range(nd):
-            if cnp.PyArray_DIM(p, k) != cnp.PyArray_DIM(g, k):
-                return None
         with nogil:
             if cnp.PyArray_TYPE(g) == cnp.NPY_FLOAT32:
                 total += _sum_of_squares(cnp.PyArray_SIZE(g), <const float*> cnp.PyArray_DATA(g))

@@ -606,7 +606,7 @@ class RecurrentNetwork:
             # (whether a product calls BLAS: fixed while the weight arrays are the same)
             entry = (key, weights) + self._network_plan(X, chunks, n_steps, ragged, masks,
                                                         weights, ws) + (
-                any(map(_calls_blas, weights)), self._reads_x_in_place(weights, ws, ragged))
+                any(map(_calls_blas, weights)),)
         if masks is None:
             # (inference keeps one: a large batch's buffers go with the next shape)
             while len(plans) >= (KEPT_PLANS if ws is self._workspace else 1):
@@ -614,9 +614,9 @@ class RecurrentNetwork:
             plans[key] = entry
         else:           # a plan holds this call's masks: reuse only those without
             plans.clear()
-        plan, parts, inputs, calls_blas, in_place = entry[2:]
+        plan, parts, inputs, reads_x, calls_blas = entry[2:]
         # (an inference over thin inputs reads X where it is: no time-major copy)
-        in_place = X if in_place and X.flags.c_contiguous else None
+        x_in_place = X if reads_x and X.flags.c_contiguous else None
 
         for (b0, b1), n, (x, states, lens, rows, batch_sizes, outs) in zip(
                 chunks, n_steps, inputs):
@@ -630,7 +630,7 @@ class RecurrentNetwork:
                 check_finite(x, "X")                # (values past a length may be anything)
                 for h in outs:
                     h.fill(0.0)                  # rows past their length stay zero
-            elif in_place is None:
+            elif x_in_place is None:
                 np.copyto(x, X[b0:b1].transpose(1, 0, 2))
             for buf, s in zip(states, state):
                 if s is None:                    # (zeros: _validate_input left it None)
@@ -644,31 +644,23 @@ class RecurrentNetwork:
                   for name in self.state_names]
         if calls_blas:
             with blas_single_threaded:
-                plan.run(out, finals, n_threads, team, in_place)
+                plan.run(out, finals, n_threads, team, x_in_place)
         else:          # every product on the small-GEMM kernel: no BLAS limit to set
-            plan.run(out, finals, n_threads, team, in_place)
+            plan.run(out, finals, n_threads, team, x_in_place)
         return parts, out, finals
-
-    def _reads_x_in_place(self, weights, ws, ragged):
-        """Whether a plan's forward may read a full-length float32 X in place
-        (NetworkPlan.run's x): an inference (no backward reads the input)
-        whose first layer takes X in its steps' products alone (thin inputs:
-        packed_xh_t, the products not kept apart)."""
-        cfg = self._plan()["cfg"]
-        return (ws is not self._workspace and not ragged and self.dtype == np.float32
-                and "c" in self.state_names and not cfg["ln_gates"]
-                and all(weights[d].get("packed_xh_t") is not None
-                        for d in range(self.num_directions)))
 
     def _network_plan(self, X, chunks, n_steps, ragged, masks, weights, ws):
         """A NetworkPlan over buffers of the workspace, the sub-batches'
-        caches (laid out as the backward reads them) and, per sub-batch, the
-        buffers each call fills: (x, states, lengths, rows, batch_sizes, outs)."""
+        caches (laid out as the backward reads them), per sub-batch the
+        buffers each call fills: (x, states, lengths, rows, batch_sizes, outs),
+        and whether the plan may read a full-length X in place (NetworkPlan.run's
+        x: an inference whose first layer takes X in its steps' products alone)."""
         _, T, I = X.shape
         D, L, dt = self.num_directions, self.num_layers, self.dtype
         sizes = self._state_sizes()
         # inference (no backward reads its activations): gates and c in two step slots
         ring = ws is not self._workspace
+        reads_x = ring and not ragged and all(map(_thin_inputs, weights[:D]))
         parts, specs, inputs = [], [], []
         for k, ((b0, b1), n) in enumerate(zip(chunks, n_steps)):
             buffers, b = ws.chunk(k), b1 - b0
@@ -689,7 +681,7 @@ class RecurrentNetwork:
                           "top": part["layers"][-1]["out"]})
             inputs.append((x, states, lens, rows, batch_sizes,
                            [layer["out"] for layer in part["layers"]]))
-        return _kernels().NetworkPlan(specs), parts, inputs
+        return _kernels().NetworkPlan(specs), parts, inputs, reads_x
 
     def _batch_plan(self, x, state, batch_sizes, masks, weights, ws, ring=False):
         """One sub-batch's stages (x (T, b, I) time-major, rows sorted by
@@ -914,10 +906,7 @@ class RecurrentNetwork:
         k = layer * self.num_directions + d
         work = None if mask is None else ws.get(("work", layer, d), (B, self.output_size),
                                                   self.dtype)
-        rings = (False, False)
-        if ring and "c" in self.state_names:
-            cfg = self._plan()["cfg"]
-            rings = (weights[k].get("packed_xh_t") is not None and not cfg["ln_gates"], True)
+        rings = (ring and _thin_inputs(weights[k]), ring)
         return {**weights[k], **self._buffers(ws, layer, d, T, B, False, rings),
                 "x": inp, "batch_sizes": batch_sizes, "h0": state[0][k],
                 "c0": state[1][k] if len(state) > 1 else None, "mask": mask,
@@ -1318,6 +1307,13 @@ def scan_weight_arrays(p, fused_bias, backward, separate):
         arrays["packed_xh_t"] = _packed(np.concatenate([w_ih, w_hh], axis=1), True)
     arrays["packed_hr_t"] = _packed(w_hr, True)
     return arrays
+
+
+def _thin_inputs(arrays):
+    """Whether a layer direction's scan arrays take the input in each step's
+    one product, which writes all of that step's gates (packed_xh_t: float32,
+    products not kept apart, inputs under MIN_PACKED_INPUT_SIZE)."""
+    return arrays.get("packed_xh_t") is not None
 
 
 # The packed forms scan_weight_arrays makes: name -> (the weights packed, side

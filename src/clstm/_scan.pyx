@@ -1672,9 +1672,9 @@ cdef class NetworkPlan:
             final_c = <char*> _data(finals[1], "final c", self.typenum, 3, self.n_stages,
                                     n_out, first.hidden)
         cdef Py_ssize_t item = 4 if self.typenum == cnp.NPY_FLOAT32 else 8
-        cdef list inputs = []
-        if x is not None:
-            inputs = self._inputs_in_place(x)
+        cdef list inputs = [] if x is None else self._inputs_in_place(x)
+        cdef Py_ssize_t x_row = 0 if x is None else x.shape[1] * first.input_size
+        cdef Stage* reader
         for k in range(self.n_parts):
             part = self.parts + k
             part.out_steps = out.shape[1]
@@ -1690,10 +1690,10 @@ cdef class NetworkPlan:
             max(1, min(<Py_ssize_t> n_threads, self.n_parts))
         n_team = self._team_size(team_threads)
         try:
-            for stage_x in inputs:       # (set here: nothing fails from here on)
-                (<Stage*> <Py_ssize_t> stage_x[0]).layer.x = <void*> <Py_ssize_t> stage_x[1]
-                (<Stage*> <Py_ssize_t> stage_x[0]).layer.x_step = stage_x[2]
-                (<Stage*> <Py_ssize_t> stage_x[0]).layer.x_row = stage_x[3]
+            for stage, rows, _ in inputs:      # (set here: nothing fails from here on)
+                reader = <Stage*> <Py_ssize_t> stage
+                reader.layer.x = <void*> <Py_ssize_t> rows
+                reader.layer.x_step, reader.layer.x_row = first.input_size, x_row
             if n_team == 1:
                 with nogil:
                     started = clstm_run_tasks(groups.n_groups, _group_task, &groups)
@@ -1708,13 +1708,13 @@ cdef class NetworkPlan:
         finally:
             for s in range(self.n_stages):
                 self.parts.stages[s].layer.team = NULL
-            for stage_x in inputs:       # the plan's own buffer again
-                (<Stage*> <Py_ssize_t> stage_x[0]).layer.x = <void*> <Py_ssize_t> stage_x[4]
-                (<Stage*> <Py_ssize_t> stage_x[0]).layer.x_step = 0
-                (<Stage*> <Py_ssize_t> stage_x[0]).layer.x_row = 0
+            for stage, _, own in inputs:       # the plan's own buffer again
+                reader = <Stage*> <Py_ssize_t> stage
+                reader.layer.x = <void*> <Py_ssize_t> own
+                reader.layer.x_step = reader.layer.x_row = 0
 
     cdef list _inputs_in_place(self, x):
-        """(stage, x data of its rows, x_step, x_row, its own buffer) for every
+        """(stage, x's data at its part's first row, its own buffer) for every
         stage that reads the first layer's input buffer, x read in place
         (run's ``x``); raises where x or the plan does not allow it."""
         cdef Part* part
@@ -1743,7 +1743,7 @@ cdef class NetworkPlan:
                        "x in place: only the steps' products may read x")
                 inputs.append((<Py_ssize_t> st,
                                <Py_ssize_t> (data + part.dest_rows[0] * T_x * I * 4),
-                               I, T_x * I, <Py_ssize_t> st.layer.x))
+                               <Py_ssize_t> st.layer.x))
         return inputs
 
 
