@@ -51,7 +51,7 @@ def _run(net, X, lengths, seed=1):
 
 @pytest.mark.parametrize("cls,options", CELLS, ids=IDS)
 def test_thread_count_does_not_change_results(monkeypatch, cls, options):
-    monkeypatch.setattr(rnn_module, "MIN_WORK_PER_THREAD", 0)
+    monkeypatch.setattr(rnn_module, "FIXED_PART_MIN_WORK", 0)
     monkeypatch.setattr(rnn_module, "MIN_ROWS_PER_THREAD", 1)
     monkeypatch.setattr(clstm._parallel, "ROWS_PER_FIXED_PART", 2)   # training parts
     rng = np.random.default_rng(0)

@@ -25,7 +25,7 @@ from _one_call import CELLS
 def small_parts(monkeypatch):
     """Parts of 4 rows with any amount of work, so small batches split as large ones."""
     monkeypatch.setattr(parallel, "ROWS_PER_FIXED_PART", 4)
-    monkeypatch.setattr(rnn, "MIN_WORK_PER_THREAD", 0)
+    monkeypatch.setattr(rnn, "FIXED_PART_MIN_WORK", 0)
 
 
 def _train_step(net, X, lengths, seed=1):
@@ -58,8 +58,9 @@ def test_fixed_part_count_depends_on_the_shape_only():
     assert fixed_part_count(256, 100) == 8     # about 32 rows a part
     assert fixed_part_count(256, 3) == 3       # capped by the work
     assert fixed_part_count(256, 0) == 1
-    # the benchmark shapes: ts-small stays whole, the others split in two
-    assert rnn._fixed_parts(32, 50, 50) == 1
+    # the benchmark shapes split in two; below FIXED_PART_MIN_WORK a batch stays whole
+    assert rnn._fixed_parts(32, 50, 50) == 2
+    assert rnn._fixed_parts(32, 20, 16) == 1
     assert rnn._fixed_parts(64, 100, 128) == 2
     assert rnn._fixed_parts(64, 100, 512) == 2
     assert rnn._fixed_parts(32, 100, 128) == 2

@@ -119,6 +119,27 @@ def test_training_team_equals_one_thread(team_at_any_size, forward_teams, backwa
 
 @needs_team
 @pytest.mark.parametrize("cell", ["lstm", "gru", "stacked-bidirectional"])
+def test_full_length_steps_run_as_one_slice_a_member(team_at_any_size, cell):
+    """A full-length batch: once the team has arrived, each member runs its
+    rows through the remaining steps without a wait between them (forward
+    and BPTT; reverse directions too), with the bits of one thread, whether
+    the helper arrived at the first step or some later one."""
+    cls, kwargs = TEAM_CELLS[cell]
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((24, 40, 3)).astype(np.float32)
+    make = lambda n: cls(3, 20, n_jobs=n, random_state=2, dtype="float32",
+                         recurrent_dropout=0.2, **kwargs)
+    expected = _train_step(make(1), X)
+    before = _scan.row_team_scans()
+    for _ in range(20):
+        _assert_identical(expected, _train_step(make(2), X))     # (the same dropout masks)
+        if _scan.row_team_scans() > before:
+            break
+    assert _scan.row_team_scans() > before      # (a helper that never came in 20 calls: none)
+
+
+@needs_team
+@pytest.mark.parametrize("cell", ["lstm", "gru", "stacked-bidirectional"])
 @pytest.mark.parametrize("input_size", [3, 40])
 def test_ragged_lengths_states_and_dropout(team_at_any_size, forward_teams, backward_teams,
                                            cell, input_size):
@@ -154,7 +175,7 @@ def test_more_threads_than_cores_still_identical(team_at_any_size, forward_teams
     """Members the OS does not schedule promptly: helpers join late or never,
     the leader takes over their rows."""
     rng = np.random.default_rng(2)
-    X = rng.standard_normal((128, 30, 8)).astype(np.float32)
+    X = rng.standard_normal((128, 7, 8)).astype(np.float32)
     expected = _train_step(clstm.LSTM(8, 16, random_state=0, n_jobs=1), X)
     net = clstm.LSTM(8, 16, random_state=0, n_jobs=16)      # one fixed part: little work
     for _ in range(3):
@@ -192,15 +213,17 @@ def test_when_a_training_team_is_used(forward_teams, backward_teams):
         return forward_teams[-1], backward_teams[-1]
 
     ts_small = clstm.LSTM(1, 50, random_state=0, n_jobs=2)
-    assert team_size(ts_small, 32, 50, 1) == (2, 2)              # the ts-small config
+    assert team_size(ts_small, 24, 50, 1) == (2, 2)              # fewer than 32 rows: one part
     assert team_size(ts_small, 15, 50, 1) == (1, 1)              # fewer than 8 rows a thread
     narrow = clstm.LSTM(1, 20, random_state=0, n_jobs=2)
-    assert team_size(narrow, 32, 50, 1) == (2, 2)
-    assert team_size(narrow, 32, 3, 1) == (1, 1)                 # too little a call
-    assert team_size(clstm.LSTM(1, 4, n_jobs=2), 32, 50, 1) == (1, 1)     # too little a step
-    assert team_size(clstm.LSTM(1, 50, n_jobs=1), 32, 50, 1) == (1, 1)
-    assert team_size(clstm.LSTM(1, 50, dtype="float64", n_jobs=2), 32, 50, 1) == (1, 1)
-    # two fixed parts (batch 32, more work): the parts take the threads
+    assert team_size(narrow, 24, 50, 1) == (2, 2)
+    assert team_size(narrow, 24, 3, 1) == (1, 1)                 # too little a call
+    assert team_size(clstm.LSTM(1, 4, n_jobs=2), 24, 50, 1) == (1, 1)     # too little a step
+    assert team_size(clstm.LSTM(1, 50, n_jobs=1), 24, 50, 1) == (1, 1)
+    assert team_size(clstm.LSTM(1, 50, dtype="float64", n_jobs=2), 24, 50, 1) == (1, 1)
+    # two fixed parts (batch 32 and enough work: the ts-small config, and
+    # more): the parts take the threads
+    assert team_size(ts_small, 32, 50, 1) == (1, 1)
     big = clstm.LSTM(16, 128, random_state=0, n_jobs=2)
     _train_step(big, rng.standard_normal((32, 100, 16)).astype(np.float32))
     assert backward_teams[-1] == 1
@@ -208,7 +231,7 @@ def test_when_a_training_team_is_used(forward_teams, backward_teams):
 
 @needs_team
 def test_estimator_fit_with_a_team_is_bit_identical(forward_teams, backward_teams):
-    """The estimators' fit (one fixed part at batch 32) gives the same weights,
+    """The estimators' fit (one fixed part at batch 24) gives the same weights,
     loss curve and predictions at n_jobs 1 and 2, the second with a team."""
     import warnings
     rng = np.random.default_rng(5)
@@ -218,7 +241,7 @@ def test_estimator_fit_with_a_team_is_bit_identical(forward_teams, backward_team
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")              # max_iter reached
         for n in (1, 2):
-            fits.append(clstm.LSTMRegressor(hidden_size=32, max_iter=3, batch_size=32,
+            fits.append(clstm.LSTMRegressor(hidden_size=32, max_iter=3, batch_size=24,
                                             random_state=0, n_jobs=n).fit(X, y))
     assert 2 in forward_teams and 2 in backward_teams
     one, two = fits

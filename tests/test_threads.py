@@ -57,7 +57,7 @@ def test_resolve_n_threads():
 def split_small_batches(monkeypatch):
     """Make tiny test batches split across threads as large ones do."""
     import clstm._rnn as lstm_module
-    monkeypatch.setattr(lstm_module, "MIN_WORK_PER_THREAD", 0)
+    monkeypatch.setattr(lstm_module, "FIXED_PART_MIN_WORK", 0)
     monkeypatch.setattr(lstm_module, "MIN_ROWS_PER_THREAD", 1)
     monkeypatch.setattr(clstm._parallel, "ROWS_PER_FIXED_PART", 4)   # training parts
 

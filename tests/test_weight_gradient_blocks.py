@@ -74,7 +74,7 @@ def test_a_dropped_block_would_be_seen(volume):
 def test_blocks_do_not_depend_on_the_thread_count(volume, monkeypatch, name):
     cls, options, I = CELLS[name]
     monkeypatch.setattr(parallel, "ROWS_PER_FIXED_PART", 4)
-    monkeypatch.setattr(rnn, "MIN_WORK_PER_THREAD", 0)
+    monkeypatch.setattr(rnn, "FIXED_PART_MIN_WORK", 0)
     _scan.set_small_gemm_volume(12 * 4 * H * (I + H))
     X = np.random.default_rng(2).standard_normal((32, T, I)).astype(np.float32)
     results = []

@@ -44,10 +44,10 @@ def test_matches_float64(M, G, N, accumulate):
 
 
 def test_both_orientations_are_chosen():
-    assert _scan.wgrad_rows(128, 33) == 33       # 3 panels of 33 columns, 8 of 128 rows
-    assert _scan.wgrad_rows(200, 51) == 51
-    assert _scan.wgrad_rows(512, 136) == 512     # 9 panels: 6 % wasted, within 10 %
-    assert _scan.wgrad_rows(64, 16) == 64
+    assert _scan.wgrad_swapped(128, 33)          # 3 panels of 33 columns, 8 of 128 rows
+    assert _scan.wgrad_swapped(200, 51)
+    assert not _scan.wgrad_swapped(512, 136)     # 9 panels: 6 % wasted, within 10 %
+    assert not _scan.wgrad_swapped(64, 16)
 
 
 def test_rows_a_multiple_of_4_kb_apart_take_the_copy():
@@ -55,7 +55,7 @@ def test_rows_a_multiple_of_4_kb_apart_take_the_copy():
     (whole and partial copy chunks)."""
     rng = np.random.default_rng(7)
     for G in (1024, 2048):
-        assert _scan.wgrad_rows(G, 48) == G
+        assert not _scan.wgrad_swapped(G, 48)
         a = rng.standard_normal((300, G), dtype=np.float32)
         b = rng.standard_normal((300, 48), dtype=np.float32)
         c = np.empty((G, 48), np.float32)
@@ -68,16 +68,18 @@ def test_rows_a_multiple_of_4_kb_apart_take_the_copy():
         assert not part[:200].any() and not part[1000:].any()
 
 
-@pytest.mark.parametrize("G,N", [(64, 136), (200, 51), (1024, 40)])
+@pytest.mark.parametrize("G,N", [(64, 136), (200, 51), (128, 33), (1024, 40)])
 def test_any_split_by_rows_gives_the_same_bits(G, N):
-    """Every thread split of the product's rows (whole tiles or not) sums each
-    element in the same order: the team's results do not depend on its size."""
+    """Every thread split of C's rows (whole tiles or panels or not; in the
+    swapped orientation, columns of the transpose, each from its own columns
+    of A packed) sums each element in the same order: the team's results do
+    not depend on its size."""
     rng = np.random.default_rng(G + N)
     a = rng.standard_normal((520, G), dtype=np.float32)
     b = rng.standard_normal((520, N), dtype=np.float32)
     whole = np.zeros((G, N), np.float32)
     _scan.wgrad_matmul(a, b, whole, True)
-    R = _scan.wgrad_rows(G, N)
+    R = G
     for cuts in ([0, 8, R], [0, 3, 11, R], [0, R // 3, 2 * R // 3 + 1, R]):
         parts = np.zeros((G, N), np.float32)
         for g0, g1 in zip(cuts[:-1], cuts[1:]):

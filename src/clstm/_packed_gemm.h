@@ -492,10 +492,13 @@ static inline int clstm_wgrad_swapped(ptrdiff_t G, ptrdiff_t N)
     return 10 * N * pad_g < 9 * G * pad_n;
 }
 
-/* The rows of clstm_wgrad's product, which threads split: G, or N swapped. */
-static inline ptrdiff_t clstm_wgrad_rows(ptrdiff_t G, ptrdiff_t N)
+/* Threads split clstm_wgrad's work by C's rows [r0, r1) (the columns of
+ * the product where it is swapped, whose A each packs only its columns of:
+ * a split of the transpose's rows had every thread pack all of A) in whole
+ * units of this many rows: a tile's height, or swapped a panel's width. */
+static inline ptrdiff_t clstm_wgrad_unit(ptrdiff_t G, ptrdiff_t N)
 {
-    return clstm_wgrad_swapped(G, N) ? N : G;
+    return clstm_wgrad_swapped(G, N) ? CLSTM_PANEL : 8;
 }
 
 /* Floats of work that clstm_wgrad needs (one thread). */
@@ -509,13 +512,14 @@ static inline ptrdiff_t clstm_wgrad_work_size(ptrdiff_t G, ptrdiff_t N)
 
 /* C (G x N) (+)= A^T @ B, for A (M x G, lda) and B (M x N, ldb) row-major:
  * a weight gradient, a sum over the M rows of all steps, e.g. grad_W_hh +=
- * grad_gates^T @ h_prev; only rows [r0, r1) of the product, which are rows
- * of C, or columns where clstm_wgrad_swapped. The tiles read the left
- * operand (A, or B swapped) transposed in place: a tile's MR rows are MR of
- * its adjacent columns. An element is summed block by block, k by k within
- * a block, whatever [r0, r1): a split of the rows across threads gives the
- * same bits. `fn`: a transposed-A variant of the small GEMM
- * (clstm_select_packed_gemm(1)); `work`: clstm_wgrad_work_size(G, N) floats. */
+ * grad_gates^T @ h_prev; only C's rows [r0, r1) (where clstm_wgrad_swapped:
+ * the columns [r0, r1) of C^T = B^T @ A, from those columns of A packed).
+ * The tiles read the left operand (A, or B swapped) transposed in place: a
+ * tile's MR rows are MR of its adjacent columns. An element is summed block
+ * by block, k by k within a block, whatever [r0, r1): a split of the rows
+ * across threads gives the same bits. `fn`: a transposed-A variant of the
+ * small GEMM (clstm_select_packed_gemm(1)); `work`: clstm_wgrad_work_size(G,
+ * N) floats. */
 __attribute__((unused)) static void clstm_wgrad_on(
     clstm_packed_gemm_fn fn, ptrdiff_t M, ptrdiff_t G, ptrdiff_t N, const float *a,
     ptrdiff_t lda, const float *b, ptrdiff_t ldb, float *c, ptrdiff_t ldc, int accumulate,
@@ -526,18 +530,19 @@ __attribute__((unused)) static void clstm_wgrad_on(
     const int copy = !swapped && lda % 1024 == 0;
     float *wa = work + clstm_packed_size(CLSTM_WGRAD_ROWS, swapped ? G : N);
     ptrdiff_t k0, kc, k, r, rc, g;
-    if (swapped) {      /* C^T[r0:r1] into wa ((r1 - r0) x G), then added to C */
+    if (swapped) {      /* C^T[:, r0:r1] into wa (N x w), then added to C's rows */
+        const ptrdiff_t w = r1 - r0;
         for (k0 = 0; k0 < M; k0 += kc) {
             kc = M - k0 < CLSTM_WGRAD_ROWS ? M - k0 : CLSTM_WGRAD_ROWS;
-            clstm_pack_b(kc, G, a + k0 * lda, lda, 0, work);
-            fn(r1 - r0, 0, b, ldb, kc, b + k0 * ldb + r0, ldb, G, work, wa, G, k0 > 0, 0);
+            clstm_pack_b(kc, w, a + k0 * lda + r0, lda, 0, work);
+            fn(N, 0, b, ldb, kc, b + k0 * ldb, ldb, w, work, wa, w, k0 > 0, 0);
         }
         if (M == 0)
-            memset(wa, 0, (r1 - r0) * G * sizeof(float));
-        for (g = 0; g < G; ++g)
-            for (r = r0; r < r1; ++r)
-                c[g * ldc + r] = accumulate ? c[g * ldc + r] + wa[(r - r0) * G + g]
-                                            : wa[(r - r0) * G + g];
+            memset(wa, 0, N * w * sizeof(float));
+        for (g = r0; g < r1; ++g)
+            for (r = 0; r < N; ++r)
+                c[g * ldc + r] = accumulate ? c[g * ldc + r] + wa[r * w + g - r0]
+                                            : wa[r * w + g - r0];
         return;
     }
     if (M == 0 && !accumulate)
@@ -593,7 +598,7 @@ static void clstm_packed_row_split(ptrdiff_t K, const float *a, ptrdiff_t N,
 {
     (void)K; (void)a; (void)N; (void)packed; (void)c; (void)accumulate; (void)order;
 }
-static inline ptrdiff_t clstm_wgrad_rows(ptrdiff_t G, ptrdiff_t N) { (void)N; return G; }
+static inline ptrdiff_t clstm_wgrad_unit(ptrdiff_t G, ptrdiff_t N) { (void)G; (void)N; return 8; }
 static inline ptrdiff_t clstm_wgrad_work_size(ptrdiff_t G, ptrdiff_t N)
 {
     (void)G; (void)N;

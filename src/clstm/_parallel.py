@@ -40,8 +40,8 @@ __all__ = ["resolve_n_threads", "split_rows", "run_tasks", "run_parts", "fixed_p
            "blas_single_threaded"]
 
 # Below this many rows per thread the recurrent product gets too thin for a
-# thread to pay for itself (a chosen threshold, with MIN_WORK_PER_THREAD in
-# clstm._lstm the rule that keeps small calls on one thread).
+# thread to pay for itself (a chosen threshold, with the work thresholds of
+# clstm._rnn the rule that keeps small calls on one thread).
 MIN_ROWS_PER_THREAD = 8
 
 # Rows of a fixed training part (see fixed_part_count): at 32 rows a step's

@@ -43,9 +43,19 @@ USE_PACKED_GEMM = None      # None: wherever the build has the kernel
 
 # A sub-batch must carry at least this much work (B*T*H^2, about an eighth
 # of the recurrent FLOPs) for a Python thread to pay for its wake-up and
-# hand-off (~0.1-0.2 ms): ~0.2 ms of work on one core. Training's fixed parts
-# (their backward runs on Python threads) and ConvLSTM use it.
+# hand-off (~0.1-0.2 ms): ~0.2 ms of work on one core. ConvLSTM's parts use it.
 MIN_WORK_PER_THREAD = 2_500_000
+# The same for a training forward's fixed part (_fixed_parts), whose forward
+# and backward each run as one compiled call on C threads (~5-25 us a
+# hand-off). Below it a batch is one part, whose steps a row team may split
+# (_scan's _row_team_size); from it, parts whose backward needs no wait
+# between steps and sums each part's weight gradients from its own core's
+# cache, where a row team's sums read the other core's rows. Training step
+# (B, T, I, H), 2 threads on 2 Zen 5 cores, time of one part / of two:
+# (32, 10, 1, 16), work 82K, 0.91; (32, 20, 1, 16), 164K, 1.10; (32, 10, 1,
+# 32), 328K, 1.19; ts-small (32, 50, 1, 50), 4.0M, 1.19. On 1 thread two
+# parts take 1.01-1.03x the time from 328K on (1.07x at 164K).
+FIXED_PART_MIN_WORK = 250_000
 # The same for a POSIX thread of the one-call inference forward (B*T*H^2 per
 # layer direction, ~0.1 ms on one core): starting and joining one costs
 # ~20-45 us (_threads.h).
@@ -1481,9 +1491,9 @@ def _useful_threads(n_threads, batch_size, n_steps, hidden_size, n_scans=1):
 def _fixed_parts(batch_size, n_steps, hidden_size):
     """Sub-batches of a forward that keeps a cache: fixed by the shape alone
     (clstm._parallel.fixed_part_count), each with enough work for a thread
-    (of the backward, which runs on Python threads)."""
+    (FIXED_PART_MIN_WORK)."""
     work = batch_size * n_steps * hidden_size * hidden_size
-    return fixed_part_count(batch_size, work // max(1, MIN_WORK_PER_THREAD))
+    return fixed_part_count(batch_size, work // max(1, FIXED_PART_MIN_WORK))
 
 
 def _calls_blas(arrays):

@@ -29,6 +29,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* A counter for tests, which threads may bump at once. */
+static inline void clstm_count(long long *counter)
+{
+#if defined(__GNUC__) || defined(__clang__)
+    __atomic_add_fetch(counter, 1, __ATOMIC_RELAXED);
+#else
+    ++*counter;
+#endif
+}
+
 typedef void (*clstm_task_fn)(void *ctx, Py_ssize_t k);
 
 /* Every task on the calling thread (no threads, or none to be had). */
@@ -450,6 +460,15 @@ static void clstm_team_step(clstm_team *team, clstm_slice_fn fn, const void *ctx
     fn(slot->ctx, 0, team->active);
 }
 
+/* The leader: whether every helper has come to serve, so that the next
+ * step is split across the whole team (until then a step has the members
+ * that have arrived). */
+static inline int clstm_team_complete(clstm_team *team)
+{
+    return team != NULL
+        && __atomic_load_n(&team->arrived.v, __ATOMIC_ACQUIRE) >= team->size - 1;
+}
+
 /* The leader has run its last step: wait for the others, let them go. */
 static void clstm_team_leave(clstm_team *team)
 {
@@ -523,6 +542,7 @@ typedef struct {
 
 static void clstm_team_init(clstm_team *team, Py_ssize_t size) { (void)size; team->unused = 0; }
 static void clstm_team_sync(clstm_team *team) { (void)team; }
+static inline int clstm_team_complete(clstm_team *team) { (void)team; return 0; }
 
 static void clstm_team_step(clstm_team *team, clstm_slice_fn fn, const void *ctx, size_t size,
                             int shared)
