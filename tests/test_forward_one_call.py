@@ -117,6 +117,32 @@ def test_equals_numpy_reference(split_small_batches):
     np.testing.assert_allclose(c_n, rc, rtol=0, atol=1e-13)
 
 
+@pytest.mark.parametrize("B", [1, rnn.STEPWISE_MIN_BATCH - 1, rnn.STEPWISE_MIN_BATCH, 9])
+@pytest.mark.parametrize("keep_cache", [True, False])
+def test_wide_inputs_in_both_input_modes_equal_numpy(split_small_batches, B, keep_cache):
+    """Wide float32 inputs, stacked and bidirectional, ragged: under
+    STEPWISE_MIN_BATCH rows the projection runs hoisted over all steps, from
+    it inside each step's [x | h] product; both agree with the float64 NumPy
+    network to float32 rounding."""
+    from clstm._reference import reference_lstm_forward
+    rng = np.random.default_rng(12)
+    n_in = rnn.MIN_PACKED_INPUT_SIZE + 8
+    X = rng.standard_normal((B, 6, n_in)).astype(np.float32)
+    lengths = rng.integers(1, 7, size=B)
+    lengths[0] = 6
+    net = clstm.LSTM(n_in, 7, num_layers=2, bidirectional=True, random_state=0, n_jobs=2)
+    weights, _ = net._forward_weights(stepwise=B >= rnn.STEPWISE_MIN_BATCH)
+    assert ("packed_xh_t" in weights[0]) == (B >= rnn.STEPWISE_MIN_BATCH)
+    assert ("packed_ih_t" in weights[0]) == (B < rnn.STEPWISE_MIN_BATCH)
+    params64 = {k: v.astype(np.float64) for k, v in net.params.items()}
+    for lens in (None, lengths):
+        out, (h_n, c_n) = net.run(X, lengths=lens, keep_cache=keep_cache)
+        ref, (rh, rc), _ = reference_lstm_forward(params64, X.astype(np.float64), None, None,
+                                                  lens, 2, True)
+        for got, want in ((out, ref), (h_n, rh), (c_n, rc)):
+            np.testing.assert_allclose(got, want, rtol=0, atol=2e-5)
+
+
 def _ring_buffers(net):
     """(gates, c_seq) of every layer direction of the last inference's first sub-batch."""
     sets = net._inference_ws.chunk(0).sets
@@ -129,14 +155,17 @@ def _ring_buffers(net):
 @pytest.mark.parametrize("n_inputs", [3, rnn.MIN_PACKED_INPUT_SIZE])
 def test_inference_holds_two_steps_and_equals_the_training_forward(
         split_small_batches, cell, n_jobs, n_inputs):
-    """An inference forward keeps the cell states (and, thin inputs, the gates)
-    of two steps, not T, as no backward reads them: every row, every length,
-    every final state equals the training forward's (full buffers) bit for bit."""
+    """An inference forward keeps the cell states (and, where each step's one
+    product takes the inputs, the gates) of two steps, not T, as no backward
+    reads them: every row, every length, every final state equals the
+    training forward's (full buffers) bit for bit."""
     cls, kwargs = CELLS[cell]
     rng = np.random.default_rng(6)
     lstm = cls is clstm.LSTM
     for extra in ({}, {"num_layers": 2, "bidirectional": True}):
-        for B in (5, 11):                 # fused steps (<= 8 rows) and the two passes
+        # fused steps (<= 8 rows) and the two passes; under STEPWISE_MIN_BATCH
+        # rows, wide inputs' projection hoisted out of the steps
+        for B in (3, 5, 11):
             X = rng.standard_normal((B, 9, n_inputs)).astype(np.float32)
             lengths = rng.integers(1, 10, size=B)
             lengths[0] = 9
@@ -147,8 +176,9 @@ def test_inference_holds_two_steps_and_equals_the_training_forward(
                 _assert_identical([out, *state], [expected, *expected_state])
                 for layer, gates, c_seq in _ring_buffers(net):
                     n_in = n_inputs if layer == 0 else net.num_directions * net.output_size
-                    thin = n_in < rnn.MIN_PACKED_INPUT_SIZE and lstm and cell != "layernorm"
-                    assert gates.shape[0] == (2 if thin else 9)
+                    stepwise = (n_in < rnn.MIN_PACKED_INPUT_SIZE or B >= rnn.STEPWISE_MIN_BATCH
+                                ) and lstm and cell != "layernorm"
+                    assert gates.shape[0] == (2 if stepwise else 9)
                     assert c_seq is None if not lstm else c_seq.shape[0] == 2
 
 
@@ -189,14 +219,18 @@ def test_inference_reads_thin_inputs_in_place(split_small_batches, monkeypatch, 
 
 
 def test_plan_refuses_inputs_it_cannot_read_in_place(split_small_batches):
-    """x in place only for full-length contiguous rows and thin float32 stages."""
+    """x in place only for full-length contiguous rows and float32 stages
+    whose steps take the inputs (thin ones; wide ones from
+    STEPWISE_MIN_BATCH rows on)."""
     scan = rnn._kernels()
     captured = []
     real = scan.NetworkPlan
-    for dtype, n_in, lengths in (("float32", 2, None), ("float32", 40, None),
-                                 ("float64", 2, None), ("float32", 2, [4, 2, 3, 4])):
+    wide, few = 40, rnn.STEPWISE_MIN_BATCH - 1
+    for dtype, n_in, B, lengths in (("float32", 2, 4, None), ("float32", wide, 4, None),
+                                    ("float32", wide, few, None), ("float64", 2, 4, None),
+                                    ("float32", 2, 4, [4, 2, 3, 4])):
         net = clstm.LSTM(n_in, 3, random_state=0, dtype=dtype, n_jobs=2)
-        X = np.ones((4, 4, n_in), dtype=dtype)
+        X = np.ones((B, 4, n_in), dtype=dtype)
         rnn_plan = scan.NetworkPlan
         scan.NetworkPlan = lambda specs: captured.append(specs) or real(specs)
         try:
@@ -204,8 +238,8 @@ def test_plan_refuses_inputs_it_cannot_read_in_place(split_small_batches):
         finally:
             scan.NetworkPlan = rnn_plan
         plan = real(captured[-1])
-        x = np.ones((4, 4, n_in), np.float32)
-        if dtype == "float32" and n_in == 2 and lengths is None:
+        x = np.ones((B, 4, n_in), np.float32)
+        if dtype == "float32" and B == 4 and lengths is None:
             plan.run(out, [h_n, c_n], None, 1, x)                   # allowed
             with pytest.raises(ValueError, match="x in place"):
                 plan.run(out, [h_n, c_n], None, 1, x[:, :3].copy())  # fewer steps than T

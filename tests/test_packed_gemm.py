@@ -227,8 +227,9 @@ def test_packed_weights_start_on_a_cache_line():
     net.forward(X)
     net.backward(np.ones((1, 30, 64), np.float32))
     net.run(X, keep_cache=False)
-    packs = [v for memo in ("_weights_memo", "_backward_memo", "_fused_memo")
-             for arrays in net.__dict__[memo][1] for k, v in arrays.items()
+    lists = [net.__dict__["_weights_memo"][1], net.__dict__["_backward_memo"][1],
+             *(fused for _, fused in net.__dict__["_fused_memo"].values())]   # (per input mode)
+    packs = [v for weights in lists for arrays in weights for k, v in arrays.items()
              if k.startswith(("packed", "fused")) and v is not None]
     assert len(packs) >= 4
     assert all(p.ctypes.data % 64 == 0 for p in packs)

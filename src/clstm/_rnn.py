@@ -61,11 +61,25 @@ FIXED_PART_MIN_WORK = 250_000
 # ~20-45 us (_threads.h).
 MIN_WORK_PER_C_THREAD = 1_000_000
 
-# From this many inputs per step the input projection runs as one GEMM over
-# all steps (small-GEMM kernel); below, that GEMM is too thin (store-bound),
-# and each step computes [x_t | h_{t-1}] @ [W_ih | W_hh]^T in one product
-# (cells whose products are kept apart keep the whole-sequence projection).
+# Each step of the LSTM family computes [x_t | h_{t-1}] @ [W_ih | W_hh]^T in
+# one product (packed_xh_t) for inputs under MIN_PACKED_INPUT_SIZE features,
+# and for wider ones in batches of at least STEPWISE_MIN_BATCH rows; batches
+# of fewer rows over wide inputs run the input projection as one GEMM over
+# all steps first (small-GEMM kernel), which reads each weight once for all
+# T*B rows instead of once a step. Under 32 inputs that whole-sequence GEMM
+# is too thin (store-bound). From 4 rows the step's product is no slower,
+# and it writes each step's gates where the cell reads them next: inference
+# keeps two steps of them (the scan's gate ring), reads X in place and runs
+# no T*B x 4H projection through memory. Inference, one / two threads, the
+# whole-sequence projection's time / the step's (Zen 5): nlp-large (64, 100,
+# 256, 512) 1.03 / 1.04, stacked (32, 100, 16, 128, 2 layers: the second's
+# 128 inputs) 1.11 / 1.04, (64, 100, 64, 128) 1.27 / 1.22, (4, 100, 128,
+# 128) 1.03 / 1.41, (2, ...) 0.91 / 0.94, batch 1 (200 steps, I = 256, H =
+# 64) 0.52 / 0.80; training steps 0.99-1.03 / 0.99-1.14 over the same shapes
+# (from 4 rows). Cells whose products are kept apart (GRU, layer norm) keep
+# the whole-sequence projection.
 MIN_PACKED_INPUT_SIZE = 32
+STEPWISE_MIN_BATCH = 4
 
 # Weight gradients of the LSTM family: below this input width, [x_t | h_{t-1}]
 # is gathered into one buffer (about the size of h_seq) for one GEMM; a GEMM
@@ -400,7 +414,7 @@ class RecurrentNetwork:
         """One step through the scan's general entry point (_scan.forward and
         its dict of arrays), x and the states validated."""
         B, L = x.shape[0], self.num_layers
-        weights, _ = self._forward_weights()
+        weights, _ = self._forward_weights(stepwise=B >= STEPWISE_MIN_BATCH)
         cfg = self._plan()["cfg_directions"][0]
         ws = _Buffers()
         inp = np.ascontiguousarray(x[None])                  # (1, B, I): one step
@@ -553,7 +567,8 @@ class RecurrentNetwork:
         # pack its weights only where some sub-batch has such steps
         fused_cell = not keep_cache and (lengths is not None or min(
             b1 - b0 for b0, b1 in chunks) <= _scan.fused_cell_max_rows())
-        weights, values = self._forward_weights(fused_cell=fused_cell)
+        weights, values = self._forward_weights(fused_cell=fused_cell,
+                                                stepwise=B >= STEPWISE_MIN_BATCH)
         # Training forwards reuse the buffers their cache points to (replaced
         # anyway); inference forwards have their own, so they never disturb a
         # pending backward. Both are per calling thread: concurrent calls never share.
@@ -670,7 +685,7 @@ class RecurrentNetwork:
         sizes = self._state_sizes()
         # inference (no backward reads its activations): gates and c in two step slots
         ring = ws is not self._workspace
-        reads_x = ring and not ragged and all(map(_thin_inputs, weights[:D]))
+        reads_x = ring and not ragged and all(map(_stepwise_inputs, weights[:D]))
         parts, specs, inputs = [], [], []
         for k, ((b0, b1), n) in enumerate(zip(chunks, n_steps)):
             buffers, b = ws.chunk(k), b1 - b0
@@ -767,12 +782,14 @@ class RecurrentNetwork:
             finals = [f[:, inverse] for f in finals]
         return parts, out, finals
 
-    def _forward_weights(self, fused_cell=False):
+    def _forward_weights(self, fused_cell=False, stepwise=False):
         """Per (layer, direction): the scan's weight arrays, including the
         packed forms the small-GEMM kernel reads (packed once per call, not
         per chunk), and a copy of the parameter values they were made from.
-        ``fused_cell`` (inference forwards only): with the fused cell's
-        weights where it applies (fused_cell_weights), a list of its own.
+        ``stepwise``: as a batch of at least STEPWISE_MIN_BATCH rows reads
+        them (input_mode_weights). ``fused_cell`` (inference forwards only):
+        with the fused cell's weights where it applies (fused_cell_weights),
+        a list of its own.
 
         Kept while the parameters hold the same values (compared bytewise),
         so repeated inference calls pack nothing. When only their values
@@ -788,17 +805,26 @@ class RecurrentNetwork:
             values = {k: v.copy() for k, v in params.items()}
             kept = self._kept_weights(memo, backward=False)
             if memo is not None and kept[0] is memo[1]:
-                self._fused_stale = True       # (its fused packs: refreshed on use)
+                self._fused_fresh = {}         # (the fused packs: refreshed on use)
             weights = kept[0]
             self._weights_memo = (values, *kept)
+        views = self.__dict__.get("_input_views")
+        if views is None or views[0] is not weights:
+            views = self._input_views = (weights, {})
+        view = views[1].get(stepwise)
+        if view is None:
+            view = views[1][stepwise] = input_mode_weights(weights, stepwise)
         if not (fused_cell and FUSED_CELL_FORWARD):
-            return weights, values
-        fused = self.__dict__.get("_fused_memo")
-        if fused is None or fused[0] is not weights or self.__dict__.get("_fused_stale"):
-            new = fused_cell_weights(weights, self._plan()["cfg"])
-            if not (fused is not None and fused[0] is weights and _copy_into(fused[1], new)):
-                fused = self._fused_memo = (weights, new)
-            self._fused_stale = False
+            return view, values
+        # (per input mode: its fused packs, and whether they are fresh)
+        memos = self.__dict__.setdefault("_fused_memo", {})
+        fresh = self.__dict__.setdefault("_fused_fresh", {})
+        fused = memos.get(stepwise)
+        if fused is None or fused[0] is not view or not fresh.get(stepwise):
+            new = fused_cell_weights(view, self._plan()["cfg"])
+            if not (fused is not None and fused[0] is view and _copy_into(fused[1], new)):
+                fused = memos[stepwise] = (view, new)
+            fresh[stepwise] = True
         return fused[1], values
 
     def _draw_masks(self, T, B):
@@ -916,7 +942,7 @@ class RecurrentNetwork:
         k = layer * self.num_directions + d
         work = None if mask is None else ws.get(("work", layer, d), (B, self.output_size),
                                                   self.dtype)
-        rings = (ring and _thin_inputs(weights[k]), ring)
+        rings = (ring and _stepwise_inputs(weights[k]), ring)
         return {**weights[k], **self._buffers(ws, layer, d, T, B, False, rings),
                 "x": inp, "batch_sizes": batch_sizes, "h0": state[0][k],
                 "c0": state[1][k] if len(state) > 1 else None, "mask": mask,
@@ -1261,7 +1287,8 @@ class RecurrentNetwork:
         state.pop("_backward_memo", None)
         state.pop("_checked_into", None)
         state.pop("_fused_memo", None)
-        state.pop("_fused_stale", None)
+        state.pop("_fused_fresh", None)
+        state.pop("_input_views", None)
         state.pop("_inference_ws", None)
         state.pop("_full_order", None)
         state["_step_plan"] = None
@@ -1307,22 +1334,40 @@ def scan_weight_arrays(p, fused_bias, backward, separate):
         arrays["packed_hh"] = _packed(w_hh, False)
         arrays["packed_hr"] = _packed(w_hr, False)
         return arrays
+    if not separate:
+        # the projection folded into each step's product (input_mode_weights)
+        arrays["packed_xh_t"] = _packed(np.concatenate([w_ih, w_hh], axis=1), True)
     if separate or w_ih.shape[1] >= MIN_PACKED_INPUT_SIZE:
-        # (cells with separate products: the small-GEMM kernel at any input
-        # width, as it streams the packed weight once for all T*B rows)
+        # (cells with separate products, at any input width, and wide inputs
+        # in batches of few rows: the whole-sequence projection, which streams
+        # the packed weight once for all T*B rows)
         arrays["packed_ih_t"] = _packed(w_ih, True)
         arrays["packed_hh_t"] = _packed(w_hh, True)
-    else:
-        # thin inputs: fold the projection into each step's product
-        arrays["packed_xh_t"] = _packed(np.concatenate([w_ih, w_hh], axis=1), True)
     arrays["packed_hr_t"] = _packed(w_hr, True)
     return arrays
 
 
-def _thin_inputs(arrays):
+def input_mode_weights(weights, stepwise):
+    """The forward weight arrays (scan_weight_arrays) as a forward over
+    `stepwise` inputs (a batch of at least STEPWISE_MIN_BATCH rows) reads
+    them: a layer direction that has both forms of its input product (wide
+    inputs) keeps only [x_t | h_{t-1}]'s (packed_xh_t) or only the hoisted
+    projection's (packed_ih_t, packed_hh_t); the scan runs whichever it is
+    given. Dicts over the same arrays (in-place repacks reach them); `weights`
+    itself where no direction has both."""
+    both = [a.get("packed_xh_t") is not None and a.get("packed_ih_t") is not None
+            for a in weights]
+    if not any(both):
+        return weights
+    drop = ("packed_ih_t", "packed_hh_t") if stepwise else ("packed_xh_t",)
+    return [{k: v for k, v in a.items() if k not in drop} if two else a
+            for a, two in zip(weights, both)]
+
+
+def _stepwise_inputs(arrays):
     """Whether a layer direction's scan arrays take the input in each step's
     one product, which writes all of that step's gates (packed_xh_t: float32,
-    products not kept apart, inputs under MIN_PACKED_INPUT_SIZE)."""
+    products not kept apart; input_mode_weights)."""
     return arrays.get("packed_xh_t") is not None
 
 
