@@ -640,7 +640,7 @@ class RecurrentNetwork:
         else:           # a plan holds this call's masks: reuse only those without
             plans.clear()
         plan, parts, inputs, reads_x, calls_blas = entry[2:]
-        # (an inference over thin inputs reads X where it is: no time-major copy)
+        # (an inference whose steps take the inputs reads X where it is: no time-major copy)
         x_in_place = X if reads_x and X.flags.c_contiguous else None
 
         for (b0, b1), n, (x, states, lens, rows, batch_sizes, outs) in zip(
@@ -1456,7 +1456,7 @@ def _copy_into(kept, new):
 
 def fused_cell_weights(weights, cfg):
     """The forward weight arrays of every layer direction with the fused
-    cell's packed weight added (``fused_xh_t`` for thin inputs, else
+    cell's packed weight added (``fused_xh_t`` where the steps take the inputs, else
     ``fused_hh_t``; _fused_cell.h), for forwards that no backward follows; or
     `weights` itself where the fused cell does not apply (float64, GRU, layer
     norm, projection, BLAS products, a build without vector extensions)."""

@@ -48,14 +48,14 @@ cdef struct Layer:
     # float32 weights packed for the small-GEMM kernel (NULL: use BLAS)
     const float* packed_ih_t  # W_ih^T    (input projection)
     const float* packed_hh_t  # W_hh^T    (recurrent product)
-    const float* packed_xh_t  # [W_ih | W_hh]^T (thin inputs: both products per step)
+    const float* packed_xh_t  # [W_ih | W_hh]^T (inputs taken in each step's product)
     const float* packed_hr_t  # W_hr^T    (projection)
     const float* packed_ih    # W_ih      (grad_x)
     const float* packed_hh    # W_hh      (grad_h)
     const float* packed_hr    # W_hr      (grad_m)
     # inference only (no backward reads gates): the cell as the epilogue of the
     # step's product, weights packed gate-interleaved (_fused_cell.h); at most one
-    const float* fused_xh_t   # [W_ih | W_hh]^T + bias (+ peepholes): thin inputs
+    const float* fused_xh_t   # [W_ih | W_hh]^T + bias (+ peepholes): inputs in the step
     const float* fused_hh_t   # W_hh^T + bias (+ peepholes): on top of the projection
     # a team that splits each fused step's units across threads (_threads.h's
     # clstm_team), or NULL

@@ -7,8 +7,9 @@ the recurrent dropout mask; each step runs the cell's GEMMs (here) and
 then its elementwise math (the cell kernels of _cell.pxd), as oneDNN's
 `ref_rnn` drives its cells' "postgemm".
 
-Forward: one GEMM projects the inputs of all steps (for thin inputs the
-projection is folded into each step's product instead); then per step the
+Forward: one GEMM projects the inputs of all steps (the LSTM family folds
+the projection into each step's product instead for thin inputs, and for wide
+ones from 4 rows: _rnn.STEPWISE_MIN_BATCH); then per step the
 recurrent product, the cell, and for LSTMP the projection. Backward: per
 step only the cell backward and grad_h_prev; the weight gradients and
 grad_x come after the loop as whole-sequence GEMMs.
@@ -326,7 +327,7 @@ cdef inline void _step_products(Layer* L, Py_ssize_t t, Py_ssize_t n, Py_ssize_t
     """The recurrent product of rows [row0, row0 + n) of step t, from h_prev.
 
     Fused cells: gates[t] += h_prev @ W_hh.T on top of the input projection,
-    or, with packed_xh_t (float32, thin inputs), gates[t] = [x_t | h_prev] @
+    or, with packed_xh_t (float32, inputs taken in the step), gates[t] = [x_t | h_prev] @
     [W_ih | W_hh].T in one small GEMM. Separate cells: hgates[t] = h_prev @ W_hh.T.
     """
     cdef Py_ssize_t B = L.batch, G = L.n_gates, P = L.out_size, I = L.input_size
@@ -632,6 +633,9 @@ cdef inline void _rows_step(Layer* L, clstm_slice_fn fn, Py_ssize_t t, Py_ssize_
 # its rows through all the remaining steps as one slice, with no wait between
 # steps. The values are those of the per-step slices. A training step of 32
 # rows, 50 steps, H = 50 as one part, 2 threads: 0.98x the time.
+cdef long long _row_scans = 0      # scans that ran as one slice a member (tests)
+
+
 cdef struct RowScan:
     # steps [s0, T) of L's scan (the backward's: BPTT order), each by step_fn
     Layer* L
@@ -672,9 +676,6 @@ cdef inline bint _rows_rest(Layer* L, clstm_slice_fn fn, Py_ssize_t s0, bint bac
     clstm_team_step(<clstm_team*> L.team, _rows_scan_slice, &sc, sizeof(RowScan), True)
     clstm_count(&_row_scans)
     return True
-
-
-cdef long long _row_scans = 0      # scans that ran as one slice a member (tests)
 
 
 def row_team_scans():
