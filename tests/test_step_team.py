@@ -165,3 +165,46 @@ def test_automatic_threads_use_a_team_for_one_sequence(team_at_any_size, monkeyp
     assert seen == [(1, 3)]
     net.forward(X)       # a forward that keeps a cache: offered too (a row team decides:
     assert len(seen) == 2 and seen[-1][1] == 3      # tests/test_row_team.py), none at batch 1
+
+
+@pytest.fixture
+def team_mode():
+    """Set how teams judge their probe (_scan.set_team_mode); back to measuring after."""
+    yield _scan.set_team_mode
+    _scan.set_team_mode(0)
+
+
+@needs_team
+@pytest.mark.parametrize("n_jobs", [2, 3])
+def test_a_team_that_does_not_pay_goes_on_alone(team_at_any_size, team_mode, n_jobs):
+    """The leader measures its first steps with the whole team; where it waited
+    longer than the others' share of its work (forced here: mode 1), it runs
+    the rest of the call alone and the next calls start alone (1, then 3,
+    ...): the same bits every time, batch-1 inference (a team by units) and a
+    ragged training batch (by rows, a step at a time)."""
+    rng = np.random.default_rng(9)
+    X = rng.standard_normal((1, 2000, 6)).astype(np.float32)   # (the helpers in time to probe)
+    one = clstm.LSTM(6, 40, n_jobs=1, random_state=2)
+    team = clstm.LSTM(6, 40, n_jobs=n_jobs, random_state=2)
+    expected = _outputs(one, X)
+    team_mode(1)
+    before = _scan.team_solo_calls()
+    for _ in range(6):   # probed then alone, alone from the start, ... (a late helper: no probe)
+        _assert_identical(expected, _outputs(team, X))
+    went_alone = _scan.team_solo_calls() - before
+    assert went_alone >= 1
+    team_mode(2)               # never alone: the team to the end, the same bits
+    _assert_identical(expected, _outputs(team, X))
+    assert _scan.team_solo_calls() - before == went_alone
+
+    Xr = rng.standard_normal((24, 300, 3)).astype(np.float32)
+    lengths = rng.integers(1, 301, size=24)
+    lengths[0] = 300
+    grads = []
+    for n, mode in ((1, 2), (n_jobs, 1)):
+        team_mode(mode)
+        net = clstm.LSTM(3, 20, n_jobs=n, random_state=1).train()
+        out, _ = net.run(Xr, lengths=lengths)
+        net.backward(np.cos(out))
+        grads.append([out, *(net.grads[k].copy() for k in sorted(net.grads))])
+    _assert_identical(grads[0], grads[1])

@@ -105,6 +105,8 @@ cdef extern from "_threads.h" nogil:
     void clstm_team_sync(clstm_team* team)
     bint clstm_team_complete(clstm_team* team)
     void clstm_count(long long* counter)
+    int clstm_team_set_mode(int mode)
+    long long clstm_team_solo_calls()
     void clstm_team_step(clstm_team* team, clstm_slice_fn fn, const void* ctx, size_t size,
                          bint shared)
     void clstm_team_leave(clstm_team* team)
@@ -676,6 +678,22 @@ cdef inline bint _rows_rest(Layer* L, clstm_slice_fn fn, Py_ssize_t s0, bint bac
     clstm_team_step(<clstm_team*> L.team, _rows_scan_slice, &sc, sizeof(RowScan), True)
     clstm_count(&_row_scans)
     return True
+
+
+def set_team_mode(int mode):
+    """Tests: how a team judges its probe (0: by what it measured; 1: the
+    leader goes on alone after it; 2: never alone), clearing any calls
+    pending alone; returns the previous mode (_threads.h,
+    CLSTM_TEAM_PROBE_STEPS)."""
+    if mode not in (0, 1, 2):
+        raise ValueError(f"mode must be 0, 1 or 2, got {mode}")
+    return clstm_team_set_mode(mode)
+
+
+def team_solo_calls():
+    """How many team calls went on with the leader alone after their probe
+    (in this process)."""
+    return clstm_team_solo_calls()
 
 
 def row_team_scans():

@@ -350,16 +350,60 @@ typedef struct {
     Py_ssize_t size;           /* members at most */
     Py_ssize_t active;         /* members of the current step (the leader's) */
     long long steps;           /* steps published (the leader's) */
+    /* the leader's probe (clstm_team_step): its waits for the others and its
+     * own slices over the first CLSTM_TEAM_PROBE_STEPS steps of the whole
+     * team, in clstm_ticks; and whether it runs every step alone from now on */
+    unsigned long long waited, worked;
+    int probed, solo;
 } clstm_team;
+
+/* A team pays only while its members' progress reaches each other quickly:
+ * on a VM whose cores' cache-line transfers slow down (for minutes at a time
+ * on the 2-core VM of benchmarks/RESULTS.md: a 2-thread batch-1 inference
+ * of 200 steps took 160 us against 87 on one thread, while two processes on
+ * the two cores each kept full speed), every step waits longer than it
+ * computes. So the leader measures its first CLSTM_TEAM_PROBE_STEPS steps
+ * with every member: where it waited longer than the others' share of the
+ * work it did, (m - 1) times its own slices, one thread would have been
+ * faster, and it runs the rest of the call alone (the helpers return to the
+ * pool; each slice's values never depend on the split, so the bits are the
+ * same). The next calls then start alone too, 1, 3, 7, ... up to
+ * CLSTM_TEAM_BACKOFF_MAX of them after each failed probe, and the first
+ * probe that pays ends that. */
+#define CLSTM_TEAM_PROBE_STEPS 32
+#define CLSTM_TEAM_BACKOFF_MAX 63
+
+static int clstm_team_backoff, clstm_team_skip;   /* (relaxed atomics) */
+static int clstm_team_mode;        /* tests: 0 probe, 1 always alone after it, 2 never */
+static long long clstm_team_solo_count;            /* calls that went on alone (tests) */
+
+static inline unsigned long long clstm_ticks(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    return __builtin_ia32_rdtsc();
+#else
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (unsigned long long)t.tv_sec * 1000000000ull + (unsigned long long)t.tv_nsec;
+#endif
+}
 
 static void clstm_team_init(clstm_team *team, Py_ssize_t size)
 {
     Py_ssize_t m;
+    int skip;
     memset(team, 0, sizeof(*team));
     for (m = 0; m < CLSTM_TEAM_MAX; m++)
         team->start[m].v = -1;
     team->size = size < 1 ? 1 : (size > CLSTM_TEAM_MAX ? CLSTM_TEAM_MAX : size);
     team->active = 1;
+    /* a call after a failed probe: alone (its helpers return as they come) */
+    skip = __atomic_load_n(&clstm_team_skip, __ATOMIC_RELAXED);
+    if (skip > 0 && clstm_team_mode != 2) {
+        __atomic_store_n(&clstm_team_skip, skip - 1, __ATOMIC_RELAXED);
+        team->solo = 1;
+        team->finished.v = 1;
+    }
 }
 
 static inline void clstm_team_idle(long *spins)
@@ -422,6 +466,44 @@ static void clstm_team_sync(clstm_team *team)
         clstm_team_lead(team, team->active, team->steps);
 }
 
+/* The leader, after its probe: go on alone where the team did not pay
+ * (see CLSTM_TEAM_PROBE_STEPS): every published step finished first, then
+ * the helpers let go. */
+static void clstm_team_judge(clstm_team *team)
+{
+    int backoff;
+    const int alone = clstm_team_mode == 1 || (clstm_team_mode == 0
+        && team->waited > (unsigned long long)(team->active - 1) * team->worked);
+    if (!alone) {
+        __atomic_store_n(&clstm_team_backoff, 0, __ATOMIC_RELAXED);
+        return;
+    }
+    clstm_team_sync(team);
+    __atomic_store_n(&team->finished.v, 1, __ATOMIC_RELEASE);
+    team->solo = 1;
+    backoff = __atomic_load_n(&clstm_team_backoff, __ATOMIC_RELAXED);
+    backoff = 2 * backoff + 1 > CLSTM_TEAM_BACKOFF_MAX ? CLSTM_TEAM_BACKOFF_MAX : 2 * backoff + 1;
+    __atomic_store_n(&clstm_team_backoff, backoff, __ATOMIC_RELAXED);
+    __atomic_store_n(&clstm_team_skip, backoff, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&clstm_team_solo_count, 1, __ATOMIC_RELAXED);
+}
+
+/* Tests: the probe's verdict (0: measured, 1: alone after it, 2: never
+ * alone), with no call pending alone; returns the previous mode. */
+static int clstm_team_set_mode(int mode)
+{
+    const int previous = clstm_team_mode;
+    clstm_team_mode = mode;
+    __atomic_store_n(&clstm_team_backoff, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&clstm_team_skip, 0, __ATOMIC_RELAXED);
+    return previous;
+}
+
+static long long clstm_team_solo_calls(void)
+{
+    return __atomic_load_n(&clstm_team_solo_count, __ATOMIC_RELAXED);
+}
+
 /* The leader: one step, fn(ctx, k, n) for the n members' slices (ctx:
  * `size` <= CLSTM_TEAM_CTX bytes, copied); returns after its own slice 0.
  * `shared`: a helper that has not claimed its slice when the leader next
@@ -436,6 +518,10 @@ static void clstm_team_step(clstm_team *team, clstm_slice_fn fn, const void *ctx
     clstm_team_slot *slot;
     Py_ssize_t m, arrived;
     if (team == NULL) {
+        fn(ctx, 0, 1);
+        return;
+    }
+    if (team->solo) {
         fn(ctx, 0, 1);
         return;
     }
@@ -456,6 +542,18 @@ static void clstm_team_step(clstm_team *team, clstm_slice_fn fn, const void *ctx
     memcpy(slot->ctx, ctx, size);
     team->steps = s + 1;
     __atomic_store_n(&team->progress[0].v, s + 1, __ATOMIC_RELEASE);
+    if (team->active > 1 && team->probed < CLSTM_TEAM_PROBE_STEPS) {
+        const unsigned long long t0 = clstm_ticks();
+        unsigned long long t1;
+        clstm_team_lead(team, team->active, s);
+        t1 = clstm_ticks();
+        fn(slot->ctx, 0, team->active);
+        team->waited += t1 - t0;
+        team->worked += clstm_ticks() - t1;
+        if (++team->probed == CLSTM_TEAM_PROBE_STEPS)
+            clstm_team_judge(team);
+        return;
+    }
     clstm_team_lead(team, team->active, s);
     fn(slot->ctx, 0, team->active);
 }
@@ -542,6 +640,8 @@ typedef struct {
 
 static void clstm_team_init(clstm_team *team, Py_ssize_t size) { (void)size; team->unused = 0; }
 static void clstm_team_sync(clstm_team *team) { (void)team; }
+static int clstm_team_set_mode(int mode) { (void)mode; return 0; }
+static long long clstm_team_solo_calls(void) { return 0; }
 static inline int clstm_team_complete(clstm_team *team) { (void)team; return 0; }
 
 static void clstm_team_step(clstm_team *team, clstm_slice_fn fn, const void *ctx, size_t size,
