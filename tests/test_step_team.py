@@ -180,8 +180,8 @@ def test_a_team_that_does_not_pay_goes_on_alone(team_at_any_size, team_mode, n_j
     """The leader measures its first steps with the whole team; where it waited
     longer than the others' share of its work (forced here: mode 1), it runs
     the rest of the call alone and the next calls start alone (1, then 3,
-    ...): the same bits every time, batch-1 inference (a team by units) and a
-    ragged training batch (by rows, a step at a time)."""
+    ...): the same bits every time, batch-1 inference (a team by units). A
+    training team by rows (shared slices) is never probed."""
     rng = np.random.default_rng(9)
     X = rng.standard_normal((1, 2000, 6)).astype(np.float32)   # (the helpers in time to probe)
     one = clstm.LSTM(6, 40, n_jobs=1, random_state=2)
@@ -197,6 +197,8 @@ def test_a_team_that_does_not_pay_goes_on_alone(team_at_any_size, team_mode, n_j
     _assert_identical(expected, _outputs(team, X))
     assert _scan.team_solo_calls() - before == went_alone
 
+    team_mode(1)
+    before = _scan.team_solo_calls()
     Xr = rng.standard_normal((24, 300, 3)).astype(np.float32)
     lengths = rng.integers(1, 301, size=24)
     lengths[0] = 300
@@ -208,3 +210,4 @@ def test_a_team_that_does_not_pay_goes_on_alone(team_at_any_size, team_mode, n_j
         net.backward(np.cos(out))
         grads.append([out, *(net.grads[k].copy() for k in sorted(net.grads))])
     _assert_identical(grads[0], grads[1])
+    assert _scan.team_solo_calls() == before

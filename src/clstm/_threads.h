@@ -362,12 +362,16 @@ typedef struct {
  * on the 2-core VM of benchmarks/RESULTS.md: a 2-thread batch-1 inference
  * of 200 steps took 160 us against 87 on one thread, while two processes on
  * the two cores each kept full speed), every step waits longer than it
- * computes. So the leader measures its first CLSTM_TEAM_PROBE_STEPS steps
- * with every member: where it waited longer than the others' share of the
- * work it did, (m - 1) times its own slices, one thread would have been
- * faster, and it runs the rest of the call alone (the helpers return to the
- * pool; each slice's values never depend on the split, so the bits are the
- * same). The next calls then start alone too, 1, 3, 7, ... up to
+ * computes. So the leader of a team of unshared slices (steps of equal
+ * slices too short to take over: batch-1 inference by units) measures its
+ * first CLSTM_TEAM_PROBE_STEPS steps with every member: where it waited
+ * longer than the others' share of the work it did, (m - 1) times its own
+ * slices, one thread would have been faster, and it runs the rest of the
+ * call alone (the helpers return to the pool; each slice's values never
+ * depend on the split, so the bits are the same). Teams of shared slices
+ * (training by rows) are not probed: a ragged backward's first steps have
+ * few rows, unevenly split, and a helper off its core loses its rows to the
+ * leader there anyway. The next calls then start alone too, 1, 3, 7, ... up to
  * CLSTM_TEAM_BACKOFF_MAX of them after each failed probe, and the first
  * probe that pays ends that. */
 #define CLSTM_TEAM_PROBE_STEPS 32
@@ -542,7 +546,7 @@ static void clstm_team_step(clstm_team *team, clstm_slice_fn fn, const void *ctx
     memcpy(slot->ctx, ctx, size);
     team->steps = s + 1;
     __atomic_store_n(&team->progress[0].v, s + 1, __ATOMIC_RELEASE);
-    if (team->active > 1 && team->probed < CLSTM_TEAM_PROBE_STEPS) {
+    if (!shared && team->active > 1 && team->probed < CLSTM_TEAM_PROBE_STEPS) {
         const unsigned long long t0 = clstm_ticks();
         unsigned long long t1;
         clstm_team_lead(team, team->active, s);
