@@ -75,7 +75,7 @@ MIN_WORK_PER_C_THREAD = 1_000_000
 # 256, 512) 1.03 / 1.04, stacked (32, 100, 16, 128, 2 layers: the second's
 # 128 inputs) 1.11 / 1.04, (64, 100, 64, 128) 1.27 / 1.22, (4, 100, 128,
 # 128) 1.03 / 1.41, (2, ...) 0.91 / 0.94, batch 1 (200 steps, I = 256, H =
-# 64) 0.52 / 0.80; training steps 0.99-1.03 / 0.99-1.14 over the same shapes
+# 64) 0.52 / 0.80; training steps 1.00-1.05 / 0.99-1.14 over the same shapes
 # (from 4 rows). Cells whose products are kept apart (GRU, layer norm) keep
 # the whole-sequence projection.
 MIN_PACKED_INPUT_SIZE = 32

@@ -63,7 +63,7 @@ cdef struct Layer:
     # inputs and initial states
     void* x                   # (T, B, I)
     # x_row != 0: x read in place from a batch-first array instead (inference
-    # with thin inputs, packed_xh_t: only the steps' products read it): row r
+    # whose steps take the inputs, packed_xh_t: only the steps' products read it): row r
     # of step t at x + t * x_step + r * x_row
     Py_ssize_t x_step, x_row
     void* h0                  # (B, P)

@@ -350,31 +350,36 @@ typedef struct {
     Py_ssize_t size;           /* members at most */
     Py_ssize_t active;         /* members of the current step (the leader's) */
     long long steps;           /* steps published (the leader's) */
-    /* the leader's probe (clstm_team_step): its waits for the others and its
-     * own slices over the first CLSTM_TEAM_PROBE_STEPS steps of the whole
-     * team, in clstm_ticks; and whether it runs every step alone from now on */
-    unsigned long long waited, worked;
-    int probed, solo;
+    /* the leader's probe (clstm_team_step), in clstm_ticks: its steps run
+     * alone and its steps with the whole team, counted with their warm-up
+     * steps; and whether it runs every step alone from now on */
+    unsigned long long alone_ticks, team_ticks;
+    int alone_steps, team_steps, solo;
 } clstm_team;
 
 /* A team pays only while its members' progress reaches each other quickly:
  * on a VM whose cores' cache-line transfers slow down (for minutes at a time
  * on the 2-core VM of benchmarks/RESULTS.md: a 2-thread batch-1 inference
- * of 200 steps took 160 us against 87 on one thread, while two processes on
- * the two cores each kept full speed), every step waits longer than it
- * computes. So the leader of a team of unshared slices (steps of equal
- * slices too short to take over: batch-1 inference by units) measures its
- * first CLSTM_TEAM_PROBE_STEPS steps with every member: where it waited
- * longer than the others' share of the work it did, (m - 1) times its own
- * slices, one thread would have been faster, and it runs the rest of the
- * call alone (the helpers return to the pool; each slice's values never
- * depend on the split, so the bits are the same). Teams of shared slices
- * (training by rows) are not probed: a ragged backward's first steps have
- * few rows, unevenly split, and a helper off its core loses its rows to the
- * leader there anyway. The next calls then start alone too, 1, 3, 7, ... up to
+ * of 200 steps took 156-160 us against 87-94 on one thread, while two
+ * processes on the two cores each kept full speed), every step takes longer
+ * with the team than alone. So the leader of a team of unshared slices
+ * (steps of equal slices too short to take over: batch-1 inference by
+ * units) times its first steps alone (the helpers not yet let in), then its
+ * first steps with the helpers that have come (its wait for the others and
+ * its own slice), each after CLSTM_TEAM_PROBE_WARM steps untimed; where a step with
+ * the team took longer than one alone, it runs the rest of the call alone
+ * (the helpers return to the pool; each slice's values never depend on the
+ * split, so the bits are the same). (Comparing the team's waits with its own
+ * slices alone missed it: the leader's slice reads the other core's half of
+ * h, so the slow transfers show in both.) Teams of shared slices (training
+ * by rows) are not probed: a ragged backward's first steps have few rows,
+ * unevenly split, and a helper off its core loses its rows to the leader
+ * there anyway. The next such teams start alone too, 1, 3, 7, ... up to
  * CLSTM_TEAM_BACKOFF_MAX of them after each failed probe, and the first
  * probe that pays ends that. */
-#define CLSTM_TEAM_PROBE_STEPS 32
+#define CLSTM_TEAM_PROBE_WARM 2
+#define CLSTM_TEAM_PROBE_ALONE 8
+#define CLSTM_TEAM_PROBE_STEPS 16
 #define CLSTM_TEAM_BACKOFF_MAX 63
 
 static int clstm_team_backoff, clstm_team_skip;   /* (relaxed atomics) */
@@ -395,19 +400,25 @@ static inline unsigned long long clstm_ticks(void)
 static void clstm_team_init(clstm_team *team, Py_ssize_t size)
 {
     Py_ssize_t m;
-    int skip;
     memset(team, 0, sizeof(*team));
     for (m = 0; m < CLSTM_TEAM_MAX; m++)
         team->start[m].v = -1;
     team->size = size < 1 ? 1 : (size > CLSTM_TEAM_MAX ? CLSTM_TEAM_MAX : size);
     team->active = 1;
-    /* a call after a failed probe: alone (its helpers return as they come) */
-    skip = __atomic_load_n(&clstm_team_skip, __ATOMIC_RELAXED);
-    if (skip > 0 && clstm_team_mode != 2) {
-        __atomic_store_n(&clstm_team_skip, skip - 1, __ATOMIC_RELAXED);
-        team->solo = 1;
-        team->finished.v = 1;
-    }
+}
+
+/* The leader, before the first step of unshared slices: a call after a
+ * failed probe goes alone from the start (its helpers return as they come:
+ * no step is published yet). */
+static int clstm_team_skips(clstm_team *team)
+{
+    const int skip = __atomic_load_n(&clstm_team_skip, __ATOMIC_RELAXED);
+    if (skip <= 0 || clstm_team_mode == 2)
+        return 0;
+    __atomic_store_n(&clstm_team_skip, skip - 1, __ATOMIC_RELAXED);
+    team->solo = 1;
+    __atomic_store_n(&team->finished.v, 1, __ATOMIC_RELEASE);
+    return 1;
 }
 
 static inline void clstm_team_idle(long *spins)
@@ -477,7 +488,8 @@ static void clstm_team_judge(clstm_team *team)
 {
     int backoff;
     const int alone = clstm_team_mode == 1 || (clstm_team_mode == 0
-        && team->waited > (unsigned long long)(team->active - 1) * team->worked);
+        && team->team_ticks * CLSTM_TEAM_PROBE_ALONE
+           > team->alone_ticks * CLSTM_TEAM_PROBE_STEPS);
     if (!alone) {
         __atomic_store_n(&clstm_team_backoff, 0, __ATOMIC_RELAXED);
         return;
@@ -489,7 +501,7 @@ static void clstm_team_judge(clstm_team *team)
     backoff = 2 * backoff + 1 > CLSTM_TEAM_BACKOFF_MAX ? CLSTM_TEAM_BACKOFF_MAX : 2 * backoff + 1;
     __atomic_store_n(&clstm_team_backoff, backoff, __ATOMIC_RELAXED);
     __atomic_store_n(&clstm_team_skip, backoff, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&clstm_team_solo_count, 1, __ATOMIC_RELAXED);
+    clstm_count(&clstm_team_solo_count);
 }
 
 /* Tests: the probe's verdict (0: measured, 1: alone after it, 2: never
@@ -525,8 +537,17 @@ static void clstm_team_step(clstm_team *team, clstm_slice_fn fn, const void *ctx
         fn(ctx, 0, 1);
         return;
     }
-    if (team->solo) {
+    if (team->solo || (!shared && team->steps == 0 && clstm_team_skips(team))) {
         fn(ctx, 0, 1);
+        return;
+    }
+    if (!shared && team->steps == 0
+            && team->alone_steps < CLSTM_TEAM_PROBE_WARM + CLSTM_TEAM_PROBE_ALONE) {
+        /* the probe's steps alone: nothing published yet, no helper let in */
+        const unsigned long long t0 = clstm_ticks();
+        fn(ctx, 0, 1);
+        if (team->alone_steps++ >= CLSTM_TEAM_PROBE_WARM)
+            team->alone_ticks += clstm_ticks() - t0;
         return;
     }
     s = team->steps;
@@ -546,15 +567,16 @@ static void clstm_team_step(clstm_team *team, clstm_slice_fn fn, const void *ctx
     memcpy(slot->ctx, ctx, size);
     team->steps = s + 1;
     __atomic_store_n(&team->progress[0].v, s + 1, __ATOMIC_RELEASE);
-    if (!shared && team->active > 1 && team->probed < CLSTM_TEAM_PROBE_STEPS) {
+    if (!shared && team->active > 1
+            && team->team_steps < CLSTM_TEAM_PROBE_WARM + CLSTM_TEAM_PROBE_STEPS) {
+        /* the probe's steps with the team (the helpers that have come): the
+         * wait for the others' last step, then our slice */
         const unsigned long long t0 = clstm_ticks();
-        unsigned long long t1;
         clstm_team_lead(team, team->active, s);
-        t1 = clstm_ticks();
         fn(slot->ctx, 0, team->active);
-        team->waited += t1 - t0;
-        team->worked += clstm_ticks() - t1;
-        if (++team->probed == CLSTM_TEAM_PROBE_STEPS)
+        if (team->team_steps++ >= CLSTM_TEAM_PROBE_WARM)
+            team->team_ticks += clstm_ticks() - t0;
+        if (team->team_steps == CLSTM_TEAM_PROBE_WARM + CLSTM_TEAM_PROBE_STEPS)
             clstm_team_judge(team);
         return;
     }
