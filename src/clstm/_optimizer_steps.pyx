@@ -48,6 +48,8 @@ cdef extern from "_optimizer_rows.h" nogil:
                          float one_minus_rho, float neg_rate, float epsilon)
     void clstm_rmsprop_d(Py_ssize_t n, double* param, const double* grad, double* s,
                          double rho, double one_minus_rho, double neg_rate, double epsilon)
+    double clstm_sum_of_squares_f(Py_ssize_t n, const float* values)
+    double clstm_sum_of_squares_d(Py_ssize_t n, const double* values)
 
 
 cdef void _sgd(Py_ssize_t n, floating* param, const floating* grad, floating* velocity,
@@ -315,27 +317,16 @@ def sgd_step(param, grad, velocity, double rate, double momentum, bint nesterov)
             _sgd(n, <double*> p, <const double*> g, <double*> pv, rate, momentum, nesterov)
 
 
-cdef double _sum_of_squares(Py_ssize_t n, const floating* values) noexcept nogil:
-    cdef Py_ssize_t i, n4 = n - n % 4
-    cdef double a, s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0
-    for i in range(0, n4, 4):
-        a = values[i]
-        s0 = s0 + a * a
-        a = values[i + 1]
-        s1 = s1 + a * a
-        a = values[i + 2]
-        s2 = s2 + a * a
-        a = values[i + 3]
-        s3 = s3 + a * a
-    for i in range(n4, n):
-        a = values[i]
-        s0 = s0 + a * a
-    return (s0 + s1) + (s2 + s3)
+cdef inline double _sum_of_squares(Py_ssize_t n, const floating* values) noexcept nogil:
+    if floating is float:
+        return clstm_sum_of_squares_f(n, values)
+    return clstm_sum_of_squares_d(n, values)
 
 
 def sum_of_squares(values):
-    """sum(values ** 2) accumulated in float64 (four interleaved partial sums,
-    so the adds pipeline; their order is fixed: the same bits every call)."""
+    """sum(values ** 2) accumulated in float64 (interleaved partial sums, so
+    the adds pipeline; their order is fixed: the same bits every call and on
+    every CPU; _optimizer_rows.h)."""
     cdef int size = _check((), (values,))
     cdef Py_ssize_t n = values.size
     cdef void* p = _data(values)
