@@ -169,55 +169,6 @@ def test_ragged_lengths_states_and_dropout(team_at_any_size, forward_teams, back
     _assert_identical(expected, got)
 
 
-@pytest.fixture
-def weight_gradient_team_at_any_size():
-    """A backward of too few rows for a row team splits its weight gradients
-    across the team whatever their size (the default wants enough work a
-    member), all on clstm's kernel (no blocks kept on the BLAS)."""
-    previous = _scan.set_after_steps_min_work(0), _scan.set_small_gemm_volume(0)
-    yield
-    _scan.set_after_steps_min_work(previous[0])
-    _scan.set_small_gemm_volume(previous[1])
-
-
-@needs_team
-@pytest.mark.parametrize("cell", ["lstm", "coupled", "gru", "stacked-bidirectional"])
-@pytest.mark.parametrize("batch", [1, 5])
-@pytest.mark.parametrize("n_jobs", [2, 3])
-def test_few_rows_split_by_units_and_weight_gradients(
-        team_at_any_size, weight_gradient_team_at_any_size, forward_teams, backward_teams,
-        cell, batch, n_jobs):
-    """Batches of fewer rows than a row team's slice (a stream): the training
-    forward splits each step's units (the fused cell, storing the gates; LSTM
-    family), the backward runs its steps on one thread and splits the weight
-    gradients by their rows. Ragged lengths, initial states and dropout; the
-    bits of one thread."""
-    cls, kwargs = TEAM_CELLS[cell]
-    rng = np.random.default_rng(6)
-    units = 40
-    X = rng.standard_normal((batch, 23, 3)).astype(np.float32)
-    lengths = None if batch == 1 else np.array([23, 4, 17, 23, 1])
-    layers = kwargs.get("num_layers", 1) * (2 if kwargs.get("bidirectional") else 1)
-    state = tuple(rng.standard_normal((layers, batch, units)).astype(np.float32)
-                  for _ in range(2 if cls is clstm.LSTM else 1))
-    extra = dict(dropout=0.3, recurrent_dropout=0.2) if layers > 1 else \
-        dict(recurrent_dropout=0.25)
-
-    def make(n):
-        return cls(3, units, n_jobs=n, random_state=7, dtype="float32", **kwargs, **extra)
-
-    one, net = make(1), make(n_jobs)
-    groups = -(-units // _scan.fused_cell_width())          # the fused cell's unit groups
-    for _ in range(2):             # (then the kept plans; both draw the same masks)
-        expected = _train_step(one, X, lengths, state)
-        assert set(forward_teams) == set(backward_teams) == {1}
-        forward_teams.clear(), backward_teams.clear()
-        _assert_identical(expected, _train_step(net, X, lengths, state))
-        assert forward_teams == [1 if cls is clstm.GRU else min(n_jobs, groups)]
-        assert backward_teams == [n_jobs]
-        forward_teams.clear(), backward_teams.clear()
-
-
 @needs_team
 def test_more_threads_than_cores_still_identical(team_at_any_size, forward_teams,
                                                  backward_teams):
@@ -264,12 +215,6 @@ def test_when_a_training_team_is_used(forward_teams, backward_teams):
     ts_small = clstm.LSTM(1, 50, random_state=0, n_jobs=2)
     assert team_size(ts_small, 24, 50, 1) == (2, 2)              # fewer than 32 rows: one part
     assert team_size(ts_small, 15, 50, 1) == (1, 1)              # fewer than 8 rows a thread
-    # a stream (batch 1): the forward by units, the backward's weight
-    # gradients by rows where each member gets 10^6 multiply-adds of them
-    stream = clstm.LSTM(16, 64, random_state=0, n_jobs=2)
-    if _scan.small_gemm_volume() == 0:               # (else the BLAS sums them)
-        assert team_size(stream, 1, 200, 16) == (2, 2)
-    assert team_size(stream, 1, 60, 16)[1] == 1
     narrow = clstm.LSTM(1, 20, random_state=0, n_jobs=2)
     assert team_size(narrow, 24, 50, 1) == (2, 2)
     assert team_size(narrow, 24, 3, 1) == (1, 1)                 # too little a call

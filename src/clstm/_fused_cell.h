@@ -1,15 +1,14 @@
 /*
- * The LSTM cell as the epilogue of the recurrent product (float32 steps of
- * few rows; oneDNN calls the cell's elementwise part "postgemm"):
+ * The LSTM cell as the epilogue of the recurrent product (float32 inference;
+ * oneDNN calls the cell's elementwise part "postgemm"):
  *     a = [x_t | h_prev] @ [W_ih | W_hh]^T       (thin inputs), or
  *     a = pre_t + h_prev @ W_hh^T                (pre_t: the input projection
  *                                                 of all steps, one GEMM)
  *     c = f * c_prev + i * g,  h = o * tanh(c)   (the cell of _cell_rows.h)
  * in one pass: a tile keeps the pre-activations of every gate of V units in
- * registers, applies the cell to them and stores c and h, and, for a
- * training forward, the activated gates the backward reads (inference
- * stores no gates). Steps of many rows run the two passes instead
- * (_packed_gemm.h, then _cell_rows.h).
+ * registers, applies the cell to them and stores only c and h. The gates
+ * never reach memory, so no backward can run from such a forward: training
+ * forwards keep the two passes (_packed_gemm.h, then _cell_rows.h).
  *
  * Layout: W^T is packed gate-interleaved in groups of V units (V = the
  * vector width: 16 AVX-512, 8 AVX2, 4 SSE2). Group u holds, per k, NG
@@ -145,7 +144,7 @@ ATTR static inline __attribute__((always_inline)) void NAME(                    
     ptrdiff_t K2, const float *a2, ptrdiff_t lda2, const float *pk,             \
     ptrdiff_t gstride, const float *pre, ptrdiff_t ld_pre, ptrdiff_t H,         \
     const float *c_prev, ptrdiff_t ld_cp, float *c, ptrdiff_t ld_c,             \
-    float *h, ptrdiff_t ld_h, float *gates, ptrdiff_t ld_g, ptrdiff_t nu)       \
+    float *h, ptrdiff_t ld_h, ptrdiff_t nu)                                     \
 {                                                                               \
     enum { NG = COUPLED ? 3 : 4, ROW = NG * VW };                               \
     VT acc[MR][NU][NG];                                                         \
@@ -216,13 +215,6 @@ ATTR static inline __attribute__((always_inline)) void NAME(                    
             VT ao = a[NG - 1] + bo;                                             \
             if (PEEP) ao += po * c_;                                            \
             const VT o_ = clstm_vsigmoid_##SFX(ao);                             \
-            if (gates != NULL) {     /* (training: what the backward reads) */  \
-                float *gr = gates + r * ld_g + jg;                              \
-                clstm_vstore_##SFX(gr, i_, ng);                                 \
-                if (!COUPLED) clstm_vstore_##SFX(gr + H, f_, ng);               \
-                clstm_vstore_##SFX(gr + (NG - 2) * H, g_, ng);                  \
-                clstm_vstore_##SFX(gr + (NG - 1) * H, o_, ng);                  \
-            }                                                                   \
             clstm_vstore_##SFX(c + r * ld_c + jg, c_, ng);                      \
             clstm_vstore_##SFX(h + r * ld_h + jg, o_ * clstm_vtanh_##SFX(c_), ng); \
         }                                                                       \
@@ -248,19 +240,18 @@ ATTR static inline __attribute__((always_inline)) void NAME(                    
         ui += 1 + two;                                                          \
         for (ptrdiff_t r = 0; r < n; r += (n - r >= MR ? MR : 1)) {             \
             const float *pr = pre == NULL ? NULL : pre + r * ld_pre + j;        \
-            float *gr = gates == NULL ? NULL : gates + r * ld_g + j;            \
             if (two)                                                            \
                 PAIR(K1, a1 + r * lda1, lda1, K2, a2 + r * lda2, lda2, pk, stride, \
                      pr, ld_pre, H, c_prev + r * ld_cp + j, ld_cp, c + r * ld_c + j, \
-                     ld_c, h + r * ld_h + j, ld_h, gr, ld_g, nu);               \
+                     ld_c, h + r * ld_h + j, ld_h, nu);                         \
             else if (n - r >= MR)                                               \
                 BODY(K1, a1 + r * lda1, lda1, K2, a2 + r * lda2, lda2, pk, 0, pr, \
                      ld_pre, H, c_prev + r * ld_cp + j, ld_cp, c + r * ld_c + j, \
-                     ld_c, h + r * ld_h + j, ld_h, gr, ld_g, nu);               \
+                     ld_c, h + r * ld_h + j, ld_h, nu);                         \
             else                                                                \
                 EDGE(K1, a1 + r * lda1, lda1, K2, a2 + r * lda2, lda2, pk, 0, pr, \
                      ld_pre, H, c_prev + r * ld_cp + j, ld_cp, c + r * ld_c + j, \
-                     ld_c, h + r * ld_h + j, ld_h, gr, ld_g, nu);               \
+                     ld_c, h + r * ld_h + j, ld_h, nu);                         \
         }                                                                       \
     }
 
@@ -297,8 +288,7 @@ ATTR static void clstm_fused_lstm_##SFX(                                        
     ptrdiff_t K2, const float *a2, ptrdiff_t lda2, ptrdiff_t H,                 \
     const float *packed, const float *pre, ptrdiff_t ld_pre,                    \
     const float *c_prev, ptrdiff_t ld_cp, float *c, ptrdiff_t ld_c,             \
-    float *h, ptrdiff_t ld_h, float *gates, ptrdiff_t ld_g, ptrdiff_t u0,       \
-    ptrdiff_t u1, int order)                                                    \
+    float *h, ptrdiff_t ld_h, ptrdiff_t u0, ptrdiff_t u1, int order)            \
 {                                                                               \
     const int peep = variant & CLSTM_PEEPHOLE, coupled = variant & CLSTM_COUPLED; \
     const ptrdiff_t stride = (K1 + K2 + 1 + (peep ? 1 : 0)) * (coupled ? 3 : 4) * VW; \
@@ -323,8 +313,7 @@ typedef void (*clstm_fused_lstm_fn)(int, ptrdiff_t, ptrdiff_t, const float *, pt
                                     ptrdiff_t, const float *, ptrdiff_t, ptrdiff_t,
                                     const float *, const float *, ptrdiff_t,
                                     const float *, ptrdiff_t, float *, ptrdiff_t,
-                                    float *, ptrdiff_t, float *, ptrdiff_t, ptrdiff_t,
-                                    ptrdiff_t, int);
+                                    float *, ptrdiff_t, ptrdiff_t, ptrdiff_t, int);
 
 #if CLSTM_HAVE_DISPATCH   /* (_dispatch.h: gcc, x86-64 glibc Linux) */
 /* AVX-512: 4 rows x 4 gates = 16 of 32 zmm; AVX2: 3 x 4 = 12 of 16 ymm;
@@ -358,23 +347,19 @@ static ptrdiff_t clstm_fused_width(void)
  * Only unit groups [u0, u1) (units [u0 V, u1 V) of c and h): a step can be
  * split across threads by its units, each unit's values the same in any
  * split (clstm_team in _threads.h). `order`: odd runs the groups in
- * descending order (CLSTM_FUSED_ROWS). `gates` (n x NG*H, gate blocks of H;
- * may be `pre` itself, each tile reading its units before it writes them):
- * NULL, or where the activated gates go, as the two-pass cell leaves them
- * for a backward (training). */
+ * descending order (CLSTM_FUSED_ROWS). */
 static void clstm_fused_lstm_step(int variant, ptrdiff_t n, ptrdiff_t K1, const float *a1,
                                   ptrdiff_t lda1, ptrdiff_t K2, const float *a2,
                                   ptrdiff_t lda2, ptrdiff_t H, const float *packed,
                                   const float *pre, ptrdiff_t ld_pre,
                                   const float *c_prev, ptrdiff_t ld_cp,
                                   float *c, ptrdiff_t ld_c, float *h, ptrdiff_t ld_h,
-                                  float *gates, ptrdiff_t ld_g, ptrdiff_t u0, ptrdiff_t u1,
-                                  int order)
+                                  ptrdiff_t u0, ptrdiff_t u1, int order)
 {
     static clstm_fused_lstm_fn fn = NULL;
     if (fn == NULL) fn = clstm_fused_fns[clstm_isa_level()];
     fn(variant, n, K1, a1, lda1, K2, a2, lda2, H, packed, pre, ld_pre, c_prev, ld_cp,
-       c, ld_c, h, ld_h, gates, ld_g, u0, u1, order);
+       c, ld_c, h, ld_h, u0, u1, order);
 }
 
 #else  /* no vector extensions: the scan runs the two passes */
@@ -386,10 +371,9 @@ static void clstm_fused_lstm_step(int variant, ptrdiff_t n, ptrdiff_t K1, const 
                                   const float *pre, ptrdiff_t ld_pre,
                                   const float *c_prev, ptrdiff_t ld_cp,
                                   float *c, ptrdiff_t ld_c, float *h, ptrdiff_t ld_h,
-                                  float *gates, ptrdiff_t ld_g, ptrdiff_t u0, ptrdiff_t u1,
-                                  int order)
+                                  ptrdiff_t u0, ptrdiff_t u1, int order)
 {
-    (void)u0; (void)u1; (void)order; (void)gates; (void)ld_g;
+    (void)u0; (void)u1; (void)order;
     (void)variant; (void)n; (void)K1; (void)a1; (void)lda1; (void)K2; (void)a2;
     (void)lda2; (void)H; (void)packed; (void)pre; (void)ld_pre; (void)c_prev;
     (void)ld_cp; (void)c; (void)ld_c; (void)h; (void)ld_h;

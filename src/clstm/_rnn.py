@@ -107,10 +107,10 @@ ONE_CALL_BACKWARD = True
 # freed with the next shape).
 KEPT_PLANS = 2
 
-# Steps of few rows (_scan.fused_cell_max_rows) of float32 LSTMs without
-# layer norm or projection run the cell as the epilogue of each step's
-# product (_fused_cell.h: inference stores no gates, training only the
-# activated ones); False: the two passes, kept as the tests' reference.
+# Inference forwards (no cache for a backward) of float32 LSTMs without layer
+# norm or projection run the cell as the epilogue of each step's product
+# (_fused_cell.h: the gates never reach memory); False: the two passes that
+# training forwards always run, kept as the tests' reference.
 FUSED_CELL_FORWARD = True
 
 _scan = None
@@ -564,11 +564,9 @@ class RecurrentNetwork:
         if n_parts == 1 and (keep_cache or B <= _scan.fused_cell_max_rows()):
             team = resolve_n_threads(self.n_jobs)
         # the fused cell runs steps of few rows (_scan.fused_cell_max_rows):
-        # pack its weights only where some sub-batch has such steps (a
-        # ragged batch's last ones: inference only, as training repacks them
-        # after every optimizer step)
-        fused_cell = (min(b1 - b0 for b0, b1 in chunks) <= _scan.fused_cell_max_rows()
-                      or (not keep_cache and lengths is not None))
+        # pack its weights only where some sub-batch has such steps
+        fused_cell = not keep_cache and (lengths is not None or min(
+            b1 - b0 for b0, b1 in chunks) <= _scan.fused_cell_max_rows())
         weights, values = self._forward_weights(fused_cell=fused_cell,
                                                 stepwise=B >= STEPWISE_MIN_BATCH)
         # Training forwards reuse the buffers their cache points to (replaced
@@ -789,8 +787,9 @@ class RecurrentNetwork:
         packed forms the small-GEMM kernel reads (packed once per call, not
         per chunk), and a copy of the parameter values they were made from.
         ``stepwise``: as a batch of at least STEPWISE_MIN_BATCH rows reads
-        them (input_mode_weights). ``fused_cell``: with the fused cell's
-        weights where it applies (fused_cell_weights), a list of its own.
+        them (input_mode_weights). ``fused_cell`` (inference forwards only):
+        with the fused cell's weights where it applies (fused_cell_weights),
+        a list of its own.
 
         Kept while the parameters hold the same values (compared bytewise),
         so repeated inference calls pack nothing. When only their values

@@ -60,9 +60,6 @@ cdef struct Layer:
     # a team that splits each fused step's units across threads (_threads.h's
     # clstm_team), or NULL
     void* team
-    # the backward's team splits only the products over all steps (weight
-    # gradients, grad_x): steps of too few rows for a row team run alone
-    bint team_after_steps
     # inputs and initial states
     void* x                   # (T, B, I)
     # x_row != 0: x read in place from a batch-first array instead (inference

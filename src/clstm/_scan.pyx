@@ -90,8 +90,7 @@ cdef extern from "_fused_cell.h" nogil:
                                const float* pre, Py_ssize_t ld_pre,
                                const float* c_prev, Py_ssize_t ld_cp,
                                float* c, Py_ssize_t ld_c, float* h, Py_ssize_t ld_h,
-                               float* gates, Py_ssize_t ld_g, Py_ssize_t u0, Py_ssize_t u1,
-                               int order)
+                               Py_ssize_t u0, Py_ssize_t u1, int order)
 
 cdef extern from "_threads.h" nogil:
     int CLSTM_HAVE_THREADS
@@ -408,29 +407,23 @@ cdef inline void _fused_cell_step(Layer* L, Py_ssize_t t, Py_ssize_t n, Py_ssize
                                   const float* c_prev, Py_ssize_t u0,
                                   Py_ssize_t u1) noexcept nogil:
     """Products and cell of rows [row0, row0 + n) of step t in one pass, unit
-    groups [u0, u1) (_fused_cell.h). A forward that keeps every step's c (a
-    training forward: no c ring) keeps the activated gates as well, in
-    gates[t], for the backward; inference stores none."""
+    groups [u0, u1) (inference: the gates are never stored; _fused_cell.h)."""
     cdef Py_ssize_t B = L.batch, G = L.n_gates, H = L.hidden, P = L.out_size
     cdef Py_ssize_t I = L.input_size, row = t * B + row0
     cdef float* c_out = <float*> L.c_seq + (_c_row(L, t) + row0) * H
-    cdef float* gates = <float*> L.gates + (_gate_row(L, t) + row0) * G
-    cdef float* kept = NULL if L.c_ring else gates
     if n <= 0:
         return
     if L.fused_xh_t != NULL:
         # c, h = cell([x_t | h_prev] @ [W_ih | W_hh].T + bias, c_prev)
         clstm_fused_lstm_step(L.variant, n, I, _x_rows(L, t, row0), _x_ld(L), P, h_prev,
                               ld_prev, H, L.fused_xh_t, NULL, 0, c_prev, H, c_out, H,
-                              <float*> L.h_seq + row * L.ld_h, L.ld_h, kept, G, u0, u1,
-                              t & 1)
+                              <float*> L.h_seq + row * L.ld_h, L.ld_h, u0, u1, t & 1)
     else:
-        # c, h = cell(gates[t] + h_prev @ W_hh.T + bias, c_prev); gates[t] read
-        # (and, training, overwritten by the activations, unit by unit)
+        # c, h = cell(gates[t] + h_prev @ W_hh.T + bias, c_prev); gates[t] only read
         clstm_fused_lstm_step(L.variant, n, 0, h_prev, ld_prev, P, h_prev, ld_prev,
-                              H, L.fused_hh_t, gates, G, c_prev, H, c_out, H,
-                              <float*> L.h_seq + row * L.ld_h, L.ld_h, kept, G, u0, u1,
-                              t & 1)
+                              H, L.fused_hh_t, <float*> L.gates + (_gate_row(L, t) + row0) * G,
+                              G, c_prev, H, c_out, H,
+                              <float*> L.h_seq + row * L.ld_h, L.ld_h, u0, u1, t & 1)
 
 
 cdef struct FusedStep:
@@ -482,10 +475,6 @@ cdef inline void _fused_step(Layer* L, Py_ssize_t t, Py_ssize_t n, Py_ssize_t n_
 # _row_team_backward_ok): no BLAS, peepholes, layer norm, projection or conv.
 cdef enum:
     ROW_TEAM_MIN_ROWS = 8       # rows of a member's slice at least
-
-# multiply-adds of a member's share of the weight gradients at least, in a
-# team that splits only them (_after_steps_team_size; set_after_steps_min_work)
-cdef Py_ssize_t _after_steps_min_work = 1000000
 
 
 cdef struct RowStep:
@@ -764,7 +753,7 @@ cdef void scan_forward(Layer* L, floating* tag) noexcept nogil:
         n_cont = 0
         if 0 <= p < T:
             n_cont = min(L.batch_sizes[p], n)
-        # few rows: products and cell in one pass (the same values)
+        # few rows: products and cell in one pass (inference; the same values)
         fused_step = fused_cell and n <= fused_max_rows
         if not fused_step:
             if floating is float:
@@ -876,7 +865,7 @@ cdef void scan_backward(Layer* L, floating* tag) noexcept nogil:
         if n == 0:
             continue
         if floating is float:
-            if L.team != NULL and not L.team_after_steps:   # a row team: rows apart
+            if L.team != NULL:       # a row team (_row_team_backward_ok): rows apart
                 if _rows_rest(L, _backward_rows_slice, s, True, &whole):
                     # the rows of the last step start from h0 (full length: only there)
                     if h_prev_seq == NULL and xh == NULL:
@@ -1325,15 +1314,14 @@ cdef void _fill_layer(Layer* L, dict a, dict cfg, bint backward) except *:
         L.packed_ih = _packed(a, "packed_ih", G, I)
         L.packed_hh = _packed(a, "packed_hh", G, R)
         L.packed_hr = _packed(a, "packed_hr", P, H)
-        if not backward:     # (a backward's arrays may hold its forward's: unread)
-            L.fused_xh_t = _fused(a, "fused_xh_t", I + P, H, L.variant)
-            L.fused_hh_t = _fused(a, "fused_hh_t", P, H, L.variant)
+        L.fused_xh_t = _fused(a, "fused_xh_t", I + P, H, L.variant)
+        L.fused_hh_t = _fused(a, "fused_hh_t", P, H, L.variant)
     # two slots of gates: only where each step's one product writes all its
     # gates (no input projection computed for all steps up front)
     _check(not L.gates_ring or (L.packed_xh_t != NULL and not L.separate and not L.conv),
            "gates of two steps need packed_xh_t")
     if L.fused_xh_t != NULL or L.fused_hh_t != NULL:
-        _check(L.kind == CELL_LSTM and not L.ln_gates and not L.conv
+        _check(not backward and L.kind == CELL_LSTM and not L.ln_gates and not L.conv
                and not (L.variant & CLSTM_LN_CELL) and not proj and P == H
                and (L.fused_xh_t == NULL or L.packed_xh_t != NULL)
                and (L.fused_hh_t == NULL or (L.packed_xh_t == NULL and L.fused_xh_t == NULL)),
@@ -1428,17 +1416,6 @@ cdef void _backward_team_task(void* ctx, Py_ssize_t k) noexcept nogil:
         clstm_team_serve(run.team)
 
 
-cdef Py_ssize_t _after_steps_team_size(Layer* L, Py_ssize_t wanted) noexcept nogil:
-    """Members for a backward of too few rows for a row team (batch 1: a
-    stream) whose steps run alone, its weight gradients over all steps split
-    by their rows (_weight_gradient): AFTER_STEPS_MIN_WORK multiply-adds each."""
-    cdef Py_ssize_t work = L.n_steps * L.batch * L.n_gates * (L.input_size + L.out_size)
-    if wanted < 2 or not CLSTM_HAVE_THREADS or not _wgrad_kernel or (
-            0 < _small_gemm_volume and work <= WGRAD_BLAS_BLOCKS * _small_gemm_volume):
-        return 1      # (the weight gradients on the BLAS: one thread)
-    return max(1, min(wanted, CLSTM_TEAM_MAX, work // max(1, _after_steps_min_work)))
-
-
 cdef Py_ssize_t _scan_backward_team(Layer* L, Py_ssize_t team_threads,
                                     bint single) except -1:
     """scan_backward, each step split by rows across up to ``team_threads``
@@ -1451,9 +1428,6 @@ cdef Py_ssize_t _scan_backward_team(Layer* L, Py_ssize_t team_threads,
     if single and _row_team_backward_ok(L):
         n_team = _row_team_size(team_threads, L.batch, L.n_steps,
                                 L.batch * L.n_gates * L.out_size)
-        L.team_after_steps = n_team == 1 and L.batch < ROW_TEAM_MIN_ROWS
-        if L.team_after_steps:
-            n_team = _after_steps_team_size(L, team_threads)
     if n_team > 1:
         clstm_team_init(&team, n_team)
         L.team, run.L, run.team = &team, L, &team
@@ -2423,14 +2397,6 @@ def set_team_min_work(Py_ssize_t n):
     across team_threads; for tests and benchmarks, process-wide). Returns the
     previous value."""
     return _replace_setting(&_team_min_work, n, "n")
-
-
-def set_after_steps_min_work(Py_ssize_t n):
-    """Set the multiply-adds of weight gradients a member of a backward's
-    team takes at least where the steps run alone (batches of fewer rows than
-    a row team's slice; 0: a team for any); for tests and benchmarks,
-    process-wide. Returns the previous value."""
-    return _replace_setting(&_after_steps_min_work, n, "n")
 
 
 def fused_cell_width():
