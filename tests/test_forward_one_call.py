@@ -117,23 +117,28 @@ def test_equals_numpy_reference(split_small_batches):
     np.testing.assert_allclose(c_n, rc, rtol=0, atol=1e-13)
 
 
-@pytest.mark.parametrize("B", [1, rnn.STEPWISE_MIN_BATCH - 1, rnn.STEPWISE_MIN_BATCH, 9])
+@pytest.mark.parametrize("B", [1, 2, rnn.STEPWISE_MIN_BATCH - 1, rnn.STEPWISE_MIN_BATCH, 9])
 @pytest.mark.parametrize("keep_cache", [True, False])
-def test_wide_inputs_in_both_input_modes_equal_numpy(split_small_batches, B, keep_cache):
-    """Wide float32 inputs, stacked and bidirectional, ragged: under
-    STEPWISE_MIN_BATCH rows the projection runs hoisted over all steps, from
-    it inside each step's [x | h] product; both agree with the float64 NumPy
+@pytest.mark.parametrize("n_in, hidden, stepwise_from", [
+    (rnn.MIN_PACKED_INPUT_SIZE + 8, 7, rnn.STEPWISE_MIN_BATCH),       # wide inputs
+    (rnn.HOISTED_ROW_INPUT_SIZE + 2, rnn.HOISTED_ROW_MIN_WIDTH, 2),   # one row: hoisted
+], ids=["wide", "row"])
+def test_wide_inputs_in_both_input_modes_equal_numpy(split_small_batches, B, keep_cache, n_in,
+                                                     hidden, stepwise_from):
+    """Float32 inputs, stacked and bidirectional, ragged: wide ones under
+    STEPWISE_MIN_BATCH rows, and 16-31 of them into 64 units or more in a
+    batch of one row, run the projection hoisted over all steps, the others
+    inside each step's [x | h] product; both agree with the float64 NumPy
     network to float32 rounding."""
     from clstm._reference import reference_lstm_forward
     rng = np.random.default_rng(12)
-    n_in = rnn.MIN_PACKED_INPUT_SIZE + 8
     X = rng.standard_normal((B, 6, n_in)).astype(np.float32)
     lengths = rng.integers(1, 7, size=B)
     lengths[0] = 6
-    net = clstm.LSTM(n_in, 7, num_layers=2, bidirectional=True, random_state=0, n_jobs=2)
-    weights, _ = net._forward_weights(stepwise=B >= rnn.STEPWISE_MIN_BATCH)
-    assert ("packed_xh_t" in weights[0]) == (B >= rnn.STEPWISE_MIN_BATCH)
-    assert ("packed_ih_t" in weights[0]) == (B < rnn.STEPWISE_MIN_BATCH)
+    net = clstm.LSTM(n_in, hidden, num_layers=2, bidirectional=True, random_state=0, n_jobs=2)
+    weights, _ = net._forward_weights(mode=rnn._input_mode(B))
+    assert ("packed_xh_t" in weights[0]) == (B >= stepwise_from)
+    assert ("packed_ih_t" in weights[0]) == (B < stepwise_from)
     params64 = {k: v.astype(np.float64) for k, v in net.params.items()}
     for lens in (None, lengths):
         out, (h_n, c_n) = net.run(X, lengths=lens, keep_cache=keep_cache)
@@ -141,6 +146,21 @@ def test_wide_inputs_in_both_input_modes_equal_numpy(split_small_batches, B, kee
                                                   lens, 2, True)
         for got, want in ((out, ref), (h_n, rh), (c_n, rc)):
             np.testing.assert_allclose(got, want, rtol=0, atol=2e-5)
+
+
+def test_which_layers_keep_both_input_packs():
+    """Both packs of the input product (so a batch may hoist the projection)
+    only for wide inputs, or 16-31 inputs into a recurrent width of 64 or
+    more; thin inputs keep [x | h]'s alone."""
+    for n_in, hidden, both in ((rnn.MIN_PACKED_INPUT_SIZE, 8, True),
+                               (rnn.MIN_PACKED_INPUT_SIZE - 1, rnn.HOISTED_ROW_MIN_WIDTH, True),
+                               (rnn.HOISTED_ROW_INPUT_SIZE, rnn.HOISTED_ROW_MIN_WIDTH, True),
+                               (rnn.HOISTED_ROW_INPUT_SIZE - 1, 128, False),
+                               (rnn.HOISTED_ROW_INPUT_SIZE, rnn.HOISTED_ROW_MIN_WIDTH - 1, False)):
+        weights, _ = clstm.LSTM(n_in, hidden)._forward_weights()
+        assert ("packed_ih_t" in weights[0]) == both, (n_in, hidden)
+        weights, _ = clstm.LSTM(n_in, hidden)._forward_weights(mode=rnn._input_mode(1))
+        assert ("packed_xh_t" in weights[0]) != both, (n_in, hidden)
 
 
 def _ring_buffers(net):

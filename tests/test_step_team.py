@@ -46,20 +46,29 @@ VARIANTS = {
 
 @needs_team
 @pytest.mark.parametrize("variant", list(VARIANTS))
-@pytest.mark.parametrize("input_size", [3, 40])     # thin: [x | h] per step; wide: projection
+@pytest.mark.parametrize("input_size, hidden", [
+    (3, 37),      # thin: [x | h] per step
+    (40, 37),     # wide: the projection first, split by rows (37: groups off the panels)
+    (40, 64),     # ... split by the members' units (AVX-512: 16-unit groups, on panels)
+    (20, 64),     # 16-31 inputs into 64 units, one row: the projection first too
+])
 @pytest.mark.parametrize("n_jobs", [2, 3, 7])
-def test_team_equals_one_thread(team_at_any_size, variant, input_size, n_jobs):
+def test_team_equals_one_thread(team_at_any_size, variant, input_size, hidden, n_jobs):
     rng = np.random.default_rng(0)
     X = rng.standard_normal((1, 23, input_size)).astype(np.float32)
     kwargs = dict(dtype="float32", random_state=4, **VARIANTS[variant])
-    one = clstm.LSTM(input_size, 37, n_jobs=1, **kwargs)
-    team = clstm.LSTM(input_size, 37, n_jobs=n_jobs, **kwargs)
+    one = clstm.LSTM(input_size, hidden, n_jobs=1, **kwargs)
+    team = clstm.LSTM(input_size, hidden, n_jobs=n_jobs, **kwargs)
     expected = _outputs(one, X)
     got = _outputs(team, X)
-    groups = -(-37 // _scan.fused_cell_width())     # 5 of 8 units (AVX2), 10 of 4 (SSE2)
+    groups = -(-hidden // _scan.fused_cell_width())     # 37: 5 of 8 units (AVX2), ...
     assert _plan_of(team).team_threads(n_jobs) == min(n_jobs, groups)
     _assert_identical(expected, got)
-    _assert_identical(expected, _outputs(team, X))       # the reused plan, a new team
+    # the reused plan, a new team (its helpers there from the first step, as
+    # the first call's may not be) and new inputs: nothing read stale
+    for seed in (1, 2):
+        X2 = np.random.default_rng(seed).standard_normal(X.shape).astype(np.float32)
+        _assert_identical(_outputs(one, X2), _outputs(team, X2))
 
 
 @needs_team
@@ -196,6 +205,19 @@ def test_a_team_that_does_not_pay_goes_on_alone(team_at_any_size, team_mode, n_j
     team_mode(2)               # never alone: the team to the end, the same bits
     _assert_identical(expected, _outputs(team, X))
     assert _scan.team_solo_calls() - before == went_alone
+
+    # the projection first (a shared step, published before the probe's
+    # steps alone): probed, then alone, the same bits
+    Xp = rng.standard_normal((1, 2000, 20)).astype(np.float32)
+    one, team = (clstm.LSTM(20, 64, n_jobs=n, random_state=3) for n in (1, n_jobs))
+    expected = _outputs(one, Xp)
+    team_mode(1)
+    before = _scan.team_solo_calls()
+    for _ in range(6):
+        _assert_identical(expected, _outputs(team, Xp))
+    assert _scan.team_solo_calls() > before
+    team_mode(0)          # (measured: whichever verdict, the same bits)
+    _assert_identical(expected, _outputs(team, Xp))
 
     team_mode(1)
     before = _scan.team_solo_calls()

@@ -81,6 +81,19 @@ MIN_WORK_PER_C_THREAD = 1_000_000
 MIN_PACKED_INPUT_SIZE = 32
 STEPWISE_MIN_BATCH = 4
 
+# ... and batches of one row over inputs of HOISTED_ROW_INPUT_SIZE to 31
+# features into a recurrent width of HOISTED_ROW_MIN_WIDTH or more run the
+# projection first too (_input_mode): a step then reads only W_hh (the
+# stream config's 64 KB, not 80 KB for [W_ih | W_hh], where an L1 holds 48).
+# Hoisted time / the step's, one row, T = 100 (benchmarks/bench_input_mode.py,
+# Zen 5, 1 thread): training step (forward, backward, Adam) I = 16: H = 32
+# 1.02, 64 0.97, 128 0.93; I = 31: 1.02, 0.93, 0.91; inference I = 16: 1.03,
+# 0.94, 1.02; I = 31: 1.03, 0.90, 0.96 (2 threads, T = 200: training 0.97 /
+# 0.91 at I = 16, H = 64 / 128, inference 1.02 / 0.97, the units team's). Two
+# rows or fewer inputs: slower (inference 1.04-1.17).
+HOISTED_ROW_INPUT_SIZE = 16
+HOISTED_ROW_MIN_WIDTH = 64
+
 # Weight gradients of the LSTM family: below this input width, [x_t | h_{t-1}]
 # is gathered into one buffer (about the size of h_seq) for one GEMM; a GEMM
 # of its own for so few input columns would cost a second packing of the gate
@@ -414,7 +427,7 @@ class RecurrentNetwork:
         """One step through the scan's general entry point (_scan.forward and
         its dict of arrays), x and the states validated."""
         B, L = x.shape[0], self.num_layers
-        weights, _ = self._forward_weights(stepwise=B >= STEPWISE_MIN_BATCH)
+        weights, _ = self._forward_weights(mode=_input_mode(B))
         cfg = self._plan()["cfg_directions"][0]
         ws = _Buffers()
         inp = np.ascontiguousarray(x[None])                  # (1, B, I): one step
@@ -568,7 +581,7 @@ class RecurrentNetwork:
         fused_cell = not keep_cache and (lengths is not None or min(
             b1 - b0 for b0, b1 in chunks) <= _scan.fused_cell_max_rows())
         weights, values = self._forward_weights(fused_cell=fused_cell,
-                                                stepwise=B >= STEPWISE_MIN_BATCH)
+                                                mode=_input_mode(B))
         # Training forwards reuse the buffers their cache points to (replaced
         # anyway); inference forwards have their own, so they never disturb a
         # pending backward. Both are per calling thread: concurrent calls never share.
@@ -782,12 +795,12 @@ class RecurrentNetwork:
             finals = [f[:, inverse] for f in finals]
         return parts, out, finals
 
-    def _forward_weights(self, fused_cell=False, stepwise=False):
+    def _forward_weights(self, fused_cell=False, mode=(False, False)):
         """Per (layer, direction): the scan's weight arrays, including the
         packed forms the small-GEMM kernel reads (packed once per call, not
         per chunk), and a copy of the parameter values they were made from.
-        ``stepwise``: as a batch of at least STEPWISE_MIN_BATCH rows reads
-        them (input_mode_weights). ``fused_cell`` (inference forwards only):
+        ``mode``: as a batch in that input mode reads them (_input_mode,
+        input_mode_weights). ``fused_cell`` (inference forwards only):
         with the fused cell's weights where it applies (fused_cell_weights),
         a list of its own.
 
@@ -811,20 +824,20 @@ class RecurrentNetwork:
         views = self.__dict__.get("_input_views")
         if views is None or views[0] is not weights:
             views = self._input_views = (weights, {})
-        view = views[1].get(stepwise)
+        view = views[1].get(mode)
         if view is None:
-            view = views[1][stepwise] = input_mode_weights(weights, stepwise)
+            view = views[1][mode] = input_mode_weights(weights, mode)
         if not (fused_cell and FUSED_CELL_FORWARD):
             return view, values
         # (per input mode: its fused packs, and whether they are fresh)
         memos = self.__dict__.setdefault("_fused_memo", {})
         fresh = self.__dict__.setdefault("_fused_fresh", {})
-        fused = memos.get(stepwise)
-        if fused is None or fused[0] is not view or not fresh.get(stepwise):
+        fused = memos.get(mode)
+        if fused is None or fused[0] is not view or not fresh.get(mode):
             new = fused_cell_weights(view, self._plan()["cfg"])
             if not (fused is not None and fused[0] is view and _copy_into(fused[1], new)):
-                fused = memos[stepwise] = (view, new)
-            fresh[stepwise] = True
+                fused = memos[mode] = (view, new)
+            fresh[mode] = True
         return fused[1], values
 
     def _draw_masks(self, T, B):
@@ -1337,7 +1350,7 @@ def scan_weight_arrays(p, fused_bias, backward, separate):
     if not separate:
         # the projection folded into each step's product (input_mode_weights)
         arrays["packed_xh_t"] = _packed(np.concatenate([w_ih, w_hh], axis=1), True)
-    if separate or w_ih.shape[1] >= MIN_PACKED_INPUT_SIZE:
+    if separate or _hoists(w_ih.shape[1], w_hh.shape[1]):
         # (cells with separate products, at any input width, and wide inputs
         # in batches of few rows: the whole-sequence projection, which streams
         # the packed weight once for all T*B rows)
@@ -1347,21 +1360,41 @@ def scan_weight_arrays(p, fused_bias, backward, separate):
     return arrays
 
 
-def input_mode_weights(weights, stepwise):
-    """The forward weight arrays (scan_weight_arrays) as a forward over
-    `stepwise` inputs (a batch of at least STEPWISE_MIN_BATCH rows) reads
-    them: a layer direction that has both forms of its input product (wide
-    inputs) keeps only [x_t | h_{t-1}]'s (packed_xh_t) or only the hoisted
-    projection's (packed_ih_t, packed_hh_t); the scan runs whichever it is
-    given. Dicts over the same arrays (in-place repacks reach them); `weights`
-    itself where no direction has both."""
+def _input_mode(batch_size):
+    """How a batch of this many rows takes its inputs, as input_mode_weights
+    reads it: (inputs of HOISTED_ROW_INPUT_SIZE to MIN_PACKED_INPUT_SIZE - 1
+    features in each step's product, wider ones in each step's product)."""
+    return batch_size >= 2, batch_size >= STEPWISE_MIN_BATCH
+
+
+def _hoists(n_inputs, width):
+    """Whether a layer of `n_inputs` inputs and recurrent width `width` runs
+    the hoisted projection in some batches (_input_mode): then it keeps both
+    packs of its input product."""
+    return n_inputs >= MIN_PACKED_INPUT_SIZE or (
+        n_inputs >= HOISTED_ROW_INPUT_SIZE and width >= HOISTED_ROW_MIN_WIDTH)
+
+
+def input_mode_weights(weights, mode):
+    """The forward weight arrays (scan_weight_arrays) as a forward in input
+    `mode` (_input_mode of its batch) reads them: a layer direction that has
+    both forms of its input product keeps only [x_t | h_{t-1}]'s
+    (packed_xh_t) where the mode takes its inputs in the steps, else only the
+    hoisted projection's (packed_ih_t, packed_hh_t); the scan runs whichever
+    it is given. Dicts over the same arrays (in-place repacks reach them);
+    `weights` itself where no direction has both."""
     both = [a.get("packed_xh_t") is not None and a.get("packed_ih_t") is not None
             for a in weights]
     if not any(both):
         return weights
-    drop = ("packed_ih_t", "packed_hh_t") if stepwise else ("packed_xh_t",)
-    return [{k: v for k, v in a.items() if k not in drop} if two else a
-            for a, two in zip(weights, both)]
+    views = []
+    for a, two in zip(weights, both):
+        if two:
+            stepwise = mode[a["weight_ih"].shape[1] >= MIN_PACKED_INPUT_SIZE]
+            drop = ("packed_ih_t", "packed_hh_t") if stepwise else ("packed_xh_t",)
+            a = {k: v for k, v in a.items() if k not in drop}
+        views.append(a)
+    return views
 
 
 def _stepwise_inputs(arrays):

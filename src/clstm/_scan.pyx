@@ -47,6 +47,7 @@ from clstm._cell cimport (
 
 cdef extern from "_packed_gemm.h" nogil:
     int CLSTM_HAVE_PACKED_GEMM
+    int CLSTM_PANEL
     Py_ssize_t clstm_packed_size(Py_ssize_t K, Py_ssize_t N)
     void clstm_pack_b(Py_ssize_t K, Py_ssize_t N, const float* b, Py_ssize_t ldb,
                       int transposed, float* packed)
@@ -104,6 +105,7 @@ cdef extern from "_threads.h" nogil:
     void clstm_team_init(clstm_team* team, Py_ssize_t size)
     void clstm_team_sync(clstm_team* team)
     bint clstm_team_complete(clstm_team* team)
+    void clstm_team_gather(clstm_team* team, double us)
     void clstm_count(long long* counter)
     int clstm_team_set_mode(int mode)
     long long clstm_team_solo_calls()
@@ -562,6 +564,37 @@ cdef void _projection_rows_slice(const void* ctx, Py_ssize_t k, Py_ssize_t m) no
                L.packed_ih_t, <float*> L.gates + r0 * G, G, False)
 
 
+# The longest a units team's leader waits for its helpers before the input
+# projection it splits with them (clstm_team_gather): about the projection's
+# own time at the stream config (200 x 16 x 256).
+cdef double PROJECTION_GATHER_US = 5.0
+
+
+cdef inline bint _projection_by_units(Layer* L) noexcept nogil:
+    """Whether a units team's input projection can split by its members'
+    unit groups: every group's columns start on a panel of the packed weight."""
+    return L.hidden % CLSTM_PANEL == 0 and clstm_fused_width() % CLSTM_PANEL == 0
+
+
+cdef void _projection_units_slice(const void* ctx, Py_ssize_t k, Py_ssize_t m) noexcept nogil:
+    """Slice k of m of the input projection gates = x @ W_ih^T (all T*B
+    rows) for a team that splits each step by units: the columns of slice k's
+    unit groups in every gate block (_fused_step_slice's), so that each
+    member's steps read the projection it wrote, from its own cache (each
+    column's sum is the same in any split of the columns)."""
+    cdef Layer* L = (<const RowStep*> ctx).L
+    cdef Py_ssize_t M = L.n_steps * L.batch, I = L.input_size, G = L.n_gates
+    cdef Py_ssize_t H = L.hidden, V = clstm_fused_width(), groups = (H + V - 1) // V
+    cdef Py_ssize_t j0 = min(H, groups * k // m * V), j1 = min(H, groups * (k + 1) // m * V)
+    cdef Py_ssize_t q, col
+    for q in range(G // H):
+        col = q * H + j0
+        if j0 < j1:
+            clstm_packed_gemm(M, I, j1 - j0, <float*> L.x, I,
+                              L.packed_ih_t + col // CLSTM_PANEL * I * CLSTM_PANEL,
+                              <float*> L.gates + col, G, False, 0)
+
+
 cdef void _grad_x_rows_slice(const void* ctx, Py_ssize_t k, Py_ssize_t m) noexcept nogil:
     """Slice k of m of grad_x (+)= grad_gates @ W_ih (all T*B rows)."""
     cdef Layer* L = (<const RowStep*> ctx).L
@@ -732,8 +765,13 @@ cdef void scan_forward(Layer* L, floating* tag) noexcept nogil:
     # gates = x @ weight_ih.T for all T*B rows (the cell adds the bias)
     if not fused_input:
         if floating is float:
-            if L.team != NULL and L.packed_ih_t != NULL:      # a row team: its share
-                _rows_step(L, _projection_rows_slice, 0, 0, 0, 0)
+            if L.team != NULL and L.packed_ih_t != NULL:      # a team: its share
+                if fused_cell and _projection_by_units(L):
+                    # (each member's steps read its columns: worth the helpers' arrival)
+                    clstm_team_gather(<clstm_team*> L.team, PROJECTION_GATHER_US)
+                    _rows_step(L, _projection_units_slice, 0, 0, 0, 0)
+                else:
+                    _rows_step(L, _projection_rows_slice, 0, 0, 0, 0)
         if floating is not float or L.team == NULL or L.packed_ih_t == NULL:
             _matmul_nt(T * B, I, G, <floating*> L.x, I, <floating*> L.weight_ih,
                        L.packed_ih_t, <floating*> L.gates, G, False)

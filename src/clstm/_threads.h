@@ -407,15 +407,18 @@ static void clstm_team_init(clstm_team *team, Py_ssize_t size)
     team->active = 1;
 }
 
+static void clstm_team_sync(clstm_team *team);
+
 /* The leader, before the first step of unshared slices: a call after a
- * failed probe goes alone from the start (its helpers return as they come:
- * no step is published yet). */
+ * failed probe goes alone from the start (every step published before, a
+ * shared one, finished first; its helpers return as they come). */
 static int clstm_team_skips(clstm_team *team)
 {
     const int skip = __atomic_load_n(&clstm_team_skip, __ATOMIC_RELAXED);
     if (skip <= 0 || clstm_team_mode == 2)
         return 0;
     __atomic_store_n(&clstm_team_skip, skip - 1, __ATOMIC_RELAXED);
+    clstm_team_sync(team);
     team->solo = 1;
     __atomic_store_n(&team->finished.v, 1, __ATOMIC_RELEASE);
     return 1;
@@ -537,14 +540,20 @@ static void clstm_team_step(clstm_team *team, clstm_slice_fn fn, const void *ctx
         fn(ctx, 0, 1);
         return;
     }
-    if (team->solo || (!shared && team->steps == 0 && clstm_team_skips(team))) {
+    if (team->solo || (!shared && team->alone_steps == 0 && team->team_steps == 0
+                       && clstm_team_skips(team))) {
         fn(ctx, 0, 1);
         return;
     }
-    if (!shared && team->steps == 0
+    if (!shared && team->team_steps == 0
             && team->alone_steps < CLSTM_TEAM_PROBE_WARM + CLSTM_TEAM_PROBE_ALONE) {
-        /* the probe's steps alone: nothing published yet, no helper let in */
-        const unsigned long long t0 = clstm_ticks();
+        /* the probe's steps alone: none published (a shared step before
+         * them, an input projection, is: finished first, as these steps
+         * read what it wrote; its helpers then wait for the next) */
+        unsigned long long t0;
+        if (team->alone_steps == 0)
+            clstm_team_sync(team);
+        t0 = clstm_ticks();
         fn(ctx, 0, 1);
         if (team->alone_steps++ >= CLSTM_TEAM_PROBE_WARM)
             team->alone_ticks += clstm_ticks() - t0;
@@ -591,6 +600,26 @@ static inline int clstm_team_complete(clstm_team *team)
 {
     return team != NULL
         && __atomic_load_n(&team->arrived.v, __ATOMIC_ACQUIRE) >= team->size - 1;
+}
+
+/* The leader, before a long first step that its members should share (an
+ * input projection that each member's later steps read in part): wait up to
+ * `us` microseconds for the helpers to come (they are let in at that step),
+ * not longer: a helper off its core leaves its share to the leader. */
+static void clstm_team_gather(clstm_team *team, double us)
+{
+    long spins = 0;
+    double until;
+    if (team == NULL || team->solo || clstm_team_complete(team))
+        return;
+    until = clstm_now_us() + us;
+    while (!clstm_team_complete(team)) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+        if ((++spins & 63) == 0 && clstm_now_us() > until)
+            return;
+    }
 }
 
 /* The leader has run its last step: wait for the others, let them go. */
@@ -680,6 +709,7 @@ static void clstm_team_step(clstm_team *team, clstm_slice_fn fn, const void *ctx
 }
 
 static void clstm_team_leave(clstm_team *team) { (void)team; }
+static void clstm_team_gather(clstm_team *team, double us) { (void)team; (void)us; }
 static void clstm_team_serve(clstm_team *team) { (void)team; }
 #endif
 
