@@ -4,7 +4,7 @@ An LSTM layer computes x_t @ W_ih^T either inside each step's product
 ([x_t | h_{t-1}] @ [W_ih | W_hh]^T, one small GEMM a step: "steps") or for
 all T*B rows up front in one GEMM, each step then multiplying h_{t-1} by
 W_hh alone ("hoisted"). ``clstm._rnn`` picks by the input width and the
-batch (MIN_PACKED_INPUT_SIZE, STEPWISE_MIN_BATCH). This
+batch (MIN_PACKED_INPUT_SIZE, STEPWISE_MIN_BATCH, HOISTED_ROW_*). This
 script forces each mode in turn on the same shapes (fresh networks, the
 module's thresholds patched) and times, in interleaved rounds,
 
@@ -30,15 +30,28 @@ import clstm
 import clstm._rnn as rnn
 
 MODES = {
-    # (MIN_PACKED_INPUT_SIZE, STEPWISE_MIN_BATCH)
-    "steps": (1 << 30, 0),         # only [x | h] packed: every step's product
-    "hoisted": (1, 1 << 30),       # both packs, no batch takes the inputs in its steps
+    # (MIN_PACKED_INPUT_SIZE, STEPWISE_MIN_BATCH, HOISTED_ROW_INPUT_SIZE, HOISTED_ROW_MAX_BATCH)
+    "steps": (1 << 30, 0, 1 << 30, 0),   # only [x | h] packed: every step's product
+    "hoisted": (1, 1 << 30, 1, 1 << 30),  # both packs, no batch takes the inputs in its steps
 }
 
 
+_NAMES = ("MIN_PACKED_INPUT_SIZE", "STEPWISE_MIN_BATCH", "HOISTED_ROW_INPUT_SIZE",
+          "HOISTED_ROW_MAX_BATCH")
+
+
+def _settings():
+    return tuple(getattr(rnn, name) for name in _NAMES)
+
+
+def _set(values):
+    for name, value in zip(_NAMES, values):
+        setattr(rnn, name, value)
+
+
 def _case(mode, B, T, I, H, threads):
-    saved = (rnn.MIN_PACKED_INPUT_SIZE, rnn.STEPWISE_MIN_BATCH)
-    rnn.MIN_PACKED_INPUT_SIZE, rnn.STEPWISE_MIN_BATCH = MODES[mode]
+    saved = _settings()
+    _set(MODES[mode])
     net = clstm.LSTM(I, H, random_state=0, n_jobs=threads)
     rng = np.random.default_rng(0)
     X = rng.standard_normal((B, T, I)).astype(np.float32)
@@ -54,8 +67,8 @@ def _case(mode, B, T, I, H, threads):
         opt.step(net)
 
     def run(fn, calls):
-        current = (rnn.MIN_PACKED_INPUT_SIZE, rnn.STEPWISE_MIN_BATCH)
-        rnn.MIN_PACKED_INPUT_SIZE, rnn.STEPWISE_MIN_BATCH = MODES[mode]
+        current = _settings()
+        _set(MODES[mode])
         try:
             fn()
             t0 = time.perf_counter()
@@ -63,9 +76,9 @@ def _case(mode, B, T, I, H, threads):
                 fn()
             return (time.perf_counter() - t0) / calls
         finally:
-            rnn.MIN_PACKED_INPUT_SIZE, rnn.STEPWISE_MIN_BATCH = current
+            _set(current)
 
-    rnn.MIN_PACKED_INPUT_SIZE, rnn.STEPWISE_MIN_BATCH = saved
+    _set(saved)
     return {"inference": lambda calls: run(infer, calls),
             "training": lambda calls: run(train, calls)}
 

@@ -81,18 +81,22 @@ MIN_WORK_PER_C_THREAD = 1_000_000
 MIN_PACKED_INPUT_SIZE = 32
 STEPWISE_MIN_BATCH = 4
 
-# ... and batches of one row over inputs of HOISTED_ROW_INPUT_SIZE to 31
-# features into a recurrent width of HOISTED_ROW_MIN_WIDTH or more run the
-# projection first too (_input_mode): a step then reads only W_hh (the
-# stream config's 64 KB, not 80 KB for [W_ih | W_hh], where an L1 holds 48).
-# Hoisted time / the step's, one row, T = 100 (benchmarks/bench_input_mode.py,
-# Zen 5, 1 thread): training step (forward, backward, Adam) I = 16: H = 32
-# 1.02, 64 0.97, 128 0.93; I = 31: 1.02, 0.93, 0.91; inference I = 16: 1.03,
-# 0.94, 1.02; I = 31: 1.03, 0.90, 0.96 (2 threads, T = 200: training 0.97 /
-# 0.91 at I = 16, H = 64 / 128, inference 1.02 / 0.97, the units team's). Two
-# rows or fewer inputs: slower (inference 1.04-1.17).
+# ... and batches of one row (HOISTED_ROW_MAX_BATCH) over inputs of
+# HOISTED_ROW_INPUT_SIZE to 31 features into a recurrent width of
+# HOISTED_ROW_MIN_WIDTH or more run the projection first too (_input_mode):
+# a step then reads only W_hh (the stream config's 64 KB, not 80 KB for
+# [W_ih | W_hh], where an L1 holds 48). Hoisted time / the step's, one row,
+# T = 100 (benchmarks/bench_input_mode.py, Zen 5, 1 thread): training step
+# (forward, backward, Adam) I = 16: H = 32 1.02, 64 0.97, 128 0.93; I = 31:
+# 1.02, 0.93, 0.91; inference I = 16: 1.03, 0.94, 1.02; I = 31: 1.03, 0.90,
+# 0.96. Two threads, T = 200: training 0.97 / 0.91 at I = 16, H = 64 / 128
+# (a batch-1 training step runs on one core); the stream config's inference
+# ~1.03 (its units team splits the projection too: medians of 71 and 73 us
+# over 10 alternating processes), where each thread's half of [W_ih | W_hh]
+# fits its L1 anyway. Two rows, or fewer inputs: slower (inference 1.04-1.17).
 HOISTED_ROW_INPUT_SIZE = 16
 HOISTED_ROW_MIN_WIDTH = 64
+HOISTED_ROW_MAX_BATCH = 1
 
 # Weight gradients of the LSTM family: below this input width, [x_t | h_{t-1}]
 # is gathered into one buffer (about the size of h_seq) for one GEMM; a GEMM
@@ -1364,7 +1368,7 @@ def _input_mode(batch_size):
     """How a batch of this many rows takes its inputs, as input_mode_weights
     reads it: (inputs of HOISTED_ROW_INPUT_SIZE to MIN_PACKED_INPUT_SIZE - 1
     features in each step's product, wider ones in each step's product)."""
-    return batch_size >= 2, batch_size >= STEPWISE_MIN_BATCH
+    return batch_size > HOISTED_ROW_MAX_BATCH, batch_size >= STEPWISE_MIN_BATCH
 
 
 def _hoists(n_inputs, width):
