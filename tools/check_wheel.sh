@@ -41,8 +41,10 @@ QEMU_BLAS_CORE=${CLSTM_QEMU_BLAS_CORE:-Nehalem}
 # variants for the weight gradients landed (1.470 -> 1.499 MB, 1.5 KB under the old
 # budget: too close for a compiler of another version), and from 1.55 to 1.60 MB when
 # the batch-1 kernels landed (8-panel single-row tiles, the fused cell's two-group
-# single-row tiles, the streaming step's AVX-512 row product: 1.531 -> 1.548 MB).
-MAX_WHEEL_BYTES=1600000
+# single-row tiles, the streaming step's AVX-512 row product: 1.531 -> 1.548 MB), and
+# from 1.60 to 1.65 MB when the batch-1 input projection split by the team's units and
+# the optimizers' 64-lane sum of squares (three clones) took it from 1.595 to 1.604 MB.
+MAX_WHEEL_BYTES=1650000
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 
 TIMINGS=()
