@@ -364,7 +364,9 @@ typedef struct {
  * processes on the two cores each kept full speed), every step takes longer
  * with the team than alone. So the leader of a team of unshared slices
  * (steps of equal slices too short to take over: batch-1 inference by
- * units) times its first steps alone (the helpers not yet let in), then its
+ * units) times its first steps alone (no step of theirs published: the
+ * helpers not yet let in, or waiting after a shared step before these, an
+ * input projection split with them, which finishes first), then its
  * first steps with the helpers that have come (its wait for the others and
  * its own slice), each after CLSTM_TEAM_PROBE_WARM steps untimed; where a step with
  * the team took longer than one alone, it runs the rest of the call alone
