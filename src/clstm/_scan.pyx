@@ -587,12 +587,13 @@ cdef void _projection_units_slice(const void* ctx, Py_ssize_t k, Py_ssize_t m) n
     cdef Py_ssize_t H = L.hidden, V = clstm_fused_width(), groups = (H + V - 1) // V
     cdef Py_ssize_t j0 = min(H, groups * k // m * V), j1 = min(H, groups * (k + 1) // m * V)
     cdef Py_ssize_t q, col
+    if j0 >= j1:
+        return
     for q in range(G // H):
         col = q * H + j0
-        if j0 < j1:
-            clstm_packed_gemm(M, I, j1 - j0, <float*> L.x, I,
-                              L.packed_ih_t + col // CLSTM_PANEL * I * CLSTM_PANEL,
-                              <float*> L.gates + col, G, False, 0)
+        clstm_packed_gemm(M, I, j1 - j0, <float*> L.x, I,
+                          L.packed_ih_t + col // CLSTM_PANEL * I * CLSTM_PANEL,
+                          <float*> L.gates + col, G, False, 0)
 
 
 cdef void _grad_x_rows_slice(const void* ctx, Py_ssize_t k, Py_ssize_t m) noexcept nogil:
