@@ -14,6 +14,11 @@ own kernels, outside Python: it compiles a small C program against
   (N / 2 columns);
 * one team step of two threads with empty slices (``clstm_team_step``: the
   publish, the hand-over and the wait for the other member);
+* the fused inference step as the scan runs it at batch 1 (the hoisted mode:
+  ``h @ W_hh^T`` on top of the input projection, the cell as the product's
+  epilogue, each step reading the last one's h), over all unit groups and
+  over half of them (a two-thread team member's share, whose weights fit L1:
+  twice its time against the whole step's is what L1 misses cost);
 * the weight-gradient product of the whole sequence (4H x T x (I + H)) with
   SciPy's ``sgemm``, the BLAS clstm calls for it.
 
@@ -49,6 +54,7 @@ C_PROGRAM = r"""
 #include <time.h>
 typedef ptrdiff_t Py_ssize_t;
 #include "_packed_gemm.h"
+#include "_fused_cell.h"
 #include "_threads.h"
 
 static double now(void)
@@ -112,6 +118,42 @@ static double projection_us(int T, int K, int N, int reps)
     return best * 1e6;
 }
 
+/* best of 7 rounds of `rounds` inference scans of T steps as the scan runs
+ * them at batch 1 in the hoisted mode (clstm_fused_lstm_step: h @ W_hh^T on
+ * top of the input projection, the cell as its epilogue, each step reading
+ * the last one's h and c, groups in alternating order), over the unit groups
+ * [0, groups / share): share 1, the whole step (the H x 4H weight: 64 KB at
+ * H = 64, more than L1); 2, a two-thread team member's half (32 KB) */
+static double fused_scan_us(int H, int T, int rounds, int share)
+{
+    const int G = 4 * H;
+    float *w = malloc(sizeof(float) * G * H), *bias = malloc(sizeof(float) * G);
+    float *packed = aligned_alloc(64, sizeof(float) * (clstm_fused_size(H, H, 4, 0) + 16));
+    float *pre = aligned_alloc(64, sizeof(float) * ((size_t)T * G + 16));
+    float *h = aligned_alloc(64, sizeof(float) * ((size_t)(T + 1) * H + 16));
+    float *c = aligned_alloc(64, sizeof(float) * ((size_t)(T + 1) * H + 16));
+    const ptrdiff_t groups = (H + clstm_fused_width() - 1) / clstm_fused_width();
+    double best = 1e9;
+    for (int i = 0; i < G * H; i++) w[i] = sinf(0.37f * i) * 0.15f;
+    for (int i = 0; i < G; i++) bias[i] = 0.01f * (i % 7);
+    for (int i = 0; i < T * G; i++) pre[i] = sinf(0.013f * i);
+    clstm_pack_fused(0, NULL, H, w, H, 4, bias, NULL, packed);
+    memset(h, 0, sizeof(float) * H);
+    memset(c, 0, sizeof(float) * H);
+    for (int round = 0; round < 7; round++) {
+        double t0 = now();
+        for (int r = 0; r < rounds; r++)
+            for (int t = 0; t < T; t++)
+                clstm_fused_lstm_step(0, 1, 0, h + t * H, H, H, h + t * H, H, H, packed,
+                                      pre + t * G, G, c + t * H, H, c + (t + 1) * H, H,
+                                      h + (t + 1) * H, H, 0, groups / share, t & 1);
+        double dt = (now() - t0) / ((double)rounds * T);
+        if (dt < best) best = dt;
+    }
+    free(w); free(bias); free(packed); free(pre); free(h); free(c);
+    return best * 1e6;
+}
+
 static void empty_slice(const void *ctx, Py_ssize_t k, Py_ssize_t n)
 {
     (void)ctx; (void)k; (void)n;
@@ -132,6 +174,7 @@ static double team_step_us(int steps)
         clstm_team team;
         pthread_t helper;
         clstm_team_init(&team, 2);
+        clstm_team_set_mode(2);     /* (never alone: its probe would judge empty slices alone) */
         pthread_create(&helper, NULL, serve, &team);
         while (__atomic_load_n(&team.arrived.v, __ATOMIC_ACQUIRE) < 1)
             sched_yield();
@@ -158,11 +201,12 @@ int main(int argc, char **argv)
            "\"recurrent_us\": %.5f, \"recurrent_half_us\": %.5f, "
            "\"projection_us\": %.5f, "
            "\"backward_us\": %.5f, \"backward_half_us\": %.5f, "
-           "\"team_step_us\": %.5f}\n",
+           "\"team_step_us\": %.5f, \"fused_step_us\": %.5f, \"fused_half_step_us\": %.5f}\n",
            gemm_row_us(I + H, G, reps, 0), gemm_row_us(I + H, G / 2, reps, 0),
            gemm_row_us(H, G, reps, 0), gemm_row_us(H, G / 2, reps, 0),
            projection_us(T, I, G, reps / T + 1),
-           gemm_row_us(G, H, reps, 1), gemm_row_us(G, H / 2, reps, 1), team_step_us(reps));
+           gemm_row_us(G, H, reps, 1), gemm_row_us(G, H / 2, reps, 1), team_step_us(reps),
+           fused_scan_us(H, T, reps / T + 1, 1), fused_scan_us(H, T, reps / T + 1, 2));
     return 0;
 }
 """
@@ -272,6 +316,10 @@ def main(argv=None):
     print(f"  backward product {G} x {args.H}: {k['backward_us']:.3f} us a step; half the "
           f"columns {k['backward_half_us']:.3f} us")
     print(f"  team step (2 threads, empty slices): {k['team_step_us']:.3f} us")
+    print(f"  the fused inference step (hoisted; products and cell, each step reading the "
+          f"last): {k['fused_step_us']:.3f} us, over half the unit groups "
+          f"{k['fused_half_step_us']:.3f} us ({4 * args.H * args.H * 4 // 1024} KB of "
+          f"weights, half: {2 * args.H * args.H * 4 // 1024} KB)")
     print(f"  weight gradients (SciPy sgemm, {G} x {args.T} x {K}): {wgrad:.1f} us a backward")
     print(f"  the cell over the sequence (bounds.py's cell_ms): {cells[0] * 1e3:.1f} us forward, "
           f"{cells[1] * 1e3:.1f} us forward and backward; Adam over {n_params} entries: "

@@ -4,6 +4,8 @@ one-thread forward, whatever the number of threads, the cell variant, the
 layers and directions, ragged lengths or dropout masks, and whether the
 helper threads arrive on time or at all."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -233,3 +235,37 @@ def test_a_team_that_does_not_pay_goes_on_alone(team_at_any_size, team_mode, n_j
         grads.append([out, *(net.grads[k].copy() for k in sorted(net.grads))])
     _assert_identical(grads[0], grads[1])
     assert _scan.team_solo_calls() == before
+
+
+@needs_team
+@pytest.mark.parametrize("variant", ["lstm", "peephole-cifg", "stacked-bidirectional"])
+@pytest.mark.parametrize("input_size, hidden", [(3, 37), (20, 64)])
+@pytest.mark.parametrize("n_jobs", [2, 3])
+def test_the_rest_of_a_long_scan_as_one_slice_a_member(team_at_any_size, team_mode, variant,
+                                                       input_size, hidden, n_jobs):
+    """After its probe, with every helper there, a units team runs the rest of
+    a full-length scan as one slice per member, each waiting only for its
+    peers' last step (_scan._units_rest): the one-thread bits, for every
+    layer and direction, given states and new inputs on the reused plan.
+    Ragged lengths keep a slice a step."""
+    rng = np.random.default_rng(5)
+    kwargs = dict(dtype="float32", random_state=6, **VARIANTS[variant])
+    one = clstm.LSTM(input_size, hidden, n_jobs=1, **kwargs)
+    team = clstm.LSTM(input_size, hidden, n_jobs=n_jobs, **kwargs)
+    team_mode(2)        # never alone: the probe's 28 steps, then the rest as one slice
+    before = _scan.units_team_scans()
+    for call in range(20):      # (until a call's helpers come before its probe ends)
+        X = rng.standard_normal((1, 300, input_size)).astype(np.float32)
+        state = None if call % 2 else tuple(
+            rng.standard_normal(s.shape).astype(np.float32) for s in _outputs(one, X)[1:])
+        _assert_identical(_outputs(one, X, state=state), _outputs(team, X, state=state))
+        if _scan.units_team_scans() - before >= 4:
+            break
+    if n_jobs <= (os.cpu_count() or 1):      # (more threads than cores: helpers come late)
+        assert _scan.units_team_scans() - before >= 4
+    before = _scan.units_team_scans()
+    X = rng.standard_normal((2, 300, input_size)).astype(np.float32)
+    lengths = np.array([300, 211])
+    for _ in range(3):
+        _assert_identical(_outputs(one, X, lengths=lengths), _outputs(team, X, lengths=lengths))
+    assert _scan.units_team_scans() == before

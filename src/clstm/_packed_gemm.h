@@ -391,13 +391,18 @@ __attribute__((target("arch=x86-64-v4"))) static void clstm_packed_row_split_v4(
 
 /* The ISA level every manually dispatched kernel (this small GEMM, the
  * narrow products, the fused cell) runs at: 2 = x86-64-v4 (AVX-512),
- * 1 = x86-64-v3 (AVX2 + FMA), 0 = the baseline. */
+ * 1 = x86-64-v3 (AVX2 + FMA), 0 = the baseline. Found once (a benign race:
+ * every thread finds the same): the fused cell's steps ask for its width
+ * each step, and the CPU check cost them ~10 ns. */
 static int clstm_isa_level(void)
 {
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("x86-64-v4")) return 2;
-    if (__builtin_cpu_supports("x86-64-v3")) return 1;
-    return 0;
+    static int level = -1;
+    if (level < 0) {
+        __builtin_cpu_init();
+        level = __builtin_cpu_supports("x86-64-v4") ? 2
+              : __builtin_cpu_supports("x86-64-v3") ? 1 : 0;
+    }
+    return level;
 }
 
 static clstm_packed_gemm_fn clstm_select_packed_gemm(int transposed_a)

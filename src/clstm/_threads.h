@@ -344,12 +344,17 @@ typedef struct {
     /* taken[m]: the last step whose slice m has been claimed, by helper m
      * or (a step of shared slices) by the leader in its place */
     clstm_team_line taken[CLSTM_TEAM_MAX];
+    /* beat[m]: the steps member m has finished inside slices that run many
+     * dependent steps each (clstm_team_beat): such a slice waits on its
+     * peers' beats, not on published steps; counted across slices */
+    clstm_team_line beat[CLSTM_TEAM_MAX];
     clstm_team_line arrived;   /* helpers that came to serve: ids 1, 2, ... */
     clstm_team_line finished;  /* the leader has left: helpers return */
     clstm_team_slot slot[2];
     Py_ssize_t size;           /* members at most */
     Py_ssize_t active;         /* members of the current step (the leader's) */
     long long steps;           /* steps published (the leader's) */
+    long long beats;           /* beats handed out to slices (the leader's) */
     /* the leader's probe (clstm_team_step), in clstm_ticks: its steps run
      * alone and its steps with the whole team, counted with their warm-up
      * steps; and whether it runs every step alone from now on */
@@ -624,6 +629,42 @@ static void clstm_team_gather(clstm_team *team, double us)
     }
 }
 
+/* The leader: whether its probe is over (CLSTM_TEAM_PROBE_STEPS: it goes on
+ * alone, or with the team) and every helper has come, so that slices that
+ * run many steps each (clstm_team_take_beats) may follow. */
+static inline int clstm_team_probed(clstm_team *team)
+{
+    return team != NULL && (team->solo || (clstm_team_complete(team)
+        && team->team_steps >= CLSTM_TEAM_PROBE_WARM + CLSTM_TEAM_PROBE_STEPS));
+}
+
+/* The leader, before publishing a slice of `count` dependent steps: the
+ * first beat of that slice (its members' step i is beat first + i). */
+static inline long long clstm_team_take_beats(clstm_team *team, long long count)
+{
+    const long long first = team->beats;
+    team->beats += count;
+    return first;
+}
+
+/* Member k of n: wait until the other members have finished beat b - 1
+ * (step b - first of the slice), then read what they wrote in it. */
+static inline void clstm_team_await(clstm_team *team, Py_ssize_t k, Py_ssize_t n, long long b)
+{
+    Py_ssize_t m;
+    long spins = 0;
+    for (m = 0; m < n; m++)
+        if (m != k)
+            while (__atomic_load_n(&team->beat[m].v, __ATOMIC_ACQUIRE) < b)
+                clstm_team_idle(&spins);
+}
+
+/* Member k has finished beat b (what it wrote in it is visible after). */
+static inline void clstm_team_beat(clstm_team *team, Py_ssize_t k, long long b)
+{
+    __atomic_store_n(&team->beat[k].v, b + 1, __ATOMIC_RELEASE);
+}
+
 /* The leader has run its last step: wait for the others, let them go. */
 static void clstm_team_leave(clstm_team *team)
 {
@@ -700,6 +741,19 @@ static void clstm_team_sync(clstm_team *team) { (void)team; }
 static int clstm_team_set_mode(int mode) { (void)mode; return 0; }
 static long long clstm_team_solo_calls(void) { return 0; }
 static inline int clstm_team_complete(clstm_team *team) { (void)team; return 0; }
+static inline int clstm_team_probed(clstm_team *team) { (void)team; return 0; }
+static inline long long clstm_team_take_beats(clstm_team *team, long long count)
+{
+    (void)team; (void)count; return 0;
+}
+static inline void clstm_team_await(clstm_team *team, Py_ssize_t k, Py_ssize_t n, long long b)
+{
+    (void)team; (void)k; (void)n; (void)b;
+}
+static inline void clstm_team_beat(clstm_team *team, Py_ssize_t k, long long b)
+{
+    (void)team; (void)k; (void)b;
+}
 
 static void clstm_team_step(clstm_team *team, clstm_slice_fn fn, const void *ctx, size_t size,
                             int shared)
