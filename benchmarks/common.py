@@ -287,21 +287,28 @@ def c_compiler():
             or shutil.which("cc"))
 
 
-def run_c_program(source, args=(), flags=(), timeout=600):
-    """Compile the C program `source` (with `flags`, e.g. -O3, -I dirs, -lm) and run
-    it with `args`; its stdout. Raises OSError without a C compiler and
-    subprocess.CalledProcessError / TimeoutExpired if the build or the run fails.
-    For the measurements a Python loop cannot make (batch1_floor.py's kernels,
-    run.py's clock)."""
+def compile_c_program(source, directory, flags=(), timeout=600):
+    """Compile the C program `source` (with `flags`, e.g. -O3, -I dirs, -lm) into
+    `directory`; the executable's path. Raises OSError without a C compiler and
+    subprocess.CalledProcessError / TimeoutExpired if the build fails."""
     cc = c_compiler()
     if cc is None:
         raise OSError("no C compiler (set CC, or install gcc)")
+    src, exe = os.path.join(directory, "program.c"), os.path.join(directory, "program")
+    with open(src, "w") as f:
+        f.write(source)
+    # (flags after the source: libraries such as -lm must follow it)
+    subprocess.run([cc, src, "-o", exe, *flags], check=True, capture_output=True,
+                   timeout=timeout)
+    return exe
+
+
+def run_c_program(source, args=(), flags=(), timeout=600):
+    """Compile the C program `source` (compile_c_program) and run it with `args`;
+    its stdout (subprocess.CalledProcessError / TimeoutExpired if the run fails).
+    For the measurements a Python loop cannot make (batch1_floor.py's kernels,
+    run.py's clock)."""
     with tempfile.TemporaryDirectory() as tmp:
-        src, exe = os.path.join(tmp, "program.c"), os.path.join(tmp, "program")
-        with open(src, "w") as f:
-            f.write(source)
-        # (flags after the source: libraries such as -lm must follow it)
-        subprocess.run([cc, src, "-o", exe, *flags], check=True, capture_output=True,
-                       timeout=timeout)
+        exe = compile_c_program(source, tmp, flags, timeout)
         return subprocess.run([exe, *map(str, args)], check=True, capture_output=True,
                               text=True, timeout=timeout).stdout

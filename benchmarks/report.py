@@ -106,6 +106,16 @@ def _per_peer_table(res, task, n):
     return "\n".join(lines)
 
 
+def _cross_core_note(wait):
+    """The cross-core round trips run.py waited on before two-thread batches."""
+    rt = wait.get("cross_core_ns")
+    if not rt:
+        return ""
+    return (f"; before each two-thread batch, two threads passing a counter between the cores "
+            f"in at most {wait['cross_core_limit_ns']:.0f} ns a round trip (last measured before "
+            f"each batch: median {rt['median']:.0f}, max {rt['max']:.0f} ns, {rt['n']} batches)")
+
+
 def _frameworks_table(res):
     out = ["| framework | version | interpreter | note |", "|---|---|---|---|"]
     for f, e in res["frameworks"].items():
@@ -291,7 +301,8 @@ def _lstm_sections(res, cells):
             + (f", at end {tuple(round(x, 2) for x in meta['loadavg_end'])}" if "loadavg_end" in meta else ""),
             f"- Wait for idle: {meta['wait_idle']}"
             + (f" (waited {res['idle_wait']['waited_s']:.0f} s, {res['idle_wait']['timeouts']} timeouts)"
-               if res.get("idle_wait", {}).get("enabled") else ""),
+               if res.get("idle_wait", {}).get("enabled") else "")
+            + _cross_core_note(res.get("idle_wait", {})),
             f"- Rounds {meta['rounds']}, ~{meta['round_time_s']} s per framework per round, warm-up "
             f"{meta['warmup_time_s']} s; elapsed {meta.get('elapsed_s', 0):.0f} s", ""]
     out += _frameworks_table(res)

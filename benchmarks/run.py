@@ -17,9 +17,11 @@ import math
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -28,7 +30,7 @@ sys.path.insert(0, HERE)
 import numpy as np  # noqa: E402
 
 from common import (BASELINE, CELLS, CONFIGS, EPS, FRAMEWORK_TASKS, FRAMEWORKS, LR, PEERS,  # noqa: E402
-                    TASKS, parse_shape, run_c_program, thread_env)
+                    TASKS, compile_c_program, parse_shape, run_c_program, thread_env)
 
 WORKER = os.path.join(HERE, "workers", "worker.py")
 
@@ -164,22 +166,109 @@ def busy_fraction(sample_s=0.25):
         return os.getloadavg()[0] / (os.cpu_count() or 1)
 
 
+# Two threads passing a counter back and forth: the mean round trip in ns. On
+# the 2-core KVM VMs of this project there are periods of minutes in which it
+# takes ~510 ns instead of ~105 (a core sees the other's writes late), which
+# slow every framework's two-thread calls (PyTorch's stream inference 0.27 ->
+# 0.63 ms) and clstm's per-step teams most.
+CROSS_CORE_C = r"""
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+static long n;
+static _Alignas(64) volatile long ping;
+static _Alignas(64) volatile long pong;
+static void *echo(void *arg)
+{
+    (void)arg;
+    for (long i = 1; i <= n; i++) {
+        while (__atomic_load_n(&ping, __ATOMIC_ACQUIRE) != i) ;
+        __atomic_store_n(&pong, i, __ATOMIC_RELEASE);
+    }
+    return NULL;
+}
+int main(int argc, char **argv)
+{
+    struct timespec t0, t1;
+    pthread_t t;
+    n = atol(argv[1]);
+    pthread_create(&t, NULL, echo, NULL);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (long i = 1; i <= n; i++) {
+        __atomic_store_n(&ping, i, __ATOMIC_RELEASE);
+        while (__atomic_load_n(&pong, __ATOMIC_ACQUIRE) != i) ;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    pthread_join(t, NULL);
+    printf("%.1f\n", ((t1.tv_sec - t0.tv_sec) * 1e9 + (t1.tv_nsec - t0.tv_nsec)) / n);
+    return 0;
+}
+"""
+
+
+class CrossCoreProbe:
+    """The round trip of CROSS_CORE_C, compiled once (None without a compiler)."""
+
+    def __init__(self):
+        self._dir = tempfile.mkdtemp(prefix="clstm-cross-core-")
+        try:
+            self.exe = compile_c_program(CROSS_CORE_C, self._dir, ("-O2", "-pthread"))
+        except (OSError, subprocess.SubprocessError):
+            self.exe = None
+
+    def round_trip_ns(self, trips=20000):
+        if self.exe is None:
+            return None
+        out = subprocess.run([self.exe, str(trips)], capture_output=True, text=True,
+                             timeout=60)
+        return float(out.stdout) if out.returncode == 0 else None
+
+    def close(self):
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
 class IdleWaiter:
-    def __init__(self, enabled, threshold, timeout):
+    """--wait-idle: before each timed batch, wait (up to `timeout` s) until the
+    cores are idle and, before a two-thread batch, until a cross-core round
+    trip takes at most `cross_core_ns` (the VM's slow periods; None: no check)."""
+
+    def __init__(self, enabled, threshold, timeout, cross_core_ns=None):
         self.enabled, self.threshold, self.timeout = enabled, threshold, timeout
         self.waited_s = 0.0
         self.timeouts = 0
+        self.cross_core_ns = cross_core_ns
+        self.probe = CrossCoreProbe() if enabled and cross_core_ns else None
+        self.round_trips = []          # the last round trip measured before each batch
 
-    def wait(self):
+    def _slow_cores(self):
+        self._last = self.probe.round_trip_ns()
+        return self._last is not None and self._last > self.cross_core_ns
+
+    def wait(self, n_threads=1):
         if not self.enabled:
             return
-        start = time.time()
-        while busy_fraction() > self.threshold:
+        start, self._last = time.time(), None
+        while busy_fraction() > self.threshold or (
+                n_threads > 1 and self.probe is not None and self._slow_cores()):
             if time.time() - start > self.timeout:
                 self.timeouts += 1
                 break
             time.sleep(1.0)
+        if self._last is not None:
+            self.round_trips.append(self._last)
         self.waited_s += time.time() - start
+
+    def summary(self):
+        rts = sorted(self.round_trips)
+        return {"enabled": self.enabled, "waited_s": self.waited_s, "timeouts": self.timeouts,
+                "cross_core_limit_ns": self.cross_core_ns,
+                "cross_core_ns": ({"n": len(rts), "median": rts[len(rts) // 2], "max": rts[-1]}
+                                  if rts else None)}
+
+    def close(self):
+        if self.probe is not None:
+            self.probe.close()
 
 
 # -- correctness ---------------------------------------------------------------
@@ -394,6 +483,11 @@ def parse_args(argv=None):
                    help="before each round, wait until the machine's other load is low")
     p.add_argument("--idle-threshold", type=float, default=0.10,
                    help="busy fraction of all cores counted as idle (default 0.10)")
+    p.add_argument("--cross-core-ns", type=float, default=160.0,
+                   help="with --wait-idle, before a two-thread batch also wait until two "
+                        "threads pass a counter between cores in at most this many ns "
+                        "(quiet: ~105 on the project's VMs, ~510 in their slow periods; "
+                        "0: no check; default 160)")
     p.add_argument("--idle-timeout", type=float, default=120.0,
                    help="seconds to wait for idleness before going on anyway (default 120)")
     p.add_argument("--python", action="append", default=[], metavar="FRAMEWORK=PATH",
@@ -530,7 +624,8 @@ def new_results(args, command, configs, py, cell):
 def run_cell(args, cell, configs, py, work, res, case_paths, save):
     """One cell's run: probes, then every thread count; fills res, returns an exit code."""
     t_begin = time.time()
-    waiter = IdleWaiter(args.wait_idle, args.idle_threshold, args.idle_timeout)
+    waiter = IdleWaiter(args.wait_idle, args.idle_threshold, args.idle_timeout,
+                        args.cross_core_ns)
     fws = [f for f in FRAMEWORKS if f in args.frameworks]
     extras = set() if args.no_extras else {"sgemm", "import", "rss", "fit"} - set(args.skip)
     if not cell.is_plain_lstm:
@@ -562,12 +657,13 @@ def run_cell(args, cell, configs, py, work, res, case_paths, save):
         if "fit" in extras:
             estimator_fit(args, fws, py, res)
     except CheckFailed as exc:
+        waiter.close()
         res["notes"].append(f"ABORTED: {exc}")
         save()
         print(f"\nCORRECTNESS CHECK FAILED, nothing timed for it: {exc}", file=sys.stderr)
         return 2
-    res["idle_wait"] = {"enabled": args.wait_idle, "waited_s": waiter.waited_s,
-                        "timeouts": waiter.timeouts}
+    res["idle_wait"] = waiter.summary()
+    waiter.close()
     res["meta"]["loadavg_end"] = os.getloadavg()
     res["meta"]["elapsed_s"] = time.time() - t_begin
     compute_ratios(res, configs, args, cell)
@@ -671,7 +767,7 @@ def run_thread_count(args, n, cell, configs, py, work, res, case_paths, waiter):
                 for rnd in range(args.rounds):
                     order = fw_task[rnd % len(fw_task):] + fw_task[:rnd % len(fw_task)]
                     for f in order:
-                        waiter.wait()
+                        waiter.wait(n)
                         time.sleep(0.02)   # let the previous worker's spinning threads park
                         times[f] += live[f].call("bench", task=task, reps=reps[f])["times_ms"]
                 line = []

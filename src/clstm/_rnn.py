@@ -1537,21 +1537,6 @@ class _Workspace:
         return chunks[k]
 
 
-CACHE_LINE = 64
-
-
-def _aligned_empty(shape, dtype):
-    """np.empty(shape, dtype) starting on a cache line (NumPy aligns to 16
-    bytes): the members of a team that splits a step by units write
-    neighbouring columns of the same rows, and a line shared by two of them
-    would pass between their cores every step."""
-    dtype = np.dtype(dtype)
-    n_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    raw = np.empty(n_bytes + CACHE_LINE, dtype=np.uint8)
-    start = -raw.ctypes.data % CACHE_LINE
-    return raw[start:start + n_bytes].view(dtype).reshape(shape)
-
-
 class _Buffers:
     """Named arrays reused while their shape and dtype stay the same (and
     `sets`: dicts of them, built once per shape by the network)."""
@@ -1564,7 +1549,9 @@ class _Buffers:
         store = self._arrays
         arr = store.get(key)
         if arr is None or arr.shape != shape or arr.dtype != dtype:
-            arr = _aligned_empty(shape, dtype)
+            # (on a cache line: a units team's members write neighbouring
+            # columns of the same rows)
+            arr = _kernels().aligned_empty(shape, dtype)
             if zero:
                 arr.fill(0)
             store[key] = arr

@@ -477,7 +477,8 @@ cdef inline void _fused_step(Layer* L, Py_ssize_t t, Py_ssize_t n, Py_ssize_t n_
 # its peers to finish the last one (clstm_team_await), where a slice per step
 # also has the helper read the published slot each step. The values are
 # those of the per-step slices (the same groups per member). Stream inference
-# (1 x 200 x 16 -> 64, 2 threads, a C loop): 0.31 -> xx us a step.
+# (1 x 200 x 16 -> 64, 2 threads; compare_trees.py, 8 rounds): 0.0614 ->
+# 0.0596 ms a call.
 cdef long long _units_scans = 0      # scans that ran as one slice a member (tests)
 
 
@@ -2310,16 +2311,28 @@ def same_values(a, b):
     return memcmp(cnp.PyArray_DATA(x), cnp.PyArray_DATA(y), cnp.PyArray_NBYTES(x)) == 0
 
 
+def aligned_empty(shape, dtype):
+    """An uninitialised array like np.empty(shape, dtype) that starts on a
+    64-byte boundary (NumPy's allocations are aligned to 16 bytes).
+
+    For packed weights, so that each panel row or unit-group row is whole
+    cache lines: a vector load split across two lines made whole forwards
+    ~25 % slower on AVX-512 (stream training forward 100 -> 125 us on Zen 5,
+    in the 3 of 4 processes where the allocation fell off the boundary) and
+    the fused kernel ~10 % on AVX2. And for the scan's buffers, whose rows
+    the members of a units team write in neighbouring columns: a line
+    shared by two members passed between their cores every step (stream
+    inference at 2 threads, with the ISA level found once: 0.0705 -> 0.0614 ms)."""
+    dtype = np.dtype(dtype)
+    cdef Py_ssize_t n_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(n_bytes + 64, dtype=np.uint8)
+    cdef Py_ssize_t start = (-raw.ctypes.data) % 64
+    return raw[start:start + n_bytes].view(dtype).reshape(shape)
+
+
 def _aligned_floats(Py_ssize_t size):
-    """An uninitialised float32 array of `size` that starts on a 64-byte
-    boundary, for packed weights: each panel row or unit-group row is then
-    whole cache lines. A vector load split across two lines made whole
-    forwards ~25 % slower on AVX-512 (stream training forward 100 -> 125 us
-    on Zen 5, in the 3 of 4 processes where NumPy's 16-byte-aligned
-    allocation fell off the boundary) and the fused kernel ~10 % on AVX2."""
-    buffer = np.empty(size + 16, dtype=np.float32)
-    cdef Py_ssize_t skip = (-(buffer.ctypes.data // 4)) % 16
-    return buffer[skip:skip + size]
+    """A float32 aligned_empty of `size` (packed weights)."""
+    return aligned_empty((size,), np.float32)
 
 
 def pack_weight(const float[:, ::1] weight, bint transposed):
