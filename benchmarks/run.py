@@ -252,8 +252,8 @@ class IdleWaiter:
         if not self.enabled:
             return
         start, self._last = time.time(), None
-        # (after 3 waits in a row that timed out on slow cores, the rest of the run
-        # goes on without the check: a slow period for good)
+        # (after 3 waits in a row that timed out on slow cores, the rest of the
+        # config's task goes on without the check: new_case starts it again)
         check = n_threads > 1 and self.probe is not None and self.slow_timeouts < 3
         while busy_fraction() > self.threshold or (check and self._slow_cores()):
             if time.time() - start > self.timeout:
@@ -268,6 +268,10 @@ class IdleWaiter:
         if self._last is not None:
             self.round_trips.append(self._last)
         self.waited_s += time.time() - start
+
+    def new_case(self):
+        """A new config's task: check the cores again (see wait)."""
+        self.slow_timeouts = 0
 
     def summary(self):
         rts = sorted(self.round_trips)
@@ -774,6 +778,7 @@ def run_thread_count(args, n, cell, configs, py, work, res, case_paths, waiter):
                                      min_calls=1 if args.quick else 3)
                     reps[f] = int(min(1000, max(1, round(args.round_time / max(r["estimate_ms"] / 1e3, 1e-7)))))
                 times = {f: [] for f in fw_task}
+                waiter.new_case()
                 for rnd in range(args.rounds):
                     order = fw_task[rnd % len(fw_task):] + fw_task[:rnd % len(fw_task)]
                     for f in order:
