@@ -442,15 +442,23 @@ static inline void clstm_team_idle(long *spins)
     }
 }
 
-/* Wait until members [1, n) other than `self` have finished `steps` steps. */
-static void clstm_team_wait(clstm_team *team, Py_ssize_t n, Py_ssize_t self, long long steps)
+/* Wait until counters[m] >= value for the members m in [from, n) other than
+ * `self` (what each wrote before raising its counter is visible after). */
+static void clstm_team_wait_for(const clstm_team_line *counters, Py_ssize_t from, Py_ssize_t n,
+                                Py_ssize_t self, long long value)
 {
     Py_ssize_t m;
     long spins = 0;
-    for (m = 1; m < n; m++)
+    for (m = from; m < n; m++)
         if (m != self)
-            while (__atomic_load_n(&team->progress[m].v, __ATOMIC_ACQUIRE) < steps)
+            while (__atomic_load_n(&counters[m].v, __ATOMIC_ACQUIRE) < value)
                 clstm_team_idle(&spins);
+}
+
+/* Wait until members [1, n) other than `self` have finished `steps` steps. */
+static void clstm_team_wait(clstm_team *team, Py_ssize_t n, Py_ssize_t self, long long steps)
+{
+    clstm_team_wait_for(team->progress, 1, n, self, steps);
 }
 
 /* Spins before the leader runs a shared slice its helper has not claimed
@@ -651,12 +659,7 @@ static inline long long clstm_team_take_beats(clstm_team *team, long long count)
  * (step b - first of the slice), then read what they wrote in it. */
 static inline void clstm_team_await(clstm_team *team, Py_ssize_t k, Py_ssize_t n, long long b)
 {
-    Py_ssize_t m;
-    long spins = 0;
-    for (m = 0; m < n; m++)
-        if (m != k)
-            while (__atomic_load_n(&team->beat[m].v, __ATOMIC_ACQUIRE) < b)
-                clstm_team_idle(&spins);
+    clstm_team_wait_for(team->beat, 0, n, k, b);
 }
 
 /* Member k has finished beat b (what it wrote in it is visible after). */
