@@ -471,14 +471,6 @@ cdef inline void _fused_step(Layer* L, Py_ssize_t t, Py_ssize_t n, Py_ssize_t n_
     clstm_team_step(<clstm_team*> L.team, _fused_step_slice, &s, sizeof(FusedStep), False)
 
 
-# Once its probe is over (CLSTM_TEAM_PROBE_STEPS), a units team runs the rest
-# of a full-length scan as one slice per member: each member takes its unit
-# groups through all the remaining steps, waiting before each step only for
-# its peers to finish the last one (clstm_team_await), where a slice per step
-# also has the helper read the published slot each step. The values are
-# those of the per-step slices (the same groups per member). Stream inference
-# (1 x 200 x 16 -> 64, 2 threads; compare_trees.py, 8 rounds): 0.0614 ->
-# 0.0596 ms a call.
 cdef inline bint _full_length(Layer* L, bint ready, int* whole) noexcept nogil:
     """Whether every step of L's batch has all its rows, found once `ready`
     (`whole`: -1 until then; the caller's, one per scan)."""
@@ -491,6 +483,14 @@ cdef inline bint _full_length(Layer* L, bint ready, int* whole) noexcept nogil:
     return whole[0] > 0
 
 
+# Once its probe is over (CLSTM_TEAM_PROBE_STEPS), a units team runs the rest
+# of a full-length scan as one slice per member: each member takes its unit
+# groups through all the remaining steps, waiting before each step only for
+# its peers to finish the last one (clstm_team_await), where a slice per step
+# also has the helper read the published slot each step. The values are
+# those of the per-step slices (the same groups per member). Stream inference
+# (1 x 200 x 16 -> 64, 2 threads; compare_trees.py, 8 rounds): 0.0614 ->
+# 0.0596 ms a call.
 cdef long long _units_scans = 0      # scans that ran as one slice a member (tests)
 
 
