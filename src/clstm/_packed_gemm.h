@@ -393,7 +393,7 @@ __attribute__((target("arch=x86-64-v4"))) static void clstm_packed_row_split_v4(
  * narrow products, the fused cell) runs at: 2 = x86-64-v4 (AVX-512),
  * 1 = x86-64-v3 (AVX2 + FMA), 0 = the baseline. Found once (a benign race:
  * every thread finds the same): the fused cell's steps ask for its width
- * each step, and the CPU check cost them ~10 ns. */
+ * every step, which ran __builtin_cpu_init and the CPU checks each time. */
 static int clstm_isa_level(void)
 {
     static int level = -1;

@@ -2330,11 +2330,6 @@ def aligned_empty(shape, dtype):
     return raw[start:start + n_bytes].view(dtype).reshape(shape)
 
 
-def _aligned_floats(Py_ssize_t size):
-    """A float32 aligned_empty of `size` (packed weights)."""
-    return aligned_empty((size,), np.float32)
-
-
 def pack_weight(const float[:, ::1] weight, bint transposed):
     """Pack a float32 weight for the small-GEMM kernel (see _packed_gemm.h).
 
@@ -2344,7 +2339,7 @@ def pack_weight(const float[:, ::1] weight, bint transposed):
     """
     cdef Py_ssize_t K = weight.shape[1] if transposed else weight.shape[0]
     cdef Py_ssize_t N = weight.shape[0] if transposed else weight.shape[1]
-    out = _aligned_floats(clstm_packed_size(K, N))
+    out = aligned_empty((clstm_packed_size(K, N),), np.float32)
     cdef float[::1] packed = out
     if out.shape[0]:
         with nogil:
@@ -2554,7 +2549,7 @@ def pack_fused_cell(const float[:, ::1] weight_ih, const float[:, ::1] weight_hh
         peep = peephole
         _check(peep.shape[0] == (ng - 1) * H, "peephole shape")
         peep_ptr = &peep[0]
-    out = _aligned_floats(clstm_fused_size(I + P, H, ng, peep_ptr != NULL))
+    out = aligned_empty((clstm_fused_size(I + P, H, ng, peep_ptr != NULL),), np.float32)
     cdef float[::1] packed = out
     cdef const float* w_ih = &weight_ih[0, 0] if I > 0 else NULL
     with nogil:
