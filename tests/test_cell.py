@@ -197,6 +197,32 @@ def test_cell_backward_is_the_derivative_of_forward():
         np.testing.assert_allclose(analytic, numeric, rtol=1e-7, atol=1e-9)
 
 
+@pytest.mark.parametrize("B", [1, 2, 7, 8, 9, 32, 33])
+@pytest.mark.parametrize("H", [1, 2, 5, 15, 17, 50, 100, 127])
+def test_cell_forward_tails_equal_whole_vectors(B, H):
+    # the units past a row's last whole vector are gathered across rows into
+    # vectors of their own; padded to a width of whole vectors (zero units
+    # after H), the same units run in the vector body: the same bits
+    Hp = -(-H // 16) * 16
+    rng = np.random.default_rng(B * 1000 + H)
+    z = (4 * rng.standard_normal((B, 4, H))).astype(np.float32)
+    z[0, :, 0] = [30.0, -30.0, np.inf, 9.0]          # saturated and infinite entries
+    c_prev = rng.standard_normal((B, H)).astype(np.float32)
+    bias = rng.standard_normal((4, H)).astype(np.float32)
+
+    def padded(a):
+        out = np.zeros(a.shape[:-1] + (Hp,), np.float32)
+        out[..., :H] = a
+        return out
+
+    act, c, h = _cell.cell_forward(z.reshape(B, 4 * H), c_prev, bias.reshape(-1))
+    act_p, c_p, h_p = _cell.cell_forward(padded(z).reshape(B, 4 * Hp), padded(c_prev),
+                                         padded(bias).reshape(-1))
+    np.testing.assert_array_equal(act.reshape(B, 4, H), act_p.reshape(B, 4, Hp)[..., :H])
+    np.testing.assert_array_equal(c, c_p[:, :H])
+    np.testing.assert_array_equal(h, h_p[:, :H])
+
+
 @pytest.mark.parametrize("B,H", SHAPES)
 def test_cell_forward_float32_vs_float64(B, H):
     z, c_prev, _, _ = _cell_inputs(B, H, seed=B * 10 + H)

@@ -28,6 +28,7 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <string.h>
 
 #if defined(_MSC_VER)
 #define CLSTM_RESTRICT __restrict
@@ -97,7 +98,12 @@ CLSTM_INLINE double clstm_sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
 #define SFX f
 #define TANH clstm_tanhf
 #define SIGMOID clstm_sigmoidf
+#define TAIL_LANES 16     /* one AVX-512 vector (two AVX2, four SSE2 ones) */
+#define TAIL_GROUP 64     /* lanes of gathered tails a call (4 vectors: one alone
+                             waited on its chain of activations) */
 #include "_cell_rows.h"
+#undef TAIL_LANES
+#undef TAIL_GROUP
 #undef T
 #undef SFX
 #undef TANH
@@ -107,7 +113,9 @@ CLSTM_INLINE double clstm_sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
 #define SFX d
 #define TANH clstm_tanh
 #define SIGMOID clstm_sigmoid
+#define TAIL_LANES 0      /* (libm's activations: no vector loop to fill) */
 #include "_cell_rows.h"
+#undef TAIL_LANES
 #undef T
 #undef SFX
 #undef TANH
