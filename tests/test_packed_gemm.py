@@ -24,7 +24,9 @@ SHAPES = [(1, 1, 1), (1, 64, 256), (2, 3, 16), (5, 7, 17), (7, 50, 200), (13, 33
           # right edges of 2 panels, and of 2 + 1 (the 2-panel edge tile)
           (6, 40, 32), (5, 64, 40), (3, 17, 100),
           # one panel: 8-row tiles first (AVX-512), the rows left on 1-4-row ones
-          (19, 40, 12), (16, 9, 16)]
+          (19, 40, 12), (16, 9, 16),
+          # an odd number of panels: the last one on 8-row tiles first (AVX-512)
+          (32, 50, 200), (13, 50, 200), (20, 30, 48), (9, 17, 80)]
 
 
 @pytest.mark.parametrize("n, K, N", SHAPES)
@@ -154,7 +156,7 @@ def _whole_product(n, K, N):
 
 
 @pytest.mark.parametrize("n, K, N", [(16, 51, 200), (32, 144, 512), (23, 9, 70), (9, 128, 40),
-                                     (21, 64, 12)])
+                                     (21, 64, 12), (19, 50, 200), (20, 30, 48)])
 def test_rows_do_not_depend_on_their_block(n, K, N):
     # the rows left over after the full tiles run on shorter tiles; each row's
     # sums must be bit for bit those of the same row in any other block, as

@@ -190,13 +190,14 @@ CLSTM_DEFINE_TILE(clstm_tile_##SFX##_##R##_one, VT, VW, R, 1, AT)
  * H=64: 80 KB) starts each pass on the panels that the last pass read last,
  * still in L1, instead of on those it evicted first. The order of the panels
  * never changes a value. (One loop over the tiles in either order: each tile
- * is inlined once, not once per direction.) */
+ * is inlined once, not once per direction.) The block's panels end at gb:
+ * g1, or g1 - 1 where its rows' last panel ran on tiles of their own. */
 #define CLSTM_ROW_BLOCK(SFX, R, NP)                                             \
     case R: {                                                                   \
-        const ptrdiff_t n_w = (g1 - g0) / NP, e_w = g0 + n_w * NP;              \
-        const ptrdiff_t n_4 = NP > 4 ? (g1 - e_w) / 4 : 0, e_4 = e_w + 4 * n_4; \
-        const ptrdiff_t n_2 = NP > 2 ? (g1 - e_4) / 2 : 0, e_2 = e_4 + 2 * n_2; \
-        const ptrdiff_t n_t = n_w + n_4 + n_2 + (g1 - e_2);                     \
+        const ptrdiff_t n_w = (gb - g0) / NP, e_w = g0 + n_w * NP;              \
+        const ptrdiff_t n_4 = NP > 4 ? (gb - e_w) / 4 : 0, e_4 = e_w + 4 * n_4; \
+        const ptrdiff_t n_2 = NP > 2 ? (gb - e_4) / 2 : 0, e_2 = e_4 + 2 * n_2; \
+        const ptrdiff_t n_t = n_w + n_4 + n_2 + (gb - e_2);                     \
         for (ptrdiff_t q = 0; q < n_t; ++q) {                                   \
             const ptrdiff_t i = rev ? n_t - 1 - q : q;                          \
             if (i < n_w) {                                                      \
@@ -242,7 +243,9 @@ static inline ptrdiff_t clstm_panel_group(ptrdiff_t panel_floats)
  * in the same order, so the result of a row does not depend on the block it
  * falls in (thread splits stay bit-identical), nor on the panel groups.
  * CASES: one CLSTM_ROW_BLOCK per height 1..MR. TALL: statements run first,
- * which may compute rows [0, r0) on tiles of their own (r0 starts at 0). */
+ * which may compute rows [0, r0) on tiles of their own (r0 starts at 0), or
+ * the group's last panel for rows [0, r_last) (a multiple of MR; r_last
+ * starts at 0). */
 #define CLSTM_A_ROW(AT, a, lda, r) ((AT) ? (a) + (r) : (a) + (r) * (lda))
 #define CLSTM_DEFINE_GEMM(SFX, ATTR, MR, CASES, TALL, AT)                       \
 ATTR static void clstm_packed_gemm_##SFX(                                       \
@@ -253,15 +256,17 @@ ATTR static void clstm_packed_gemm_##SFX(                                       
     const ptrdiff_t n_panels = (N + CLSTM_PANEL - 1) / CLSTM_PANEL;             \
     const ptrdiff_t ps = (K1 + K2) * CLSTM_PANEL;                               \
     const ptrdiff_t group = AT ? 4 : clstm_panel_group(ps);                    \
-    ptrdiff_t r, rows, p, g0, g1, r0;                                           \
+    ptrdiff_t r, rows, p, g0, g1, r0, r_last;                                   \
     int rev = order & 1;                                                        \
     if (AT) K1 = 0;     /* (clstm_wgrad: one A; the first loop compiles away) */ \
     for (g0 = 0; g0 < n_panels; g0 = g1) {                                      \
         g1 = n_panels - g0 > group ? g0 + group : n_panels;                     \
         r0 = 0;                                                                 \
+        r_last = 0;                                                             \
         TALL                                                                    \
         for (r = r0; r < n; r += rows) {                                        \
             rows = n - r < MR ? n - r : MR;                                     \
+            const ptrdiff_t gb = r < r_last ? g1 - 1 : g1;                      \
             const float *r1 = CLSTM_A_ROW(AT, a1, lda1, r);                     \
             const float *r2 = CLSTM_A_ROW(AT, a2, lda2, r);                     \
             float *cr = c + r * ldc;                                            \
@@ -286,7 +291,9 @@ CLSTM_DEFINE_GEMM(SFX, , 2, CLSTM_ROW_BLOCK(SFX, 2, 1) CLSTM_ROW_BLOCK(SFX, 1, 1
  * A B of one panel (N <= 16: grad_x = grad_gates @ W_ih of 5-16 inputs, over
  * all T*B rows) runs on 8-row AVX-512 tiles first: a 4-row one holds 4
  * chains, half of what Zen 5's two FMA pipes need (ts-medium's grad_x,
- * 6,400 x 512 @ 512 x 8, 0.79 -> 0.57 ms); the same sums, k by k, bit for bit. */
+ * 6,400 x 512 @ 512 x 8, 0.79 -> 0.57 ms); the same sums, k by k, bit for bit.
+ * So does the last panel of an odd number of them, which a block of 4 rows
+ * would take on a 4 x 1 tile (ts-small's gates, 13 panels: 4 + 4 + 4 + 1). */
 #define CLSTM_V4_GEMM(SFX, AT)                                                  \
 CLSTM_DEFINE_TILES(SFX, clstm_v16, 16, 4, 4, AT)                                \
 CLSTM_DEFINE_TILES(SFX, clstm_v16, 16, 3, 4, AT)                                \
@@ -296,13 +303,15 @@ CLSTM_DEFINE_TILE(clstm_tile_##SFX##_8_narrow, clstm_v16, 16, 8, 1, AT)         
 CLSTM_DEFINE_GEMM(SFX, __attribute__((target("arch=x86-64-v4"))), 4,            \
     CLSTM_ROW_BLOCK(SFX, 4, 4) CLSTM_ROW_BLOCK(SFX, 3, 4)                       \
     CLSTM_ROW_BLOCK(SFX, 2, 4) CLSTM_ROW_BLOCK(SFX, 1, 8),                      \
-    if (g1 - g0 == 1) {                                                         \
-        const ptrdiff_t nc = N - g0 * CLSTM_PANEL < CLSTM_PANEL                 \
-            ? N - g0 * CLSTM_PANEL : CLSTM_PANEL;                               \
-        for (; r0 + 8 <= n; r0 += 8)                                            \
-            clstm_tile_##SFX##_8_narrow(K1, CLSTM_A_ROW(AT, a1, lda1, r0), lda1, \
-                K2, CLSTM_A_ROW(AT, a2, lda2, r0), lda2, packed + g0 * ps, ps,  \
-                c + r0 * ldc + g0 * CLSTM_PANEL, ldc, nc, accumulate);          \
+    if ((g1 - g0) & 1) {                                                        \
+        const ptrdiff_t g = g1 - 1;                                             \
+        const ptrdiff_t nc = N - g * CLSTM_PANEL < CLSTM_PANEL                  \
+            ? N - g * CLSTM_PANEL : CLSTM_PANEL;                                \
+        for (; r_last + 8 <= n; r_last += 8)                                    \
+            clstm_tile_##SFX##_8_narrow(K1, CLSTM_A_ROW(AT, a1, lda1, r_last), lda1, \
+                K2, CLSTM_A_ROW(AT, a2, lda2, r_last), lda2, packed + g * ps, ps, \
+                c + r_last * ldc + g * CLSTM_PANEL, ldc, nc, accumulate);       \
+        if (g1 - g0 == 1) r0 = r_last;        /* (those rows are done) */       \
     }, AT)
 /* AVX2 blocks of 1 or 2 rows span 4 or 2 panels, so that they too keep 8
  * FMA chains in flight (Zen 3 / Haswell: 2 pipes x 4 cycles of latency) */
