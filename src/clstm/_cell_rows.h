@@ -208,12 +208,12 @@ CLSTM_INLINE void CLSTM_FN(ln_cell_backward_row)(
 #if TAIL_LANES
 /* The units past a row's last whole vector (t = hidden % TAIL_LANES of
  * them), gathered across rows. Left to the row kernel, they ran its scalar
- * loop (five divisions and ten selects a unit, one unit at a time): rows of
+ * loop (five activations a unit, one unit at a time): rows of
  * H = 50 cost 5.2 cycles a unit against 3.6 at H = 48 (cell kernel on 327
  * rows, one thread, Zen 5). Instead the tails of up to TAIL_GROUP / t rows
  * fill the lanes of a few vectors and go through the same row kernel with a
  * count of whole vectors, so only its vector loop runs: 4.0 cycles a unit
- * at H = 50. Each value gets the same elementwise arithmetic as in the
+ * at H = 50 (these three figures before clstm_tanhf's |x| form). Each value gets the same elementwise arithmetic as in the
  * row's own vectors: the same bits (tests/test_cell.py). */
 typedef struct {
     T gi[TAIL_GROUP], gf[TAIL_GROUP], gg[TAIL_GROUP], go[TAIL_GROUP];

@@ -108,9 +108,10 @@ clstm_vsel_##SFX(VI m, VT a, VT b)                                              
 ATTR static inline __attribute__((always_inline)) VT clstm_vtanh_##SFX(VT x)    \
 {                                                                               \
     const float clamp = 7.90531110763549805f;                                   \
-    const VT hi = (VT){0} + clamp, lo = (VT){0} - clamp;                        \
-    VT xc = clstm_vsel_##SFX(x > hi, hi, x);                                    \
-    xc = clstm_vsel_##SFX(xc < lo, lo, xc);                                     \
+    const VT hi = (VT){0} + clamp;                                              \
+    const VI sign = (VI){0} + (-2147483647 - 1);         /* the sign bit */     \
+    const VT ax = (VT)((VI)x & ~sign);                     /* fabsf */          \
+    const VT xc = clstm_vsel_##SFX(ax > hi, hi, ax);                            \
     const VT x2 = xc * xc;                                                      \
     VT p = (VT){0} + -2.76076847742355e-16f;                                    \
     p = p * x2 + 2.00018790482477e-13f;                                         \
@@ -125,8 +126,8 @@ ATTR static inline __attribute__((always_inline)) VT clstm_vtanh_##SFX(VT x)    
     q = q * x2 + 2.26843463243900e-03f;                                         \
     q = q * x2 + 4.89352518554385e-03f;                                         \
     VT r = p / q;                                                               \
-    r = clstm_vsel_##SFX(x > hi, (VT){0} + 1.0f, r);                            \
-    return clstm_vsel_##SFX(x < lo, (VT){0} - 1.0f, r);                         \
+    r = clstm_vsel_##SFX(ax > hi, (VT){0} + 1.0f, r);                           \
+    return (VT)(((VI)r & ~sign) | ((VI)x & sign));         /* copysignf */      \
 }                                                                               \
 ATTR static inline __attribute__((always_inline)) VT clstm_vsigmoid_##SFX(VT x) \
 {                                                                               \
