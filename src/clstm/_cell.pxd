@@ -9,6 +9,7 @@ cdef extern from "_cell_kernels.h" nogil:
     int CLSTM_PEEPHOLE
     int CLSTM_COUPLED
     int CLSTM_LN_CELL
+    int CLSTM_GATES_UNREAD
 
     # --- LSTM family (LSTM, peephole, coupled gates, layer-normalised cell) --
     void clstm_lstm_forward_f(int variant, Py_ssize_t n_rows, Py_ssize_t hidden,

@@ -93,6 +93,9 @@ CLSTM_INLINE double clstm_sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
 #define CLSTM_PEEPHOLE 1
 #define CLSTM_COUPLED 2
 #define CLSTM_LN_CELL 4
+/* Not a variant: the caller reads no activated gates after the forward
+ * (inference), so the gathered tails leave them unwritten (_cell_rows.h). */
+#define CLSTM_GATES_UNREAD 8
 /* Layer normalisation epsilon (as torch.nn.LayerNorm). */
 #define CLSTM_LN_EPS 1e-5
 

@@ -254,9 +254,10 @@ CLSTM_INLINE void CLSTM_FN(tail_repeat)(T *CLSTM_RESTRICT lanes, const T *CLSTM_
 
 /* The LSTM forward of the tails (units [hidden - t, hidden)) of n_rows rows,
  * 0 < t < TAIL_LANES; no layer-normalised cell (its second pass needs whole
- * rows). The arguments as clstm_lstm_forward's. */
+ * rows). The arguments as clstm_lstm_forward's; keep_gates 0: the activated
+ * gates are not written back (nothing reads them). */
 CLSTM_DISPATCH static void CLSTM_FN(lstm_forward_tails)(
-    int variant, ptrdiff_t n_rows, ptrdiff_t hidden, ptrdiff_t t, T *gates,
+    int variant, int keep_gates, ptrdiff_t n_rows, ptrdiff_t hidden, ptrdiff_t t, T *gates,
     ptrdiff_t ld_gates, const T *bias, const T *peep, const T *c_prev,
     ptrdiff_t ld_c_prev, T *c, ptrdiff_t ld_c, T *h, ptrdiff_t ld_h)
 {
@@ -292,7 +293,7 @@ CLSTM_DISPATCH static void CLSTM_FN(lstm_forward_tails)(
         }
         for (ptrdiff_t k = 0; k < rows; ++k) {
             T *gt = gates + (r0 + k) * ld_gates + j0;
-            for (ptrdiff_t q = 0; q < blocks; ++q)
+            for (ptrdiff_t q = 0; keep_gates && q < blocks; ++q)
                 CLSTM_FN(tail_copy)(gt + q * hidden, lane_gates[q] + k * t, t);
             CLSTM_FN(tail_copy)(c + (r0 + k) * ld_c + j0, L->c + k * t, t);
             CLSTM_FN(tail_copy)(h + (r0 + k) * ld_h + j0, L->h + k * t, t);
@@ -307,6 +308,8 @@ CLSTM_DISPATCH CLSTM_MAYBE_UNUSED static void CLSTM_FN(clstm_lstm_forward)(
     T *c, ptrdiff_t ld_c, T *h, ptrdiff_t ld_h,
     const T *ln_w, const T *ln_b, T *chat, T *rstd)
 {
+    const int keep_gates = !(variant & CLSTM_GATES_UNREAD);
+    variant &= ~CLSTM_GATES_UNREAD;     /* (the switch below: variants only) */
     const int ln = variant & CLSTM_LN_CELL;
 #if TAIL_LANES
     const ptrdiff_t t = ln ? 0 : hidden % TAIL_LANES;
@@ -336,8 +339,10 @@ CLSTM_DISPATCH CLSTM_MAYBE_UNUSED static void CLSTM_FN(clstm_lstm_forward)(
     }
 #if TAIL_LANES
     if (t > 0)
-        CLSTM_FN(lstm_forward_tails)(variant, n_rows, hidden, t, gates, ld_gates, bias, peep,
-                                     c_prev, ld_c_prev, c, ld_c, h, ld_h);
+        CLSTM_FN(lstm_forward_tails)(variant, keep_gates, n_rows, hidden, t, gates, ld_gates,
+                                     bias, peep, c_prev, ld_c_prev, c, ld_c, h, ld_h);
+#else
+    (void)keep_gates;
 #endif
 }
 

@@ -35,6 +35,7 @@ cimport numpy as cnp
 from clstm._blas cimport _gemm, _gemv, RowMajor, NoTrans, Trans
 from clstm._cell cimport (
     CLSTM_COUPLED,
+    CLSTM_GATES_UNREAD,
     CLSTM_LN_CELL,
     CLSTM_PEEPHOLE,
     gru_cell_backward,
@@ -375,7 +376,9 @@ cdef inline void _cell_forward(Layer* L, Py_ssize_t t, Py_ssize_t n, Py_ssize_t 
         h_out, ld_out = <floating*> L.m_seq + row * H, H
     else:
         h_out, ld_out = <floating*> L.h_seq + row * L.ld_h, L.ld_h
-    lstm_cell_forward(L.variant, n, H, <floating*> L.gates + g_row * G, G,
+    # (an inference's two slots of gates: no backward reads the activated ones)
+    lstm_cell_forward(L.variant | (CLSTM_GATES_UNREAD if L.gates_ring else 0), n, H,
+                      <floating*> L.gates + g_row * G, G,
                       <floating*> L.bias, <floating*> L.peephole, c_prev, H,
                       <floating*> L.c_seq + (_c_row(L, t) + row0) * H, H, h_out, ld_out,
                       <floating*> L.ln_c_w, <floating*> L.ln_c_b,
