@@ -239,6 +239,82 @@ def test_inference_reads_thin_inputs_in_place(split_small_batches, monkeypatch, 
             monkeypatch.setattr(scan, "NetworkPlan", real)
 
 
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_inference_writes_the_output_in_place(split_small_batches, monkeypatch, n_jobs):
+    """An inference over full-length rows has its top layer write h into the
+    batch-first output (NetworkPlan.run's out_in_place), not into a time-major
+    buffer then copied; training forwards (whose backward reads that buffer)
+    and ragged batches keep the copy. The same bits either way: every cell,
+    both directions of a stacked network, one row (a units team at 2
+    threads), few rows (fused steps), many (a row team, or several parts)."""
+    scan = rnn._kernels()
+    real = scan.NetworkPlan
+    seen = []
+
+    class Recording:
+        def __init__(self, specs):
+            self.plan = real(specs)
+
+        def run(self, *args):
+            seen.append(args[5] if len(args) > 5 else False)
+            return self.plan.run(*args)
+
+    rng = np.random.default_rng(12)
+    for cell, (cls, kwargs) in CELLS.items():
+        for extra in ({}, {"num_layers": 2, "bidirectional": True}):
+            for B in (1, 3, 12):
+                net = cls(4, 20, random_state=2, n_jobs=n_jobs, **kwargs, **extra)
+                X = rng.standard_normal((B, 30, 4)).astype(np.float32)
+                lengths = np.full(B, 30)
+                lengths[-1] = 17
+                monkeypatch.setattr(scan, "NetworkPlan", Recording)
+                del seen[:]
+                expected, expected_state = net.run(X)               # training forward
+                out, state = net.run(X, keep_cache=False)
+                assert seen == [False, True], (cell, extra, B)
+                _assert_identical([out, *state], [expected, *expected_state])
+                if B > 1:
+                    del seen[:]
+                    expected, expected_state = net.run(X, lengths=lengths)
+                    out, state = net.run(X, lengths=lengths, keep_cache=False)
+                    assert seen == [False, False]                 # ragged: copied
+                    _assert_identical([out, *state], [expected, *expected_state])
+                monkeypatch.setattr(scan, "NetworkPlan", real)
+
+
+def test_plan_refuses_an_output_it_cannot_write_in_place(split_small_batches):
+    """out in place only for rows of full length in the caller's order and a
+    C-contiguous out of the plan's dtype; refused before any thread runs,
+    and a refused call leaves the plan usable (its own buffers kept)."""
+    scan = rnn._kernels()
+    captured = []
+    real = scan.NetworkPlan
+    net = clstm.LSTM(3, 5, random_state=0, n_jobs=1)
+    X = np.random.default_rng(0).standard_normal((4, 6, 3)).astype(np.float32)
+    for lengths in (None, [6, 2, 3, 6]):
+        scan.NetworkPlan = lambda specs: captured.append(specs) or real(specs)
+        try:
+            expected, (h_n, c_n) = net.run(X, lengths=lengths, keep_cache=False)
+        finally:
+            scan.NetworkPlan = real
+        plan = real(captured[-1])
+        out = np.empty_like(expected)
+        if lengths is not None:
+            with pytest.raises(ValueError, match="out in place: rows"):
+                plan.run(out, [h_n, c_n], None, 1, None, True)
+            continue
+        for bad in (np.empty_like(expected, dtype=np.float64), np.asfortranarray(out),
+                    out.astype(">f4")):
+            with pytest.raises(ValueError, match="out in place"):
+                plan.run(bad, [h_n, c_n], None, 1, X, True)
+        # (X read in place, as the network's call read it: the plan's x buffer never had it)
+        plan.run(out, [h_n, c_n], None, 1, X, True)
+        _assert_identical([out], [expected])
+        out2 = np.full_like(expected, np.nan)
+        plan.run(out2, [h_n, c_n], None, 1, X, False)      # the plan's own buffer again
+        _assert_identical([out2], [expected])
+
+
 def test_plan_refuses_inputs_it_cannot_read_in_place(split_small_batches):
     """x in place only for full-length contiguous rows and float32 stages
     whose steps take the inputs (thin ones; wide ones from

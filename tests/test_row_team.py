@@ -47,9 +47,9 @@ def forward_teams(monkeypatch):
     sizes = []
 
     class Recording(_scan.NetworkPlan):
-        def run(self, out, finals, n_threads=None, team_threads=1, x=None):
+        def run(self, out, finals, n_threads=None, team_threads=1, x=None, out_in_place=False):
             sizes.append(self.team_threads(team_threads))
-            return super().run(out, finals, n_threads, team_threads, x)
+            return super().run(out, finals, n_threads, team_threads, x, out_in_place)
 
     monkeypatch.setattr(_scan, "NetworkPlan", Recording)
     return sizes

@@ -166,9 +166,9 @@ def test_automatic_threads_use_a_team_for_one_sequence(team_at_any_size, monkeyp
     seen = []
     original = _scan.NetworkPlan.run
 
-    def spy(self, out, finals, n_threads=None, team_threads=1, x=None):
+    def spy(self, out, finals, n_threads=None, team_threads=1, x=None, out_in_place=False):
         seen.append((n_threads, team_threads))
-        return original(self, out, finals, n_threads, team_threads, x)
+        return original(self, out, finals, n_threads, team_threads, x, out_in_place)
 
     monkeypatch.setattr(_scan, "NetworkPlan", type("Spy", (_scan.NetworkPlan,), {"run": spy}))
     net = clstm.LSTM(4, 32, random_state=0)

@@ -80,8 +80,9 @@ cdef struct Layer:
     bint gates_ring
     bint c_ring
     void* m_seq               # (T, B, H) o * tanh(c) before the projection
-    void* h_seq               # (T, B, ld_h), this direction's P columns
-    Py_ssize_t ld_h
+    void* h_seq               # this direction's P columns: row r of step t at
+    Py_ssize_t ld_h           #   t * step_h + r * ld_h: (T, B, ld_h) time-major, or
+    Py_ssize_t step_h         #   an inference's top layer: the batch-first output
     void* ln_x                # (T, B, G) normalised input product
     void* ln_stats            # (T, B, 2) inverse deviations of the two products
     void* chat                # (T, B, H) normalised cell state

@@ -309,6 +309,12 @@ cdef inline void _masked_copy(Py_ssize_t n, Py_ssize_t width,
                 dst[r * ld_dst + j] = src[r * ld_src + j] * mask[r * width + j]
 
 
+cdef inline Py_ssize_t _h_at(const Layer* L, Py_ssize_t t, Py_ssize_t r) noexcept nogil:
+    """The offset (elements) of row r of step t in h_seq (time-major, or the
+    batch-first output an inference's top layer writes: NetworkPlan.run)."""
+    return t * L.step_h + r * L.ld_h
+
+
 cdef inline Py_ssize_t _gate_row(const Layer* L, Py_ssize_t t) noexcept nogil:
     """The first row of step t in gates (two slots in turn where L.gates_ring)."""
     return ((t & 1) if L.gates_ring else t) * L.batch
@@ -370,12 +376,12 @@ cdef inline void _cell_forward(Layer* L, Py_ssize_t t, Py_ssize_t n, Py_ssize_t 
     if L.kind == CELL_GRU:
         gru_cell_forward(n, H, <floating*> L.gates + row * G, <floating*> L.hgates + row * G,
                          <floating*> L.bias, <floating*> L.bias_hn, h_prev, ld_prev,
-                         <floating*> L.h_seq + row * L.ld_h, L.ld_h)
+                         <floating*> L.h_seq + _h_at(L, t, row0), L.ld_h)
         return
     if L.weight_hr != NULL:          # LSTMP: m_t first, the projection after
         h_out, ld_out = <floating*> L.m_seq + row * H, H
     else:
-        h_out, ld_out = <floating*> L.h_seq + row * L.ld_h, L.ld_h
+        h_out, ld_out = <floating*> L.h_seq + _h_at(L, t, row0), L.ld_h
     # (an inference's two slots of gates: no backward reads the activated ones)
     lstm_cell_forward(L.variant | (CLSTM_GATES_UNREAD if L.gates_ring else 0), n, H,
                       <floating*> L.gates + g_row * G, G,
@@ -426,13 +432,13 @@ cdef inline void _fused_cell_step(Layer* L, Py_ssize_t t, Py_ssize_t n, Py_ssize
         # c, h = cell([x_t | h_prev] @ [W_ih | W_hh].T + bias, c_prev)
         clstm_fused_lstm_step(L.variant, n, I, _x_rows(L, t, row0), _x_ld(L), P, h_prev,
                               ld_prev, H, L.fused_xh_t, NULL, 0, c_prev, H, c_out, H,
-                              <float*> L.h_seq + row * L.ld_h, L.ld_h, u0, u1, t & 1)
+                              <float*> L.h_seq + _h_at(L, t, row0), L.ld_h, u0, u1, t & 1)
     else:
         # c, h = cell(gates[t] + h_prev @ W_hh.T + bias, c_prev); gates[t] only read
         clstm_fused_lstm_step(L.variant, n, 0, h_prev, ld_prev, P, h_prev, ld_prev,
                               H, L.fused_hh_t, <float*> L.gates + (_gate_row(L, t) + row0) * G,
                               G, c_prev, H, c_out, H,
-                              <float*> L.h_seq + row * L.ld_h, L.ld_h, u0, u1, t & 1)
+                              <float*> L.h_seq + _h_at(L, t, row0), L.ld_h, u0, u1, t & 1)
 
 
 cdef struct FusedStep:
@@ -521,7 +527,7 @@ cdef void _units_scan_slice(const void* ctx, Py_ssize_t k, Py_ssize_t m) noexcep
         p = t + 1 if L.reverse else t - 1
         st.t = t
         st.n_cont = B if 0 <= p < T else 0
-        st.h_prev = h_seq + p * B * ld_h
+        st.h_prev = h_seq + p * L.step_h
         st.c_prev = c_seq + _c_row(L, p) * H
         st.h_start = <float*> L.h0 + st.n_cont * P
         st.c_start = <float*> L.c0 + st.n_cont * H
@@ -612,7 +618,7 @@ cdef inline void _row_slice(const RowStep* s, Py_ssize_t k, Py_ssize_t m,
     cdef Layer* L = s.L
     r.r0, r.r1 = s.n * k // m, s.n * (k + 1) // m
     r.c1, r.s0 = min(r.r1, s.n_cont), max(r.r0, s.n_cont)
-    r.h_prev = <float*> L.h_seq + (s.p * L.batch + r.r0) * L.ld_h
+    r.h_prev = <float*> L.h_seq + _h_at(L, s.p, r.r0)
     r.c_prev = <float*> L.c_seq + (_c_row(L, s.p) + r.r0) * L.hidden
     r.h_start = <float*> L.h0 + r.s0 * L.out_size
     r.c_start = NULL if L.c0 == NULL else <float*> L.c0 + r.s0 * L.hidden
@@ -825,7 +831,7 @@ cdef void scan_forward(Layer* L, floating* tag) noexcept nogil:
     """
     cdef Py_ssize_t T = L.n_steps, B = L.batch, I = L.input_size
     cdef Py_ssize_t H = L.hidden, P = L.out_size, G = L.n_gates
-    cdef Py_ssize_t s, t, p, n, n_cont, r, ld_h = L.ld_h
+    cdef Py_ssize_t s, t, p, n, n_cont, r, ld_h = L.ld_h, step_h = L.step_h
     cdef floating* h_seq = <floating*> L.h_seq
     cdef floating* c_seq = <floating*> L.c_seq
     cdef floating* h0 = <floating*> L.h0
@@ -864,7 +870,7 @@ cdef void scan_forward(Layer* L, floating* tag) noexcept nogil:
         # reads a whole step block (their gate gradients are zero, or, for rows
         # that start at the next step of a reverse scan, they stand for h0)
         for r in range(n, B):
-            memset(h_seq + (t * B + r) * ld_h, 0, P * sizeof(floating))
+            memset(h_seq + _h_at(L, t, r), 0, P * sizeof(floating))
         if n == 0:
             continue
         # rows [0, n_cont) continue from step p; rows [n_cont, n) start here
@@ -888,13 +894,13 @@ cdef void scan_forward(Layer* L, floating* tag) noexcept nogil:
         # the products: gates[t] += h_prev @ weight_hh.T (or kept apart)
         if L.conv:
             # gates[t] += im2col(h_prev) @ weight_hh.T: the recurrent convolution
-            _conv_columns_of_h(L, n_cont, h_seq + p * B * ld_h, ld_h, h_cols, R)
+            _conv_columns_of_h(L, n_cont, h_seq + p * step_h, ld_h, h_cols, R)
             _conv_columns_of_h(L, n - n_cont, h0 + n_cont * P, P, h_cols + n_cont * R, R)
             _matmul_nt(n, R, G, h_cols, R, <floating*> L.weight_hh, L.packed_hh_t,
                        <floating*> L.gates + _gate_row(L, t) * G, G, True)
         elif mask != NULL:
             clstm_team_sync(<clstm_team*> L.team)     # (reads all of h_prev)
-            _masked_copy(n_cont, P, h_seq + p * B * ld_h, ld_h, mask, work, P)
+            _masked_copy(n_cont, P, h_seq + p * step_h, ld_h, mask, work, P)
             _masked_copy(n - n_cont, P, h0 + n_cont * P, P, mask + n_cont * P,
                          work + n_cont * P, P)
             if floating is float:
@@ -906,10 +912,10 @@ cdef void scan_forward(Layer* L, floating* tag) noexcept nogil:
         else:
             if floating is float:
                 if fused_step:
-                    _fused_step(L, t, n, n_cont, h_seq + p * B * ld_h, ld_h,
+                    _fused_step(L, t, n, n_cont, h_seq + p * step_h, ld_h,
                                 c_seq + _c_row(L, p) * H, h0 + n_cont * P, P, c0 + n_cont * H)
                     continue
-            _step_products(L, t, n_cont, 0, h_seq + p * B * ld_h, ld_h)
+            _step_products(L, t, n_cont, 0, h_seq + p * step_h, ld_h)
             _step_products(L, t, n - n_cont, n_cont, h0 + n_cont * P, P)
         if L.ln_gates:
             ln_gates_forward(n, G, <floating*> L.gates + t * B * G,
@@ -918,7 +924,7 @@ cdef void scan_forward(Layer* L, floating* tag) noexcept nogil:
                              <floating*> L.ln_hh, <floating*> L.ln_stats + t * B * 2)
 
         # the cell: gates, c, h = cell(gates, c_prev, h_prev)
-        _cell_forward(L, t, n_cont, 0, h_seq + p * B * ld_h, ld_h, c_seq + _c_row(L, p) * H)
+        _cell_forward(L, t, n_cont, 0, h_seq + p * step_h, ld_h, c_seq + _c_row(L, p) * H)
         _cell_forward(L, t, n - n_cont, n_cont, h0 + n_cont * P, P,
                       NULL if c0 == NULL else c0 + n_cont * H)
 
@@ -927,7 +933,7 @@ cdef void scan_forward(Layer* L, floating* tag) noexcept nogil:
             # inactive rows are zero: the weight gradient GEMM reads them
             memset(<floating*> L.m_seq + (t * B + n) * H, 0, (B - n) * H * sizeof(floating))
             _matmul_nt(n, H, P, <floating*> L.m_seq + t * B * H, H,
-                       <floating*> L.weight_hr, L.packed_hr_t, h_seq + t * B * ld_h, ld_h,
+                       <floating*> L.weight_hr, L.packed_hr_t, h_seq + t * step_h, ld_h,
                        False)
     # the team's last step done: what follows reads h_seq and c_seq
     clstm_team_sync(<clstm_team*> L.team)
@@ -1422,6 +1428,7 @@ cdef void _fill_layer(Layer* L, dict a, dict cfg, bint backward) except *:
     L.m_seq = _array(a, "m_seq", typenum, 3, T, B, H, proj)
     L.h_seq = _array(a, "h_seq", typenum, 3, T, B, -(column + P), True)
     L.ld_h = a["h_seq"].shape[2]
+    L.step_h = B * L.ld_h        # (time-major; NetworkPlan.run may point it at out)
     L.h_seq = <char*> L.h_seq + column * cnp.PyArray_ITEMSIZE(<cnp.ndarray> a["h_seq"])
     L.ln_x = _array(a, "ln_x", typenum, 3, T, B, G, L.ln_gates)
     L.ln_stats = _array(a, "ln_stats", typenum, 3, T, B, 2, L.ln_gates)
@@ -1593,6 +1600,7 @@ cdef struct Part:
     const void* top               # (n_steps, b, width) the top layer's h, time-major
     void* out                     # (n_out, out_steps, width) batch-first
     Py_ssize_t n_rows, n_steps, width, out_steps
+    bint top_in_place             # the top layer wrote out itself (NetworkPlan.run)
 
 
 cdef void _run_part(Part* part, floating* tag) noexcept nogil:
@@ -1617,11 +1625,13 @@ cdef void _run_part(Part* part, floating* tag) noexcept nogil:
         for r in range(b):
             t = 0 if L.reverse else part.lengths[r] - 1
             memcpy(<floating*> st.final_h + part.dest_rows[r] * L.out_size,
-                   <floating*> L.h_seq + (t * b + r) * L.ld_h, L.out_size * sizeof(floating))
+                   <floating*> L.h_seq + _h_at(L, t, r), L.out_size * sizeof(floating))
             if st.final_c != NULL:
                 memcpy(<floating*> st.final_c + part.dest_rows[r] * L.hidden,
                        <floating*> L.c_seq + (_c_row(L, t) + r) * L.hidden,
                        L.hidden * sizeof(floating))
+    if part.top_in_place:
+        return
     # out[dest_rows[r], t] = top[t, r]: time-major -> batch-first
     src = <const floating*> part.top
     for r in range(b):
@@ -1839,10 +1849,15 @@ cdef class NetworkPlan:
         = wanted (1: no team)."""
         return self._team_size(wanted)
 
-    def run(self, out, finals, n_threads=None, team_threads=1, x=None):
+    def run(self, out, finals, n_threads=None, team_threads=1, x=None, out_in_place=False):
         """Run the forward: ``out`` (N, T_out >= T, W) batch-first output
         (``out[rows[r], t] = top[t, r]`` for t < T), ``finals`` the final
         states, one (n_stages, N, units) array per state (h; LSTM: h, c).
+
+        ``out_in_place``: the top layer writes its h straight into ``out``
+        (C-contiguous), not into the plan's time-major buffer that is then
+        copied (a forward no backward reads: nothing else reads that buffer);
+        only where every part's rows are a contiguous run of full length.
 
         ``x`` (N, T_x >= T, I), C-contiguous, batch-first: the first layer's
         input read in place, not from the plan's time-major buffer: only
@@ -1881,8 +1896,10 @@ cdef class NetworkPlan:
                                     n_out, first.hidden)
         cdef Py_ssize_t item = 4 if self.typenum == cnp.NPY_FLOAT32 else 8
         cdef list inputs = [] if x is None else self._inputs_in_place(x)
+        cdef list tops = self._tops_in_place(out) if out_in_place else []
         cdef Py_ssize_t x_row = 0 if x is None else x.shape[1] * first.input_size
         cdef Stage* reader
+        cdef Stage* writer
         for k in range(self.n_parts):
             part = self.parts + k
             part.out_steps = out.shape[1]
@@ -1902,6 +1919,13 @@ cdef class NetworkPlan:
                 reader = <Stage*> <Py_ssize_t> stage
                 reader.layer.x = <void*> <Py_ssize_t> rows
                 reader.layer.x_step, reader.layer.x_row = first.input_size, x_row
+            for stage, h, _ in tops:
+                writer = <Stage*> <Py_ssize_t> stage
+                writer.layer.h_seq = <void*> <Py_ssize_t> h
+                writer.layer.ld_h = out.shape[1] * out.shape[2]
+                writer.layer.step_h = out.shape[2]
+            for k in range(self.n_parts):
+                self.parts[k].top_in_place = out_in_place
             if n_team == 1:
                 with nogil:
                     started = clstm_run_tasks(groups.n_groups, _group_task, &groups)
@@ -1920,6 +1944,49 @@ cdef class NetworkPlan:
                 reader = <Stage*> <Py_ssize_t> stage
                 reader.layer.x = <void*> <Py_ssize_t> own
                 reader.layer.x_step = reader.layer.x_row = 0
+            for stage, _, own in tops:
+                writer = <Stage*> <Py_ssize_t> stage
+                writer.layer.h_seq = <void*> <Py_ssize_t> own
+                writer.layer.ld_h = self.parts[0].width
+                writer.layer.step_h = writer.layer.batch * writer.layer.ld_h
+            for k in range(self.n_parts):
+                self.parts[k].top_in_place = False
+
+    cdef list _tops_in_place(self, out):
+        """(stage, where in out its h starts, its own h_seq) for every stage of
+        the top layer (those writing the part's ``top``), out being written in
+        place (run's ``out_in_place``); raises where out or the plan does not
+        allow it."""
+        cdef Part* part
+        cdef Stage* st
+        cdef Py_ssize_t k, s, r, offset
+        cdef Py_ssize_t item = 4 if self.typenum == cnp.NPY_FLOAT32 else 8
+        _check(cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> out)
+               and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray> out)
+               and cnp.PyArray_TYPE(<cnp.ndarray> out) == self.typenum, "out in place")
+        cdef Py_ssize_t T_out = out.shape[1], W = out.shape[2]
+        cdef char* data = <char*> cnp.PyArray_DATA(<cnp.ndarray> out)
+        cdef list tops = []
+        cdef Py_ssize_t found
+        for k in range(self.n_parts):
+            part = self.parts + k
+            found = len(tops)
+            _check(part.width == W, "out in place: width")
+            for r in range(part.n_rows):
+                _check(part.dest_rows[r] == part.dest_rows[0] + r
+                       and part.lengths[r] == part.n_steps, "out in place: rows")
+            for s in range(part.n_stages):
+                st = part.stages + s
+                offset = <char*> st.layer.h_seq - <char*> part.top
+                if not 0 <= offset < W * item:
+                    continue           # (a layer below the top one)
+                _check(st.layer.ld_h == W and st.layer.step_h == part.n_rows * W,
+                       "out in place: the top layer's layout")
+                tops.append((<Py_ssize_t> st,
+                             <Py_ssize_t> (data + part.dest_rows[0] * T_out * W * item + offset),
+                             <Py_ssize_t> st.layer.h_seq))
+            _check(len(tops) > found, "out in place: no top layer")
+        return tops
 
     cdef list _inputs_in_place(self, x):
         """(stage, x's data at its part's first row, its own buffer) for every

@@ -127,7 +127,7 @@ cdef void _step_layers(const Layer* layers, const void* const* biases, Py_ssize_
         L.x = <void*> (x if l == 0 else h_new + (l - 1) * B * P)
         L.h0 = <void*> (h_prev + l * B * P)
         L.h_seq = <void*> (h_new + l * B * P)
-        L.ld_h = P
+        L.ld_h, L.step_h = P, B * P
         if L.kind == CELL_LSTM:
             L.c0 = <void*> (c_prev + l * B * H)
             L.c_seq = <void*> (c_new + l * B * H)
