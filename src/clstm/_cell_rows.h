@@ -208,19 +208,17 @@ CLSTM_INLINE void CLSTM_FN(ln_cell_backward_row)(
 #if TAIL_LANES
 /* The units past a row's last whole vector (t = hidden % TAIL_LANES of
  * them), gathered across rows. Left to the row kernel, they ran its scalar
- * loop (five activations a unit, one unit at a time): rows of
- * H = 50 cost 5.2 cycles a unit against 3.6 at H = 48 (cell kernel on 327
- * rows, one thread, Zen 5). Instead the tails of up to TAIL_GROUP / t rows
- * fill the lanes of a few vectors and go through the same row kernel with a
- * count of whole vectors, so only its vector loop runs: 4.0 cycles a unit
- * at H = 50 (these three figures before clstm_tanhf's |x| form). Each value gets the same elementwise arithmetic as in the
- * row's own vectors: the same bits (tests/test_cell.py). */
-typedef struct {
-    T gi[TAIL_GROUP], gf[TAIL_GROUP], gg[TAIL_GROUP], go[TAIL_GROUP];
-    T bi[TAIL_GROUP], bf[TAIL_GROUP], bg[TAIL_GROUP], bo[TAIL_GROUP];
-    T pi[TAIL_GROUP], pf[TAIL_GROUP], po[TAIL_GROUP];
-    T cp[TAIL_GROUP], c[TAIL_GROUP], h[TAIL_GROUP];
-} CLSTM_FN(clstm_tail_lanes);
+ * loop (five activations a unit, one unit at a time): rows of H = 50 cost
+ * 5.2 cycles a unit against 3.6 at H = 48 (the LSTM cell on 327 rows, one
+ * thread, Zen 5). Instead the tails of up to TAIL_GROUP / t rows fill the
+ * lanes of a few vectors and go through the same row kernel with a count
+ * of whole vectors, so only its vector loop runs: 4.0 cycles a unit at
+ * H = 50 (the three figures before clstm_tanhf's |x| form). Each value gets
+ * the same elementwise arithmetic as in the row's own vectors: the same
+ * bits (tests/test_cell.py, tests/test_hidden_tails.py).
+ * Lanes of gathered tails: up to TAIL_ARRAYS arrays of TAIL_GROUP values. */
+#define TAIL_ARRAYS 14
+typedef struct { T v[TAIL_ARRAYS][TAIL_GROUP]; } CLSTM_FN(clstm_tail_lanes);
 
 /* t values (0 < t < TAIL_LANES): two moves of the widest power-of-two size
  * that fits, the second ending where the values end (they overlap by as
@@ -248,9 +246,42 @@ CLSTM_INLINE void CLSTM_FN(tail_repeat)(T *CLSTM_RESTRICT lanes, const T *CLSTM_
     for (ptrdiff_t k = 0; k < group; ++k) CLSTM_FN(tail_copy)(lanes + k * t, src, t);
 }
 
+/* Rows [r0, r0 + rows) of n arrays, each row's t tail values: row r of array
+ * i at arrays[i] + r * ld[i], its lanes at lanes[i] + k * t for the group's
+ * k-th row; gathered into the lanes, or (`out`) scattered back from them. */
+CLSTM_INLINE void CLSTM_FN(tail_rows)(int n, T *const *lanes, T *const *arrays,
+                                      const ptrdiff_t *ld, ptrdiff_t r0, ptrdiff_t rows,
+                                      ptrdiff_t t, int out)
+{
+    for (ptrdiff_t k = 0; k < rows; ++k)
+        for (int i = 0; i < n; ++i) {
+            T *row = arrays[i] + (r0 + k) * ld[i];
+            if (out) CLSTM_FN(tail_copy)(row, lanes[i] + k * t, t);
+            else CLSTM_FN(tail_copy)(lanes[i] + k * t, row, t);
+        }
+}
+
+/* The group's lanes: the first `used` arrays zeroed (lanes past a group's rows
+ * then hold finite values: zeros, or an earlier group's; never written out). */
+#define CLSTM_TAIL_LANES_DECL(used)                                             \
+    CLSTM_FN(clstm_tail_lanes) lanes;                                           \
+    memset(&lanes, 0, (size_t)(used) * sizeof lanes.v[0]);                      \
+    T (*V)[TAIL_GROUP] = lanes.v
+
+/* whole vectors for `rows` rows of t lanes: the row kernel's vector loop only */
+#define CLSTM_TAIL_COUNT(rows, t) (((rows) * (t) + TAIL_LANES - 1) / TAIL_LANES * TAIL_LANES)
+
+/* One more array of a tails function's gather (side in) or scatter (side
+ * out): its lanes V[lane], its rows at rows_at + r * ld_rows. */
+#define CLSTM_TAIL_ARRAY(side, lane, rows_at, ld_rows)                           \
+    { side##_lanes[n_##side] = V[lane]; side##_rows[n_##side] = (T *)(rows_at);    \
+      side##_ld[n_##side++] = (ld_rows); }
+
+/* lanes: 0-3 gate blocks (i f g o), 4-7 their biases, 8-10 peepholes (i f o),
+ * 11 c_prev, 12 c, 13 h (coupled: no f) */
 #define CLSTM_LSTM_FWD_TAIL_CASE(P, C)                                          \
-    CLSTM_FN(lstm_forward_row)(n_lanes, L->gi, L->gf, L->gg, L->go, L->bi,   \
-        L->bf, L->bg, L->bo, L->pi, L->pf, L->po, L->cp, L->c, L->h, P, C, 1)
+    CLSTM_FN(lstm_forward_row)(n_lanes, V[0], V[1], V[2], V[3], V[4], V[5],     \
+        V[6], V[7], V[8], V[9], V[10], V[11], V[12], V[13], P, C, 1)
 
 /* The LSTM forward of the tails (units [hidden - t, hidden)) of n_rows rows,
  * 0 < t < TAIL_LANES; no layer-normalised cell (its second pass needs whole
@@ -262,42 +293,35 @@ CLSTM_DISPATCH static void CLSTM_FN(lstm_forward_tails)(
     ptrdiff_t ld_c_prev, T *c, ptrdiff_t ld_c, T *h, ptrdiff_t ld_h)
 {
     const int C = (variant & CLSTM_COUPLED) != 0, P = (variant & CLSTM_PEEPHOLE) != 0;
-    const ptrdiff_t j0 = hidden - t, group = TAIL_GROUP / t, blocks = C ? 3 : 4;
-    CLSTM_FN(clstm_tail_lanes) lanes, *L = &lanes;
-    memset(L, 0, sizeof lanes);
-    /* the gate blocks in the order a row holds them (coupled: i | g | o) */
-    T *lane_gates[4] = {L->gi, C ? L->gg : L->gf, C ? L->go : L->gg, L->go};
-    T *lane_bias[4] = {L->bi, C ? L->bg : L->bf, C ? L->bo : L->bg, L->bo};
-    for (ptrdiff_t q = 0; q < blocks; ++q)
-        CLSTM_FN(tail_repeat)(lane_bias[q], bias + q * hidden + j0, t, group);
-    if (P) {
-        T *lane_peep[3] = {L->pi, C ? L->po : L->pf, L->po};
-        for (ptrdiff_t q = 0; q < blocks - 1; ++q)
-            CLSTM_FN(tail_repeat)(lane_peep[q], peep + q * hidden + j0, t, group);
+    const ptrdiff_t j0 = hidden - t, group = TAIL_GROUP / t;
+    const int blocks = C ? 3 : 4;
+    CLSTM_TAIL_LANES_DECL(TAIL_ARRAYS);
+    /* the blocks in the order a row holds them (coupled: i | g | o) */
+    const int gate_lane[4] = {0, C ? 2 : 1, C ? 3 : 2, 3}, peep_lane[3] = {8, C ? 10 : 9, 10};
+    T *in_lanes[5], *in_rows[5], *out_lanes[6], *out_rows[6];
+    ptrdiff_t in_ld[5], out_ld[6];
+    int n_in = 0, n_out = 0;
+    for (int q = 0; q < blocks; ++q) {
+        CLSTM_FN(tail_repeat)(V[4 + gate_lane[q]], bias + q * hidden + j0, t, group);
+        if (P && q < blocks - 1)
+            CLSTM_FN(tail_repeat)(V[peep_lane[q]], peep + q * hidden + j0, t, group);
+        CLSTM_TAIL_ARRAY(in, gate_lane[q], gates + q * hidden + j0, ld_gates)
+        if (keep_gates) CLSTM_TAIL_ARRAY(out, gate_lane[q], gates + q * hidden + j0, ld_gates)
     }
+    CLSTM_TAIL_ARRAY(in, 11, c_prev + j0, ld_c_prev)
+    CLSTM_TAIL_ARRAY(out, 12, c + j0, ld_c)
+    CLSTM_TAIL_ARRAY(out, 13, h + j0, ld_h)
     for (ptrdiff_t r0 = 0; r0 < n_rows; r0 += group) {
         const ptrdiff_t rows = n_rows - r0 < group ? n_rows - r0 : group;
-        /* whole vectors: the row kernel's vector loop and never its scalar one */
-        const ptrdiff_t n_lanes = (rows * t + TAIL_LANES - 1) / TAIL_LANES * TAIL_LANES;
-        for (ptrdiff_t k = 0; k < rows; ++k) {
-            const T *gt = gates + (r0 + k) * ld_gates + j0;
-            for (ptrdiff_t q = 0; q < blocks; ++q)
-                CLSTM_FN(tail_copy)(lane_gates[q] + k * t, gt + q * hidden, t);
-            CLSTM_FN(tail_copy)(L->cp + k * t, c_prev + (r0 + k) * ld_c_prev + j0, t);
-        }
+        const ptrdiff_t n_lanes = CLSTM_TAIL_COUNT(rows, t);
+        CLSTM_FN(tail_rows)(n_in, in_lanes, in_rows, in_ld, r0, rows, t, 0);
         switch (variant & (CLSTM_PEEPHOLE | CLSTM_COUPLED)) {
         case 0: CLSTM_LSTM_FWD_TAIL_CASE(0, 0); break;
         case CLSTM_PEEPHOLE: CLSTM_LSTM_FWD_TAIL_CASE(1, 0); break;
         case CLSTM_COUPLED: CLSTM_LSTM_FWD_TAIL_CASE(0, 1); break;
         default: CLSTM_LSTM_FWD_TAIL_CASE(1, 1); break;
         }
-        for (ptrdiff_t k = 0; k < rows; ++k) {
-            T *gt = gates + (r0 + k) * ld_gates + j0;
-            for (ptrdiff_t q = 0; keep_gates && q < blocks; ++q)
-                CLSTM_FN(tail_copy)(gt + q * hidden, lane_gates[q] + k * t, t);
-            CLSTM_FN(tail_copy)(c + (r0 + k) * ld_c + j0, L->c + k * t, t);
-            CLSTM_FN(tail_copy)(h + (r0 + k) * ld_h + j0, L->h + k * t, t);
-        }
+        CLSTM_FN(tail_rows)(n_out, out_lanes, out_rows, out_ld, r0, rows, t, 1);
     }
 }
 #endif
@@ -534,17 +558,61 @@ CLSTM_INLINE void CLSTM_FN(gru_backward_row)(
     }
 }
 
+#if TAIL_LANES
+/* The GRU forward of the tails (units [hidden - t, hidden)) of n_rows rows,
+ * gathered across rows as the LSTM's (lstm_forward_tails); the arguments as
+ * clstm_gru_forward's. Lanes: 0-2 x's r z n blocks, 3-5 h's, 6-9 the biases
+ * (r z n, hn), 10 h_prev, 11 h. */
+CLSTM_DISPATCH static void CLSTM_FN(gru_forward_tails)(
+    ptrdiff_t n_rows, ptrdiff_t hidden, ptrdiff_t t, T *gx, T *gh, const T *bias,
+    const T *bias_hn, const T *h_prev, ptrdiff_t ld_h_prev, T *h, ptrdiff_t ld_h)
+{
+    const ptrdiff_t j0 = hidden - t, group = TAIL_GROUP / t, G = 3 * hidden;
+    CLSTM_TAIL_LANES_DECL(12);
+    T *in_lanes[7], *in_rows[7], *out_lanes[5], *out_rows[5];
+    ptrdiff_t in_ld[7], out_ld[5];
+    int n_in = 0, n_out = 0;
+    for (int q = 0; q < 3; ++q) {
+        CLSTM_FN(tail_repeat)(V[6 + q], bias + q * hidden + j0, t, group);
+        CLSTM_TAIL_ARRAY(in, q, gx + q * hidden + j0, G)
+        CLSTM_TAIL_ARRAY(in, 3 + q, gh + q * hidden + j0, G)
+        CLSTM_TAIL_ARRAY(out, q, gx + q * hidden + j0, G)
+    }
+    CLSTM_FN(tail_repeat)(V[9], bias_hn + j0, t, group);
+    CLSTM_TAIL_ARRAY(in, 10, h_prev + j0, ld_h_prev)
+    CLSTM_TAIL_ARRAY(out, 5, gh + 2 * hidden + j0, G)       /* hn + b_hn, kept */
+    CLSTM_TAIL_ARRAY(out, 11, h + j0, ld_h)
+    for (ptrdiff_t r0 = 0; r0 < n_rows; r0 += group) {
+        const ptrdiff_t rows = n_rows - r0 < group ? n_rows - r0 : group;
+        CLSTM_FN(tail_rows)(n_in, in_lanes, in_rows, in_ld, r0, rows, t, 0);
+        CLSTM_FN(gru_forward_row)(CLSTM_TAIL_COUNT(rows, t), V[0], V[1], V[2], V[3], V[4],
+                                  V[5], V[6], V[7], V[8], V[9], V[10], V[11]);
+        CLSTM_FN(tail_rows)(n_out, out_lanes, out_rows, out_ld, r0, rows, t, 1);
+    }
+}
+#endif
+
 CLSTM_DISPATCH CLSTM_MAYBE_UNUSED static void CLSTM_FN(clstm_gru_forward)(
     ptrdiff_t n_rows, ptrdiff_t hidden, T *gx, T *gh, const T *bias,
     const T *bias_hn, const T *h_prev, ptrdiff_t ld_h_prev, T *h, ptrdiff_t ld_h)
 {
     const ptrdiff_t G = 3 * hidden;
+#if TAIL_LANES
+    const ptrdiff_t t = hidden % TAIL_LANES;    /* (gathered: gru_forward_tails) */
+#else
+    const ptrdiff_t t = 0;
+#endif
     for (ptrdiff_t r = 0; r < n_rows; ++r) {
         T *x = gx + r * G, *hh = gh + r * G;
-        CLSTM_FN(gru_forward_row)(hidden, x, x + hidden, x + 2 * hidden, hh,
+        CLSTM_FN(gru_forward_row)(hidden - t, x, x + hidden, x + 2 * hidden, hh,
             hh + hidden, hh + 2 * hidden, bias, bias + hidden, bias + 2 * hidden,
             bias_hn, h_prev + r * ld_h_prev, h + r * ld_h);
     }
+#if TAIL_LANES
+    if (t > 0)
+        CLSTM_FN(gru_forward_tails)(n_rows, hidden, t, gx, gh, bias, bias_hn, h_prev,
+                                    ld_h_prev, h, ld_h);
+#endif
 }
 
 /* gx, gh: in, the forward's (r, z, n) and (., ., hn); out, the gradients of
