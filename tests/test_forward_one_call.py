@@ -203,6 +203,20 @@ def test_inference_holds_two_steps_and_equals_the_training_forward(
                     assert c_seq is None if not lstm else c_seq.shape[0] == 2
 
 
+def _recording_plan(real, seen, index, default):
+    """A NetworkPlan stand-in that records run's positional argument `index`
+    (`default` where the call leaves it out) in `seen`, then runs the plan."""
+    class Recording:
+        def __init__(self, specs):
+            self.plan = real(specs)
+
+        def run(self, *args):
+            seen.append(args[index] if len(args) > index else default)
+            return self.plan.run(*args)
+
+    return Recording
+
+
 @pytest.mark.parametrize("n_jobs", [1, 2])
 def test_inference_reads_thin_inputs_in_place(split_small_batches, monkeypatch, n_jobs):
     """A float32 inference over thin inputs reads X batch-first where it is
@@ -212,15 +226,7 @@ def test_inference_reads_thin_inputs_in_place(split_small_batches, monkeypatch, 
     scan = rnn._kernels()
     real = scan.NetworkPlan
     seen = []
-
-    class Recording:
-        def __init__(self, specs):
-            self.plan = real(specs)
-
-        def run(self, *args):
-            seen.append(args[4] if len(args) > 4 else None)
-            return self.plan.run(*args)
-
+    Recording = _recording_plan(real, seen, 4, None)      # run's x
     rng = np.random.default_rng(11)
     for extra in ({}, {"num_layers": 2, "bidirectional": True}, {"peephole": True}):
         for B in (3, 10):
@@ -239,6 +245,19 @@ def test_inference_reads_thin_inputs_in_place(split_small_batches, monkeypatch, 
             monkeypatch.setattr(scan, "NetworkPlan", real)
 
 
+def _inference_plan(net, X, lengths):
+    """A fresh NetworkPlan over the specs of net's inference call on X, and
+    what that call returned."""
+    scan = rnn._kernels()
+    real, captured = scan.NetworkPlan, []
+    scan.NetworkPlan = lambda specs: captured.append(specs) or real(specs)
+    try:
+        result = net.run(X, lengths=lengths, keep_cache=False)
+    finally:
+        scan.NetworkPlan = real
+    return real(captured[-1]), result
+
+
 @pytest.mark.parametrize("n_jobs", [1, 2])
 def test_inference_writes_the_output_in_place(split_small_batches, monkeypatch, n_jobs):
     """An inference over full-length rows has its top layer write h into the
@@ -250,15 +269,7 @@ def test_inference_writes_the_output_in_place(split_small_batches, monkeypatch, 
     scan = rnn._kernels()
     real = scan.NetworkPlan
     seen = []
-
-    class Recording:
-        def __init__(self, specs):
-            self.plan = real(specs)
-
-        def run(self, *args):
-            seen.append(args[5] if len(args) > 5 else False)
-            return self.plan.run(*args)
-
+    Recording = _recording_plan(real, seen, 5, False)     # run's out_in_place
     rng = np.random.default_rng(12)
     for cell, (cls, kwargs) in CELLS.items():
         for extra in ({}, {"num_layers": 2, "bidirectional": True}):
@@ -286,18 +297,10 @@ def test_plan_refuses_an_output_it_cannot_write_in_place(split_small_batches):
     """out in place only for rows of full length in the caller's order and a
     C-contiguous out of the plan's dtype; refused before any thread runs,
     and a refused call leaves the plan usable (its own buffers kept)."""
-    scan = rnn._kernels()
-    captured = []
-    real = scan.NetworkPlan
     net = clstm.LSTM(3, 5, random_state=0, n_jobs=1)
     X = np.random.default_rng(0).standard_normal((4, 6, 3)).astype(np.float32)
     for lengths in (None, [6, 2, 3, 6]):
-        scan.NetworkPlan = lambda specs: captured.append(specs) or real(specs)
-        try:
-            expected, (h_n, c_n) = net.run(X, lengths=lengths, keep_cache=False)
-        finally:
-            scan.NetworkPlan = real
-        plan = real(captured[-1])
+        plan, (expected, (h_n, c_n)) = _inference_plan(net, X, lengths)
         out = np.empty_like(expected)
         if lengths is not None:
             with pytest.raises(ValueError, match="out in place: rows"):
@@ -319,22 +322,13 @@ def test_plan_refuses_inputs_it_cannot_read_in_place(split_small_batches):
     """x in place only for full-length contiguous rows and float32 stages
     whose steps take the inputs (thin ones; wide ones from
     STEPWISE_MIN_BATCH rows on)."""
-    scan = rnn._kernels()
-    captured = []
-    real = scan.NetworkPlan
     wide, few = 40, rnn.STEPWISE_MIN_BATCH - 1
     for dtype, n_in, B, lengths in (("float32", 2, 4, None), ("float32", wide, 4, None),
                                     ("float32", wide, few, None), ("float64", 2, 4, None),
                                     ("float32", 2, 4, [4, 2, 3, 4])):
         net = clstm.LSTM(n_in, 3, random_state=0, dtype=dtype, n_jobs=2)
         X = np.ones((B, 4, n_in), dtype=dtype)
-        rnn_plan = scan.NetworkPlan
-        scan.NetworkPlan = lambda specs: captured.append(specs) or real(specs)
-        try:
-            out, (h_n, c_n) = net.run(X, lengths=lengths, keep_cache=False)
-        finally:
-            scan.NetworkPlan = rnn_plan
-        plan = real(captured[-1])
+        plan, (out, (h_n, c_n)) = _inference_plan(net, X, lengths)
         x = np.ones((B, 4, n_in), np.float32)
         if dtype == "float32" and B == 4 and lengths is None:
             plan.run(out, [h_n, c_n], None, 1, x)                   # allowed
