@@ -237,8 +237,7 @@ CLSTM_INLINE void CLSTM_FN(tail_copy)(T *CLSTM_RESTRICT dst, const T *CLSTM_REST
 }
 
 /* Lane k * t + u holds unit u of a group's k-th row, so the per-unit arrays
- * (biases, peepholes) repeat every t lanes. Lanes past a group's rows keep
- * finite values (zeros, or an earlier group's) and are never written out. */
+ * (biases, peepholes) repeat every t lanes. */
 CLSTM_INLINE void CLSTM_FN(tail_repeat)(T *CLSTM_RESTRICT lanes, const T *CLSTM_RESTRICT src,
                                         ptrdiff_t t, ptrdiff_t group)
 {

@@ -682,7 +682,7 @@ class RecurrentNetwork:
                 else:
                     np.copyto(buf, s[:, b0:b1])
         # an inference's top layer writes out itself: no backward reads its
-        # time-major h, and copying that to out cost ~2 % of ts-small's call
+        # time-major h, and copying that to out cost 2.5 % of ts-small's call
         in_place = not ragged and ws is not self._workspace
         shape = (B, T, D * self.output_size)
         if ragged:

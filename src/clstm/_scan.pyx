@@ -1640,6 +1640,17 @@ cdef void _run_part(Part* part, floating* tag) noexcept nogil:
             memcpy(dst + t * W, src + (t * b + r) * W, W * sizeof(floating))
 
 
+cdef bint _rows_in_order(const Part* part) noexcept:
+    """The part's rows are a contiguous run of the caller's rows, in order,
+    each of the part's full length: what reading x or writing out in place
+    needs (NetworkPlan.run)."""
+    cdef Py_ssize_t r
+    for r in range(part.n_rows):
+        if part.dest_rows[r] != part.dest_rows[0] + r or part.lengths[r] != part.n_steps:
+            return False
+    return True
+
+
 cdef void _part_task(void* ctx, Py_ssize_t k) noexcept nogil:
     cdef Part* part = (<Part*> ctx) + k
     if part.single:
@@ -1959,7 +1970,7 @@ cdef class NetworkPlan:
         allow it."""
         cdef Part* part
         cdef Stage* st
-        cdef Py_ssize_t k, s, r, offset
+        cdef Py_ssize_t k, s, offset
         cdef Py_ssize_t item = 4 if self.typenum == cnp.NPY_FLOAT32 else 8
         _check(cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> out)
                and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray> out)
@@ -1972,9 +1983,7 @@ cdef class NetworkPlan:
             part = self.parts + k
             found = len(tops)
             _check(part.width == W, "out in place: width")
-            for r in range(part.n_rows):
-                _check(part.dest_rows[r] == part.dest_rows[0] + r
-                       and part.lengths[r] == part.n_steps, "out in place: rows")
+            _check(_rows_in_order(part), "out in place: rows")
             for s in range(part.n_stages):
                 st = part.stages + s
                 offset = <char*> st.layer.h_seq - <char*> part.top
@@ -1994,7 +2003,7 @@ cdef class NetworkPlan:
         (run's ``x``); raises where x or the plan does not allow it."""
         cdef Part* part
         cdef Stage* st
-        cdef Py_ssize_t k, s, r, I = self.stages[0].layer.input_size
+        cdef Py_ssize_t k, s, I = self.stages[0].layer.input_size
         _check(cnp.PyArray_Check(x) and cnp.PyArray_NDIM(<cnp.ndarray> x) == 3
                and cnp.PyArray_TYPE(<cnp.ndarray> x) == cnp.NPY_FLOAT32 and self.parts.single
                and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray> x)
@@ -2006,9 +2015,7 @@ cdef class NetworkPlan:
         for k in range(self.n_parts):
             part = self.parts + k
             _check(part.n_steps <= T_x, "x in place: steps")
-            for r in range(part.n_rows):
-                _check(part.dest_rows[r] == part.dest_rows[0] + r
-                       and part.lengths[r] == part.n_steps, "x in place: rows")
+            _check(_rows_in_order(part), "x in place: rows")
             for s in range(part.n_stages):
                 st = part.stages + s
                 if st.layer.x != part.stages[0].layer.x:
