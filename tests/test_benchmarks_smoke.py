@@ -177,19 +177,24 @@ def test_batch1_floor_measures_and_combines(tmp_path):
                        "--results", str(tmp_path / "missing.json"), "--json", str(out)])
     res = json.loads(out.read_text())
     k, w = res["kernels_us"], res["weight_gradient_us"]
-    for name in ("forward_us", "forward_half_us", "backward_us", "backward_half_us",
-                 "team_step_us"):
+    for name in ("forward_us", "forward_half_us", "recurrent_us", "recurrent_half_us",
+                 "projection_us", "backward_us", "backward_half_us", "team_step_us"):
         assert 0 < k[name] < 1e4, (name, k[name])
     assert 0 < w < 1e5
     (cell_inf, cell_train), opt = res["cell_ms"], res["adam_us"]
     assert cell_inf >= 0 and cell_train >= 0 and 0 < opt < 1e4   # (timing differences: no order)
     floors = {(r["task"], r["threads"]): r["floor_ms"] for r in res["floors"]}
-    fwd2 = min(k["forward_us"], k["forward_half_us"] + k["team_step_us"])
+    # a step's forward is the whole [x | h] product or, hoisted, the recurrent
+    # product plus a T-th of the input projection: whichever the run measured less
+    proj = k["projection_us"] / 10
+    fwd1 = min(k["forward_us"], k["recurrent_us"] + proj)
+    fwd2 = min(fwd1, min(k["forward_half_us"], k["recurrent_half_us"] + proj / 2)
+               + k["team_step_us"])
     bwd2 = min(k["backward_us"], k["backward_half_us"] + k["team_step_us"])
-    assert floors[("inference", 1)] == pytest.approx(10 * k["forward_us"] / 1e3 + cell_inf)
+    assert floors[("inference", 1)] == pytest.approx(10 * fwd1 / 1e3 + cell_inf)
     assert floors[("inference", 2)] == pytest.approx(10 * fwd2 / 1e3 + cell_inf / 2)
     assert floors[("training", 1)] == pytest.approx(
-        (10 * (k["forward_us"] + k["backward_us"]) + w + opt) / 1e3 + cell_train)
+        (10 * (fwd1 + k["backward_us"]) + w + opt) / 1e3 + cell_train)
     assert floors[("training", 2)] == pytest.approx(
         (10 * (fwd2 + bwd2) + (w + opt) / 2) / 1e3 + cell_train / 2)
 
