@@ -146,15 +146,65 @@ def test_concurrent_forward_calls_are_bit_identical_to_serial(split_small_batche
 
 
 def test_blas_limit_is_restored():
-    before = _blas_threads()
     net = clstm.LSTM(2, 4, random_state=0)
-    net.forward(np.ones((8, 3, 2)))
+    net.forward(np.ones((8, 3, 2)))      # (loads SciPy's BLAS: threadpool_info lists it)
+    before = _blas_threads()
     with blas_single_threaded:
         assert set(_kernel_blas_threads()) == {1}
         with blas_single_threaded:            # re-entrant
             assert set(_kernel_blas_threads()) == {1}
         assert set(_kernel_blas_threads()) == {1}
     assert _blas_threads() == before
+
+
+def _plans_limit_blas():
+    """The scan, where its plans hold their threads' BLAS limit themselves."""
+    from clstm import _rnn
+    scan = _rnn._kernels()
+    _rnn._plan_blas_limit()               # (asks the BLAS on first use)
+    if not _rnn.PLANS_LIMIT_BLAS:
+        pytest.skip("the BLAS has no limit per thread: calls enter blas_single_threaded")
+    return scan
+
+
+def test_plans_hold_their_threads_at_one_blas_thread():
+    # the calling thread while a plan's call runs, and the pool's helpers
+    scan = _plans_limit_blas()
+    for _ in range(50):
+        limits, on_helpers = scan.blas_limits_seen(4)
+        assert limits == [1, 1, 1, 1]
+        if on_helpers > 0 or not scan.HAVE_THREADS:
+            break
+    assert on_helpers > 0 or not scan.HAVE_THREADS
+
+
+def test_forward_and_backward_hold_and_restore_the_callers_blas_limit():
+    # a spy in place of OpenBLAS's per-thread setter: each plan's call sets
+    # one thread, then puts back the caller's own limit
+    import ctypes
+
+    from clstm._parallel import _thread_local_limiters
+    scan = _plans_limit_blas()
+    real = _thread_local_limiters()[0]
+    calls = []
+
+    @ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int)
+    def spy(n):
+        calls.append(n)
+        return real(n)
+
+    net = clstm.LSTM(16, 64, random_state=0, n_jobs=1)
+    X = np.random.default_rng(0).standard_normal((1, 50, 16)).astype(np.float32)
+    previous = real(3)
+    scan.set_blas_thread_limiter(ctypes.cast(spy, ctypes.c_void_p).value)
+    try:
+        out, _ = net.forward(X)
+        net.backward(np.ones_like(out))
+        net.run(X, keep_cache=False)
+    finally:
+        scan.set_blas_thread_limiter(ctypes.cast(real, ctypes.c_void_p).value)
+        assert real(previous) == 3
+    assert calls == [1, 3] * 3
 
 
 def test_blas_limit_restored_after_error():

@@ -150,6 +150,27 @@ def _one_blas_thread_here():
     return [(setter, setter(1)) for setter in _thread_local_limiters()]
 
 
+def hand_over_blas_limit(module):
+    """Give a compiled module (its ``set_blas_thread_limiter``) the BLAS's
+    limit for the calling thread, where the BLAS the kernels call is one
+    OpenBLAS on POSIX threads that has one (`_thread_local_limiters`).
+    True if handed over: the module's plans then hold the threads of their
+    calls at one BLAS thread themselves (_threads.h, clstm_blas_hold), so
+    their callers need not enter `blas_single_threaded` (~3 us a call) for
+    them. Under OpenMP or another BLAS, False: the callers enter it."""
+    try:
+        libs = _blas_controller().lib_controllers
+        setters = _thread_local_limiters()
+    except Exception:          # no threadpoolctl view of the BLAS
+        return False
+    if not (len(libs) == 1 and len(setters) == 1
+            and getattr(libs[0], "internal_api", None) == "openblas"
+            and getattr(libs[0], "threading_layer", None) == "pthreads"):
+        return False
+    module.set_blas_thread_limiter(ctypes.cast(setters[0], ctypes.c_void_p).value)
+    return True
+
+
 def _blas_thread_limit():
     saved = blas_single_threaded.outer_limit
     if saved is not None:      # our own limit of 1 is in force: report the user's

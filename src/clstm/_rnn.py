@@ -11,6 +11,7 @@ parameter shapes and initial values, how its parameters become the scan's
 arrays, and the signature of its public forward/backward.
 """
 
+import contextlib
 import numbers
 import threading
 from functools import partial
@@ -21,6 +22,7 @@ from clstm._parallel import (
     MIN_ROWS_PER_THREAD,
     blas_single_threaded,
     fixed_part_count,
+    hand_over_blas_limit,
     resolve_n_threads,
     run_parts,
     split_rows,
@@ -141,6 +143,26 @@ def _kernels():
         from clstm import _scan as module
         _scan = module
     return _scan
+
+
+# Whether the scan's NetworkPlan and BackwardPlan hold their threads at one
+# BLAS thread themselves (_parallel.hand_over_blas_limit; None: not yet
+# asked, which the first plan call that calls BLAS does, not the kernels'
+# load: threadpoolctl's look at the libraries costs). Where they do, their
+# calls skip blas_single_threaded; False makes every call enter it (tests).
+PLANS_LIMIT_BLAS = None
+_NO_LIMIT = contextlib.nullcontext()
+
+
+def _plan_blas_limit(calls_blas=True):
+    """The context a plan's call runs in: the Python-level BLAS limit where
+    the plan calls BLAS and does not hold the limit itself."""
+    global PLANS_LIMIT_BLAS
+    if not calls_blas:
+        return _NO_LIMIT
+    if PLANS_LIMIT_BLAS is None:
+        PLANS_LIMIT_BLAS = hand_over_blas_limit(_kernels())
+    return _NO_LIMIT if PLANS_LIMIT_BLAS else blas_single_threaded
 
 
 def _packed(weight, transposed):
@@ -695,10 +717,8 @@ class RecurrentNetwork:
             out = np.empty(shape, dtype=self.dtype)
         finals = [np.empty((L * D, B, sizes[name]), dtype=self.dtype)
                   for name in self.state_names]
-        if calls_blas:
-            with blas_single_threaded:
-                plan.run(out, finals, n_threads, team, x_in_place, in_place)
-        else:          # every product on the small-GEMM kernel: no BLAS limit to set
+        # (every product on the small-GEMM kernel: no BLAS limit to set)
+        with _plan_blas_limit(calls_blas):
             plan.run(out, finals, n_threads, team, x_in_place, in_place)
         return parts, out, finals
 
@@ -1038,11 +1058,12 @@ class RecurrentNetwork:
         # the kernels overwrite the saved gates with their gradients: from here
         # on this forward's activations serve no other backward
         cache["consumed"] = not retain_cache
-        with blas_single_threaded:
-            if ONE_CALL_BACKWARD and not retain_cache:
+        if ONE_CALL_BACKWARD and not retain_cache:
+            with _plan_blas_limit():
                 results = self._backward_one_call(cache, grad_out, grad_state, weights,
                                                   grads_into, n_threads, team, grad_inputs)
-            else:
+        else:
+            with blas_single_threaded:
                 results = self._backward_per_layer(cache, grad_out, grad_state, weights,
                                                    grads_into, retain_cache, n_threads, team)
         grads = dict(results[0][1])

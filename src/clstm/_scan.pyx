@@ -118,6 +118,10 @@ cdef extern from "_threads.h" nogil:
                          bint shared)
     void clstm_team_leave(clstm_team* team)
     void clstm_team_serve(clstm_team* team)
+    ctypedef int (*clstm_blas_limit_fn)(int) noexcept nogil
+    clstm_blas_limit_fn clstm_blas_limiter
+    int clstm_blas_hold()
+    void clstm_blas_release(int saved)
 
 import numpy as np
 
@@ -812,6 +816,51 @@ def team_solo_calls():
     """How many team calls went on with the leader alone after their probe
     (in this process)."""
     return clstm_team_solo_calls()
+
+
+def set_blas_thread_limiter(size_t address):
+    """Hand over OpenBLAS's limit for the calling thread
+    (``openblas_set_num_threads_local``, its address; 0: none): the plans'
+    calls then hold their threads at one BLAS thread themselves
+    (clstm_blas_hold in _threads.h; clstm._parallel.c_blas_limit)."""
+    global clstm_blas_limiter
+    clstm_blas_limiter = <clstm_blas_limit_fn> address
+
+
+cdef struct LimitProbe:
+    int* seen
+    Py_ssize_t spins
+
+
+cdef void _limit_probe_task(void* ctx, Py_ssize_t k) noexcept nogil:
+    cdef LimitProbe* probe = <LimitProbe*> ctx
+    cdef int limit = clstm_blas_hold()      # (returns the limit it replaces)
+    clstm_blas_release(limit)
+    probe.seen[k] = limit
+    cdef Py_ssize_t i
+    cdef int again
+    for i in range(probe.spins):            # (long enough for a helper to claim some)
+        again = clstm_blas_hold()
+        clstm_blas_release(again)
+
+
+def blas_limits_seen(Py_ssize_t n_tasks, Py_ssize_t spins=20000):
+    """Tests: the BLAS thread limit each of ``n_tasks`` tasks finds on its
+    thread (the calling thread held as a plan's call holds it, the pool's
+    helpers as they run any call's tasks), and how many tasks ran on
+    helpers: ``(limits, on_helpers)``."""
+    seen = np.zeros(n_tasks, dtype=np.intc)
+    cdef int[::1] view = seen
+    cdef LimitProbe probe
+    probe.seen, probe.spins = &view[0], spins
+    cdef Py_ssize_t on_helpers
+    cdef int saved = clstm_blas_hold()
+    try:
+        with nogil:
+            on_helpers = clstm_run_tasks(n_tasks, _limit_probe_task, &probe)
+    finally:
+        clstm_blas_release(saved)
+    return seen.tolist(), on_helpers
 
 
 def row_team_scans():
@@ -1925,6 +1974,7 @@ cdef class NetworkPlan:
         groups.n_groups = self.n_parts if n_threads is None else \
             max(1, min(<Py_ssize_t> n_threads, self.n_parts))
         n_team = self._team_size(team_threads)
+        cdef int blas_saved = clstm_blas_hold()
         try:
             for stage, rows, _ in inputs:      # (set here: nothing fails from here on)
                 reader = <Stage*> <Py_ssize_t> stage
@@ -1949,6 +1999,7 @@ cdef class NetworkPlan:
                 started = clstm_run_tasks(n_team, _team_task, &team_run)
             return started
         finally:
+            clstm_blas_release(blas_saved)
             for s in range(self.n_stages):
                 self.parts.stages[s].layer.team = NULL
             for stage, _, own in inputs:       # the plan's own buffer again
@@ -2289,41 +2340,45 @@ cdef class BackwardPlan:
                 if st.top:
                     st.layer.grad_h_seq = g + (st.grad_out_row0 * self.grad_out_shape[1]
                                                * self.grad_out_shape[2] + st.column) * item
-        small_gemm_volume()              # (read from the BLAS on the first backward)
-        part = self.parts
-        if self.n_parts == 1 and team_threads > 1:
-            # as backward(): each stage that can splits its steps' rows
-            for s in range(part.n_stages):
-                st = part.stages + s
-                _backward_part_begin(part, st)
-                started = max(started, _scan_backward_team(&st.layer, team_threads,
-                                                           part.single))
-                with nogil:
-                    if part.single:
-                        _backward_stage_done(st, <float*> NULL)
-                    else:
-                        _backward_stage_done(st, <double*> NULL)
-            return started
-        groups.parts, groups.run_part = self.parts, _backward_part_task
-        groups.n_parts = self.n_parts
-        groups.n_groups = self.n_parts if n_threads is None else \
-            max(1, min(<Py_ssize_t> n_threads, self.n_parts))
-        with nogil:
-            clstm_run_tasks(groups.n_groups, _group_task, &groups)
-            # the other sub-batches' gradients, in sub-batch order
-            for k in range(1, self.n_parts):
-                for s in range(self.n_stages):
-                    st0, st = self.parts[0].stages + s, self.parts[k].stages + s
-                    for j in range(N_TARGETS):
-                        if st.targets[j] == NULL:
-                            continue
-                        if self.parts[0].single:
-                            _add_into(<float*> st0.targets[j], <float*> st.targets[j],
-                                      st.sizes[j])
+        cdef int blas_saved = clstm_blas_hold()
+        try:
+            small_gemm_volume()              # (read from the BLAS on the first backward)
+            part = self.parts
+            if self.n_parts == 1 and team_threads > 1:
+                # as backward(): each stage that can splits its steps' rows
+                for s in range(part.n_stages):
+                    st = part.stages + s
+                    _backward_part_begin(part, st)
+                    started = max(started, _scan_backward_team(&st.layer, team_threads,
+                                                               part.single))
+                    with nogil:
+                        if part.single:
+                            _backward_stage_done(st, <float*> NULL)
                         else:
-                            _add_into(<double*> st0.targets[j], <double*> st.targets[j],
-                                      st.sizes[j])
-        return 1
+                            _backward_stage_done(st, <double*> NULL)
+                return started
+            groups.parts, groups.run_part = self.parts, _backward_part_task
+            groups.n_parts = self.n_parts
+            groups.n_groups = self.n_parts if n_threads is None else \
+                max(1, min(<Py_ssize_t> n_threads, self.n_parts))
+            with nogil:
+                clstm_run_tasks(groups.n_groups, _group_task, &groups)
+                # the other sub-batches' gradients, in sub-batch order
+                for k in range(1, self.n_parts):
+                    for s in range(self.n_stages):
+                        st0, st = self.parts[0].stages + s, self.parts[k].stages + s
+                        for j in range(N_TARGETS):
+                            if st.targets[j] == NULL:
+                                continue
+                            if self.parts[0].single:
+                                _add_into(<float*> st0.targets[j], <float*> st.targets[j],
+                                          st.sizes[j])
+                            else:
+                                _add_into(<double*> st0.targets[j], <double*> st.targets[j],
+                                          st.sizes[j])
+            return 1
+        finally:
+            clstm_blas_release(blas_saved)
 
 
 def conv_columns(x, shape, kernel, out=None):

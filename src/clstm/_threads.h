@@ -41,6 +41,29 @@ static inline void clstm_count(long long *counter)
 
 typedef void (*clstm_task_fn)(void *ctx, Py_ssize_t k);
 
+/* OpenBLAS's limit for the calling thread (openblas_set_num_threads_local,
+ * OpenBLAS >= 0.3.27), where clstm._parallel found one and handed it over
+ * (_scan.set_blas_thread_limiter); NULL otherwise. With it, a plan's call
+ * holds its own thread at one BLAS thread for the call (clstm_blas_hold,
+ * clstm_blas_release) and the pool's helpers, which run only clstm's
+ * tasks, for good: the same limit as clstm._parallel.blas_single_threaded
+ * sets from Python, without its ~3 us a call (3 % of a batch-1 training
+ * step). Set once, before any call that reads it. */
+typedef int (*clstm_blas_limit_fn)(int);
+static clstm_blas_limit_fn clstm_blas_limiter = NULL;
+
+/* Hold this thread's BLAS calls at one thread; returns what to restore. */
+static inline int clstm_blas_hold(void)
+{
+    return clstm_blas_limiter != NULL ? clstm_blas_limiter(1) : 0;
+}
+
+static inline void clstm_blas_release(int saved)
+{
+    if (clstm_blas_limiter != NULL)
+        clstm_blas_limiter(saved);
+}
+
 /* Every task on the calling thread (no threads, or none to be had). */
 static Py_ssize_t clstm_run_serially(Py_ssize_t n, clstm_task_fn task, void *ctx)
 {
@@ -166,6 +189,7 @@ static void *clstm_pool_main(void *arg)
         seen = clstm_pool_posted;
         pthread_mutex_unlock(&clstm_pool_lock);
         if (ts != NULL) {
+            clstm_blas_hold();           /* (a helper's limit: never restored) */
             while (clstm_claim(ts, &k)) {
                 ts->task(ts->ctx, k);
                 clstm_finish(ts, 1);
