@@ -27,8 +27,17 @@ the target is reachable in principle and the gap is the rest of clstm's time
 (layout, Python, packing, threads), which the profiles in analysis.md break
 down.
 
+The best rate of a large product says little about a step's 32 x 50 x 200
+one, so ``--shapes`` adds a second floor: one thread's share of the task's
+products (``task_gemms``), each timed alone at its own shape on the fastest
+kernel at hand (``shape_gemm_ms``), plus the same cell part. Timed alone, a
+product does not keep a batch-1 weight partly in L1 from one step to the
+next as clstm's scan does, so at batch 1 this floor can exceed clstm's own
+time (``batch1_floor.py`` measures that step as the scan runs it).
+
     python benchmarks/bounds.py                  # reads benchmarks/results.json
     python benchmarks/bounds.py --markdown       # the table for RESULTS.md
+    python benchmarks/bounds.py --shapes         # and the floor at the tasks' shapes
 """
 
 import argparse
@@ -95,6 +104,145 @@ def cell_ms(cfg, backward):
     return row * cfg.T * cfg.B * cfg.L * 1e3
 
 
+def _kernel_time(call, tiny_call):
+    """Seconds of one call of ``call`` less the call overhead (the same
+    entry point on a 1 x 1 x 1 product): the best of several blocks."""
+    def per_call(fn):
+        fn()
+        k = 1
+        while True:
+            t0 = time.perf_counter()
+            for _ in range(k):
+                fn()
+            if time.perf_counter() - t0 > 0.01:
+                break
+            k *= 2
+        best = float("inf")
+        for _ in range(7):
+            t0 = time.perf_counter()
+            for _ in range(k):
+                fn()
+            best = min(best, (time.perf_counter() - t0) / k)
+        return best
+    return max(per_call(call) - per_call(tiny_call), 0.0)
+
+
+def _split(M, N, threads):
+    """A product's share of one of `threads` threads: its rows split, or its
+    columns where there are fewer rows than threads (batch 1)."""
+    if threads == 1:
+        return M, N
+    if M >= threads:
+        return -(-M // threads), N
+    return M, -(-N // threads)
+
+
+def task_gemms(cfg, training, threads=1):
+    """The plain LSTM's GEMMs of one batch, as one thread's share of
+    `threads` (rows split, or the gate columns at batch 1; the weight
+    gradients' gate rows): a list of parts, each a list of alternatives
+    (the same products two ways), each a list of (count, M, K, N, kind).
+
+    Per layer, the forward: the input projection of all steps (T B x n_in @
+    n_in x G) and the T steps' recurrent products (B x H @ H x G), or the T
+    steps' products over [x | h] (B x (n_in + H) @ (n_in + H) x G).
+    Training adds the T steps' products back through W_hh (B x G @ G x H),
+    the input gradient of every layer above the first (T B x G @ G x n_in;
+    the inputs need none, as in every worker) and the weight gradients (G x
+    T B @ T B x (n_in + H); kind "wgrad": C = A^T B, A the gate gradients)."""
+    G, H, B, TB = 4 * cfg.H, cfg.H, cfg.B, cfg.T * cfg.B
+
+    def gemm(count, M, K, N):
+        return (count, *_split(M, N, threads)[:1], K, _split(M, N, threads)[1], "gemm")
+
+    parts = []
+    for layer in range(cfg.L):
+        n_in = cfg.I if layer == 0 else H
+        hoisted = [gemm(1, TB, n_in, G), gemm(cfg.T, B, H, G)]
+        parts.append([hoisted, [gemm(cfg.T, B, n_in + H, G)]])
+        if training:
+            back = [gemm(cfg.T, B, G, H), (1, -(-G // threads), TB, n_in + H, "wgrad")]
+            if layer > 0:
+                back.append(gemm(1, TB, G, n_in))
+            parts.append([back])
+    return parts
+
+
+def shape_gemm_ms(cfg, training, threads=1):
+    """Milliseconds of one thread's share of the task's GEMMs (task_gemms),
+    each at the fastest of the kernels at hand for its own shape (measured
+    on one thread): clstm's small GEMM on a packed weight (and its
+    weight-gradient kernel), NumPy's matmul (its OpenBLAS) and, where
+    installed, PyTorch's mm; each call less that entry point's cost for a 1
+    x 1 x 1 product; per part the faster way. A floor: it counts no
+    synchronisation between the threads. Returns (ms, per product the
+    winner and its microseconds)."""
+    from threadpoolctl import threadpool_limits
+
+    from clstm import _scan
+    try:
+        import torch
+        torch.set_num_threads(1)
+    except ImportError:
+        torch = None
+    rng = np.random.default_rng(0)
+    measured = {}
+
+    def mats(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+
+    def time_gemm(M, K, N, kind):
+        times = {}
+        if kind == "wgrad":      # C (M x N) = A^T B, A (K x M), B (K x N)
+            a, b, c = mats(K, M), mats(K, N), np.zeros((M, N), np.float32)
+            a1, b1, c1 = mats(1, 1), mats(1, 1), np.zeros((1, 1), np.float32)
+            times["clstm"] = _kernel_time(lambda: _scan.wgrad_matmul(a, b, c, False),
+                                          lambda: _scan.wgrad_matmul(a1, b1, c1, False))
+            times["numpy"] = _kernel_time(lambda: np.matmul(a.T, b, out=c),
+                                          lambda: np.matmul(a1.T, b1, out=c1))
+            if torch is not None:
+                ta, tb, tc = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(c)
+                ta1, tb1, tc1 = (torch.from_numpy(m) for m in (a1, b1, c1))
+                times["torch"] = _kernel_time(lambda: torch.mm(ta.T, tb, out=tc),
+                                              lambda: torch.mm(ta1.T, tb1, out=tc1))
+        else:                    # C (M x N) = A (M x K) @ W (N x K)^T, W packed
+            a, w, c = mats(M, K), mats(N, K), np.zeros((M, N), np.float32)
+            a1, w1, c1 = mats(1, 1), mats(1, 1), np.zeros((1, 1), np.float32)
+            pk, pk1 = _scan.pack_weight(w, True), _scan.pack_weight(w1, True)
+            times["clstm"] = _kernel_time(
+                lambda: _scan.packed_matmul(a, w, True, c, False, pk),
+                lambda: _scan.packed_matmul(a1, w1, True, c1, False, pk1))
+            wt = np.ascontiguousarray(w.T)
+            times["numpy"] = _kernel_time(lambda: np.matmul(a, wt, out=c),
+                                          lambda: np.matmul(a1, w1, out=c1))
+            if torch is not None:
+                ta, tw, tc = torch.from_numpy(a), torch.from_numpy(wt), torch.from_numpy(c)
+                ta1, tw1, tc1 = (torch.from_numpy(m) for m in (a1, w1, c1))
+                times["torch"] = _kernel_time(lambda: torch.mm(ta, tw, out=tc),
+                                              lambda: torch.mm(ta1, tw1, out=tc1))
+        return times
+
+    total, detail = 0.0, []
+    with threadpool_limits(1):
+        for part in task_gemms(cfg, training, threads):
+            ways = []
+            for way in part:
+                seconds, rows = 0.0, []
+                for count, M, K, N, kind in way:
+                    if (M, K, N, kind) not in measured:
+                        measured[(M, K, N, kind)] = time_gemm(M, K, N, kind)
+                    times = measured[(M, K, N, kind)]
+                    best = min(times, key=times.get)
+                    seconds += count * times[best]
+                    rows.append({"count": count, "shape": (M, K, N), "kind": kind,
+                                 "best": best, "us": {k: v * 1e6 for k, v in times.items()}})
+                ways.append((seconds, rows))
+            seconds, rows = min(ways, key=lambda w: w[0])
+            total += seconds
+            detail += rows
+    return total * 1e3, detail
+
+
 def target_needs(res):
     """(config, task, threads) -> what each target of ``results.json`` asks of
     clstm: the target, the best peer's median / target and its minimum /
@@ -117,10 +265,13 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--results", default=os.path.join(os.path.dirname(__file__), "results.json"))
     p.add_argument("--markdown", action="store_true", help="print only the markdown table")
+    p.add_argument("--shapes", action="store_true",
+                   help="also a floor with each GEMM at the best rate measured at its own "
+                        "shape (shape_gemm_ms: clstm's kernels, NumPy, PyTorch)")
     args = p.parse_args(argv)
     with open(args.results) as f:
         res = json.load(f)
-    cells = {}
+    cells, shapes = {}, {}
     rows = []
     for (name, task, n), need in target_needs(res).items():
         e = need["ratio_row"]
@@ -130,22 +281,40 @@ def main(argv=None):
         key = (cfg.name, task == "training")
         if key not in cells:
             cells[key] = cell_ms(cfg, backward=task == "training")
+        if args.shapes and (key, n) not in shapes:
+            shapes[(key, n)] = shape_gemm_ms(cfg, task == "training", n)
         floor = e["flop_bound_ms"] + cells[key] / n
-        rows.append({"config": cfg.name, "task": task, "threads": n, "target": e["target"],
-                     "ratio": e["ratio"], "best_peer": e["best_peer"],
-                     "need_median_ms": need["need_median_ms"], "need_min_ms": need["need_min_ms"],
-                     "gemm_floor_ms": e["flop_bound_ms"], "cell_floor_ms": cells[key] / n,
-                     "floor_ms": floor, "clstm_min_ms": need["clstm_min_ms"]})
+        row = {"config": cfg.name, "task": task, "threads": n, "target": e["target"],
+               "ratio": e["ratio"], "best_peer": e["best_peer"],
+               "need_median_ms": need["need_median_ms"], "need_min_ms": need["need_min_ms"],
+               "gemm_floor_ms": e["flop_bound_ms"], "cell_floor_ms": cells[key] / n,
+               "floor_ms": floor, "clstm_min_ms": need["clstm_min_ms"]}
+        if args.shapes:     # one thread's share of the GEMMs at their shapes' best rate
+            row["shape_gemm_ms"], row["shape_gemms"] = shapes[(key, n)]
+            row["shape_floor_ms"] = row["shape_gemm_ms"] + row["cell_floor_ms"]
+        rows.append(row)
+    extra = (" floor at the task's shapes: GEMMs + cell ms | its floor / need (min) |"
+             if args.shapes else "")
     lines = ["| config | task | threads | ratio [target] | needs (peer median / min) ms "
-             "| floor: GEMM + cell ms | floor / need (min) | clstm min ms |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| floor: GEMM + cell ms | floor / need (min) |" + extra + " clstm min ms |",
+             "|---|---|---|---|---|---|---|" + ("---|---|" if args.shapes else "") + "---|"]
     for r in rows:
+        shape_cols = (f" {r['shape_gemm_ms']:.3g} + {r['cell_floor_ms']:.3g} = "
+                      f"{r['shape_floor_ms']:.3g} | {r['shape_floor_ms'] / r['need_min_ms']:.2f} |"
+                      if args.shapes else "")
         lines.append(
             f"| {r['config']} | {r['task']} | {r['threads']} | {r['ratio']:.2f} [{r['target']}] "
             f"| {r['need_median_ms']:.3g} / {r['need_min_ms']:.3g} "
             f"| {r['gemm_floor_ms']:.3g} + {r['cell_floor_ms']:.3g} = {r['floor_ms']:.3g} "
-            f"| {r['floor_ms'] / r['need_min_ms']:.2f} | {r['clstm_min_ms']:.3g} |")
+            f"| {r['floor_ms'] / r['need_min_ms']:.2f} |{shape_cols} {r['clstm_min_ms']:.3g} |")
     print("\n".join(lines))
+    if args.shapes and not args.markdown:
+        for r in rows:
+            print(f"\n{r['config']} {r['task']} {r['threads']}t: one thread's share of the "
+                  "GEMMs, the faster way of each part (us a call)")
+            for g in r["shape_gemms"]:
+                us = ", ".join(f"{k} {v:.2f}" for k, v in sorted(g["us"].items()))
+                print(f"  {g['count']} x {g['kind']} {g['shape']}: {us} -> {g['best']}")
     if not args.markdown:
         print()
         print("floor / need >= 1: the target asks for more than this machine's best GEMM and "

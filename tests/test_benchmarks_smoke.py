@@ -250,3 +250,57 @@ def test_post_step_check_allows_adam_epsilon_placement_only():
     bad = run.compare(ref, {"loss": np.float64(1.0), "grad/w": g, "post/w": wrong}, "peer",
                       ["training"])
     assert not bad["passed"] and "after one Adam step" in bad["failures"][0]
+
+
+def _import_bounds():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import bounds
+    finally:
+        sys.path.pop(0)
+    return bounds
+
+
+@pytest.mark.parametrize("name", ["ts-small", "stacked", "stream"])
+def test_task_gemms_count_the_configs_flops(name):
+    """bounds.task_gemms: the inference's GEMMs are Config.forward_flops; the
+    training's add the products back through W_hh, the weight gradients and
+    the input gradients of the layers above the first, as the workers
+    compute them (their inputs need none). Each part's ways do the same
+    work; at two threads a thread's share is half of it (rows, or at batch 1
+    the gate columns)."""
+    bounds = _import_bounds()
+    from common import CONFIGS
+    cfg = CONFIGS[name]
+
+    def flops(way):
+        return sum(2 * n * M * K * N for n, M, K, N, _ in way)
+
+    for training in (False, True):
+        total = {1: 0, 2: 0}
+        for threads in (1, 2):
+            for part in bounds.task_gemms(cfg, training, threads):
+                assert len({flops(way) for way in part}) == 1
+                total[threads] += flops(part[0])
+        expected = cfg.forward_flops() if not training else (
+            3 * cfg.forward_flops() - 2 * cfg.T * cfg.B * 4 * cfg.H * cfg.I)
+        assert total[1] == expected
+        assert total[2] * 2 == expected
+
+
+def test_shape_gemm_floor_takes_the_fastest_kernel_and_way():
+    """bounds.shape_gemm_ms: each product's time is the least of its
+    kernels', counted as often as the task runs it, each part by its faster
+    way."""
+    bounds = _import_bounds()
+    from common import Config
+    cfg = Config("tiny", 4, 3, 2, 8)
+    ms, detail = bounds.shape_gemm_ms(cfg, training=True)
+    chosen = [(g["count"], g["shape"], g["kind"]) for g in detail]
+    ways = [[(n, (M, K, N), kind) for n, M, K, N, kind in way]
+            for part in bounds.task_gemms(cfg, True) for way in part]
+    assert chosen in ([*ways[0], *ways[2]], [*ways[1], *ways[2]])
+    assert {"clstm", "numpy"} <= set(detail[0]["us"])
+    for g in detail:
+        assert g["us"][g["best"]] == min(g["us"].values())
+    assert ms == pytest.approx(sum(g["count"] * g["us"][g["best"]] for g in detail) / 1e3)
