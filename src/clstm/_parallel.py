@@ -7,7 +7,8 @@ per-step synchronisation; the model, clstm._lstm, does the splitting).
 Nesting a threaded BLAS inside per-step parallel work oversubscribes the
 cores badly, so while clstm's threads run, BLAS is held at one thread
 (threadpoolctl, reference-counted across concurrent callers and restored
-afterwards).
+afterwards; where OpenBLAS has a limit per thread, the compiled plans hold
+their own threads by it instead: hand_over_blas_limit).
 
 The rule for n_jobs=None: use as many threads as BLAS is currently allowed
 (so joblib/loky workers, which lower that limit, are never oversubscribed),

@@ -717,7 +717,8 @@ class RecurrentNetwork:
             out = np.empty(shape, dtype=self.dtype)
         finals = [np.empty((L * D, B, sizes[name]), dtype=self.dtype)
                   for name in self.state_names]
-        # (every product on the small-GEMM kernel: no BLAS limit to set)
+        # (no Python-level BLAS limit where every product is on the small-GEMM
+        # kernel, or where the plan holds the limit itself: _plan_blas_limit)
         with _plan_blas_limit(calls_blas):
             plan.run(out, finals, n_threads, team, x_in_place, in_place)
         return parts, out, finals

@@ -822,7 +822,7 @@ def set_blas_thread_limiter(size_t address):
     """Hand over OpenBLAS's limit for the calling thread
     (``openblas_set_num_threads_local``, its address; 0: none): the plans'
     calls then hold their threads at one BLAS thread themselves
-    (clstm_blas_hold in _threads.h; clstm._parallel.c_blas_limit)."""
+    (clstm_blas_hold in _threads.h; clstm._parallel.hand_over_blas_limit)."""
     global clstm_blas_limiter
     clstm_blas_limiter = <clstm_blas_limit_fn> address
 
@@ -1932,8 +1932,10 @@ cdef class NetworkPlan:
         thread; serially where the build has no threads), all with the GIL
         released. A single part of few rows has no rows to split: up to
         ``team_threads`` threads then split each of its steps by units
-        (_team_size; the same values). Returns the number of groups (or team
-        threads) that ran on helper threads."""
+        (_team_size; the same values). Every thread of the call runs BLAS on
+        one thread where a limiter was handed over (set_blas_thread_limiter).
+        Returns the number of groups (or team threads) that ran on helper
+        threads."""
         cdef Py_ssize_t k, s, n_out, started, n_team
         cdef Groups groups
         cdef clstm_team team
