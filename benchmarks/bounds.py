@@ -106,25 +106,8 @@ def cell_ms(cfg, backward):
 
 def _kernel_time(call, tiny_call):
     """Seconds of one call of ``call`` less the call overhead (the same
-    entry point on a 1 x 1 x 1 product): the best of several blocks."""
-    def per_call(fn):
-        fn()
-        k = 1
-        while True:
-            t0 = time.perf_counter()
-            for _ in range(k):
-                fn()
-            if time.perf_counter() - t0 > 0.01:
-                break
-            k *= 2
-        best = float("inf")
-        for _ in range(7):
-            t0 = time.perf_counter()
-            for _ in range(k):
-                fn()
-            best = min(best, (time.perf_counter() - t0) / k)
-        return best
-    return max(per_call(call) - per_call(tiny_call), 0.0)
+    entry point on a 1 x 1 x 1 product), each the best of _best_time."""
+    return max(_best_time(call, seconds=0.1) - _best_time(tiny_call, seconds=0.1), 0.0)
 
 
 def _split(M, N, threads):
@@ -153,7 +136,8 @@ def task_gemms(cfg, training, threads=1):
     G, H, B, TB = 4 * cfg.H, cfg.H, cfg.B, cfg.T * cfg.B
 
     def gemm(count, M, K, N):
-        return (count, *_split(M, N, threads)[:1], K, _split(M, N, threads)[1], "gemm")
+        M, N = _split(M, N, threads)
+        return (count, M, K, N, "gemm")
 
     parts = []
     for layer in range(cfg.L):
@@ -192,34 +176,25 @@ def shape_gemm_ms(cfg, training, threads=1):
         return rng.standard_normal(shape).astype(np.float32)
 
     def time_gemm(M, K, N, kind):
-        times = {}
-        if kind == "wgrad":      # C (M x N) = A^T B, A (K x M), B (K x N)
-            a, b, c = mats(K, M), mats(K, N), np.zeros((M, N), np.float32)
-            a1, b1, c1 = mats(1, 1), mats(1, 1), np.zeros((1, 1), np.float32)
-            times["clstm"] = _kernel_time(lambda: _scan.wgrad_matmul(a, b, c, False),
-                                          lambda: _scan.wgrad_matmul(a1, b1, c1, False))
-            times["numpy"] = _kernel_time(lambda: np.matmul(a.T, b, out=c),
-                                          lambda: np.matmul(a1.T, b1, out=c1))
-            if torch is not None:
-                ta, tb, tc = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(c)
-                ta1, tb1, tc1 = (torch.from_numpy(m) for m in (a1, b1, c1))
-                times["torch"] = _kernel_time(lambda: torch.mm(ta.T, tb, out=tc),
-                                              lambda: torch.mm(ta1.T, tb1, out=tc1))
-        else:                    # C (M x N) = A (M x K) @ W (N x K)^T, W packed
-            a, w, c = mats(M, K), mats(N, K), np.zeros((M, N), np.float32)
-            a1, w1, c1 = mats(1, 1), mats(1, 1), np.zeros((1, 1), np.float32)
+        # the product as A @ B into C, and clstm's own kernel on the same operands
+        C, C1 = np.zeros((M, N), np.float32), np.zeros((1, 1), np.float32)
+        if kind == "wgrad":      # C (M x N) = a^T b, a (K x M), b (K x N)
+            a, b, a1, b1 = mats(K, M), mats(K, N), mats(1, 1), mats(1, 1)
+            A, B, A1, B1 = a.T, b, a1.T, b1
+            own = _kernel_time(lambda: _scan.wgrad_matmul(a, b, C, False),
+                               lambda: _scan.wgrad_matmul(a1, b1, C1, False))
+        else:                    # C (M x N) = a (M x K) @ w (N x K)^T, w packed
+            a, w, a1, w1 = mats(M, K), mats(N, K), mats(1, 1), mats(1, 1)
+            A, B, A1, B1 = a, np.ascontiguousarray(w.T), a1, w1
             pk, pk1 = _scan.pack_weight(w, True), _scan.pack_weight(w1, True)
-            times["clstm"] = _kernel_time(
-                lambda: _scan.packed_matmul(a, w, True, c, False, pk),
-                lambda: _scan.packed_matmul(a1, w1, True, c1, False, pk1))
-            wt = np.ascontiguousarray(w.T)
-            times["numpy"] = _kernel_time(lambda: np.matmul(a, wt, out=c),
-                                          lambda: np.matmul(a1, w1, out=c1))
-            if torch is not None:
-                ta, tw, tc = torch.from_numpy(a), torch.from_numpy(wt), torch.from_numpy(c)
-                ta1, tw1, tc1 = (torch.from_numpy(m) for m in (a1, w1, c1))
-                times["torch"] = _kernel_time(lambda: torch.mm(ta, tw, out=tc),
-                                              lambda: torch.mm(ta1, tw1, out=tc1))
+            own = _kernel_time(lambda: _scan.packed_matmul(a, w, True, C, False, pk),
+                               lambda: _scan.packed_matmul(a1, w1, True, C1, False, pk1))
+        times = {"clstm": own, "numpy": _kernel_time(lambda: np.matmul(A, B, out=C),
+                                                     lambda: np.matmul(A1, B1, out=C1))}
+        if torch is not None:
+            tA, tB, tC, tA1, tB1, tC1 = (torch.from_numpy(m) for m in (A, B, C, A1, B1, C1))
+            times["torch"] = _kernel_time(lambda: torch.mm(tA, tB, out=tC),
+                                          lambda: torch.mm(tA1, tB1, out=tC1))
         return times
 
     total, detail = 0.0, []
